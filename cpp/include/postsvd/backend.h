@@ -1,0 +1,57 @@
+// One interface, implemented by the CPU (LAPACK) and the CUDA (cuSOLVER,
+// cuBLAS) backends. No CUDA header here: the CPU build and the bindings stay
+// free of CUDA.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "postsvd/measures.h"
+#include "postsvd/types.h"
+
+namespace postsvd {
+
+/// One pair of the same (layer, kind): views into the two checkpoints.
+struct PairInput {
+  TensorView base;
+  TensorView post;
+};
+
+/// Settings for creating a backend.
+struct BackendOptions {
+  Device device = Device::CPU;
+  /// CUDA devices to use (empty = device 0). Ignored on the CPU.
+  std::vector<int> device_ids;
+  /// Upper bound on device memory the backend may hold, in bytes (0 = 90 % of free memory).
+  std::size_t memory_budget_bytes = 0;
+  /// CPU threads for LAPACK/BLAS (0 = all cores).
+  int num_threads = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  /// Human-readable name, e.g. "cpu (OpenBLAS 0.3.21, 2 threads)" or "cuda:0 (NVIDIA H100)".
+  virtual std::string name() const = 0;
+
+  /// Reduced SVD of one matrix, sign rule applied.
+  virtual Decomposition<float> decompose_f32(const TensorView& w) = 0;
+  virtual Decomposition<double> decompose_f64(const TensorView& w) = 0;
+
+  /// Measures of every pair, in input order. A backend may batch and overlap
+  /// the pairs; memory stays bounded by the pairs of one call.
+  virtual std::vector<PairMeasures> compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) = 0;
+};
+
+/// Creates the backend for options.device; throws NotBuiltWithCuda for CUDA in a CPU build.
+std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+
+/// Capability probes, in every build.
+bool has_cuda();
+int cuda_device_count();  // 0 where none or not built with CUDA
+std::string build_info();  // compiler, BLAS, CUDA version, ...
+
+}  // namespace postsvd

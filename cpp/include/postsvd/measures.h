@@ -1,0 +1,55 @@
+// The paper's per-matrix measures (Section 4; definitions in measures.md).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "postsvd/types.h"
+
+namespace postsvd {
+
+/// What to compute for a pair beyond the always-on scalars and vectors.
+struct MeasureOptions {
+  Precision precision = Precision::F32;
+  /// Also return sim_U, sim_V, Q1, Q2 and I_orth (leading `leading_k` vectors).
+  bool full_matrices = false;
+  /// 0 = all k singular vectors; otherwise the leading min(leading_k, k).
+  int64_t leading_k = 0;
+};
+
+/// Mean and population std (ddof = 0) of the scaling factors over the top 90 %
+/// of indices, j < ceil(0.9 k) (Table 3, Fig. 8).
+struct ScalingStats {
+  double mean = 0;
+  double std = 0;
+  int64_t count = 0;
+};
+
+/// Measures of one (layer, kind) pair: A = base, B = post.
+struct PairMeasures {
+  int64_t rows = 0;  // in
+  int64_t cols = 0;  // out
+  int64_t k = 0;     // min(rows, cols)
+  std::vector<double> sigma_base;   // [k], descending
+  std::vector<double> sigma_post;   // [k], descending
+  std::vector<double> scaling;      // [k], sigma_post / sigma_base (SVSM column, Eq. 4)
+  ScalingStats scaling_stats;       // top 90 %
+  double nf = 0;                    // ||Q1^T Q2 - I||_F / k (Eq. 7)
+  std::vector<double> iorth_diag;   // [k], diagonal of I_orth
+  // Present when MeasureOptions::full_matrices; [kk, kk] column-major.
+  Matrix<double> sim_u;  // |U_A^T U_B|
+  Matrix<double> sim_v;  // |V_A^T V_B|
+  Matrix<double> q1;     // U_A^T U_B
+  Matrix<double> q2;     // V_A^T V_B
+  Matrix<double> iorth;  // Q1^T Q2
+};
+
+/// Top-90 % statistics of one SVSM column (or of several pooled together).
+ScalingStats scaling_statistics(const std::vector<double>& scaling);
+
+/// Host reference path: every measure from two decompositions of equal shape.
+/// Used by the CPU backend; the CUDA backend computes the same on the device.
+template <class T>
+PairMeasures measures_from(const Decomposition<T>& base, const Decomposition<T>& post, const MeasureOptions& options);
+
+}  // namespace postsvd

@@ -1,0 +1,106 @@
+// Core value types shared by the reader, the backends and the bindings.
+// Orientation (see ../shared/reference/measures.md): every matrix handed to a
+// backend is the paper's W = W_hf^T, shape [in, out]: rows span the input
+// space, columns the output space. Owning matrices are column-major.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "postsvd/error.h"
+
+namespace postsvd {
+
+/// Element types a safetensors file may declare.
+enum class DType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2 };
+
+/// Size of one element in bytes.
+std::size_t dtype_size(DType dtype);
+/// The safetensors spelling ("BF16", "F32", ...).
+const char* dtype_name(DType dtype);
+/// Parses a safetensors dtype string; throws BadCheckpoint naming `context` when unknown.
+DType parse_dtype(const std::string& name, const std::string& context);
+/// True for F16, BF16, F32, F64 (the dtypes a weight matrix may have).
+bool is_float_dtype(DType dtype);
+
+/// Working precision of a decomposition.
+enum class Precision { F32, F64 };
+
+/// Where the work runs.
+enum class Device { CPU, CUDA };
+
+/// Non-owning, strided view of stored weights in their stored dtype, already in
+/// paper orientation: element (r, c) of W [rows = in, cols = out] lives at
+///   static_cast<const char*>(data) + (r * row_stride + c * col_stride) * dtype_size(dtype).
+/// An nn.Linear tensor [out, in] row-major gives row_stride = 1, col_stride = in.
+/// A GPT-2 Conv1D tensor [in, out] gives row_stride = out, col_stride = 1.
+/// A part of a fused tensor is a column range of the fused matrix.
+struct TensorView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_stride = 1;
+  int64_t col_stride = 0;
+  std::string name;  // tensor name (and part), for error messages
+
+  /// Byte span [first, last) the view touches, relative to `data`; for copying
+  /// only what is needed to a device.
+  std::pair<int64_t, int64_t> byte_span() const;
+};
+
+/// Owning column-major matrix, move-only.
+template <class T>
+class Matrix {
+ public:
+  Matrix() = default;
+  Matrix(int64_t rows, int64_t cols) : rows_(rows), cols_(cols), data_(static_cast<std::size_t>(rows * cols)) {}
+  Matrix(const Matrix&) = delete;
+  Matrix& operator=(const Matrix&) = delete;
+  Matrix(Matrix&&) noexcept = default;
+  Matrix& operator=(Matrix&&) noexcept = default;
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t size() const { return rows_ * cols_; }
+  bool empty() const { return data_.empty(); }
+  T* data() { return data_.data(); }
+  const T* data() const { return data_.data(); }
+  T& operator()(int64_t r, int64_t c) { return data_[static_cast<std::size_t>(r + c * rows_)]; }
+  const T& operator()(int64_t r, int64_t c) const { return data_[static_cast<std::size_t>(r + c * rows_)]; }
+  /// Explicit deep copy.
+  Matrix clone() const {
+    Matrix m(rows_, cols_);
+    m.data_ = data_;
+    return m;
+  }
+
+ private:
+  int64_t rows_ = 0;
+  int64_t cols_ = 0;
+  std::vector<T> data_;
+};
+
+/// Converts a view (any float dtype, any strides) into an owning column-major
+/// Matrix<T>. Throws InvalidArgument naming view.name for non-float dtypes.
+/// Rejects NaN / Inf with InvalidArgument naming the tensor and the first bad index.
+template <class T>
+Matrix<T> to_matrix(const TensorView& view);
+
+/// Reduced SVD in paper orientation: W [m, n] = U [m, k] diag(S) V^T, V [n, k],
+/// k = min(m, n), S descending, sign rule applied (largest-|.| entry of each
+/// column of U is positive; the matching column of V flips with it).
+template <class T>
+struct Decomposition {
+  Matrix<T> U;             // [m, k] input side
+  std::vector<T> S;        // [k]
+  Matrix<T> V;             // [n, k] output side
+};
+
+/// Applies the sign rule in place (see Decomposition).
+template <class T>
+void apply_sign_rule(Decomposition<T>& d);
+
+}  // namespace postsvd
