@@ -1,0 +1,496 @@
+// postsvd._core: the pybind11 front door. It only converts, checks and
+// forwards to the C++ library (cpp/include/postsvd), releases the GIL around
+// heavy calls and maps the postsvd::Error hierarchy onto Python exceptions.
+// The public Python surface lives in python/postsvd/.
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "postsvd/backend.h"
+#include "postsvd/checkpoint.h"
+#include "postsvd/error.h"
+#include "postsvd/measures.h"
+#include "postsvd/types.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+// ---------------------------------------------------------------- conversions
+
+postsvd::Precision parse_precision(const std::string& name) {
+  if (name == "float32" || name == "f32" || name == "fp32") return postsvd::Precision::F32;
+  if (name == "float64" || name == "f64" || name == "fp64") return postsvd::Precision::F64;
+  POSTSVD_THROW(InvalidArgument, "precision: expected \"float32\" or \"float64\", got \"" << name << "\"");
+}
+
+const char* precision_name(postsvd::Precision precision) {
+  return precision == postsvd::Precision::F64 ? "float64" : "float32";
+}
+
+postsvd::Device parse_device(const std::string& name) {
+  if (name == "cpu") return postsvd::Device::CPU;
+  if (name == "cuda") return postsvd::Device::CUDA;
+  POSTSVD_THROW(InvalidArgument, "device: expected \"cpu\" or \"cuda\", got \"" << name << "\"");
+}
+
+const char* device_name(postsvd::Device device) { return device == postsvd::Device::CUDA ? "cuda" : "cpu"; }
+
+postsvd::BackendOptions backend_options(const std::string& device, const std::vector<int>& device_ids,
+                                        std::size_t memory_budget_bytes, int num_threads) {
+  POSTSVD_CHECK(num_threads >= 0, InvalidArgument, "num_threads: expected >= 0 (0 = all cores), got " << num_threads);
+  for (int id : device_ids) {
+    POSTSVD_CHECK(id >= 0, InvalidArgument, "device_ids: expected non-negative CUDA device indices, got " << id);
+  }
+  postsvd::BackendOptions options;
+  options.device = parse_device(device);
+  options.device_ids = device_ids;
+  options.memory_budget_bytes = memory_budget_bytes;
+  options.num_threads = num_threads;
+  return options;
+}
+
+std::string shape_text(const py::array& array) {
+  std::string text = "[";
+  for (py::ssize_t d = 0; d < array.ndim(); ++d) {
+    if (d) text += ", ";
+    text += std::to_string(array.shape(d));
+  }
+  return text + "]";
+}
+
+// A strided TensorView over a 2-D float numpy array, without copying. `array`
+// may be replaced by a contiguous copy when its strides are not whole elements
+// or negative; the caller keeps it alive while the view is used.
+postsvd::TensorView view_of_array(py::array& array, const std::string& name) {
+  POSTSVD_CHECK(array.ndim() == 2, InvalidArgument,
+                name << ": expected a 2-D array [rows, cols], got shape " << shape_text(array));
+  const py::dtype dtype = array.dtype();
+  postsvd::DType stored;
+  if (dtype.kind() == 'f' && dtype.itemsize() == 2) {
+    stored = postsvd::DType::F16;
+  } else if (dtype.kind() == 'f' && dtype.itemsize() == 4) {
+    stored = postsvd::DType::F32;
+  } else if (dtype.kind() == 'f' && dtype.itemsize() == 8) {
+    stored = postsvd::DType::F64;
+  } else {
+    POSTSVD_THROW(InvalidArgument, name << ": expected a float16, float32 or float64 array, got dtype "
+                                        << std::string(py::str(dtype)));
+  }
+  POSTSVD_CHECK(array.shape(0) > 0 && array.shape(1) > 0, InvalidArgument,
+                name << ": expected a non-empty matrix, got shape " << shape_text(array));
+  const py::ssize_t item = dtype.itemsize();
+  auto usable = [&](py::ssize_t stride) { return stride >= 0 && stride % item == 0; };
+  if (!usable(array.strides(0)) || !usable(array.strides(1))) {
+    array = py::module_::import("numpy").attr("ascontiguousarray")(array);
+  }
+  postsvd::TensorView view;
+  view.data = array.data();
+  view.dtype = stored;
+  view.rows = array.shape(0);
+  view.cols = array.shape(1);
+  view.row_stride = array.strides(0) / item;
+  view.col_stride = array.strides(1) / item;
+  view.name = name;
+  return view;
+}
+
+// Hands an owning column-major Matrix to numpy without copying: [rows, cols], Fortran order.
+template <class T>
+py::array_t<T> to_numpy(postsvd::Matrix<T>&& matrix) {
+  auto* owned = new postsvd::Matrix<T>(std::move(matrix));
+  py::capsule release(owned, [](void* p) { delete static_cast<postsvd::Matrix<T>*>(p); });
+  const auto item = static_cast<py::ssize_t>(sizeof(T));
+  return py::array_t<T>({static_cast<py::ssize_t>(owned->rows()), static_cast<py::ssize_t>(owned->cols())},
+                        {item, item * static_cast<py::ssize_t>(owned->rows())}, owned->data(), release);
+}
+
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& values) {
+  auto* owned = new std::vector<T>(std::move(values));
+  py::capsule release(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>({static_cast<py::ssize_t>(owned->size())}, {static_cast<py::ssize_t>(sizeof(T))},
+                        owned->data(), release);
+}
+
+template <class T>
+py::tuple decomposition_to_python(postsvd::Decomposition<T>&& d) {
+  return py::make_tuple(to_numpy(std::move(d.U)), to_numpy(std::move(d.S)), to_numpy(std::move(d.V)));
+}
+
+py::dict measures_to_python(postsvd::PairMeasures&& m, bool full_matrices) {
+  py::dict out;
+  out["rows"] = m.rows;
+  out["cols"] = m.cols;
+  out["k"] = m.k;
+  out["sigma_base"] = to_numpy(std::move(m.sigma_base));
+  out["sigma_post"] = to_numpy(std::move(m.sigma_post));
+  out["scaling"] = to_numpy(std::move(m.scaling));
+  out["scaling_mean"] = m.scaling_stats.mean;
+  out["scaling_std"] = m.scaling_stats.std;
+  out["scaling_count"] = m.scaling_stats.count;
+  out["nf"] = m.nf;
+  out["iorth_diag"] = to_numpy(std::move(m.iorth_diag));
+  if (full_matrices) {
+    out["sim_u"] = to_numpy(std::move(m.sim_u));
+    out["sim_v"] = to_numpy(std::move(m.sim_v));
+    out["q1"] = to_numpy(std::move(m.q1));
+    out["q2"] = to_numpy(std::move(m.q2));
+    out["iorth"] = to_numpy(std::move(m.iorth));
+  }
+  return out;
+}
+
+postsvd::MeasureOptions measure_options(const std::string& precision, bool full_matrices, int64_t leading_k) {
+  POSTSVD_CHECK(leading_k >= 0, InvalidArgument, "leading_k: expected >= 0 (0 = all), got " << leading_k);
+  postsvd::MeasureOptions options;
+  options.precision = parse_precision(precision);
+  options.full_matrices = full_matrices;
+  options.leading_k = leading_k;
+  return options;
+}
+
+py::dict source_to_python(const postsvd::MatrixSource& s) {
+  return py::dict("layer"_a = s.layer, "kind"_a = postsvd::kind_name(s.kind), "expert"_a = s.expert,
+                  "tensor"_a = s.tensor, "conv1d"_a = s.conv1d, "in_features"_a = s.in_features,
+                  "out_features"_a = s.out_features, "out_offset"_a = s.out_offset, "fused_out"_a = s.fused_out);
+}
+
+postsvd::MatrixSource source_from_python(const py::dict& d) {
+  postsvd::MatrixSource s;
+  try {
+    s.layer = d["layer"].cast<int>();
+    s.kind = postsvd::parse_kind(d["kind"].cast<std::string>());
+    s.expert = d.contains("expert") ? d["expert"].cast<int>() : -1;
+    s.tensor = d["tensor"].cast<std::string>();
+    s.conv1d = d["conv1d"].cast<bool>();
+    s.in_features = d["in_features"].cast<int64_t>();
+    s.out_features = d["out_features"].cast<int64_t>();
+    s.out_offset = d["out_offset"].cast<int64_t>();
+    s.fused_out = d["fused_out"].cast<int64_t>();
+  } catch (const py::error_already_set& e) {
+    POSTSVD_THROW(InvalidArgument, "source: expected a dict from detect_architecture()['matrices'], "
+                                   "missing or bad key: " << e.what());
+  } catch (const py::cast_error& e) {
+    POSTSVD_THROW(InvalidArgument, "source: expected a dict from detect_architecture()['matrices'] ("
+                                       << e.what() << ")");
+  }
+  return s;
+}
+
+py::dict architecture_to_python(const postsvd::Architecture& arch) {
+  py::list matrices;
+  for (const auto& s : arch.matrices) matrices.append(source_to_python(s));
+  return py::dict("model_type"_a = arch.model_type, "num_layers"_a = arch.num_layers, "matrices"_a = matrices);
+}
+
+template <class T>
+postsvd::Matrix<T> read_matrix_as(const postsvd::Checkpoint& checkpoint, const postsvd::MatrixSource& source) {
+  return postsvd::to_matrix<T>(postsvd::view_of(checkpoint, source));
+}
+
+// A stored tensor as a flat view in storage order: [numel] contiguous.
+postsvd::TensorView flat_view(const postsvd::Checkpoint& checkpoint, const std::string& name) {
+  const postsvd::TensorInfo& info = checkpoint.info(name);
+  int64_t numel = 1;
+  for (int64_t d : info.shape) numel *= d;
+  postsvd::TensorView view;
+  view.data = checkpoint.file_of(name).data(info);
+  view.dtype = info.dtype;
+  view.rows = numel;
+  view.cols = 1;
+  view.row_stride = 1;
+  view.col_stride = numel;
+  view.name = name;
+  return view;
+}
+
+// ---------------------------------------------------------------- Backend
+
+// One backend, usable from Python for single matrices and pairs of arrays.
+class PyBackend {
+ public:
+  PyBackend(const std::string& device, const std::vector<int>& device_ids, std::size_t memory_budget_bytes,
+            int num_threads)
+      : backend_(postsvd::make_backend(backend_options(device, device_ids, memory_budget_bytes, num_threads))) {}
+
+  std::string name() const { return backend_->name(); }
+  std::string device() const { return device_name(backend_->device()); }
+
+  py::tuple svd(py::array array, const std::string& precision) {
+    const postsvd::Precision p = parse_precision(precision);
+    const postsvd::TensorView view = view_of_array(array, "array");
+    if (p == postsvd::Precision::F64) {
+      postsvd::Decomposition<double> d;
+      {
+        py::gil_scoped_release release;
+        d = backend_->decompose_f64(view);
+      }
+      return decomposition_to_python(std::move(d));
+    }
+    postsvd::Decomposition<float> d;
+    {
+      py::gil_scoped_release release;
+      d = backend_->decompose_f32(view);
+    }
+    return decomposition_to_python(std::move(d));
+  }
+
+  py::dict measures(py::array base, py::array post, const std::string& precision, bool full_matrices,
+                    int64_t leading_k) {
+    const postsvd::MeasureOptions options = measure_options(precision, full_matrices, leading_k);
+    std::vector<postsvd::PairInput> pairs(1);
+    pairs[0].base = view_of_array(base, "base");
+    pairs[0].post = view_of_array(post, "post");
+    POSTSVD_CHECK(pairs[0].base.rows == pairs[0].post.rows && pairs[0].base.cols == pairs[0].post.cols,
+                  InvalidArgument,
+                  "post: expected the shape of base " << shape_text(base) << ", got " << shape_text(post));
+    std::vector<postsvd::PairMeasures> result;
+    {
+      py::gil_scoped_release release;
+      result = backend_->compare(pairs, options);
+    }
+    return measures_to_python(std::move(result.at(0)), full_matrices);
+  }
+
+  postsvd::Backend& backend() { return *backend_; }
+
+ private:
+  std::unique_ptr<postsvd::Backend> backend_;
+};
+
+// ---------------------------------------------------------------- Comparator
+
+// Two checkpoints of one architecture and the backend that compares them.
+// Owns the memory maps; the pairs are decomposed in the batches the caller asks for.
+class Comparator {
+ public:
+  Comparator(const std::string& base_folder, const std::string& post_folder, const std::string& device,
+             const std::string& precision, const std::vector<int>& device_ids, std::size_t memory_budget_bytes,
+             int num_threads)
+      : precision_(parse_precision(precision)),
+        base_(base_folder),
+        post_(post_folder),
+        arch_base_(postsvd::detect_architecture(base_)),
+        arch_post_(postsvd::detect_architecture(post_)) {
+    postsvd::check_same_architecture(base_, arch_base_, post_, arch_post_);
+    backend_ = postsvd::make_backend(backend_options(device, device_ids, memory_budget_bytes, num_threads));
+  }
+
+  const postsvd::Checkpoint& base() const { return base_; }
+  const postsvd::Checkpoint& post() const { return post_; }
+  const postsvd::Architecture& architecture() const { return arch_base_; }
+  std::string backend_name() const { return backend_->name(); }
+  std::string precision() const { return precision_name(precision_); }
+  std::string device() const { return device_name(backend_->device()); }
+
+  // Measures of the pairs at `indices` (into architecture().matrices), in that order. GIL released.
+  std::vector<postsvd::PairMeasures> compare(const std::vector<int64_t>& indices, bool full_matrices,
+                                             int64_t leading_k) {
+    const auto count = static_cast<int64_t>(arch_base_.matrices.size());
+    std::vector<postsvd::PairInput> pairs;
+    pairs.reserve(indices.size());
+    for (int64_t index : indices) {
+      POSTSVD_CHECK(index >= 0 && index < count, InvalidArgument,
+                    "indices: expected matrix indices in [0, " << count << "), got " << index);
+      const auto i = static_cast<std::size_t>(index);
+      pairs.push_back({postsvd::view_of(base_, arch_base_.matrices[i]), postsvd::view_of(post_, arch_post_.matrices[i])});
+    }
+    postsvd::MeasureOptions options = measure_options(precision(), full_matrices, leading_k);
+    return backend_->compare(pairs, options);
+  }
+
+ private:
+  postsvd::Precision precision_;
+  postsvd::Checkpoint base_;
+  postsvd::Checkpoint post_;
+  postsvd::Architecture arch_base_;
+  postsvd::Architecture arch_post_;
+  std::unique_ptr<postsvd::Backend> backend_;
+};
+
+// ---------------------------------------------------------------- errors
+
+// Python exception classes with two bases each (PostsvdError and the builtin
+// a caller would naturally catch), created once at import.
+struct ErrorTypes {
+  PyObject* base = nullptr;
+  PyObject* invalid_argument = nullptr;
+  PyObject* bad_checkpoint = nullptr;
+  PyObject* backend = nullptr;
+  PyObject* not_built_with_cuda = nullptr;
+};
+ErrorTypes g_errors;
+
+PyObject* new_error_type(py::module_& m, const char* name, PyObject* bases, const char* doc) {
+  const std::string qualified = std::string("postsvd.") + name;
+  PyObject* type = PyErr_NewExceptionWithDoc(qualified.c_str(), doc, bases, nullptr);
+  if (!type) throw py::error_already_set();
+  m.add_object(name, py::reinterpret_borrow<py::object>(type));
+  return type;
+}
+
+void register_errors(py::module_& m) {
+  g_errors.base = new_error_type(m, "PostsvdError", PyExc_Exception, "Base of every error postsvd raises.");
+  py::tuple value_bases = py::make_tuple(py::handle(g_errors.base), py::handle(PyExc_ValueError));
+  py::tuple runtime_bases = py::make_tuple(py::handle(g_errors.base), py::handle(PyExc_RuntimeError));
+  g_errors.invalid_argument = new_error_type(m, "InvalidArgumentError", value_bases.ptr(),
+                                             "An argument cannot be used (bad shape, unknown kind, NaN weight, ...).");
+  g_errors.bad_checkpoint = new_error_type(m, "BadCheckpointError", value_bases.ptr(),
+                                           "A checkpoint folder or safetensors file is malformed, incomplete or "
+                                           "does not match the other model.");
+  g_errors.backend = new_error_type(m, "BackendError", runtime_bases.ptr(),
+                                    "A numerical backend (LAPACK, cuSOLVER, cuBLAS, CUDA) reported a failure.");
+  g_errors.not_built_with_cuda = new_error_type(
+      m, "NotBuiltWithCudaError", runtime_bases.ptr(),
+      "CUDA was requested but this build has none; build the GPU variant with POSTSVD_ENABLE_CUDA=ON pip install .");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const postsvd::InvalidArgument& e) {
+      PyErr_SetString(g_errors.invalid_argument, e.what());
+    } catch (const postsvd::BadCheckpoint& e) {
+      PyErr_SetString(g_errors.bad_checkpoint, e.what());
+    } catch (const postsvd::BackendError& e) {
+      PyErr_SetString(g_errors.backend, e.what());
+    } catch (const postsvd::NotBuiltWithCuda& e) {
+      PyErr_SetString(g_errors.not_built_with_cuda, e.what());
+    } catch (const postsvd::Error& e) {
+      PyErr_SetString(g_errors.base, e.what());
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "postsvd C++ core (private; import postsvd instead)";
+  register_errors(m);
+
+  m.def("has_cuda", &postsvd::has_cuda, "True when this build has the CUDA backend.");
+  m.def("cuda_device_count", &postsvd::cuda_device_count,
+        "Number of visible CUDA devices (0 where none or not built with CUDA).");
+  m.def("build_info", &postsvd::build_info, "Compiler, BLAS/LAPACK and CUDA versions of this build.");
+  m.def("supported_model_types", &postsvd::supported_model_types, "The config.json model_type values postsvd maps.");
+  m.def(
+      "scaling_statistics",
+      [](const std::vector<double>& scaling) {
+        const postsvd::ScalingStats s = postsvd::scaling_statistics(scaling);
+        return py::dict("mean"_a = s.mean, "std"_a = s.std, "count"_a = s.count);
+      },
+      "scaling"_a, "Mean and population std of the top 90 % (j < ceil(0.9 k)) of scaling factors.");
+
+  py::class_<PyBackend>(m, "Backend", "A numerical backend (CPU LAPACK or CUDA) for single matrices and pairs.")
+      .def(py::init<const std::string&, const std::vector<int>&, std::size_t, int>(), "device"_a = "cpu",
+           "device_ids"_a = std::vector<int>{}, "memory_budget_bytes"_a = 0, "num_threads"_a = 0,
+           py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("name", &PyBackend::name)
+      .def_property_readonly("device", &PyBackend::device)
+      .def("svd", &PyBackend::svd, "array"_a, "precision"_a = "float32",
+           "Reduced SVD of a 2-D float array W [m, n] -> (U [m, k], S [k], V [n, k]), sign rule applied.")
+      .def("measures", &PyBackend::measures, "base"_a, "post"_a, "precision"_a = "float32",
+           "full_matrices"_a = false, "leading_k"_a = 0,
+           "Measures of one pair of equal-shape arrays (paper orientation [in, out]) as a dict.");
+
+  py::class_<postsvd::Checkpoint>(m, "Checkpoint", "A validated, memory-mapped Hugging Face model folder.")
+      .def(py::init<const std::string&>(), "folder"_a, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("folder", &postsvd::Checkpoint::folder)
+      .def_property_readonly("config_json", &postsvd::Checkpoint::config_json)
+      .def_property_readonly("sharded", &postsvd::Checkpoint::sharded)
+      .def("files", &postsvd::Checkpoint::files)
+      .def("tensor_names", &postsvd::Checkpoint::tensor_names)
+      .def("__contains__", &postsvd::Checkpoint::contains)
+      .def(
+          "info",
+          [](const postsvd::Checkpoint& cp, const std::string& name) {
+            const postsvd::TensorInfo& info = cp.info(name);
+            return py::dict("name"_a = info.name, "dtype"_a = postsvd::dtype_name(info.dtype), "shape"_a = info.shape,
+                            "file"_a = cp.file_of(name).path(), "begin"_a = info.begin, "end"_a = info.end);
+          },
+          "name"_a)
+      .def(
+          "read",
+          [](const postsvd::Checkpoint& cp, const std::string& name) {
+            const postsvd::TensorView view = flat_view(cp, name);
+            std::vector<py::ssize_t> shape(cp.info(name).shape.begin(), cp.info(name).shape.end());
+            postsvd::Matrix<float> flat;
+            {
+              py::gil_scoped_release release;
+              flat = postsvd::to_matrix<float>(view);
+            }
+            return to_numpy(std::move(flat)).attr("reshape")(shape);
+          },
+          "name"_a, "A stored float tensor as float32 numpy in its stored shape (for tests and inspection).")
+      .def("__repr__", [](const postsvd::Checkpoint& cp) { return "<postsvd.Checkpoint '" + cp.folder() + "'>"; });
+
+  m.def(
+      "detect_architecture",
+      [](const postsvd::Checkpoint& cp) { return architecture_to_python(postsvd::detect_architecture(cp)); },
+      "checkpoint"_a, "The (layer, kind) -> tensor map of a checkpoint: {model_type, num_layers, matrices: [dict]}.");
+  m.def(
+      "check_same_architecture",
+      [](const postsvd::Checkpoint& a, const postsvd::Checkpoint& b) {
+        postsvd::check_same_architecture(a, postsvd::detect_architecture(a), b, postsvd::detect_architecture(b));
+      },
+      "a"_a, "b"_a, "Raises BadCheckpointError naming the first differing tensors when a and b do not match.");
+  m.def(
+      "read_matrix",
+      [](const postsvd::Checkpoint& cp, const py::dict& source_dict, const std::string& precision) -> py::object {
+        const postsvd::MatrixSource source = source_from_python(source_dict);
+        if (parse_precision(precision) == postsvd::Precision::F64) {
+          postsvd::Matrix<double> matrix;
+          {
+            py::gil_scoped_release release;
+            matrix = read_matrix_as<double>(cp, source);
+          }
+          return to_numpy(std::move(matrix));
+        }
+        postsvd::Matrix<float> matrix;
+        {
+          py::gil_scoped_release release;
+          matrix = read_matrix_as<float>(cp, source);
+        }
+        return to_numpy(std::move(matrix));
+      },
+      "checkpoint"_a, "source"_a, "precision"_a = "float32",
+      "One matrix in paper orientation [in, out] (W_hf^T; fused parts split), as numpy.");
+
+  py::class_<Comparator>(m, "Comparator",
+                         "Two checkpoints of one architecture and the backend that compares their pairs.")
+      .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&,
+                    const std::vector<int>&, std::size_t, int>(),
+           "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
+           "memory_budget_bytes"_a = 0, "num_threads"_a = 0, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("architecture",
+                             [](const Comparator& c) { return architecture_to_python(c.architecture()); })
+      .def_property_readonly("backend_name", &Comparator::backend_name)
+      .def_property_readonly("precision", &Comparator::precision)
+      .def_property_readonly("device", &Comparator::device)
+      .def_property_readonly("base", &Comparator::base, py::return_value_policy::reference_internal)
+      .def_property_readonly("post", &Comparator::post, py::return_value_policy::reference_internal)
+      .def(
+          "compare",
+          [](Comparator& c, const std::vector<int64_t>& indices, bool full_matrices, int64_t leading_k) {
+            std::vector<postsvd::PairMeasures> result;
+            {
+              py::gil_scoped_release release;
+              result = c.compare(indices, full_matrices, leading_k);
+            }
+            py::list out;
+            for (auto& m : result) out.append(measures_to_python(std::move(m), full_matrices));
+            return out;
+          },
+          "indices"_a, "full_matrices"_a = false, "leading_k"_a = 0,
+          "Measures of the pairs architecture['matrices'][i] for i in indices, as a list of dicts.");
+
+#ifdef POSTSVD_VERSION
+  m.attr("__version__") = POSTSVD_VERSION;
+#endif
+}

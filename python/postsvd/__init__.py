@@ -1,0 +1,86 @@
+"""postsvd: what post-training did to an LLM's weights.
+
+Reads a base and a post-trained Hugging Face checkpoint, takes the reduced SVD
+of every attention/MLP projection pair (in the paper's orientation
+``W = W_hf.T``, ``[in, out]``) and computes the measures of "How post-training
+reshapes LLMs" (arXiv 2509.17866): singular value scaling (SVSM), the
+similarity matrices of the singular vectors, I_orth and NF.
+
+Quick start::
+
+    import postsvd
+    result = postsvd.compare("base_model/", "post_model/")   # a Comparison
+    print(result.summary())
+    result.table                  # pandas DataFrame, a row per (layer, kind)
+    result.plot_svsm()            # matplotlib Figure (the paper's Fig. 2)
+    U, S, V = postsvd.svd(W)      # one matrix
+
+Without models at hand, ``postsvd.synthetic.make_pair(...)`` (or
+``postsvd make-example DIR``) writes a small pair with a known answer.
+"""
+from . import _core
+from .checkpoint import (
+    Checkpoint,
+    architecture,
+    describe,
+    open_checkpoint,
+    read_matrix,
+    supported_model_types,
+)
+from .compare import Comparison, compare, random_rotation_nf
+from .errors import (
+    BackendError,
+    BadCheckpointError,
+    InvalidArgumentError,
+    NotBuiltWithCudaError,
+    PostsvdError,
+)
+from .linalg import pair_measures, svd
+from ._validate import KINDS
+
+try:
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("postsvd")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.1.0"
+
+
+def has_cuda() -> bool:
+    """True when this build has the CUDA backend (``POSTSVD_ENABLE_CUDA=ON``)."""
+    return bool(_core.has_cuda())
+
+
+def cuda_device_count() -> int:
+    """Number of visible CUDA devices; 0 where none or in a CPU build."""
+    return int(_core.cuda_device_count())
+
+
+def build_info() -> str:
+    """Compiler, BLAS/LAPACK and CUDA versions of this build, as text."""
+    return str(_core.build_info())
+
+
+__all__ = [
+    "compare",
+    "Comparison",
+    "svd",
+    "pair_measures",
+    "open_checkpoint",
+    "Checkpoint",
+    "architecture",
+    "describe",
+    "read_matrix",
+    "supported_model_types",
+    "random_rotation_nf",
+    "has_cuda",
+    "cuda_device_count",
+    "build_info",
+    "KINDS",
+    "PostsvdError",
+    "InvalidArgumentError",
+    "BadCheckpointError",
+    "BackendError",
+    "NotBuiltWithCudaError",
+    "__version__",
+]

@@ -1,0 +1,168 @@
+"""Argument checks shared by the API and the CLI; every failure says what was
+expected and what came."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from .errors import BadCheckpointError, InvalidArgumentError, NotBuiltWithCudaError
+
+#: The projection kinds, in the paper's order.
+KINDS: Tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+#: Shorthands accepted wherever kinds are given.
+KIND_GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": KINDS}
+#: Working precisions.
+DTYPES: Tuple[str, ...] = ("float32", "float64")
+
+_DTYPE_ALIASES = {
+    "float32": "float32", "f32": "float32", "fp32": "float32", "single": "float32",
+    "float64": "float64", "f64": "float64", "fp64": "float64", "double": "float64",
+}
+
+GPU_BUILD_HINT = ("build the GPU variant with: POSTSVD_ENABLE_CUDA=ON pip install --no-build-isolation -v . "
+                  "(needs the CUDA toolkit)")
+
+KindsArg = Union[None, str, Iterable[str]]
+LayersArg = Union[None, int, str, Iterable[int]]
+
+
+def normalize_dtype(dtype) -> str:
+    """'float32' / 'float64' from a string or numpy dtype; anything else raises."""
+    if dtype is None:
+        return "float32"
+    if not isinstance(dtype, str):
+        try:
+            dtype = np.dtype(dtype).name
+        except TypeError:
+            dtype = str(dtype)
+    name = _DTYPE_ALIASES.get(dtype.strip().lower())
+    if name is None:
+        raise InvalidArgumentError(
+            f"dtype: expected one of {', '.join(DTYPES)} (the working precision), got {dtype!r}")
+    return name
+
+
+def normalize_device(device) -> Tuple[str, List[int]]:
+    """('cpu' | 'cuda', device_ids) from 'cpu', 'cuda', 'cuda:1' or 'cuda:0,1'."""
+    if not isinstance(device, str):
+        raise InvalidArgumentError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    text = device.strip().lower()
+    match = re.fullmatch(r"cuda(?::(\d+(?:,\d+)*))?", text)
+    if text == "cpu":
+        return "cpu", []
+    if match is None:
+        raise InvalidArgumentError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    ids = [int(i) for i in match.group(1).split(",")] if match.group(1) else []
+    if not _core.has_cuda():
+        raise NotBuiltWithCudaError(f"device={device!r}: this postsvd build has no CUDA backend; {GPU_BUILD_HINT}")
+    count = _core.cuda_device_count()
+    if count == 0:
+        raise NotBuiltWithCudaError(f"device={device!r}: postsvd was built with CUDA but sees no CUDA device")
+    for i in ids:
+        if i >= count:
+            raise InvalidArgumentError(f"device={device!r}: CUDA device {i} does not exist; devices 0..{count - 1}")
+    return "cuda", ids
+
+
+def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[str]:
+    """Kinds in the paper's order from None (all), 'q,k', 'attn' or a list; unknown names raise."""
+    if kinds is None:
+        return [k for k in KINDS if k in available]
+    if isinstance(kinds, str):
+        items = [part.strip() for part in kinds.split(",") if part.strip()]
+    else:
+        items = [str(part).strip() for part in kinds]
+    if not items:
+        raise InvalidArgumentError(f"kinds: expected at least one of {', '.join(KINDS)}, got {kinds!r}")
+    chosen = set()
+    for item in items:
+        name = item.lower()
+        if name in KIND_GROUPS:
+            chosen.update(KIND_GROUPS[name])
+        elif name in KINDS:
+            chosen.add(name)
+        else:
+            raise InvalidArgumentError(
+                f"kinds: unknown kind {item!r}; valid kinds are {', '.join(KINDS)} "
+                f"(or the groups {', '.join(KIND_GROUPS)})")
+    missing = [k for k in KINDS if k in chosen and k not in available]
+    if missing:
+        raise InvalidArgumentError(
+            f"kinds: {', '.join(missing)} not present in this model; it has {', '.join(available)}")
+    return [k for k in KINDS if k in chosen]
+
+
+def parse_layers_text(text: str) -> List[int]:
+    """'0,1,5-9' -> [0, 1, 5, 6, 7, 8, 9]."""
+    layers: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        match = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)|(-?\d+)", part)
+        if match is None:
+            raise InvalidArgumentError(f"layers: expected a list like '0,1,5-9', got {text!r} (bad part {part!r})")
+        if match.group(3) is not None:
+            layers.append(int(match.group(3)))
+        else:
+            first, last = int(match.group(1)), int(match.group(2))
+            if last < first:
+                raise InvalidArgumentError(f"layers: range {part!r} is empty; write it low-high, e.g. '5-9'")
+            layers.extend(range(first, last + 1))
+    if not layers:
+        raise InvalidArgumentError(f"layers: expected a list like '0,1,5-9', got {text!r}")
+    return layers
+
+
+def normalize_layers(layers: LayersArg, num_layers: int, model_type: str = "model") -> List[int]:
+    """Sorted unique layer indices from None (all), an int, '0,1,5-9' or a list;
+    negative indices count from the end; out of range raises naming the range."""
+    if layers is None:
+        return list(range(num_layers))
+    if isinstance(layers, str):
+        items = parse_layers_text(layers)
+    elif isinstance(layers, (int, np.integer)):
+        items = [int(layers)]
+    else:
+        items = []
+        for item in layers:
+            if not isinstance(item, (int, np.integer)) or isinstance(item, bool):
+                raise InvalidArgumentError(f"layers: expected integers, got {item!r} in {layers!r}")
+            items.append(int(item))
+    if not items:
+        raise InvalidArgumentError("layers: expected at least one layer, got an empty list")
+    result = set()
+    for layer in items:
+        if not -num_layers <= layer < num_layers:
+            raise InvalidArgumentError(
+                f"layers: layer {layer} is out of range; this {model_type} model has layers 0..{num_layers - 1}")
+        result.add(layer % num_layers)
+    return sorted(result)
+
+
+def normalize_threads(num_threads: Optional[int]) -> int:
+    """0 (all cores) for None, else a positive int."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise InvalidArgumentError(f"num_threads: expected a positive integer or None (all cores), got {num_threads!r}")
+    return int(num_threads)
+
+
+def normalize_folder(folder, what: str) -> str:
+    """A path string for an existing directory; a clear error otherwise."""
+    try:
+        path = os.fspath(folder)
+    except TypeError:
+        raise InvalidArgumentError(f"{what}: expected a folder path, got {type(folder).__name__}") from None
+    if not os.path.exists(path):
+        raise BadCheckpointError(f"{what}: folder '{path}' does not exist")
+    if not os.path.isdir(path):
+        raise BadCheckpointError(
+            f"{what}: '{path}' is not a folder; expected a Hugging Face model folder with config.json "
+            f"and model.safetensors (or model.safetensors.index.json and its shards)")
+    return path

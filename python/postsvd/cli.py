@@ -1,0 +1,300 @@
+"""The ``postsvd`` command line.
+
+Subcommands register through :data:`SUBCOMMANDS` (name, add function) and the
+optional modules in :data:`PLUGIN_MODULES`: a module there that defines
+``add_cli(subparsers)`` adds its own subcommands, e.g.::
+
+    def add_cli(subparsers):
+        parser = subparsers.add_parser("construct", help="...", description="...", epilog="Examples: ...",
+                                       formatter_class=postsvd.cli.HelpFormatter)
+        parser.add_argument(...)
+        parser.set_defaults(func=run_construct)   # run_construct(args) -> exit code
+
+Exit codes: 0 success, 1 a postsvd error (message on stderr, no traceback),
+2 a usage error (argparse).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Callable, List, Optional, Sequence, Tuple
+
+#: Modules owned by other parts of the package that may add subcommands.
+PLUGIN_MODULES = ("postsvd.construct", "postsvd.evaluate")
+
+PROG = "postsvd"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the examples' line breaks."""
+
+
+# ---------------------------------------------------------------------- compare
+
+COMPARE_EXAMPLES = """\
+examples:
+  postsvd compare Qwen2.5-Math-1.5B/ Qwen2.5-Math-1.5B-Instruct/ --out results/
+  postsvd compare base/ instruct/ reasoning/ --out results/     # one subfolder per post model
+  postsvd compare base/ post/ --out results/ --layers 0,1,20-27 --kinds q,k,o --dtype float64
+  postsvd compare base/ post/ --out results/ --device cuda --no-progress
+
+output (per post model): table.csv, table.json (a row per layer and kind), kinds.csv,
+kinds.json (pooled per kind, the paper's Table 3), spectra.npz, summary.txt, run.json,
+svsm.png (Fig. 2), scaling_bands.png (Fig. 8), nf.png (Fig. 3b),
+matrices_layer<L>_<kind>.png (Fig. 3a)."""
+
+
+def add_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="compare a base model with one or more post-trained models",
+        description="Decompose every attention/MLP projection pair of BASE and each POST (reduced SVD, paper "
+                    "orientation W = W_hf^T) and write the paper's measures: singular value scaling (SVSM), "
+                    "top-90 %% scaling statistics, NF and the similarity / I_orth matrices, as tables and plots.",
+        epilog=COMPARE_EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
+    parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' / 'cuda:N' in a CUDA build")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
+    parser.add_argument("--layers", default=None, metavar="LIST", help="layers to compare, e.g. 0,1,5-9 (default: all)")
+    parser.add_argument("--kinds", default=None, metavar="LIST",
+                        help="kinds to compare: q,k,v,o,gate,up,down or attn / mlp (default: all)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    parser.add_argument("--matrices", default=None, metavar="L:KIND[,L:KIND]",
+                        help="pairs to draw sim/difference/I_orth heatmaps for (default: first layer and kind)")
+    parser.add_argument("--leading-k", type=int, default=25, metavar="K",
+                        help="leading singular vectors shown in the matrix heatmaps")
+    parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run_compare)
+
+
+def _parse_matrices(text: Optional[str]) -> Optional[List[Tuple[int, str]]]:
+    from .errors import InvalidArgumentError
+
+    if text is None:
+        return None
+    pairs = []
+    for part in text.split(","):
+        layer, sep, kind = part.strip().partition(":")
+        if not sep or not layer.strip().lstrip("-").isdigit() or not kind.strip():
+            raise InvalidArgumentError(f"--matrices: expected LAYER:KIND pairs like 0:q,5:down, got {text!r}")
+        pairs.append((int(layer), kind.strip()))
+    return pairs
+
+
+def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
+    if len(posts) == 1:
+        return [out]
+    names: List[str] = []
+    for post in posts:
+        name = os.path.basename(os.path.normpath(post)) or "post"
+        candidate, n = name, 2
+        while candidate in names:
+            candidate, n = f"{name}-{n}", n + 1
+        names.append(candidate)
+    return [os.path.join(out, name) for name in names]
+
+
+def run_compare(args) -> int:
+    from .compare import compare
+
+    matrices_for = _parse_matrices(args.matrices)
+    for post, out_dir in zip(args.posts, _output_dirs(args.out, args.posts)):
+        result = compare(args.base, post, device=args.device, dtype=args.dtype, layers=args.layers,
+                         kinds=args.kinds, progress=not args.no_progress, num_threads=args.threads)
+        written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
+        print(result.summary())
+        print(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")
+        if len(args.posts) > 1:
+            print()
+    return 0
+
+
+# ---------------------------------------------------------------------- info
+
+INFO_EXAMPLES = """\
+examples:
+  postsvd info Qwen2.5-Math-1.5B/
+  postsvd info base/ --json"""
+
+
+def add_info(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info", help="describe a model folder (architecture, layers, files, dtypes, projection shapes)",
+        description="Open and validate a Hugging Face model folder and print its architecture, layer count, "
+                    "files, stored dtypes and the shape of every projection kind (paper orientation [in, out]).",
+        epilog=INFO_EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("folder", metavar="FOLDER", help="model folder (config.json + *.safetensors)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.set_defaults(func=run_info)
+
+
+def run_info(args) -> int:
+    from .checkpoint import describe
+
+    info = describe(args.folder)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"folder:       {info['folder']}")
+    print(f"model_type:   {info['model_type']}")
+    print(f"layers:       {info['num_layers']}")
+    files = info["files"]
+    shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
+    print(f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})")
+    print(f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)")
+    print(f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}")
+    print("projections (paper orientation [in, out]):")
+    for kind, entry in info["kinds"].items():
+        print(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
+              f"e.g. {entry['tensor']}")
+    return 0
+
+
+# ---------------------------------------------------------------------- make-example
+
+EXAMPLE_EXAMPLES = """\
+examples:
+  postsvd make-example example/ && postsvd compare example/base example/post --out results/
+  postsvd make-example example/ --unrelated        # two unrelated models: NF far from 0
+  postsvd make-example example/ --alpha 0.9 --dtype float32 --sharded"""
+
+
+def add_make_example(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "make-example", help="write a small synthetic base/post pair with a known answer",
+        description="Write DIR/base and DIR/post, two small llama-style Hugging Face folders. Each projection of "
+                    "post is (U Q)(alpha S)(V Q)^T of base's W = U S V^T with a random rotation Q, so `postsvd "
+                    "compare` should report scaling = alpha and NF ~ 0 (bf16 storage adds a little noise).",
+        epilog=EXAMPLE_EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("dir", metavar="DIR", help="output folder; base/ and post/ are written inside")
+    parser.add_argument("--model-type", default="llama", choices=["llama", "qwen2", "mistral"])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--intermediate", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.9, help="singular value scaling of post")
+    parser.add_argument("--rotation-angle", type=float, default=0.3, help="largest angle of each rotation Q (rad)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="storage dtype")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sharded", action="store_true", help="write 3 shards with an index")
+    parser.add_argument("--unrelated", action="store_true", help="make post an unrelated random model")
+    parser.set_defaults(func=run_make_example)
+
+
+def run_make_example(args) -> int:
+    from .synthetic import make_pair
+
+    pair = make_pair(os.path.join(args.dir, "base"), os.path.join(args.dir, "post"), model_type=args.model_type,
+                     layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, heads=args.heads,
+                     kv_heads=args.kv_heads, alpha=args.alpha, rotation_angle=args.rotation_angle, dtype=args.dtype,
+                     seed=args.seed, sharded=args.sharded, related=not args.unrelated)
+    relation = (f"post = (U Q)({args.alpha} S)(V Q)^T of base" if pair.related else "post unrelated to base")
+    print(f"wrote {pair.base} and {pair.post} ({pair.model_type}, {pair.layers} layers, {pair.dtype}; {relation})")
+    print(f"next: postsvd compare {pair.base} {pair.post} --out {os.path.join(args.dir, 'results')}")
+    return 0
+
+
+# ---------------------------------------------------------------------- build-info
+
+def add_build_info(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build-info", help="print the build (compiler, BLAS, CUDA) and the visible GPUs",
+        description="Print postsvd's version, build details and CUDA availability.",
+        epilog="examples:\n  postsvd build-info", formatter_class=HelpFormatter)
+    parser.set_defaults(func=run_build_info)
+
+
+def run_build_info(args) -> int:
+    import postsvd
+
+    print(f"postsvd {postsvd.__version__}")
+    print(postsvd.build_info())
+    print(f"has_cuda: {postsvd.has_cuda()}, cuda devices: {postsvd.cuda_device_count()}")
+    return 0
+
+
+# ---------------------------------------------------------------------- main
+
+#: Built-in subcommands: (name, function that adds it to the subparsers).
+SUBCOMMANDS: List[Tuple[str, Callable]] = [
+    ("compare", add_compare),
+    ("info", add_info),
+    ("make-example", add_make_example),
+    ("build-info", add_build_info),
+]
+
+MAIN_EXAMPLES = """\
+examples:
+  postsvd make-example example/                                   # a small synthetic pair
+  postsvd compare example/base example/post --out results/        # tables, plots, summary
+  postsvd info example/base
+  postsvd compare --help
+
+Python: import postsvd; r = postsvd.compare(base, post); print(r.summary())"""
+
+
+def _add_plugins(subparsers) -> None:
+    for module_name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # not installed in this version: nothing to add
+            print(f"{PROG}: warning: {module_name} not loaded ({error}); its subcommands are unavailable",
+                  file=sys.stderr)
+            continue
+        except ImportError as error:
+            print(f"{PROG}: warning: {module_name} not loaded ({error}); its subcommands are unavailable",
+                  file=sys.stderr)
+            continue
+        add = getattr(module, "add_cli", None)
+        if add is not None:
+            add(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (built-in subcommands plus plugins)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="postsvd: what post-training did to an LLM's weights. Compares a base and a post-trained "
+                    "Hugging Face checkpoint through the SVD of every attention/MLP projection (arXiv 2509.17866).",
+        epilog=MAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    subparsers.required = True
+    for _, add in SUBCOMMANDS:
+        add(subparsers)
+    _add_plugins(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok, 1 postsvd error, 2 usage error)."""
+    from .errors import PostsvdError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PostsvdError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

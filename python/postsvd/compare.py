@@ -1,0 +1,448 @@
+"""Comparing a base and a post-trained checkpoint: :func:`compare` and :class:`Comparison`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from . import _core, plots
+from ._validate import (
+    LayersArg,
+    KindsArg,
+    normalize_device,
+    normalize_dtype,
+    normalize_folder,
+    normalize_kinds,
+    normalize_layers,
+    normalize_threads,
+)
+from .errors import InvalidArgumentError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Per-pair values kept after the factors are released (all O(k)).
+_KEPT = ("rows", "cols", "k", "sigma_base", "sigma_post", "scaling", "scaling_mean", "scaling_std",
+         "scaling_count", "nf", "iorth_diag")
+
+#: Readings of the summary; NF is judged against unrelated rotations (sqrt(2/k)).
+CONSISTENT_NF_RATIO = 0.25
+PARTIAL_NF_RATIO = 0.6
+UNIFORM_SCALING_CV = 0.05
+
+
+def random_rotation_nf(k: int) -> float:
+    """Expected NF of two unrelated random rotations of size k: sqrt(2 / k).
+
+    For a random orthogonal R, ||R - I||_F^2 = 2k - 2 tr(R) ~ 2k, so NF ~ sqrt(2k) / k.
+    """
+    return math.sqrt(2.0 / k)
+
+
+def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
+            layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
+            num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None) -> "Comparison":
+    """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
+
+    Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
+    orientation ``W = W_hf.T``) and measured: singular values, the SVSM column
+    ``sigma_post / sigma_base``, top-90 % scaling statistics, NF and the diagonal
+    of ``I_orth``. The pairs stream layer by layer, so memory stays bounded by one
+    layer's factors.
+
+    Args:
+        base: folder of the base model (config.json + safetensors, single or sharded).
+        post: folder of the post-trained model; same architecture and shapes.
+        device: 'cpu', or 'cuda' / 'cuda:N' / 'cuda:0,1' in a CUDA build.
+        dtype: working precision, 'float32' (the paper's) or 'float64'.
+        layers: None (all), an int, a list of ints, or text like '0,1,5-9';
+            negative indices count from the end.
+        kinds: None (all), a list or comma-separated text of q, k, v, o, gate,
+            up, down, or the groups 'attn' / 'mlp'.
+        progress: show a tqdm progress bar.
+        num_threads: CPU threads for LAPACK/BLAS (None = all cores).
+        memory_budget_bytes: device memory the CUDA backend may hold (None = 90 % of free).
+
+    Returns:
+        A :class:`Comparison`.
+
+    Raises:
+        BadCheckpointError: a folder is missing or malformed, the model_type is
+            unsupported, or the models differ in architecture or shapes (the
+            message names the first differing tensors).
+        InvalidArgumentError: unknown kind, layer out of range, bad dtype; a NaN
+            or Inf weight (naming the tensor).
+        NotBuiltWithCudaError: device 'cuda' in a CPU build.
+    """
+    base_path = normalize_folder(base, "base")
+    post_path = normalize_folder(post, "post")
+    precision = normalize_dtype(dtype)
+    device_kind, device_ids = normalize_device(device)
+    threads = normalize_threads(num_threads)
+    budget = 0 if memory_budget_bytes is None else int(memory_budget_bytes)
+    if budget < 0:
+        raise InvalidArgumentError(f"memory_budget_bytes: expected >= 0 or None, got {memory_budget_bytes!r}")
+    comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads)
+    arch = comparator.architecture
+    available = [k for k in ("q", "k", "v", "o", "gate", "up", "down")
+                 if any(s["kind"] == k for s in arch["matrices"])]
+    chosen_kinds = normalize_kinds(kinds, available)
+    chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
+    layer_set, kind_set = set(chosen_layers), set(chosen_kinds)
+    batches: Dict[int, List[int]] = {}
+    for index, source in enumerate(arch["matrices"]):
+        if source["layer"] in layer_set and source["kind"] in kind_set:
+            batches.setdefault(source["layer"], []).append(index)
+    total = sum(len(b) for b in batches.values())
+
+    from tqdm.auto import tqdm
+
+    records: List[Dict[str, Any]] = []
+    started = time.perf_counter()
+    desc = f"{_short_name(base_path)} vs {_short_name(post_path)}"
+    with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
+        for layer in sorted(batches):
+            indices = batches[layer]
+            bar.set_postfix_str(f"layer {layer}")
+            for index, measures in zip(indices, comparator.compare(indices, False, 0)):
+                source = arch["matrices"][index]
+                record = {"index": index, "layer": source["layer"], "kind": source["kind"],
+                          "expert": source["expert"], "tensor": source["tensor"]}
+                record.update({key: measures[key] for key in _KEPT})
+                records.append(record)
+            bar.update(len(indices))
+    elapsed = time.perf_counter() - started
+    return Comparison(comparator, records, chosen_layers, chosen_kinds, elapsed)
+
+
+def _short_name(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    return name or path
+
+
+class Comparison:
+    """The measures of every compared (layer, kind) pair of two checkpoints.
+
+    Made by :func:`compare`. Tables are pandas DataFrames, spectra numpy
+    arrays, plots matplotlib Figures. :meth:`matrices` recomputes one pair with
+    its full similarity matrices (the factors are never kept).
+
+    Attributes:
+        base, post: the two folders.
+        model_type: config.json's model_type.
+        num_layers: layers of the model (not only the compared ones).
+        layers: the compared layers.
+        kinds: the compared kinds, in the paper's order.
+        device, dtype: where and in which precision it ran.
+        backend: the backend's description.
+        elapsed_seconds: time spent comparing.
+    """
+
+    def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
+                 kinds: Sequence[str], elapsed_seconds: float = 0.0):
+        self._comparator = comparator
+        self._records = records
+        arch = comparator.architecture
+        self.base: str = comparator.base.folder
+        self.post: str = comparator.post.folder
+        self.model_type: str = arch["model_type"]
+        self.num_layers: int = arch["num_layers"]
+        self.layers: List[int] = list(layers)
+        self.kinds: List[str] = list(kinds)
+        self.device: str = comparator.device
+        self.dtype: str = comparator.precision
+        self.backend: str = comparator.backend_name
+        self.elapsed_seconds: float = elapsed_seconds
+        self._has_experts = any(r["expert"] >= 0 for r in records)
+
+    # ------------------------------------------------------------------ data
+
+    @property
+    def records(self) -> List[Dict[str, Any]]:
+        """One dict per pair: layer, kind, expert, tensor, rows, cols, k,
+        sigma_base, sigma_post, scaling, scaling_mean, scaling_std, nf, iorth_diag."""
+        return self._records
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """A row per (layer, kind[, expert]): in_features, out_features, k,
+        scaling_mean, scaling_std (top 90 %), nf, sigma_base_max, sigma_post_max,
+        iorth_diag_mean, tensor."""
+        rows = []
+        for r in self._records:
+            row = {"layer": r["layer"], "kind": r["kind"]}
+            if self._has_experts:
+                row["expert"] = r["expert"]
+            row.update({
+                "in_features": r["rows"], "out_features": r["cols"], "k": r["k"],
+                "scaling_mean": r["scaling_mean"], "scaling_std": r["scaling_std"], "nf": r["nf"],
+                "sigma_base_max": float(r["sigma_base"][0]), "sigma_post_max": float(r["sigma_post"][0]),
+                "iorth_diag_mean": float(np.mean(r["iorth_diag"])), "tensor": r["tensor"],
+            })
+            rows.append(row)
+        columns = ["layer", "kind"] + (["expert"] if self._has_experts else []) + [
+            "in_features", "out_features", "k", "scaling_mean", "scaling_std", "nf", "sigma_base_max",
+            "sigma_post_max", "iorth_diag_mean", "tensor"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def kind_table(self) -> pd.DataFrame:
+        """Per kind (the paper's Table 3 row): the pooled mean and population std
+        of the top-90 % scaling factors over all compared layers, the mean and
+        max NF, the random-rotation NF baseline sqrt(2/k), and alpha' (the pooled
+        mean rounded to one decimal, Table 4)."""
+        rows = []
+        for kind in self.kinds:
+            records = [r for r in self._records if r["kind"] == kind]
+            pooled = np.concatenate([r["scaling"][: r["scaling_count"]] for r in records])
+            nf = np.array([r["nf"] for r in records])
+            mean = float(np.mean(pooled))
+            rows.append({
+                "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
+                "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
+                "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
+                "alpha": round(mean, 1),
+            })
+        return pd.DataFrame(rows, columns=["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean",
+                                           "nf_max", "nf_random", "alpha"])
+
+    def layers_of(self, kind: str) -> List[int]:
+        """The compared layers that have `kind`, ascending (the columns of :meth:`svsm`)."""
+        return sorted({r["layer"] for r in self._of_kind(kind)})
+
+    def svsm(self, kind: str, expert: Optional[int] = None) -> np.ndarray:
+        """The singular value scaling matrix of `kind`: ``[k, layers]``, column j
+        = sigma_post / sigma_base of the j-th compared layer (Eq. 4)."""
+        return self._stack(kind, "scaling", expert)
+
+    def sigma(self, kind: str, model: str = "base", expert: Optional[int] = None) -> np.ndarray:
+        """Singular values of `kind` in one model: ``[k, layers]``, descending down each column.
+
+        Args:
+            model: 'base' or 'post'.
+        """
+        if model not in ("base", "post"):
+            raise InvalidArgumentError(f"model: expected 'base' or 'post', got {model!r}")
+        return self._stack(kind, f"sigma_{model}", expert)
+
+    def nf(self, kind: str, expert: Optional[int] = None) -> np.ndarray:
+        """NF per compared layer of `kind`: ``[layers]``."""
+        return np.array([r["nf"] for r in self._of_kind(kind, expert)])
+
+    def matrices(self, layer: int, kind: str, leading_k: Optional[int] = None,
+                 expert: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """Recomputes one pair with its full matrices (Fig. 3a, Eq. 5-7).
+
+        Args:
+            layer: a layer of the model (negative counts from the end).
+            kind: one of the compared kinds.
+            leading_k: keep only the leading k singular vectors (None = all).
+
+        Returns:
+            dict of numpy arrays: ``sim_u`` = |U_A^T U_B|, ``sim_v`` = |V_A^T V_B|,
+            ``difference`` = |sim_u - sim_v|, ``q1`` = U_A^T U_B, ``q2`` = V_A^T V_B,
+            ``iorth`` = q1^T q2 (each ``[kk, kk]``), plus ``nf``, ``sigma_base``,
+            ``sigma_post`` and ``scaling`` of the pair.
+        """
+        from .linalg import _leading_k
+
+        layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
+        kind = self._check_kind(kind)
+        matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
+                   and (expert is None or r["expert"] == expert)]
+        if not matches:
+            compared = ", ".join(str(x) for x in self.layers)
+            raise InvalidArgumentError(f"layer {layer} was not compared; compared layers: {compared}")
+        if len(matches) > 1:
+            raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert=")
+        result = self._comparator.compare([matches[0]["index"]], True, _leading_k(leading_k))[0]
+        result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
+        return result
+
+    # ------------------------------------------------------------------ plots
+
+    def plot_svsm(self, kinds: KindsArg = None):
+        """Fig. 2: one SVSM heatmap per kind (x = layer, y = singular value index).
+        Returns a matplotlib Figure."""
+        chosen = self._kinds_arg(kinds)
+        return plots.plot_svsm({k: self.svsm(k) for k in chosen}, {k: self.layers_of(k) for k in chosen},
+                               title=f"SVSM: {_short_name(self.post)} / {_short_name(self.base)}")
+
+    def plot_scaling_bands(self, kinds: KindsArg = None):
+        """Fig. 8: per-layer mean ± std (top 90 %) of the scaling factors, one
+        band per kind. Returns a matplotlib Figure."""
+        series = {}
+        for kind in self._kinds_arg(kinds):
+            records = self._of_kind(kind)
+            series[kind] = {"layers": [r["layer"] for r in records],
+                            "mean": [r["scaling_mean"] for r in records],
+                            "std": [r["scaling_std"] for r in records]}
+        return plots.plot_scaling_bands(
+            series, title=f"Scaling per layer: {_short_name(self.post)} / {_short_name(self.base)}")
+
+    def plot_nf(self, kinds: KindsArg = None):
+        """Fig. 3b: NF per layer, one line per kind (dashed: unrelated
+        rotations, sqrt(2/k)). Returns a matplotlib Figure."""
+        series, baseline = {}, {}
+        for kind in self._kinds_arg(kinds):
+            records = self._of_kind(kind)
+            series[kind] = {"layers": [r["layer"] for r in records], "nf": [r["nf"] for r in records]}
+            baseline[kind] = random_rotation_nf(records[0]["k"])
+        return plots.plot_nf(series, baseline,
+                             title=f"NF per layer: {_short_name(self.post)} vs {_short_name(self.base)}")
+
+    def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25):
+        """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
+        `leading_k` vectors; None = all). Returns a matplotlib Figure."""
+        result = self.matrices(layer, kind, leading_k=leading_k)
+        layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
+        shown = result["sim_u"].shape[0]
+        return plots.plot_matrices(result, title=f"W_{kind}, layer {layer}: leading {shown} of k = {result['k']} "
+                                                 f"singular vectors (NF = {result['nf']:.3g})")
+
+    # ------------------------------------------------------------------ output
+
+    def save(self, out_dir: PathLike, *, plots: bool = True, matrices_for: Optional[Iterable[Tuple[int, str]]] = None,
+             leading_k: int = 25) -> List[str]:
+        """Writes the results into `out_dir` (created if needed) and returns the paths.
+
+        Files: ``table.csv`` / ``table.json`` (a row per pair), ``kinds.csv`` /
+        ``kinds.json`` (per kind), ``spectra.npz`` (``svsm_<kind>``,
+        ``sigma_base_<kind>``, ``sigma_post_<kind>``, ``layers_<kind>``: arrays
+        ``[k, layers]``), ``summary.txt``, ``run.json`` (inputs and settings) and,
+        with `plots`, ``svsm.png``, ``scaling_bands.png``, ``nf.png`` and
+        ``matrices_layer<L>_<kind>.png`` for each (layer, kind) in `matrices_for`
+        (default: the first compared layer and kind).
+        """
+        out = os.fspath(out_dir)
+        os.makedirs(out, exist_ok=True)
+        written: List[str] = []
+
+        def path(name: str) -> str:
+            written.append(os.path.join(out, name))
+            return written[-1]
+
+        table = self.table
+        table.to_csv(path("table.csv"), index=False)
+        table.to_json(path("table.json"), orient="records", indent=1)
+        kinds = self.kind_table()
+        kinds.to_csv(path("kinds.csv"), index=False)
+        kinds.to_json(path("kinds.json"), orient="records", indent=1)
+        arrays = {}
+        for kind in self.kinds:
+            if self._has_experts:
+                continue
+            arrays[f"svsm_{kind}"] = self.svsm(kind)
+            arrays[f"sigma_base_{kind}"] = self.sigma(kind, "base")
+            arrays[f"sigma_post_{kind}"] = self.sigma(kind, "post")
+            arrays[f"layers_{kind}"] = np.array(self.layers_of(kind))
+        np.savez(path("spectra.npz"), **arrays)
+        with open(path("summary.txt"), "w") as f:
+            f.write(self.summary() + "\n")
+        with open(path("run.json"), "w") as f:
+            json.dump(self._run_info(), f, indent=1)
+        if plots and not self._has_experts:
+            figures = [("svsm.png", self.plot_svsm()), ("scaling_bands.png", self.plot_scaling_bands()),
+                       ("nf.png", self.plot_nf())]
+            if matrices_for is None:
+                matrices_for = [(self.layers[0], self.kinds[0])]
+            for layer, kind in matrices_for:
+                figures.append((f"matrices_layer{layer}_{kind}.png", self.plot_matrices(layer, kind, leading_k)))
+            for name, figure in figures:
+                figure.savefig(path(name), dpi=110)
+        return written
+
+    def _run_info(self) -> Dict[str, Any]:
+        from . import __version__
+
+        return {"base": self.base, "post": self.post, "model_type": self.model_type,
+                "num_layers": self.num_layers, "layers": self.layers, "kinds": self.kinds,
+                "device": self.device, "dtype": self.dtype, "backend": self.backend,
+                "elapsed_seconds": round(self.elapsed_seconds, 3), "postsvd_version": __version__}
+
+    def summary(self) -> str:
+        """A short text report: per kind the pooled scaling mean ± std, the mean
+        NF against the unrelated-rotation baseline, and a one-line reading."""
+        kinds = self.kind_table()
+        lines = [
+            f"postsvd: {_short_name(self.post)} (post) vs {_short_name(self.base)} (base); {self.model_type}, "
+            f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
+            f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s",
+            f"{'kind':<5} {'scaling (top 90%)':>18} {'NF mean':>9} {'NF random':>9}  reading",
+        ]
+        readings = []
+        for row in kinds.itertuples():
+            reading = _reading(row.scaling_mean, row.scaling_std, row.nf_mean, row.nf_random)
+            readings.append(reading)
+            lines.append(f"{row.kind:<5} {row.scaling_mean:>9.4f} ± {row.scaling_std:<6.4f} "
+                         f"{row.nf_mean:>9.4f} {row.nf_random:>9.4f}  {reading}")
+        consistent = all(r.endswith("+ consistent rotation") for r in readings)
+        uniform = all(r.startswith("near-uniform") or r.startswith("unchanged") for r in readings)
+        if consistent and uniform:
+            overall = ("Overall: post-training looks like near-uniform scaling of the singular values plus one "
+                       "consistent rotation of the input and output sides (the paper's finding).")
+        elif consistent:
+            overall = "Overall: the two sides rotate together (small NF), but the scaling is not uniform."
+        elif any("no consistent rotation" in r for r in readings):
+            overall = ("Overall: the singular vectors do not rotate consistently; the models look unrelated "
+                       "(e.g. two separately pre-trained models), not base and post-trained.")
+        else:
+            overall = "Overall: partly consistent rotations; see nf.png and the per-layer table."
+        lines.append(overall)
+        lines.append("How to read: scaling = sigma_post / sigma_base per singular value (1 = unchanged; a small ± "
+                     "means one factor for all); NF = ||Q1^T Q2 - I||_F / k is 0 when the input side (U) and the "
+                     "output side (V) rotate by the same Q, and about 'NF random' for unrelated models.")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"<postsvd.Comparison {self.model_type}: {_short_name(self.post)} vs {_short_name(self.base)}, "
+                f"{len(self.layers)} layers x {len(self.kinds)} kinds, {self.device} {self.dtype}>")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_kind(self, kind: str) -> str:
+        names = normalize_kinds(kind)
+        if len(names) != 1:
+            raise InvalidArgumentError(f"kind: expected one kind, got {kind!r}")
+        if names[0] not in self.kinds:
+            raise InvalidArgumentError(
+                f"kind {names[0]!r} was not compared; compared kinds: {', '.join(self.kinds)}")
+        return names[0]
+
+    def _kinds_arg(self, kinds: KindsArg) -> List[str]:
+        if kinds is None:
+            return list(self.kinds)
+        return [self._check_kind(k) for k in normalize_kinds(kinds)]
+
+    def _of_kind(self, kind: str, expert: Optional[int] = None) -> List[Dict[str, Any]]:
+        kind = self._check_kind(kind)
+        records = [r for r in self._records if r["kind"] == kind]
+        if self._has_experts:
+            if expert is None:
+                raise InvalidArgumentError(f"this model has experts; pass expert= for kind {kind!r}")
+            records = [r for r in records if r["expert"] == expert]
+        return sorted(records, key=lambda r: r["layer"])
+
+    def _stack(self, kind: str, key: str, expert: Optional[int]) -> np.ndarray:
+        return np.stack([r[key] for r in self._of_kind(kind, expert)], axis=1)
+
+
+def _reading(scaling_mean: float, scaling_std: float, nf_mean: float, nf_random: float) -> str:
+    cv = scaling_std / abs(scaling_mean) if scaling_mean else float("inf")
+    if cv < UNIFORM_SCALING_CV and abs(scaling_mean - 1.0) < 0.005:
+        scaling = "unchanged singular values"
+    elif cv < UNIFORM_SCALING_CV:
+        scaling = f"near-uniform scaling x{scaling_mean:.3g}"
+    else:
+        scaling = "non-uniform scaling"
+    ratio = nf_mean / nf_random
+    if ratio < CONSISTENT_NF_RATIO:
+        rotation = "consistent rotation"
+    elif ratio < PARTIAL_NF_RATIO:
+        rotation = "partly consistent rotation"
+    else:
+        rotation = "no consistent rotation"
+    return f"{scaling} + {rotation}"

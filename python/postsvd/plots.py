@@ -1,0 +1,143 @@
+"""The paper's figures as matplotlib Figures (no pyplot state: safe headless and in notebooks).
+
+Each function takes plain arrays, so it also serves results that did not come
+from :func:`postsvd.compare`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+#: One color per kind, stable across figures.
+KIND_COLORS = {
+    "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
+    "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
+}
+
+
+def _grid(count: int, max_cols: int = 4):
+    cols = min(count, max_cols)
+    rows = math.ceil(count / cols)
+    return rows, cols
+
+
+def plot_svsm(svsm: Mapping[str, np.ndarray], layers: Mapping[str, Sequence[int]], title: str = "") -> Figure:
+    """Fig. 2: one SVSM heatmap per kind; x = layer, y = singular value index
+    (0 = largest at the top), color = sigma_post / sigma_base.
+
+    Args:
+        svsm: kind -> array ``[k, layers]``.
+        layers: kind -> the layer index of each column.
+    """
+    kinds = list(svsm)
+    rows, cols = _grid(len(kinds))
+    fig = Figure(figsize=(3.2 * cols + 1.0, 3.0 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    values = np.concatenate([np.asarray(svsm[k]).ravel() for k in kinds]) if kinds else np.ones(1)
+    values = values[np.isfinite(values)]
+    # Shared, robust color range so kinds compare; the tail's outliers saturate.
+    low, high = (np.percentile(values, [1, 99]) if values.size else (0.0, 2.0))
+    if high - low < 1e-6:
+        low, high = low - 0.05, high + 0.05
+    image = None
+    for ax, kind in zip(axes, kinds):
+        matrix = np.asarray(svsm[kind])
+        kind_layers = list(layers[kind])
+        image = ax.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", vmin=low, vmax=high,
+                          extent=(-0.5, len(kind_layers) - 0.5, matrix.shape[0] - 0.5, -0.5))
+        ax.set_title(f"W_{kind}  (k = {matrix.shape[0]})")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("singular value index")
+        _layer_ticks(ax, kind_layers)
+    for ax in axes[len(kinds):]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=axes[:len(kinds)].tolist(), label="scaling  σ_post / σ_base", shrink=0.9)
+    fig.suptitle(title or "Singular value scaling matrices (SVSM)")
+    return fig
+
+
+def _layer_ticks(ax, layer_list: Sequence[int]) -> None:
+    count = len(layer_list)
+    step = max(1, math.ceil(count / 8))
+    positions = list(range(0, count, step))
+    ax.set_xticks(positions)
+    ax.set_xticklabels([str(layer_list[p]) for p in positions])
+
+
+def plot_scaling_bands(per_layer: Mapping[str, Dict[str, np.ndarray]], title: str = "") -> Figure:
+    """Fig. 8: per-layer mean (line) and ± std (band) of the top-90 % scaling
+    factors, one color per kind.
+
+    Args:
+        per_layer: kind -> {"layers": [L], "mean": [L], "std": [L]}.
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for kind, series in per_layer.items():
+        x = np.asarray(series["layers"])
+        mean = np.asarray(series["mean"])
+        std = np.asarray(series["std"])
+        color = KIND_COLORS.get(kind)
+        ax.plot(x, mean, marker="o", markersize=3, color=color, label=f"W_{kind}")
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("scaling factor (top 90 %)  mean ± std")
+    ax.legend(ncol=min(len(per_layer), 4), fontsize="small")
+    ax.set_title(title or "Singular value scaling per layer")
+    return fig
+
+
+def plot_nf(per_layer: Mapping[str, Dict[str, np.ndarray]], baseline: Optional[Mapping[str, float]] = None,
+            title: str = "") -> Figure:
+    """Fig. 3b: NF = ||Q1^T Q2 - I||_F / k per layer, one line per kind.
+
+    Args:
+        per_layer: kind -> {"layers": [L], "nf": [L]}.
+        baseline: kind -> NF of unrelated random rotations (sqrt(2/k)), drawn dashed.
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for kind, series in per_layer.items():
+        color = KIND_COLORS.get(kind)
+        ax.plot(series["layers"], series["nf"], marker="o", markersize=3, color=color, label=f"W_{kind}")
+        if baseline and kind in baseline:
+            ax.axhline(baseline[kind], color=color, linewidth=0.8, linestyle="--", alpha=0.6)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("NF = ||I_orth − I||_F / k")
+    ax.set_ylim(bottom=0)
+    ax.legend(ncol=min(len(per_layer), 4), fontsize="small")
+    ax.set_title(title or "Orthogonal consistency (NF; dashed: unrelated rotations)")
+    return fig
+
+
+def plot_matrices(matrices: Mapping[str, np.ndarray], title: str = "") -> Figure:
+    """Fig. 3a: sim_U, sim_V, their difference and I_orth as heatmaps.
+
+    Args:
+        matrices: with keys "sim_u", "sim_v", "difference", "iorth" (square arrays).
+    """
+    panels = [("sim_u", "sim_U = |U_A^T U_B|", "viridis", 0.0, 1.0),
+              ("sim_v", "sim_V = |V_A^T V_B|", "viridis", 0.0, 1.0),
+              ("difference", "|sim_U − sim_V|", "viridis", 0.0, 1.0),
+              ("iorth", "I_orth = Q1^T Q2", "RdBu_r", -1.0, 1.0)]
+    fig = Figure(figsize=(15, 3.9), layout="constrained")
+    axes = fig.subplots(1, 4)
+    for ax, (key, label, cmap, vmin, vmax) in zip(axes, panels):
+        matrix = np.asarray(matrices[key])
+        image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(label)
+        if key == "iorth":
+            ax.set_xlabel("post index j")
+            ax.set_ylabel("post index i")
+        else:
+            ax.set_xlabel("post index j")
+            ax.set_ylabel("base index i")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
