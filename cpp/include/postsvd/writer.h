@@ -1,0 +1,61 @@
+// Writing a modified copy of a checkpoint's safetensors files: same file
+// names, same tensors in the same order with the same offsets, untouched
+// tensors copied bit for bit, modified matrices written back in their stored
+// dtype and layout. Sharded input gives sharded output with an index.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "postsvd/checkpoint.h"
+#include "postsvd/types.h"
+
+namespace postsvd {
+
+/// Copies every safetensors file of a checkpoint into a folder and lets the
+/// caller overwrite matrices in place. Move-only.
+///
+/// Files: the header is rewritten as JSON with "__metadata__" first (the
+/// source's metadata with "format": "pt"), then the tensors in the order of
+/// their offsets, padded with spaces to a multiple of 8 bytes; the data
+/// section is the source's, byte for byte, until write() replaces a tensor.
+/// Sharded checkpoints also get model.safetensors.index.json with the source's
+/// weight_map and metadata.total_size.
+class CheckpointWriter {
+ public:
+  /// `out_folder` must exist; files of the same names in it are replaced.
+  CheckpointWriter(const Checkpoint& source, const std::string& out_folder);
+  ~CheckpointWriter();
+  CheckpointWriter(CheckpointWriter&&) noexcept;
+  CheckpointWriter& operator=(CheckpointWriter&&) noexcept;
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  /// Writes W [in, out] (paper orientation) into `source`'s tensor: as W^T
+  /// into [out, in] storage (rows out_offset.. of a fused tensor), or as is
+  /// into Conv1D [in, out] storage (columns out_offset..). Converts to the
+  /// stored dtype with round-to-nearest-even (F32 -> BF16 / F16; NaN stays
+  /// NaN; F64 -> 16-bit rounds once, correctly). Throws InvalidArgument when
+  /// shapes do not match the source, BadCheckpoint for non-float tensors.
+  template <class T>
+  void write(const MatrixSource& source, const Matrix<T>& w);
+
+  /// Flushes and closes the files, writes the index when sharded; returns the
+  /// file names written (relative to out_folder). No write() after finish().
+  std::vector<std::string> finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// float32 -> IEEE binary16, round-to-nearest-even; overflow gives +-inf,
+/// NaN stays NaN (payload's top bits kept, quiet bit set).
+uint16_t float_to_f16_rne(float value);
+/// float64 -> bfloat16 / binary16 rounding once (via round-to-odd to float32).
+uint16_t double_to_bf16_rne(double value);
+uint16_t double_to_f16_rne(double value);
+
+}  // namespace postsvd

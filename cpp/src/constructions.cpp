@@ -1,0 +1,697 @@
+// Constructions 9-16 and Eq. 13 (see constructions.h and measures.md).
+#include "postsvd/constructions.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <type_traits>
+
+#include "detail/lapack.h"
+#include "postsvd/checkpoint.h"
+#include "postsvd/writer.h"
+
+extern "C" {
+// Symmetric eigenvalues, divide and conquer (only the values are asked for here).
+void dsyevd_(const char* jobz, const char* uplo, const postsvd_lapack_int* n, double* a, const postsvd_lapack_int* lda,
+             double* w, double* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* iwork,
+             const postsvd_lapack_int* liwork, postsvd_lapack_int* info, postsvd_fortran_strlen jobz_len,
+             postsvd_fortran_strlen uplo_len);
+}
+
+namespace postsvd {
+
+namespace fs = std::filesystem;
+using detail::lapack_int;
+
+// ---------------------------------------------------------------------------
+// Names.
+
+Construction parse_construction(int number) {
+  switch (number) {
+    case 9: case 10: case 11: case 12: case 14: case 15: case 16:
+      return static_cast<Construction>(number);
+    default:
+      POSTSVD_THROW(InvalidArgument, "unknown construction " << number
+                                         << "; expected one of 9, 10, 11, 12, 14, 15, 16 (the paper's numbering)");
+  }
+}
+
+const char* construction_name(Construction construction) {
+  switch (construction) {
+    case Construction::ReplaceScaled: return "replace-singular-values-scaled";
+    case Construction::AblateOutput: return "ablate-output-rotation";
+    case Construction::RestoreOutput: return "restore-output-rotation";
+    case Construction::RestoreFromRef: return "restore-output-rotation-from-ref";
+    case Construction::Replace: return "replace-singular-values";
+    case Construction::AblateInput: return "ablate-input-rotation";
+    case Construction::RestoreInput: return "restore-input-rotation";
+  }
+  return "?";
+}
+
+const char* construction_formula(Construction construction) {
+  switch (construction) {
+    case Construction::ReplaceScaled: return "U_post (alpha' S_base) V_post^T";
+    case Construction::AblateOutput: return "U_post S_post V_base^T";
+    case Construction::RestoreOutput: return "U_post S_post (V_base Q1)^T, Q1 = U_base^T U_post";
+    case Construction::RestoreFromRef: return "U_post S_post (V_ref Q')^T, Q' = U_ref^T U_post";
+    case Construction::Replace: return "U_post S_base V_post^T";
+    case Construction::AblateInput: return "U_base S_post V_post^T";
+    case Construction::RestoreInput: return "(U_base Q2) S_post V_post^T, Q2 = V_base^T V_post";
+  }
+  return "?";
+}
+
+bool construction_needs_ref(Construction construction) { return construction == Construction::RestoreFromRef; }
+bool construction_uses_alpha(Construction construction) { return construction == Construction::ReplaceScaled; }
+
+double table4_alpha(double pooled_mean_scaling) { return std::round(pooled_mean_scaling * 10.0) / 10.0; }
+
+// ---------------------------------------------------------------------------
+// Small dense helpers (column-major).
+
+namespace {
+
+lapack_int as_int(int64_t value, const char* what) {
+  POSTSVD_CHECK(value >= 0 && value <= std::numeric_limits<lapack_int>::max(), InvalidArgument,
+                what << " = " << value << " exceeds the 32-bit LAPACK index range");
+  return static_cast<lapack_int>(value);
+}
+
+// C [m, n] = op(A) op(B).
+template <class T>
+Matrix<T> multiply(const Matrix<T>& a, bool transpose_a, const Matrix<T>& b, bool transpose_b) {
+  const int64_t m = transpose_a ? a.cols() : a.rows();
+  const int64_t inner = transpose_a ? a.rows() : a.cols();
+  const int64_t n = transpose_b ? b.rows() : b.cols();
+  const int64_t inner_b = transpose_b ? b.cols() : b.rows();
+  POSTSVD_CHECK(inner == inner_b, InvalidArgument,
+                "multiply: inner dimensions differ: " << inner << " vs " << inner_b);
+  Matrix<T> c(m, n);
+  if (m == 0 || n == 0) return c;
+  if (inner == 0) {
+    std::fill(c.data(), c.data() + c.size(), T(0));
+    return c;
+  }
+  detail::gemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', as_int(m, "rows"), as_int(n, "cols"),
+               as_int(inner, "inner"), T(1), a.data(), as_int(std::max<int64_t>(1, a.rows()), "lda"), b.data(),
+               as_int(std::max<int64_t>(1, b.rows()), "ldb"), T(0), c.data(), as_int(std::max<int64_t>(1, m), "ldc"));
+  return c;
+}
+
+template <class T>
+Matrix<double> to_double(const Matrix<T>& a) {
+  Matrix<double> out(a.rows(), a.cols());
+  for (int64_t i = 0; i < a.size(); ++i) out.data()[i] = static_cast<double>(a.data()[i]);
+  return out;
+}
+
+// ||A^T A - I||_F for square A.
+double orthogonality_error(const Matrix<double>& a) {
+  const Matrix<double> gram = multiply(a, true, a, false);
+  double sum = 0;
+  for (int64_t c = 0; c < gram.cols(); ++c)
+    for (int64_t r = 0; r < gram.rows(); ++r) {
+      const double d = gram(r, c) - (r == c ? 1.0 : 0.0);
+      sum += d * d;
+    }
+  return std::sqrt(sum);
+}
+
+// U V^T of the SVD of square `a`.
+Matrix<double> polar_by_svd(const Matrix<double>& a) {
+  const lapack_int n = as_int(a.rows(), "k");
+  Matrix<double> work_a = a.clone();
+  Matrix<double> u(n, n), vt(n, n);
+  std::vector<double> s(static_cast<std::size_t>(n));
+  std::vector<lapack_int> iwork(static_cast<std::size_t>(8 * std::max<lapack_int>(1, n)));
+  lapack_int info = 0;
+  double query = 0;
+  detail::gesdd('S', n, n, work_a.data(), std::max<lapack_int>(1, n), s.data(), u.data(), std::max<lapack_int>(1, n),
+                vt.data(), std::max<lapack_int>(1, n), &query, -1, iwork.data(), &info);
+  POSTSVD_CHECK(info == 0, BackendError, "polar factor: dgesdd workspace query failed, info = " << info);
+  std::vector<double> work(static_cast<std::size_t>(detail::workspace_size(query)));
+  detail::gesdd('S', n, n, work_a.data(), std::max<lapack_int>(1, n), s.data(), u.data(), std::max<lapack_int>(1, n),
+                vt.data(), std::max<lapack_int>(1, n), work.data(), static_cast<lapack_int>(work.size()), iwork.data(),
+                &info);
+  POSTSVD_CHECK(info == 0, BackendError,
+                "polar factor of a [" << n << ", " << n << "] matrix: dgesdd failed, info = " << info
+                                      << (info > 0 ? " (did not converge)" : " (illegal argument)"));
+  return multiply(u, false, vt, false);
+}
+
+}  // namespace
+
+Matrix<double> polar_factor(const Matrix<double>& a) {
+  POSTSVD_CHECK(a.rows() == a.cols(), InvalidArgument,
+                "polar_factor: expected a square matrix, got [" << a.rows() << ", " << a.cols() << "]");
+  const int64_t k = a.rows();
+  if (k == 0) return Matrix<double>(0, 0);
+  // Newton-Schulz X <- X (3 I - X^T X) / 2 converges quadratically to the
+  // polar factor when ||X^T X - I||_2 < 1; start it only well inside that.
+  double error = orthogonality_error(a);
+  if (!(error < 0.5)) return polar_by_svd(a);
+  const double tolerance = 64.0 * std::numeric_limits<double>::epsilon() * static_cast<double>(k);
+  Matrix<double> x = a.clone();
+  for (int step = 0; step < 40 && error > tolerance; ++step) {
+    const Matrix<double> gram = multiply(x, true, x, false);
+    Matrix<double> xg = multiply(x, false, gram, false);
+    for (int64_t i = 0; i < x.size(); ++i) x.data()[i] = 1.5 * x.data()[i] - 0.5 * xg.data()[i];
+    const double next = orthogonality_error(x);
+    if (!(next < error)) break;  // rounding floor reached
+    error = next;
+  }
+  if (!(error <= std::max(tolerance, 1e-10))) return polar_by_svd(a);
+  return x;
+}
+
+std::vector<double> rotation_angles_deg(const Matrix<double>& rotation) {
+  POSTSVD_CHECK(rotation.rows() == rotation.cols(), InvalidArgument,
+                "rotation_angles_deg: expected a square matrix, got [" << rotation.rows() << ", " << rotation.cols()
+                                                                       << "]");
+  const lapack_int n = as_int(rotation.rows(), "k");
+  if (n == 0) return {};
+  Matrix<double> sym(n, n);  // (M + M^T) / 2: eigenvalues cos(theta), one per eigenvalue of M
+  for (lapack_int c = 0; c < n; ++c)
+    for (lapack_int r = 0; r < n; ++r) sym(r, c) = 0.5 * (rotation(r, c) + rotation(c, r));
+  std::vector<double> values(static_cast<std::size_t>(n));
+  const char jobz = 'N', uplo = 'U';
+  lapack_int info = 0, lwork = -1, liwork = -1, iquery = 0;
+  double query = 0;
+  dsyevd_(&jobz, &uplo, &n, sym.data(), &n, values.data(), &query, &lwork, &iquery, &liwork, &info, 1, 1);
+  POSTSVD_CHECK(info == 0, BackendError, "rotation angles: dsyevd workspace query failed, info = " << info);
+  lwork = detail::workspace_size(query);
+  liwork = std::max<lapack_int>(1, iquery);
+  std::vector<double> work(static_cast<std::size_t>(lwork));
+  std::vector<lapack_int> iwork(static_cast<std::size_t>(liwork));
+  dsyevd_(&jobz, &uplo, &n, sym.data(), &n, values.data(), work.data(), &lwork, iwork.data(), &liwork, &info, 1, 1);
+  POSTSVD_CHECK(info == 0, BackendError,
+                "rotation angles of a [" << n << ", " << n << "] matrix: dsyevd failed, info = " << info);
+  std::vector<double> angles(values.size());
+  const double to_deg = 180.0 / M_PI;
+  for (std::size_t i = 0; i < values.size(); ++i)
+    angles[i] = std::acos(std::clamp(values[i], -1.0, 1.0)) * to_deg;
+  std::sort(angles.begin(), angles.end());
+  return angles;
+}
+
+namespace {
+
+AngleSummary summarize(const std::vector<double>& angles) {
+  AngleSummary s;
+  if (angles.empty()) return s;
+  s.mean_deg = std::accumulate(angles.begin(), angles.end(), 0.0) / static_cast<double>(angles.size());
+  s.max_deg = *std::max_element(angles.begin(), angles.end());
+  return s;
+}
+
+}  // namespace
+
+SharedRotation shared_rotation(const Matrix<double>& q1, const Matrix<double>& q2, bool keep_matrices) {
+  POSTSVD_CHECK(q1.rows() == q1.cols() && q2.rows() == q2.cols() && q1.rows() == q2.rows(), InvalidArgument,
+                "shared_rotation: expected Q1 and Q2 square of the same size [k, k], got ["
+                    << q1.rows() << ", " << q1.cols() << "] and [" << q2.rows() << ", " << q2.cols() << "]");
+  for (const Matrix<double>* m : {&q1, &q2})
+    for (int64_t i = 0; i < m->size(); ++i)
+      POSTSVD_CHECK(std::isfinite(m->data()[i]), InvalidArgument,
+                    "shared_rotation: " << (m == &q1 ? "Q1" : "Q2") << " has a non-finite entry at flat index " << i);
+  SharedRotation out;
+  const int64_t k = q1.rows();
+  out.k = k;
+  if (k == 0) return out;
+  out.defect1 = orthogonality_error(q1) / static_cast<double>(k);
+  out.defect2 = orthogonality_error(q2) / static_cast<double>(k);
+  const Matrix<double> p1 = polar_factor(q1);
+  const Matrix<double> p2 = polar_factor(q2);
+  Matrix<double> sum = p1.clone();
+  for (int64_t i = 0; i < sum.size(); ++i) sum.data()[i] += p2.data()[i];
+  Matrix<double> q = polar_factor(sum);
+  const Matrix<double> r1 = multiply(q, true, p1, false);  // polar(dQ1)
+  const Matrix<double> r2 = multiply(q, true, p2, false);  // polar(dQ2)
+  out.residual1 = summarize(rotation_angles_deg(r1));
+  out.residual2 = summarize(rotation_angles_deg(r2));
+  out.shared = summarize(rotation_angles_deg(q));
+  if (keep_matrices) {
+    out.dq1 = multiply(q, true, q1, false);
+    out.dq2 = multiply(q, true, q2, false);
+    out.q = std::move(q);
+  }
+  return out;
+}
+
+namespace {
+
+template <class T>
+void check_same_shape(const Decomposition<T>& a, const Decomposition<T>& b, const char* name_a, const char* name_b) {
+  POSTSVD_CHECK(a.U.rows() == b.U.rows() && a.V.rows() == b.V.rows() && a.U.cols() == b.U.cols() &&
+                    a.V.cols() == b.V.cols() && a.S.size() == b.S.size() &&
+                    static_cast<int64_t>(a.S.size()) == a.U.cols() && a.U.cols() == a.V.cols(),
+                InvalidArgument,
+                "decompositions of " << name_a << " and " << name_b << " differ in shape: " << name_a << " U ["
+                                     << a.U.rows() << ", " << a.U.cols() << "], S [" << a.S.size() << "], V ["
+                                     << a.V.rows() << ", " << a.V.cols() << "]; " << name_b << " U [" << b.U.rows()
+                                     << ", " << b.U.cols() << "], S [" << b.S.size() << "], V [" << b.V.rows() << ", "
+                                     << b.V.cols() << "]");
+}
+
+// A diag(s) B^T, A [in, k], B [out, k].
+template <class T>
+Matrix<T> compose(const Matrix<T>& a, const std::vector<T>& s, const Matrix<T>& b) {
+  Matrix<T> scaled = a.clone();
+  const int64_t rows = a.rows();
+  for (int64_t j = 0; j < a.cols(); ++j) {
+    T* column = scaled.data() + j * rows;
+    for (int64_t i = 0; i < rows; ++i) column[i] *= s[static_cast<std::size_t>(j)];
+  }
+  return multiply(scaled, false, b, true);
+}
+
+}  // namespace
+
+template <class T>
+Matrix<T> construct_weight(Construction construction, const Decomposition<T>& base, const Decomposition<T>& post,
+                           const Decomposition<T>* ref, double alpha) {
+  check_same_shape(base, post, "base", "post");
+  switch (construction) {
+    case Construction::ReplaceScaled:
+    case Construction::Replace: {
+      const double factor = construction == Construction::Replace ? 1.0 : alpha;
+      POSTSVD_CHECK(std::isfinite(factor) && factor > 0, InvalidArgument,
+                    "construction 9: alpha' must be finite and > 0, got " << factor);
+      std::vector<T> s(base.S.size());
+      for (std::size_t j = 0; j < s.size(); ++j) s[j] = static_cast<T>(factor * static_cast<double>(base.S[j]));
+      return compose(post.U, s, post.V);
+    }
+    case Construction::AblateOutput:
+      return compose(post.U, post.S, base.V);
+    case Construction::RestoreOutput: {
+      const Matrix<T> q1 = multiply(base.U, true, post.U, false);  // [k, k]
+      return compose(post.U, post.S, multiply(base.V, false, q1, false));
+    }
+    case Construction::RestoreFromRef: {
+      POSTSVD_CHECK(ref != nullptr, InvalidArgument,
+                    "construction 12 needs the decomposition of a reference post model (ref), got none");
+      check_same_shape(*ref, post, "ref", "post");
+      const Matrix<T> q_ref = multiply(ref->U, true, post.U, false);  // Q' [k, k]
+      return compose(post.U, post.S, multiply(ref->V, false, q_ref, false));
+    }
+    case Construction::AblateInput:
+      return compose(base.U, post.S, post.V);
+    case Construction::RestoreInput: {
+      const Matrix<T> q2 = multiply(base.V, true, post.V, false);  // [k, k]
+      return compose(multiply(base.U, false, q2, false), post.S, post.V);
+    }
+  }
+  POSTSVD_THROW(InvalidArgument, "unknown construction " << static_cast<int>(construction));
+}
+
+template <class T>
+SharedRotation shared_rotation(const Decomposition<T>& base, const Decomposition<T>& post, bool keep_matrices) {
+  check_same_shape(base, post, "base", "post");
+  const Matrix<double> q1 = multiply(to_double(base.U), true, to_double(post.U), false);
+  const Matrix<double> q2 = multiply(to_double(base.V), true, to_double(post.V), false);
+  return shared_rotation(q1, q2, keep_matrices);
+}
+
+template Matrix<float> construct_weight<float>(Construction, const Decomposition<float>&, const Decomposition<float>&,
+                                               const Decomposition<float>*, double);
+template Matrix<double> construct_weight<double>(Construction, const Decomposition<double>&,
+                                                 const Decomposition<double>&, const Decomposition<double>*, double);
+template SharedRotation shared_rotation<float>(const Decomposition<float>&, const Decomposition<float>&, bool);
+template SharedRotation shared_rotation<double>(const Decomposition<double>&, const Decomposition<double>&, bool);
+
+// ---------------------------------------------------------------------------
+// Factor cache.
+
+namespace {
+
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+// Two independent 64-bit lanes over the bytes (8 at a time, then the tail).
+std::pair<uint64_t, uint64_t> hash_bytes(const unsigned char* p, uint64_t n, uint64_t seed) {
+  uint64_t h1 = 0x243f6a8885a308d3ULL ^ seed, h2 = 0x13198a2e03707344ULL ^ mix64(seed);
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h1 = (h1 ^ w) * 0x9e3779b97f4a7c15ULL;
+    h1 = (h1 << 31) | (h1 >> 33);
+    h2 = (h2 + w) * 0xbf58476d1ce4e5b9ULL;
+    h2 ^= h2 >> 29;
+  }
+  uint64_t last = 0;
+  for (uint64_t j = 0; i + j < n; ++j) last |= static_cast<uint64_t>(p[i + j]) << (8 * j);
+  h1 = mix64(h1 ^ last ^ n);
+  h2 = mix64(h2 + last + (n << 1));
+  return {h1, h2};
+}
+
+constexpr char kFactorMagic[8] = {'P', 'S', 'V', 'D', 'F', 'A', 'C', '1'};
+
+}  // namespace
+
+FactorCache::FactorCache(std::string folder) : folder_(std::move(folder)) {
+  std::error_code ec;
+  fs::create_directories(folder_, ec);
+  POSTSVD_CHECK(fs::is_directory(folder_, ec), InvalidArgument,
+                "factor cache: cannot create the folder '" << folder_ << "'" << (ec ? ": " + ec.message() : ""));
+}
+
+std::string FactorCache::key(const TensorView& view, Precision precision) {
+  const auto span = view.byte_span();
+  const unsigned char* first = static_cast<const unsigned char*>(view.data) + span.first;
+  const uint64_t seed = mix64(static_cast<uint64_t>(view.rows) * 0x100000001b3ULL ^
+                              mix64(static_cast<uint64_t>(view.cols)) ^ mix64(static_cast<uint64_t>(view.row_stride) + 7) ^
+                              mix64(static_cast<uint64_t>(view.col_stride) + 13) ^
+                              mix64(static_cast<uint64_t>(view.dtype) + 101) ^
+                              mix64(static_cast<uint64_t>(span.first) + 1009));
+  const auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
+  char text[40];
+  std::snprintf(text, sizeof(text), "%016llx%016llx", static_cast<unsigned long long>(h.first),
+                static_cast<unsigned long long>(h.second));
+  return std::string(text) + (precision == Precision::F32 ? ".f32" : ".f64");
+}
+
+template <class T>
+bool FactorCache::load(const std::string& key, Decomposition<T>& out) const {
+  std::ifstream in(fs::path(folder_) / (key + ".svd"), std::ios::binary);
+  if (!in) return false;
+  char magic[8];
+  int64_t dims[3];
+  int32_t element = 0;
+  in.read(magic, 8);
+  in.read(reinterpret_cast<char*>(dims), sizeof(dims));
+  in.read(reinterpret_cast<char*>(&element), sizeof(element));
+  if (!in || std::memcmp(magic, kFactorMagic, 8) != 0 || element != static_cast<int32_t>(sizeof(T))) return false;
+  const int64_t rows = dims[0], cols = dims[1], k = dims[2];
+  if (rows < 0 || cols < 0 || k != std::min(rows, cols)) return false;
+  Decomposition<T> d;
+  d.U = Matrix<T>(rows, k);
+  d.S.resize(static_cast<std::size_t>(k));
+  d.V = Matrix<T>(cols, k);
+  in.read(reinterpret_cast<char*>(d.U.data()), static_cast<std::streamsize>(d.U.size() * sizeof(T)));
+  in.read(reinterpret_cast<char*>(d.S.data()), static_cast<std::streamsize>(d.S.size() * sizeof(T)));
+  in.read(reinterpret_cast<char*>(d.V.data()), static_cast<std::streamsize>(d.V.size() * sizeof(T)));
+  if (!in) return false;  // truncated: recompute
+  out = std::move(d);
+  return true;
+}
+
+template <class T>
+void FactorCache::store(const std::string& key, const Decomposition<T>& d) const {
+  const fs::path final_path = fs::path(folder_) / (key + ".svd");
+  const fs::path temp_path = fs::path(folder_) / (key + ".svd.tmp" + std::to_string(::getpid()));
+  {
+    std::ofstream out(temp_path, std::ios::binary | std::ios::trunc);
+    POSTSVD_CHECK(out.good(), Error, "factor cache: cannot write " << temp_path.string());
+    const int64_t dims[3] = {d.U.rows(), d.V.rows(), d.U.cols()};
+    const int32_t element = static_cast<int32_t>(sizeof(T));
+    out.write(kFactorMagic, 8);
+    out.write(reinterpret_cast<const char*>(dims), sizeof(dims));
+    out.write(reinterpret_cast<const char*>(&element), sizeof(element));
+    out.write(reinterpret_cast<const char*>(d.U.data()), static_cast<std::streamsize>(d.U.size() * sizeof(T)));
+    out.write(reinterpret_cast<const char*>(d.S.data()), static_cast<std::streamsize>(d.S.size() * sizeof(T)));
+    out.write(reinterpret_cast<const char*>(d.V.data()), static_cast<std::streamsize>(d.V.size() * sizeof(T)));
+    out.close();
+    if (!out.good()) {
+      std::error_code ec;
+      fs::remove(temp_path, ec);
+      POSTSVD_THROW(Error, "factor cache: write failed for " << temp_path.string() << " (disk full?)");
+    }
+  }
+  std::error_code ec;
+  fs::rename(temp_path, final_path, ec);
+  POSTSVD_CHECK(!ec, Error, "factor cache: cannot rename " << temp_path.string() << ": " << ec.message());
+}
+
+template <class T>
+Decomposition<T> decompose_cached(Backend& backend, FactorCache* cache, const TensorView& view, bool* loaded) {
+  constexpr Precision precision = std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
+  if (loaded != nullptr) *loaded = false;
+  std::string key;
+  if (cache != nullptr) {
+    key = FactorCache::key(view, precision);
+    Decomposition<T> d;
+    if (cache->load(key, d) && d.U.rows() == view.rows && d.V.rows() == view.cols) {
+      if (loaded != nullptr) *loaded = true;
+      return d;
+    }
+  }
+  Decomposition<T> d;
+  if constexpr (std::is_same<T, float>::value) {
+    d = backend.decompose_f32(view);
+  } else {
+    d = backend.decompose_f64(view);
+  }
+  if (cache != nullptr) cache->store(key, d);
+  return d;
+}
+
+template bool FactorCache::load<float>(const std::string&, Decomposition<float>&) const;
+template bool FactorCache::load<double>(const std::string&, Decomposition<double>&) const;
+template void FactorCache::store<float>(const std::string&, const Decomposition<float>&) const;
+template void FactorCache::store<double>(const std::string&, const Decomposition<double>&) const;
+template Decomposition<float> decompose_cached<float>(Backend&, FactorCache*, const TensorView&, bool*);
+template Decomposition<double> decompose_cached<double>(Backend&, FactorCache*, const TensorView&, bool*);
+
+// ---------------------------------------------------------------------------
+// Whole checkpoints.
+
+namespace {
+
+struct Opened {
+  Checkpoint checkpoint;
+  Architecture architecture;
+  explicit Opened(const std::string& folder) : checkpoint(folder), architecture(detect_architecture(checkpoint)) {}
+};
+
+std::string source_label(const MatrixSource& s) {
+  std::ostringstream out;
+  out << "layer " << s.layer << " " << kind_name(s.kind);
+  if (s.expert >= 0) out << " expert " << s.expert;
+  return out.str();
+}
+
+// The post model's matrices selected by layers and kinds (validated).
+std::vector<const MatrixSource*> select_matrices(const Architecture& arch, const std::vector<int>& layers,
+                                                 const std::vector<std::string>& kinds, const std::string& folder) {
+  std::set<int> layer_set;
+  for (int layer : layers) {
+    POSTSVD_CHECK(layer >= 0 && layer < arch.num_layers, InvalidArgument,
+                  "layer " << layer << " does not exist: " << folder << " has " << arch.num_layers
+                           << " layers (0 to " << arch.num_layers - 1 << ")");
+    layer_set.insert(layer);
+  }
+  std::set<Kind> kind_set;
+  for (const std::string& name : kinds) kind_set.insert(parse_kind(name));
+  std::set<Kind> present;
+  for (const MatrixSource& s : arch.matrices) present.insert(s.kind);
+  for (Kind kind : kind_set) {
+    if (present.count(kind) == 0) {
+      std::ostringstream have;
+      for (Kind p : present) have << (have.tellp() > 0 ? ", " : "") << kind_name(p);
+      POSTSVD_THROW(InvalidArgument, "kind '" << kind_name(kind) << "' does not exist in " << folder << " (model_type "
+                                              << arch.model_type << "; it has " << have.str() << ")");
+    }
+  }
+  std::vector<const MatrixSource*> out;
+  for (const MatrixSource& s : arch.matrices) {
+    if (!layer_set.empty() && layer_set.count(s.layer) == 0) continue;
+    if (!kind_set.empty() && kind_set.count(s.kind) == 0) continue;
+    out.push_back(&s);
+  }
+  POSTSVD_CHECK(!out.empty(), InvalidArgument, "no matrix selected in " << folder);
+  return out;
+}
+
+const MatrixSource& counterpart(const Architecture& arch, const MatrixSource& s, const std::string& folder) {
+  for (const MatrixSource& c : arch.matrices)
+    if (c.layer == s.layer && c.kind == s.kind && c.expert == s.expert) return c;
+  POSTSVD_THROW(BadCheckpoint, folder << ": no matrix for " << source_label(s) << " (tensor '" << s.tensor << "')");
+}
+
+template <class T>
+std::vector<T> singular_values_only(const TensorView& view) {
+  Matrix<T> a = to_matrix<T>(view);
+  const lapack_int m = as_int(a.rows(), "rows"), n = as_int(a.cols(), "cols");
+  const lapack_int k = std::min(m, n);
+  std::vector<T> s(static_cast<std::size_t>(k));
+  if (k == 0) return s;
+  std::vector<lapack_int> iwork(static_cast<std::size_t>(8 * k));
+  lapack_int info = 0;
+  T query = 0, dummy = 0;
+  detail::gesdd('N', m, n, a.data(), m, s.data(), &dummy, 1, &dummy, 1, &query, -1, iwork.data(), &info);
+  POSTSVD_CHECK(info == 0, BackendError, view.name << ": gesdd workspace query failed, info = " << info);
+  std::vector<T> work(static_cast<std::size_t>(detail::workspace_size(query)));
+  detail::gesdd('N', m, n, a.data(), m, s.data(), &dummy, 1, &dummy, 1, work.data(),
+                static_cast<lapack_int>(work.size()), iwork.data(), &info);
+  POSTSVD_CHECK(info == 0, BackendError,
+                view.name << ": singular values of [" << m << ", " << n << "]: gesdd failed, info = " << info);
+  return s;
+}
+
+template <class T>
+std::vector<T> singular_values(Backend& backend, FactorCache* cache, const TensorView& view) {
+  if (cache == nullptr && backend.device() == Device::CPU) return singular_values_only<T>(view);
+  return decompose_cached<T>(backend, cache, view).S;
+}
+
+template <class T>
+AlphaChoice default_alpha_impl(const std::string& base, const std::string& post, const std::vector<int>& layers,
+                               const std::vector<std::string>& kinds, const BackendOptions& options,
+                               const std::string& factor_cache) {
+  Opened b(base), p(post);
+  check_same_architecture(b.checkpoint, b.architecture, p.checkpoint, p.architecture);
+  const auto selected = select_matrices(p.architecture, layers, kinds, post);
+  auto backend = make_backend(options);
+  std::unique_ptr<FactorCache> cache = factor_cache.empty() ? nullptr : std::make_unique<FactorCache>(factor_cache);
+  std::map<std::string, std::pair<double, int64_t>> sums;  // kind -> (sum, count) of top-90 % ratios
+  for (const MatrixSource* s : selected) {
+    const MatrixSource& sb = counterpart(b.architecture, *s, base);
+    const std::vector<T> sigma_base = singular_values<T>(*backend, cache.get(), view_of(b.checkpoint, sb));
+    const std::vector<T> sigma_post = singular_values<T>(*backend, cache.get(), view_of(p.checkpoint, *s));
+    const std::size_t k = sigma_base.size();
+    const std::size_t top = static_cast<std::size_t>(std::ceil(0.9 * static_cast<double>(k)));
+    auto& acc = sums[kind_name(s->kind)];
+    for (std::size_t j = 0; j < top && j < k; ++j) {
+      acc.first += static_cast<double>(sigma_post[j]) / static_cast<double>(sigma_base[j]);
+      acc.second += 1;
+    }
+  }
+  AlphaChoice choice;
+  for (const auto& item : sums) {
+    const double mean = item.second.first / static_cast<double>(item.second.second);
+    choice.pooled_mean[item.first] = mean;
+    choice.alpha[item.first] = table4_alpha(mean);
+  }
+  return choice;
+}
+
+template <class T>
+ConstructionReport construct_impl(const ConstructionRequest& request, Construction construction,
+                                  const ProgressCallback& progress) {
+  using clock = std::chrono::steady_clock;
+  auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  Opened b(request.base), p(request.post);
+  check_same_architecture(b.checkpoint, b.architecture, p.checkpoint, p.architecture);
+  std::unique_ptr<Opened> r;
+  if (construction_needs_ref(construction)) {
+    r = std::make_unique<Opened>(request.ref);
+    check_same_architecture(r->checkpoint, r->architecture, p.checkpoint, p.architecture);
+  }
+  const auto selected = select_matrices(p.architecture, request.layers, request.kinds, request.post);
+  if (construction_uses_alpha(construction)) {
+    for (const MatrixSource* s : selected) {
+      const auto found = request.alpha.find(kind_name(s->kind));
+      POSTSVD_CHECK(found != request.alpha.end(), InvalidArgument,
+                    "construction 9: no alpha' for kind '" << kind_name(s->kind) << "'");
+      POSTSVD_CHECK(std::isfinite(found->second) && found->second > 0, InvalidArgument,
+                    "construction 9: alpha' for kind '" << kind_name(s->kind) << "' must be finite and > 0, got "
+                                                        << found->second);
+    }
+  }
+  auto backend = make_backend(request.backend);
+  std::unique_ptr<FactorCache> cache =
+      request.factor_cache.empty() ? nullptr : std::make_unique<FactorCache>(request.factor_cache);
+
+  ConstructionReport report;
+  report.backend_name = backend->name();
+  auto t0 = clock::now();
+  CheckpointWriter writer(p.checkpoint, request.out_folder);
+  report.seconds_write += seconds_since(t0);
+
+  const int64_t total = static_cast<int64_t>(selected.size());
+  int64_t done = 0;
+  for (const MatrixSource* s : selected) {
+    if (progress) progress(done, total, source_label(*s));
+    const MatrixSource& sb = counterpart(b.architecture, *s, request.base);
+    ConstructionRow row;
+    row.layer = s->layer;
+    row.kind = kind_name(s->kind);
+    row.expert = s->expert;
+    row.tensor = s->tensor;
+    row.rows = s->in_features;
+    row.cols = s->out_features;
+    row.alpha = construction_uses_alpha(construction) ? request.alpha.at(row.kind) : 1.0;
+
+    t0 = clock::now();
+    const TensorView post_view = view_of(p.checkpoint, *s);
+    bool loaded_base = false, loaded_post = false, loaded_ref = true;
+    const Decomposition<T> dec_base = decompose_cached<T>(*backend, cache.get(), view_of(b.checkpoint, sb), &loaded_base);
+    const Decomposition<T> dec_post = decompose_cached<T>(*backend, cache.get(), post_view, &loaded_post);
+    Decomposition<T> dec_ref;
+    if (r) {
+      const MatrixSource& sr = counterpart(r->architecture, *s, request.ref);
+      dec_ref = decompose_cached<T>(*backend, cache.get(), view_of(r->checkpoint, sr), &loaded_ref);
+    }
+    for (bool loaded : {loaded_base, loaded_post}) ++(loaded ? report.decompositions_loaded : report.decompositions_computed);
+    if (r) ++(loaded_ref ? report.decompositions_loaded : report.decompositions_computed);
+    row.decompositions_from_cache = loaded_base && loaded_post && loaded_ref;
+    report.seconds_decompose += seconds_since(t0);
+
+    t0 = clock::now();
+    const Matrix<T> w = construct_weight(construction, dec_base, dec_post, r ? &dec_ref : nullptr, row.alpha);
+    {
+      const Matrix<T> stored = to_matrix<T>(post_view);
+      double diff = 0, norm = 0;
+      for (int64_t i = 0; i < w.size(); ++i) {
+        const double d = static_cast<double>(w.data()[i]) - static_cast<double>(stored.data()[i]);
+        diff += d * d;
+        norm += static_cast<double>(stored.data()[i]) * static_cast<double>(stored.data()[i]);
+      }
+      row.relative_change = norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+    }
+    if (request.rotations) row.rotation = shared_rotation(dec_base, dec_post, false);
+    report.seconds_construct += seconds_since(t0);
+
+    t0 = clock::now();
+    writer.write(*s, w);
+    report.seconds_write += seconds_since(t0);
+    report.rows.push_back(std::move(row));
+    ++done;
+  }
+  t0 = clock::now();
+  report.written_files = writer.finish();
+  report.seconds_write += seconds_since(t0);
+  if (progress) progress(total, total, "written");
+  return report;
+}
+
+}  // namespace
+
+AlphaChoice default_alpha(const std::string& base, const std::string& post, const std::vector<int>& layers,
+                          const std::vector<std::string>& kinds, Precision precision, const BackendOptions& backend,
+                          const std::string& factor_cache) {
+  if (precision == Precision::F64) return default_alpha_impl<double>(base, post, layers, kinds, backend, factor_cache);
+  return default_alpha_impl<float>(base, post, layers, kinds, backend, factor_cache);
+}
+
+ConstructionReport construct_checkpoint(const ConstructionRequest& request, const ProgressCallback& progress) {
+  const Construction construction = parse_construction(request.number);
+  POSTSVD_CHECK(!construction_needs_ref(construction) || !request.ref.empty(), InvalidArgument,
+                "construction 12 needs a reference post model (ref): another post model of the same base");
+  std::error_code ec;
+  POSTSVD_CHECK(!request.out_folder.empty() && fs::is_directory(request.out_folder, ec), InvalidArgument,
+                "construct_checkpoint: output folder '" << request.out_folder << "' does not exist");
+  if (request.precision == Precision::F64) return construct_impl<double>(request, construction, progress);
+  return construct_impl<float>(request, construction, progress);
+}
+
+}  // namespace postsvd

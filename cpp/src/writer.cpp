@@ -1,0 +1,301 @@
+// Writing modified copies of safetensors checkpoints (see writer.h).
+#include "postsvd/writer.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "detail/half.h"
+#include "detail/shape_format.h"
+
+namespace postsvd {
+
+namespace fs = std::filesystem;
+
+uint16_t float_to_f16_rne(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude >= 0x7f800000u) {
+    if (magnitude > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+    return static_cast<uint16_t>(sign | 0x7c00u);
+  }
+  if (magnitude < 0x38800000u) {
+    // Below the smallest normal 2^-14: a multiple of 2^-24. The product is
+    // exact and nearbyint rounds half to even in the default rounding mode.
+    float scaled;
+    const uint32_t m = magnitude;
+    std::memcpy(&scaled, &m, sizeof(scaled));
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(scaled * 16777216.0f)));
+  }
+  const uint32_t mantissa = magnitude & 0x7fffffu;
+  const uint32_t exponent = (magnitude >> 23) - 127u + 15u;
+  if (exponent >= 31u) return static_cast<uint16_t>(sign | 0x7c00u);
+  uint32_t half = (exponent << 10) | (mantissa >> 13);
+  const uint32_t rest = mantissa & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;  // a carry may give inf: correct
+  return static_cast<uint16_t>(sign | half);
+}
+
+namespace {
+
+// double -> float rounding to odd: the 29 extra bits then round once more
+// correctly to any format with at most 21 significand bits (bf16, f16).
+float round_to_odd_float(double value) {
+  if (std::isnan(value)) return static_cast<float>(value);
+  float nearest = static_cast<float>(value);
+  if (static_cast<double>(nearest) == value) return nearest;
+  if (std::fabs(static_cast<double>(nearest)) > std::fabs(value)) nearest = std::nextafter(nearest, 0.0f);
+  uint32_t bits;
+  std::memcpy(&bits, &nearest, sizeof(bits));
+  bits |= 1u;
+  std::memcpy(&nearest, &bits, sizeof(bits));
+  return nearest;
+}
+
+}  // namespace
+
+uint16_t double_to_bf16_rne(double value) { return detail::float_to_bf16(round_to_odd_float(value)); }
+uint16_t double_to_f16_rne(double value) { return float_to_f16_rne(round_to_odd_float(value)); }
+
+namespace {
+
+template <class T>
+void store_element(unsigned char* dst, DType dtype, T value);
+
+template <>
+void store_element<float>(unsigned char* dst, DType dtype, float value) {
+  switch (dtype) {
+    case DType::F32: std::memcpy(dst, &value, 4); return;
+    case DType::F64: { const double d = value; std::memcpy(dst, &d, 8); return; }
+    case DType::BF16: { const uint16_t h = detail::float_to_bf16(value); std::memcpy(dst, &h, 2); return; }
+    case DType::F16: { const uint16_t h = float_to_f16_rne(value); std::memcpy(dst, &h, 2); return; }
+    default: return;
+  }
+}
+
+template <>
+void store_element<double>(unsigned char* dst, DType dtype, double value) {
+  switch (dtype) {
+    case DType::F32: { const float f = static_cast<float>(value); std::memcpy(dst, &f, 4); return; }
+    case DType::F64: std::memcpy(dst, &value, 8); return;
+    case DType::BF16: { const uint16_t h = double_to_bf16_rne(value); std::memcpy(dst, &h, 2); return; }
+    case DType::F16: { const uint16_t h = double_to_f16_rne(value); std::memcpy(dst, &h, 2); return; }
+    default: return;
+  }
+}
+
+std::string errno_text() { return std::strerror(errno); }
+
+// One output file: a writable shared mapping of the whole file.
+struct OutputFile {
+  std::string name;  // file name inside the output folder
+  std::string path;
+  int fd = -1;
+  unsigned char* map = nullptr;
+  uint64_t size = 0;
+  uint64_t data_start = 0;  // 8 + header length
+  uint64_t data_size = 0;
+
+  void close_file() noexcept {
+    if (map != nullptr) munmap(map, size);
+    map = nullptr;
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+// The header JSON of a copy of `file`, padded with spaces to a multiple of 8.
+std::string header_of(const SafetensorsFile& file) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
+  for (const auto& item : file.metadata()) metadata[item.first] = item.second;
+  metadata["format"] = "pt";
+  header["__metadata__"] = metadata;
+  for (const TensorInfo& info : file.tensors()) {
+    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
+    entry["dtype"] = dtype_name(info.dtype);
+    entry["shape"] = info.shape;
+    entry["data_offsets"] = {info.begin, info.end};
+    header[info.name] = entry;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  return text;
+}
+
+void write_all(int fd, const void* data, uint64_t size, const std::string& path) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  while (size > 0) {
+    const std::size_t chunk = static_cast<std::size_t>(std::min<uint64_t>(size, uint64_t{1} << 26));
+    const ssize_t n = ::write(fd, p, chunk);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      POSTSVD_THROW(Error, path << ": write failed: " << errno_text());
+    }
+    p += n;
+    size -= static_cast<uint64_t>(n);
+  }
+}
+
+}  // namespace
+
+struct CheckpointWriter::Impl {
+  const Checkpoint* source = nullptr;
+  std::string out_folder;
+  std::vector<OutputFile> files;
+  std::map<std::string, std::size_t> file_of_path;  // source path -> index into files
+  bool finished = false;
+
+  ~Impl() {
+    for (OutputFile& f : files) f.close_file();
+  }
+};
+
+CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& out_folder)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->source = &source;
+  impl_->out_folder = out_folder;
+  std::error_code ec;
+  POSTSVD_CHECK(fs::is_directory(out_folder, ec), InvalidArgument,
+                "CheckpointWriter: output folder '" << out_folder << "' does not exist or is not a folder");
+  for (const std::string& source_path : source.files()) {
+    const SafetensorsFile input(source_path);
+    OutputFile out;
+    out.name = fs::path(source_path).filename().string();
+    out.path = (fs::path(out_folder) / out.name).string();
+    POSTSVD_CHECK(!fs::equivalent(out_folder, fs::path(source_path).parent_path(), ec), InvalidArgument,
+                  "CheckpointWriter: output folder '" << out_folder << "' is the source folder of " << source_path);
+    const std::string header = header_of(input);
+    out.data_start = 8 + header.size();
+    out.data_size = input.file_size() - 8 - input.header_size();
+    out.size = out.data_start + out.data_size;
+    impl_->files.push_back(std::move(out));
+    OutputFile& f = impl_->files.back();
+    impl_->file_of_path[source_path] = impl_->files.size() - 1;
+
+    f.fd = ::open(f.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    POSTSVD_CHECK(f.fd >= 0, Error, f.path << ": cannot create: " << errno_text());
+    const uint64_t header_len = header.size();
+    unsigned char prefix[8];
+    for (int b = 0; b < 8; ++b) prefix[b] = static_cast<unsigned char>((header_len >> (8 * b)) & 0xffu);
+    write_all(f.fd, prefix, 8, f.path);
+    write_all(f.fd, header.data(), header.size(), f.path);
+    if (f.data_size > 0) {
+      const TensorInfo& any = input.tensors().front();
+      const unsigned char* data = static_cast<const unsigned char*>(input.data(any)) - any.begin;
+      write_all(f.fd, data, f.data_size, f.path);
+      f.map = static_cast<unsigned char*>(mmap(nullptr, f.size, PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, 0));
+      if (f.map == MAP_FAILED) {
+        f.map = nullptr;
+        POSTSVD_THROW(Error, f.path << ": mmap for writing failed: " << errno_text());
+      }
+    }
+  }
+}
+
+CheckpointWriter::~CheckpointWriter() = default;
+CheckpointWriter::CheckpointWriter(CheckpointWriter&&) noexcept = default;
+CheckpointWriter& CheckpointWriter::operator=(CheckpointWriter&&) noexcept = default;
+
+template <class T>
+void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
+  POSTSVD_CHECK(impl_ && !impl_->finished, InvalidArgument,
+                "CheckpointWriter::write: the writer is finished; tensor '" << source.tensor << "'");
+  const Checkpoint& checkpoint = *impl_->source;
+  const TensorInfo& info = checkpoint.info(source.tensor);
+  const std::string& source_path = checkpoint.file_of(source.tensor).path();
+  const auto found = impl_->file_of_path.find(source_path);
+  POSTSVD_CHECK(found != impl_->file_of_path.end(), Error,
+                "CheckpointWriter: no output file for " << source_path << " (tensor '" << source.tensor << "')");
+  OutputFile& f = impl_->files[found->second];
+  POSTSVD_CHECK(is_float_dtype(info.dtype), BadCheckpoint,
+                source_path << ": tensor '" << source.tensor << "' has dtype " << dtype_name(info.dtype)
+                            << "; expected F16, BF16, F32 or F64");
+  POSTSVD_CHECK(w.rows() == source.in_features && w.cols() == source.out_features, InvalidArgument,
+                "CheckpointWriter::write: tensor '" << source.tensor << "' (layer " << source.layer << ", "
+                    << kind_name(source.kind) << "): expected W of shape [" << source.in_features << ", "
+                    << source.out_features << "] (paper orientation [in, out]), got [" << w.rows() << ", " << w.cols()
+                    << "]");
+  const std::vector<int64_t> stored = source.conv1d ? std::vector<int64_t>{source.in_features, source.fused_out}
+                                                    : std::vector<int64_t>{source.fused_out, source.in_features};
+  POSTSVD_CHECK(info.shape == stored, InvalidArgument,
+                source_path << ": tensor '" << source.tensor << "' has shape " << detail::shape_string(info.shape)
+                            << "; its source expects " << detail::shape_string(stored)
+                            << (source.conv1d ? " (Conv1D [in, out])" : " ([out, in])"));
+  POSTSVD_CHECK(source.out_offset >= 0 && source.out_offset + source.out_features <= source.fused_out, InvalidArgument,
+                "CheckpointWriter::write: tensor '" << source.tensor << "': columns [" << source.out_offset << ", "
+                    << source.out_offset + source.out_features << ") outside the fused output dim " << source.fused_out);
+  const std::size_t element = dtype_size(info.dtype);
+  unsigned char* base = f.map + f.data_start + info.begin;
+  const int64_t in = source.in_features;
+  if (!source.conv1d) {
+    // [fused_out, in] row-major: row out_offset + o is column o of W, contiguous.
+    for (int64_t o = 0; o < source.out_features; ++o) {
+      unsigned char* row = base + static_cast<std::size_t>((source.out_offset + o) * in) * element;
+      const T* column = w.data() + o * in;
+      for (int64_t i = 0; i < in; ++i) store_element<T>(row + static_cast<std::size_t>(i) * element, info.dtype, column[i]);
+    }
+  } else {
+    // [in, fused_out] row-major: W(i, o) at i * fused_out + out_offset + o.
+    for (int64_t i = 0; i < in; ++i) {
+      unsigned char* row = base + static_cast<std::size_t>(i * source.fused_out + source.out_offset) * element;
+      for (int64_t o = 0; o < source.out_features; ++o)
+        store_element<T>(row + static_cast<std::size_t>(o) * element, info.dtype, w(i, o));
+    }
+  }
+}
+
+std::vector<std::string> CheckpointWriter::finish() {
+  POSTSVD_CHECK(impl_ && !impl_->finished, InvalidArgument, "CheckpointWriter::finish: called twice");
+  std::vector<std::string> names;
+  uint64_t total_size = 0;
+  for (OutputFile& f : impl_->files) {
+    if (f.map != nullptr && msync(f.map, f.size, MS_SYNC) != 0)
+      POSTSVD_THROW(Error, f.path << ": msync failed: " << errno_text());
+    if (f.fd >= 0 && ::fsync(f.fd) != 0) POSTSVD_THROW(Error, f.path << ": fsync failed: " << errno_text());
+    f.close_file();
+    names.push_back(f.name);
+    total_size += f.data_size;
+  }
+  const Checkpoint& checkpoint = *impl_->source;
+  if (checkpoint.sharded()) {
+    const fs::path source_index = fs::path(checkpoint.folder()) / "model.safetensors.index.json";
+    std::ifstream in(source_index);
+    POSTSVD_CHECK(in.good(), BadCheckpoint, source_index.string() << ": cannot read the index");
+    std::stringstream text;
+    text << in.rdbuf();
+    nlohmann::ordered_json index = nlohmann::ordered_json::parse(text.str());
+    nlohmann::ordered_json metadata = index.contains("metadata") && index["metadata"].is_object()
+                                          ? index["metadata"]
+                                          : nlohmann::ordered_json::object();
+    metadata["total_size"] = total_size;
+    nlohmann::ordered_json out = nlohmann::ordered_json::object();
+    out["metadata"] = metadata;
+    out["weight_map"] = index["weight_map"];
+    const fs::path out_index = fs::path(impl_->out_folder) / "model.safetensors.index.json";
+    std::ofstream file(out_index, std::ios::binary | std::ios::trunc);
+    file << out.dump(2) << '\n';
+    file.close();
+    POSTSVD_CHECK(file.good(), Error, out_index.string() << ": write failed");
+    names.push_back("model.safetensors.index.json");
+  }
+  impl_->finished = true;
+  return names;
+}
+
+template void CheckpointWriter::write<float>(const MatrixSource&, const Matrix<float>&);
+template void CheckpointWriter::write<double>(const MatrixSource&, const Matrix<double>&);
+
+}  // namespace postsvd
