@@ -1,0 +1,460 @@
+// Memory-mapped safetensors files and Hugging Face checkpoint folders.
+// Validation follows the official safetensors library: header length bounds,
+// UTF-8 JSON object header, typed entries, offsets contiguous from 0 without
+// gaps or overlaps, byte sizes equal to dtype size x shape product, and the
+// data buffer ending exactly at the last tensor.
+#include "postsvd/checkpoint.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "detail/mapped_file.h"
+#include "detail/shape_format.h"
+
+namespace postsvd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Same bound as the official library (MAX_HEADER_SIZE = 100_000_000).
+constexpr uint64_t kMaxHeaderSize = 100000000;
+
+// Returns the offset of the first byte that breaks UTF-8, or npos when valid.
+std::size_t first_invalid_utf8(const unsigned char* s, std::size_t n) {
+  std::size_t i = 0;
+  while (i < n) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len;
+    uint32_t cp;
+    if ((c & 0xe0) == 0xc0) {
+      len = 2;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return i;
+    }
+    if (i + len > n) return i;
+    for (std::size_t k = 1; k < len; ++k) {
+      if ((s[i + k] & 0xc0) != 0x80) return i;
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    const bool overlong = (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
+    if (overlong || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    i += len;
+  }
+  return std::string::npos;
+}
+
+const char* json_type(const nlohmann::json& v) { return v.type_name(); }
+
+// A JSON value that is a non-negative integer representable as uint64.
+bool as_u64(const nlohmann::json& v, uint64_t& out) {
+  if (v.is_number_unsigned()) {
+    out = v.get<uint64_t>();
+    return true;
+  }
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) {
+    out = static_cast<uint64_t>(v.get<int64_t>());
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- SafetensorsFile
+
+struct SafetensorsFile::Impl {
+  std::string path;
+  detail::MappedFile mapping;
+  uint64_t header_size = 0;
+  std::vector<TensorInfo> tensors;  // sorted by offsets
+  std::unordered_map<std::string, std::size_t> by_name;
+  std::map<std::string, std::string> metadata;
+
+  const unsigned char* data_section() const { return mapping.data() + 8 + header_size; }
+  uint64_t data_size() const { return mapping.size() - 8 - header_size; }
+
+  void parse_entry(const std::string& name, const nlohmann::json& entry);
+};
+
+void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::json& entry) {
+  const std::string where = path + ": tensor '" + name + "'";
+  if (!entry.is_object()) {
+    POSTSVD_THROW(BadCheckpoint, where << ": header entry is a JSON " << json_type(entry)
+                                       << "; expected an object with \"dtype\", \"shape\" and \"data_offsets\"");
+  }
+  for (const char* field : {"dtype", "shape", "data_offsets"}) {
+    if (!entry.contains(field)) {
+      POSTSVD_THROW(BadCheckpoint, where << ": header entry is missing the field \"" << field << "\"");
+    }
+  }
+  TensorInfo info;
+  info.name = name;
+  const auto& dtype = entry["dtype"];
+  if (!dtype.is_string()) {
+    POSTSVD_THROW(BadCheckpoint, where << ": \"dtype\" is a JSON " << json_type(dtype) << "; expected a string");
+  }
+  info.dtype = parse_dtype(dtype.get<std::string>(), where);
+
+  const auto& shape = entry["shape"];
+  if (!shape.is_array()) {
+    POSTSVD_THROW(BadCheckpoint, where << ": \"shape\" is a JSON " << json_type(shape)
+                                       << "; expected an array of non-negative integers");
+  }
+  uint64_t elements = 1;
+  bool overflow = false;
+  for (const auto& dim : shape) {
+    uint64_t d = 0;
+    if (!as_u64(dim, d)) {
+      POSTSVD_THROW(BadCheckpoint, where << ": shape " << shape.dump() << " has the entry " << dim.dump()
+                                         << "; expected non-negative integers");
+    }
+    if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
+    if (__builtin_mul_overflow(elements, d, &elements)) overflow = true;
+    info.shape.push_back(static_cast<int64_t>(d));
+  }
+  uint64_t nbytes = 0;
+  if (overflow || __builtin_mul_overflow(elements, static_cast<uint64_t>(dtype_size(info.dtype)), &nbytes)) {
+    POSTSVD_THROW(BadCheckpoint, where << ": shape " << shape.dump() << " with dtype " << dtype_name(info.dtype)
+                                       << " overflows a 64-bit byte count");
+  }
+
+  const auto& offsets = entry["data_offsets"];
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  if (!offsets.is_array() || offsets.size() != 2 || !as_u64(offsets[0], begin) || !as_u64(offsets[1], end)) {
+    POSTSVD_THROW(BadCheckpoint, where << ": \"data_offsets\" is " << offsets.dump()
+                                       << "; expected [begin, end] with non-negative integers");
+  }
+  info.begin = begin;
+  info.end = end;
+  if (end >= begin && end - begin != nbytes) {
+    POSTSVD_THROW(BadCheckpoint, where << ": data_offsets [" << begin << ", " << end << "] span " << (end - begin)
+                                       << " bytes; expected " << nbytes << " (dtype " << dtype_name(info.dtype)
+                                       << " of " << dtype_size(info.dtype) << " bytes x shape "
+                                       << detail::shape_string(info.shape) << ")");
+  }
+  tensors.push_back(std::move(info));
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  Impl& im = *impl_;
+  im.path = path;
+  im.mapping = detail::MappedFile(path);
+  const uint64_t file_size = im.mapping.size();
+  if (file_size < 8) {
+    POSTSVD_THROW(BadCheckpoint, path << ": file is " << file_size
+                                      << " bytes, shorter than the 8-byte header length; not a safetensors file");
+  }
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | im.mapping.data()[i];  // little-endian u64
+  if (n > kMaxHeaderSize) {
+    POSTSVD_THROW(BadCheckpoint, path << ": header length " << n << " exceeds the limit of " << kMaxHeaderSize
+                                      << " bytes (header too large)");
+  }
+  if (n > file_size - 8) {
+    POSTSVD_THROW(BadCheckpoint, path << ": header length " << n << " is larger than the " << (file_size - 8)
+                                      << " bytes that follow the length prefix (file size " << file_size << ")");
+  }
+  im.header_size = n;
+  const unsigned char* header = im.mapping.data() + 8;
+  const std::size_t bad = first_invalid_utf8(header, static_cast<std::size_t>(n));
+  if (bad != std::string::npos) {
+    POSTSVD_THROW(BadCheckpoint, path << ": header is not valid UTF-8 (byte " << bad << " of the header)");
+  }
+  if (n == 0 || header[0] != '{') {
+    POSTSVD_THROW(BadCheckpoint, path << ": header does not start with '{'; expected a JSON object");
+  }
+  nlohmann::json root;
+  try {
+    root = nlohmann::json::parse(header, header + n);
+  } catch (const nlohmann::json::exception& e) {
+    POSTSVD_THROW(BadCheckpoint, path << ": header is not valid JSON: " << e.what());
+  }
+  if (!root.is_object()) {
+    POSTSVD_THROW(BadCheckpoint, path << ": header is a JSON " << json_type(root) << "; expected an object");
+  }
+  for (const auto& item : root.items()) {
+    if (item.key() == "__metadata__") {
+      const auto& meta = item.value();
+      if (meta.is_null()) continue;
+      if (!meta.is_object()) {
+        POSTSVD_THROW(BadCheckpoint, path << ": \"__metadata__\" is a JSON " << json_type(meta)
+                                          << "; expected an object mapping strings to strings");
+      }
+      for (const auto& kv : meta.items()) {
+        if (!kv.value().is_string()) {
+          POSTSVD_THROW(BadCheckpoint, path << ": \"__metadata__\" value of key '" << kv.key() << "' is a JSON "
+                                            << json_type(kv.value()) << " (" << kv.value().dump()
+                                            << "); expected a string");
+        }
+        im.metadata[kv.key()] = kv.value().get<std::string>();
+      }
+      continue;
+    }
+    im.parse_entry(item.key(), item.value());
+  }
+
+  // Contiguity: sorted by offsets, each tensor starts where the previous one ended.
+  std::sort(im.tensors.begin(), im.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t expected_begin = 0;
+  const TensorInfo* previous = nullptr;
+  for (const TensorInfo& t : im.tensors) {
+    const std::string where = path + ": tensor '" + t.name + "'";
+    if (t.end < t.begin) {
+      POSTSVD_THROW(BadCheckpoint, where << ": data_offsets [" << t.begin << ", " << t.end
+                                         << "] end before they begin");
+    }
+    if (t.begin != expected_begin) {
+      if (previous == nullptr) {
+        POSTSVD_THROW(BadCheckpoint, where << ": data_offsets [" << t.begin << ", " << t.end
+                                           << "] do not start at 0; the first tensor's data must begin at offset 0");
+      }
+      if (t.begin < expected_begin) {
+        POSTSVD_THROW(BadCheckpoint, where << ": data_offsets [" << t.begin << ", " << t.end
+                                           << "] overlap tensor '" << previous->name << "' [" << previous->begin
+                                           << ", " << previous->end << "]");
+      }
+      POSTSVD_THROW(BadCheckpoint, where << ": data_offsets [" << t.begin << ", " << t.end << "] leave a gap of "
+                                         << (t.begin - expected_begin) << " bytes after tensor '" << previous->name
+                                         << "' [" << previous->begin << ", " << previous->end
+                                         << "]; expected offsets contiguous");
+    }
+    expected_begin = t.end;
+    previous = &t;
+  }
+  const uint64_t buffer = im.data_size();
+  if (expected_begin != buffer) {
+    const std::string last = previous ? " (last tensor '" + previous->name + "')" : std::string(" (no tensors)");
+    if (expected_begin > buffer) {
+      POSTSVD_THROW(BadCheckpoint, path << ": truncated: the tensors need " << expected_begin
+                                        << " bytes of data but the file holds " << buffer << last);
+    }
+    POSTSVD_THROW(BadCheckpoint, path << ": " << (buffer - expected_begin) << " trailing bytes: the data buffer is "
+                                      << buffer << " bytes but the tensors end at " << expected_begin << last);
+  }
+  for (std::size_t i = 0; i < im.tensors.size(); ++i) im.by_name.emplace(im.tensors[i].name, i);
+}
+
+SafetensorsFile::~SafetensorsFile() = default;
+SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&&) noexcept = default;
+
+const std::string& SafetensorsFile::path() const { return impl_->path; }
+const std::vector<TensorInfo>& SafetensorsFile::tensors() const { return impl_->tensors; }
+
+const TensorInfo* SafetensorsFile::find(const std::string& name) const {
+  const auto it = impl_->by_name.find(name);
+  return it == impl_->by_name.end() ? nullptr : &impl_->tensors[it->second];
+}
+
+const std::map<std::string, std::string>& SafetensorsFile::metadata() const { return impl_->metadata; }
+
+const void* SafetensorsFile::data(const TensorInfo& info) const {
+  if (info.end > impl_->data_size() || info.begin > info.end) {
+    POSTSVD_THROW(InvalidArgument, impl_->path << ": tensor '" << info.name << "': offsets [" << info.begin << ", "
+                                               << info.end << "] lie outside this file's data buffer");
+  }
+  return impl_->data_section() + info.begin;
+}
+
+uint64_t SafetensorsFile::header_size() const { return impl_->header_size; }
+uint64_t SafetensorsFile::file_size() const { return impl_->mapping.size(); }
+
+// ---------------------------------------------------------------- Checkpoint
+
+namespace {
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) POSTSVD_THROW(BadCheckpoint, path.string() << ": cannot open for reading");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+struct Checkpoint::Impl {
+  std::string folder;
+  std::string config_text;
+  bool sharded = false;
+  std::vector<SafetensorsFile> files;
+  // name -> (file index, entry); entries live in the files' heap-allocated Impl.
+  std::map<std::string, std::pair<std::size_t, const TensorInfo*>> tensors;
+};
+
+Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>()) {
+  Impl& im = *impl_;
+  im.folder = folder;
+  const fs::path dir(folder);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    POSTSVD_THROW(BadCheckpoint, folder << ": checkpoint folder does not exist or is not a directory");
+  }
+  const fs::path config = dir / "config.json";
+  if (!fs::is_regular_file(config, ec)) {
+    POSTSVD_THROW(BadCheckpoint, folder << ": no config.json; expected a Hugging Face model folder with config.json");
+  }
+  im.config_text = read_text(config);
+  try {
+    const auto parsed = nlohmann::json::parse(im.config_text);
+    if (!parsed.is_object()) {
+      POSTSVD_THROW(BadCheckpoint, config.string() << ": is a JSON " << parsed.type_name() << "; expected an object");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    POSTSVD_THROW(BadCheckpoint, config.string() << ": not valid JSON: " << e.what());
+  }
+
+  const fs::path single = dir / "model.safetensors";
+  const fs::path index = dir / "model.safetensors.index.json";
+  if (fs::is_regular_file(single, ec)) {
+    // Same preference as transformers: the single file wins over an index.
+    im.files.emplace_back(single.string());
+    for (const TensorInfo& t : im.files[0].tensors()) im.tensors.emplace(t.name, std::make_pair(std::size_t{0}, &t));
+    return;
+  }
+  if (!fs::is_regular_file(index, ec)) {
+    std::vector<std::string> others;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      if (entry.path().extension() == ".safetensors") others.push_back(entry.path().filename().string());
+    }
+    std::sort(others.begin(), others.end());
+    std::ostringstream found;
+    for (std::size_t i = 0; i < others.size(); ++i) found << (i ? ", " : "") << others[i];
+    if (!others.empty()) {
+      POSTSVD_THROW(BadCheckpoint, folder << ": has " << others.size() << " safetensors file(s) (" << found.str()
+                                          << ") but neither model.safetensors nor model.safetensors.index.json; "
+                                             "expected model.safetensors, or shards listed in "
+                                             "model.safetensors.index.json");
+    }
+    POSTSVD_THROW(BadCheckpoint, folder << ": no model.safetensors and no model.safetensors.index.json; expected "
+                                           "safetensors weights");
+  }
+
+  im.sharded = true;
+  const std::string index_path = index.string();
+  nlohmann::ordered_json index_json;
+  try {
+    index_json = nlohmann::ordered_json::parse(read_text(index));
+  } catch (const nlohmann::json::exception& e) {
+    POSTSVD_THROW(BadCheckpoint, index_path << ": not valid JSON: " << e.what());
+  }
+  if (!index_json.is_object() || !index_json.contains("weight_map") || !index_json["weight_map"].is_object()) {
+    POSTSVD_THROW(BadCheckpoint, index_path << ": expected a JSON object with a \"weight_map\" object "
+                                               "(tensor name -> shard file name)");
+  }
+  const auto& weight_map = index_json["weight_map"];
+  std::vector<std::string> shard_names;                       // order of first appearance
+  std::map<std::string, std::string> first_tensor_of_shard;   // for error messages
+  for (const auto& item : weight_map.items()) {
+    if (!item.value().is_string()) {
+      POSTSVD_THROW(BadCheckpoint, index_path << ": weight_map entry for tensor '" << item.key() << "' is a JSON "
+                                              << item.value().type_name() << "; expected a shard file name");
+    }
+    const std::string shard = item.value().get<std::string>();
+    if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
+        shard.find('\\') != std::string::npos) {
+      POSTSVD_THROW(BadCheckpoint, index_path << ": weight_map maps tensor '" << item.key() << "' to '" << shard
+                                              << "'; expected a file name inside the folder");
+    }
+    if (first_tensor_of_shard.emplace(shard, item.key()).second) shard_names.push_back(shard);
+  }
+  for (const std::string& shard : shard_names) {
+    const fs::path shard_path = dir / shard;
+    if (!fs::is_regular_file(shard_path, ec)) {
+      POSTSVD_THROW(BadCheckpoint, index_path << ": shard '" << shard_path.string() << "' does not exist (the index maps "
+                                              << "tensor '" << first_tensor_of_shard[shard] << "' to it)");
+    }
+  }
+  std::map<std::string, std::size_t> shard_index;
+  for (const std::string& shard : shard_names) {
+    shard_index[shard] = im.files.size();
+    im.files.emplace_back((dir / shard).string());
+  }
+  for (std::size_t f = 0; f < im.files.size(); ++f) {
+    for (const TensorInfo& t : im.files[f].tensors()) {
+      const auto inserted = im.tensors.emplace(t.name, std::make_pair(f, &t));
+      if (!inserted.second) {
+        POSTSVD_THROW(BadCheckpoint, folder << ": duplicate tensor '" << t.name << "' in shards '"
+                                            << im.files[inserted.first->second.first].path() << "' and '"
+                                            << im.files[f].path() << "'");
+      }
+    }
+  }
+  for (const auto& item : weight_map.items()) {
+    const std::string& name = item.key();
+    const std::size_t f = shard_index[item.value().get<std::string>()];
+    if (im.files[f].find(name) == nullptr) {
+      POSTSVD_THROW(BadCheckpoint, index_path << ": tensor '" << name << "' is mapped to shard '"
+                                              << im.files[f].path() << "' but that shard has no such tensor");
+    }
+  }
+  for (const auto& entry : im.tensors) {
+    if (!weight_map.contains(entry.first)) {
+      POSTSVD_THROW(BadCheckpoint, im.files[entry.second.first].path()
+                                       << ": tensor '" << entry.first << "' is not listed in " << index_path);
+    }
+  }
+}
+
+Checkpoint::~Checkpoint() = default;
+Checkpoint::Checkpoint(Checkpoint&&) noexcept = default;
+Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
+
+const std::string& Checkpoint::folder() const { return impl_->folder; }
+const std::string& Checkpoint::config_json() const { return impl_->config_text; }
+
+std::vector<std::string> Checkpoint::tensor_names() const {
+  std::vector<std::string> names;
+  names.reserve(impl_->tensors.size());
+  for (const auto& entry : impl_->tensors) names.push_back(entry.first);
+  return names;
+}
+
+bool Checkpoint::contains(const std::string& name) const { return impl_->tensors.count(name) != 0; }
+
+const TensorInfo& Checkpoint::info(const std::string& name) const {
+  const auto it = impl_->tensors.find(name);
+  if (it == impl_->tensors.end()) {
+    POSTSVD_THROW(BadCheckpoint, impl_->folder << ": no tensor '" << name << "' in this checkpoint");
+  }
+  return *it->second.second;
+}
+
+const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
+  const auto it = impl_->tensors.find(name);
+  if (it == impl_->tensors.end()) {
+    POSTSVD_THROW(BadCheckpoint, impl_->folder << ": no tensor '" << name << "' in this checkpoint");
+  }
+  return impl_->files[it->second.first];
+}
+
+std::vector<std::string> Checkpoint::files() const {
+  std::vector<std::string> paths;
+  for (const auto& f : impl_->files) paths.push_back(f.path());
+  return paths;
+}
+
+bool Checkpoint::sharded() const { return impl_->sharded; }
+
+}  // namespace postsvd

@@ -1,0 +1,193 @@
+// dtype helpers, TensorView byte spans and the conversion of stored weights
+// (BF16 / F16 / F32 / F64, any strides) to owning column-major matrices.
+#include "postsvd/types.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "detail/half.h"
+
+namespace postsvd {
+
+std::size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::BOOL:
+    case DType::U8:
+    case DType::I8:
+    case DType::F8_E4M3:
+    case DType::F8_E5M2:
+      return 1;
+    case DType::I16:
+    case DType::U16:
+    case DType::F16:
+    case DType::BF16:
+      return 2;
+    case DType::I32:
+    case DType::U32:
+    case DType::F32:
+      return 4;
+    case DType::F64:
+    case DType::I64:
+    case DType::U64:
+      return 8;
+  }
+  POSTSVD_THROW(InvalidArgument, "dtype_size: invalid DType value " << static_cast<int>(dtype));
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::BOOL: return "BOOL";
+    case DType::U8: return "U8";
+    case DType::I8: return "I8";
+    case DType::I16: return "I16";
+    case DType::U16: return "U16";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I32: return "I32";
+    case DType::U32: return "U32";
+    case DType::F32: return "F32";
+    case DType::F64: return "F64";
+    case DType::I64: return "I64";
+    case DType::U64: return "U64";
+    case DType::F8_E4M3: return "F8_E4M3";
+    case DType::F8_E5M2: return "F8_E5M2";
+  }
+  POSTSVD_THROW(InvalidArgument, "dtype_name: invalid DType value " << static_cast<int>(dtype));
+}
+
+namespace {
+constexpr DType kAllDTypes[] = {DType::BOOL, DType::U8,  DType::I8,  DType::I16,  DType::U16,
+                                DType::F16,  DType::BF16, DType::I32, DType::U32,  DType::F32,
+                                DType::F64,  DType::I64, DType::U64, DType::F8_E4M3, DType::F8_E5M2};
+}  // namespace
+
+DType parse_dtype(const std::string& name, const std::string& context) {
+  for (DType d : kAllDTypes) {
+    if (name == dtype_name(d)) return d;
+  }
+  std::ostringstream known;
+  for (DType d : kAllDTypes) known << (d == kAllDTypes[0] ? "" : ", ") << dtype_name(d);
+  POSTSVD_THROW(BadCheckpoint, context << ": unknown dtype '" << name << "'; expected one of " << known.str());
+}
+
+bool is_float_dtype(DType dtype) {
+  return dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::F32 || dtype == DType::F64;
+}
+
+std::pair<int64_t, int64_t> TensorView::byte_span() const {
+  if (rows <= 0 || cols <= 0) return {0, 0};
+  // Element offsets of the extreme corners; strides may in principle be negative.
+  const int64_t row_reach = (rows - 1) * row_stride;
+  const int64_t col_reach = (cols - 1) * col_stride;
+  const int64_t lo = std::min<int64_t>(0, row_reach) + std::min<int64_t>(0, col_reach);
+  const int64_t hi = std::max<int64_t>(0, row_reach) + std::max<int64_t>(0, col_reach);
+  const auto size = static_cast<int64_t>(dtype_size(dtype));
+  return {lo * size, (hi + 1) * size};
+}
+
+namespace {
+
+template <class Stored>
+inline Stored load(const char* base, int64_t element) {
+  Stored value;
+  // memcpy: safetensors data need not be aligned to the element size.
+  std::memcpy(&value, base + element * static_cast<int64_t>(sizeof(Stored)), sizeof(Stored));
+  return value;
+}
+
+template <class T, class Stored, class Convert>
+bool convert_into(const TensorView& view, Matrix<T>& out, Convert convert) {
+  const char* base = static_cast<const char*>(view.data);
+  const int64_t rows = view.rows;
+  const int64_t cols = view.cols;
+  bool all_finite = true;
+  if (std::abs(view.row_stride) <= std::abs(view.col_stride) || cols == 1) {
+    // Reads run along the output's contiguous dimension (nn.Linear layout).
+    for (int64_t c = 0; c < cols; ++c) {
+      T* dst = out.data() + c * rows;
+      const int64_t col_base = c * view.col_stride;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T v = convert(load<Stored>(base, col_base + r * view.row_stride));
+        all_finite &= std::isfinite(v);
+        dst[r] = v;
+      }
+    }
+  } else {
+    // Transposing layout (Conv1D): tile columns so reads stay contiguous.
+    constexpr int64_t kTile = 32;
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = std::min(cols, c0 + kTile);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row_base = r * view.row_stride;
+        for (int64_t c = c0; c < c1; ++c) {
+          const T v = convert(load<Stored>(base, row_base + c * view.col_stride));
+          all_finite &= std::isfinite(v);
+          out.data()[r + c * rows] = v;
+        }
+      }
+    }
+  }
+  return all_finite;
+}
+
+}  // namespace
+
+template <class T>
+Matrix<T> to_matrix(const TensorView& view) {
+  const char* target = std::is_same<T, float>::value ? "F32" : "F64";
+  if (!is_float_dtype(view.dtype)) {
+    POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': dtype " << dtype_name(view.dtype)
+                                              << " is not a float dtype; expected one of F16, BF16, F32, F64");
+  }
+  if (view.rows < 0 || view.cols < 0) {
+    POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': expected a non-negative shape, got ["
+                                              << view.rows << ", " << view.cols << "]");
+  }
+  Matrix<T> out(view.rows, view.cols);
+  if (out.size() == 0) return out;
+  if (view.data == nullptr) {
+    POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': view of shape [" << view.rows << ", "
+                                              << view.cols << "] has a null data pointer");
+  }
+  bool all_finite = true;
+  switch (view.dtype) {
+    case DType::BF16:
+      all_finite = convert_into<T, uint16_t>(view, out, [](uint16_t b) { return static_cast<T>(detail::bf16_to_float(b)); });
+      break;
+    case DType::F16:
+      all_finite = convert_into<T, uint16_t>(view, out, [](uint16_t h) { return static_cast<T>(detail::f16_to_float(h)); });
+      break;
+    case DType::F32:
+      all_finite = convert_into<T, float>(view, out, [](float f) { return static_cast<T>(f); });
+      break;
+    case DType::F64:
+      all_finite = convert_into<T, double>(view, out, [](double d) { return static_cast<T>(d); });
+      break;
+    default:
+      break;
+  }
+  if (!all_finite) {
+    // Report the first bad entry in column-major order (the order of the result).
+    for (int64_t c = 0; c < out.cols(); ++c) {
+      for (int64_t r = 0; r < out.rows(); ++r) {
+        const T v = out(r, c);
+        if (!std::isfinite(v)) {
+          POSTSVD_THROW(InvalidArgument,
+                        "tensor '" << view.name << "': non-finite value " << v << " at (row " << r << ", col " << c
+                                   << ") of the [" << view.rows << ", " << view.cols << "] matrix (stored "
+                                   << dtype_name(view.dtype) << ", converted to " << target
+                                   << "); expected finite weights");
+        }
+      }
+    }
+  }
+  return out;
+}
+
+template Matrix<float> to_matrix<float>(const TensorView& view);
+template Matrix<double> to_matrix<double>(const TensorView& view);
+
+}  // namespace postsvd
