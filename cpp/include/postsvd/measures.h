@@ -45,7 +45,17 @@ struct PairMeasures {
 };
 
 /// Top-90 % statistics of one SVSM column (or of several pooled together).
+/// Ratios follow IEEE: a zero base sigma gives inf (or nan for 0/0), and a
+/// non-finite ratio among the top 90 % makes mean/std inf or nan (not hidden).
+/// Throws InvalidArgument for an empty column.
 ScalingStats scaling_statistics(const std::vector<double>& scaling);
+
+/// ceil(0.9 k) in exact integer arithmetic: how many leading ratios the statistics use.
+int64_t scaling_top_count(int64_t k);
+
+/// Pooled statistics of a kind: mean and population std over the concatenation
+/// of every column's top-90 % ratios (each column cut at its own ceil(0.9 k)).
+ScalingStats pooled_scaling_statistics(const std::vector<std::vector<double>>& columns);
 
 /// Host reference path: every measure from two decompositions of equal shape.
 /// Used by the CPU backend; the CUDA backend computes the same on the device.

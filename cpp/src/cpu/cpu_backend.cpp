@@ -1,0 +1,258 @@
+// CPU backend: reduced SVD with LAPACK ?gesdd, measures with BLAS ?gemm.
+#include "cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <climits>
+#include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "detail/lapack.h"
+#include "postsvd/error.h"
+
+namespace postsvd::cpu {
+namespace {
+
+using detail::lapack_int;
+
+template <class T>
+const char* lapack_prefix() {
+  return sizeof(T) == sizeof(float) ? "s" : "d";
+}
+
+std::string shape_text(int64_t rows, int64_t cols) {
+  std::ostringstream text;
+  text << "[" << rows << ", " << cols << "]";
+  return text.str();
+}
+
+/// dst [cols, rows] = src^T, src [rows, cols] column-major with leading dimension ld; blocked for the cache.
+template <class T>
+void transpose_into(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst) {
+  constexpr int64_t block = 64;
+  for (int64_t c0 = 0; c0 < cols; c0 += block) {
+    const int64_t c1 = std::min(cols, c0 + block);
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const int64_t r1 = std::min(rows, r0 + block);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = c0; c < c1; ++c) dst[c + r * cols] = src[r + c * ld];
+      }
+    }
+  }
+}
+
+/// The same stored data seen as W^T.
+TensorView transposed(const TensorView& view) {
+  TensorView t = view;
+  t.rows = view.cols;
+  t.cols = view.rows;
+  t.row_stride = view.col_stride;
+  t.col_stride = view.row_stride;
+  return t;
+}
+
+/// Factors of a tall matrix X [p, q], p >= q: X = Ux diag(S) VTx, Ux [p, q], VTx [q, q].
+template <class T>
+struct TallSvd {
+  Matrix<T> Ux;
+  std::vector<T> S;
+  Matrix<T> VTx;
+};
+
+template <class T>
+[[noreturn]] void throw_lapack_failure(const char* routine, lapack_int info, const TensorView& view, bool transposed_input) {
+  std::ostringstream text;
+  text << lapack_prefix<T>() << routine << " failed on tensor '" << view.name << "' of shape "
+       << shape_text(view.rows, view.cols) << (transposed_input ? " (decomposed as its transpose)" : "")
+       << ": info = " << info;
+  if (info < 0) {
+    text << " (argument " << -info << " had an illegal value; this is a bug in postsvd)";
+  } else {
+    text << " (the SVD did not converge)";
+  }
+  throw BackendError(text.str());
+}
+
+lapack_int checked_workspace(double padded_size, const TensorView& view) {
+  if (padded_size > static_cast<double>(INT_MAX)) {
+    POSTSVD_THROW(BackendError, "LAPACK workspace for tensor '" << view.name << "' of shape "
+                                    << shape_text(view.rows, view.cols) << " exceeds the 32-bit LAPACK limit");
+  }
+  return static_cast<lapack_int>(padded_size);
+}
+
+/// ?gesvd (QR iteration) on a fresh copy: the fallback when ?gesdd does not converge.
+template <class T>
+TallSvd<T> tall_svd_qr_iteration(const TensorView& tall_view, const TensorView& original, bool transposed_input) {
+  Matrix<T> x = to_matrix<T>(tall_view);
+  const auto p = static_cast<lapack_int>(x.rows());
+  const auto q = static_cast<lapack_int>(x.cols());
+  TallSvd<T> out{Matrix<T>(p, q), std::vector<T>(static_cast<std::size_t>(q)), Matrix<T>(q, q)};
+  T query = 0;
+  lapack_int info = 0;
+  detail::gesvd('S', 'S', p, q, x.data(), p, out.S.data(), out.Ux.data(), p, out.VTx.data(), q, &query, -1, &info);
+  if (info != 0) throw_lapack_failure<T>("gesvd", info, original, transposed_input);
+  const lapack_int lwork = checked_workspace(static_cast<double>(detail::workspace_size(query)), original);
+  std::vector<T> work(static_cast<std::size_t>(lwork));
+  detail::gesvd('S', 'S', p, q, x.data(), p, out.S.data(), out.Ux.data(), p, out.VTx.data(), q, work.data(), lwork,
+                &info);
+  if (info != 0) throw_lapack_failure<T>("gesvd", info, original, transposed_input);
+  return out;
+}
+
+template <class T>
+TallSvd<T> tall_svd(const TensorView& tall_view, const TensorView& original, bool transposed_input) {
+  TallSvd<T> out;
+  lapack_int info = 0;
+  {
+    Matrix<T> x = to_matrix<T>(tall_view);  // [p, q], destroyed by ?gesdd
+    const auto p = static_cast<lapack_int>(x.rows());
+    const auto q = static_cast<lapack_int>(x.cols());
+    out.Ux = Matrix<T>(p, q);
+    out.S.assign(static_cast<std::size_t>(q), T(0));
+    out.VTx = Matrix<T>(q, q);
+    std::vector<lapack_int> iwork(static_cast<std::size_t>(8) * static_cast<std::size_t>(q));
+    T query = 0;
+    detail::gesdd('S', p, q, x.data(), p, out.S.data(), out.Ux.data(), p, out.VTx.data(), q, &query, -1, iwork.data(),
+                  &info);
+    if (info != 0) throw_lapack_failure<T>("gesdd", info, original, transposed_input);
+    const lapack_int lwork = checked_workspace(static_cast<double>(detail::workspace_size(query)), original);
+    std::vector<T> work(static_cast<std::size_t>(lwork));
+    detail::gesdd('S', p, q, x.data(), p, out.S.data(), out.Ux.data(), p, out.VTx.data(), q, work.data(), lwork,
+                  iwork.data(), &info);
+  }
+  if (info < 0) throw_lapack_failure<T>("gesdd", info, original, transposed_input);
+  if (info > 0) {
+    out = TallSvd<T>{};  // release before the fallback allocates its own
+    return tall_svd_qr_iteration<T>(tall_view, original, transposed_input);
+  }
+  return out;
+}
+
+}  // namespace
+
+template <class T>
+Decomposition<T> reduced_svd(const TensorView& view) {
+  if (view.rows <= 0 || view.cols <= 0) {
+    POSTSVD_THROW(InvalidArgument, "reduced_svd: tensor '" << view.name << "': expected a non-empty matrix, got shape "
+                                                           << shape_text(view.rows, view.cols));
+  }
+  if (view.rows > INT_MAX || view.cols > INT_MAX) {
+    POSTSVD_THROW(InvalidArgument, "reduced_svd: tensor '" << view.name << "' of shape "
+                                                           << shape_text(view.rows, view.cols)
+                                                           << " exceeds LAPACK's 32-bit dimension limit");
+  }
+  // LAPACK's QR path (tall) beats its LQ path (wide): always decompose the tall one.
+  const bool use_transpose = view.rows < view.cols;
+  const TensorView tall_view = use_transpose ? transposed(view) : view;
+  TallSvd<T> tall = tall_svd<T>(tall_view, view, use_transpose);
+
+  const int64_t k = static_cast<int64_t>(tall.S.size());
+  Decomposition<T> d;
+  d.S = std::move(tall.S);
+  if (!use_transpose) {
+    // W = Ux S VTx: U = Ux [m, k], V = VTx^T [n, k].
+    d.U = std::move(tall.Ux);
+    d.V = Matrix<T>(view.cols, k);
+    transpose_into(tall.VTx.data(), k, view.cols, k, d.V.data());
+  } else {
+    // W^T = Ux S VTx, so W = VTx^T S Ux^T: U = VTx^T [m, k], V = Ux [n, k].
+    d.U = Matrix<T>(view.rows, k);
+    transpose_into(tall.VTx.data(), k, view.rows, k, d.U.data());
+    d.V = std::move(tall.Ux);
+  }
+  apply_sign_rule(d);
+  return d;
+}
+
+
+template Decomposition<float> reduced_svd<float>(const TensorView& view);
+template Decomposition<double> reduced_svd<double>(const TensorView& view);
+
+void set_blas_threads(int num_threads) {
+  if (num_threads < 0) {
+    POSTSVD_THROW(InvalidArgument, "num_threads: expected 0 (every core) or a positive count, got " << num_threads);
+  }
+  if (openblas_set_num_threads == nullptr) return;  // reference BLAS: single-threaded
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  openblas_set_num_threads(num_threads == 0 ? cores : num_threads);
+}
+
+int blas_threads() { return openblas_get_num_threads != nullptr ? openblas_get_num_threads() : 1; }
+
+std::string blas_description() {
+  if (openblas_get_config != nullptr) {
+    const char* config = openblas_get_config();
+    if (config != nullptr) return config;
+  }
+  return "reference BLAS/LAPACK";
+}
+
+CpuBackend::CpuBackend(const BackendOptions& options) : num_threads_(options.num_threads) {
+  if (options.device != Device::CPU) {
+    POSTSVD_THROW(InvalidArgument, "CpuBackend: expected BackendOptions::device == CPU");
+  }
+  set_blas_threads(num_threads_);
+}
+
+std::string CpuBackend::name() const {
+  std::ostringstream text;
+  const int threads = blas_threads();
+  text << "cpu (" << blas_description() << ", " << threads << (threads == 1 ? " thread)" : " threads)");
+  return text.str();
+}
+
+Decomposition<float> CpuBackend::decompose_f32(const TensorView& w) {
+  set_blas_threads(num_threads_);
+  return reduced_svd<float>(w);
+}
+
+Decomposition<double> CpuBackend::decompose_f64(const TensorView& w) {
+  set_blas_threads(num_threads_);
+  return reduced_svd<double>(w);
+}
+
+namespace {
+
+template <class T>
+PairMeasures measure_pair(const PairInput& pair, const MeasureOptions& options) {
+  // Both factor sets die at the end of this scope, before the next pair starts.
+  const Decomposition<T> base = reduced_svd<T>(pair.base);
+  const Decomposition<T> post = reduced_svd<T>(pair.post);
+  return measures_from(base, post, options);
+}
+
+}  // namespace
+
+std::vector<PairMeasures> CpuBackend::compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) {
+  set_blas_threads(num_threads_);
+  if (options.leading_k < 0) {
+    POSTSVD_THROW(InvalidArgument, "compare: leading_k: expected >= 0 (0 = all), got " << options.leading_k);
+  }
+  // Check every pair first: a mismatch should not surface after minutes of work.
+  for (const PairInput& pair : pairs) {
+    if (pair.base.rows != pair.post.rows || pair.base.cols != pair.post.cols) {
+      POSTSVD_THROW(InvalidArgument, "compare: base tensor '" << pair.base.name << "' has shape "
+                                                             << shape_text(pair.base.rows, pair.base.cols)
+                                                             << " but post tensor '" << pair.post.name
+                                                             << "' has shape "
+                                                             << shape_text(pair.post.rows, pair.post.cols)
+                                                             << "; expected equal shapes");
+    }
+  }
+  std::vector<PairMeasures> results;
+  results.reserve(pairs.size());
+  for (const PairInput& pair : pairs) {
+    if (options.precision == Precision::F32) {
+      results.push_back(measure_pair<float>(pair, options));
+    } else {
+      results.push_back(measure_pair<double>(pair, options));
+    }
+  }
+  return results;
+}
+
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options) { return std::make_unique<CpuBackend>(options); }
+
+}  // namespace postsvd::cpu

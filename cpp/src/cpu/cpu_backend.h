@@ -1,0 +1,44 @@
+// The CPU backend: LAPACK ?gesdd (OpenBLAS, both cores) for the reduced SVD,
+// BLAS ?gemm for the measures (measures_from).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "postsvd/backend.h"
+
+namespace postsvd::cpu {
+
+/// Reduced SVD of one view in working precision T, paper orientation, sign
+/// rule applied. Decomposes whichever of W and W^T is tall (LAPACK's QR path
+/// is faster than its LQ path), so a wide W costs no more than its transpose.
+/// Falls back to ?gesvd when ?gesdd does not converge; every other LAPACK
+/// failure is a BackendError naming the tensor, its shape and `info`.
+template <class T>
+Decomposition<T> reduced_svd(const TensorView& view);
+
+/// Sets the BLAS thread count: 0 = every core. No-op without OpenBLAS.
+void set_blas_threads(int num_threads);
+/// The BLAS thread count in use (1 when the BLAS cannot say).
+int blas_threads();
+/// "OpenBLAS 0.3.21 ..." or "reference BLAS/LAPACK".
+std::string blas_description();
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const BackendOptions& options);
+
+  Device device() const override { return Device::CPU; }
+  std::string name() const override;
+  Decomposition<float> decompose_f32(const TensorView& w) override;
+  Decomposition<double> decompose_f64(const TensorView& w) override;
+  /// Pairs one after the other; only one pair's factors are alive at a time.
+  std::vector<PairMeasures> compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) override;
+
+ private:
+  int num_threads_ = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options);
+
+}  // namespace postsvd::cpu

@@ -1,0 +1,97 @@
+// extern "C" prototypes of the Fortran LAPACK / BLAS routines the CPU backend
+// and the measures call (LP64: 32-bit integers, as Debian's OpenBLAS and the
+// reference LAPACK export them). Character arguments carry the hidden Fortran
+// string lengths (gfortran ABI) so that no callee reads a missing stack slot.
+#pragma once
+
+#include <cstddef>
+#include <limits>
+
+namespace postsvd::detail {
+
+using lapack_int = int;
+using fortran_strlen = std::size_t;
+
+}  // namespace postsvd::detail
+
+extern "C" {
+
+using postsvd_lapack_int = postsvd::detail::lapack_int;
+using postsvd_fortran_strlen = postsvd::detail::fortran_strlen;
+
+// Reduced / full SVD, divide and conquer.
+void sgesdd_(const char* jobz, const postsvd_lapack_int* m, const postsvd_lapack_int* n, float* a,
+             const postsvd_lapack_int* lda, float* s, float* u, const postsvd_lapack_int* ldu, float* vt,
+             const postsvd_lapack_int* ldvt, float* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* iwork,
+             postsvd_lapack_int* info, postsvd_fortran_strlen jobz_len);
+void dgesdd_(const char* jobz, const postsvd_lapack_int* m, const postsvd_lapack_int* n, double* a,
+             const postsvd_lapack_int* lda, double* s, double* u, const postsvd_lapack_int* ldu, double* vt,
+             const postsvd_lapack_int* ldvt, double* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* iwork,
+             postsvd_lapack_int* info, postsvd_fortran_strlen jobz_len);
+
+// SVD by QR iteration: the fallback when ?gesdd does not converge.
+void sgesvd_(const char* jobu, const char* jobvt, const postsvd_lapack_int* m, const postsvd_lapack_int* n, float* a,
+             const postsvd_lapack_int* lda, float* s, float* u, const postsvd_lapack_int* ldu, float* vt,
+             const postsvd_lapack_int* ldvt, float* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* info,
+             postsvd_fortran_strlen jobu_len, postsvd_fortran_strlen jobvt_len);
+void dgesvd_(const char* jobu, const char* jobvt, const postsvd_lapack_int* m, const postsvd_lapack_int* n, double* a,
+             const postsvd_lapack_int* lda, double* s, double* u, const postsvd_lapack_int* ldu, double* vt,
+             const postsvd_lapack_int* ldvt, double* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* info,
+             postsvd_fortran_strlen jobu_len, postsvd_fortran_strlen jobvt_len);
+
+// C = alpha op(A) op(B) + beta C.
+void sgemm_(const char* transa, const char* transb, const postsvd_lapack_int* m, const postsvd_lapack_int* n,
+            const postsvd_lapack_int* k, const float* alpha, const float* a, const postsvd_lapack_int* lda,
+            const float* b, const postsvd_lapack_int* ldb, const float* beta, float* c,
+            const postsvd_lapack_int* ldc, postsvd_fortran_strlen transa_len, postsvd_fortran_strlen transb_len);
+void dgemm_(const char* transa, const char* transb, const postsvd_lapack_int* m, const postsvd_lapack_int* n,
+            const postsvd_lapack_int* k, const double* alpha, const double* a, const postsvd_lapack_int* lda,
+            const double* b, const postsvd_lapack_int* ldb, const double* beta, double* c,
+            const postsvd_lapack_int* ldc, postsvd_fortran_strlen transa_len, postsvd_fortran_strlen transb_len);
+
+// OpenBLAS extensions. Weak: with the reference BLAS/LAPACK they resolve to
+// nullptr, and callers must test the pointer before calling.
+void openblas_set_num_threads(int num_threads) __attribute__((weak));
+int openblas_get_num_threads(void) __attribute__((weak));
+char* openblas_get_config(void) __attribute__((weak));
+
+}  // extern "C"
+
+namespace postsvd::detail {
+
+/// Typed front doors so templates can call one name for float and double.
+inline void gesdd(char jobz, lapack_int m, lapack_int n, float* a, lapack_int lda, float* s, float* u, lapack_int ldu,
+                  float* vt, lapack_int ldvt, float* work, lapack_int lwork, lapack_int* iwork, lapack_int* info) {
+  sgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info, 1);
+}
+inline void gesdd(char jobz, lapack_int m, lapack_int n, double* a, lapack_int lda, double* s, double* u,
+                  lapack_int ldu, double* vt, lapack_int ldvt, double* work, lapack_int lwork, lapack_int* iwork,
+                  lapack_int* info) {
+  dgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info, 1);
+}
+inline void gesvd(char jobu, char jobvt, lapack_int m, lapack_int n, float* a, lapack_int lda, float* s, float* u,
+                  lapack_int ldu, float* vt, lapack_int ldvt, float* work, lapack_int lwork, lapack_int* info) {
+  sgesvd_(&jobu, &jobvt, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, info, 1, 1);
+}
+inline void gesvd(char jobu, char jobvt, lapack_int m, lapack_int n, double* a, lapack_int lda, double* s, double* u,
+                  lapack_int ldu, double* vt, lapack_int ldvt, double* work, lapack_int lwork, lapack_int* info) {
+  dgesvd_(&jobu, &jobvt, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, info, 1, 1);
+}
+inline void gemm(char transa, char transb, lapack_int m, lapack_int n, lapack_int k, float alpha, const float* a,
+                 lapack_int lda, const float* b, lapack_int ldb, float beta, float* c, lapack_int ldc) {
+  sgemm_(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc, 1, 1);
+}
+inline void gemm(char transa, char transb, lapack_int m, lapack_int n, lapack_int k, double alpha, const double* a,
+                 lapack_int lda, const double* b, lapack_int ldb, double beta, double* c, lapack_int ldc) {
+  dgemm_(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc, 1, 1);
+}
+
+/// Converts a LAPACK workspace-size answer (returned in a float or double) to
+/// an integer, rounded up: a float query can round the true size down.
+template <class T>
+lapack_int workspace_size(T query) {
+  const double padded = static_cast<double>(query) * (1.0 + 4.0 * std::numeric_limits<T>::epsilon()) + 1.0;
+  return static_cast<lapack_int>(padded);
+}
+
+}  // namespace postsvd::detail
