@@ -18,6 +18,10 @@ KIND_COLORS = {
 }
 
 
+#: Narrowest color range of the SVSM heatmaps.
+MIN_SVSM_SPAN = 0.2
+
+
 def _grid(count: int, max_cols: int = 4):
     cols = min(count, max_cols)
     rows = math.ceil(count / cols)
@@ -38,10 +42,12 @@ def plot_svsm(svsm: Mapping[str, np.ndarray], layers: Mapping[str, Sequence[int]
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     values = np.concatenate([np.asarray(svsm[k]).ravel() for k in kinds]) if kinds else np.ones(1)
     values = values[np.isfinite(values)]
-    # Shared, robust color range so kinds compare; the tail's outliers saturate.
+    # Shared, robust color range so kinds compare; the tail's outliers saturate. At least
+    # MIN_SVSM_SPAN wide, so near-uniform scaling reads as one color, not as magnified noise.
     low, high = (np.percentile(values, [1, 99]) if values.size else (0.0, 2.0))
-    if high - low < 1e-6:
-        low, high = low - 0.05, high + 0.05
+    if high - low < MIN_SVSM_SPAN:
+        center = float(np.median(values)) if values.size else 1.0
+        low, high = center - MIN_SVSM_SPAN / 2, center + MIN_SVSM_SPAN / 2
     image = None
     for ax, kind in zip(axes, kinds):
         matrix = np.asarray(svsm[kind])
@@ -105,12 +111,18 @@ def plot_nf(per_layer: Mapping[str, Dict[str, np.ndarray]], baseline: Optional[M
     for kind, series in per_layer.items():
         color = KIND_COLORS.get(kind)
         ax.plot(series["layers"], series["nf"], marker="o", markersize=3, color=color, label=f"W_{kind}")
-        if baseline and kind in baseline:
-            ax.axhline(baseline[kind], color=color, linewidth=0.8, linestyle="--", alpha=0.6)
+    # One dashed line per distinct baseline value, naming the kinds it belongs to.
+    by_value: Dict[float, list] = {}
+    for kind, value in (baseline or {}).items():
+        by_value.setdefault(round(float(value), 12), []).append(kind)
+    for value, kinds in by_value.items():
+        ax.axhline(value, color="0.45", linewidth=0.9, linestyle="--")
+        ax.annotate(f"unrelated ({', '.join(kinds)})", (0.01, value), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(0, 2), fontsize="x-small", color="0.35")
     ax.set_xlabel("layer")
     ax.set_ylabel("NF = ||I_orth − I||_F / k")
     ax.set_ylim(bottom=0)
-    ax.legend(ncol=min(len(per_layer), 4), fontsize="small")
+    ax.legend(ncol=min(len(per_layer), 4), fontsize="small", loc="center right")
     ax.set_title(title or "Orthogonal consistency (NF; dashed: unrelated rotations)")
     return fig
 

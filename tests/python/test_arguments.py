@@ -1,0 +1,77 @@
+"""Bad arguments give clear errors that say what was expected and what came."""
+import numpy as np
+import pytest
+
+import postsvd
+from conftest import SYNTHETIC
+from postsvd._validate import normalize_layers, parse_layers_text
+
+
+def test_layer_text_parsing():
+    assert parse_layers_text("0,1,5-9") == [0, 1, 5, 6, 7, 8, 9]
+    assert normalize_layers("3, 1-2", 4) == [1, 2, 3]
+    assert normalize_layers(-1, 4) == [3]
+    assert normalize_layers(None, 3) == [0, 1, 2]
+    for bad in ("a", "1-", "", "5-2"):
+        with pytest.raises(postsvd.InvalidArgumentError, match="layers"):
+            parse_layers_text(bad)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(kinds="qkv"), postsvd.InvalidArgumentError, "valid kinds are q, k, v, o, gate, up, down"),
+    (dict(kinds=[]), postsvd.InvalidArgumentError, "at least one"),
+    (dict(layers=SYNTHETIC["layers"]), postsvd.InvalidArgumentError, "has layers 0..1"),
+    (dict(layers=[0, -3]), postsvd.InvalidArgumentError, "out of range"),
+    (dict(layers=[0.5]), postsvd.InvalidArgumentError, "expected integers"),
+    (dict(dtype="bfloat16"), postsvd.InvalidArgumentError, "float32, float64"),
+    (dict(device="gpu"), postsvd.InvalidArgumentError, "'cpu', 'cuda'"),
+    (dict(num_threads=0), postsvd.InvalidArgumentError, "num_threads"),
+    (dict(memory_budget_bytes=-1), postsvd.InvalidArgumentError, "memory_budget_bytes"),
+])
+def test_compare_argument_errors(related_pair, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        postsvd.compare(related_pair.base, related_pair.post, progress=False, **kwargs)
+
+
+@pytest.mark.skipif(postsvd.has_cuda(), reason="checks the CPU build's message")
+def test_compare_cuda_in_cpu_build(related_pair):
+    with pytest.raises(postsvd.NotBuiltWithCudaError, match="POSTSVD_ENABLE_CUDA=ON pip install"):
+        postsvd.compare(related_pair.base, related_pair.post, device="cuda", progress=False)
+
+
+def test_comparison_argument_errors(related_pair):
+    result = postsvd.compare(related_pair.base, related_pair.post, kinds="q,o", layers=[0], progress=False)
+    with pytest.raises(postsvd.InvalidArgumentError, match="compared kinds: q, o"):
+        result.svsm("down")
+    with pytest.raises(postsvd.InvalidArgumentError, match="unknown kind 'x'"):
+        result.sigma("x")
+    with pytest.raises(postsvd.InvalidArgumentError, match="'base' or 'post'"):
+        result.sigma("q", model="instruct")
+    with pytest.raises(postsvd.InvalidArgumentError, match="layer 1 was not compared; compared layers: 0"):
+        result.matrices(1, "q")
+    with pytest.raises(postsvd.InvalidArgumentError, match="has layers 0..1"):
+        result.matrices(7, "q")
+    with pytest.raises(postsvd.InvalidArgumentError, match="one kind"):
+        result.matrices(0, "attn")
+    with pytest.raises(postsvd.InvalidArgumentError, match="leading_k"):
+        result.matrices(0, "q", leading_k=0)
+
+
+def test_read_matrix_errors(related_pair):
+    with pytest.raises(postsvd.InvalidArgumentError, match="has layers 0..1"):
+        postsvd.read_matrix(related_pair.base, 2, "q")
+    with pytest.raises(postsvd.InvalidArgumentError, match="valid kinds"):
+        postsvd.read_matrix(related_pair.base, 0, "query")
+    w = postsvd.read_matrix(related_pair.base, 0, "gate", dtype="float64")
+    assert w.dtype == np.float64 and w.shape == (SYNTHETIC["hidden"], SYNTHETIC["intermediate"])
+
+
+def test_synthetic_argument_errors(tmp_path):
+    from postsvd.synthetic import make_pair
+
+    with pytest.raises(postsvd.InvalidArgumentError, match="llama, qwen2, mistral"):
+        make_pair(tmp_path / "a", tmp_path / "b", model_type="bert")
+    with pytest.raises(postsvd.InvalidArgumentError, match="multiple of heads"):
+        make_pair(tmp_path / "a", tmp_path / "b", hidden=30, heads=4)
+    with pytest.raises(postsvd.InvalidArgumentError, match="alpha"):
+        make_pair(tmp_path / "a", tmp_path / "b", alpha={"qq": 1.0})

@@ -1,0 +1,138 @@
+"""The postsvd command line: outputs, exit codes, messages and help."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pandas as pd
+import pytest
+
+from postsvd import cli
+
+BUILT_IN = [name for name, _ in cli.SUBCOMMANDS]
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_compare_writes_tables_plots_and_summary(related_pair, tmp_path, capsys):
+    out = tmp_path / "results"
+    code, stdout, stderr = run(["compare", related_pair.base, related_pair.post, "--out", out, "--no-progress",
+                                "--matrices", "1:down,0:q", "--leading-k", "10"], capsys)
+    assert code == 0, stderr
+    for name in ("table.csv", "table.json", "kinds.csv", "kinds.json", "spectra.npz", "summary.txt", "run.json",
+                 "svsm.png", "scaling_bands.png", "nf.png", "matrices_layer1_down.png", "matrices_layer0_q.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "table.csv")
+    assert len(table) == 14 and abs(table["scaling_mean"] - 0.9).max() < 1e-4
+    rows = json.loads((out / "table.json").read_text())
+    assert len(rows) == 14 and rows[0]["kind"] == "q"
+    assert (out / "svsm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "consistent rotation" in stdout and "wrote 12 files" in stdout
+    assert json.loads((out / "run.json").read_text())["layers"] == [0, 1]
+
+
+def test_compare_several_posts_and_selection(related_pair, unrelated_pair, tmp_path, capsys):
+    out = tmp_path / "multi"
+    code, stdout, stderr = run(["compare", related_pair.base, related_pair.post, unrelated_pair.post, "--out", out,
+                                "--no-progress", "--no-plots", "--layers", "1", "--kinds", "q,up",
+                                "--dtype", "float64"], capsys)
+    assert code == 0, stderr
+    assert sorted(os.listdir(out)) == ["post", "post-2"]
+    for sub in ("post", "post-2"):
+        table = pd.read_csv(out / sub / "table.csv")
+        assert list(zip(table["layer"], table["kind"])) == [(1, "q"), (1, "up")]
+        assert not (out / sub / "svsm.png").exists()
+    assert stdout.count("postsvd:") == 2
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["--kinds", "qq"], "unknown kind 'qq'"),
+    (["--layers", "9"], "out of range"),
+    (["--layers", "x"], "layers"),
+    (["--device", "tpu"], "device"),
+])
+def test_compare_bad_arguments_exit_1(related_pair, tmp_path, capsys, argv_tail, message):
+    code, _, stderr = run(["compare", related_pair.base, related_pair.post, "--out", tmp_path / "o",
+                           "--no-progress"] + argv_tail, capsys)
+    assert code == 1
+    assert message in stderr and "Traceback" not in stderr
+    assert stderr.startswith("postsvd: error:") and stderr.count("\n") == 1
+
+
+def test_bad_folder_exit_1_one_line(tmp_path, related_pair, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')
+    (broken / "model.safetensors").write_bytes(b"\x05\x00")
+    code, _, stderr = run(["compare", broken, related_pair.post, "--out", tmp_path / "o", "--no-progress"], capsys)
+    assert code == 1 and "Traceback" not in stderr
+    assert stderr.count("\n") == 1 and "model.safetensors" in stderr
+    code, _, stderr = run(["info", tmp_path / "missing"], capsys)
+    assert code == 1 and "does not exist" in stderr
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv in (["compare", "a"], ["compare", "a", "b"], ["nonsense"], []):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_info(related_pair, capsys):
+    code, stdout, _ = run(["info", related_pair.base], capsys)
+    assert code == 0
+    assert "llama" in stdout and "layers:       2" in stdout and "F32" in stdout and "down" in stdout
+    code, stdout, _ = run(["info", related_pair.base, "--json"], capsys)
+    info = json.loads(stdout)
+    assert info["num_layers"] == 2 and info["kinds"]["down"]["in_features"] == 96
+
+
+def test_make_example_then_compare(tmp_path, capsys):
+    code, stdout, _ = run(["make-example", tmp_path / "ex", "--layers", "2", "--hidden", "32", "--intermediate",
+                           "64", "--heads", "4", "--kv-heads", "2", "--dtype", "float32", "--alpha", "1.2"], capsys)
+    assert code == 0 and "postsvd compare" in stdout
+    code, stdout, _ = run(["compare", tmp_path / "ex" / "base", tmp_path / "ex" / "post", "--out", tmp_path / "r",
+                           "--no-progress", "--no-plots"], capsys)
+    assert code == 0 and "x1.2" in stdout
+
+
+def test_help_is_complete(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text
+    for name in BUILT_IN:
+        assert name in text
+        with pytest.raises(SystemExit) as info:
+            cli.main([name, "--help"])
+        assert info.value.code == 0
+        sub = capsys.readouterr().out
+        assert "examples:" in sub and f"postsvd {name}" in sub
+
+
+def test_entry_point_runs_as_module():
+    done = subprocess.run([sys.executable, "-m", "postsvd", "compare", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "--out" in done.stdout
+
+
+def test_plugin_modules_add_subcommands(monkeypatch, capsys):
+    plugin = types.ModuleType("postsvd_test_plugin")
+
+    def add_cli(subparsers):
+        parser = subparsers.add_parser("hello", help="say hello")
+        parser.add_argument("--name", default="world")
+        parser.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
+
+    plugin.add_cli = add_cli
+    monkeypatch.setitem(sys.modules, "postsvd_test_plugin", plugin)
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("postsvd_test_plugin", "postsvd_no_such_module"))
+    code, stdout, stderr = run(["hello", "--name", "D"], capsys)
+    assert code == 0 and stdout == "hello D\n" and stderr == ""
