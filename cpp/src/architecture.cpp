@@ -230,6 +230,15 @@ int num_layers_of(const Config& config, const char* key) {
   return static_cast<int>(n);
 }
 
+// Hub configs name the expert count "num_experts" (Qwen) or "num_local_experts"
+// (Mixtral); transformers 5 writes either spelling for either family.
+int64_t num_experts_of(const Config& config, bool required) {
+  if (config.has("num_experts")) return config.positive("num_experts");
+  if (config.has("num_local_experts")) return config.positive("num_local_experts");
+  if (required) POSTSVD_THROW(BadCheckpoint, config.path() << ": missing the integer field \"num_local_experts\"");
+  return 0;
+}
+
 Architecture map_llama_like(const Checkpoint& ck, const Config& config, const std::string& type) {
   const AttentionSizes a = attention_sizes(config);
   const int layers = num_layers_of(config, "num_hidden_layers");
@@ -239,12 +248,12 @@ Architecture map_llama_like(const Checkpoint& ck, const Config& config, const st
     add_attention(m, i, p, a);
     if (type == "mixtral") {
       static const char* const names[3] = {"w1", "w3", "w2"};
-      add_experts(m, i, p + "block_sparse_moe.experts.", config.positive("num_local_experts"), a.hidden,
+      add_experts(m, i, p + "block_sparse_moe.experts.", num_experts_of(config, true), a.hidden,
                   config.positive("intermediate_size"), names);
     } else if (type == "qwen2_moe" || type == "qwen3_moe") {
       // Sparse layers as in transformers: not in mlp_only_layers, and every decoder_sparse_step-th.
       const std::vector<int64_t> dense_only = config.int_list("mlp_only_layers");
-      const int64_t experts = config.has("num_experts") ? config.positive("num_experts") : 0;
+      const int64_t experts = num_experts_of(config, false);
       const int64_t step = config.positive_or("decoder_sparse_step", 1);
       const bool sparse = std::find(dense_only.begin(), dense_only.end(), i) == dense_only.end() && experts > 0 &&
                           (i + 1) % step == 0;

@@ -320,7 +320,9 @@ TEST(Architecture, QwenMoeSparseAndDenseLayers) {
         spec.push_back({x + "down_proj.weight", {8, 3}});
       }
     }
-    std::string config = llama_config(type, R"("num_experts": 2, "moe_intermediate_size": 3,
+    // transformers 5 writes qwen3_moe's expert count as num_local_experts.
+    const std::string count_key = type == "qwen3_moe" ? "num_local_experts" : "num_experts";
+    std::string config = llama_config(type, "\"" + count_key + R"(": 2, "moe_intermediate_size": 3,
         "decoder_sparse_step": 1, "mlp_only_layers": [1])");
     config.replace(config.find("\"num_hidden_layers\": 2"), 22, "\"num_hidden_layers\": 3");
     const auto stored = write_folder(folder, config, spec);
