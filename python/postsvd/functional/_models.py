@@ -6,6 +6,7 @@ torch and transformers are imported inside the functions, so that
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
@@ -84,6 +85,10 @@ def load_model_and_tokenizer(model: ModelLike, tokenizer: Any = None, *, device:
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     if is_model_object(model):
         loaded = model
+        weight_dtype = next(loaded.parameters()).dtype
+        if isinstance(torch_dtype, torch.dtype) and weight_dtype != torch_dtype:
+            warnings.warn(f"{what}: the loaded model runs in {weight_dtype}, not the requested {torch_dtype}; "
+                          "it is used as it is (load it with dtype=... to change that)")
         if attn_implementation is not None:
             current = getattr(loaded.config, "_attn_implementation", None)
             if current != attn_implementation:
