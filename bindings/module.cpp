@@ -370,6 +370,9 @@ void register_errors(py::module_& m) {
 
 }  // namespace
 
+// Constructions 9-16 and Eq. 13: bindings/constructions.cpp.
+void bind_constructions(pybind11::module_& m);
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "postsvd C++ core (private; import postsvd instead)";
   register_errors(m);
@@ -489,6 +492,8 @@ PYBIND11_MODULE(_core, m) {
           },
           "indices"_a, "full_matrices"_a = false, "leading_k"_a = 0,
           "Measures of the pairs architecture['matrices'][i] for i in indices, as a list of dicts.");
+
+  bind_constructions(m);
 
 #ifdef POSTSVD_VERSION
   m.attr("__version__") = POSTSVD_VERSION;

@@ -1,0 +1,216 @@
+// Bindings of the constructions (cpp/include/postsvd/constructions.h) and the
+// checkpoint writer's conversions. Called from module.cpp: bind_constructions(m).
+// Errors map through module.cpp's translator (postsvd::Error hierarchy).
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "postsvd/constructions.h"
+#include "postsvd/writer.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+postsvd::Precision precision_of(const std::string& name) {
+  if (name == "float32") return postsvd::Precision::F32;
+  if (name == "float64") return postsvd::Precision::F64;
+  POSTSVD_THROW(InvalidArgument, "precision: expected \"float32\" or \"float64\", got \"" << name << "\"");
+}
+
+postsvd::BackendOptions backend_of(const std::string& device, const std::vector<int>& device_ids, int num_threads) {
+  postsvd::BackendOptions options;
+  if (device == "cuda") {
+    options.device = postsvd::Device::CUDA;
+  } else {
+    POSTSVD_CHECK(device == "cpu", InvalidArgument, "device: expected \"cpu\" or \"cuda\", got \"" << device << "\"");
+  }
+  options.device_ids = device_ids;
+  options.num_threads = num_threads;
+  return options;
+}
+
+template <class T>
+postsvd::Matrix<T> matrix_from(const py::handle& object, const char* what) {
+  const auto array = py::array_t<T, py::array::f_style | py::array::forcecast>::ensure(object);
+  POSTSVD_CHECK(array && array.ndim() == 2, InvalidArgument, what << ": expected a 2-D float array");
+  postsvd::Matrix<T> m(array.shape(0), array.shape(1));
+  std::copy(array.data(), array.data() + m.size(), m.data());
+  return m;
+}
+
+// (U [m, k], S [k], V [n, k]) -> Decomposition<T>.
+template <class T>
+postsvd::Decomposition<T> decomposition_from(const py::handle& object, const char* what) {
+  const py::tuple parts = py::reinterpret_borrow<py::object>(object).cast<py::tuple>();
+  POSTSVD_CHECK(parts.size() == 3, InvalidArgument, what << ": expected a tuple (U, S, V), got " << parts.size() << " items");
+  postsvd::Decomposition<T> d;
+  d.U = matrix_from<T>(parts[0], what);
+  d.V = matrix_from<T>(parts[2], what);
+  const auto s = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(parts[1]);
+  POSTSVD_CHECK(s && s.ndim() == 1, InvalidArgument, what << ": expected S as a 1-D array");
+  d.S.assign(s.data(), s.data() + s.shape(0));
+  return d;
+}
+
+template <class T>
+py::array_t<T> to_array(const postsvd::Matrix<T>& m) {
+  py::array_t<T, py::array::f_style> out({static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(m.cols())});
+  std::copy(m.data(), m.data() + m.size(), out.mutable_data());
+  return out;
+}
+
+template <class T>
+py::array construct_weight_as(int number, const py::object& base, const py::object& post, const py::object& ref,
+                              double alpha) {
+  const postsvd::Construction c = postsvd::parse_construction(number);
+  const auto b = decomposition_from<T>(base, "base");
+  const auto p = decomposition_from<T>(post, "post");
+  postsvd::Decomposition<T> r;
+  const bool has_ref = !ref.is_none();
+  if (has_ref) r = decomposition_from<T>(ref, "ref");
+  postsvd::Matrix<T> w;
+  {
+    py::gil_scoped_release release;
+    w = postsvd::construct_weight<T>(c, b, p, has_ref ? &r : nullptr, alpha);
+  }
+  return to_array(w);
+}
+
+py::dict angles_to_python(const postsvd::AngleSummary& a) {
+  return py::dict("mean_deg"_a = a.mean_deg, "max_deg"_a = a.max_deg);
+}
+
+py::dict rotation_to_python(const postsvd::SharedRotation& r) {
+  py::dict out("k"_a = r.k, "residual1"_a = angles_to_python(r.residual1),
+               "residual2"_a = angles_to_python(r.residual2), "shared"_a = angles_to_python(r.shared),
+               "defect1"_a = r.defect1, "defect2"_a = r.defect2);
+  if (!r.q.empty()) {
+    out["q"] = to_array(r.q);
+    out["dq1"] = to_array(r.dq1);
+    out["dq2"] = to_array(r.dq2);
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_constructions(py::module_& m) {
+  m.def(
+      "construction_info",
+      [](int number) {
+        const postsvd::Construction c = postsvd::parse_construction(number);
+        return py::dict("number"_a = number, "name"_a = postsvd::construction_name(c),
+                        "formula"_a = postsvd::construction_formula(c),
+                        "needs_ref"_a = postsvd::construction_needs_ref(c),
+                        "uses_alpha"_a = postsvd::construction_uses_alpha(c));
+      },
+      "number"_a, "Name, formula and needs of a construction (9, 10, 11, 12, 14, 15, 16).");
+  m.def("table4_alpha", &postsvd::table4_alpha, "pooled_mean"_a, "Table 4 rule: the mean rounded to one decimal.");
+  m.def(
+      "construct_weight",
+      [](int number, const py::object& base, const py::object& post, const py::object& ref, double alpha,
+         const std::string& precision) -> py::array {
+        if (precision_of(precision) == postsvd::Precision::F64)
+          return construct_weight_as<double>(number, base, post, ref, alpha);
+        return construct_weight_as<float>(number, base, post, ref, alpha);
+      },
+      "number"_a, "base"_a, "post"_a, "ref"_a = py::none(), "alpha"_a = 1.0, "precision"_a = "float64",
+      "New W [in, out] of one matrix from (U, S, V) tuples in paper orientation.");
+  m.def(
+      "shared_rotation",
+      [](const py::object& q1, const py::object& q2, bool keep_matrices) {
+        const auto a = matrix_from<double>(q1, "Q1");
+        const auto b = matrix_from<double>(q2, "Q2");
+        postsvd::SharedRotation r;
+        {
+          py::gil_scoped_release release;
+          r = postsvd::shared_rotation(a, b, keep_matrices);
+        }
+        return rotation_to_python(r);
+      },
+      "q1"_a, "q2"_a, "keep_matrices"_a = true,
+      "Eq. 13: Q = polar(polar(Q1) + polar(Q2)), dQi = Q^T Qi, principal angles of Q^T polar(Qi) in degrees.");
+  m.def(
+      "rotation_angles_deg",
+      [](const py::object& rotation) {
+        const auto r = matrix_from<double>(rotation, "rotation");
+        return postsvd::rotation_angles_deg(r);
+      },
+      "rotation"_a, "The k principal angles (degrees, ascending) of an orthogonal matrix.");
+  m.def(
+      "default_alpha",
+      [](const std::string& base, const std::string& post, const std::vector<int>& layers,
+         const std::vector<std::string>& kinds, const std::string& precision, const std::string& device,
+         const std::vector<int>& device_ids, int num_threads, const std::string& factor_cache) {
+        postsvd::AlphaChoice choice;
+        {
+          py::gil_scoped_release release;
+          choice = postsvd::default_alpha(base, post, layers, kinds, precision_of(precision),
+                                          backend_of(device, device_ids, num_threads), factor_cache);
+        }
+        return py::dict("alpha"_a = choice.alpha, "pooled_mean"_a = choice.pooled_mean);
+      },
+      "base"_a, "post"_a, "layers"_a = std::vector<int>{}, "kinds"_a = std::vector<std::string>{},
+      "precision"_a = "float32", "device"_a = "cpu", "device_ids"_a = std::vector<int>{}, "num_threads"_a = 0,
+      "factor_cache"_a = "", "Table 4 alpha' per kind: pooled top-90 % mean scaling, rounded to one decimal.");
+  m.def(
+      "construct_checkpoint",
+      [](int number, const std::string& base, const std::string& post, const std::string& out_folder,
+         const std::string& ref, const std::map<std::string, double>& alpha, const std::vector<int>& layers,
+         const std::vector<std::string>& kinds, const std::string& precision, const std::string& device,
+         const std::vector<int>& device_ids, int num_threads, const std::string& factor_cache, bool rotations,
+         const py::object& progress) {
+        postsvd::ConstructionRequest request;
+        request.number = number;
+        request.base = base;
+        request.post = post;
+        request.ref = ref;
+        request.out_folder = out_folder;
+        request.alpha = alpha;
+        request.layers = layers;
+        request.kinds = kinds;
+        request.precision = precision_of(precision);
+        request.backend = backend_of(device, device_ids, num_threads);
+        request.factor_cache = factor_cache;
+        request.rotations = rotations;
+        // Called between matrices with the GIL held: reports progress and lets
+        // Ctrl-C (KeyboardInterrupt) or an exception in `progress` stop the run.
+        const postsvd::ProgressCallback callback = [&progress](int64_t done, int64_t total, const std::string& what) {
+          py::gil_scoped_acquire acquire;
+          if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+          if (!progress.is_none()) progress(done, total, what);
+        };
+        postsvd::ConstructionReport report;
+        {
+          py::gil_scoped_release release;
+          report = postsvd::construct_checkpoint(request, callback);
+        }
+        py::list rows;
+        for (const postsvd::ConstructionRow& row : report.rows) {
+          rows.append(py::dict("layer"_a = row.layer, "kind"_a = row.kind, "expert"_a = row.expert,
+                               "tensor"_a = row.tensor, "rows"_a = row.rows, "cols"_a = row.cols,
+                               "alpha"_a = row.alpha, "relative_change"_a = row.relative_change,
+                               "rotation"_a = rotation_to_python(row.rotation),
+                               "from_cache"_a = row.decompositions_from_cache));
+        }
+        return py::dict("rows"_a = rows, "backend"_a = report.backend_name, "written_files"_a = report.written_files,
+                        "seconds_decompose"_a = report.seconds_decompose,
+                        "seconds_construct"_a = report.seconds_construct, "seconds_write"_a = report.seconds_write,
+                        "decompositions_computed"_a = report.decompositions_computed,
+                        "decompositions_loaded"_a = report.decompositions_loaded);
+      },
+      "number"_a, "base"_a, "post"_a, "out_folder"_a, "ref"_a = "", "alpha"_a = std::map<std::string, double>{},
+      "layers"_a = std::vector<int>{}, "kinds"_a = std::vector<std::string>{}, "precision"_a = "float32",
+      "device"_a = "cpu", "device_ids"_a = std::vector<int>{}, "num_threads"_a = 0, "factor_cache"_a = "",
+      "rotations"_a = true, "progress"_a = py::none(),
+      "Builds a construction's safetensors files (and index) into an existing folder; returns the table rows.");
+  m.def("float_to_f16_rne", &postsvd::float_to_f16_rne, "value"_a);
+  m.def("double_to_bf16_rne", &postsvd::double_to_bf16_rne, "value"_a);
+}
