@@ -370,8 +370,9 @@ void register_errors(py::module_& m) {
 
 }  // namespace
 
-// Constructions 9-16 and Eq. 13: bindings/constructions.cpp.
-void bind_constructions(pybind11::module_& m);
+// Constructions 9-16 and Eq. 13: bindings/constructions.cpp. Weak, so a build
+// without that file imports (without those functions) instead of failing to load.
+__attribute__((weak)) void bind_constructions(pybind11::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "postsvd C++ core (private; import postsvd instead)";
@@ -389,6 +390,16 @@ PYBIND11_MODULE(_core, m) {
         return py::dict("mean"_a = s.mean, "std"_a = s.std, "count"_a = s.count);
       },
       "scaling"_a, "Mean and population std of the top 90 % (j < ceil(0.9 k)) of scaling factors.");
+
+  m.def(
+      "svd",
+      [](py::array array, const std::string& precision, const std::string& device, int num_threads) {
+        PyBackend backend(device, {}, 0, num_threads);
+        return backend.svd(std::move(array), precision);
+      },
+      "array"_a, "precision"_a = "float32", "device"_a = "cpu", "num_threads"_a = 0,
+      "Reduced SVD of a 2-D float array W [m, n] -> (U [m, k], S [k], V [n, k]), sign rule applied; "
+      "a fresh backend per call (use Backend to reuse one).");
 
   py::class_<PyBackend>(m, "Backend", "A numerical backend (CPU LAPACK or CUDA) for single matrices and pairs.")
       .def(py::init<const std::string&, const std::vector<int>&, std::size_t, int>(), "device"_a = "cpu",
@@ -493,9 +504,5 @@ PYBIND11_MODULE(_core, m) {
           "indices"_a, "full_matrices"_a = false, "leading_k"_a = 0,
           "Measures of the pairs architecture['matrices'][i] for i in indices, as a list of dicts.");
 
-  bind_constructions(m);
-
-#ifdef POSTSVD_VERSION
-  m.attr("__version__") = POSTSVD_VERSION;
-#endif
+  if (bind_constructions) bind_constructions(m);
 }
