@@ -1,0 +1,399 @@
+// Device kernels of the CUDA backend: dtype conversion of strided views, column
+// operations, reductions and the sign rule. See kernels.h for the contracts.
+#include "cuda/kernels.h"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/cuda_util.h"
+
+namespace postsvd {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;
+constexpr int64_t kMaxGridY = 65535;
+
+// Stored element types, by their safetensors dtype.
+struct StoredBf16 {
+  using Bits = uint16_t;
+};
+struct StoredF16 {
+  using Bits = uint16_t;
+};
+struct StoredF32 {
+  using Bits = float;
+};
+struct StoredF64 {
+  using Bits = double;
+};
+
+template <class Stored, class T>
+__device__ __forceinline__ T load_as(const typename Stored::Bits* base, int64_t element);
+
+template <>
+__device__ __forceinline__ float load_as<StoredBf16, float>(const uint16_t* base, int64_t element) {
+  return __uint_as_float(static_cast<uint32_t>(base[element]) << 16);  // exact widening
+}
+template <>
+__device__ __forceinline__ double load_as<StoredBf16, double>(const uint16_t* base, int64_t element) {
+  return static_cast<double>(__uint_as_float(static_cast<uint32_t>(base[element]) << 16));
+}
+template <>
+__device__ __forceinline__ float load_as<StoredF16, float>(const uint16_t* base, int64_t element) {
+  return __half2float(__ushort_as_half(base[element]));
+}
+template <>
+__device__ __forceinline__ double load_as<StoredF16, double>(const uint16_t* base, int64_t element) {
+  return static_cast<double>(__half2float(__ushort_as_half(base[element])));
+}
+template <>
+__device__ __forceinline__ float load_as<StoredF32, float>(const float* base, int64_t element) {
+  return base[element];
+}
+template <>
+__device__ __forceinline__ double load_as<StoredF32, double>(const float* base, int64_t element) {
+  return static_cast<double>(base[element]);
+}
+template <>
+__device__ __forceinline__ float load_as<StoredF64, float>(const double* base, int64_t element) {
+  return static_cast<float>(base[element]);
+}
+template <>
+__device__ __forceinline__ double load_as<StoredF64, double>(const double* base, int64_t element) {
+  return base[element];
+}
+
+template <class T>
+__device__ __forceinline__ void note_if_bad(T value, int64_t out_index, unsigned long long* first_bad) {
+  if (!isfinite(value)) atomicMin(first_bad, static_cast<unsigned long long>(out_index));
+}
+
+// Rows are the stored contiguous direction (nn.Linear [out, in]): each thread
+// reads and writes along r, coalesced on both sides.
+template <class Stored, class T>
+__global__ void convert_rows_kernel(const typename Stored::Bits* stored, int64_t base_offset, int64_t rows,
+                                    int64_t cols, int64_t row_stride, int64_t col_stride, T* out,
+                                    unsigned long long* first_bad) {
+  for (int64_t c = blockIdx.y; c < cols; c += gridDim.y) {
+    for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+         r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const T value = load_as<Stored, T>(stored, base_offset + r * row_stride + c * col_stride);
+      const int64_t index = r + c * rows;
+      out[index] = value;
+      note_if_bad(value, index, first_bad);
+    }
+  }
+}
+
+// Columns are the stored contiguous direction (Conv1D [in, out], fused parts of
+// it): a 32x32 tile goes through shared memory so that reads run along c and
+// writes along r.
+template <class Stored, class T>
+__global__ void convert_tiled_kernel(const typename Stored::Bits* stored, int64_t base_offset, int64_t rows,
+                                     int64_t cols, int64_t row_stride, int64_t col_stride, T* out,
+                                     unsigned long long* first_bad) {
+  __shared__ T tile[kTile][kTile + 1];
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile; r0 < rows; r0 += static_cast<int64_t>(gridDim.y) * kTile) {
+    for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+      const int64_t r = r0 + j;
+      const int64_t c = c0 + threadIdx.x;
+      if (r < rows && c < cols) tile[j][threadIdx.x] = load_as<Stored, T>(stored, base_offset + r * row_stride + c * col_stride);
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+      const int64_t r = r0 + threadIdx.x;
+      const int64_t c = c0 + j;
+      if (r < rows && c < cols) {
+        const T value = tile[threadIdx.x][j];
+        const int64_t index = r + c * rows;
+        out[index] = value;
+        note_if_bad(value, index, first_bad);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <class Stored, class T>
+void launch_convert(const void* stored, int64_t base_offset, int64_t rows, int64_t cols, int64_t row_stride,
+                    int64_t col_stride, T* out, unsigned long long* first_bad, cudaStream_t stream) {
+  const auto* typed = static_cast<const typename Stored::Bits*>(stored);
+  const int64_t abs_row = row_stride < 0 ? -row_stride : row_stride;
+  const int64_t abs_col = col_stride < 0 ? -col_stride : col_stride;
+  if (abs_row <= abs_col || cols == 1) {
+    const int64_t blocks_x = std::min<int64_t>((rows + kThreads - 1) / kThreads, 1024);
+    const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks_x, 1)), static_cast<unsigned>(std::min(cols, kMaxGridY)));
+    convert_rows_kernel<Stored, T><<<grid, kThreads, 0, stream>>>(typed, base_offset, rows, cols, row_stride,
+                                                                  col_stride, out, first_bad);
+    POSTSVD_CUDA_CHECK_LAUNCH("convert_rows_kernel");
+  } else {
+    const int64_t col_tiles = (cols + kTile - 1) / kTile;
+    const int64_t row_tiles = std::min<int64_t>((rows + kTile - 1) / kTile, kMaxGridY);
+    POSTSVD_CHECK(col_tiles < (int64_t{1} << 31), BackendError, "convert_view: too many columns (" << cols << ")");
+    const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles));
+    const dim3 block(kTile, kTileRows);
+    convert_tiled_kernel<Stored, T><<<grid, block, 0, stream>>>(typed, base_offset, rows, cols, row_stride,
+                                                                col_stride, out, first_bad);
+    POSTSVD_CUDA_CHECK_LAUNCH("convert_tiled_kernel");
+  }
+}
+
+template <class T>
+__global__ void reverse_columns_kernel(T* a, int64_t rows, int64_t cols, int64_t ld, T* values) {
+  const int64_t half = cols / 2;
+  for (int64_t j = blockIdx.y; j < half; j += gridDim.y) {
+    const int64_t other = cols - 1 - j;
+    for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+         r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const T tmp = a[r + j * ld];
+      a[r + j * ld] = a[r + other * ld];
+      a[r + other * ld] = tmp;
+    }
+    if (values != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+      const T tmp = values[j];
+      values[j] = values[other];
+      values[other] = tmp;
+    }
+  }
+}
+
+template <class T>
+__device__ double block_sum(double value, double* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0;
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+    if (lane == 0) scratch[0] = value;
+  }
+  __syncthreads();
+  const double total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
+// One block per column: norm accumulated in double, then the column divided by it.
+template <class T>
+__global__ void normalize_columns_kernel(T* a, int64_t rows, int64_t cols, int64_t ld, T* norms) {
+  __shared__ double scratch[32];
+  for (int64_t j = blockIdx.x; j < cols; j += gridDim.x) {
+    T* column = a + j * ld;
+    double sum = 0;
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+      const double x = static_cast<double>(column[r]);
+      sum += x * x;
+    }
+    const double norm = sqrt(block_sum<T>(sum, scratch));
+    const T norm_t = static_cast<T>(norm);
+    const T inverse = static_cast<T>(1.0 / norm);  // inf for a zero column: caught by the orthogonality check
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) column[r] *= inverse;
+    if (threadIdx.x == 0) norms[j] = norm_t;
+  }
+}
+
+__device__ __forceinline__ void atomic_max_nonnegative(double* target, double value) {
+  // Non-negative doubles order like their bit patterns.
+  atomicMax(reinterpret_cast<unsigned long long*>(target), static_cast<unsigned long long>(__double_as_longlong(value)));
+}
+
+template <class T>
+__global__ void max_deviation_kernel(const T* c, int64_t k, int64_t ld, double* result) {
+  __shared__ double scratch[kThreads / 32];
+  double local = 0;
+  const int64_t total = k * k;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i % k;
+    const int64_t col = i / k;
+    const double deviation = fabs(static_cast<double>(c[r + col * ld]) - (r == col ? 1.0 : 0.0));
+    local = isnan(deviation) ? HUGE_VAL : fmax(local, deviation);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) local = fmax(local, __shfl_down_sync(0xffffffffu, local, offset));
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = local;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double block_max = 0;
+    for (int w = 0; w < kThreads / 32; ++w) block_max = fmax(block_max, scratch[w]);
+    atomic_max_nonnegative(result, block_max);
+  }
+}
+
+template <class T>
+__global__ void squared_deviation_kernel(const T* c, int64_t k, int64_t ld, double* result) {
+  __shared__ double scratch[32];
+  double local = 0;
+  const int64_t total = k * k;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i % k;
+    const int64_t col = i / k;
+    const double deviation = static_cast<double>(c[r + col * ld]) - (r == col ? 1.0 : 0.0);
+    local += deviation * deviation;
+  }
+  const double sum = block_sum<T>(local, scratch);
+  if (threadIdx.x == 0) atomicAdd(result, sum);
+}
+
+template <class T>
+__global__ void sign_rule_kernel(T* u, int64_t m, int64_t ldu, T* v, int64_t n, int64_t ldv, int64_t k) {
+  __shared__ double best_abs[kThreads];
+  __shared__ int64_t best_index[kThreads];
+  __shared__ bool flip;
+  for (int64_t j = blockIdx.x; j < k; j += gridDim.x) {
+    T* column = u + j * ldu;
+    double my_abs = -1;
+    int64_t my_index = 0;
+    for (int64_t r = threadIdx.x; r < m; r += blockDim.x) {
+      const double a = fabs(static_cast<double>(column[r]));
+      if (a > my_abs) {  // strictly greater: the first index wins ties
+        my_abs = a;
+        my_index = r;
+      }
+    }
+    best_abs[threadIdx.x] = my_abs;
+    best_index[threadIdx.x] = my_index;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+      if (threadIdx.x < stride) {
+        const double other_abs = best_abs[threadIdx.x + stride];
+        const int64_t other_index = best_index[threadIdx.x + stride];
+        if (other_abs > best_abs[threadIdx.x] ||
+            (other_abs == best_abs[threadIdx.x] && other_index < best_index[threadIdx.x])) {
+          best_abs[threadIdx.x] = other_abs;
+          best_index[threadIdx.x] = other_index;
+        }
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) flip = column[best_index[0]] < T(0);
+    __syncthreads();
+    if (flip) {
+      for (int64_t r = threadIdx.x; r < m; r += blockDim.x) column[r] = -column[r];
+      T* v_column = v + j * ldv;
+      for (int64_t r = threadIdx.x; r < n; r += blockDim.x) v_column[r] = -v_column[r];
+    }
+    __syncthreads();
+  }
+}
+
+template <class T>
+__global__ void gather_to_double_kernel(const T* src, int64_t count, int64_t stride, double* dst) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = static_cast<double>(src[i * stride]);
+}
+
+template <class S, class D>
+__global__ void cast_matrix_kernel(const S* src, int64_t rows, int64_t cols, int64_t ld_src, D* dst, int64_t ld_dst) {
+  for (int64_t c = blockIdx.y; c < cols; c += gridDim.y)
+    for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+         r += static_cast<int64_t>(gridDim.x) * blockDim.x)
+      dst[r + c * ld_dst] = static_cast<D>(src[r + c * ld_src]);
+}
+
+unsigned grid_for(int64_t elements) {
+  return static_cast<unsigned>(std::clamp<int64_t>((elements + kThreads - 1) / kThreads, 1, 4096));
+}
+
+}  // namespace
+
+template <class T>
+void convert_view(const void* stored, DType dtype, int64_t base_offset, int64_t rows, int64_t cols,
+                  int64_t row_stride, int64_t col_stride, T* out, unsigned long long* first_bad,
+                  cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  switch (dtype) {
+    case DType::BF16:
+      return launch_convert<StoredBf16, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+    case DType::F16:
+      return launch_convert<StoredF16, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+    case DType::F32:
+      return launch_convert<StoredF32, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+    case DType::F64:
+      return launch_convert<StoredF64, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+    default:
+      POSTSVD_THROW(InvalidArgument, "convert_view: expected a float dtype (BF16, F16, F32, F64), got " << dtype_name(dtype));
+  }
+}
+
+template <class T>
+void reverse_columns(T* a, int64_t rows, int64_t cols, int64_t ld, T* values, cudaStream_t stream) {
+  if (cols < 2) return;
+  const dim3 grid(static_cast<unsigned>(std::clamp<int64_t>((rows + kThreads - 1) / kThreads, 1, 64)),
+                  static_cast<unsigned>(std::min<int64_t>(cols / 2, kMaxGridY)));
+  reverse_columns_kernel<T><<<grid, kThreads, 0, stream>>>(a, rows, cols, ld, values);
+  POSTSVD_CUDA_CHECK_LAUNCH("reverse_columns_kernel");
+}
+
+template <class T>
+void normalize_columns(T* a, int64_t rows, int64_t cols, int64_t ld, T* norms, cudaStream_t stream) {
+  if (cols <= 0) return;
+  normalize_columns_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(cols, 1 << 20)), kThreads, 0, stream>>>(a, rows, cols, ld, norms);
+  POSTSVD_CUDA_CHECK_LAUNCH("normalize_columns_kernel");
+}
+
+template <class T>
+void max_deviation_from_identity(const T* c, int64_t k, int64_t ld, double* result, cudaStream_t stream) {
+  if (k <= 0) return;
+  max_deviation_kernel<T><<<grid_for(k * k), kThreads, 0, stream>>>(c, k, ld, result);
+  POSTSVD_CUDA_CHECK_LAUNCH("max_deviation_kernel");
+}
+
+template <class T>
+void squared_deviation_from_identity(const T* c, int64_t k, int64_t ld, double* result, cudaStream_t stream) {
+  if (k <= 0) return;
+  squared_deviation_kernel<T><<<grid_for(k * k), kThreads, 0, stream>>>(c, k, ld, result);
+  POSTSVD_CUDA_CHECK_LAUNCH("squared_deviation_kernel");
+}
+
+template <class T>
+void apply_sign_rule(T* u, int64_t m, int64_t ldu, T* v, int64_t n, int64_t ldv, int64_t k, cudaStream_t stream) {
+  if (k <= 0) return;
+  sign_rule_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(k, 1 << 20)), kThreads, 0, stream>>>(u, m, ldu, v, n, ldv, k);
+  POSTSVD_CUDA_CHECK_LAUNCH("sign_rule_kernel");
+}
+
+template <class T>
+void gather_to_double(const T* src, int64_t count, int64_t stride, double* dst, cudaStream_t stream) {
+  if (count <= 0) return;
+  gather_to_double_kernel<T><<<grid_for(count), kThreads, 0, stream>>>(src, count, stride, dst);
+  POSTSVD_CUDA_CHECK_LAUNCH("gather_to_double_kernel");
+}
+
+template <class S, class D>
+void cast_matrix(const S* src, int64_t rows, int64_t cols, int64_t ld_src, D* dst, int64_t ld_dst, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  const dim3 grid(static_cast<unsigned>(std::clamp<int64_t>((rows + kThreads - 1) / kThreads, 1, 64)),
+                  static_cast<unsigned>(std::min<int64_t>(cols, kMaxGridY)));
+  cast_matrix_kernel<S, D><<<grid, kThreads, 0, stream>>>(src, rows, cols, ld_src, dst, ld_dst);
+  POSTSVD_CUDA_CHECK_LAUNCH("cast_matrix_kernel");
+}
+
+#define POSTSVD_INSTANTIATE(T)                                                                                 \
+  template void convert_view<T>(const void*, DType, int64_t, int64_t, int64_t, int64_t, int64_t, T*,          \
+                                unsigned long long*, cudaStream_t);                                           \
+  template void reverse_columns<T>(T*, int64_t, int64_t, int64_t, T*, cudaStream_t);                          \
+  template void normalize_columns<T>(T*, int64_t, int64_t, int64_t, T*, cudaStream_t);                        \
+  template void max_deviation_from_identity<T>(const T*, int64_t, int64_t, double*, cudaStream_t);            \
+  template void squared_deviation_from_identity<T>(const T*, int64_t, int64_t, double*, cudaStream_t);        \
+  template void apply_sign_rule<T>(T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t, cudaStream_t);        \
+  template void gather_to_double<T>(const T*, int64_t, int64_t, double*, cudaStream_t);
+POSTSVD_INSTANTIATE(float)
+POSTSVD_INSTANTIATE(double)
+#undef POSTSVD_INSTANTIATE
+template void cast_matrix<double, float>(const double*, int64_t, int64_t, int64_t, float*, int64_t, cudaStream_t);
+template void cast_matrix<float, double>(const float*, int64_t, int64_t, int64_t, double*, int64_t, cudaStream_t);
+template void cast_matrix<double, double>(const double*, int64_t, int64_t, int64_t, double*, int64_t, cudaStream_t);
+template void cast_matrix<float, float>(const float*, int64_t, int64_t, int64_t, float*, int64_t, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace postsvd
