@@ -405,8 +405,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<const std::string&, const std::vector<int>&, std::size_t, int>(), "device"_a = "cpu",
            "device_ids"_a = std::vector<int>{}, "memory_budget_bytes"_a = 0, "num_threads"_a = 0,
            py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("name", &PyBackend::name)
-      .def_property_readonly("device", &PyBackend::device)
+      .def_property_readonly("name", &PyBackend::name, "Description, e.g. \"cpu (OpenBLAS ..., 2 threads)\".")
+      .def_property_readonly("device", &PyBackend::device, "\"cpu\" or \"cuda\".")
       .def("svd", &PyBackend::svd, "array"_a, "precision"_a = "float32",
            "Reduced SVD of a 2-D float array W [m, n] -> (U [m, k], S [k], V [n, k]), sign rule applied.")
       .def("measures", &PyBackend::measures, "base"_a, "post"_a, "precision"_a = "float32",
@@ -415,12 +415,13 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<postsvd::Checkpoint>(m, "Checkpoint", "A validated, memory-mapped Hugging Face model folder.")
       .def(py::init<const std::string&>(), "folder"_a, py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("folder", &postsvd::Checkpoint::folder)
-      .def_property_readonly("config_json", &postsvd::Checkpoint::config_json)
-      .def_property_readonly("sharded", &postsvd::Checkpoint::sharded)
-      .def("files", &postsvd::Checkpoint::files)
-      .def("tensor_names", &postsvd::Checkpoint::tensor_names)
-      .def("__contains__", &postsvd::Checkpoint::contains)
+      .def_property_readonly("folder", &postsvd::Checkpoint::folder, "The model folder.")
+      .def_property_readonly("config_json", &postsvd::Checkpoint::config_json, "Raw text of config.json.")
+      .def_property_readonly("sharded", &postsvd::Checkpoint::sharded,
+                             "True when the folder has model.safetensors.index.json.")
+      .def("files", &postsvd::Checkpoint::files, "Paths of the safetensors files, in index order.")
+      .def("tensor_names", &postsvd::Checkpoint::tensor_names, "All tensor names, sorted.")
+      .def("__contains__", &postsvd::Checkpoint::contains, "name"_a, "True when the checkpoint has tensor `name`.")
       .def(
           "info",
           [](const postsvd::Checkpoint& cp, const std::string& name) {
@@ -428,7 +429,9 @@ PYBIND11_MODULE(_core, m) {
             return py::dict("name"_a = info.name, "dtype"_a = postsvd::dtype_name(info.dtype), "shape"_a = info.shape,
                             "file"_a = cp.file_of(name).path(), "begin"_a = info.begin, "end"_a = info.end);
           },
-          "name"_a)
+          "name"_a,
+          "One tensor's entry: {name, dtype (safetensors spelling, e.g. \"BF16\"), shape, file, begin, end}; "
+          "BadCheckpointError when absent.")
       .def(
           "read",
           [](const postsvd::Checkpoint& cp, const std::string& name) {
@@ -482,13 +485,16 @@ PYBIND11_MODULE(_core, m) {
                     const std::vector<int>&, std::size_t, int>(),
            "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
            "memory_budget_bytes"_a = 0, "num_threads"_a = 0, py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("architecture",
-                             [](const Comparator& c) { return architecture_to_python(c.architecture()); })
-      .def_property_readonly("backend_name", &Comparator::backend_name)
-      .def_property_readonly("precision", &Comparator::precision)
-      .def_property_readonly("device", &Comparator::device)
-      .def_property_readonly("base", &Comparator::base, py::return_value_policy::reference_internal)
-      .def_property_readonly("post", &Comparator::post, py::return_value_policy::reference_internal)
+      .def_property_readonly(
+          "architecture", [](const Comparator& c) { return architecture_to_python(c.architecture()); },
+          "The base model's {model_type, num_layers, matrices: [dict]} (the post model matches it).")
+      .def_property_readonly("backend_name", &Comparator::backend_name, "The backend's description.")
+      .def_property_readonly("precision", &Comparator::precision, "\"float32\" or \"float64\".")
+      .def_property_readonly("device", &Comparator::device, "\"cpu\" or \"cuda\".")
+      .def_property_readonly("base", &Comparator::base, py::return_value_policy::reference_internal,
+                             "The base Checkpoint.")
+      .def_property_readonly("post", &Comparator::post, py::return_value_policy::reference_internal,
+                             "The post Checkpoint.")
       .def(
           "compare",
           [](Comparator& c, const std::vector<int64_t>& indices, bool full_matrices, int64_t leading_k) {

@@ -75,3 +75,22 @@ def test_synthetic_argument_errors(tmp_path):
         make_pair(tmp_path / "a", tmp_path / "b", hidden=30, heads=4)
     with pytest.raises(postsvd.InvalidArgumentError, match="alpha"):
         make_pair(tmp_path / "a", tmp_path / "b", alpha={"qq": 1.0})
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+
+    missing = []
+    for name in postsvd.__all__:
+        if name == "__version__" or name == "KINDS":
+            continue
+        obj = getattr(postsvd, name)
+        if not (obj.__doc__ or "").strip():
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if not (getattr(member, "__doc__", None) or "").strip():
+                    missing.append(f"{name}.{attr}")
+    assert not missing, missing
