@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core, plots
+from . import _core
 from ._validate import (
     LayersArg,
     KindsArg,
@@ -268,6 +268,8 @@ class Comparison:
         """Fig. 2: one SVSM heatmap per kind (x = layer, y = singular value index).
         Returns a matplotlib Figure."""
         chosen = self._kinds_arg(kinds)
+        from . import plots
+
         return plots.plot_svsm({k: self.svsm(k) for k in chosen}, {k: self.layers_of(k) for k in chosen},
                                title=f"SVSM: {_short_name(self.post)} / {_short_name(self.base)}")
 
@@ -280,6 +282,8 @@ class Comparison:
             series[kind] = {"layers": [r["layer"] for r in records],
                             "mean": [r["scaling_mean"] for r in records],
                             "std": [r["scaling_std"] for r in records]}
+        from . import plots
+
         return plots.plot_scaling_bands(
             series, title=f"Scaling per layer: {_short_name(self.post)} / {_short_name(self.base)}")
 
@@ -291,6 +295,8 @@ class Comparison:
             records = self._of_kind(kind)
             series[kind] = {"layers": [r["layer"] for r in records], "nf": [r["nf"] for r in records]}
             baseline[kind] = random_rotation_nf(records[0]["k"])
+        from . import plots
+
         return plots.plot_nf(series, baseline,
                              title=f"NF per layer: {_short_name(self.post)} vs {_short_name(self.base)}")
 
@@ -300,6 +306,8 @@ class Comparison:
         result = self.matrices(layer, kind, leading_k=leading_k)
         layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
         shown = result["sim_u"].shape[0]
+        from . import plots
+
         return plots.plot_matrices(result, title=f"W_{kind}, layer {layer}: leading {shown} of k = {result['k']} "
                                                  f"singular vectors (NF = {result['nf']:.3g})")
 
