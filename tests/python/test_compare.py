@@ -111,7 +111,8 @@ def test_layer_and_kind_selection(related_pair):
     assert list(zip(table["layer"], table["kind"])) == [(1, "q"), (1, "down")]
     assert result.kinds == ["q", "down"] and result.layers == [1]
     assert result.svsm("down").shape == (SYNTHETIC["hidden"], 1)
-    attn = postsvd.compare(related_pair.base, related_pair.post, layers=[-1], kinds="attn", progress=False)
+    attn = postsvd.compare(related_pair.base, related_pair.post, layers=[-1], kinds="attn", progress=False,
+                           num_threads=1)
     assert attn.kinds == ["q", "k", "v", "o"] and attn.layers == [SYNTHETIC["layers"] - 1]
 
 

@@ -170,3 +170,18 @@ def test_nan_weight_is_a_value_error_naming_the_tensor(tmp_path, related_pair):
     # Layers without the NaN still compare.
     ok = postsvd.compare(related_pair.base, folder, layers=[0], progress=False)
     assert len(ok.table) == 7
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+def test_synthetic_folders_load_in_transformers(tmp_path, model_type):
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    pair = make_pair(tmp_path / "base", tmp_path / "post", model_type=model_type, layers=1, hidden=32,
+                     intermediate=48, heads=4, kv_heads=2, vocab=64, dtype="bfloat16", sharded=True)
+    model, loading = transformers.AutoModelForCausalLM.from_pretrained(pair.post, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"], loading
+    expected = postsvd.read_matrix(pair.post, 0, "up")
+    assert np.array_equal(model.model.layers[0].mlp.up_proj.weight.float().detach().numpy().T, expected)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, 64) and torch.isfinite(logits.float()).all()
