@@ -116,9 +116,8 @@ Matrix<double> to_double(const Matrix<T>& a) {
   return out;
 }
 
-// ||A^T A - I||_F for square A.
-double orthogonality_error(const Matrix<double>& a) {
-  const Matrix<double> gram = multiply(a, true, a, false);
+// ||G - I||_F for a Gram matrix G = A^T A.
+double distance_to_identity(const Matrix<double>& gram) {
   double sum = 0;
   for (int64_t c = 0; c < gram.cols(); ++c)
     for (int64_t r = 0; r < gram.rows(); ++r) {
@@ -152,27 +151,40 @@ Matrix<double> polar_by_svd(const Matrix<double>& a) {
 
 }  // namespace
 
-Matrix<double> polar_factor(const Matrix<double>& a) {
-  POSTSVD_CHECK(a.rows() == a.cols(), InvalidArgument,
-                "polar_factor: expected a square matrix, got [" << a.rows() << ", " << a.cols() << "]");
+namespace {
+
+// Polar factor of `a` given its Gram matrix a^T a (so callers that also need
+// ||a^T a - I|| pay for it once). Newton-Schulz X <- X (3 I - X^T X) / 2
+// converges quadratically to the polar factor when ||X^T X - I||_2 < 1: it is
+// started only well inside that, else (or when it stalls) the SVD decides.
+Matrix<double> polar_from_gram(const Matrix<double>& a, Matrix<double> gram) {
   const int64_t k = a.rows();
-  if (k == 0) return Matrix<double>(0, 0);
-  // Newton-Schulz X <- X (3 I - X^T X) / 2 converges quadratically to the
-  // polar factor when ||X^T X - I||_2 < 1; start it only well inside that.
-  double error = orthogonality_error(a);
+  double error = distance_to_identity(gram);
   if (!(error < 0.5)) return polar_by_svd(a);
   const double tolerance = 64.0 * std::numeric_limits<double>::epsilon() * static_cast<double>(k);
   Matrix<double> x = a.clone();
   for (int step = 0; step < 40 && error > tolerance; ++step) {
-    const Matrix<double> gram = multiply(x, true, x, false);
-    Matrix<double> xg = multiply(x, false, gram, false);
+    const Matrix<double> xg = multiply(x, false, gram, false);
     for (int64_t i = 0; i < x.size(); ++i) x.data()[i] = 1.5 * x.data()[i] - 0.5 * xg.data()[i];
-    const double next = orthogonality_error(x);
-    if (!(next < error)) break;  // rounding floor reached
+    gram = multiply(x, true, x, false);
+    const double next = distance_to_identity(gram);
+    if (!(next < error)) {  // rounding floor reached
+      error = std::min(error, next);
+      break;
+    }
     error = next;
   }
   if (!(error <= std::max(tolerance, 1e-10))) return polar_by_svd(a);
   return x;
+}
+
+}  // namespace
+
+Matrix<double> polar_factor(const Matrix<double>& a) {
+  POSTSVD_CHECK(a.rows() == a.cols(), InvalidArgument,
+                "polar_factor: expected a square matrix, got [" << a.rows() << ", " << a.cols() << "]");
+  if (a.rows() == 0) return Matrix<double>(0, 0);
+  return polar_from_gram(a, multiply(a, true, a, false));
 }
 
 std::vector<double> rotation_angles_deg(const Matrix<double>& rotation) {
@@ -229,19 +241,25 @@ SharedRotation shared_rotation(const Matrix<double>& q1, const Matrix<double>& q
   const int64_t k = q1.rows();
   out.k = k;
   if (k == 0) return out;
-  out.defect1 = orthogonality_error(q1) / static_cast<double>(k);
-  out.defect2 = orthogonality_error(q2) / static_cast<double>(k);
-  const Matrix<double> p1 = polar_factor(q1);
-  const Matrix<double> p2 = polar_factor(q2);
+  Matrix<double> gram1 = multiply(q1, true, q1, false);
+  Matrix<double> gram2 = multiply(q2, true, q2, false);
+  out.defect1 = distance_to_identity(gram1) / static_cast<double>(k);
+  out.defect2 = distance_to_identity(gram2) / static_cast<double>(k);
+  const Matrix<double> p1 = polar_from_gram(q1, std::move(gram1));
+  const Matrix<double> p2 = polar_from_gram(q2, std::move(gram2));
   Matrix<double> sum = p1.clone();
   for (int64_t i = 0; i < sum.size(); ++i) sum.data()[i] += p2.data()[i];
   Matrix<double> q = polar_factor(sum);
   const Matrix<double> r1 = multiply(q, true, p1, false);  // polar(dQ1)
   const Matrix<double> r2 = multiply(q, true, p2, false);  // polar(dQ2)
   out.residual1 = summarize(rotation_angles_deg(r1));
-  out.residual2 = summarize(rotation_angles_deg(r2));
-  out.shared = summarize(rotation_angles_deg(q));
+  // At the geodesic midpoint r2 = r1^T (same angles): skip the second eigenproblem then.
+  double asymmetry = 0;
+  for (int64_t c = 0; c < k; ++c)
+    for (int64_t r = 0; r < k; ++r) asymmetry = std::max(asymmetry, std::fabs(r2(r, c) - r1(c, r)));
+  out.residual2 = asymmetry <= 1e-12 ? out.residual1 : summarize(rotation_angles_deg(r2));
   if (keep_matrices) {
+    out.shared = summarize(rotation_angles_deg(q));
     out.dq1 = multiply(q, true, q1, false);
     out.dq2 = multiply(q, true, q2, false);
     out.q = std::move(q);

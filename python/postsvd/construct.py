@@ -211,8 +211,7 @@ class ConstructionResult:
     def table(self) -> pd.DataFrame:
         """A row per (layer, kind): construction, alpha, relative_change
         (||W_new - W_post||_F / ||W_post||_F) and the Eq. 13 summary
-        (dq1_/dq2_ mean and max angle in degrees, q_ angles of the shared
-        rotation, defect1/defect2 = ||Qi^T Qi - I||_F / k)."""
+        (dq1_/dq2_ mean and max angle in degrees, defect1/defect2 = ||Qi^T Qi - I||_F / k)."""
         records = []
         for r in self._rows:
             rot = r["rotation"]
@@ -222,7 +221,6 @@ class ConstructionResult:
                 "relative_change": r["relative_change"],
                 "dq1_mean_deg": rot["residual1"]["mean_deg"], "dq1_max_deg": rot["residual1"]["max_deg"],
                 "dq2_mean_deg": rot["residual2"]["mean_deg"], "dq2_max_deg": rot["residual2"]["max_deg"],
-                "q_mean_deg": rot["shared"]["mean_deg"], "q_max_deg": rot["shared"]["max_deg"],
                 "defect1": rot["defect1"], "defect2": rot["defect2"], "tensor": r["tensor"],
             })
         table = pd.DataFrame(records)
@@ -455,7 +453,7 @@ def _record_row(row: Dict[str, Any], rotations: bool) -> Dict[str, Any]:
     record = {key: value for key, value in row.items() if key != "rotation"}
     if rotations:
         rot = row["rotation"]
-        for name, key in (("dq1", "residual1"), ("dq2", "residual2"), ("q", "shared")):
+        for name, key in (("dq1", "residual1"), ("dq2", "residual2")):
             record[f"{name}_mean_deg"] = rot[key]["mean_deg"]
             record[f"{name}_max_deg"] = rot[key]["max_deg"]
     return record

@@ -78,7 +78,7 @@ struct SharedRotation {
   int64_t k = 0;
   AngleSummary residual1;  // angles of polar(dQ1) = Q^T P1
   AngleSummary residual2;  // angles of polar(dQ2) = Q^T P2
-  AngleSummary shared;     // angles of Q itself (how far post rotated from base)
+  AngleSummary shared;     // angles of Q itself (keep_matrices only; sign flips of pairs count as 180)
   double defect1 = 0;
   double defect2 = 0;
   // Present when requested (keep_matrices); [k, k] column-major.
