@@ -143,7 +143,7 @@ def run_info(args) -> int:
     print(f"folder:       {info['folder']}")
     print(f"model_type:   {info['model_type']}")
     print(f"layers:       {info['num_layers']}")
-    files = info["files"]
+    files = sorted(info["files"])
     shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
     print(f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})")
     print(f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)")

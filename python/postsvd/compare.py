@@ -376,7 +376,7 @@ class Comparison:
         NF against the unrelated-rotation baseline, and a one-line reading."""
         kinds = self.kind_table()
         lines = [
-            f"postsvd: {_short_name(self.post)} (post) vs {_short_name(self.base)} (base); {self.model_type}, "
+            f"postsvd: base '{_short_name(self.base)}' -> post '{_short_name(self.post)}'; {self.model_type}, "
             f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
             f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s",
             f"{'kind':<5} {'scaling (top 90%)':>18} {'NF mean':>9} {'NF random':>9}  reading",

@@ -10,6 +10,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 #: One color per kind, stable across figures.
 KIND_COLORS = {
@@ -92,6 +93,7 @@ def plot_scaling_bands(per_layer: Mapping[str, Dict[str, np.ndarray]], title: st
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
     ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("scaling factor (top 90 %)  mean ± std")
     ax.legend(ncol=min(len(per_layer), 4), fontsize="small")
     ax.set_title(title or "Singular value scaling per layer")
@@ -120,6 +122,7 @@ def plot_nf(per_layer: Mapping[str, Dict[str, np.ndarray]], baseline: Optional[M
         ax.annotate(f"unrelated ({', '.join(kinds)})", (0.01, value), xycoords=("axes fraction", "data"),
                     textcoords="offset points", xytext=(0, 2), fontsize="x-small", color="0.35")
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("NF = ||I_orth − I||_F / k")
     ax.set_ylim(bottom=0)
     ax.legend(ncol=min(len(per_layer), 4), fontsize="small", loc="center right")

@@ -64,7 +64,9 @@ def _random_matrix(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray
     u, _ = np.linalg.qr(rng.standard_normal((rows, k)))
     v, _ = np.linalg.qr(rng.standard_normal((cols, k)))
     index = np.arange(k) / max(k - 1, 1)
-    spectrum = 0.15 + 1.35 * np.exp(-2.5 * index) + 0.2 * (1 - index)
+    # Smooth, well separated, and different per matrix (scale and decay), so unrelated models differ in sigma too.
+    scale, decay = rng.uniform(0.8, 1.25), rng.uniform(2.0, 3.0)
+    spectrum = scale * (0.15 + 1.35 * np.exp(-decay * index) + 0.2 * (1 - index))
     return (u * spectrum) @ v.T
 
 
