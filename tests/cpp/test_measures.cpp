@@ -350,3 +350,50 @@ TEST(Measures, ComparePrecisionsAgree) {
 }
 
 }  // namespace
+
+namespace {
+
+postsvd::BackendOptions with_threads(int threads) {
+  postsvd::BackendOptions options;
+  options.num_threads = threads;
+  return options;
+}
+
+TEST(CpuBackendCompare, SideBySideAndSequentialPairsAgree) {
+  // num_threads = 2 decomposes base and post side by side; 1 runs them in sequence.
+  std::mt19937_64 rng(21);
+  const auto a = store_linear<float>(gaussian(90, 50, rng), "a");
+  const auto b = store_linear<float>(gaussian(90, 50, rng), "b");
+  const std::vector<PairInput> pairs = {{a.view, b.view}, {b.view, a.view}};
+  const auto sequential = postsvd::make_backend(with_threads(1))->compare(pairs, MeasureOptions{});
+  const auto side_by_side = postsvd::make_backend(with_threads(2))->compare(pairs, MeasureOptions{});
+  ASSERT_EQ(sequential.size(), 2u);
+  ASSERT_EQ(side_by_side.size(), 2u);
+  for (std::size_t p = 0; p < pairs.size(); ++p) {
+    EXPECT_NEAR(sequential[p].nf, side_by_side[p].nf, 1e-6);
+    for (std::size_t j = 0; j < sequential[p].scaling.size(); ++j) {
+      EXPECT_NEAR(sequential[p].scaling[j], side_by_side[p].scaling[j], 1e-5 * sequential[p].scaling[j]);
+    }
+  }
+  // Swapping base and post inverts every ratio and keeps NF (||Q^T - I||_F = ||Q - I||_F).
+  for (std::size_t j = 0; j < sequential[0].scaling.size(); ++j) {
+    EXPECT_NEAR(sequential[0].scaling[j] * sequential[1].scaling[j], 1.0, 1e-5);
+  }
+  EXPECT_NEAR(sequential[0].nf, sequential[1].nf, 1e-6);
+}
+
+TEST(CpuBackendCompare, ErrorsOfEitherSideNameTheTensor) {
+  std::mt19937_64 rng(22);
+  const auto good = store_linear<float>(gaussian(12, 8, rng), "good.weight");
+  auto bad = store_linear<float>(gaussian(12, 8, rng), "post/model.layers.5.self_attn.v_proj.weight");
+  bad.storage[17] = std::numeric_limits<float>::infinity();
+  for (int threads : {1, 2}) {
+    auto backend = postsvd::make_backend(with_threads(threads));
+    expect_error<postsvd::InvalidArgument>([&] { backend->compare({PairInput{good.view, bad.view}}, MeasureOptions{}); },
+                                           {"post/model.layers.5.self_attn.v_proj.weight"});
+    expect_error<postsvd::InvalidArgument>([&] { backend->compare({PairInput{bad.view, good.view}}, MeasureOptions{}); },
+                                           {"post/model.layers.5.self_attn.v_proj.weight"});
+  }
+}
+
+}  // namespace
