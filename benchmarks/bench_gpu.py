@@ -36,7 +36,8 @@ def measures(ua, sa, va, ub, sb, vb, xp):
     q1 = ua.T @ ub
     q2 = va.T @ vb
     iorth = q1.T @ q2
-    nf = xp.linalg.norm(iorth - xp.eye(k, dtype=iorth.dtype)) / k
+    eye = xp.eye(k, dtype=iorth.dtype, device=iorth.device) if xp is torch else xp.eye(k, dtype=iorth.dtype)
+    nf = xp.linalg.norm(iorth - eye) / k
     sim_u = abs(q1)
     sim_v = abs(q2)
     difference = abs(sim_u - sim_v)

@@ -36,9 +36,9 @@ setup() {
 
 tests() {
   log "ctest -L gpu"
-  (cd "$BUILD" && timeout 240 ctest -L gpu --output-on-failure 2>&1 | tail -60)
+  (cd "$BUILD" && timeout 150 ctest -L gpu --output-on-failure 2>&1 | tail -60)
   log "pytest -m gpu"
-  PYTHONPATH="$ROOT/python" timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
+  PYTHONPATH="$ROOT/python" timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider \
     "$ROOT/tests/python/test_gpu.py" "$ROOT/tests/python/test_cuda_backend.py" 2>&1 | tail -40
 }
 
@@ -79,11 +79,11 @@ case $stage in
   all)
     mkdir -p /tmp/q15 /tmp/q7 /tmp/l8
     tests
-    step 120 200 bench bench_qwen7b --model qwen7b --lanes ${LANES:-2} --accuracy --save /tmp/q7
-    step 90 120 baselines /tmp/q7 Qwen2.5-7B 28 25 torch_qwen7b gesvd,gesvdj,gesvda
-    step 60 80 bench bench_qwen1.5b --model qwen1.5b --lanes 1,2,3 --parity
-    step 80 100 bench methods_qwen7b --model qwen7b --layers 1 --lanes 2 --methods
-    step 70 120 bench bench_llama8b --model llama8b --lanes ${LANES:-2}
+    step 100 150 bench bench_qwen7b --model qwen7b --lanes ${LANES:-2} --accuracy --save /tmp/q7
+    step 60 100 baselines /tmp/q7 Qwen2.5-7B 28 15 torch_qwen7b gesvd,gesvdj,gesvda
+    step 40 60 bench methods_qwen7b --model qwen7b --layers 1 --lanes 2 --methods
+    step 40 60 bench bench_qwen1.5b --model qwen1.5b --lanes 1,2,3 --parity
+    step 70 110 bench bench_llama8b --model llama8b --lanes ${LANES:-2}
     ;;
   large)
     mkdir -p /tmp/q7 /tmp/l8

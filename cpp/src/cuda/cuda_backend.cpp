@@ -604,21 +604,26 @@ class CudaBackendImpl final : public CudaBackend {
     }
     if (pairs.empty()) return out;
 
-    // Plan: the largest pair fixes each lane's buffers; the budget fixes how many lanes run per device.
-    Shape biggest;
-    std::size_t biggest_raw = 0;
-    std::size_t best_total = 0;
+    // Plan: each buffer sized for the largest need over the distinct shapes (U is largest for a
+    // tall pair, V for a wide one, the k x k products for the largest k); the budget fixes how
+    // many lanes run per device.
+    LanePlan plan;
+    std::vector<std::pair<int64_t, int64_t>> seen;
     for (const auto& p : pairs) {
-      const std::size_t raw = align_up(span_bytes(p.base)) + align_up(span_bytes(p.post));
-      const Shape s{p.base.rows, p.base.cols};
-      const std::size_t score = static_cast<std::size_t>(s.m * s.n) + raw;
-      if (score > best_total) {
-        best_total = score;
-        biggest = s;
-      }
-      biggest_raw = std::max(biggest_raw, raw);
+      plan.raw = std::max(plan.raw, align_up(span_bytes(p.base)) + align_up(span_bytes(p.post)));
+      const std::pair<int64_t, int64_t> key{p.base.rows, p.base.cols};
+      if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+      seen.push_back(key);
+      const LanePlan q = plan_for(*lanes_.front(), Shape{key.first, key.second}, 0, config_.method, options.precision);
+      plan.work = std::max(plan.work, q.work);
+      plan.u = std::max(plan.u, q.u);
+      plan.v = std::max(plan.v, q.v);
+      plan.s = std::max(plan.s, q.s);
+      plan.square = std::max(plan.square, q.square);
+      plan.solver_ws = std::max(plan.solver_ws, q.solver_ws);
+      plan.host_ws = std::max(plan.host_ws, q.host_ws);
+      plan.results = std::max(plan.results, q.results);
     }
-    const LanePlan plan = plan_for(*lanes_.front(), biggest, biggest_raw, config_.method, options.precision);
     const int lanes_per_device = lanes_within_budget(plan, pairs.size());
     std::vector<Lane*> active;
     for (auto& lane : lanes_) {
