@@ -29,7 +29,13 @@ PROG = "postsvd"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the examples' line breaks."""
+    """Shows defaults (unless the help already states one, or there is none) and keeps the examples' line breaks."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS):
+            return help_text
+        return super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------- compare
@@ -52,7 +58,7 @@ def add_compare(subparsers) -> None:
         "compare", help="compare a base model with one or more post-trained models",
         description="Decompose every attention/MLP projection pair of BASE and each POST (reduced SVD, paper "
                     "orientation W = W_hf^T) and write the paper's measures: singular value scaling (SVSM), "
-                    "top-90 %% scaling statistics, NF and the similarity / I_orth matrices, as tables and plots.",
+                    "top-90 % scaling statistics, NF and the similarity / I_orth matrices, as tables and plots.",
         epilog=COMPARE_EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
     parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
