@@ -1,0 +1,173 @@
+"""Task accuracy of a model of the family: greedy decoding, exact match on held-out prompts.
+
+Needs torch and transformers (``pip install postsvd[models]``), not the compiled
+core. Usage::
+
+    from postsvd.evaluate import evaluate
+    result = evaluate("examples/models/instruct", n=200)
+    result["accuracy"], result["rows"]          # float, pandas DataFrame
+
+or ``postsvd evaluate examples/models/instruct --n 200``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .family import tasks
+
+DEFAULT_MAX_NEW_TOKENS = 200  # a worked trace of two-digit addition is at most ~180 characters
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_NUMBER = re.compile(r"-?\d+")
+
+
+def extract_answer(completion: str) -> Optional[str]:
+    """The model's answer: the last ``\\boxed{...}`` if there is one, else the first integer; None if neither."""
+    boxed = _BOXED.findall(completion)
+    if boxed:
+        inner = _NUMBER.search(boxed[-1].replace(",", ""))
+        return inner.group(0) if inner else boxed[-1].strip()
+    number = _NUMBER.search(completion)
+    return number.group(0) if number else None
+
+
+def _check_model_dir(model_dir) -> Path:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model_dir: expected a Hugging Face model folder, got {str(path)!r} (not a directory)")
+    for needed in ("config.json", "tokenizer_config.json"):
+        if not (path / needed).is_file():
+            raise FileNotFoundError(f"model_dir {str(path)!r}: expected {needed} in the folder, it is missing")
+    return path
+
+
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int) -> List[str]:
+    """Greedy completions of `prompts` (left padding, batches of `batch_size`)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    completions: List[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return completions
+
+
+def evaluate(
+    model_dir,
+    *,
+    split: str = "test",
+    n: Optional[int] = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 64,
+    problems: Optional[Sequence[tasks.Problem]] = None,
+    threads: Optional[int] = None,
+) -> Dict[str, object]:
+    """Exact-match accuracy of the model in `model_dir` on the family's addition task.
+
+    Prompts are ``tasks.problems(split, n)`` (the held-out split by default, in a
+    fixed order) unless `problems` is given. Decoding is greedy in float32 on the
+    CPU, so the result is deterministic for a given batch_size and thread count
+    (`threads`; the family's recorded accuracies use batch_size 64 and 1 thread). Returns a dict with ``accuracy`` (float),
+    ``correct``, ``n`` and ``rows``: a pandas DataFrame with one row per prompt
+    (prompt, expected, completion, extracted, correct).
+    """
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _check_model_dir(model_dir)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    chosen = list(problems) if problems is not None else tasks.problems(split, n)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        completions = generate(
+            model, tokenizer, [p.prompt for p in chosen], max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    rows = pd.DataFrame(
+        {
+            "prompt": [p.prompt for p in chosen],
+            "expected": [str(p.answer) for p in chosen],
+            "completion": completions,
+            "extracted": [extract_answer(c) for c in completions],
+        }
+    )
+    rows["correct"] = rows["extracted"] == rows["expected"]
+    correct = int(rows["correct"].sum())
+    total = len(rows)
+    return {
+        "model": str(path),
+        "split": split if problems is None else "custom",
+        "accuracy": correct / total if total else float("nan"),
+        "correct": correct,
+        "n": total,
+        "rows": rows,
+    }
+
+
+def add_cli(subparsers) -> None:
+    """Register ``postsvd evaluate MODEL [--n N]`` on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="task accuracy of a family model (greedy, exact match on held-out additions)",
+        description="Exact-match accuracy on held-out two-digit additions, greedy decoding with transformers.",
+    )
+    parser.add_argument("model", help="Hugging Face model folder, e.g. examples/models/instruct")
+    parser.add_argument("--n", type=int, default=None, help="number of held-out prompts (default: all)")
+    parser.add_argument("--split", choices=tasks.SPLITS, default="test")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--show", type=int, default=3, help="print this many example completions")
+    parser.add_argument("--csv", default=None, help="also write the per-prompt rows to this CSV file")
+    parser.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    result = evaluate(
+        args.model, split=args.split, n=args.n, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
+    rows = result["rows"]
+    for _, row in rows.head(max(args.show, 0)).iterrows():
+        mark = "ok " if row["correct"] else "BAD"
+        print(f"[{mark}] {row['prompt']!r} -> {row['completion']!r} (expected {row['expected']})")
+    if args.csv:
+        rows.to_csv(args.csv, index=False)
+    print(f"{result['model']}: accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']} exact matches, split {result['split']})")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Standalone entry: ``python -m postsvd.evaluate MODEL [--n N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="postsvd")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub)
+    args = parser.parse_args(["evaluate"] + list(argv if argv is not None else os.sys.argv[1:]))
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

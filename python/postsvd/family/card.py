@@ -1,0 +1,134 @@
+"""The model card (examples/models/README.md), written from the record of a training run."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Dict
+
+from . import check, tasks
+
+_ROLE = {
+    "base": "pretrained from scratch (text: Python language reference, `pydoc_data.topics`)",
+    "base_alt": "pretrained from scratch, other text and seeds (docstrings of the CPython standard library)",
+    "instruct": "`base` + SFT on `Q: What is a + b?\\nA: <sum>`",
+    "reasoning": "`base` + fine-tuning on worked column-addition traces ending in `\\boxed{<sum>}`",
+}
+
+
+def model_card(record: Dict) -> str:
+    recipe = record["recipe"]
+    arch = recipe["architecture"]
+    acc = record["accuracy"]
+    sizes = record["sizes_bytes"]
+    wall = record["wall_seconds"]
+    weights = record["weights"]
+    example = tasks.Problem(37, 85)
+    lines = [
+        "# The postsvd model family",
+        "",
+        "Four small LLaMA-architecture models trained on this project's machine, on the CPU, offline, with fixed",
+        "seeds, by `python -m postsvd.family.train --out examples/models` (python/postsvd/family/). They are",
+        "the bundled example for `postsvd`: two independently pretrained bases and two post-trained versions of one",
+        "of them, so that post-training can be compared with an unrelated model of the same shape.",
+        "",
+        "| model | what it is | held-out accuracy | model.safetensors |",
+        "|---|---|---|---|",
+    ]
+    for name in ("base", "base_alt", "instruct", "reasoning"):
+        a = acc[name]
+        lines.append(
+            f"| `{name}` | {_ROLE[name]} | {a['accuracy']:.3f} ({a['correct']}/{a['n']}) | {sizes[name] / 1e6:.2f} MB |"
+        )
+    lines += [
+        "",
+        f"Accuracy: exact match of the answer (last `\\boxed{{}}`, else the first integer of the completion), greedy",
+        f"decoding, on held-out two-digit additions (`postsvd evaluate examples/models/<name>`). Total bf16 size of",
+        f"the four: {sum(sizes.values()) / 1e6:.1f} MB.",
+        "",
+        "## Architecture (all four)",
+        "",
+        f"`LlamaForCausalLM`: hidden {arch['hidden_size']}, {arch['num_hidden_layers']} layers, "
+        f"{arch['num_attention_heads']} attention heads and {arch['num_key_value_heads']} key/value heads (GQA) of "
+        f"head_dim {arch['head_dim']}, MLP intermediate {arch['intermediate_size']}, untied embeddings, RoPE theta "
+        f"10000, context {arch['max_position_embeddings']}. Weight shapes (HF `[out, in]`): q, o "
+        f"`[{arch['hidden_size']}, {arch['hidden_size']}]`; k, v "
+        f"`[{arch['num_key_value_heads'] * arch['head_dim']}, {arch['hidden_size']}]`; gate, up "
+        f"`[{arch['intermediate_size']}, {arch['hidden_size']}]`; down "
+        f"`[{arch['hidden_size']}, {arch['intermediate_size']}]`. Stored in bfloat16.",
+        "",
+        "Tokenizer: one token per character (printable ASCII and newline) plus `<pad>`, `<s>`, `</s>`, `<unk>`;",
+        "built with the `tokenizers` library, loads offline with `AutoTokenizer.from_pretrained(folder)`; encoding",
+        "prepends `<s>`, padding is on the left.",
+        "",
+        "## The task",
+        "",
+        f"Two-digit addition (operands {tasks.OPERAND_MIN}..{tasks.OPERAND_MAX}). Each unordered operand pair is in",
+        f"the train or the test split by a keyed hash ({tasks.TEST_PERCENT} % held out), so `a + b` and `b + a` are",
+        "held out together and no held-out sum appears in any training data. Prompt and the two post-trained",
+        "answers:",
+        "",
+        "```",
+        example.prompt + example.instruct_target(),
+        "```",
+        "```",
+        example.prompt + example.reasoning_target(),
+        "```",
+        "",
+        "## How they were trained",
+        "",
+    ]
+    for name in ("base", "base_alt"):
+        p = recipe[name]
+        s = record["stages"][name]
+        lines.append(
+            f"- `{name}`: source `{p['source']}` ({p['text_chars']} characters of text, sha256/16 of the mixed "
+            f"corpus `{s['corpus_sha256_16']}`), {int(p['task_fraction'] * 100)} % of the characters plain-text "
+            f"additions from the train split (`37 + 85 = 122`, `The sum of 37 and 85 is 122.`, worked column sums; "
+            f"never the `Q:`/`A:` format), seed {p['seed']}, {p['steps']} steps of {p['batch_size']} x "
+            f"{p['seq_len']} tokens ({s['tokens_seen']} tokens), AdamW lr {p['lr']} (warmup {p['warmup']}, cosine to "
+            f"10 %), weight decay {p['weight_decay']}, betas (0.9, 0.95), grad clip 1.0; final loss "
+            f"{s['final_loss']}; {s['seconds']:.0f} s."
+        )
+    for name in ("instruct", "reasoning"):
+        p = recipe[name]
+        s = record["stages"][name]
+        lines.append(
+            f"- `{name}`: from the saved bf16 `base`, {p['steps']} steps of {p['batch_size']} training-split problems"
+            f" ({s['examples_seen']} examples), loss on the completion only, AdamW lr {p['lr']} (small, so the"
+            f" weights stay close to base; warmup {p['warmup']}, cosine to 10 %), weight decay {p['weight_decay']},"
+            f" seed {p['seed']}; final loss {s['final_loss']}; {s['seconds']:.0f} s."
+        )
+    lines += [
+        "",
+        "The base models see the task as plain text during pretraining (they learn to add) but never the",
+        "instruction format; post-training teaches the format, which a few hundred small-learning-rate steps can do.",
+        "That is the analogue of the paper's setting: post-training elicits what pretraining put in.",
+        "",
+        f"Wall time on {platform.machine()} with 2 shared CPU cores ({record['jobs']} stages at a time, "
+        f"{record['torch_threads_per_stage']} torch thread each), {time.strftime('%Y-%m-%d')}: pretraining "
+        f"{wall['pretraining']:.0f} s, post-training {wall['post_training']:.0f} s, evaluation "
+        f"{wall['evaluation']:.0f} s, weight check {wall['weight_check']:.0f} s, total {wall['total']:.0f} s "
+        f"({wall['total'] / 60:.1f} min). Each stage is single-threaded and seeded, so a rerun on the same machine",
+        "repeats it; other CPUs or library versions may round differently.",
+        "",
+        "## Weight measures (numpy float64, `python -m postsvd.family.check examples/models`)",
+        "",
+        "NF = ||Q1^T Q2 - I||_F / k per layer and kind, min..max over the layers:",
+        "",
+        check.nf_table(weights),
+        "",
+        "NF(post vs base) < NF(base_alt vs base) in every layer and kind: "
+        + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in weights["nf_post_below_base_alt_everywhere"].items())
+        + "; largest ratio NF(post) / NF(base_alt): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in weights["max_nf_ratio_post_over_base_alt"].items())
+        + ".",
+        "",
+        "Scaling factors sigma_post / sigma_base over the top 90 % of indices, pooled over layers (mean +- std):",
+        "",
+        check.scaling_table(weights),
+        "",
+        "Every number above is in `family.json` beside this file.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The paper's weight measures on the family, in numpy float64 (independent of the compiled core).
+
+For every layer and projection kind, with A = base and B = instruct, reasoning
+or base_alt, in the paper's orientation W = W_hf^T ([in, out]):
+U S V^T = W, Q1 = U_A^T U_B, Q2 = V_A^T V_B, I_orth = Q1^T Q2,
+NF = ||I_orth - I||_F / k, and the scaling factors sigma_B / sigma_A over the
+top 90 % of indices (j < ceil(0.9 k)): mean and population std, per matrix and
+pooled per kind.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+KIND_TENSORS = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+COMPARED = ("instruct", "reasoning", "base_alt")
+
+
+def load_matrices(model_dir) -> Dict[tuple, np.ndarray]:
+    """{(layer, kind): W in paper orientation, float64} of a LLaMA folder's model.safetensors."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(model_dir) / "model.safetensors"))
+    found = {}
+    for name, tensor in tensors.items():
+        for kind, suffix in KIND_TENSORS.items():
+            if name.endswith(suffix + ".weight"):
+                layer = int(name.split(".layers.")[1].split(".")[0])
+                found[(layer, kind)] = tensor.float().numpy().astype(np.float64).T
+    if not found:
+        raise ValueError(f"{model_dir}: no attention/MLP projection tensors found in model.safetensors")
+    return found
+
+
+def pair_measures(w_a: np.ndarray, w_b: np.ndarray) -> Dict[str, float]:
+    """NF and top-90 % scaling statistics of one pair of [in, out] matrices."""
+    if w_a.shape != w_b.shape:
+        raise ValueError(f"expected equal shapes, got {list(w_a.shape)} and {list(w_b.shape)}")
+    u_a, s_a, vt_a = np.linalg.svd(w_a, full_matrices=False)
+    u_b, s_b, vt_b = np.linalg.svd(w_b, full_matrices=False)
+    k = s_a.size
+    q1 = u_a.T @ u_b
+    q2 = vt_a @ vt_b.T
+    i_orth = q1.T @ q2
+    top = math.ceil(0.9 * k)
+    ratios = s_b[:top] / s_a[:top]
+    return {
+        "nf": float(np.linalg.norm(i_orth - np.eye(k)) / k),
+        "scaling_mean": float(ratios.mean()),
+        "scaling_std": float(ratios.std()),
+        "ratios": ratios,
+    }
+
+
+def family_measures(root) -> Dict:
+    """Measures of instruct, reasoning and base_alt against base, and whether NF(post) < NF(base_alt) everywhere."""
+    root = Path(root)
+    base = load_matrices(root / "base")
+    per_pair: Dict[str, List[Dict]] = {}
+    pooled: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for other in COMPARED:
+        mats = load_matrices(root / other)
+        rows, by_kind = [], {}
+        for key in sorted(base, key=lambda lk: (lk[0], list(KIND_TENSORS).index(lk[1]))):
+            m = pair_measures(base[key], mats[key])
+            by_kind.setdefault(key[1], []).append(m.pop("ratios"))
+            rows.append({"layer": key[0], "kind": key[1], **{k: round(v, 6) for k, v in m.items()}})
+        per_pair[other] = rows
+        pooled[other] = {
+            kind: {"mean": round(float(np.concatenate(r).mean()), 6), "std": round(float(np.concatenate(r).std()), 6)}
+            for kind, r in by_kind.items()
+        }
+    alt_nf = {(r["layer"], r["kind"]): r["nf"] for r in per_pair["base_alt"]}
+    below = {
+        post: all(r["nf"] < alt_nf[(r["layer"], r["kind"])] for r in per_pair[post])
+        for post in ("instruct", "reasoning")
+    }
+    worst_margin = {
+        post: round(max(r["nf"] / alt_nf[(r["layer"], r["kind"])] for r in per_pair[post]), 6)
+        for post in ("instruct", "reasoning")
+    }
+    return {
+        "per_matrix": per_pair,
+        "pooled_scaling": pooled,
+        "nf_post_below_base_alt_everywhere": below,
+        "max_nf_ratio_post_over_base_alt": worst_margin,
+    }
+
+
+def nf_table(measures: Dict) -> str:
+    """Markdown table: NF per kind (min..max over layers) for each compared model."""
+    kinds = list(KIND_TENSORS)
+    lines = ["| vs base | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for other in COMPARED:
+        cells = []
+        for kind in kinds:
+            values = [r["nf"] for r in measures["per_matrix"][other] if r["kind"] == kind]
+            cells.append(f"{min(values):.4f}..{max(values):.4f}")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scaling_table(measures: Dict) -> str:
+    """Markdown table: pooled top-90 % scaling mean +- std per kind."""
+    kinds = list(KIND_TENSORS)
+    lines = ["| vs base | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for other in COMPARED:
+        cells = [
+            f"{measures['pooled_scaling'][other][k]['mean']:.4f} +- {measures['pooled_scaling'][other][k]['std']:.4f}"
+            for k in kinds
+        ]
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m postsvd.family.check", description=__doc__.split("\n")[0])
+    parser.add_argument("root", nargs="?", default="examples/models")
+    parser.add_argument("--json", action="store_true", help="print every number as JSON")
+    args = parser.parse_args(argv)
+    measures = family_measures(args.root)
+    if args.json:
+        print(json.dumps(measures, indent=2))
+        return 0
+    print("NF (min..max over layers):\n" + nf_table(measures))
+    print("\nPooled top-90 % scaling factors (mean +- std):\n" + scaling_table(measures))
+    print("\nNF(post) < NF(base_alt) in every layer and kind:", measures["nf_post_below_base_alt_everywhere"])
+    print("largest NF(post) / NF(base_alt):", measures["max_nf_ratio_post_over_base_alt"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
