@@ -2,9 +2,11 @@
 
 Reads a base and a post-trained Hugging Face checkpoint, takes the reduced SVD
 of every attention/MLP projection pair (in the paper's orientation
-``W = W_hf.T``, ``[in, out]``) and computes the measures of "How post-training
-reshapes LLMs" (arXiv 2509.17866): singular value scaling (SVSM), the
-similarity matrices of the singular vectors, I_orth and NF.
+``W = W_hf.T``, ``[in, out]``) and computes the measures of "Understanding
+Post-Training Structural Changes in Large Language Models" (He and Cao, arXiv
+2509.17866): singular value scaling (SVSM), the similarity matrices of the
+singular vectors, I_orth and NF. ``postsvd.construct`` builds the paper's
+modified models (Constructions 9 to 16) as new checkpoints.
 
 Quick start::
 
@@ -28,6 +30,7 @@ from .checkpoint import (
     supported_model_types,
 )
 from .compare import Comparison, compare, random_rotation_nf
+from .construct import ConstructionResult, construct
 from .errors import (
     BackendError,
     BadCheckpointError,
@@ -64,6 +67,8 @@ def build_info() -> str:
 __all__ = [
     "compare",
     "Comparison",
+    "construct",
+    "ConstructionResult",
     "svd",
     "pair_measures",
     "open_checkpoint",
