@@ -22,7 +22,7 @@ import tempfile
 import time
 
 import postsvd
-from postsvd.construct import construct
+from postsvd.constructions import construct
 from postsvd.synthetic import make_pair
 
 

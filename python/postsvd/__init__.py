@@ -30,7 +30,7 @@ from .checkpoint import (
     supported_model_types,
 )
 from .compare import Comparison, compare, random_rotation_nf
-from .construct import ConstructionResult, construct
+from .constructions import ConstructionResult, construct
 from .errors import (
     BackendError,
     BadCheckpointError,

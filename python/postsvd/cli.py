@@ -23,7 +23,7 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 #: Modules owned by other parts of the package that may add subcommands.
-PLUGIN_MODULES = ("postsvd.construct", "postsvd.evaluate")
+PLUGIN_MODULES = ("postsvd.constructions", "postsvd.evaluate")
 
 PROG = "postsvd"
 

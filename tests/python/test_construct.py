@@ -9,8 +9,8 @@ import pytest
 from safetensors import safe_open
 
 import postsvd
-import postsvd.construct as construct_module
-from postsvd.construct import construct
+import postsvd.constructions as construct_module
+from postsvd.constructions import construct
 from postsvd.synthetic import make_pair
 from reference import svd
 

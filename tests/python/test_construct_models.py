@@ -9,7 +9,7 @@ import pytest
 from safetensors import safe_open
 
 import postsvd
-from postsvd.construct import construct
+from postsvd.constructions import construct
 from conftest import build_tiny_model, save_model
 from test_construct import load_all, reference_weight
 
