@@ -39,6 +39,7 @@ from .errors import (
     PostsvdError,
 )
 from .linalg import pair_measures, svd
+from .reports import report, write_report
 from ._validate import KINDS
 
 try:
@@ -69,6 +70,8 @@ __all__ = [
     "Comparison",
     "construct",
     "ConstructionResult",
+    "report",
+    "write_report",
     "svd",
     "pair_measures",
     "open_checkpoint",

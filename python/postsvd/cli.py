@@ -23,7 +23,7 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 #: Modules owned by other parts of the package that may add subcommands.
-PLUGIN_MODULES = ("postsvd.constructions", "postsvd.evaluate")
+PLUGIN_MODULES = ("postsvd.constructions", "postsvd.evaluate", "postsvd.reports")
 
 PROG = "postsvd"
 

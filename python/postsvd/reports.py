@@ -1,0 +1,557 @@
+"""One self-contained HTML page of a comparison: :func:`report` and ``postsvd report``.
+
+``postsvd.report(base, [post, ...], out_dir)`` compares the base with each post
+model and writes ``out_dir/report.html``: per post model a plain-language
+summary, the per-kind table (the paper's Table 3), the per-layer table and the
+figures (SVSM heatmaps, Fig. 2; scaling bands, Fig. 8; NF per layer, Fig. 3b;
+the similarity / I_orth matrices of one pair, Fig. 3a), with several post
+models also their NF side by side (Fig. 9), and the run's metadata. Figures
+are embedded as base64 PNG and the CSS is inline, so the page reads offline,
+from a mail attachment or a CI artifact. The page is written to a temporary
+file beside it and renamed into place, so a reader never sees half a page.
+
+:func:`write_report` does the same from :class:`~postsvd.Comparison` objects
+already computed (e.g. in a notebook).
+
+(The module is ``postsvd.reports`` so that the function ``postsvd.report`` does
+not shadow it.)
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import math
+import os
+import platform
+import tempfile
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compare import Comparison
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: The page's file name inside the output folder.
+REPORT_NAME = "report.html"
+#: Resolution of the embedded PNG figures.
+FIGURE_DPI = 90
+
+
+# ---------------------------------------------------------------------- public API
+
+def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
+           dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
+           matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25, progress: bool = True,
+           num_threads: Optional[int] = None) -> str:
+    """Compares `base` with each post model and writes one HTML page; returns its path.
+
+    Args:
+        base: the base model folder.
+        posts: one post-trained model folder or a list of them (same architecture).
+        out: output folder (created); the page is ``out/report.html``.
+        device, dtype, layers, kinds, num_threads: as in :func:`postsvd.compare`.
+        title: the page's title (default: "postsvd report: <base>").
+        matrices: the (layer, kind) whose sim_U / sim_V / difference / I_orth
+            are drawn (default: the middle compared layer, first compared kind).
+        leading_k: leading singular vectors shown in those matrices.
+        progress: show a progress bar per comparison.
+
+    Raises:
+        InvalidArgumentError: no post model, a bad option (as in compare), or
+            `out` is an existing file.
+        BadCheckpointError: a folder is missing or malformed, or shapes differ.
+    """
+    from .compare import compare
+
+    post_list = _post_list(posts)
+    _check_out(out)
+    comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
+                           num_threads=num_threads) for post in post_list]
+    return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
+
+
+def write_report(comparisons: Union["Comparison", Sequence["Comparison"]], out: PathLike, *,
+                 title: Optional[str] = None, matrices: Optional[Tuple[int, str]] = None,
+                 leading_k: int = 25) -> str:
+    """Writes the HTML page of comparisons already computed (one base, one or
+    more post models) into ``out/report.html``; returns its path."""
+    comparison_list = _comparison_list(comparisons)
+    _check_out(out)
+    page = render_html(comparison_list, title=title, matrices=matrices, leading_k=leading_k)
+    out_dir = os.fspath(out)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, REPORT_NAME)
+    _write_atomically(path, page)
+    return path
+
+
+def render_html(comparisons: Union["Comparison", Sequence["Comparison"]], *, title: Optional[str] = None,
+                matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25) -> str:
+    """The report page as one HTML string (see :func:`write_report`)."""
+    comparison_list = _comparison_list(comparisons)
+    if leading_k is not None and int(leading_k) < 1:
+        raise InvalidArgumentError(f"leading_k: expected >= 1 or None, got {leading_k!r}")
+    base_name = _short_name(comparison_list[0].base)
+    title = title or f"postsvd report: {base_name}"
+    names = _unique_names([c.post for c in comparison_list])
+    sections = [_overview_section(comparison_list, names)]
+    if len(comparison_list) > 1 and not any(_has_experts(c) for c in comparison_list):
+        sections.append(_all_models_section(comparison_list, names))
+    for index, (comparison, name) in enumerate(zip(comparison_list, names)):
+        sections.append(_post_section(index, comparison, name, matrices, leading_k))
+    sections.append(_how_to_read_section())
+    sections.append(_metadata_section(comparison_list, names))
+    nav = "".join(f'<a href="#post-{i}">{_e(n)}</a>' for i, n in enumerate(names))
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'<meta name="generator" content="postsvd {_e(_version())}">\n'
+            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f'<header><h1>{_e(title)}</h1><p class="subtitle">base <code>{_e(base_name)}</code> compared with '
+            f"{len(names)} post-trained model{'s' if len(names) > 1 else ''}: "
+            f"{', '.join(f'<code>{_e(n)}</code>' for n in names)}</p>"
+            f'<nav><a href="#overview">overview</a>{nav}<a href="#how-to-read">how to read</a>'
+            f'<a href="#metadata">run</a></nav></header>\n<main>\n'
+            + "\n".join(sections) + "\n</main>\n</body>\n</html>\n")
+
+
+def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None):
+    """Fig. 9: NF per layer of several post models against one base, one panel
+    per kind, one line per post model (dashed: unrelated rotations, sqrt(2/k)).
+
+    Args:
+        comparisons: name -> :class:`~postsvd.Comparison` (same base and kinds).
+        kinds: kinds to draw (default: those every comparison has).
+    Returns:
+        A matplotlib Figure.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from .compare import random_rotation_nf
+    from ._validate import normalize_kinds
+
+    if not comparisons:
+        raise InvalidArgumentError("comparisons: expected at least one name -> Comparison")
+    items = list(comparisons.items())
+    common = [k for k in items[0][1].kinds if all(k in c.kinds for _, c in items)]
+    chosen = common if kinds is None else normalize_kinds(kinds)
+    missing = [k for k in chosen if k not in common]
+    if missing or not chosen:
+        raise InvalidArgumentError(f"kinds: every comparison must have them; common kinds are {common}, "
+                                   f"got {chosen}")
+    cols = min(len(chosen), 4)
+    rows = math.ceil(len(chosen) / cols)
+    fig = Figure(figsize=(3.4 * cols + 0.6, 2.8 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, kind in zip(axes, chosen):
+        k_value = None
+        for position, (name, comparison) in enumerate(items):
+            ax.plot(comparison.layers_of(kind), comparison.nf(kind), marker="o", markersize=3,
+                    color=f"C{position % 10}", label=name)
+            k_value = comparison.table.loc[comparison.table["kind"] == kind, "k"].iloc[0]
+        ax.axhline(random_rotation_nf(int(k_value)), color="0.45", linestyle="--", linewidth=0.9)
+        ax.set_title(f"W_{kind}")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+    for ax in axes[len(chosen):]:
+        ax.set_visible(False)
+    for row in range(rows):
+        axes[row * cols].set_ylabel("NF")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(items), 5), fontsize="small")
+    fig.suptitle(f"NF per layer against {_short_name(items[0][1].base)} (dashed: unrelated rotations)")
+    return fig
+
+
+# ---------------------------------------------------------------------- sections
+
+def _overview_section(comparisons: Sequence["Comparison"], names: Sequence[str]) -> str:
+    rows = []
+    for index, (comparison, name) in enumerate(zip(comparisons, names)):
+        kinds = comparison.kind_table()
+        verdict = _verdict(comparison)
+        rows.append(
+            f'<tr><td><a href="#post-{index}">{_e(name)}</a></td>'
+            f"<td>{kinds['scaling_mean'].min():.3f} – {kinds['scaling_mean'].max():.3f}</td>"
+            f"<td>{kinds['nf_mean'].mean():.4f}</td><td>{kinds['nf_random'].mean():.4f}</td>"
+            f"<td>{_e(verdict)}</td></tr>")
+    return ('<section id="overview"><h2>Overview</h2>'
+            "<p>One row per post-trained model. <b>Scaling</b> is σ<sub>post</sub>/σ<sub>base</sub> per singular "
+            "value (range of the per-kind means); <b>NF</b> measures whether the input side and the output side of "
+            "each matrix rotated together (0 = exactly together; about the <i>unrelated</i> value for two "
+            "independently trained models).</p>"
+            '<table class="data"><thead><tr><th>post model</th><th>mean scaling per kind</th><th>NF mean</th>'
+            "<th>NF unrelated</th><th>reading</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table></section>")
+
+
+def _all_models_section(comparisons: Sequence["Comparison"], names: Sequence[str]) -> str:
+    figure = plot_nf_models(dict(zip(names, comparisons)))
+    return ('<section id="all-models"><h2>All post models: NF per layer (Fig. 9)</h2>'
+            "<p>Each line is one post model compared with the same base. Post-trained descendants of the base stay "
+            "far below the dashed line (a consistent rotation); a separately trained model sits near it.</p>"
+            + _figure(figure, "nf-models", "NF per layer of every post model against the base") + "</section>")
+
+
+def _post_section(index: int, comparison: "Comparison", name: str, matrices: Optional[Tuple[int, str]],
+                  leading_k: Optional[int]) -> str:
+    parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(_short_name(comparison.base))}</h2>',
+             _summary_html(comparison),
+             "<h3>Per kind (Table 3)</h3>",
+             "<p>Pooled over the compared layers: the mean ± population std of the top-90 % scaling factors, the mean "
+             "and largest NF, the NF of unrelated random rotations (√(2/k)) and α′, the pooled mean rounded to one "
+             "decimal (the paper's Table 4, used by Construction 9).</p>",
+             _kind_table_html(comparison)]
+    if _has_experts(comparison):
+        parts.append('<p class="note">This model has experts (MoE); the per-kind figures are drawn per expert and '
+                     "are left out of this page. The tables below cover every expert.</p>")
+    else:
+        layer, kind = _chosen_pair(comparison, matrices)
+        parts += [
+            "<h3>Singular value scaling matrices (Fig. 2)</h3>",
+            "<p>One heatmap per kind: column = layer, row = singular value index (largest at the top), color = "
+            "σ<sub>post</sub>/σ<sub>base</sub>. One flat color means every singular value was scaled by the same "
+            "factor; stripes in the bottom rows are the small, noisy tail (excluded from the top-90 % statistics)."
+            "</p>",
+            _figure(comparison.plot_svsm(), f"svsm-{index}", f"SVSM heatmaps of {name}"),
+            "<h3>Scaling per layer (Fig. 8)</h3>",
+            "<p>Per layer the mean (line) and ± std (band) of the top-90 % scaling factors, one color per kind. A "
+            "thin band means near-uniform scaling.</p>",
+            _figure(comparison.plot_scaling_bands(), f"bands-{index}", f"scaling bands of {name}"),
+            "<h3>Orthogonal consistency per layer (Fig. 3b)</h3>",
+            "<p>NF = ‖Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> − I‖<sub>F</sub>/k per layer; dashed: unrelated random "
+            "rotations. Far below the dashed line = the left and right singular vectors were rotated by the same "
+            "orthogonal matrix.</p>",
+            _figure(comparison.plot_nf(), f"nf-{index}", f"NF per layer of {name}"),
+            f"<h3>Singular vector similarity of W<sub>{_e(kind)}</sub>, layer {layer} (Fig. 3a)</h3>",
+            "<p>sim<sub>U</sub> = |U<sub>base</sub><sup>T</sup>U<sub>post</sub>| and sim<sub>V</sub> = "
+            "|V<sub>base</sub><sup>T</sup>V<sub>post</sub>| (the same pattern on both sides means one rotation), "
+            "their difference (dark = equal) and I<sub>orth</sub> = Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> "
+            "(near the identity = consistent rotation), for the leading singular vectors.</p>",
+            _figure(comparison.plot_matrices(layer, kind, leading_k), f"matrices-{index}",
+                    f"similarity matrices of W_{kind}, layer {layer}, {name}"),
+        ]
+    table = comparison.table
+    parts += [f"<h3>Per layer ({len(table)} matrices)</h3>",
+              f"<details><summary>show the table: a row per (layer, kind)</summary>{_per_layer_html(table)}"
+              "</details>",
+              "<h3>Text summary</h3>",
+              f'<pre class="summary">{_e(comparison.summary())}</pre>',
+              "</section>"]
+    return "".join(parts)
+
+
+def _summary_html(comparison: "Comparison") -> str:
+    """A few sentences a newcomer can read without the paper."""
+    kinds = comparison.kind_table()
+    items = []
+    for row in kinds.itertuples():
+        cv = row.scaling_std / abs(row.scaling_mean) if row.scaling_mean else float("inf")
+        ratio = row.nf_mean / row.nf_random
+        change = "grew" if row.scaling_mean > 1.0 else "shrank"
+        spread = "nearly the same factor for all of them" if cv < 0.05 else "by different factors (non-uniform)"
+        items.append(f"<li><b>W<sub>{_e(row.kind)}</sub></b>: singular values {change} to "
+                     f"{row.scaling_mean:.3f}× on average (± {row.scaling_std:.3f}: {spread}); NF {row.nf_mean:.4f}, "
+                     f"{_ratio_words(ratio)} unrelated models ({row.nf_random:.4f}).</li>")
+    return (f'<div class="verdict"><p><b>In short:</b> {_e(_verdict(comparison))}</p>'
+            f"<ul>{''.join(items)}</ul></div>")
+
+
+def _ratio_words(ratio: float) -> str:
+    if not math.isfinite(ratio):
+        return "not comparable with"
+    if ratio < 1.0:
+        return f"{1.0 / ratio:.0f}× smaller than for" if ratio > 0 else "far below"
+    return f"{ratio:.2f}× the value for"
+
+
+def _verdict(comparison: "Comparison") -> str:
+    """The overall reading of :meth:`Comparison.summary` (its 'Overall:' line)."""
+    for line in comparison.summary().splitlines():
+        if line.startswith("Overall:"):
+            return line[len("Overall:"):].strip()
+    return "see the tables below."
+
+
+def _kind_table_html(comparison: "Comparison") -> str:
+    kinds = comparison.kind_table()
+    rows = "".join(
+        f"<tr><td>W<sub>{_e(r.kind)}</sub></td><td>{r.layers}</td><td>{r.k}</td>"
+        f"<td>{r.scaling_mean:.4f} ± {r.scaling_std:.4f}</td><td>{r.nf_mean:.4f}</td><td>{r.nf_max:.4f}</td>"
+        f"<td>{r.nf_random:.4f}</td><td>{r.alpha:.1f}</td></tr>" for r in kinds.itertuples())
+    return ('<table class="data kinds"><thead><tr><th>kind</th><th>layers</th><th>k</th>'
+            "<th>scaling (top 90 %) mean ± std</th><th>NF mean</th><th>NF max</th><th>NF unrelated √(2/k)</th>"
+            "<th>α′</th></tr></thead><tbody>" + rows + "</tbody></table>")
+
+
+def _per_layer_html(table) -> str:
+    shown = table.drop(columns=["tensor"])
+    return shown.to_html(index=False, border=0, classes="data layers", float_format=lambda x: f"{x:.4g}")
+
+
+def _how_to_read_section() -> str:
+    return ('<section id="how-to-read"><h2>How to read this page</h2><ul>'
+            "<li>Every attention and MLP projection W (q, k, v, o, gate, up, down) of both models is decomposed as "
+            "W = U S V<sup>T</sup> in the paper's orientation W = W<sub>HF</sub><sup>T</sup> ([in, out]).</li>"
+            "<li><b>Scaling</b>: σ<sub>post</sub>/σ<sub>base</sub> per singular value; statistics use the top 90 % "
+            "of each spectrum. The paper finds it near-uniform per matrix type: post-training rescales the "
+            "spectrum almost by one factor.</li>"
+            "<li><b>Rotation</b>: Q<sub>1</sub> = U<sub>base</sub><sup>T</sup>U<sub>post</sub> (input side) and "
+            "Q<sub>2</sub> = V<sub>base</sub><sup>T</sup>V<sub>post</sub> (output side). If both sides rotate by "
+            "the same orthogonal Q, I<sub>orth</sub> = Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> = I and NF = "
+            "‖I<sub>orth</sub> − I‖<sub>F</sub>/k = 0. Two unrelated models give NF ≈ √(2/k).</li>"
+            "<li>Paper: He and Cao, <i>Understanding Post-Training Structural Changes in Large Language Models</i>, "
+            "arXiv 2509.17866 (Fig. 2, 3, 8, 9 and Table 3 correspond to the sections above).</li>"
+            "<li>The same numbers as files: <code>postsvd compare BASE POST --out DIR</code> (CSV, JSON, PNG).</li>"
+            "</ul></section>")
+
+
+def _metadata_section(comparisons: Sequence["Comparison"], names: Sequence[str]) -> str:
+    import postsvd
+
+    first = comparisons[0]
+    rows = [
+        ("postsvd version", _version()),
+        ("build", postsvd.build_info()),
+        ("backend", "; ".join(sorted({c.backend for c in comparisons}))),
+        ("device, dtype", "; ".join(sorted({f"{c.device}, {c.dtype}" for c in comparisons}))),
+        ("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
+        ("host", f"{platform.node()} ({platform.system()} {platform.machine()}, Python {platform.python_version()})"),
+        ("base folder", os.path.abspath(first.base)),
+    ]
+    for name, comparison in zip(names, comparisons):
+        rows.append((f"post folder ({name})", os.path.abspath(comparison.post)))
+    rows += [
+        ("model type, layers", f"{first.model_type}, {first.num_layers} layers"),
+        ("compared layers", _layers_text(first.layers)),
+        ("compared kinds", ", ".join(first.kinds)),
+        ("compare time", "; ".join(f"{n}: {c.elapsed_seconds:.1f} s" for n, c in zip(names, comparisons))),
+    ]
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows)
+    return f'<section id="metadata"><h2>Run</h2><table class="meta"><tbody>{body}</tbody></table></section>'
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _figure(figure, figure_id: str, alt: str) -> str:
+    """The figure as an embedded PNG (base64 data URI) in a <figure>."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    _close(figure)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<figure id="fig-{_e(figure_id)}"><img class="plot" alt="{_e(alt)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{_e(alt)}</figcaption></figure>')
+
+
+def _close(figure) -> None:
+    import sys
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(figure)
+
+
+def _chosen_pair(comparison: "Comparison", matrices: Optional[Tuple[int, str]]) -> Tuple[int, str]:
+    if matrices is None:
+        return comparison.layers[len(comparison.layers) // 2], comparison.kinds[0]
+    if not isinstance(matrices, (tuple, list)) or len(matrices) != 2:
+        raise InvalidArgumentError(f"matrices: expected (layer, kind), got {matrices!r}")
+    layer, kind = matrices
+    from ._validate import normalize_layers
+
+    layer = normalize_layers(int(layer), comparison.num_layers, comparison.model_type)[0]
+    if layer not in comparison.layers:
+        raise InvalidArgumentError(f"matrices: layer {layer} was not compared; compared layers: "
+                                   f"{_layers_text(comparison.layers)}")
+    if kind not in comparison.kinds:
+        raise InvalidArgumentError(f"matrices: kind {kind!r} was not compared; compared kinds: "
+                                   f"{', '.join(comparison.kinds)}")
+    return layer, kind
+
+
+def _has_experts(comparison: "Comparison") -> bool:
+    return "expert" in comparison.table.columns
+
+
+def _layers_text(layers: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts: List[str] = []
+    ordered = sorted(layers)
+    start = previous = None
+    for layer in ordered + [None]:
+        if layer is not None and previous is not None and layer == previous + 1:
+            previous = layer
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = layer
+    return ", ".join(parts)
+
+
+def _post_list(posts) -> List[str]:
+    if isinstance(posts, (str, bytes, os.PathLike)):
+        post_list = [os.fspath(posts)]
+    else:
+        post_list = [os.fspath(p) for p in posts]
+    if not post_list:
+        raise InvalidArgumentError("posts: expected at least one post-trained model folder, got none")
+    return post_list
+
+
+def _comparison_list(comparisons) -> List["Comparison"]:
+    from .compare import Comparison
+
+    items = [comparisons] if isinstance(comparisons, Comparison) else list(comparisons)
+    if not items:
+        raise InvalidArgumentError("comparisons: expected at least one Comparison, got none")
+    bad = [type(c).__name__ for c in items if not isinstance(c, Comparison)]
+    if bad:
+        raise InvalidArgumentError(f"comparisons: expected postsvd.Comparison objects, got {', '.join(bad)}")
+    bases = {os.path.abspath(c.base) for c in items}
+    if len(bases) > 1:
+        raise InvalidArgumentError(f"comparisons: expected one base model for all, got {sorted(bases)}")
+    return items
+
+
+def _check_out(out: PathLike) -> None:
+    path = os.fspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InvalidArgumentError(f"out: expected a folder (created if missing), got the existing file {path!r}")
+
+
+def _unique_names(folders: Sequence[str]) -> List[str]:
+    names: List[str] = []
+    for folder in folders:
+        name = _short_name(folder)
+        candidate, n = name, 2
+        while candidate in names:
+            candidate, n = f"{name}-{n}", n + 1
+        names.append(candidate)
+    return names
+
+
+def _short_name(path: str) -> str:
+    return os.path.basename(os.path.normpath(path)) or path
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
+    folder = os.path.dirname(path) or "."
+    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+_CSS = """
+:root { --ink: #1d2330; --muted: #5b6475; --line: #d8dde6; --accent: #2d5fa8; --soft: #f4f6fa; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); }
+header { padding: 20px 32px 10px; border-bottom: 1px solid var(--line); background: var(--soft); }
+h1 { margin: 0 0 4px; font-size: 24px; }
+.subtitle { margin: 0 0 8px; color: var(--muted); }
+nav a { margin-right: 14px; color: var(--accent); text-decoration: none; font-size: 14px; }
+main { padding: 8px 32px 40px; max-width: 1400px; }
+section { margin-top: 26px; }
+section.post { border-top: 3px solid var(--accent); padding-top: 6px; }
+h2 { font-size: 20px; margin: 10px 0; }
+h3 { font-size: 16px; margin: 20px 0 6px; }
+p { max-width: 980px; }
+code { background: var(--soft); padding: 0 3px; border-radius: 3px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
+table.data th, table.data td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: right; }
+table.data th { background: var(--soft); }
+table.data td:first-child, table.data th:first-child { text-align: left; }
+table.data td:last-child { text-align: left; }
+table.layers td:last-child { text-align: right; }
+table.meta th { text-align: left; padding: 3px 14px 3px 0; color: var(--muted); font-weight: 600; vertical-align: top; }
+table.meta td { padding: 3px 0; font-family: ui-monospace, monospace; font-size: 13px; white-space: pre-wrap; }
+.verdict { background: #eef4ec; border-left: 4px solid #4a8a3c; padding: 6px 14px; max-width: 1100px; }
+.verdict ul { margin: 4px 0; }
+.note { color: #8a5a00; }
+figure { margin: 10px 0 18px; }
+img.plot { max-width: 100%; height: auto; border: 1px solid var(--line); }
+figcaption { color: var(--muted); font-size: 13px; }
+pre.summary { background: var(--soft); padding: 10px; overflow-x: auto; font-size: 12.5px; white-space: pre-wrap; }
+details summary { cursor: pointer; color: var(--accent); }
+"""
+
+
+# ---------------------------------------------------------------------- CLI
+
+REPORT_EXAMPLES = """\
+examples:
+  postsvd report examples/models/base examples/models/instruct --out report/
+  postsvd report base/ instruct/ reasoning/ base_alt/ --out report/ --title "What post-training did"
+  postsvd report base/ post/ --out report/ --layers 0-3 --kinds attn --matrices 2:q --dtype float64
+
+output: DIR/report.html, one self-contained page (figures embedded as PNG, CSS inline, no network):
+an overview, per post model a plain-language summary, the per-kind table (Table 3), the figures
+(SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, sim/I_orth matrices of one pair
+Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
+metadata (version, backend, date, folders)."""
+
+
+def add_cli(subparsers) -> None:
+    """Registers ``postsvd report`` (called by postsvd.cli)."""
+    from .cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "report", help="compare BASE with each POST and write one self-contained HTML page",
+        description="Compare BASE with each POST (as `postsvd compare` does) and write DIR/report.html: tables, "
+                    "figures and a plain-language summary per post model, readable offline in any browser.",
+        epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
+    parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
+    parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' / 'cuda:N' in a CUDA build")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
+    parser.add_argument("--layers", default=None, metavar="LIST", help="layers to compare, e.g. 0,1,5-9 (default: all)")
+    parser.add_argument("--kinds", default=None, metavar="LIST",
+                        help="kinds to compare: q,k,v,o,gate,up,down or attn / mlp (default: all)")
+    parser.add_argument("--matrices", default=None, metavar="L:KIND",
+                        help="the pair whose similarity matrices are drawn (default: middle layer, first kind)")
+    parser.add_argument("--leading-k", type=int, default=25, metavar="K",
+                        help="leading singular vectors shown in the matrix heatmaps")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:
+    from .cli import _parse_matrices
+
+    pairs = _parse_matrices(args.matrices)
+    if pairs is not None and len(pairs) != 1:
+        raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND pair, got {args.matrices!r}")
+    path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
+                  kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
+                  leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads)
+    print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: file://{os.path.abspath(path)}")
+    return 0
