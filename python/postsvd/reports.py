@@ -263,11 +263,18 @@ def _summary_html(comparison: "Comparison") -> str:
 
 
 def _ratio_words(ratio: float) -> str:
+    """How NF compares with the unrelated-rotation baseline (ratio = NF / baseline), in words."""
     if not math.isfinite(ratio):
         return "not comparable with"
-    if ratio < 1.0:
-        return f"{1.0 / ratio:.0f}× smaller than for" if ratio > 0 else "far below"
-    return f"{ratio:.2f}× the value for"
+    if ratio <= 0:
+        return "far below"
+    if ratio < 0.5:
+        return f"{1.0 / ratio:.0f}× smaller than for"
+    if ratio < 0.85:
+        return "somewhat below the value for"
+    if ratio <= 1.15:
+        return "about the value for"
+    return "above the value for"
 
 
 def _verdict(comparison: "Comparison") -> str:
