@@ -224,6 +224,25 @@ def test_report_bad_input(pairs, tmp_path, capsys):
     assert not (tmp_path / "z").exists()
 
 
+def test_report_of_a_moe_model_has_tables_and_a_note(tmp_path):
+    """Expert (MoE) models: tables per (layer, kind, expert); the per-kind figures are left out with a note."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                        max_position_embeddings=64, num_local_experts=2, num_experts_per_tok=1)
+    for name, seed in (("moe_base", 0), ("moe_post", 1)):
+        torch.manual_seed(seed)
+        transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / name)
+    path = postsvd.report(tmp_path / "moe_base", tmp_path / "moe_post", tmp_path / "out", progress=False)
+    doc = parse(path)
+    assert doc.images == []
+    assert "has experts (MoE)" in doc.text
+    assert "expert" in doc.table_cells
+    rows = 2 * (4 + 3 * 2)  # layers x (attention kinds + MLP kinds x experts)
+    assert f"Per layer ({rows} matrices)" in doc.text
+
+
 def test_plot_nf_models_draws_one_line_per_model(pairs):
     related, unrelated = pairs
     a = postsvd.compare(related.base, related.post, progress=False)
