@@ -128,6 +128,14 @@ def model_card(record: Dict) -> str:
         "",
         check.scaling_table(weights),
         "",
+        "At this scale the spectra of two independently pretrained bases also agree to a few percent (same shape,",
+        "same data mix), so the pooled scaling statistics separate post-training from an unrelated model only",
+        "weakly (smaller std); NF separates them clearly, as in the paper.",
+        "",
+        f"What `base` does with the prompt (it never saw the `Q:`/`A:` format, so it continues with plain-text "
+        f"arithmetic and the first number is not the sum): `{acc['base']['example']['prompt']!r}` -> "
+        f"`{acc['base']['example']['completion'][:80]!r}...`",
+        "",
         "Every number above is in `family.json` beside this file.",
         "",
     ]

@@ -356,7 +356,28 @@ def reevaluate(out: str, jobs: int = 2) -> Dict:
     with _pool(jobs) as pool:
         t0 = time.time()
         record["accuracy"] = _evaluate_all(pool, recipe, out)
-        record["wall_seconds"]["evaluation"] = round(time.time() - t0, 1)
+        record["wall_seconds"]["reevaluation"] = round(time.time() - t0, 1)
+    record["weights"] = check.family_measures(out_root)
+    return _write(record, out_root)
+
+
+def redo_post_training(out: str, names: List[str], recipe: Recipe, jobs: int = 2, device: str = "cpu") -> Dict:
+    """Post-train `names` again from the saved base with `recipe`'s settings, then evaluate and check."""
+    from . import check
+
+    out_root = Path(out)
+    record = json.loads((out_root / "family.json").read_text())
+    with _pool(jobs) as pool:
+        t0 = time.time()
+        futures = {
+            name: pool.submit(post_train, name, getattr(recipe, name), str(out_root / "base"), out, device)
+            for name in names
+        }
+        for name, fut in futures.items():
+            record["stages"][name] = fut.result()
+            record["recipe"][name] = asdict(getattr(recipe, name))
+        record["wall_seconds"]["post_training_redone"] = round(time.time() - t0, 1)
+        record["accuracy"] = _evaluate_all(pool, recipe, out)
     record["weights"] = check.family_measures(out_root)
     return _write(record, out_root)
 
@@ -397,6 +418,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")
     parser.add_argument("--reevaluate", action="store_true",
                         help="no training: evaluate and check the models in --out again, rewrite family.json and README.md")
+    parser.add_argument("--redo-post", nargs="+", choices=("instruct", "reasoning"), default=None,
+                        help="no pretraining: post-train these again from the base in --out, then evaluate")
     parser.add_argument("--tiny", action="store_true", help="toy sizes and 2 steps per stage (smoke test)")
     parser.add_argument("--pretrain-steps", type=int, default=None)
     parser.add_argument("--post-steps", type=int, default=None)
@@ -423,7 +446,10 @@ def main(argv=None) -> int:
         recipe.base.task_fraction = recipe.base_alt.task_fraction = args.task_fraction
     if args.eval_n is not None:
         recipe.eval_n = args.eval_n
-    record = run(recipe, args.out, jobs=args.jobs, device=args.device)
+    if args.redo_post:
+        record = redo_post_training(args.out, args.redo_post, recipe, jobs=args.jobs, device=args.device)
+    else:
+        record = run(recipe, args.out, jobs=args.jobs, device=args.device)
     print(json.dumps({k: record[k] for k in ("wall_seconds", "sizes_bytes")}, indent=2))
     for name in MODEL_NAMES:
         print(f"{name}: accuracy {record['accuracy'][name]['accuracy']:.3f}")
