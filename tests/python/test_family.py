@@ -95,6 +95,9 @@ def test_shipped_model_loads_offline_in_bf16_and_generates(name, monkeypatch):
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     config = transformers.AutoConfig.from_pretrained(folder)
     assert config.model_type == "llama" and config.head_dim in (32, 64)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # a class every version knows
+    assert tokenizer_config["model_max_length"] == config.max_position_embeddings
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
     out = model.generate(**tok(["Q: What is 12 + 34?\nA:"], return_tensors="pt"), max_new_tokens=4, do_sample=False)

@@ -155,9 +155,25 @@ def build_tokenizer(out_dir: str | os.PathLike, model_max_length: int):
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
+    save_tokenizer(tokenizer, out_dir, model_max_length)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, out_dir: str | os.PathLike, model_max_length: int) -> None:
+    """save_pretrained, then a tokenizer_config.json that older transformers and vLLM read too.
+
+    transformers 5 writes its own class name (TokenizersBackend) and load-time flags;
+    PreTrainedTokenizerFast is the class every version knows for a tokenizer.json.
+    """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
-    return tokenizer
+    config_path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    for load_time_flag in ("is_local", "local_files_only"):
+        config.pop(load_time_flag, None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_max_length"] = model_max_length
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def describe_sources() -> str:

@@ -116,7 +116,7 @@ def _save(model, tokenizer, out_dir: Path) -> None:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    corpus.save_tokenizer(tokenizer, out_dir, model.config.max_position_embeddings)
 
 
 def _fit(name: str, model, setup, next_batch, started: float) -> List[float]:
