@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
-APT_PACKAGES="g++ cmake make libopenblas-dev liblapacke-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev"
+# chromium: the report test renders the HTML page headless.
+APT_PACKAGES="g++ cmake make libopenblas-dev liblapacke-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev chromium"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

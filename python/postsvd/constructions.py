@@ -256,6 +256,7 @@ class ConstructionResult:
         return fig
 
     def summary(self) -> str:
+        """A few lines for a person: construction, output folder, alpha' per kind, size of the change."""
         table = self.table
         lines = [f"construction {self.number} ({self.name}: {self.formula})", f"written to {self.out}"]
         if self.alpha:
