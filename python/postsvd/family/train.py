@@ -188,7 +188,7 @@ def pretrain(name: str, setup: Pretraining, arch: Architecture, tokenizer_dir: s
         "tokens_in_stream": len(stream),
         "tokens_seen": setup.steps * setup.batch_size * setup.seq_len,
         "corpus_sha256_16": corpus.fingerprint(docs),
-        "final_loss": round(float(np.mean(losses[-20:])), 4),
+        "final_loss": float(f"{np.mean(losses[-20:]):.3g}"),
     }
 
 
@@ -239,7 +239,7 @@ def post_train(name: str, setup: PostTraining, base_dir: str, out_root: str, dev
         "name": name,
         "seconds": round(time.time() - started, 1),
         "examples_seen": setup.steps * setup.batch_size,
-        "final_loss": round(float(np.mean(losses[-20:])), 4),
+        "final_loss": float(f"{np.mean(losses[-20:]):.3g}"),
     }
 
 
@@ -334,6 +334,25 @@ def run(recipe: Recipe, out: str, jobs: int = 2, device: str = "cpu") -> Dict:
     return _write(record, out_root)
 
 
+def plain_sum_accuracy(model_dir, n: int | None = None) -> float:
+    """How often a model completes the pretraining form `a + b =` right on held-out pairs (greedy, 1 thread)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..evaluate import extract_answer, generate
+
+    chosen = tasks.problems("test", n)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        completions = generate(model, tokenizer, [f"{p.a} + {p.b} =" for p in chosen], max_new_tokens=5, batch_size=128)
+    finally:
+        torch.set_num_threads(previous)
+    return sum(extract_answer(c) == str(p.answer) for c, p in zip(completions, chosen)) / len(chosen)
+
+
 def _evaluate_all(pool, recipe: Recipe, out: str) -> Dict:
     futures = {
         name: pool.submit(evaluate_model, name, out, recipe.eval_n, recipe.eval_max_new_tokens, recipe.eval_batch_size)
@@ -385,6 +404,10 @@ def redo_post_training(out: str, names: List[str], recipe: Recipe, jobs: int = 2
 def _write(record: Dict, out_root: Path) -> Dict:
     from . import card
 
+    record["plain_sum_accuracy"] = {
+        name: round(plain_sum_accuracy(out_root / name, record["recipe"].get("eval_n")), 4)
+        for name in ("base", "base_alt")
+    }
     record["sizes_bytes"] = {
         name: (out_root / name / "model.safetensors").stat().st_size for name in MODEL_NAMES
     }
