@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .family import tasks
+from .functional.tasks.utils import last_boxed
 
 DEFAULT_MAX_NEW_TOKENS = 200  # a worked trace of two-digit addition is at most ~180 characters
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d+")
 
 
 def extract_answer(completion: str) -> Optional[str]:
     """The model's answer: the last ``\\boxed{...}`` if there is one, else the first integer; None if neither."""
-    boxed = _BOXED.findall(completion)
-    if boxed:
-        inner = _NUMBER.search(boxed[-1].replace(",", ""))
-        return inner.group(0) if inner else boxed[-1].strip()
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        inner = _NUMBER.search(boxed.replace(",", ""))
+        return inner.group(0) if inner else boxed.strip()
     number = _NUMBER.search(completion)
     return number.group(0) if number else None
 
