@@ -2,7 +2,10 @@
 # One call on a GPU machine: build the CUDA variant, run the GPU tests, run the
 # benchmarks. Stages: "tests" (build + ctest -L gpu + pytest -m gpu),
 # "small" (Qwen2.5-1.5B full + 7B method comparison + torch/cupy on 1.5B),
-# "large" (Qwen2.5-7B and Llama-3.1-8B full + torch/cupy on one layer of each).
+# "large" (Qwen2.5-7B and Llama-3.1-8B full + torch/cupy on one layer of each),
+# "diagnose" (the 2026-11-22 pytest segfault: CPU ctest on this many cores, then
+# benchmarks/diagnose_gpu.py plain, with torch, with one BLAS thread, under gdb,
+# glibc's malloc checks and compute-sanitizer; then the GPU tests).
 # Logs and JSON go to $OUT (or ./gpu-out). Each step has its own time limit.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
@@ -42,6 +45,29 @@ tests() {
     "$ROOT/tests/python/test_gpu.py" "$ROOT/tests/python/test_cuda_backend.py" 2>&1 | tail -40
 }
 
+diagnose() {
+  local py="env PYTHONPATH=$ROOT/python python3 $ROOT/benchmarks/diagnose_gpu.py"
+  log "ctest -L cpu ($(nproc) cores: the CPU path was never tested on this machine)"
+  (cd "$BUILD" && timeout 240 ctest -L cpu -j4 2>&1 | tail -12)
+  log "diagnose: CPU compare only";                timeout 60 $py --no-cuda-svd 2>&1 | tail -15
+  log "diagnose: CUDA svd, then compare";          timeout 60 $py 2>&1 | tail -25
+  log "diagnose: the same with torch imported";    timeout 90 $py --torch 2>&1 | tail -25
+  log "diagnose: the same, CPU compare on 1 thread"; timeout 90 $py --torch --threads 1 2>&1 | tail -15
+  log "diagnose: gdb"
+  timeout 150 gdb -q -batch -ex run -ex "info sharedlibrary" -ex "thread apply all bt 30" \
+    --args python3 "$ROOT/benchmarks/diagnose_gpu.py" --torch 2>&1 | grep -v "^\[New Thread\|^\[Thread .* exited" |
+    tail -150 >"$OUT/diagnose_gdb.log"
+  tail -80 "$OUT/diagnose_gdb.log"
+  log "diagnose: glibc malloc checks"
+  GLIBC_TUNABLES=glibc.malloc.check=3:glibc.malloc.perturb=165 timeout 90 $py --torch 2>&1 | tail -15
+  log "diagnose: compute-sanitizer memcheck"
+  timeout 200 compute-sanitizer --tool memcheck --print-limit 20 env PYTHONPATH="$ROOT/python" \
+    python3 "$ROOT/benchmarks/diagnose_gpu.py" --repeat 1 2>&1 | tail -40
+  log "diagnose: pytest test_gpu.py -k compare_matches_cpu alone"
+  PYTHONPATH="$ROOT/python" timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider \
+    "$ROOT/tests/python/test_gpu.py" -k compare_matches_cpu 2>&1 | tail -25
+}
+
 bench() {  # model layers-arg extra-args... ; json name
   local name=$1; shift
   log "postsvd_bench_gpu $*"
@@ -69,6 +95,7 @@ stage=${1:-tests}
 setup || { log "setup failed"; exit 1; }
 case $stage in
   tests) tests ;;
+  diagnose) diagnose; tests ;;
   small)
     tests
     mkdir -p /tmp/q15 /tmp/q7

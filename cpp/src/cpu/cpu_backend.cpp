@@ -178,7 +178,11 @@ void set_blas_threads(int num_threads) {
   }
   if (openblas_set_num_threads == nullptr) return;  // reference BLAS: single-threaded
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  openblas_set_num_threads(num_threads == 0 ? cores : num_threads);
+  const int wanted = num_threads == 0 ? cores : num_threads;
+  // Only on a change: every call may start or park OpenBLAS's worker threads, and
+  // this runs twice per pair.
+  if (openblas_get_num_threads != nullptr && openblas_get_num_threads() == wanted) return;
+  openblas_set_num_threads(wanted);
 }
 
 int blas_threads() { return openblas_get_num_threads != nullptr ? openblas_get_num_threads() : 1; }
