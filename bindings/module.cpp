@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "postsvd/backend.h"
+#include "postsvd/cache.h"
 #include "postsvd/checkpoint.h"
 #include "postsvd/error.h"
 #include "postsvd/measures.h"
@@ -274,7 +275,7 @@ class Comparator {
  public:
   Comparator(const std::string& base_folder, const std::string& post_folder, const std::string& device,
              const std::string& precision, const std::vector<int>& device_ids, std::size_t memory_budget_bytes,
-             int num_threads)
+             int num_threads, const std::string& factor_cache)
       : precision_(parse_precision(precision)),
         base_(base_folder),
         post_(post_folder),
@@ -282,6 +283,7 @@ class Comparator {
         arch_post_(postsvd::detect_architecture(post_)) {
     postsvd::check_same_architecture(base_, arch_base_, post_, arch_post_);
     backend_ = postsvd::make_backend(backend_options(device, device_ids, memory_budget_bytes, num_threads));
+    if (!factor_cache.empty()) cache_ = std::make_unique<postsvd::FactorCache>(factor_cache);
   }
 
   const postsvd::Checkpoint& base() const { return base_; }
@@ -304,8 +306,16 @@ class Comparator {
       pairs.push_back({postsvd::view_of(base_, arch_base_.matrices[i]), postsvd::view_of(post_, arch_post_.matrices[i])});
     }
     postsvd::MeasureOptions options = measure_options(precision(), full_matrices, leading_k);
-    return backend_->compare(pairs, options);
+    if (!cache_) return backend_->compare(pairs, options);
+    postsvd::CacheCounts counts;
+    auto result = postsvd::compare_cached(*backend_, *cache_, pairs, options, &counts);
+    counts_.computed += counts.computed;
+    counts_.loaded += counts.loaded;
+    return result;
   }
+
+  std::string factor_cache() const { return cache_ ? cache_->folder() : std::string(); }
+  const postsvd::CacheCounts& cache_counts() const { return counts_; }
 
  private:
   postsvd::Precision precision_;
@@ -313,6 +323,8 @@ class Comparator {
   postsvd::Checkpoint post_;
   postsvd::Architecture arch_base_;
   postsvd::Architecture arch_post_;
+  std::unique_ptr<postsvd::FactorCache> cache_;
+  postsvd::CacheCounts counts_;
   std::unique_ptr<postsvd::Backend> backend_;
 };
 
@@ -482,15 +494,23 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Comparator>(m, "Comparator",
                          "Two checkpoints of one architecture and the backend that compares their pairs.")
       .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&,
-                    const std::vector<int>&, std::size_t, int>(),
+                    const std::vector<int>&, std::size_t, int, const std::string&>(),
            "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
-           "memory_budget_bytes"_a = 0, "num_threads"_a = 0, py::call_guard<py::gil_scoped_release>())
+           "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "",
+           py::call_guard<py::gil_scoped_release>())
       .def_property_readonly(
           "architecture", [](const Comparator& c) { return architecture_to_python(c.architecture()); },
           "The base model's {model_type, num_layers, matrices: [dict]} (the post model matches it).")
       .def_property_readonly("backend_name", &Comparator::backend_name, "The backend's description.")
       .def_property_readonly("precision", &Comparator::precision, "\"float32\" or \"float64\".")
       .def_property_readonly("device", &Comparator::device, "\"cpu\" or \"cuda\".")
+      .def_property_readonly("factor_cache", &Comparator::factor_cache, "The factor cache folder (\"\" = none).")
+      .def_property_readonly(
+          "cache_counts",
+          [](const Comparator& c) {
+            return py::dict("computed"_a = c.cache_counts().computed, "loaded"_a = c.cache_counts().loaded);
+          },
+          "Decompositions computed and loaded through the factor cache so far.")
       .def_property_readonly("base", &Comparator::base, py::return_value_policy::reference_internal,
                              "The base Checkpoint.")
       .def_property_readonly("post", &Comparator::post, py::return_value_policy::reference_internal,

@@ -166,3 +166,20 @@ def normalize_folder(folder, what: str) -> str:
             f"{what}: '{path}' is not a folder; expected a Hugging Face model folder with config.json "
             f"and model.safetensors (or model.safetensors.index.json and its shards)")
     return path
+
+
+def normalize_cache(cache, what: str = "cache") -> str:
+    """The absolute path of a factor cache folder ('' for None); it is created on first use.
+
+    Raises InvalidArgumentError when the path exists and is not a folder."""
+    if cache is None:
+        return ""
+    try:
+        path = os.fspath(cache)
+    except TypeError:
+        raise InvalidArgumentError(f"{what}: expected a folder path or None, got {type(cache).__name__}") from None
+    if not path:
+        raise InvalidArgumentError(f"{what}: expected a folder path or None, got an empty string")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InvalidArgumentError(f"{what}: '{path}' exists and is not a folder; expected a factor cache folder")
+    return os.path.abspath(path)

@@ -46,6 +46,8 @@ examples:
   postsvd compare base/ instruct/ reasoning/ --out results/     # one subfolder per post model
   postsvd compare base/ post/ --out results/ --layers 0,1,20-27 --kinds q,k,o --dtype float64
   postsvd compare base/ post/ --out results/ --device cuda --no-progress
+  postsvd compare base/ instruct/ reasoning/ --out results/ --cache factors/   # base decomposed once
+  postsvd construct 11 --base base/ --post instruct/ --out restored/ --cache factors/   # reuses them
 
 output (per post model): table.csv, table.json (a row per layer and kind), kinds.csv,
 kinds.json (pooled per kind, the paper's Table 3), spectra.npz, summary.txt, run.json,
@@ -73,6 +75,9 @@ def add_compare(subparsers) -> None:
                         help="pairs to draw sim/difference/I_orth heatmaps for (default: first layer and kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help="factor cache folder shared with `postsvd construct --cache`: decompose each matrix "
+                             "once (the base once for all POSTs) and reuse it later")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run_compare)
@@ -111,7 +116,8 @@ def run_compare(args) -> int:
     matrices_for = _parse_matrices(args.matrices)
     for post, out_dir in zip(args.posts, _output_dirs(args.out, args.posts)):
         result = compare(args.base, post, device=args.device, dtype=args.dtype, layers=args.layers,
-                         kinds=args.kinds, progress=not args.no_progress, num_threads=args.threads)
+                         kinds=args.kinds, progress=not args.no_progress, num_threads=args.threads,
+                         cache=args.cache)
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
         print(result.summary())
         print(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")

@@ -14,6 +14,7 @@ from . import _core
 from ._validate import (
     LayersArg,
     KindsArg,
+    normalize_cache,
     normalize_device,
     normalize_dtype,
     normalize_folder,
@@ -45,7 +46,8 @@ def random_rotation_nf(k: int) -> float:
 
 def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
-            num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None) -> "Comparison":
+            num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
+            cache: Optional[PathLike] = None) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -66,6 +68,14 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         progress: show a tqdm progress bar.
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         memory_budget_bytes: device memory the CUDA backend may hold (None = 90 % of free).
+        cache: a factor cache folder (created if needed), shared with
+            :func:`postsvd.construct`: each matrix's decomposition is loaded
+            from it when there, otherwise computed and saved. Comparing one
+            base with several post models then decomposes the base once, and
+            the constructions reuse the comparison's decompositions. Costs disk
+            (U, S and V in the working precision: about 4x the bf16 weights
+            in float32, twice that in float64) and, on a cold cache,
+            the write. None = no cache (the default).
 
     Returns:
         A :class:`Comparison`.
@@ -86,7 +96,9 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     budget = 0 if memory_budget_bytes is None else int(memory_budget_bytes)
     if budget < 0:
         raise InvalidArgumentError(f"memory_budget_bytes: expected >= 0 or None, got {memory_budget_bytes!r}")
-    comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads)
+    cache_path = normalize_cache(cache)
+    comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
+                                  cache_path)
     arch = comparator.architecture
     available = [k for k in ("q", "k", "v", "o", "gate", "up", "down")
                  if any(s["kind"] == k for s in arch["matrices"])]
@@ -140,6 +152,7 @@ class Comparison:
         device, dtype: where and in which precision it ran.
         backend: the backend's description.
         elapsed_seconds: time spent comparing.
+        factor_cache: the factor cache folder, or None.
     """
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
@@ -157,9 +170,16 @@ class Comparison:
         self.dtype: str = comparator.precision
         self.backend: str = comparator.backend_name
         self.elapsed_seconds: float = elapsed_seconds
+        self.factor_cache: Optional[str] = comparator.factor_cache or None
         self._has_experts = any(r["expert"] >= 0 for r in records)
 
     # ------------------------------------------------------------------ data
+
+    @property
+    def decompositions(self) -> Dict[str, int]:
+        """With a factor cache: how many decompositions were computed and how many
+        loaded so far ({'computed': n, 'loaded': m}); both 0 without one."""
+        return dict(self._comparator.cache_counts)
 
     @property
     def records(self) -> List[Dict[str, Any]]:
@@ -369,7 +389,15 @@ class Comparison:
         return {"base": self.base, "post": self.post, "model_type": self.model_type,
                 "num_layers": self.num_layers, "layers": self.layers, "kinds": self.kinds,
                 "device": self.device, "dtype": self.dtype, "backend": self.backend,
-                "elapsed_seconds": round(self.elapsed_seconds, 3), "postsvd_version": __version__}
+                "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
+                "decompositions": self.decompositions if self.factor_cache else None,
+                "postsvd_version": __version__}
+
+    def _cache_note(self) -> str:
+        if not self.factor_cache:
+            return ""
+        counts = self.decompositions
+        return f" (factor cache: {counts['loaded']} decompositions loaded, {counts['computed']} computed)"
 
     def summary(self) -> str:
         """A short text report: per kind the pooled scaling mean ± std, the mean
@@ -378,7 +406,7 @@ class Comparison:
         lines = [
             f"postsvd: base '{_short_name(self.base)}' -> post '{_short_name(self.post)}'; {self.model_type}, "
             f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
-            f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s",
+            f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s" + self._cache_note(),
             f"{'kind':<5} {'scaling (top 90%)':>18} {'NF mean':>9} {'NF random':>9}  reading",
         ]
         readings = []

@@ -50,6 +50,7 @@ import pandas as pd
 from . import _core
 from ._validate import (
     KINDS,
+    normalize_cache,
     normalize_device,
     normalize_dtype,
     normalize_folder,
@@ -358,7 +359,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
     chosen_kinds = _select_kinds(kinds, group, available)
     chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
-    cache_path = "" if cache is None else os.path.abspath(os.fspath(cache))
+    cache_path = normalize_cache(cache)
 
     # alpha' (construction 9 only).
     alphas: Dict[str, float] = {}

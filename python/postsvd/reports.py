@@ -46,14 +46,14 @@ FIGURE_DPI = 90
 def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
            dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
            matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25, progress: bool = True,
-           num_threads: Optional[int] = None) -> str:
+           num_threads: Optional[int] = None, cache: Optional[PathLike] = None) -> str:
     """Compares `base` with each post model and writes one HTML page; returns its path.
 
     Args:
         base: the base model folder.
         posts: one post-trained model folder or a list of them (same architecture).
         out: output folder (created); the page is ``out/report.html``.
-        device, dtype, layers, kinds, num_threads: as in :func:`postsvd.compare`.
+        device, dtype, layers, kinds, num_threads, cache: as in :func:`postsvd.compare`.
         title: the page's title (default: "postsvd report: <base>").
         matrices: the (layer, kind) whose sim_U / sim_V / difference / I_orth
             are drawn (default: the middle compared layer, first compared kind).
@@ -70,7 +70,7 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
     post_list = _post_list(posts)
     _check_out(out)
     comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
-                           num_threads=num_threads) for post in post_list]
+                           num_threads=num_threads, cache=cache) for post in post_list]
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
 
 
@@ -547,6 +547,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help="factor cache folder (as in `postsvd compare --cache`)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=run_cli)
 
@@ -559,6 +561,7 @@ def run_cli(args) -> int:
         raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND pair, got {args.matrices!r}")
     path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
                   kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
-                  leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads)
+                  leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
+                  cache=args.cache)
     print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: file://{os.path.abspath(path)}")
     return 0

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "postsvd/backend.h"
+#include "postsvd/cache.h"
 #include "postsvd/types.h"
 
 namespace postsvd {
@@ -171,29 +172,5 @@ struct AlphaChoice {
 AlphaChoice default_alpha(const std::string& base, const std::string& post, const std::vector<int>& layers,
                           const std::vector<std::string>& kinds, Precision precision, const BackendOptions& backend,
                           const std::string& factor_cache = "");
-
-/// Saved decompositions, content-addressed: the key is a hash of the matrix's
-/// stored bytes, its shape and layout, and the precision, so a decomposition
-/// is reused for the same matrix whatever folder it came from. One file per
-/// matrix: <key>.svd (little-endian: magic "PSVDFAC1", int64 rows, cols, k,
-/// int32 element size, then U [rows, k], S [k], V [cols, k], column-major).
-class FactorCache {
- public:
-  explicit FactorCache(std::string folder);  // creates the folder if needed
-  const std::string& folder() const { return folder_; }
-  static std::string key(const TensorView& view, Precision precision);
-  template <class T>
-  bool load(const std::string& key, Decomposition<T>& out) const;
-  template <class T>
-  void store(const std::string& key, const Decomposition<T>& d) const;
-
- private:
-  std::string folder_;
-};
-
-/// backend.decompose_*, through the cache when given (nullptr = none).
-/// `loaded` (when not null) is set to whether the cache answered.
-template <class T>
-Decomposition<T> decompose_cached(Backend& backend, FactorCache* cache, const TensorView& view, bool* loaded = nullptr);
 
 }  // namespace postsvd

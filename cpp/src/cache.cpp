@@ -1,0 +1,192 @@
+// The factor cache (content-addressed files of U, S, V) and compare_cached.
+#include "postsvd/cache.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "postsvd/error.h"
+
+namespace postsvd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+// Two independent 64-bit lanes over the bytes (8 at a time, then the tail).
+std::pair<uint64_t, uint64_t> hash_bytes(const unsigned char* p, uint64_t n, uint64_t seed) {
+  uint64_t h1 = 0x243f6a8885a308d3ULL ^ seed, h2 = 0x13198a2e03707344ULL ^ mix64(seed);
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h1 = (h1 ^ w) * 0x9e3779b97f4a7c15ULL;
+    h1 = (h1 << 31) | (h1 >> 33);
+    h2 = (h2 + w) * 0xbf58476d1ce4e5b9ULL;
+    h2 ^= h2 >> 29;
+  }
+  uint64_t last = 0;
+  for (uint64_t j = 0; i + j < n; ++j) last |= static_cast<uint64_t>(p[i + j]) << (8 * j);
+  h1 = mix64(h1 ^ last ^ n);
+  h2 = mix64(h2 + last + (n << 1));
+  return {h1, h2};
+}
+
+constexpr char kFactorMagic[8] = {'P', 'S', 'V', 'D', 'F', 'A', 'C', '1'};
+
+}  // namespace
+
+FactorCache::FactorCache(std::string folder) : folder_(std::move(folder)) {
+  std::error_code ec;
+  fs::create_directories(folder_, ec);
+  POSTSVD_CHECK(fs::is_directory(folder_, ec), InvalidArgument,
+                "factor cache: cannot create the folder '" << folder_ << "'" << (ec ? ": " + ec.message() : ""));
+}
+
+std::string FactorCache::key(const TensorView& view, Precision precision) {
+  const auto span = view.byte_span();
+  const unsigned char* first = static_cast<const unsigned char*>(view.data) + span.first;
+  const uint64_t seed = mix64(static_cast<uint64_t>(view.rows) * 0x100000001b3ULL ^
+                              mix64(static_cast<uint64_t>(view.cols)) ^ mix64(static_cast<uint64_t>(view.row_stride) + 7) ^
+                              mix64(static_cast<uint64_t>(view.col_stride) + 13) ^
+                              mix64(static_cast<uint64_t>(view.dtype) + 101) ^
+                              mix64(static_cast<uint64_t>(span.first) + 1009));
+  const auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
+  char text[40];
+  std::snprintf(text, sizeof(text), "%016llx%016llx", static_cast<unsigned long long>(h.first),
+                static_cast<unsigned long long>(h.second));
+  return std::string(text) + (precision == Precision::F32 ? ".f32" : ".f64");
+}
+
+template <class T>
+bool FactorCache::load(const std::string& key, Decomposition<T>& out) const {
+  std::ifstream in(fs::path(folder_) / (key + ".svd"), std::ios::binary);
+  if (!in) return false;
+  char magic[8];
+  int64_t dims[3];
+  int32_t element = 0;
+  in.read(magic, 8);
+  in.read(reinterpret_cast<char*>(dims), sizeof(dims));
+  in.read(reinterpret_cast<char*>(&element), sizeof(element));
+  if (!in || std::memcmp(magic, kFactorMagic, 8) != 0 || element != static_cast<int32_t>(sizeof(T))) return false;
+  const int64_t rows = dims[0], cols = dims[1], k = dims[2];
+  if (rows < 0 || cols < 0 || k != std::min(rows, cols)) return false;
+  Decomposition<T> d;
+  d.U = Matrix<T>(rows, k);
+  d.S.resize(static_cast<std::size_t>(k));
+  d.V = Matrix<T>(cols, k);
+  in.read(reinterpret_cast<char*>(d.U.data()), static_cast<std::streamsize>(d.U.size() * sizeof(T)));
+  in.read(reinterpret_cast<char*>(d.S.data()), static_cast<std::streamsize>(d.S.size() * sizeof(T)));
+  in.read(reinterpret_cast<char*>(d.V.data()), static_cast<std::streamsize>(d.V.size() * sizeof(T)));
+  if (!in) return false;  // truncated: recompute
+  out = std::move(d);
+  return true;
+}
+
+template <class T>
+void FactorCache::store(const std::string& key, const Decomposition<T>& d) const {
+  const fs::path final_path = fs::path(folder_) / (key + ".svd");
+  const fs::path temp_path = fs::path(folder_) / (key + ".svd.tmp" + std::to_string(::getpid()));
+  {
+    std::ofstream out(temp_path, std::ios::binary | std::ios::trunc);
+    POSTSVD_CHECK(out.good(), Error, "factor cache: cannot write " << temp_path.string());
+    const int64_t dims[3] = {d.U.rows(), d.V.rows(), d.U.cols()};
+    const int32_t element = static_cast<int32_t>(sizeof(T));
+    out.write(kFactorMagic, 8);
+    out.write(reinterpret_cast<const char*>(dims), sizeof(dims));
+    out.write(reinterpret_cast<const char*>(&element), sizeof(element));
+    out.write(reinterpret_cast<const char*>(d.U.data()), static_cast<std::streamsize>(d.U.size() * sizeof(T)));
+    out.write(reinterpret_cast<const char*>(d.S.data()), static_cast<std::streamsize>(d.S.size() * sizeof(T)));
+    out.write(reinterpret_cast<const char*>(d.V.data()), static_cast<std::streamsize>(d.V.size() * sizeof(T)));
+    out.close();
+    if (!out.good()) {
+      std::error_code ec;
+      fs::remove(temp_path, ec);
+      POSTSVD_THROW(Error, "factor cache: write failed for " << temp_path.string() << " (disk full?)");
+    }
+  }
+  std::error_code ec;
+  fs::rename(temp_path, final_path, ec);
+  POSTSVD_CHECK(!ec, Error, "factor cache: cannot rename " << temp_path.string() << ": " << ec.message());
+}
+
+template <class T>
+Decomposition<T> decompose_cached(Backend& backend, FactorCache* cache, const TensorView& view, bool* loaded) {
+  constexpr Precision precision = std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
+  if (loaded != nullptr) *loaded = false;
+  std::string key;
+  if (cache != nullptr) {
+    key = FactorCache::key(view, precision);
+    Decomposition<T> d;
+    if (cache->load(key, d) && d.U.rows() == view.rows && d.V.rows() == view.cols) {
+      if (loaded != nullptr) *loaded = true;
+      return d;
+    }
+  }
+  Decomposition<T> d;
+  if constexpr (std::is_same<T, float>::value) {
+    d = backend.decompose_f32(view);
+  } else {
+    d = backend.decompose_f64(view);
+  }
+  if (cache != nullptr) cache->store(key, d);
+  return d;
+}
+
+template bool FactorCache::load<float>(const std::string&, Decomposition<float>&) const;
+template bool FactorCache::load<double>(const std::string&, Decomposition<double>&) const;
+template void FactorCache::store<float>(const std::string&, const Decomposition<float>&) const;
+template void FactorCache::store<double>(const std::string&, const Decomposition<double>&) const;
+template Decomposition<float> decompose_cached<float>(Backend&, FactorCache*, const TensorView&, bool*);
+template Decomposition<double> decompose_cached<double>(Backend&, FactorCache*, const TensorView&, bool*);
+
+namespace {
+
+template <class T>
+PairMeasures measure_cached(Backend& backend, FactorCache& cache, const PairInput& pair, const MeasureOptions& options,
+                            CacheCounts& counts) {
+  bool loaded_base = false, loaded_post = false;
+  const Decomposition<T> base = decompose_cached<T>(backend, &cache, pair.base, &loaded_base);
+  const Decomposition<T> post = decompose_cached<T>(backend, &cache, pair.post, &loaded_post);
+  counts.loaded += int64_t{loaded_base} + int64_t{loaded_post};
+  counts.computed += int64_t{!loaded_base} + int64_t{!loaded_post};
+  return measures_from(base, post, options);
+}
+
+}  // namespace
+
+std::vector<PairMeasures> compare_cached(Backend& backend, FactorCache& cache, const std::vector<PairInput>& pairs,
+                                         const MeasureOptions& options, CacheCounts* counts) {
+  POSTSVD_CHECK(options.leading_k >= 0, InvalidArgument, "leading_k: expected >= 0, got " << options.leading_k);
+  for (std::size_t i = 0; i < pairs.size(); ++i)
+    POSTSVD_CHECK(pairs[i].base.rows == pairs[i].post.rows && pairs[i].base.cols == pairs[i].post.cols, InvalidArgument,
+                  "pair " << i << ": base '" << pairs[i].base.name << "' is [" << pairs[i].base.rows << ", "
+                          << pairs[i].base.cols << "] but post '" << pairs[i].post.name << "' is [" << pairs[i].post.rows
+                          << ", " << pairs[i].post.cols << "]; expected equal shapes");
+  CacheCounts total;
+  std::vector<PairMeasures> out;
+  out.reserve(pairs.size());
+  for (const PairInput& pair : pairs)
+    out.push_back(options.precision == Precision::F64 ? measure_cached<double>(backend, cache, pair, options, total)
+                                                      : measure_cached<float>(backend, cache, pair, options, total));
+  if (counts != nullptr) *counts = total;
+  return out;
+}
+
+}  // namespace postsvd

@@ -1,0 +1,138 @@
+// compare_cached: the same measures as Backend::compare, each decomposition
+// computed once and then loaded, in both layouts and precisions.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "linalg_test_util.h"
+#include "postsvd/backend.h"
+#include "postsvd/cache.h"
+#include "postsvd/error.h"
+
+namespace postsvd {
+namespace {
+
+namespace fs = std::filesystem;
+using postsvd_test::compose;
+using postsvd_test::decaying_spectrum;
+using postsvd_test::random_orthonormal;
+using postsvd_test::store_conv1d;
+using postsvd_test::store_linear;
+
+fs::path fresh_folder(const std::string& name) {
+  const fs::path folder = fs::temp_directory_path() / ("postsvd_cache_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(folder);
+  return folder;
+}
+
+std::unique_ptr<Backend> cpu() {
+  BackendOptions options;
+  options.device = Device::CPU;
+  return make_backend(options);
+}
+
+template <class T>
+class CompareCached : public ::testing::Test {};
+using Precisions = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(CompareCached, Precisions);
+
+TYPED_TEST(CompareCached, MatchesBackendCompareAndLoadsOnTheSecondCall) {
+  using T = TypeParam;
+  std::mt19937_64 rng(42);
+  // A tall pair (linear layout) and a wide pair (Conv1D layout); post = base rotated and scaled.
+  const auto s = decaying_spectrum(24);
+  const auto u = random_orthonormal(40, 24, rng), v = random_orthonormal(24, 24, rng);
+  const auto r = random_orthonormal(24, 24, rng);
+  std::vector<double> scaled(s);
+  for (double& x : scaled) x *= 0.9;
+  const auto w_base = compose(u, s, v);
+  const auto w_post = compose(postsvd_test::multiply(u, false, r, false), scaled, postsvd_test::multiply(v, false, r, false));
+  const auto wide_base = compose(random_orthonormal(24, 24, rng), s, random_orthonormal(56, 24, rng));
+  const auto wide_post = compose(random_orthonormal(24, 24, rng), scaled, random_orthonormal(56, 24, rng));
+  const auto a = store_linear<T>(w_base, "tall.base"), b = store_linear<T>(w_post, "tall.post");
+  const auto c = store_conv1d<T>(wide_base, "wide.base"), d = store_conv1d<T>(wide_post, "wide.post");
+  const std::vector<PairInput> pairs = {{a.view, b.view}, {c.view, d.view}};
+
+  MeasureOptions options;
+  options.precision = std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
+  options.full_matrices = true;
+  const double tol = std::is_same<T, float>::value ? 2e-5 : 1e-11;
+
+  auto backend = cpu();
+  const auto plain = backend->compare(pairs, options);
+  const fs::path folder = fresh_folder(std::is_same<T, float>::value ? "f32" : "f64");
+  FactorCache cache(folder.string());
+  CacheCounts cold_counts, warm_counts;
+  const auto cold = compare_cached(*backend, cache, pairs, options, &cold_counts);
+  const auto warm = compare_cached(*backend, cache, pairs, options, &warm_counts);
+  EXPECT_EQ(cold_counts.computed, 4);
+  EXPECT_EQ(cold_counts.loaded, 0);
+  EXPECT_EQ(warm_counts.computed, 0);
+  EXPECT_EQ(warm_counts.loaded, 4);
+  ASSERT_EQ(cold.size(), 2u);
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    EXPECT_NEAR(cold[i].nf, plain[i].nf, tol);
+    EXPECT_NEAR(cold[i].scaling_stats.mean, plain[i].scaling_stats.mean, tol);
+    EXPECT_EQ(warm[i].nf, cold[i].nf);  // the same factors, loaded
+    for (int64_t j = 0; j < cold[i].k; ++j) {
+      EXPECT_NEAR(cold[i].sigma_base[j], plain[i].sigma_base[j], tol * plain[i].sigma_base[0]);
+      EXPECT_EQ(warm[i].sigma_post[j], cold[i].sigma_post[j]);
+      EXPECT_NEAR(cold[i].iorth_diag[j], plain[i].iorth_diag[j], 50 * tol);
+    }
+    ASSERT_EQ(warm[i].iorth.size(), cold[i].iorth.size());
+    for (int64_t e = 0; e < cold[i].iorth.size(); ++e) EXPECT_EQ(warm[i].iorth.data()[e], cold[i].iorth.data()[e]);
+  }
+  EXPECT_NEAR(cold[0].nf, 0.0, 1e3 * tol);     // related by one rotation: NF ~ 0
+  EXPECT_GT(cold[1].nf, 0.05);                 // unrelated
+  fs::remove_all(folder);
+}
+
+TEST(CompareCachedErrors, MismatchedShapesNameBothTensors) {
+  std::mt19937_64 rng(7);
+  const auto a = store_linear<float>(postsvd_test::gaussian(8, 6, rng), "layer.0.base");
+  const auto b = store_linear<float>(postsvd_test::gaussian(6, 8, rng), "layer.0.post");
+  const fs::path folder = fresh_folder("errors");
+  FactorCache cache(folder.string());
+  auto backend = cpu();
+  try {
+    compare_cached(*backend, cache, {{a.view, b.view}}, MeasureOptions{});
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("layer.0.base"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layer.0.post"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::is_empty(folder));  // nothing written for a refused call
+  fs::remove_all(folder);
+}
+
+// The cache is shared across backends: factors computed on the GPU serve a CPU comparison.
+TEST(CudaCompareCached, GpuFactorsServeACpuComparison) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device here (or a CPU-only build); run with ctest -L gpu";
+  std::mt19937_64 rng(11);
+  const auto a = store_linear<float>(postsvd_test::gaussian(64, 40, rng), "base");
+  const auto b = store_linear<float>(postsvd_test::gaussian(64, 40, rng), "post");
+  const std::vector<PairInput> pairs = {{a.view, b.view}};
+  BackendOptions gpu_options;
+  gpu_options.device = Device::CUDA;
+  auto gpu = make_backend(gpu_options);
+  auto host = cpu();
+  const fs::path folder = fresh_folder("cuda");
+  FactorCache cache(folder.string());
+  CacheCounts on_gpu, on_cpu;
+  const auto first = compare_cached(*gpu, cache, pairs, MeasureOptions{}, &on_gpu);
+  const auto second = compare_cached(*host, cache, pairs, MeasureOptions{}, &on_cpu);
+  const auto plain = host->compare(pairs, MeasureOptions{});
+  EXPECT_EQ(on_gpu.computed, 2);
+  EXPECT_EQ(on_cpu.loaded, 2);
+  EXPECT_EQ(second[0].nf, first[0].nf);
+  EXPECT_NEAR(second[0].nf, plain[0].nf, 1e-4);
+  for (int64_t j = 0; j < plain[0].k; ++j) EXPECT_NEAR(second[0].sigma_base[j], plain[0].sigma_base[j], 1e-5 * plain[0].sigma_base[0]);
+  fs::remove_all(folder);
+}
+
+}  // namespace
+}  // namespace postsvd
