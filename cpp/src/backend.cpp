@@ -4,6 +4,7 @@
 //   cuda_device_count(): 0 in a CPU build or where the driver / device is missing.
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "cpu/cpu_backend.h"
 #include "postsvd/backend.h"
@@ -37,6 +38,18 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   }
   POSTSVD_THROW(InvalidArgument, "make_backend: unknown device " << static_cast<int>(options.device)
                                                                   << "; expected CPU or CUDA");
+}
+
+std::pair<Decomposition<float>, Decomposition<float>> Backend::decompose_pair_f32(const TensorView& base,
+                                                                                  const TensorView& post) {
+  Decomposition<float> first = decompose_f32(base);
+  return {std::move(first), decompose_f32(post)};
+}
+
+std::pair<Decomposition<double>, Decomposition<double>> Backend::decompose_pair_f64(const TensorView& base,
+                                                                                    const TensorView& post) {
+  Decomposition<double> first = decompose_f64(base);
+  return {std::move(first), decompose_f64(post)};
 }
 
 bool has_cuda() { return cuda_device_count() > 0; }

@@ -156,17 +156,55 @@ template void FactorCache::store<double>(const std::string&, const Decomposition
 template Decomposition<float> decompose_cached<float>(Backend&, FactorCache*, const TensorView&, bool*);
 template Decomposition<double> decompose_cached<double>(Backend&, FactorCache*, const TensorView&, bool*);
 
+template <class T>
+std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& backend, FactorCache* cache,
+                                                                    const TensorView& base, const TensorView& post,
+                                                                    bool* loaded_base, bool* loaded_post) {
+  constexpr Precision precision = std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
+  std::pair<Decomposition<T>, Decomposition<T>> out;
+  bool have_base = false, have_post = false;
+  std::string key_base, key_post;
+  if (cache != nullptr) {
+    key_base = FactorCache::key(base, precision);
+    key_post = FactorCache::key(post, precision);
+    have_base = cache->load(key_base, out.first) && out.first.U.rows() == base.rows && out.first.V.rows() == base.cols;
+    have_post = cache->load(key_post, out.second) && out.second.U.rows() == post.rows && out.second.V.rows() == post.cols;
+  }
+  if (!have_base && !have_post) {
+    if constexpr (std::is_same<T, float>::value) {
+      out = backend.decompose_pair_f32(base, post);
+    } else {
+      out = backend.decompose_pair_f64(base, post);
+    }
+  } else if (!have_base) {
+    out.first = decompose_cached<T>(backend, nullptr, base);
+  } else if (!have_post) {
+    out.second = decompose_cached<T>(backend, nullptr, post);
+  }
+  if (cache != nullptr) {
+    if (!have_base) cache->store(key_base, out.first);
+    if (!have_post && key_post != key_base) cache->store(key_post, out.second);
+  }
+  if (loaded_base != nullptr) *loaded_base = have_base;
+  if (loaded_post != nullptr) *loaded_post = have_post;
+  return out;
+}
+
+template std::pair<Decomposition<float>, Decomposition<float>> decompose_pair_cached<float>(
+    Backend&, FactorCache*, const TensorView&, const TensorView&, bool*, bool*);
+template std::pair<Decomposition<double>, Decomposition<double>> decompose_pair_cached<double>(
+    Backend&, FactorCache*, const TensorView&, const TensorView&, bool*, bool*);
+
 namespace {
 
 template <class T>
 PairMeasures measure_cached(Backend& backend, FactorCache& cache, const PairInput& pair, const MeasureOptions& options,
                             CacheCounts& counts) {
   bool loaded_base = false, loaded_post = false;
-  const Decomposition<T> base = decompose_cached<T>(backend, &cache, pair.base, &loaded_base);
-  const Decomposition<T> post = decompose_cached<T>(backend, &cache, pair.post, &loaded_post);
+  const auto both = decompose_pair_cached<T>(backend, &cache, pair.base, pair.post, &loaded_base, &loaded_post);
   counts.loaded += int64_t{loaded_base} + int64_t{loaded_post};
   counts.computed += int64_t{!loaded_base} + int64_t{!loaded_post};
-  return measures_from(base, post, options);
+  return measures_from(both.first, both.second, options);
 }
 
 }  // namespace

@@ -511,8 +511,10 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
     t0 = clock::now();
     const TensorView post_view = view_of(p.checkpoint, *s);
     bool loaded_base = false, loaded_post = false, loaded_ref = true;
-    const Decomposition<T> dec_base = decompose_cached<T>(*backend, cache.get(), view_of(b.checkpoint, sb), &loaded_base);
-    const Decomposition<T> dec_post = decompose_cached<T>(*backend, cache.get(), post_view, &loaded_post);
+    const auto both = decompose_pair_cached<T>(*backend, cache.get(), view_of(b.checkpoint, sb), post_view, &loaded_base,
+                                               &loaded_post);
+    const Decomposition<T>& dec_base = both.first;
+    const Decomposition<T>& dec_post = both.second;
     Decomposition<T> dec_ref;
     if (r) {
       const MatrixSource& sr = counterpart(r->architecture, *s, request.ref);

@@ -109,6 +109,42 @@ TEST(CompareCachedErrors, MismatchedShapesNameBothTensors) {
   fs::remove_all(folder);
 }
 
+// Backend::decompose_pair: side by side on two threads, one after the other on
+// one; the same factors either way, and the base's error wins.
+TEST(DecomposePair, SideBySideEqualsOneAfterTheOther) {
+  std::mt19937_64 rng(5);
+  const auto a = store_linear<double>(postsvd_test::gaussian(30, 20, rng), "pair.base");
+  const auto b = store_conv1d<double>(postsvd_test::gaussian(30, 20, rng), "pair.post");
+  BackendOptions two, one;
+  two.num_threads = 2;
+  one.num_threads = 1;
+  auto side_by_side = make_backend(two);
+  auto in_turn = make_backend(one);
+  const auto p = side_by_side->decompose_pair_f64(a.view, b.view);
+  const auto q = in_turn->decompose_pair_f64(a.view, b.view);
+  const auto single = in_turn->decompose_f64(b.view);
+  for (std::size_t j = 0; j < p.first.S.size(); ++j) {
+    EXPECT_NEAR(p.first.S[j], q.first.S[j], 1e-12 * q.first.S[0]);
+    EXPECT_NEAR(p.second.S[j], single.S[j], 1e-12 * single.S[0]);
+  }
+  EXPECT_LT(postsvd_test::orthogonality_error(postsvd_test::to_double(p.second.U)), 1e-12);
+
+  auto bad_a = a;
+  auto bad_b = b;
+  bad_a.storage[3] = std::nan("");
+  bad_b.storage[4] = std::nan("");
+  bad_a.view.data = bad_a.storage.data();
+  bad_b.view.data = bad_b.storage.data();
+  for (Backend* backend : {side_by_side.get(), in_turn.get()}) {
+    try {
+      backend->decompose_pair_f32(bad_a.view, bad_b.view);
+      FAIL() << "expected an error for NaN weights";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("pair.base"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // The cache is shared across backends: factors computed on the GPU serve a CPU comparison.
 TEST(CudaCompareCached, GpuFactorsServeACpuComparison) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device here (or a CPU-only build); run with ctest -L gpu";

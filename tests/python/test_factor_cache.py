@@ -83,7 +83,8 @@ def test_a_damaged_cache_file_is_recomputed(family, tmp_path):
     (cache / files[1]).write_bytes(b"not a factor file")
     again = postsvd.compare(base, post_a, progress=False, cache=cache)
     assert again.decompositions == {"computed": 2, "loaded": 2 * PAIRS - 2}
-    np.testing.assert_array_equal(again.table["nf"], cold.table["nf"])
+    # Recomputed alone (all BLAS threads) rather than side by side: equal to rounding.
+    np.testing.assert_allclose(again.table["nf"], cold.table["nf"], rtol=1e-4, atol=1e-7)
     assert victim.stat().st_size > 100  # rewritten whole
 
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "postsvd/measures.h"
@@ -40,6 +41,14 @@ class Backend {
   /// Reduced SVD of one matrix, sign rule applied.
   virtual Decomposition<float> decompose_f32(const TensorView& w) = 0;
   virtual Decomposition<double> decompose_f64(const TensorView& w) = 0;
+
+  /// Both matrices of a pair (base first). The default decomposes them one
+  /// after the other; a backend may overlap them (the CPU backend does on two
+  /// cores). On failure the base's error is the one thrown.
+  virtual std::pair<Decomposition<float>, Decomposition<float>> decompose_pair_f32(const TensorView& base,
+                                                                                   const TensorView& post);
+  virtual std::pair<Decomposition<double>, Decomposition<double>> decompose_pair_f64(const TensorView& base,
+                                                                                     const TensorView& post);
 
   /// Measures of every pair, in input order. A backend may batch and overlap
   /// the pairs; memory stays bounded by the pairs of one call.

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "postsvd/backend.h"
@@ -37,6 +38,16 @@ class FactorCache {
 /// `loaded` (when not null) is set to whether the cache answered.
 template <class T>
 Decomposition<T> decompose_cached(Backend& backend, FactorCache* cache, const TensorView& view, bool* loaded = nullptr);
+
+/// A pair's two decompositions through the cache (nullptr = none): loaded where
+/// there; where both are missing, computed together by backend.decompose_pair_*
+/// (side by side on a two-core CPU). `loaded_base` / `loaded_post` (when not
+/// null) say which the cache answered.
+template <class T>
+std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& backend, FactorCache* cache,
+                                                                    const TensorView& base, const TensorView& post,
+                                                                    bool* loaded_base = nullptr,
+                                                                    bool* loaded_post = nullptr);
 
 /// How many decompositions a cached call computed and how many it loaded.
 struct CacheCounts {

@@ -236,35 +236,42 @@ bool decompose_side_by_side(int num_threads) {
 }
 
 template <class T>
-PairMeasures measure_pair(const PairInput& pair, const MeasureOptions& options, int num_threads) {
-  // Both factor sets die at the end of this function, before the next pair starts.
+std::pair<Decomposition<T>, Decomposition<T>> decompose_both(const TensorView& base_view, const TensorView& post_view,
+                                                            int num_threads) {
+  set_blas_threads(num_threads);
+  if (!decompose_side_by_side(num_threads)) {
+    Decomposition<T> base = reduced_svd<T>(base_view);
+    return {std::move(base), reduced_svd<T>(post_view)};
+  }
   Decomposition<T> base;
   Decomposition<T> post;
-  if (decompose_side_by_side(num_threads)) {
-    set_blas_threads(1);
-    std::exception_ptr post_error;
-    {
-      std::future<Decomposition<T>> base_job =
-          std::async(std::launch::async, [&pair] { return reduced_svd<T>(pair.base); });
-      try {
-        post = reduced_svd<T>(pair.post);
-      } catch (...) {
-        post_error = std::current_exception();
-      }
-      try {
-        base = base_job.get();
-      } catch (...) {
-        set_blas_threads(num_threads);
-        throw;  // the base error first: it names the tensor the caller listed first
-      }
+  set_blas_threads(1);
+  std::exception_ptr post_error;
+  {
+    std::future<Decomposition<T>> base_job =
+        std::async(std::launch::async, [&base_view] { return reduced_svd<T>(base_view); });
+    try {
+      post = reduced_svd<T>(post_view);
+    } catch (...) {
+      post_error = std::current_exception();
     }
-    set_blas_threads(num_threads);  // the products of measures_from use every thread
-    if (post_error) std::rethrow_exception(post_error);
-  } else {
-    base = reduced_svd<T>(pair.base);
-    post = reduced_svd<T>(pair.post);
+    try {
+      base = base_job.get();
+    } catch (...) {
+      set_blas_threads(num_threads);
+      throw;  // the base error first: it names the tensor the caller listed first
+    }
   }
-  return measures_from(base, post, options);
+  set_blas_threads(num_threads);  // the products of measures_from use every thread
+  if (post_error) std::rethrow_exception(post_error);
+  return {std::move(base), std::move(post)};
+}
+
+template <class T>
+PairMeasures measure_pair(const PairInput& pair, const MeasureOptions& options, int num_threads) {
+  // Both factor sets die at the end of this function, before the next pair starts.
+  const auto both = decompose_both<T>(pair.base, pair.post, num_threads);
+  return measures_from(both.first, both.second, options);
 }
 
 }  // namespace
@@ -295,6 +302,16 @@ std::vector<PairMeasures> CpuBackend::compare(const std::vector<PairInput>& pair
     }
   }
   return results;
+}
+
+std::pair<Decomposition<float>, Decomposition<float>> CpuBackend::decompose_pair_f32(const TensorView& base,
+                                                                                     const TensorView& post) {
+  return decompose_both<float>(base, post, num_threads_);
+}
+
+std::pair<Decomposition<double>, Decomposition<double>> CpuBackend::decompose_pair_f64(const TensorView& base,
+                                                                                       const TensorView& post) {
+  return decompose_both<double>(base, post, num_threads_);
 }
 
 std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options) { return std::make_unique<CpuBackend>(options); }

@@ -32,6 +32,11 @@ class CpuBackend final : public Backend {
   std::string name() const override;
   Decomposition<float> decompose_f32(const TensorView& w) override;
   Decomposition<double> decompose_f64(const TensorView& w) override;
+  /// On two cores the two SVDs run side by side, one BLAS thread each.
+  std::pair<Decomposition<float>, Decomposition<float>> decompose_pair_f32(const TensorView& base,
+                                                                           const TensorView& post) override;
+  std::pair<Decomposition<double>, Decomposition<double>> decompose_pair_f64(const TensorView& base,
+                                                                             const TensorView& post) override;
   /// Pairs one after the other; only one pair's factors are alive at a time. On
   /// two cores the base and post SVDs of a pair run side by side (one BLAS thread each).
   std::vector<PairMeasures> compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) override;
