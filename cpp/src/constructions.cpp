@@ -247,9 +247,12 @@ SharedRotation shared_rotation(const Matrix<double>& q1, const Matrix<double>& q
   out.defect2 = distance_to_identity(gram2) / static_cast<double>(k);
   const Matrix<double> p1 = polar_from_gram(q1, std::move(gram1));
   const Matrix<double> p2 = polar_from_gram(q2, std::move(gram2));
-  Matrix<double> sum = p1.clone();
-  for (int64_t i = 0; i < sum.size(); ++i) sum.data()[i] += p2.data()[i];
-  Matrix<double> q = polar_factor(sum);
+  // polar(P1 + P2) = polar((P1 + P2) / 2), and the mean is nearly orthogonal when the residual
+  // rotation P1^T P2 is small (singular values cos(theta_i / 2)): Newton-Schulz then converges in
+  // a few GEMMs instead of the k x k SVD that the unscaled sum (singular values ~2) always needed.
+  Matrix<double> mean = p1.clone();
+  for (int64_t i = 0; i < mean.size(); ++i) mean.data()[i] = 0.5 * (mean.data()[i] + p2.data()[i]);
+  Matrix<double> q = polar_factor(mean);
   const Matrix<double> r1 = multiply(q, true, p1, false);  // polar(dQ1)
   const Matrix<double> r2 = multiply(q, true, p2, false);  // polar(dQ2)
   out.residual1 = summarize(rotation_angles_deg(r1));

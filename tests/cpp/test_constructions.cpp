@@ -273,17 +273,21 @@ TEST(Eq13, SharedRotationIsTheMidpoint) {
   const Mat p = random_orthonormal(k, k, rng);
   const double deg = M_PI / 180.0;
   // Q1 = Q R(+t), Q2 = Q R(-t): shared Q, residual angles t (twice) and s (twice).
-  const Mat q1 = naive_product(q, false, plane_rotation(k, 12 * deg, 4 * deg, p), false);
-  const Mat q2 = naive_product(q, false, plane_rotation(k, -12 * deg, -4 * deg, p), false);
-  const SharedRotation rot = shared_rotation(q1, q2, true);
-  EXPECT_LT(max_abs_diff(rot.q, q), 1e-9);
-  EXPECT_NEAR(rot.residual1.max_deg, 12.0, 1e-6);
-  EXPECT_NEAR(rot.residual2.max_deg, 12.0, 1e-6);
-  EXPECT_NEAR(rot.residual1.mean_deg, (2 * 12.0 + 2 * 4.0) / k, 1e-6);
-  EXPECT_NEAR(rot.defect1, 0.0, 1e-12);
-  // Q1 = Q dQ1 exactly.
-  EXPECT_LT(max_abs_diff(naive_product(rot.q, false, rot.dq1, false), q1), 1e-12);
-  EXPECT_LT(max_abs_diff(naive_product(rot.q, false, rot.dq2, false), q2), 1e-12);
+  // Small angles take the Newton-Schulz path for polar((P1 + P2) / 2); large ones the SVD.
+  for (const auto& ts : {std::pair<double, double>{12, 4}, std::pair<double, double>{70, 50}}) {
+    SCOPED_TRACE(ts.first);
+    const Mat q1 = naive_product(q, false, plane_rotation(k, ts.first * deg, ts.second * deg, p), false);
+    const Mat q2 = naive_product(q, false, plane_rotation(k, -ts.first * deg, -ts.second * deg, p), false);
+    const SharedRotation rot = shared_rotation(q1, q2, true);
+    EXPECT_LT(max_abs_diff(rot.q, q), 1e-9);
+    EXPECT_NEAR(rot.residual1.max_deg, ts.first, 1e-6);
+    EXPECT_NEAR(rot.residual2.max_deg, ts.first, 1e-6);
+    EXPECT_NEAR(rot.residual1.mean_deg, (2 * ts.first + 2 * ts.second) / k, 1e-6);
+    EXPECT_NEAR(rot.defect1, 0.0, 1e-12);
+    // Q1 = Q dQ1 exactly.
+    EXPECT_LT(max_abs_diff(naive_product(rot.q, false, rot.dq1, false), q1), 1e-12);
+    EXPECT_LT(max_abs_diff(naive_product(rot.q, false, rot.dq2, false), q2), 1e-12);
+  }
 }
 
 TEST(Eq13, EqualRotationsGiveZeroAnglesAndNearOrthogonalInputsUsePolarFactors) {
