@@ -1,4 +1,6 @@
 """Bad arguments give clear errors that say what was expected and what came."""
+import os
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,16 @@ def test_every_public_name_has_a_docstring():
                 if not (getattr(member, "__doc__", None) or "").strip():
                     missing.append(f"{name}.{attr}")
     assert not missing, missing
+
+
+def test_a_source_tree_without_the_compiled_core_says_how_to_build(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    source = os.path.dirname(postsvd.__file__)
+    shutil.copytree(source, tmp_path / "postsvd", ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+    done = subprocess.run([sys.executable, "-c", "import postsvd"], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert done.returncode != 0
+    assert "postsvd._core" in done.stderr and "pip install ." in done.stderr, done.stderr[-2000:]
