@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -102,7 +103,10 @@ bool FactorCache::load(const std::string& key, Decomposition<T>& out) const {
 template <class T>
 void FactorCache::store(const std::string& key, const Decomposition<T>& d) const {
   const fs::path final_path = fs::path(folder_) / (key + ".svd");
-  const fs::path temp_path = fs::path(folder_) / (key + ".svd.tmp" + std::to_string(::getpid()));
+  // Unique per process and call: threads or processes storing the same key never share a temporary file.
+  static std::atomic<uint64_t> serial{0};
+  const fs::path temp_path =
+      fs::path(folder_) / (key + ".svd.tmp" + std::to_string(::getpid()) + "." + std::to_string(serial.fetch_add(1)));
   {
     std::ofstream out(temp_path, std::ios::binary | std::ios::trunc);
     POSTSVD_CHECK(out.good(), Error, "factor cache: cannot write " << temp_path.string());

@@ -302,7 +302,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             kind table gives the Table 4 alpha' without decomposing again.
         cache: a factor cache folder: decompositions are loaded from it when
             present and saved to it otherwise, so later constructions of the same
-            models (10, 11, 15, 16, ...) decompose nothing again.
+            models (10, 11, 15, 16, ...) decompose nothing again. The same folder
+            given to :func:`postsvd.compare` (``cache=``) shares its decompositions.
         rotations: compute the Eq. 13 summary (costs a few k x k products per matrix).
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
 
@@ -561,7 +562,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' / 'cuda:N' in a CUDA build")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
     parser.add_argument("--cache", default=None, metavar="DIR",
-                        help="factor cache folder: reuse (and save) decompositions across constructions")
+                        help="factor cache folder: reuse (and save) decompositions across constructions and "
+                             "comparisons (`postsvd compare --cache DIR`)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
     parser.add_argument("--table", default=None, metavar="FILE", help="also write the per-matrix table as CSV")
     parser.add_argument("--no-rotations", action="store_true", help="skip the Eq. 13 summary")

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <thread>
+#include <atomic>
 #include <vector>
 
 #include "linalg_test_util.h"
@@ -106,6 +108,43 @@ TEST(CompareCachedErrors, MismatchedShapesNameBothTensors) {
     EXPECT_NE(std::string(e.what()).find("layer.0.post"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(fs::is_empty(folder));  // nothing written for a refused call
+  fs::remove_all(folder);
+}
+
+// Threads storing the same key at once (two comparisons of one base in one
+// process): each write goes through its own temporary file, the last rename wins,
+// and the file is always whole.
+TEST(FactorCacheStore, ConcurrentStoresOfOneKeyLeaveAWholeFile) {
+  std::mt19937_64 rng(3);
+  const auto a = store_linear<float>(postsvd_test::gaussian(20, 12, rng), "shared");
+  auto backend = cpu();
+  const Decomposition<float> d = backend->decompose_f32(a.view);
+  const fs::path folder = fresh_folder("threads");
+  FactorCache cache(folder.string());
+  const std::string key = FactorCache::key(a.view, Precision::F32);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 40; ++i) {
+        try {
+          cache.store(key, d);
+        } catch (const std::exception&) {
+          ++failures;
+        }
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  Decomposition<float> loaded;
+  ASSERT_TRUE(cache.load(key, loaded));
+  EXPECT_EQ(loaded.S, d.S);
+  int files = 0;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    (void)entry;
+    ++files;
+  }
+  EXPECT_EQ(files, 1);  // no temporary left behind
   fs::remove_all(folder);
 }
 
