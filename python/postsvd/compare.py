@@ -110,6 +110,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         if source["layer"] in layer_set and source["kind"] in kind_set:
             batches.setdefault(source["layer"], []).append(index)
     total = sum(len(b) for b in batches.values())
+    if cache_path:
+        _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
 
     from tqdm.auto import tqdm
 
@@ -129,6 +131,42 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             bar.update(len(indices))
     elapsed = time.perf_counter() - started
     return Comparison(comparator, records, chosen_layers, chosen_kinds, elapsed)
+
+
+def cache_bytes_needed(sources: Sequence[Dict[str, Any]], dtype: str = "float32") -> int:
+    """Upper bound on the factor cache bytes for these matrices (both models, nothing cached yet):
+    U [in, k], S [k] and V [out, k] per matrix and model, in the working precision."""
+    item = 8 if dtype == "float64" else 4
+    total = 0
+    for s in sources:
+        m, n = int(s["in_features"]), int(s["out_features"])
+        total += 2 * ((m + n + 1) * min(m, n) * item + 64)
+    return total
+
+
+def _warn_if_cache_may_not_fit(cache_path: str, sources: Sequence[Dict[str, Any]], dtype: str) -> None:
+    import shutil
+    import warnings
+
+    need = cache_bytes_needed(sources, dtype)
+    probe = cache_path
+    while not os.path.exists(probe):  # the folder is created on first use: ask its nearest existing parent
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        warnings.warn(f"cache: filling '{cache_path}' for this comparison may need up to {_size(need)} "
+                      f"(less for matrices already cached), but only {_size(free)} are free there; a "
+                      f"full disk stops the comparison with an error", UserWarning, stacklevel=3)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _short_name(path: str) -> str:

@@ -110,3 +110,24 @@ def test_cli_compare_with_two_posts_shares_the_cache(family, tmp_path, capsys):
     assert runs[1]["decompositions"] == {"computed": PAIRS, "loaded": PAIRS}
     assert runs[1]["factor_cache"] == str(cache)
     assert "factor cache: 14 decompositions loaded, 14 computed" in capsys.readouterr().out
+
+
+def test_the_cache_size_estimate_bounds_the_files_and_warns_when_the_disk_is_short(family, tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    from postsvd.compare import cache_bytes_needed
+
+    base, post_a, _ = family
+    cache = tmp_path / "factors"
+    result = postsvd.compare(base, post_a, progress=False, cache=cache)
+    written = sum(f.stat().st_size for f in cache.iterdir())
+    sources = [s for s in result._comparator.architecture["matrices"]]
+    estimate = cache_bytes_needed(sources)
+    assert written <= estimate <= 1.05 * written
+    assert cache_bytes_needed(sources, "float64") > 1.9 * estimate
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.warns(UserWarning, match=r"cache: filling .* may need up to [0-9.]+ KiB .* only 1000 bytes are free"):
+        postsvd.compare(base, post_a, progress=False, cache=tmp_path / "new" / "factors")
