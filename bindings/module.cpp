@@ -390,7 +390,9 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "postsvd C++ core (private; import postsvd instead)";
   register_errors(m);
 
-  m.def("has_cuda", &postsvd::has_cuda, "True when this build has the CUDA backend.");
+  m.def("has_cuda", &postsvd::has_cuda, "True when this build has the CUDA backend and sees at least one GPU.");
+  m.def("built_with_cuda", &postsvd::built_with_cuda,
+        "True when this build has the CUDA backend (POSTSVD_ENABLE_CUDA=ON), whether or not a GPU is visible.");
   m.def("cuda_device_count", &postsvd::cuda_device_count,
         "Number of visible CUDA devices (0 where none or not built with CUDA).");
   m.def("build_info", &postsvd::build_info, "Compiler, BLAS/LAPACK and CUDA versions of this build.");

@@ -54,6 +54,14 @@ std::pair<Decomposition<double>, Decomposition<double>> Backend::decompose_pair_
 
 bool has_cuda() { return cuda_device_count() > 0; }
 
+bool built_with_cuda() {
+#ifdef POSTSVD_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
 int cuda_device_count() {
 #ifdef POSTSVD_WITH_CUDA
   return cuda_device_count_impl();

@@ -57,8 +57,14 @@ except PackageNotFoundError:  # running from a source tree
 
 
 def has_cuda() -> bool:
-    """True when this build has the CUDA backend (``POSTSVD_ENABLE_CUDA=ON``)."""
+    """True when ``device='cuda'`` can run: this build has the CUDA backend
+    (``POSTSVD_ENABLE_CUDA=ON``) and sees at least one GPU."""
     return bool(_core.has_cuda())
+
+
+def built_with_cuda() -> bool:
+    """True when this build has the CUDA backend, whether or not a GPU is visible here."""
+    return bool(_core.built_with_cuda())
 
 
 def cuda_device_count() -> int:
@@ -88,6 +94,7 @@ __all__ = [
     "supported_model_types",
     "random_rotation_nf",
     "has_cuda",
+    "built_with_cuda",
     "cuda_device_count",
     "build_info",
     "KINDS",

@@ -9,7 +9,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from .errors import BadCheckpointError, InvalidArgumentError, NotBuiltWithCudaError
+from .errors import BackendError, BadCheckpointError, InvalidArgumentError, NotBuiltWithCudaError
 
 #: The projection kinds, in the paper's order.
 KINDS: Tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
@@ -57,11 +57,13 @@ def normalize_device(device) -> Tuple[str, List[int]]:
     if match is None:
         raise InvalidArgumentError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     ids = [int(i) for i in match.group(1).split(",")] if match.group(1) else []
-    if not _core.has_cuda():
+    if not _core.built_with_cuda():
         raise NotBuiltWithCudaError(f"device={device!r}: this postsvd build has no CUDA backend; {GPU_BUILD_HINT}")
     count = _core.cuda_device_count()
     if count == 0:
-        raise NotBuiltWithCudaError(f"device={device!r}: postsvd was built with CUDA but sees no CUDA device")
+        cuda = _core.build_info().partition("CUDA: ")[2]
+        raise BackendError(f"device={device!r}: this postsvd has the CUDA backend but sees no CUDA device "
+                           f"(no GPU here, no driver, or CUDA_VISIBLE_DEVICES hides them; {cuda}); use device='cpu'")
     for i in ids:
         if i >= count:
             raise InvalidArgumentError(f"device={device!r}: CUDA device {i} does not exist; devices 0..{count - 1}")

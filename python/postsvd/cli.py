@@ -228,7 +228,8 @@ def run_build_info(args) -> int:
 
     print(f"postsvd {postsvd.__version__}")
     print(postsvd.build_info())
-    print(f"has_cuda: {postsvd.has_cuda()}, cuda devices: {postsvd.cuda_device_count()}")
+    print(f"built with CUDA: {postsvd.built_with_cuda()}, has_cuda: {postsvd.has_cuda()}, "
+          f"cuda devices: {postsvd.cuda_device_count()}")
     return 0
 
 

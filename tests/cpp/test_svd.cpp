@@ -236,6 +236,7 @@ TEST(CpuBackend, CapabilityProbes) {
   EXPECT_NE(info.find("postsvd"), std::string::npos) << info;
   EXPECT_NE(info.find("BLAS"), std::string::npos) << info;
 #ifndef POSTSVD_WITH_CUDA
+  EXPECT_FALSE(postsvd::built_with_cuda());
   EXPECT_FALSE(postsvd::has_cuda());
   EXPECT_EQ(postsvd::cuda_device_count(), 0);
   postsvd::BackendOptions options;
@@ -243,6 +244,7 @@ TEST(CpuBackend, CapabilityProbes) {
   expect_error<postsvd::NotBuiltWithCuda>([&] { postsvd::make_backend(options); },
                                           {"POSTSVD_ENABLE_CUDA=ON pip install ."});
 #else
+  EXPECT_TRUE(postsvd::built_with_cuda());
   EXPECT_EQ(postsvd::has_cuda(), postsvd::cuda_device_count() > 0);
 #endif
 }

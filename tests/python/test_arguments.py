@@ -35,7 +35,7 @@ def test_compare_argument_errors(related_pair, kwargs, error, message):
         postsvd.compare(related_pair.base, related_pair.post, progress=False, **kwargs)
 
 
-@pytest.mark.skipif(postsvd.has_cuda(), reason="checks the CPU build's message")
+@pytest.mark.skipif(postsvd.built_with_cuda(), reason="checks the CPU build's message")
 def test_compare_cuda_in_cpu_build(related_pair):
     with pytest.raises(postsvd.NotBuiltWithCudaError, match="POSTSVD_ENABLE_CUDA=ON pip install"):
         postsvd.compare(related_pair.base, related_pair.post, device="cuda", progress=False)

@@ -108,7 +108,7 @@ def test_svd_rejects_bad_dtype_and_device(rng):
         postsvd.svd(w, device="tpu")
 
 
-@pytest.mark.skipif(postsvd.has_cuda(), reason="checks the CPU build's message")
+@pytest.mark.skipif(postsvd.built_with_cuda(), reason="checks the CPU build's message")
 def test_cuda_in_cpu_build_says_how_to_build_it(rng):
     with pytest.raises(postsvd.NotBuiltWithCudaError, match="POSTSVD_ENABLE_CUDA=ON") as info:
         postsvd.svd(rng.standard_normal((4, 4)), device="cuda")
@@ -116,10 +116,10 @@ def test_cuda_in_cpu_build_says_how_to_build_it(rng):
 
 
 def test_capability_probes():
-    assert isinstance(postsvd.has_cuda(), bool)
+    assert isinstance(postsvd.has_cuda(), bool) and isinstance(postsvd.built_with_cuda(), bool)
     assert postsvd.cuda_device_count() >= 0
-    if not postsvd.has_cuda():
-        assert postsvd.cuda_device_count() == 0
+    assert postsvd.has_cuda() == (postsvd.built_with_cuda() and postsvd.cuda_device_count() > 0)
+    assert ("CUDA: not built" in postsvd.build_info()) != postsvd.built_with_cuda()
     info = postsvd.build_info()
     assert isinstance(info, str) and info
 
@@ -132,3 +132,13 @@ def test_error_hierarchy():
     for error in (postsvd.InvalidArgumentError, postsvd.BadCheckpointError, postsvd.BackendError,
                   postsvd.NotBuiltWithCudaError):
         assert issubclass(error, postsvd.PostsvdError)
+
+
+@pytest.mark.skipif(not postsvd.built_with_cuda() or postsvd.cuda_device_count() > 0,
+                    reason="checks a CUDA build on a machine without a GPU")
+def test_cuda_build_without_a_gpu_says_so_not_how_to_build(rng, related_pair):
+    for call in (lambda: postsvd.svd(rng.standard_normal((4, 4)), device="cuda"),
+                 lambda: postsvd.compare(related_pair.base, related_pair.post, device="cuda:0", progress=False)):
+        with pytest.raises(postsvd.BackendError, match="has the CUDA backend but sees no CUDA device") as info:
+            call()
+        assert "POSTSVD_ENABLE_CUDA" not in str(info.value) and "device='cpu'" in str(info.value)

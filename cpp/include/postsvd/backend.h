@@ -59,7 +59,8 @@ class Backend {
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);
 
 /// Capability probes, in every build.
-bool has_cuda();
+bool has_cuda();          // built with CUDA and at least one device visible
+bool built_with_cuda();   // the build has the CUDA backend (a device may still be missing)
 int cuda_device_count();  // 0 where none or not built with CUDA
 std::string build_info();  // compiler, BLAS, CUDA version, ...
 
