@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "postsvd/backend.h"
-#include "postsvd/cache.h"
 #include "postsvd/checkpoint.h"
+#include "postsvd/comparator.h"
 #include "postsvd/error.h"
 #include "postsvd/measures.h"
 #include "postsvd/types.h"
@@ -267,67 +267,6 @@ class PyBackend {
   std::unique_ptr<postsvd::Backend> backend_;
 };
 
-// ---------------------------------------------------------------- Comparator
-
-// Two checkpoints of one architecture and the backend that compares them.
-// Owns the memory maps; the pairs are decomposed in the batches the caller asks for.
-class Comparator {
- public:
-  Comparator(const std::string& base_folder, const std::string& post_folder, const std::string& device,
-             const std::string& precision, const std::vector<int>& device_ids, std::size_t memory_budget_bytes,
-             int num_threads, const std::string& factor_cache)
-      : precision_(parse_precision(precision)),
-        base_(base_folder),
-        post_(post_folder),
-        arch_base_(postsvd::detect_architecture(base_)),
-        arch_post_(postsvd::detect_architecture(post_)) {
-    postsvd::check_same_architecture(base_, arch_base_, post_, arch_post_);
-    backend_ = postsvd::make_backend(backend_options(device, device_ids, memory_budget_bytes, num_threads));
-    if (!factor_cache.empty()) cache_ = std::make_unique<postsvd::FactorCache>(factor_cache);
-  }
-
-  const postsvd::Checkpoint& base() const { return base_; }
-  const postsvd::Checkpoint& post() const { return post_; }
-  const postsvd::Architecture& architecture() const { return arch_base_; }
-  std::string backend_name() const { return backend_->name(); }
-  std::string precision() const { return precision_name(precision_); }
-  std::string device() const { return device_name(backend_->device()); }
-
-  // Measures of the pairs at `indices` (into architecture().matrices), in that order. GIL released.
-  std::vector<postsvd::PairMeasures> compare(const std::vector<int64_t>& indices, bool full_matrices,
-                                             int64_t leading_k) {
-    const auto count = static_cast<int64_t>(arch_base_.matrices.size());
-    std::vector<postsvd::PairInput> pairs;
-    pairs.reserve(indices.size());
-    for (int64_t index : indices) {
-      POSTSVD_CHECK(index >= 0 && index < count, InvalidArgument,
-                    "indices: expected matrix indices in [0, " << count << "), got " << index);
-      const auto i = static_cast<std::size_t>(index);
-      pairs.push_back({postsvd::view_of(base_, arch_base_.matrices[i]), postsvd::view_of(post_, arch_post_.matrices[i])});
-    }
-    postsvd::MeasureOptions options = measure_options(precision(), full_matrices, leading_k);
-    if (!cache_) return backend_->compare(pairs, options);
-    postsvd::CacheCounts counts;
-    auto result = postsvd::compare_cached(*backend_, *cache_, pairs, options, &counts);
-    counts_.computed += counts.computed;
-    counts_.loaded += counts.loaded;
-    return result;
-  }
-
-  std::string factor_cache() const { return cache_ ? cache_->folder() : std::string(); }
-  const postsvd::CacheCounts& cache_counts() const { return counts_; }
-
- private:
-  postsvd::Precision precision_;
-  postsvd::Checkpoint base_;
-  postsvd::Checkpoint post_;
-  postsvd::Architecture arch_base_;
-  postsvd::Architecture arch_post_;
-  std::unique_ptr<postsvd::FactorCache> cache_;
-  postsvd::CacheCounts counts_;
-  std::unique_ptr<postsvd::Backend> backend_;
-};
-
 // ---------------------------------------------------------------- errors
 
 // Python exception classes with two bases each (PostsvdError and the builtin
@@ -493,33 +432,44 @@ PYBIND11_MODULE(_core, m) {
       "checkpoint"_a, "source"_a, "precision"_a = "float32",
       "One matrix in paper orientation [in, out] (W_hf^T; fused parts split), as numpy.");
 
-  py::class_<Comparator>(m, "Comparator",
-                         "Two checkpoints of one architecture and the backend that compares their pairs.")
-      .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&,
-                    const std::vector<int>&, std::size_t, int, const std::string&>(),
+  py::class_<postsvd::Comparator>(m, "Comparator",
+                                  "Two checkpoints of one architecture and the backend that compares their pairs.")
+      .def(py::init([](const std::string& base, const std::string& post, const std::string& device,
+                       const std::string& precision, const std::vector<int>& device_ids,
+                       std::size_t memory_budget_bytes, int num_threads, const std::string& factor_cache) {
+             return std::make_unique<postsvd::Comparator>(
+                 base, post, backend_options(device, device_ids, memory_budget_bytes, num_threads),
+                 parse_precision(precision), factor_cache);
+           }),
            "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
            "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "",
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly(
-          "architecture", [](const Comparator& c) { return architecture_to_python(c.architecture()); },
+          "architecture", [](const postsvd::Comparator& c) { return architecture_to_python(c.architecture()); },
           "The base model's {model_type, num_layers, matrices: [dict]} (the post model matches it).")
-      .def_property_readonly("backend_name", &Comparator::backend_name, "The backend's description.")
-      .def_property_readonly("precision", &Comparator::precision, "\"float32\" or \"float64\".")
-      .def_property_readonly("device", &Comparator::device, "\"cpu\" or \"cuda\".")
-      .def_property_readonly("factor_cache", &Comparator::factor_cache, "The factor cache folder (\"\" = none).")
+      .def_property_readonly(
+          "backend_name", [](const postsvd::Comparator& c) { return c.backend().name(); }, "The backend's description.")
+      .def_property_readonly(
+          "precision", [](const postsvd::Comparator& c) { return precision_name(c.precision()); },
+          "\"float32\" or \"float64\".")
+      .def_property_readonly(
+          "device", [](const postsvd::Comparator& c) { return device_name(c.backend().device()); },
+          "\"cpu\" or \"cuda\".")
+      .def_property_readonly("factor_cache", &postsvd::Comparator::factor_cache,
+                             "The factor cache folder (\"\" = none).")
       .def_property_readonly(
           "cache_counts",
-          [](const Comparator& c) {
+          [](const postsvd::Comparator& c) {
             return py::dict("computed"_a = c.cache_counts().computed, "loaded"_a = c.cache_counts().loaded);
           },
           "Decompositions computed and loaded through the factor cache so far.")
-      .def_property_readonly("base", &Comparator::base, py::return_value_policy::reference_internal,
+      .def_property_readonly("base", &postsvd::Comparator::base, py::return_value_policy::reference_internal,
                              "The base Checkpoint.")
-      .def_property_readonly("post", &Comparator::post, py::return_value_policy::reference_internal,
+      .def_property_readonly("post", &postsvd::Comparator::post, py::return_value_policy::reference_internal,
                              "The post Checkpoint.")
       .def(
           "compare",
-          [](Comparator& c, const std::vector<int64_t>& indices, bool full_matrices, int64_t leading_k) {
+          [](postsvd::Comparator& c, const std::vector<int64_t>& indices, bool full_matrices, int64_t leading_k) {
             std::vector<postsvd::PairMeasures> result;
             {
               py::gil_scoped_release release;
