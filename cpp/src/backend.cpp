@@ -52,6 +52,19 @@ std::pair<Decomposition<double>, Decomposition<double>> Backend::decompose_pair_
   return {std::move(first), decompose_f64(post)};
 }
 
+void check_compare_arguments(const std::vector<PairInput>& pairs, const MeasureOptions& options) {
+  POSTSVD_CHECK(options.leading_k >= 0, InvalidArgument,
+                "compare: leading_k: expected >= 0 (0 = all), got " << options.leading_k);
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    const TensorView& a = pairs[i].base;
+    const TensorView& b = pairs[i].post;
+    POSTSVD_CHECK(a.rows == b.rows && a.cols == b.cols, InvalidArgument,
+                  "compare: pair " << i << ": base tensor '" << a.name << "' has shape [" << a.rows << ", " << a.cols
+                                   << "] but post tensor '" << b.name << "' has shape [" << b.rows << ", " << b.cols
+                                   << "]; expected equal shapes");
+  }
+}
+
 bool has_cuda() { return cuda_device_count() > 0; }
 
 bool built_with_cuda() {

@@ -51,6 +51,26 @@ std::pair<uint64_t, uint64_t> hash_bytes(const unsigned char* p, uint64_t n, uin
 
 constexpr char kFactorMagic[8] = {'P', 'S', 'V', 'D', 'F', 'A', 'C', '1'};
 
+template <class T>
+constexpr Precision precision_of() {
+  return std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
+}
+
+template <class T>
+Decomposition<T> decompose_now(Backend& backend, const TensorView& view) {
+  if constexpr (std::is_same<T, float>::value) {
+    return backend.decompose_f32(view);
+  } else {
+    return backend.decompose_f64(view);
+  }
+}
+
+// A cached decomposition of `view`'s shape under `key`, or false.
+template <class T>
+bool load_for(const FactorCache& cache, const std::string& key, const TensorView& view, Decomposition<T>& out) {
+  return cache.load(key, out) && out.U.rows() == view.rows && out.V.rows() == view.cols;
+}
+
 }  // namespace
 
 FactorCache::FactorCache(std::string folder) : folder_(std::move(folder)) {
@@ -132,23 +152,17 @@ void FactorCache::store(const std::string& key, const Decomposition<T>& d) const
 
 template <class T>
 Decomposition<T> decompose_cached(Backend& backend, FactorCache* cache, const TensorView& view, bool* loaded) {
-  constexpr Precision precision = std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
   if (loaded != nullptr) *loaded = false;
   std::string key;
   if (cache != nullptr) {
-    key = FactorCache::key(view, precision);
+    key = FactorCache::key(view, precision_of<T>());
     Decomposition<T> d;
-    if (cache->load(key, d) && d.U.rows() == view.rows && d.V.rows() == view.cols) {
+    if (load_for(*cache, key, view, d)) {
       if (loaded != nullptr) *loaded = true;
       return d;
     }
   }
-  Decomposition<T> d;
-  if constexpr (std::is_same<T, float>::value) {
-    d = backend.decompose_f32(view);
-  } else {
-    d = backend.decompose_f64(view);
-  }
+  Decomposition<T> d = decompose_now<T>(backend, view);
   if (cache != nullptr) cache->store(key, d);
   return d;
 }
@@ -164,15 +178,14 @@ template <class T>
 std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& backend, FactorCache* cache,
                                                                     const TensorView& base, const TensorView& post,
                                                                     bool* loaded_base, bool* loaded_post) {
-  constexpr Precision precision = std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
   std::pair<Decomposition<T>, Decomposition<T>> out;
   bool have_base = false, have_post = false;
   std::string key_base, key_post;
   if (cache != nullptr) {
-    key_base = FactorCache::key(base, precision);
-    key_post = FactorCache::key(post, precision);
-    have_base = cache->load(key_base, out.first) && out.first.U.rows() == base.rows && out.first.V.rows() == base.cols;
-    have_post = cache->load(key_post, out.second) && out.second.U.rows() == post.rows && out.second.V.rows() == post.cols;
+    key_base = FactorCache::key(base, precision_of<T>());
+    key_post = FactorCache::key(post, precision_of<T>());
+    have_base = load_for(*cache, key_base, base, out.first);
+    have_post = load_for(*cache, key_post, post, out.second);
   }
   if (!have_base && !have_post) {
     if constexpr (std::is_same<T, float>::value) {
@@ -181,9 +194,9 @@ std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& bac
       out = backend.decompose_pair_f64(base, post);
     }
   } else if (!have_base) {
-    out.first = decompose_cached<T>(backend, nullptr, base);
+    out.first = decompose_now<T>(backend, base);
   } else if (!have_post) {
-    out.second = decompose_cached<T>(backend, nullptr, post);
+    out.second = decompose_now<T>(backend, post);
   }
   if (cache != nullptr) {
     if (!have_base) cache->store(key_base, out.first);
@@ -215,12 +228,7 @@ PairMeasures measure_cached(Backend& backend, FactorCache& cache, const PairInpu
 
 std::vector<PairMeasures> compare_cached(Backend& backend, FactorCache& cache, const std::vector<PairInput>& pairs,
                                          const MeasureOptions& options, CacheCounts* counts) {
-  POSTSVD_CHECK(options.leading_k >= 0, InvalidArgument, "leading_k: expected >= 0, got " << options.leading_k);
-  for (std::size_t i = 0; i < pairs.size(); ++i)
-    POSTSVD_CHECK(pairs[i].base.rows == pairs[i].post.rows && pairs[i].base.cols == pairs[i].post.cols, InvalidArgument,
-                  "pair " << i << ": base '" << pairs[i].base.name << "' is [" << pairs[i].base.rows << ", "
-                          << pairs[i].base.cols << "] but post '" << pairs[i].post.name << "' is [" << pairs[i].post.rows
-                          << ", " << pairs[i].post.cols << "]; expected equal shapes");
+  check_compare_arguments(pairs, options);
   CacheCounts total;
   std::vector<PairMeasures> out;
   out.reserve(pairs.size());

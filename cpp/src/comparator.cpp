@@ -18,7 +18,6 @@ Comparator::Comparator(const std::string& base_folder, const std::string& post_f
 
 std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indices, bool full_matrices,
                                               int64_t leading_k) {
-  POSTSVD_CHECK(leading_k >= 0, InvalidArgument, "leading_k: expected >= 0 (0 = all), got " << leading_k);
   const auto count = static_cast<int64_t>(arch_base_.matrices.size());
   std::vector<PairInput> pairs;
   pairs.reserve(indices.size());

@@ -55,6 +55,10 @@ class Backend {
   virtual std::vector<PairMeasures> compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) = 0;
 };
 
+/// The checks every compare starts with, before any work: leading_k >= 0, and
+/// equal shapes in each pair (InvalidArgument naming both tensors and shapes).
+void check_compare_arguments(const std::vector<PairInput>& pairs, const MeasureOptions& options);
+
 /// Creates the backend for options.device; throws NotBuiltWithCuda for CUDA in a CPU build.
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);
 

@@ -278,20 +278,8 @@ PairMeasures measure_pair(const PairInput& pair, const MeasureOptions& options, 
 
 std::vector<PairMeasures> CpuBackend::compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) {
   set_blas_threads(num_threads_);
-  if (options.leading_k < 0) {
-    POSTSVD_THROW(InvalidArgument, "compare: leading_k: expected >= 0 (0 = all), got " << options.leading_k);
-  }
   // Check every pair first: a mismatch should not surface after minutes of work.
-  for (const PairInput& pair : pairs) {
-    if (pair.base.rows != pair.post.rows || pair.base.cols != pair.post.cols) {
-      POSTSVD_THROW(InvalidArgument, "compare: base tensor '" << pair.base.name << "' has shape "
-                                                             << shape_text(pair.base.rows, pair.base.cols)
-                                                             << " but post tensor '" << pair.post.name
-                                                             << "' has shape "
-                                                             << shape_text(pair.post.rows, pair.post.cols)
-                                                             << "; expected equal shapes");
-    }
-  }
+  check_compare_arguments(pairs, options);
   std::vector<PairMeasures> results;
   results.reserve(pairs.size());
   for (const PairInput& pair : pairs) {

@@ -588,14 +588,10 @@ class CudaBackendImpl final : public CudaBackend {
   Decomposition<double> decompose_f64(const TensorView& w) override { return decompose_one<double>(w, Precision::F64); }
 
   std::vector<PairMeasures> compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) override {
-    POSTSVD_CHECK(options.leading_k >= 0, InvalidArgument, "leading_k: expected >= 0, got " << options.leading_k);
+    check_compare_arguments(pairs, options);
     for (std::size_t i = 0; i < pairs.size(); ++i) {
       check_view(pairs[i].base, "pair " + std::to_string(i) + " base");
       check_view(pairs[i].post, "pair " + std::to_string(i) + " post");
-      POSTSVD_CHECK(pairs[i].base.rows == pairs[i].post.rows && pairs[i].base.cols == pairs[i].post.cols, InvalidArgument,
-                    "pair " << i << ": base '" << pairs[i].base.name << "' has shape " << shape_of(pairs[i].base)
-                            << " but post '" << pairs[i].post.name << "' has shape " << shape_of(pairs[i].post)
-                            << "; expected equal shapes");
     }
     std::vector<PairMeasures> out(pairs.size());
     {
