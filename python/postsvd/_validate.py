@@ -11,10 +11,13 @@ import numpy as np
 from . import _core
 from .errors import BackendError, BadCheckpointError, InvalidArgumentError, NotBuiltWithCudaError
 
-#: The projection kinds, in the paper's order.
-KINDS: Tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-#: Shorthands accepted wherever kinds are given.
-KIND_GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": KINDS}
+#: The projection kinds, attention first, from the core's one kind table: the paper's q, k, v, o, gate,
+#: up, down and DeepSeek's MLA kinds q_a, q_b, kv_a, kv_b_k, kv_b_v.
+KINDS: Tuple[str, ...] = tuple(name for name, _ in _core.kinds())
+#: The kind groups of Appendix D (SA = attention, FFN = mlp), from the core's table.
+GROUPS = {group: tuple(name for name, g in _core.kinds() if g == group) for group in ("attention", "mlp")}
+#: Shorthands accepted wherever kinds are given; a group stands for its kinds that the model has.
+KIND_GROUPS = {"attn": GROUPS["attention"], **GROUPS, "all": KINDS}
 #: Working precisions.
 DTYPES: Tuple[str, ...] = ("float32", "float64")
 
@@ -84,7 +87,12 @@ def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[s
     for item in items:
         name = item.lower()
         if name in KIND_GROUPS:
-            chosen.update(KIND_GROUPS[name])
+            present = [k for k in KIND_GROUPS[name] if k in available]
+            if not present:
+                raise InvalidArgumentError(
+                    f"kinds: the group {item!r} ({', '.join(KIND_GROUPS[name])}) has no kind in this model; "
+                    f"it has {', '.join(available)}")
+            chosen.update(present)
         elif name in KINDS:
             chosen.add(name)
         else:
@@ -185,3 +193,54 @@ def normalize_cache(cache, what: str = "cache") -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise InvalidArgumentError(f"{what}: '{path}' exists and is not a folder; expected a factor cache folder")
     return os.path.abspath(path)
+
+
+#: How tables name the shared expert of a MoE layer (the core's SHARED_EXPERT index).
+SHARED_EXPERT = "shared"
+ExpertsArg = Union[None, int, str, Iterable[Union[int, str]]]
+
+
+def expert_label(expert: int) -> Union[int, str]:
+    """The `expert` value of a table row: the routed expert's index, 'shared', or -1 (not an expert)."""
+    return SHARED_EXPERT if expert == _core.SHARED_EXPERT else int(expert)
+
+
+def expert_index(expert: Union[int, str]) -> int:
+    """The core's expert index of 'shared' or a routed expert's index (-1: not an expert)."""
+    if isinstance(expert, str):
+        text = expert.strip().lower()
+        if text == SHARED_EXPERT:
+            return _core.SHARED_EXPERT
+        if not re.fullmatch(r"-?\d+", text):
+            raise InvalidArgumentError(f"expert: expected an expert index or 'shared', got {expert!r}")
+        return int(text)
+    if isinstance(expert, bool) or not isinstance(expert, (int, np.integer)):
+        raise InvalidArgumentError(f"expert: expected an expert index or 'shared', got {expert!r}")
+    return int(expert)
+
+
+def normalize_experts(experts: ExpertsArg) -> Optional[set]:
+    """The core's expert indices from None (all), an int, 'shared', text like '0-7,shared' or a list.
+
+    The selection applies to MoE expert matrices only; attention and dense MLP matrices are always kept."""
+    if experts is None:
+        return None
+    if isinstance(experts, (int, np.integer)) and not isinstance(experts, bool):
+        items: List[Union[int, str]] = [int(experts)]
+    elif isinstance(experts, str):
+        items = []
+        for part in experts.split(","):
+            part = part.strip()
+            if part.lower() == SHARED_EXPERT:
+                items.append(SHARED_EXPERT)
+            elif part:
+                items.extend(parse_layers_text(part) if re.fullmatch(r"\d+\s*-\s*\d+|\d+", part) else [part])
+    else:
+        items = list(experts)
+    chosen = {expert_index(item) for item in items}
+    if not chosen:
+        raise InvalidArgumentError(f"experts: expected expert indices like '0-7' or 'shared', got {experts!r}")
+    bad = [e for e in chosen if e < 0 and e != _core.SHARED_EXPERT]
+    if bad:
+        raise InvalidArgumentError(f"experts: expected expert indices >= 0 or 'shared', got {experts!r}")
+    return chosen

@@ -69,7 +69,11 @@ def add_compare(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
     parser.add_argument("--layers", default=None, metavar="LIST", help="layers to compare, e.g. 0,1,5-9 (default: all)")
     parser.add_argument("--kinds", default=None, metavar="LIST",
-                        help="kinds to compare: q,k,v,o,gate,up,down or attn / mlp (default: all)")
+                        help="kinds to compare: q,k,v,o,gate,up,down (DeepSeek MLA: q_a,q_b,kv_a,kv_b_k,kv_b_v) "
+                             "or attention / mlp (default: all)")
+    parser.add_argument("--experts", default=None, metavar="LIST",
+                        help="MoE models: experts to compare, e.g. 0-7 or 0-7,shared (default: all); attention "
+                             "and dense MLP matrices are always compared")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
     parser.add_argument("--matrices", default=None, metavar="L:KIND[,L:KIND]",
                         help="pairs to draw sim/difference/I_orth heatmaps for (default: first layer and kind)")
@@ -117,7 +121,7 @@ def run_compare(args) -> int:
     for post, out_dir in zip(args.posts, _output_dirs(args.out, args.posts)):
         result = compare(args.base, post, device=args.device, dtype=args.dtype, layers=args.layers,
                          kinds=args.kinds, progress=not args.no_progress, num_threads=args.threads,
-                         cache=args.cache)
+                         cache=args.cache, experts=args.experts)
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
         print(result.summary())
         print(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")

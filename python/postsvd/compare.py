@@ -12,11 +12,16 @@ import pandas as pd
 
 from . import _core
 from ._validate import (
+    KINDS,
+    ExpertsArg,
     LayersArg,
     KindsArg,
+    expert_index,
+    expert_label,
     normalize_cache,
     normalize_device,
     normalize_dtype,
+    normalize_experts,
     normalize_folder,
     normalize_kinds,
     normalize_layers,
@@ -47,7 +52,7 @@ def random_rotation_nf(k: int) -> float:
 def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
-            cache: Optional[PathLike] = None) -> "Comparison":
+            cache: Optional[PathLike] = None, experts: ExpertsArg = None) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -63,8 +68,9 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         dtype: working precision, 'float32' (the paper's) or 'float64'.
         layers: None (all), an int, a list of ints, or text like '0,1,5-9';
             negative indices count from the end.
-        kinds: None (all), a list or comma-separated text of q, k, v, o, gate,
-            up, down, or the groups 'attn' / 'mlp'.
+        kinds: None (all), a list or comma-separated text of kinds (q, k, v, o,
+            gate, up, down; DeepSeek's q_a, q_b, kv_a, kv_b_k, kv_b_v), or the
+            groups 'attention' (or 'attn') / 'mlp'.
         progress: show a tqdm progress bar.
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         memory_budget_bytes: device memory the CUDA backend may hold (None = 90 % of free).
@@ -76,6 +82,9 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             (U, S and V in the working precision: about 4x the bf16 weights
             in float32, twice that in float64) and, on a cold cache,
             the write. None = no cache (the default).
+        experts: MoE models: the experts to compare, e.g. '0-7', '0-7,shared',
+            [0, 3] or 'shared' (the shared expert); None = all. Attention and
+            dense MLP matrices are compared whatever this says.
 
     Returns:
         A :class:`Comparison`.
@@ -100,15 +109,18 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
                                   cache_path)
     arch = comparator.architecture
-    available = [k for k in ("q", "k", "v", "o", "gate", "up", "down")
-                 if any(s["kind"] == k for s in arch["matrices"])]
+    available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
     chosen_kinds = normalize_kinds(kinds, available)
     chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
+    chosen_experts = _check_experts(normalize_experts(experts), arch)
     layer_set, kind_set = set(chosen_layers), set(chosen_kinds)
     batches: Dict[int, List[int]] = {}
     for index, source in enumerate(arch["matrices"]):
-        if source["layer"] in layer_set and source["kind"] in kind_set:
+        if source["layer"] in layer_set and source["kind"] in kind_set and (
+                chosen_experts is None or source["expert"] == -1 or source["expert"] in chosen_experts):
             batches.setdefault(source["layer"], []).append(index)
+    if not batches:
+        raise InvalidArgumentError(f"no matrix selected: layers {layers!r}, kinds {kinds!r}, experts {experts!r}")
     total = sum(len(b) for b in batches.values())
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
@@ -120,17 +132,44 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     desc = f"{_short_name(base_path)} vs {_short_name(post_path)}"
     with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
         for layer in sorted(batches):
-            indices = batches[layer]
             bar.set_postfix_str(f"layer {layer}")
-            for index, measures in zip(indices, comparator.compare(indices, False, 0)):
-                source = arch["matrices"][index]
-                record = {"index": index, "layer": source["layer"], "kind": source["kind"],
-                          "expert": source["expert"], "tensor": source["tensor"]}
-                record.update({key: measures[key] for key in _KEPT})
-                records.append(record)
-            bar.update(len(indices))
+            # A MoE layer goes in chunks: the backend sees a bounded batch, the bar moves per chunk.
+            for start in range(0, len(batches[layer]), _CHUNK):
+                indices = batches[layer][start:start + _CHUNK]
+                _compare_chunk(comparator, arch, indices, records)
+                bar.update(len(indices))
     elapsed = time.perf_counter() - started
     return Comparison(comparator, records, chosen_layers, chosen_kinds, elapsed)
+
+
+#: Matrix pairs per call into the backend.
+_CHUNK = 64
+
+
+def _compare_chunk(comparator, arch: Dict[str, Any], indices: List[int], records: List[Dict[str, Any]]) -> None:
+    for index, measures in zip(indices, comparator.compare(indices, False, 0)):
+        source = arch["matrices"][index]
+        record = {"index": index, "layer": source["layer"], "kind": source["kind"],
+                  "expert": source["expert"], "tensor": source["tensor"]}
+        record.update({key: measures[key] for key in _KEPT})
+        records.append(record)
+
+
+def _check_experts(chosen: Optional[set], arch: Dict[str, Any]) -> Optional[set]:
+    if chosen is None:
+        return None
+    present = {s["expert"] for s in arch["matrices"] if s["expert"] != -1}
+    if not present:
+        raise InvalidArgumentError(f"experts: this {arch['model_type']} model has no MoE experts")
+    missing = sorted(chosen - present)
+    if missing:
+        routed = sorted(e for e in present if e >= 0)
+        have = f"experts 0..{routed[-1]}" if routed else "no routed experts"
+        if _core.SHARED_EXPERT in present:
+            have += " and 'shared'"
+        raise InvalidArgumentError(f"experts: {', '.join(str(expert_label(e)) for e in missing)} not in this "
+                                   f"{arch['model_type']} model; it has {have}")
+    return chosen
 
 
 def cache_bytes_needed(sources: Sequence[Dict[str, Any]], dtype: str = "float32") -> int:
@@ -229,12 +268,14 @@ class Comparison:
     def table(self) -> pd.DataFrame:
         """A row per (layer, kind[, expert]): in_features, out_features, k,
         scaling_mean, scaling_std (top 90 %), nf, sigma_base_max, sigma_post_max,
-        iorth_diag_mean, tensor."""
+        iorth_diag_mean, tensor. MoE models add the column ``expert``: the
+        routed expert's index, ``'shared'`` for a shared expert, -1 for
+        attention and dense MLP rows."""
         rows = []
         for r in self._records:
             row = {"layer": r["layer"], "kind": r["kind"]}
             if self._has_experts:
-                row["expert"] = r["expert"]
+                row["expert"] = expert_label(r["expert"])
             row.update({
                 "in_features": r["rows"], "out_features": r["cols"], "k": r["k"],
                 "scaling_mean": r["scaling_mean"], "scaling_std": r["scaling_std"], "nf": r["nf"],
@@ -258,14 +299,19 @@ class Comparison:
             pooled = np.concatenate([r["scaling"][: r["scaling_count"]] for r in records])
             nf = np.array([r["nf"] for r in records])
             mean = float(np.mean(pooled))
-            rows.append({
+            row = {
                 "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
                 "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
                 "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
                 "alpha": round(mean, 1),
-            })
-        return pd.DataFrame(rows, columns=["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean",
-                                           "nf_max", "nf_random", "alpha"])
+            }
+            if self._has_experts:
+                row.update(_expert_spread(records))
+            rows.append(row)
+        columns = ["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean", "nf_max", "nf_random", "alpha"]
+        if self._has_experts:
+            columns += ["experts", "expert_scaling_mean_std", "expert_nf_mean_std"]
+        return pd.DataFrame(rows, columns=columns)
 
     def layers_of(self, kind: str) -> List[int]:
         """The compared layers that have `kind`, ascending (the columns of :meth:`svsm`)."""
@@ -310,12 +356,13 @@ class Comparison:
         layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
-                   and (expert is None or r["expert"] == expert)]
+                   and (expert is None or r["expert"] == expert_index(expert))]
         if not matches:
             compared = ", ".join(str(x) for x in self.layers)
             raise InvalidArgumentError(f"layer {layer} was not compared; compared layers: {compared}")
         if len(matches) > 1:
-            raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert=")
+            raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert= "
+                                       f"(an index or 'shared')")
         result = self._comparator.compare([matches[0]["index"]], True, _leading_k(leading_k))[0]
         result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
         return result
@@ -491,17 +538,34 @@ class Comparison:
             return list(self.kinds)
         return [self._check_kind(k) for k in normalize_kinds(kinds)]
 
-    def _of_kind(self, kind: str, expert: Optional[int] = None) -> List[Dict[str, Any]]:
+    def _of_kind(self, kind: str, expert: Union[None, int, str] = None) -> List[Dict[str, Any]]:
         kind = self._check_kind(kind)
         records = [r for r in self._records if r["kind"] == kind]
         if self._has_experts:
             if expert is None:
-                raise InvalidArgumentError(f"this model has experts; pass expert= for kind {kind!r}")
-            records = [r for r in records if r["expert"] == expert]
+                raise InvalidArgumentError(f"this model has experts; pass expert= (an index or 'shared') for "
+                                           f"kind {kind!r}")
+            index = expert_index(expert)
+            records = [r for r in records if r["expert"] == index]
         return sorted(records, key=lambda r: r["layer"])
 
     def _stack(self, kind: str, key: str, expert: Optional[int]) -> np.ndarray:
         return np.stack([r[key] for r in self._of_kind(kind, expert)], axis=1)
+
+
+def _expert_spread(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Across the routed and shared experts of one kind: how many, and the population std of the
+    per-expert (layer-pooled) scaling mean and of the per-expert mean NF (0 for a kind without experts)."""
+    by_expert: Dict[int, List[Dict[str, Any]]] = {}
+    for r in records:
+        if r["expert"] != -1:
+            by_expert.setdefault(r["expert"], []).append(r)
+    if not by_expert:
+        return {"experts": 0, "expert_scaling_mean_std": 0.0, "expert_nf_mean_std": 0.0}
+    scaling = [np.mean(np.concatenate([r["scaling"][: r["scaling_count"]] for r in rs])) for rs in by_expert.values()]
+    nf = [np.mean([r["nf"] for r in rs]) for rs in by_expert.values()]
+    return {"experts": len(by_expert), "expert_scaling_mean_std": float(np.std(scaling)),
+            "expert_nf_mean_std": float(np.std(nf))}
 
 
 def _reading(scaling_mean: float, scaling_std: float, nf_mean: float, nf_random: float) -> str:

@@ -49,6 +49,7 @@ import pandas as pd
 
 from . import _core
 from ._validate import (
+    GROUPS as KIND_GROUPS_BY_NAME,
     KINDS,
     normalize_cache,
     normalize_device,
@@ -68,8 +69,8 @@ logger = logging.getLogger("postsvd")
 
 #: The construction numbers, as the paper numbers its equations.
 CONSTRUCTIONS = (9, 10, 11, 12, 14, 15, 16)
-#: The kind groups of Appendix D (SA = attention, FFN = mlp).
-GROUPS = {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": KINDS}
+#: The kind groups of Appendix D (SA = attention, FFN = mlp), from the core's kind table.
+GROUPS = {**KIND_GROUPS_BY_NAME, "all": KINDS}
 #: The record written beside the weights.
 RECORD_NAME = "postsvd_construction.json"
 #: The definition of Eq. 13 used, for the record.
@@ -138,9 +139,8 @@ def _select_kinds(kinds, group, available: Sequence[str]) -> List[str]:
         if name not in GROUPS:
             raise InvalidArgumentError(
                 f"group: unknown group {group!r}; expected one of {', '.join(GROUPS)} "
-                f"(attention = q, k, v, o; mlp = gate, up, down)")
-        return [k for k in GROUPS[name] if k in available] if name == "all" else normalize_kinds(
-            list(GROUPS[name]), available)
+                f"(attention = {', '.join(GROUPS['attention'])}; mlp = {', '.join(GROUPS['mlp'])})")
+        return [k for k in GROUPS[name] if k in available] if name == "all" else normalize_kinds(name, available)
     return normalize_kinds(kinds, available)
 
 
