@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 KIND_COLORS = {
     "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
     "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
+    "q_a": "tab:cyan", "q_b": "tab:olive", "kv_a": "tab:gray", "kv_b_k": "gold", "kv_b_v": "teal",
 }
 
 

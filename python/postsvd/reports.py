@@ -541,7 +541,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
     parser.add_argument("--layers", default=None, metavar="LIST", help="layers to compare, e.g. 0,1,5-9 (default: all)")
     parser.add_argument("--kinds", default=None, metavar="LIST",
-                        help="kinds to compare: q,k,v,o,gate,up,down or attn / mlp (default: all)")
+                        help="kinds to compare: q,k,v,o,gate,up,down (DeepSeek MLA: q_a,q_b,kv_a,kv_b_k,kv_b_v) "
+                             "or attention / mlp (default: all)")
     parser.add_argument("--matrices", default=None, metavar="L:KIND",
                         help="the pair whose similarity matrices are drawn (default: middle layer, first kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
