@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ._terminal import printable
@@ -304,6 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
@@ -316,6 +318,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = format_warning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one escaped line, `postsvd: warning: ...` (its text may name files and tensors)."""
+    return f"{PROG}: warning: {printable(message)}\n"
 
 
 #: Exit code when stdout was closed early: 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended.

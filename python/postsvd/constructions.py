@@ -6,9 +6,10 @@ rule applied), builds the new weights, and writes a model folder that loads
 like ``post``: config, generation config, tokenizer and every other non-weight
 file and every untouched tensor copied bit for bit, modified tensors in their
 stored dtype and layout (Conv1D, fused qkv / gate_up re-fused), single file or
-sharded with an index. The folder is built beside ``out`` and moved into place
-only when complete; ``postsvd_construction.json`` beside the weights records
-what was done.
+sharded with an index. The folder is built beside ``out`` (normal
+permissions, ``0777 & ~umask``) and moved into place only when complete, an
+existing one swapped out atomically with ``force`` (:mod:`postsvd._outputs`);
+``postsvd_construction.json`` beside the weights records what was done.
 
 =====  =======================================  =====================================
   #    name                                     new weight W [in, out]

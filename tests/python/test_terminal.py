@@ -112,3 +112,19 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
                           capture_output=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith(b"folder:") and done.stdout.count(b"\n") == 1
     assert done.stderr == b""
+
+
+def test_warnings_are_one_escaped_line(tmp_path):
+    pair = make_pair(tmp_path / "base", tmp_path / "post", dtype="float32", seed=4, **SIZES)
+    script = ("import collections, shutil, sys\n"
+              "from postsvd import cli\n"
+              "usage = collections.namedtuple('usage', 'total used free')\n"
+              "shutil.disk_usage = lambda path: usage(10**6, 10**6 - 1000, 1000)  # a nearly full disk\n"
+              "sys.exit(cli.main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, "compare", pair.base, pair.post, "--out",
+                           str(tmp_path / "out"), "--no-plots", "--no-progress", "--layers", "0", "--kinds", "q",
+                           "--cache", str(tmp_path / ("cache" + SPOOF))],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": PYTHONPATH}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("postsvd: warning: cache: filling") and done.stderr.count("\n") == 1, done.stderr
+    assert "cache\\x1b[2J\\x1b[H\\npostsvd: all good" in done.stderr and "\x1b" not in done.stderr
