@@ -306,7 +306,7 @@ class Comparison:
         self.backend: str = comparator.backend_name
         self.elapsed_seconds: float = elapsed_seconds
         self.factor_cache: Optional[str] = comparator.factor_cache or None
-        self._has_experts = any(r["expert"] >= 0 for r in records)
+        self._has_experts = any(r["expert"] != -1 for r in records)
 
     # ------------------------------------------------------------------ data
 
@@ -461,6 +461,32 @@ class Comparison:
         return plots.plot_nf(series, baseline,
                              title=f"NF per layer: {_short_name(self.post)} vs {_short_name(self.base)}")
 
+    def nf_by_expert(self, kind: str) -> pd.DataFrame:
+        """MoE models: NF of `kind` per expert (rows: routed experts, then 'shared') and MoE layer (columns)."""
+        kind = self._check_kind(kind)
+        records = [r for r in self._records if r["kind"] == kind and r["expert"] != -1]
+        if not records:
+            raise InvalidArgumentError(f"kind {kind!r} has no expert matrices in this comparison")
+        experts = sorted({r["expert"] for r in records}, key=lambda e: (e < 0, e))
+        layers = sorted({r["layer"] for r in records})
+        grid = pd.DataFrame(np.nan, index=[expert_label(e) for e in experts], columns=layers)
+        for r in records:
+            grid.loc[expert_label(r["expert"]), r["layer"]] = r["nf"]
+        grid.index.name, grid.columns.name = "expert", "layer"
+        return grid
+
+    def plot_expert_nf(self, kinds: KindsArg = None):
+        """MoE models: a heatmap of NF per (layer, expert) for each kind that has experts.
+        Returns a matplotlib Figure."""
+        chosen = [k for k in self._kinds_arg(kinds) if any(r["kind"] == k and r["expert"] != -1
+                                                            for r in self._records)]
+        if not chosen:
+            raise InvalidArgumentError("plot_expert_nf: no compared kind has expert matrices")
+        from . import plots
+
+        return plots.plot_expert_nf({k: self.nf_by_expert(k) for k in chosen},
+                                    title=f"NF per expert: {_short_name(self.post)} vs {_short_name(self.base)}")
+
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25):
         """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
         `leading_k` vectors; None = all). Returns a matplotlib Figure."""
@@ -539,6 +565,8 @@ class Comparison:
                 figures.append((f"matrices_layer{layer}_{kind}.png", self.plot_matrices(layer, kind, leading_k)))
             for name, figure in figures:
                 figure.savefig(path(name), dpi=110)
+        if plots and self._has_experts:
+            self.plot_expert_nf().savefig(path("nf_experts.png"), dpi=110)
         return written
 
     def _run_info(self) -> Dict[str, Any]:

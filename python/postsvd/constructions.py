@@ -53,6 +53,7 @@ from ._terminal import printable
 from ._validate import (
     GROUPS as KIND_GROUPS_BY_NAME,
     KINDS,
+    expert_label,
     normalize_cache,
     normalize_device,
     normalize_dtype,
@@ -222,7 +223,7 @@ class ConstructionResult:
         for r in self._rows:
             rot = r["rotation"]
             records.append({
-                "layer": r["layer"], "kind": r["kind"], "expert": r["expert"], "in_features": r["rows"],
+                "layer": r["layer"], "kind": r["kind"], "expert": expert_label(r["expert"]), "in_features": r["rows"],
                 "out_features": r["cols"], "construction": self.number, "alpha": r["alpha"],
                 "relative_change": r["relative_change"],
                 "dq1_mean_deg": rot["residual1"]["mean_deg"], "dq1_max_deg": rot["residual1"]["max_deg"],
@@ -230,7 +231,7 @@ class ConstructionResult:
                 "defect1": rot["defect1"], "defect2": rot["defect2"], "tensor": r["tensor"],
             })
         table = pd.DataFrame(records)
-        if not table.empty and (table["expert"] < 0).all():
+        if not table.empty and (table["expert"] == -1).all():
             table = table.drop(columns=["expert"])
         return table
 

@@ -77,7 +77,7 @@ def test_compare_matches_float64_reference(saved, model_type):
         assert record["nf"] == pytest.approx(ref["nf"], rel=1e-6, abs=1e-9), key
 
 
-def test_moe_tables_name_the_shared_expert_and_select_experts(saved):
+def test_moe_tables_name_the_shared_expert_and_select_experts(saved, tmp_path):
     base, _ = saved("deepseek_v3")
     post, _ = saved("deepseek_v3", "post")
     result = postsvd.compare(base, post, progress=False)
@@ -90,6 +90,12 @@ def test_moe_tables_name_the_shared_expert_and_select_experts(saved):
     assert kinds.loc["gate", "experts"] == 5 and kinds.loc["o", "experts"] == 0
     assert kinds.loc["gate", "expert_nf_mean_std"] > 0
     assert result.svsm("gate", expert="shared").shape == (12, 1)
+    grid = result.nf_by_expert("down")
+    assert list(grid.index) == [0, 1, 2, 3, "shared"] and list(grid.columns) == [1]
+    row = table[(table.layer == 1) & (table.kind == "down") & (table.expert == "shared")]
+    assert grid.loc["shared", 1] == row.nf.item()
+    written = [os.path.basename(p) for p in result.save(tmp_path / "out")]
+    assert "nf_experts.png" in written and "table.csv" in written
 
     chosen = postsvd.compare(base, post, experts="0-1,shared", kinds="mlp", progress=False).table
     assert set(chosen[chosen.layer == 1].expert) == {0, 1, "shared"}
