@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from . import _core
+from ._names import short_name
 from ._validate import (
+    KINDS,
     LayersArg,
     KindsArg,
     normalize_cache,
@@ -64,7 +66,7 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         layers: None (all), an int, a list of ints, or text like '0,1,5-9';
             negative indices count from the end.
         kinds: None (all), a list or comma-separated text of q, k, v, o, gate,
-            up, down, or the groups 'attn' / 'mlp'.
+            up, down, or the groups 'attention' / 'mlp'.
         progress: show a tqdm progress bar.
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         memory_budget_bytes: device memory the CUDA backend may hold (None = 90 % of free).
@@ -100,8 +102,7 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
                                   cache_path)
     arch = comparator.architecture
-    available = [k for k in ("q", "k", "v", "o", "gate", "up", "down")
-                 if any(s["kind"] == k for s in arch["matrices"])]
+    available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
     chosen_kinds = normalize_kinds(kinds, available)
     chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
     layer_set, kind_set = set(chosen_layers), set(chosen_kinds)
@@ -117,7 +118,7 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
 
     records: List[Dict[str, Any]] = []
     started = time.perf_counter()
-    desc = f"{_short_name(base_path)} vs {_short_name(post_path)}"
+    desc = f"{short_name(base_path)} vs {short_name(post_path)}"
     with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
         for layer in sorted(batches):
             indices = batches[layer]
@@ -167,11 +168,6 @@ def _size(count: int) -> str:
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count} bytes"
-
-
-def _short_name(path: str) -> str:
-    name = os.path.basename(os.path.normpath(path))
-    return name or path
 
 
 class Comparison:
@@ -262,7 +258,7 @@ class Comparison:
                 "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
                 "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
                 "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
-                "alpha": round(mean, 1),
+                "alpha": _core.table4_alpha(mean),
             })
         return pd.DataFrame(rows, columns=["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean",
                                            "nf_max", "nf_random", "alpha"])
@@ -305,7 +301,7 @@ class Comparison:
             ``iorth`` = q1^T q2 (each ``[kk, kk]``), plus ``nf``, ``sigma_base``,
             ``sigma_post`` and ``scaling`` of the pair.
         """
-        from .linalg import _leading_k
+        from .linalg import _leading_k, _with_difference
 
         layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
         kind = self._check_kind(kind)
@@ -316,9 +312,7 @@ class Comparison:
             raise InvalidArgumentError(f"layer {layer} was not compared; compared layers: {compared}")
         if len(matches) > 1:
             raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert=")
-        result = self._comparator.compare([matches[0]["index"]], True, _leading_k(leading_k))[0]
-        result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
-        return result
+        return _with_difference(self._comparator.compare([matches[0]["index"]], True, _leading_k(leading_k))[0])
 
     # ------------------------------------------------------------------ plots
 
@@ -329,7 +323,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_svsm({k: self.svsm(k) for k in chosen}, {k: self.layers_of(k) for k in chosen},
-                               title=f"SVSM: {_short_name(self.post)} / {_short_name(self.base)}")
+                               title=f"SVSM: {short_name(self.post)} / {short_name(self.base)}")
 
     def plot_scaling_bands(self, kinds: KindsArg = None):
         """Fig. 8: per-layer mean ± std (top 90 %) of the scaling factors, one
@@ -343,7 +337,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_scaling_bands(
-            series, title=f"Scaling per layer: {_short_name(self.post)} / {_short_name(self.base)}")
+            series, title=f"Scaling per layer: {short_name(self.post)} / {short_name(self.base)}")
 
     def plot_nf(self, kinds: KindsArg = None):
         """Fig. 3b: NF per layer, one line per kind (dashed: unrelated
@@ -356,7 +350,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_nf(series, baseline,
-                             title=f"NF per layer: {_short_name(self.post)} vs {_short_name(self.base)}")
+                             title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
 
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25):
         """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
@@ -422,7 +416,7 @@ class Comparison:
         return written
 
     def _run_info(self) -> Dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         return {"base": self.base, "post": self.post, "model_type": self.model_type,
                 "num_layers": self.num_layers, "layers": self.layers, "kinds": self.kinds,
@@ -442,7 +436,7 @@ class Comparison:
         NF against the unrelated-rotation baseline, and a one-line reading."""
         kinds = self.kind_table()
         lines = [
-            f"postsvd: base '{_short_name(self.base)}' -> post '{_short_name(self.post)}'; {self.model_type}, "
+            f"postsvd: base '{short_name(self.base)}' -> post '{short_name(self.post)}'; {self.model_type}, "
             f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
             f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s" + self._cache_note(),
             f"{'kind':<5} {'scaling (top 90%)':>18} {'NF mean':>9} {'NF random':>9}  reading",
@@ -472,7 +466,7 @@ class Comparison:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"<postsvd.Comparison {self.model_type}: {_short_name(self.post)} vs {_short_name(self.base)}, "
+        return (f"<postsvd.Comparison {self.model_type}: {short_name(self.post)} vs {short_name(self.base)}, "
                 f"{len(self.layers)} layers x {len(self.kinds)} kinds, {self.device} {self.dtype}>")
 
     # ------------------------------------------------------------------ helpers
