@@ -7,7 +7,8 @@ in :func:`shared_options`, and reach those commands as an argparse parent. The
 library modules (compare, constructions, reports, ...) never import this one.
 
 Exit codes: 0 success, 1 a postsvd error (message on stderr, no traceback),
-2 a usage error (argparse).
+2 a usage error (argparse), 141 stdout closed early (``postsvd info X | head``;
+the shell's code for SIGPIPE, no message).
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ._names import unique_names
-from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS
+from ._outputs import atomic_file
+from ._terminal import printable
+from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, normalize_output_file
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -117,16 +121,19 @@ def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
 
 
 def run_compare(args) -> int:
-    from .compare import compare
+    from .compare import check_compare_arguments, compare
 
     matrices_for = _parse_matrices(args.matrices)
-    for post, out_dir in zip(args.posts, _output_dirs(args.out, args.posts)):
-        result = compare(args.base, post, device=args.device, dtype=args.dtype, layers=args.layers,
-                         kinds=args.kinds, progress=not args.no_progress, num_threads=args.threads,
-                         cache=args.cache)
+    out_dirs = _output_dirs(args.out, args.posts)
+    options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
+                   num_threads=args.threads, cache=args.cache)
+    check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
+                            outs=out_dirs, **options)
+    for post, out_dir in zip(args.posts, out_dirs):
+        result = compare(args.base, post, progress=not args.no_progress, **options)
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
         print(result.summary())
-        print(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")
+        print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
         if len(args.posts) > 1:
             print()
     return 0
@@ -182,6 +189,7 @@ def run_construct(args) -> int:
     from .constructions import construct, parse_alpha_text
 
     alpha = parse_alpha_text(args.alpha) if args.alpha is not None else None
+    table = normalize_output_file(args.table, "--table") if args.table is not None else None
     result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=args.layers,
                        kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
                        progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
@@ -189,8 +197,9 @@ def run_construct(args) -> int:
     if result.alpha:
         print("alpha' per kind (" + result.alpha_source + "): " +
               ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
-    if args.table:
-        result.table.to_csv(args.table, index=False)
+    if table is not None:
+        with atomic_file(table) as temp:
+            result.table.to_csv(temp, index=False)
     print(result.summary())
     return 0
 
@@ -238,7 +247,8 @@ def run_report(args) -> int:
                   kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
                   leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
                   cache=args.cache)
-    print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: file://{os.path.abspath(path)}")
+    print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
+                    f"file://{os.path.abspath(path)}"))
     return 0
 
 
@@ -266,20 +276,22 @@ def run_info(args) -> int:
 
     info = describe(args.folder)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps(info, indent=1))  # ensure_ascii: control characters come out as \uXXXX
         return 0
-    print(f"folder:       {info['folder']}")
-    print(f"model_type:   {info['model_type']}")
-    print(f"layers:       {info['num_layers']}")
     files = sorted(info["files"])
     shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
-    print(f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})")
-    print(f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)")
-    print(f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}")
-    print("projections (paper orientation [in, out]):")
+    lines = [f"folder:       {info['folder']}",
+             f"model_type:   {info['model_type']}",
+             f"layers:       {info['num_layers']}",
+             f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})",
+             f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)",
+             f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}",
+             "projections (paper orientation [in, out]):"]
     for kind, entry in info["kinds"].items():
-        print(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
-              f"e.g. {entry['tensor']}")
+        lines.append(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
+                     f"e.g. {entry['tensor']}")
+    for line in lines:  # names come from the files: escaped, one line each
+        print(printable(line))
     return 0
 
 
@@ -392,17 +404,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 postsvd error, 2 usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
-        return int(args.func(args) or 0)
-    except PostsvdError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
+    except (PostsvdError, OSError) as error:  # messages name files and tensors: escaped
+        print(f"{PROG}: error: {printable(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = format_warning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one escaped line, `postsvd: warning: ...` (its text may name files and tensors)."""
+    return f"{PROG}: warning: {printable(message)}\n"
+
+
+#: Exit code when stdout was closed early: 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended.
+CLOSED_PIPE_EXIT = 141
+
+
+def _closed_pipe() -> int:
+    """stdout's reader went away (`postsvd info X | head -1`): stop quietly, as a SIGPIPE would."""
+    try:  # point stdout at /dev/null so that Python's final flush does not report the pipe again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
+        pass
+    return CLOSED_PIPE_EXIT
 
 
 if __name__ == "__main__":
