@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -13,8 +13,10 @@ from .errors import BackendError, BadCheckpointError, InvalidArgumentError, NotB
 
 #: The projection kinds, in the paper's order.
 KINDS: Tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-#: Shorthands accepted wherever kinds are given.
-KIND_GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": KINDS}
+#: The kind groups (Appendix D: SA = attention, FFN = mlp), accepted wherever kinds or a group are given.
+KIND_GROUPS: Dict[str, Tuple[str, ...]] = {"attention": KINDS[:4], "mlp": KINDS[4:], "all": KINDS}
+#: Other spellings of a group, accepted too.
+GROUP_ALIASES = {"attn": "attention"}
 #: Working precisions.
 DTYPES: Tuple[str, ...] = ("float32", "float64")
 
@@ -70,8 +72,15 @@ def normalize_device(device) -> Tuple[str, List[int]]:
     return "cuda", ids
 
 
+def group_name(name) -> Optional[str]:
+    """The canonical name of a kind group ('attn' -> 'attention'), or None when `name` names no group."""
+    text = str(name).strip().lower()
+    text = GROUP_ALIASES.get(text, text)
+    return text if text in KIND_GROUPS else None
+
+
 def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[str]:
-    """Kinds in the paper's order from None (all), 'q,k', 'attn' or a list; unknown names raise."""
+    """Kinds in the paper's order from None (all), 'q,k', 'attention' or a list; unknown names raise."""
     if kinds is None:
         return [k for k in KINDS if k in available]
     if isinstance(kinds, str):
@@ -83,8 +92,9 @@ def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[s
     chosen = set()
     for item in items:
         name = item.lower()
-        if name in KIND_GROUPS:
-            chosen.update(KIND_GROUPS[name])
+        group = group_name(name)
+        if group is not None:
+            chosen.update(KIND_GROUPS[group])
         elif name in KINDS:
             chosen.add(name)
         else:
