@@ -113,6 +113,19 @@ def test_publish_replaces_an_owned_folder_and_merges_into_a_foreign_one(tmp_path
     assert hidden_entries(tmp_path) == []
 
 
+def test_an_existing_folder_in_a_read_only_parent_gets_the_files(pair, tmp_path, monkeypatch):
+    """`--out .` where the folder above is not writable: the temporary folder goes inside the target."""
+    target = tmp_path / "results"
+    write(target, {"notes.txt": "mine"})
+    real_access = os.access
+    monkeypatch.setattr(_outputs.os, "access",
+                        lambda path, mode: False if os.fspath(path) == str(tmp_path) else real_access(path, mode))
+    assert _outputs._build_inside(str(target))
+    postsvd.compare(pair.base, pair.post, progress=False, layers=0, kinds="q").save(target, plots=False)
+    assert "notes.txt" in os.listdir(target) and "table.csv" in os.listdir(target)
+    assert hidden_entries(target) == [] and hidden_entries(tmp_path) == []
+
+
 def test_the_exchange_is_atomic_where_the_system_has_it(tmp_path):
     write(tmp_path / "a", {"f": "a"})
     write(tmp_path / "b", {"f": "b"})
