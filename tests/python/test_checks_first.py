@@ -117,3 +117,16 @@ def test_construct_writes_the_table_after_the_model(pair, tmp_path, capsys):
     assert code == 0, stderr
     assert sorted(os.listdir(tmp_path)) == ["model", "table.csv"]
     assert len((tmp_path / "table.csv").read_text().splitlines()) == 1 + SIZES["layers"]
+
+
+def test_links_that_lead_nowhere_are_named_as_such(pair, tmp_path):
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    dangling = tmp_path / "dangling"
+    os.symlink(tmp_path / "gone", dangling)
+    for path, message in ((loop, "is a symbolic link loop"), (dangling, "is a dangling symbolic link to")):
+        with pytest.raises(postsvd.BadCheckpointError, match=message):
+            postsvd.compare(path, pair.post, progress=False)
+        with pytest.raises(postsvd.InvalidArgumentError, match=message):
+            postsvd.report(pair.base, pair.post, path, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "loop"]
