@@ -2,6 +2,7 @@
 expected and what came."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -165,12 +166,31 @@ def normalize_threads(num_threads: Optional[int]) -> int:
     return int(num_threads)
 
 
+def broken_link(path: str) -> Optional[str]:
+    """What is wrong with `path` when it is a symbolic link that leads nowhere ("is a symbolic link
+    loop", "is a dangling symbolic link to 'x'"); None otherwise."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if error.errno == errno.ENOENT:
+            return f"is a dangling symbolic link to '{os.readlink(path)}'"
+        return f"is a symbolic link that cannot be followed ({error.strerror})"
+    return None
+
+
 def normalize_folder(folder, what: str) -> str:
     """A path string for an existing directory; a clear error otherwise."""
     try:
         path = os.fspath(folder)
     except TypeError:
         raise InvalidArgumentError(f"{what}: expected a folder path, got {type(folder).__name__}") from None
+    broken = broken_link(path)
+    if broken:
+        raise BadCheckpointError(f"{what}: '{path}' {broken}; expected a model folder")
     if not os.path.exists(path):
         raise BadCheckpointError(f"{what}: folder '{path}' does not exist")
     if not os.path.isdir(path):
@@ -267,6 +287,9 @@ def normalize_output_folder(out, what: str = "out") -> str:
     """The absolute path of an output folder: an existing folder, or one that can be created
     (its missing parents too). Raises InvalidArgumentError for a file, or a place it cannot go."""
     path = _path_text(out, what)
+    broken = broken_link(path)
+    if broken:
+        raise InvalidArgumentError(f"{what}: '{path}' {broken}; expected a folder (created if missing)")
     if os.path.lexists(path):
         if not os.path.isdir(path):
             raise InvalidArgumentError(f"{what}: expected a folder (created if missing), got the existing file "

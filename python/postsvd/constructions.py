@@ -326,6 +326,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     precision = normalize_dtype(dtype)
     device_kind, device_ids = normalize_device(device)
     threads = normalize_threads(num_threads)
+    if comparison is not None:
+        _check_comparison(comparison, base_path, post_path)
     try:
         out_path = os.fspath(out)
     except TypeError:
@@ -447,6 +449,18 @@ def _record_row(row: Dict[str, Any], rotations: bool) -> Dict[str, Any]:
     return record
 
 
+
+
+def _check_comparison(comparison, base_path: str, post_path: str) -> None:
+    """`comparison` is a Comparison of these two folders (its alpha' would be wrong for others)."""
+    from .compare import Comparison
+
+    if not isinstance(comparison, Comparison):
+        raise InvalidArgumentError(f"comparison: expected a postsvd.Comparison, got {type(comparison).__name__}")
+    for role, given, compared in (("base", base_path, comparison.base), ("post", post_path, comparison.post)):
+        if not _same_folder(given, compared):
+            raise InvalidArgumentError(f"comparison: it compared {role} '{compared}', the construction's {role} is "
+                                       f"'{given}'")
 
 
 def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List[str], layers: List[int],
