@@ -18,6 +18,7 @@
 
 #include "detail/lapack.h"
 #include "postsvd/checkpoint.h"
+#include "postsvd/warnings.h"
 #include "postsvd/writer.h"
 
 extern "C" {
@@ -359,7 +360,9 @@ namespace {
 struct Opened {
   Checkpoint checkpoint;
   Architecture architecture;
-  explicit Opened(const std::string& folder) : checkpoint(folder), architecture(detect_architecture(checkpoint)) {}
+  explicit Opened(const std::string& folder) : checkpoint(folder), architecture(detect_architecture(checkpoint)) {
+    for (const std::string& message : architecture.warnings) warn(message);
+  }
 };
 
 std::string source_label(const MatrixSource& s) {
