@@ -155,6 +155,8 @@ def run_info(args) -> int:
     print(f"folder:       {info['folder']}")
     print(f"model_type:   {info['model_type']}")
     print(f"layers:       {info['num_layers']}")
+    for warning in info.get("warnings", []):
+        print(f"warning:      {warning}")
     files = sorted(info["files"])
     shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
     print(f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})")
