@@ -9,7 +9,7 @@
 
 #include "detail/json_guard.h"
 #include "detail/shape_format.h"
-#include "postsvd/checkpoint.h"
+#include "postsvd/architecture.h"
 
 namespace postsvd {
 

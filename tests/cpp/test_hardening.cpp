@@ -16,14 +16,15 @@
 #include <vector>
 
 #include "detail/json_guard.h"
-#include "detail/safetensors_writer.h"
 #include "postsvd/backend.h"
 #include "postsvd/cache.h"
+#include "postsvd/architecture.h"
 #include "postsvd/checkpoint.h"
 #include "postsvd/comparator.h"
 #include "postsvd/limits.h"
 #include "postsvd/warnings.h"
 #include "reader_test_util.h"
+#include "safetensors_test_util.h"
 
 namespace {
 
@@ -32,9 +33,9 @@ using postsvd::BadCheckpoint;
 using postsvd::Checkpoint;
 using postsvd::InvalidArgument;
 using postsvd::SafetensorsFile;
-using postsvd::detail::f32_blob;
-using postsvd::detail::write_raw_safetensors;
-using postsvd::detail::write_safetensors;
+using postsvd_test::f32_blob;
+using postsvd_test::write_raw_safetensors;
+using postsvd_test::write_safetensors;
 using postsvd_test::expect_error;
 using postsvd_test::TempDir;
 using postsvd_test::write_text;
@@ -80,7 +81,7 @@ void write_tiny_llama(const std::string& folder, int config_layers, int layers, 
   write_text(folder + "/config.json", R"({"model_type":"llama","hidden_size":4,"num_attention_heads":2,)"
                                       R"("num_key_value_heads":1,"intermediate_size":6,"num_hidden_layers":)" +
                                           std::to_string(config_layers) + "}");
-  std::vector<postsvd::detail::TensorBlob> blobs;
+  std::vector<postsvd_test::TensorBlob> blobs;
   int serial = 0;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
     std::vector<float> values(static_cast<std::size_t>(shape[0] * shape[1]));

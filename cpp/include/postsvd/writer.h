@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "postsvd/checkpoint.h"
+#include "postsvd/architecture.h"
 #include "postsvd/types.h"
 
 namespace postsvd {
