@@ -283,6 +283,7 @@ def run_info(args) -> int:
     lines = [f"folder:       {info['folder']}",
              f"model_type:   {info['model_type']}",
              f"layers:       {info['num_layers']}",
+             *(f"warning:      {warning}" for warning in info.get("warnings", [])),
              f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})",
              f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)",
              f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}",
