@@ -2,9 +2,10 @@
 expected and what came."""
 from __future__ import annotations
 
+import errno
 import os
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -14,10 +15,13 @@ from .errors import BackendError, BadCheckpointError, InvalidArgumentError, NotB
 #: The projection kinds, attention first, from the core's one kind table: the paper's q, k, v, o, gate,
 #: up, down and DeepSeek's MLA kinds q_a, q_b, kv_a, kv_b_k, kv_b_v.
 KINDS: Tuple[str, ...] = tuple(name for name, _ in _core.kinds())
-#: The kind groups of Appendix D (SA = attention, FFN = mlp), from the core's table.
-GROUPS = {group: tuple(name for name, g in _core.kinds() if g == group) for group in ("attention", "mlp")}
-#: Shorthands accepted wherever kinds are given; a group stands for its kinds that the model has.
-KIND_GROUPS = {"attn": GROUPS["attention"], **GROUPS, "all": KINDS}
+#: The kind groups (Appendix D: SA = attention, FFN = mlp), from the core's table, accepted wherever kinds or
+#: a group are given; a group stands for those of its kinds that the model has.
+KIND_GROUPS: Dict[str, Tuple[str, ...]] = {
+    **{group: tuple(name for name, g in _core.kinds() if g == group) for group in ("attention", "mlp")},
+    "all": KINDS}
+#: Other spellings of a group, accepted too.
+GROUP_ALIASES = {"attn": "attention"}
 #: Working precisions.
 DTYPES: Tuple[str, ...] = ("float32", "float64")
 
@@ -73,8 +77,15 @@ def normalize_device(device) -> Tuple[str, List[int]]:
     return "cuda", ids
 
 
+def group_name(name) -> Optional[str]:
+    """The canonical name of a kind group ('attn' -> 'attention'), or None when `name` names no group."""
+    text = str(name).strip().lower()
+    text = GROUP_ALIASES.get(text, text)
+    return text if text in KIND_GROUPS else None
+
+
 def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[str]:
-    """Kinds in the paper's order from None (all), 'q,k', 'attn' or a list; unknown names raise."""
+    """Kinds in the paper's order from None (all), 'q,k', 'attention' or a list; unknown names raise."""
     if kinds is None:
         return [k for k in KINDS if k in available]
     if isinstance(kinds, str):
@@ -86,11 +97,12 @@ def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[s
     chosen = set()
     for item in items:
         name = item.lower()
-        if name in KIND_GROUPS:
-            present = [k for k in KIND_GROUPS[name] if k in available]
+        group = group_name(name)
+        if group is not None:
+            present = [k for k in KIND_GROUPS[group] if k in available]
             if not present:
                 raise InvalidArgumentError(
-                    f"kinds: the group {item!r} ({', '.join(KIND_GROUPS[name])}) has no kind in this model; "
+                    f"kinds: the group {item!r} ({', '.join(KIND_GROUPS[group])}) has no kind in this model; "
                     f"it has {', '.join(available)}")
             chosen.update(present)
         elif name in KINDS:
@@ -163,12 +175,31 @@ def normalize_threads(num_threads: Optional[int]) -> int:
     return int(num_threads)
 
 
+def broken_link(path: str) -> Optional[str]:
+    """What is wrong with `path` when it is a symbolic link that leads nowhere ("is a symbolic link
+    loop", "is a dangling symbolic link to 'x'"); None otherwise."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if error.errno == errno.ENOENT:
+            return f"is a dangling symbolic link to '{os.readlink(path)}'"
+        return f"is a symbolic link that cannot be followed ({error.strerror})"
+    return None
+
+
 def normalize_folder(folder, what: str) -> str:
     """A path string for an existing directory; a clear error otherwise."""
     try:
         path = os.fspath(folder)
     except TypeError:
         raise InvalidArgumentError(f"{what}: expected a folder path, got {type(folder).__name__}") from None
+    broken = broken_link(path)
+    if broken:
+        raise BadCheckpointError(f"{what}: '{path}' {broken}; expected a model folder")
     if not os.path.exists(path):
         raise BadCheckpointError(f"{what}: folder '{path}' does not exist")
     if not os.path.isdir(path):
@@ -316,6 +347,9 @@ def normalize_output_folder(out, what: str = "out") -> str:
     """The absolute path of an output folder: an existing folder, or one that can be created
     (its missing parents too). Raises InvalidArgumentError for a file, or a place it cannot go."""
     path = _path_text(out, what)
+    broken = broken_link(path)
+    if broken:
+        raise InvalidArgumentError(f"{what}: '{path}' {broken}; expected a folder (created if missing)")
     if os.path.lexists(path):
         if not os.path.isdir(path):
             raise InvalidArgumentError(f"{what}: expected a folder (created if missing), got the existing file "

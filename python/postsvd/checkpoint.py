@@ -42,7 +42,9 @@ def architecture(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
     ``stacked`` and ``stacked_index`` (fused tensors such as phi3
     ``qkv_proj`` give one source per part; DeepSeek's ``kv_b_proj`` one per
     K and V half, as per-head column groups; fused 3-D expert tensors one per
-    expert slice).
+    expert slice). ``warnings`` lists what the mapping left
+    out that a caller should hear about (weight layers beyond config.json's
+    layer count).
 
     Raises:
         BadCheckpointError: unknown model_type (the message lists the supported
@@ -123,4 +125,5 @@ def describe(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
         "dtypes": dict(dtype_counts),
         "torch_dtype": config.get("torch_dtype", config.get("dtype")),
         "kinds": kinds,
+        "warnings": list(arch.get("warnings", [])),  # e.g. weight layers config.json does not count
     }

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import _core
+from ._names import short_name
 from ._outputs import atomic_folder
 from ._terminal import printable
 from ._validate import (
@@ -261,14 +262,9 @@ def _size(count: int) -> str:
     return f"{count} bytes"
 
 
-def _short_name(path: str) -> str:
-    name = os.path.basename(os.path.normpath(path))
-    return name or path
-
-
 def _display_name(path: str) -> str:
     """The folder's name, safe to print on a terminal."""
-    return printable(_short_name(path))
+    return printable(short_name(path))
 
 
 class Comparison:
@@ -361,7 +357,7 @@ class Comparison:
                 "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
                 "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
                 "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
-                "alpha": round(mean, 1),
+                "alpha": _core.table4_alpha(mean),
             }
             if self._has_experts:
                 row.update(_expert_spread(records))
@@ -409,6 +405,8 @@ class Comparison:
             ``iorth`` = q1^T q2 (each ``[kk, kk]``), plus ``nf``, ``sigma_base``,
             ``sigma_post`` and ``scaling`` of the pair.
         """
+        from .linalg import _with_difference
+
         layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
@@ -419,9 +417,8 @@ class Comparison:
         if len(matches) > 1:
             raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert= "
                                        f"(an index or 'shared')")
-        result = self._comparator.compare([matches[0]["index"]], True, normalize_leading_k(leading_k))[0]
-        result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
-        return result
+        return _with_difference(self._comparator.compare([matches[0]["index"]], True,
+                                                          normalize_leading_k(leading_k))[0])
 
     # ------------------------------------------------------------------ plots
 
@@ -432,7 +429,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_svsm({k: self.svsm(k) for k in chosen}, {k: self.layers_of(k) for k in chosen},
-                               title=f"SVSM: {_short_name(self.post)} / {_short_name(self.base)}")
+                               title=f"SVSM: {short_name(self.post)} / {short_name(self.base)}")
 
     def plot_scaling_bands(self, kinds: KindsArg = None):
         """Fig. 8: per-layer mean ± std (top 90 %) of the scaling factors, one
@@ -446,7 +443,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_scaling_bands(
-            series, title=f"Scaling per layer: {_short_name(self.post)} / {_short_name(self.base)}")
+            series, title=f"Scaling per layer: {short_name(self.post)} / {short_name(self.base)}")
 
     def plot_nf(self, kinds: KindsArg = None):
         """Fig. 3b: NF per layer, one line per kind (dashed: unrelated
@@ -459,7 +456,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_nf(series, baseline,
-                             title=f"NF per layer: {_short_name(self.post)} vs {_short_name(self.base)}")
+                             title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
 
     def nf_by_expert(self, kind: str) -> pd.DataFrame:
         """MoE models: NF of `kind` per expert (rows: routed experts, then 'shared') and MoE layer (columns)."""
@@ -570,7 +567,7 @@ class Comparison:
         return written
 
     def _run_info(self) -> Dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         return {"base": self.base, "post": self.post, "model_type": self.model_type,
                 "num_layers": self.num_layers, "layers": self.layers, "kinds": self.kinds,
