@@ -533,6 +533,16 @@ Architecture map_gpt_oss(const Checkpoint& ck, const Config& config) {
   for (int i = 0; i < layers; ++i) {
     const std::string p = layer_prefix(i);
     add_attention(m, i, p, a);
+    for (const std::string& prefix : {std::string("model."), std::string()}) {
+      const std::string blocks = prefix + p + "mlp.experts.gate_up_proj_blocks";
+      if (ck.contains(blocks)) {
+        POSTSVD_THROW(BadCheckpoint, ck.file_of(blocks).path()
+                                         << ": tensor '" << blocks << "': MXFP4 experts (*_blocks / *_scales) are "
+                                            "not read by this postsvd; expected the BF16/F16/F32 tensor '"
+                                         << prefix << p << "mlp.experts.gate_up_proj' [E, hidden, 2 * inter] (as "
+                                            "transformers' save_pretrained writes a dequantized gpt-oss)");
+      }
+    }
     add_fused_experts(m, i, p + "mlp.experts.gate_up_proj", p + "mlp.experts.down_proj", experts, a.hidden, inter,
                       true);
   }

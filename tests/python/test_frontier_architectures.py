@@ -194,3 +194,17 @@ def test_construction_loads_in_transformers_and_generates(saved, tmp_path, model
     assert generated.shape == (1, 8)
     with torch.no_grad():
         assert torch.isfinite(loaded(prompt).logits).all()
+
+
+def test_gpt_oss_mxfp4_experts_are_named_not_misread(saved, tmp_path):
+    folder, _ = saved("gpt_oss")
+
+    def to_blocks(tensors):
+        for layer in (0, 1):
+            name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
+            tensors[name + "_blocks"] = torch.zeros(3, 96, 1, 16, dtype=torch.uint8)
+            tensors.pop(name)
+
+    quantized = rewrite(folder, tmp_path / "mxfp4", to_blocks)
+    with pytest.raises(postsvd.BadCheckpointError, match=r"gate_up_proj_blocks'.*MXFP4 experts"):
+        postsvd.architecture(quantized)
