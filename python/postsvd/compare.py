@@ -482,7 +482,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_expert_nf({k: self.nf_by_expert(k) for k in chosen},
-                                    title=f"NF per expert: {_short_name(self.post)} vs {_short_name(self.base)}")
+                                    title=f"NF per expert: {short_name(self.post)} vs {short_name(self.base)}")
 
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25):
         """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
