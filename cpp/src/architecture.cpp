@@ -2,6 +2,7 @@
 // (layer, kind[, expert]) projections, fused tensors split into parts, and
 // strided views of them in paper orientation [in, out].
 #include <algorithm>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -34,6 +35,12 @@ const KindInfo& kind_info(Kind kind) {
 
 const char* kind_name(Kind kind) { return kind_info(kind).name; }
 const char* kind_group(Kind kind) { return kind_info(kind).group; }
+
+std::vector<Kind> all_kinds() {
+  std::vector<Kind> kinds;
+  for (const KindInfo& info : kind_table()) kinds.push_back(info.kind);
+  return kinds;
+}
 
 Kind parse_kind(const std::string& name) {
   std::ostringstream names;

@@ -528,4 +528,15 @@ TEST(FusedParts, PerHeadGroupsReadAndWriteTheRightRows) {
   }
 }
 
+TEST(Kinds, PaperOrderAndGroups) {
+  std::string names, groups;
+  for (Kind k : postsvd::all_kinds()) {
+    names += std::string(postsvd::kind_name(k)) + " ";
+    groups += std::string(postsvd::kind_group(k)) + " ";
+  }
+  EXPECT_EQ(names, "q k v o q_a q_b kv_a kv_b_k kv_b_v gate up down ");
+  EXPECT_EQ(groups, "attention attention attention attention attention attention attention attention attention "
+                    "mlp mlp mlp ");
+}
+
 }  // namespace

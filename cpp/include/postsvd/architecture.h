@@ -30,6 +30,8 @@ const char* kind_name(Kind kind);
 const char* kind_group(Kind kind);
 /// Throws InvalidArgument listing the valid names.
 Kind parse_kind(const std::string& name);
+/// Every kind, in kind_table()'s order.
+std::vector<Kind> all_kinds();
 
 /// MatrixSource::expert of a shared expert (DeepSeek shared_experts, Llama 4
 /// shared_expert, ...); routed experts are 0, 1, ...; -1 is not an expert.
