@@ -113,10 +113,14 @@ def test_a_source_tree_without_the_compiled_core_says_how_to_build(tmp_path):
 
 
 def test_kind_list_and_groups_come_from_the_core_in_paper_order():
-    assert postsvd.KINDS == ("q", "k", "v", "o", "gate", "up", "down")
-    assert postsvd.KIND_GROUPS == {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"),
+    mla = ("q_a", "q_b", "kv_a", "kv_b_k", "kv_b_v")
+    assert postsvd.KINDS == ("q", "k", "v", "o") + mla + ("gate", "up", "down")
+    assert postsvd.KIND_GROUPS == {"attention": ("q", "k", "v", "o") + mla, "mlp": ("gate", "up", "down"),
                                    "all": postsvd.KINDS}
-    assert normalize_kinds("attn") == normalize_kinds("Attention") == ["q", "k", "v", "o"]
-    assert normalize_kinds("down,mlp,q") == ["q", "gate", "up", "down"]
+    # A group stands for those of its kinds that the model has.
+    paper = ["q", "k", "v", "o", "gate", "up", "down"]
+    assert normalize_kinds("attn", paper) == normalize_kinds("Attention", paper) == ["q", "k", "v", "o"]
+    assert normalize_kinds("attention", ["o", "q_a", "kv_b_k", "up"]) == ["o", "q_a", "kv_b_k"]
+    assert normalize_kinds("down,mlp,q", paper) == ["q", "gate", "up", "down"]
     with pytest.raises(postsvd.InvalidArgumentError, match="or the groups attention, mlp, all"):
         normalize_kinds("ffn")
