@@ -134,3 +134,17 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as where it is not installed
     with pytest.raises(ImportError, match=r"pip install postsvd\[ray\]"):
         postsvd.compare(BASE, INSTRUCT, progress=False, executor="ray")
+
+
+def test_track_on_ray_equals_a_local_track(tmp_path):
+    from track_helpers import interpolated_checkpoints
+
+    folders = interpolated_checkpoints(tmp_path, [500, 1000], 1000)
+    # one LAPACK thread on both sides: a single decomposition (the base loaded from the cache, the checkpoint
+    # computed) may differ in the last bits between 1 and 2 threads; the tasks run with num_threads each
+    options = dict(dtype="float64", layers="0-1", kinds="attn", progress=False, num_threads=1)
+    local = postsvd.track(BASE, folders, **options)
+    remote = postsvd.track(BASE, folders, executor="ray", cache=tmp_path / "factors", out=tmp_path / "out", **options)
+    pd.testing.assert_frame_equal(local.table, remote.table, check_exact=True)
+    assert remote.comparisons[1].decompositions == {"computed": 8, "loaded": 8}  # base factors from the shared cache
+    assert (tmp_path / "out" / "track.html").exists()
