@@ -59,11 +59,17 @@ def plot_svsm(svsm: Mapping[str, np.ndarray], layers: Mapping[str, Sequence[int]
         ax.set_xlabel("layer")
         ax.set_ylabel("singular value index")
         _layer_ticks(ax, kind_layers)
-    for ax in axes[len(kinds):]:
+    return _finish_panels(fig, axes, len(kinds), image, "scaling  σ_post / σ_base",
+                          title or "Singular value scaling matrices (SVSM)")
+
+
+def _finish_panels(fig: Figure, axes, used: int, image, label: str, title: str) -> Figure:
+    """Hides the unused panels of a heatmap grid, adds one color bar for the used ones and the title."""
+    for ax in axes[used:]:
         ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=axes[:len(kinds)].tolist(), label="scaling  σ_post / σ_base", shrink=0.9)
-    fig.suptitle(title or "Singular value scaling matrices (SVSM)")
+        fig.colorbar(image, ax=axes[:used].tolist(), label=label, shrink=0.9)
+    fig.suptitle(title)
     return fig
 
 
@@ -231,9 +237,4 @@ def plot_nf_heatmap(steps: Sequence[int], nf: Mapping[str, np.ndarray], layers: 
         ax.set_yticklabels([str(layer) for layer in layers[kind]], fontsize="x-small")
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
-    for ax in axes[len(nf):]:
-        ax.set_visible(False)
-    if image is not None:
-        fig.colorbar(image, ax=axes[: len(nf)].tolist(), label="NF", shrink=0.9)
-    fig.suptitle(title or "NF per layer along training")
-    return fig
+    return _finish_panels(fig, axes, len(nf), image, "NF", title or "NF per layer along training")
