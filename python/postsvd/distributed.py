@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .errors import BackendError, InvalidArgumentError
 
 #: A unit holds the pairs of one layer up to this many weights (both models); a larger pair is a unit alone.
-UNIT_ELEMENTS = 1 << 26
+UNIT_ELEMENTS = 1 << 25
 #: Ray retries a task this many times when its worker dies (not when the task raises).
 MAX_RETRIES = 3
 #: Environment variable of the fault injection (see the module's doc).

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from ._names import short_name
 from ._outputs import atomic_folder
 from ._validate import LayersArg, KindsArg, normalize_folder, normalize_output_folder
 from .compare import Comparison, check_compare_arguments, compare, random_rotation_nf
@@ -43,7 +44,7 @@ TRACK_FILES = re.compile(r"trajectory\.(csv|json)|table\.csv|run\.json|track\.ht
 
 def step_of(folder: PathLike) -> int:
     """The training step in a checkpoint folder's name (``checkpoint-1200`` -> 1200)."""
-    name = os.path.basename(os.path.normpath(os.fspath(folder)))
+    name = short_name(os.fspath(folder))
     match = STEP_NAME.fullmatch(name)
     if match is None:
         raise InvalidArgumentError(f"checkpoint {name!r}: no step in the folder name (expected a name like "
@@ -136,7 +137,7 @@ class Trajectory:
         self.comparisons: List[Comparison] = list(comparisons)
         self.kinds: List[str] = list(comparisons[0].kinds)
         self.base: str = comparisons[0].base
-        self.title = title or f"postsvd track: {os.path.basename(os.path.normpath(self.base))}"
+        self.title = title or f"postsvd track: {short_name(self.base)}"
 
     @property
     def table(self) -> pd.DataFrame:
@@ -232,7 +233,8 @@ class Trajectory:
 
     def render_html(self) -> str:
         """The page of the run as one self-contained HTML string (figures embedded, CSS inline)."""
-        from .reports import _CSS, _e, _figure, _version
+        from ._version import __version__
+        from .reports import _CSS, _e, _figure
 
         kinds = self.kind_table()
         rows = "".join(
@@ -247,7 +249,7 @@ class Trajectory:
         if not self._has_experts():
             figures.append(_figure(self.plot_nf_heatmap(), "nf-heatmap", "NF per layer over the steps"))
         return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-                f'<meta name="generator" content="postsvd {_e(_version())}">\n'
+                f'<meta name="generator" content="postsvd {_e(__version__)}">\n'
                 f"<title>{_e(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
                 f"<header><h1>{_e(self.title)}</h1><p class=\"subtitle\">base <code>{_e(os.path.abspath(self.base))}"
                 f"</code> against {len(self.steps)} checkpoints (steps {self.steps[0]} to {self.steps[-1]}); "
@@ -262,7 +264,7 @@ class Trajectory:
                 f"<th>NF unrelated</th></tr></thead><tbody>{rows}</tbody></table></section>\n"
                 '<section id="metadata"><h2>Checkpoints</h2><table class="data"><thead><tr><th>step</th>'
                 f"<th>folder</th><th>compare time</th></tr></thead><tbody>{checkpoints}</tbody></table>"
-                f"<p>postsvd {_e(_version())}</p></section>\n</main>\n</body>\n</html>\n")
+                f"<p>postsvd {_e(__version__)}</p></section>\n</main>\n</body>\n</html>\n")
 
     def __repr__(self) -> str:
         return f"<postsvd.Trajectory {len(self.steps)} steps ({self.steps[0]}..{self.steps[-1]}), {len(self.kinds)} kinds>"

@@ -148,3 +148,15 @@ def test_track_on_ray_equals_a_local_track(tmp_path):
     pd.testing.assert_frame_equal(local.table, remote.table, check_exact=True)
     assert remote.comparisons[1].decompositions == {"computed": 8, "loaded": 8}  # base factors from the shared cache
     assert (tmp_path / "out" / "track.html").exists()
+
+
+def test_the_command_line_runs_on_ray(tmp_path, capsys, monkeypatch):
+    from postsvd import cli
+
+    out = tmp_path / "out"
+    assert cli.main(["compare", BASE, INSTRUCT, "--out", str(out), "--layers", "0", "--no-plots", "--no-progress",
+                     "--ray"]) == 0  # joins the test's cluster
+    assert (out / "table.csv").exists() and "ray" not in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert cli.main(["compare", BASE, INSTRUCT, "--out", str(tmp_path / "x"), "--ray"]) == 1
+    assert "pip install postsvd[ray]" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -85,3 +85,22 @@ def test_bad_arguments_fail_before_anything_is_computed(run, tmp_path, kwargs, m
     with pytest.raises(postsvd.InvalidArgumentError, match=message):
         postsvd.track(BASE, checkpoints, out=tmp_path / "out", progress=False, **kwargs)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_command_line(run, tmp_path, capsys):
+    from postsvd import cli
+
+    _, _, folders = run
+    out = tmp_path / "out"
+    code = cli.main(["track", BASE, *folders[:2], "--out", str(out), "--layers", "0-1", "--kinds", "o,q",
+                     "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "NF mean o" in printed and "track.html" in printed
+    assert (out / "track.html").exists() and (out / "step-400" / "table.csv").exists()
+    code = cli.main(["track", BASE, *folders[:2], "--out", str(tmp_path / "other"), "--steps", "1,x"])
+    assert code == 1 and "--steps" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    args = cli.build_parser().parse_args(["track", BASE, folders[0], "--out", "o", "--ray"])
+    assert args.ray == "" and args.checkpoints == [folders[0]]
+    args = cli.build_parser().parse_args(["compare", BASE, folders[0], "--out", "o", "--ray=auto"])
+    assert args.ray == "auto"
