@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ray.py [--repeats 2] [--dtype float32] [--out FILE]
 
-Writes a synthetic bf16 pair with one layer of Qwen2.5-1.5B's shapes (hidden 1536, intermediate
+Writes a bf16 base (Gaussian weights) and post (base + 1 % noise) with one layer of Qwen2.5-1.5B's shapes (hidden 1536, intermediate
 8960, 12 heads, 2 KV heads) and times postsvd.compare on it: in this process (all cores), then
 with executor='ray' on a local cluster started with num_cpus=1 and then num_cpus=2 (one CPU and
 one LAPACK thread per task). Each Ray timing follows a warm-up run on the same cluster, so worker
@@ -23,10 +23,39 @@ import time
 import pandas as pd
 
 import postsvd
-from postsvd.synthetic import make_pair
+from postsvd import synthetic
 
 QWEN_15B_LAYER = dict(model_type="qwen2", layers=1, hidden=1536, intermediate=8960, heads=12, kv_heads=2,
                       vocab=256)
+
+
+def write_pair(root: str):
+    """base: Gaussian weights of Qwen2.5-1.5B's shapes (one layer); post = base + 1 % noise. The SVD's time does
+    not depend on the spectrum much, and these are written in seconds even on a loaded 2-core machine."""
+    import types
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sizes = {k: v for k, v in QWEN_15B_LAYER.items() if k != "model_type"}
+    shapes = synthetic._projection_shapes(sizes["hidden"], sizes["intermediate"], sizes["heads"], sizes["kv_heads"])
+    hidden, vocab = sizes["hidden"], sizes["vocab"]
+    base = {"model.embed_tokens.weight": rng.standard_normal((vocab, hidden)) * 0.02,
+            "model.norm.weight": np.ones(hidden), "lm_head.weight": rng.standard_normal((vocab, hidden)) * 0.02,
+            "model.layers.0.input_layernorm.weight": np.ones(hidden),
+            "model.layers.0.post_attention_layernorm.weight": np.ones(hidden)}
+    for kind, (out_features, in_features) in shapes.items():
+        base[synthetic._tensor_name(0, kind)] = rng.standard_normal((out_features, in_features)) * 0.02
+        if kind in ("q", "k", "v"):  # qwen2's q/k/v biases
+            base[synthetic._tensor_name(0, kind).replace(".weight", ".bias")] = np.zeros(out_features)
+    post = {name: t + 0.01 * np.std(t) * rng.standard_normal(t.shape) if t.ndim == 2 else t
+            for name, t in base.items()}
+    config = synthetic._config(QWEN_15B_LAYER["model_type"], 1, hidden, sizes["intermediate"], sizes["heads"],
+                               sizes["kv_heads"], vocab, "bfloat16")
+    folders = types.SimpleNamespace(base=os.path.join(root, "base"), post=os.path.join(root, "post"))
+    synthetic._save(base, folders.base, config, "bfloat16", 1)
+    synthetic._save(post, folders.post, config, "bfloat16", 1)
+    return folders
 
 
 def timed(function, repeats):
@@ -47,8 +76,7 @@ def main() -> int:
     import ray
 
     root = tempfile.mkdtemp(prefix="postsvd-bench-ray-")
-    pair = make_pair(os.path.join(root, "base"), os.path.join(root, "post"), dtype="bfloat16", seed=0,
-                     **QWEN_15B_LAYER)
+    pair = write_pair(root)
     options = dict(dtype=args.dtype, progress=False)
     load = os.getloadavg()
     local_s, local = timed(lambda: postsvd.compare(pair.base, pair.post, **options), args.repeats)
@@ -74,7 +102,7 @@ def main() -> int:
         "with other sessions' builds, so the absolute times vary",
         f"- postsvd {postsvd.__version__}, ray {ray.__version__}, python {platform.python_version()}; "
         f"{postsvd.build_info().splitlines()[0] if postsvd.build_info() else ''}",
-        f"- input: one Qwen2.5-1.5B-shaped layer (7 matrix pairs, bf16, synthetic), {args.dtype}; "
+        f"- input: one Qwen2.5-1.5B-shaped layer (7 matrix pairs, bf16, Gaussian base, post = base + 1 % noise), {args.dtype}; "
         f"{units} Ray units (UNIT_ELEMENTS = {postsvd.distributed.UNIT_ELEMENTS}); median of {args.repeats} runs",
         "",
         "| run | wall s | local / run | cluster start + warm-up s |",
