@@ -133,11 +133,16 @@ FactorCache::FactorCache(std::string folder) : folder_(std::move(folder)) {
 std::string FactorCache::key(const TensorView& view, Precision precision) {
   const auto span = view.byte_span();
   const unsigned char* first = static_cast<const unsigned char*>(view.data) + span.first;
-  const uint64_t seed = mix64(static_cast<uint64_t>(view.rows) * 0x100000001b3ULL ^
-                              mix64(static_cast<uint64_t>(view.cols)) ^ mix64(static_cast<uint64_t>(view.row_stride) + 7) ^
-                              mix64(static_cast<uint64_t>(view.col_stride) + 13) ^
-                              mix64(static_cast<uint64_t>(view.dtype) + 101) ^
-                              mix64(static_cast<uint64_t>(span.first) + 1009));
+  uint64_t seed = mix64(static_cast<uint64_t>(view.rows) * 0x100000001b3ULL ^
+                        mix64(static_cast<uint64_t>(view.cols)) ^ mix64(static_cast<uint64_t>(view.row_stride) + 7) ^
+                        mix64(static_cast<uint64_t>(view.col_stride) + 13) ^
+                        mix64(static_cast<uint64_t>(view.dtype) + 101) ^
+                        mix64(static_cast<uint64_t>(span.first) + 1009));
+  // Grouped views (per-head parts) only: keys of ungrouped views stay as they were.
+  if (view.row_group > 0 || view.col_group > 0) {
+    seed ^= mix64(static_cast<uint64_t>(view.row_group) + 10007) ^ mix64(static_cast<uint64_t>(view.row_group_skip) + 100003) ^
+            mix64(static_cast<uint64_t>(view.col_group) + 1000003) ^ mix64(static_cast<uint64_t>(view.col_group_skip) + 10000019);
+  }
   const auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
   char text[40];
   std::snprintf(text, sizeof(text), "%016llx%016llx", static_cast<unsigned long long>(h.first),

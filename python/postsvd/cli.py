@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ._names import unique_names
 from ._outputs import atomic_file
 from ._terminal import printable
-from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, normalize_output_file
+from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, normalize_output_file
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -55,10 +55,11 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
     parent.add_argument("--layers", default=None, metavar="LIST", help="layers, e.g. 0,1,5-9 (default: all)")
     selection = parent.add_mutually_exclusive_group() if with_group else parent
     selection.add_argument("--kinds", default=None, metavar="LIST",
-                           help="kinds: q,k,v,o,gate,up,down or the groups attention / mlp (default: all)")
+                           help=f"kinds: {','.join(KINDS)} or the groups attention / mlp (default: all)")
     if with_group:
         selection.add_argument("--group", default=None, type=_group_arg, choices=list(KIND_GROUPS),
-                               help="instead of --kinds: attention = q,k,v,o; mlp = gate,up,down; all")
+                               help=f"instead of --kinds: attention = {','.join(KIND_GROUPS['attention'])}; "
+                                    f"mlp = {','.join(KIND_GROUPS['mlp'])}; all (the kinds the model has)")
     parent.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
     parent.add_argument("--cache", default=None, metavar="DIR",
                         help="factor cache folder shared by compare, report and construct: each matrix is "
@@ -144,6 +145,9 @@ def add_compare(subparsers) -> None:
                         help="pairs to draw sim/difference/I_orth heatmaps for (default: first layer and kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
+    parser.add_argument("--experts", default=None, metavar="LIST",
+                        help="MoE models: experts to compare, e.g. 0-7 or 0-7,shared (default: all); attention "
+                             "and dense MLP matrices are always compared")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     add_ray_option(parser)
     parser.set_defaults(func=run_compare)
@@ -161,7 +165,7 @@ def run_compare(args) -> int:
     matrices_for = _parse_matrices(args.matrices)
     out_dirs = _output_dirs(args.out, args.posts)
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
-                   num_threads=args.threads, cache=args.cache)
+                   num_threads=args.threads, cache=args.cache, experts=args.experts)
     check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
                             outs=out_dirs, **dict(options, device=_checked_device(args)))
     for post, out_dir in zip(args.posts, out_dirs):

@@ -108,15 +108,16 @@ def connect(address: Optional[str] = None):
 
 
 def plan_units(batches: Sequence[Sequence[int]], matrices: Sequence[Dict[str, Any]],
-               max_elements: int = UNIT_ELEMENTS) -> List[List[int]]:
-    """Splits each layer's pair indices into units of at most `max_elements` weights (both models)."""
+               max_elements: int = UNIT_ELEMENTS, max_pairs: int = 64) -> List[List[int]]:
+    """Splits each layer's pair indices into units of at most `max_elements` weights (both models) and
+    `max_pairs` pairs (a MoE layer's many small experts: the backend sees a bounded batch)."""
     units: List[List[int]] = []
     for batch in batches:
         unit: List[int] = []
         size = 0
         for index in batch:
             elements = 2 * int(matrices[index]["in_features"]) * int(matrices[index]["out_features"])
-            if unit and size + elements > max_elements:
+            if unit and (size + elements > max_elements or len(unit) >= max_pairs):
                 units.append(unit)
                 unit, size = [], 0
             unit.append(index)

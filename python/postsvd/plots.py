@@ -24,8 +24,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compare import Comparison
 
 #: One color per kind, stable across figures.
-KIND_COLORS = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-                               "tab:pink")))
+KIND_COLORS = {
+    "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
+    "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
+    "q_a": "tab:cyan", "q_b": "tab:olive", "kv_a": "tab:gray", "kv_b_k": "gold", "kv_b_v": "teal",
+}
 
 
 #: Narrowest color range of the SVSM heatmaps.
@@ -68,12 +71,12 @@ def plot_svsm(svsm: Mapping[str, np.ndarray], layers: Mapping[str, Sequence[int]
         ax.set_xlabel("layer")
         ax.set_ylabel("singular value index")
         _layer_ticks(ax, kind_layers)
-    return _finish_panels(fig, axes, len(kinds), image, "scaling  σ_post / σ_base",
-                          title or "Singular value scaling matrices (SVSM)")
+    return _finish_heatmaps(fig, axes, len(kinds), image, "scaling  σ_post / σ_base",
+                            title or "Singular value scaling matrices (SVSM)")
 
 
-def _finish_panels(fig: Figure, axes, used: int, image, label: str, title: str) -> Figure:
-    """Hides the unused panels of a heatmap grid, adds one color bar for the used ones and the title."""
+def _finish_heatmaps(fig, axes, used: int, image, label: str, title: str) -> Figure:
+    """Hides the unused axes of a heatmap grid, adds one shared colorbar and the title."""
     for ax in axes[used:]:
         ax.set_visible(False)
     if image is not None:
@@ -171,6 +174,34 @@ def plot_matrices(matrices: Mapping[str, np.ndarray], title: str = "") -> Figure
     if title:
         fig.suptitle(title)
     return fig
+
+
+def plot_expert_nf(grids, title: str = "") -> Figure:
+    """NF per (layer, expert) of MoE kinds: one heatmap per kind, x = layer, y = expert.
+
+    Args:
+        grids: kind -> DataFrame [experts, layers] of NF (index: expert labels, columns: layers).
+    """
+    kinds = list(grids)
+    rows, cols = _grid(len(kinds))
+    fig = Figure(figsize=(3.2 * cols + 1.0, 3.0 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    values = np.concatenate([grids[k].to_numpy(dtype=float).ravel() for k in kinds])
+    values = values[np.isfinite(values)]
+    high = float(values.max()) if values.size else 1.0
+    image = None
+    for ax, kind in zip(axes, kinds):
+        grid = grids[kind]
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", interpolation="nearest", cmap="magma",
+                          vmin=0.0, vmax=high if high > 0 else 1.0)
+        ax.set_title(f"W_{kind}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("expert")
+        _layer_ticks(ax, list(grid.columns))
+        step = max(1, math.ceil(len(grid.index) / 16))
+        ax.set_yticks(list(range(0, len(grid.index), step)))
+        ax.set_yticklabels([str(grid.index[p]) for p in range(0, len(grid.index), step)])
+    return _finish_heatmaps(fig, axes, len(kinds), image, "NF", title or "NF per (layer, expert)")
 
 
 def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figure:
@@ -314,4 +345,4 @@ def plot_nf_heatmap(steps: Sequence[int], nf: Mapping[str, np.ndarray], layers: 
         ax.set_yticklabels([str(layer) for layer in layers[kind]], fontsize="x-small")
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
-    return _finish_panels(fig, axes, len(nf), image, "NF", title or "NF per layer along training")
+    return _finish_heatmaps(fig, axes, len(nf), image, "NF", title or "NF per layer along training")

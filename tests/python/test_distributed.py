@@ -53,6 +53,7 @@ def test_units_are_layers_split_by_size():
     assert distributed.plan_units([[0, 1], [2, 3]], matrices) == [[0, 1], [2, 3]]
     assert distributed.plan_units([[0, 1, 2], [3]], matrices, max_elements=400) == [[0, 1], [2], [3]]
     assert distributed.plan_units([[0, 1]], matrices, max_elements=10) == [[0], [1]]  # a large pair alone
+    assert distributed.plan_units([[0, 1, 2]], matrices, max_pairs=2) == [[0, 1], [2]]
 
 
 def test_a_killed_worker_is_retried_and_the_results_are_equal(local_float64, tmp_path, monkeypatch):
