@@ -25,7 +25,8 @@ def test_nf_grows_with_the_step_along_the_path_to_instruct(run):
     trajectory, _, _ = run
     assert trajectory.steps == STEPS
     kinds = trajectory.kind_table()
-    for kind in postsvd.KINDS:
+    assert trajectory.kinds == ["q", "k", "v", "o", "gate", "up", "down"]
+    for kind in trajectory.kinds:
         nf = kinds.loc[kinds["kind"] == kind, "nf_mean"].to_numpy()
         assert np.all(np.diff(nf) > 0), (kind, nf)
         assert nf[0] > 0
