@@ -10,6 +10,7 @@
 
 #include "detail/json_guard.h"
 #include "detail/shape_format.h"
+#include "postsvd/limits.h"
 #include "postsvd/architecture.h"
 
 namespace postsvd {
@@ -139,6 +140,11 @@ class Config {
     if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
       POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is " << detail::json_excerpt(v)
                                          << "; expected a positive integer");
+    }
+    // Sizes multiply (heads x head_dim, 3 x hidden): bounded so no product overflows.
+    if (v.get<int64_t>() > limits::kMaxConfigInteger) {
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << v.get<int64_t>() << ", over the limit of "
+                                         << limits::kMaxConfigInteger);
     }
     return v.get<int64_t>();
   }

@@ -23,6 +23,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// This machine's name, reduced to [A-Za-z0-9.-]: two nodes may run processes with the same pid.
+std::string host_tag() {
+  char name[256] = {0};
+  if (::gethostname(name, sizeof(name) - 1) != 0) return "host";
+  std::string tag;
+  for (const char* c = name; *c != '\0' && tag.size() < 64; ++c) {
+    const bool plain = (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+                       *c == '.' || *c == '-';
+    tag += plain ? *c : '_';
+  }
+  return tag.empty() ? std::string("host") : tag;
+}
+
 uint64_t mix64(uint64_t x) {
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;
@@ -194,10 +207,11 @@ bool FactorCache::load(const std::string& key, Decomposition<T>& out) const {
 template <class T>
 void FactorCache::store(const std::string& key, const Decomposition<T>& d) const {
   const fs::path final_path = fs::path(folder_) / (key + ".svd");
-  // Unique per process and call: threads or processes storing the same key never share a temporary file.
+  // Unique per host, process and call: threads, processes or nodes (a cache on shared storage) storing the
+  // same key never share a temporary file; the rename publishes one complete entry, the last one wins.
   static std::atomic<uint64_t> serial{0};
-  const fs::path temp_path =
-      fs::path(folder_) / (key + ".svd.tmp" + std::to_string(::getpid()) + "." + std::to_string(serial.fetch_add(1)));
+  const fs::path temp_path = fs::path(folder_) / (key + ".svd.tmp" + host_tag() + "." + std::to_string(::getpid()) +
+                                                  "." + std::to_string(serial.fetch_add(1)));
   {
     std::ofstream out(temp_path, std::ios::binary | std::ios::trunc);
     POSTSVD_CHECK(out.good(), Error, "factor cache: cannot write " << temp_path.string());

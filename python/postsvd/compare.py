@@ -63,7 +63,8 @@ def random_rotation_nf(k: int) -> float:
 def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
-            cache: Optional[PathLike] = None, experts: ExpertsArg = None) -> "Comparison":
+            cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
+            ray_address: Optional[str] = None) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -92,10 +93,19 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             the constructions reuse the comparison's decompositions. Costs disk
             (U, S and V in the working precision: about 4x the bf16 weights
             in float32, twice that in float64) and, on a cold cache,
-            the write. None = no cache (the default).
+            the write. None = no cache (the default). With ``executor='ray'``
+            it must be on storage that every node sees.
         experts: MoE models: the experts to compare, e.g. '0-7', '0-7,shared',
             [0, 3] or 'shared' (the shared expert); None = all. Attention and
             dense MLP matrices are compared whatever this says.
+        executor: 'local' (this process) or 'ray': the pairs go in groups to
+            the tasks of a Ray cluster, which open both folders by path (a file
+            system every node sees) and return only the measures; see
+            :mod:`postsvd.distributed`. Needs ``pip install postsvd[ray]``.
+        ray_address: with 'ray', the cluster to use ('auto', 'ray://host:10001',
+            'host:6379'); None = a running cluster if there is one, else a
+            local one. With 'ray', ``device`` may also be 'auto': a GPU per
+            task where the cluster has GPUs, CPUs otherwise.
 
     Returns:
         A :class:`Comparison`.
@@ -110,8 +120,16 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     """
     base_path = normalize_folder(base, "base")
     post_path = normalize_folder(post, "post")
+    if executor not in ("local", "ray"):
+        raise InvalidArgumentError(f"executor: expected 'local' or 'ray', got {executor!r}")
+    if executor == "ray":
+        from . import distributed  # Ray stays optional: imported only when asked for
+
+        distributed.check_device(device)
+    # On Ray the tasks decompose; this process only reads the headers and recomputes single pairs (matrices()).
+    local_device = "cpu" if executor == "ray" else device
     precision, (device_kind, device_ids), threads, budget, cache_path = _options(
-        dtype, device, num_threads, memory_budget_bytes, cache)
+        dtype, local_device, num_threads, memory_budget_bytes, cache)
     comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
                                   cache_path)
     arch = comparator.architecture
@@ -129,18 +147,25 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
 
+    desc = f"{_display_name(base_path)} vs {_display_name(post_path)}"
+    if executor == "ray":
+        run = distributed.compare_units(
+            distributed.RunOptions(base_path, post_path, device, precision, budget, num_threads, cache_path),
+            [batches[layer] for layer in sorted(batches)], arch, address=ray_address, progress=progress, desc=desc)
+        return Comparison(comparator, run.records, chosen_layers, chosen_kinds, run.elapsed_seconds,
+                          device=run.device, decompositions=run.decompositions)
+
     from tqdm.auto import tqdm
 
     records: List[Dict[str, Any]] = []
     started = time.perf_counter()
-    desc = f"{_display_name(base_path)} vs {_display_name(post_path)}"
     with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
         for layer in sorted(batches):
             bar.set_postfix_str(f"layer {layer}")
             # A MoE layer goes in chunks: the backend sees a bounded batch, the bar moves per chunk.
             for start in range(0, len(batches[layer]), _CHUNK):
                 indices = batches[layer][start:start + _CHUNK]
-                _compare_chunk(comparator, arch, indices, records)
+                records += pair_records(comparator, indices)
                 bar.update(len(indices))
     elapsed = time.perf_counter() - started
     return Comparison(comparator, records, chosen_layers, chosen_kinds, elapsed)
@@ -150,13 +175,21 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
 _CHUNK = 64
 
 
-def _compare_chunk(comparator, arch: Dict[str, Any], indices: List[int], records: List[Dict[str, Any]]) -> None:
-    for index, measures in zip(indices, comparator.compare(indices, False, 0)):
-        source = arch["matrices"][index]
+def pair_records(comparator: "_core.Comparator", indices: Sequence[int]) -> List[Dict[str, Any]]:
+    """The kept measures of the pairs at `indices` (into the architecture's matrices), in that order.
+
+    The one per-pair computation of every executor: a local :func:`compare` calls it per chunk of
+    a layer, a Ray task (:mod:`postsvd.distributed`) on its unit of pairs.
+    """
+    matrices = comparator.architecture["matrices"]
+    records = []
+    for index, measures in zip(indices, comparator.compare(list(indices), False, 0)):
+        source = matrices[index]
         record = {"index": index, "layer": source["layer"], "kind": source["kind"],
                   "expert": source["expert"], "tensor": source["tensor"]}
         record.update({key: measures[key] for key in _KEPT})
         records.append(record)
+    return records
 
 
 def _check_experts(chosen: Optional[set], arch: Dict[str, Any]) -> Optional[set]:
@@ -287,7 +320,8 @@ class Comparison:
     """
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
-                 kinds: Sequence[str], elapsed_seconds: float = 0.0):
+                 kinds: Sequence[str], elapsed_seconds: float = 0.0, *, device: Optional[str] = None,
+                 decompositions: Optional[Dict[str, int]] = None):
         self._comparator = comparator
         self._records = records
         arch = comparator.architecture
@@ -297,12 +331,13 @@ class Comparison:
         self.num_layers: int = arch["num_layers"]
         self.layers: List[int] = list(layers)
         self.kinds: List[str] = list(kinds)
-        self.device: str = comparator.device
+        self.device: str = device or comparator.device  # on Ray: where the tasks ran
         self.dtype: str = comparator.precision
         self.backend: str = comparator.backend_name
         self.elapsed_seconds: float = elapsed_seconds
         self.factor_cache: Optional[str] = comparator.factor_cache or None
         self._has_experts = any(r["expert"] != -1 for r in records)
+        self._task_decompositions = decompositions  # on Ray: the tasks' cache counts, summed
 
     # ------------------------------------------------------------------ data
 
@@ -310,7 +345,10 @@ class Comparison:
     def decompositions(self) -> Dict[str, int]:
         """With a factor cache: how many decompositions were computed and how many
         loaded so far ({'computed': n, 'loaded': m}); both 0 without one."""
-        return dict(self._comparator.cache_counts)
+        counts = dict(self._comparator.cache_counts)
+        for key, value in (self._task_decompositions or {}).items():
+            counts[key] = counts.get(key, 0) + value
+        return counts
 
     @property
     def records(self) -> List[Dict[str, Any]]:

@@ -270,3 +270,79 @@ def plot_rotations(per_layer: Mapping[str, "pd.DataFrame"], title: str = "") -> 
     axes[0].legend(fontsize=7)
     fig.suptitle(title or "Eq. 13 residual rotations", fontsize=10)
     return fig
+
+
+# ---------------------------------------------------------------------- trajectories (postsvd.track)
+
+def plot_trajectory_nf(steps: Sequence[int], nf_mean: Mapping[str, Sequence[float]],
+                       baseline: Optional[Mapping[str, float]] = None, title: str = "") -> Figure:
+    """Mean NF over the layers against the training step, one line per kind.
+
+    Args:
+        steps: the checkpoints' steps [S].
+        nf_mean: kind -> [S] mean NF of that kind at each step.
+        baseline: kind -> NF of unrelated random rotations (sqrt(2/k)), drawn dashed.
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for kind, values in nf_mean.items():
+        ax.plot(steps, values, marker="o", markersize=3, color=KIND_COLORS.get(kind), label=f"W_{kind}")
+    for value in sorted({round(float(v), 12) for v in (baseline or {}).values()}):
+        ax.axhline(value, color="0.45", linewidth=0.9, linestyle="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("NF mean over layers")
+    ax.set_ylim(bottom=0)
+    ax.legend(ncol=min(len(nf_mean), 4), fontsize="small")
+    ax.set_title(title or "Orthogonal consistency along training (NF; dashed: unrelated rotations)")
+    return fig
+
+
+def plot_trajectory_scaling(steps: Sequence[int], scaling: Mapping[str, Dict[str, Sequence[float]]],
+                            title: str = "") -> Figure:
+    """Pooled top-90 % scaling mean (line) ± std (band) against the training step, one color per kind.
+
+    Args:
+        steps: the checkpoints' steps [S].
+        scaling: kind -> {"mean": [S], "std": [S]}.
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    x = np.asarray(steps)
+    for kind, series in scaling.items():
+        mean, std = np.asarray(series["mean"]), np.asarray(series["std"])
+        color = KIND_COLORS.get(kind)
+        ax.plot(x, mean, marker="o", markersize=3, color=color, label=f"W_{kind}")
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("step")
+    ax.set_ylabel("scaling factor (top 90 %)  mean ± std")
+    ax.legend(ncol=min(len(scaling), 4), fontsize="small")
+    ax.set_title(title or "Singular value scaling along training")
+    return fig
+
+
+def plot_nf_heatmap(steps: Sequence[int], nf: Mapping[str, np.ndarray], layers: Mapping[str, Sequence[int]],
+                    title: str = "") -> Figure:
+    """Per-layer NF over the steps: one heatmap per kind (x = step, y = layer), one color scale.
+
+    Args:
+        steps: the checkpoints' steps [S].
+        nf: kind -> [layers, S] NF.
+        layers: kind -> the layers of the rows.
+    """
+    rows, cols = _grid(len(nf))
+    fig = Figure(figsize=(3.4 * cols + 1.2, 2.8 * rows + 0.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    top = max(float(np.max(values)) for values in nf.values()) or 1.0
+    image = None
+    for ax, (kind, values) in zip(axes, nf.items()):
+        image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma", vmin=0.0, vmax=top,
+                          interpolation="nearest")
+        ax.set_title(f"W_{kind}")
+        ax.set_xticks(range(len(steps)))
+        ax.set_xticklabels([str(s) for s in steps], rotation=90 if len(steps) > 6 else 0, fontsize="x-small")
+        ax.set_yticks(range(len(layers[kind])))
+        ax.set_yticklabels([str(layer) for layer in layers[kind]], fontsize="x-small")
+        ax.set_xlabel("step")
+        ax.set_ylabel("layer")
+    return _finish_heatmaps(fig, axes, len(nf), image, "NF", title or "NF per layer along training")
