@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "postsvd/error.h"
+#include "postsvd/quantization.h"
 
 namespace postsvd {
 
@@ -88,7 +89,21 @@ std::string FactorCache::key(const TensorView& view, Precision precision) {
                               mix64(static_cast<uint64_t>(view.col_stride) + 13) ^
                               mix64(static_cast<uint64_t>(view.dtype) + 101) ^
                               mix64(static_cast<uint64_t>(span.first) + 1009));
-  const auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
+  auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
+  if (view.quantized()) {
+    // The same FP8 bytes with other scales are another matrix: the scales and their geometry join the key.
+    const ViewScales& s = view.scales;
+    const auto scale_span = scale_byte_span(view);
+    const uint64_t scale_seed = mix64(h.first ^ mix64(static_cast<uint64_t>(s.scheme) + 31) ^
+                                      mix64(static_cast<uint64_t>(s.dtype) + 37) ^
+                                      mix64(static_cast<uint64_t>(s.block_rows) * 41 + static_cast<uint64_t>(s.block_cols)) ^
+                                      mix64(static_cast<uint64_t>(s.row_offset) * 43 + static_cast<uint64_t>(s.col_offset)) ^
+                                      mix64(static_cast<uint64_t>(s.row_stride) * 47 + static_cast<uint64_t>(s.col_stride)) ^
+                                      mix64(static_cast<uint64_t>(scale_span.first) + 53));
+    const auto hs = hash_bytes(static_cast<const unsigned char*>(s.data) + scale_span.first,
+                               static_cast<uint64_t>(scale_span.second - scale_span.first), scale_seed);
+    h = {mix64(h.first ^ hs.first), mix64(h.second + hs.second)};
+  }
   char text[40];
   std::snprintf(text, sizeof(text), "%016llx%016llx", static_cast<unsigned long long>(h.first),
                 static_cast<unsigned long long>(h.second));

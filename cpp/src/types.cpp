@@ -8,7 +8,9 @@
 #include <limits>
 #include <type_traits>
 
+#include "detail/dequantize.h"
 #include "detail/half.h"
+#include "postsvd/quantization.h"
 
 namespace postsvd {
 
@@ -79,6 +81,11 @@ bool is_float_dtype(DType dtype) {
 
 std::pair<int64_t, int64_t> TensorView::byte_span() const {
   if (rows <= 0 || cols <= 0) return {0, 0};
+  if (scales.scheme == QuantScheme::MXFP4) {
+    // Strides count packed FP4 values, two per byte, from value scales.row_offset.
+    const int64_t last = scales.row_offset + (rows - 1) * row_stride + (cols - 1) * col_stride;
+    return {scales.row_offset / 2, last / 2 + 1};
+  }
   // Element offsets of the extreme corners; strides may in principle be negative.
   const int64_t row_reach = (rows - 1) * row_stride;
   const int64_t col_reach = (cols - 1) * col_stride;
@@ -86,6 +93,20 @@ std::pair<int64_t, int64_t> TensorView::byte_span() const {
   const int64_t hi = std::max<int64_t>(0, row_reach) + std::max<int64_t>(0, col_reach);
   const auto size = static_cast<int64_t>(dtype_size(dtype));
   return {lo * size, (hi + 1) * size};
+}
+
+TensorView TensorView::transposed() const {
+  TensorView t = *this;
+  t.rows = cols;
+  t.cols = rows;
+  t.row_stride = col_stride;
+  t.col_stride = row_stride;
+  if (scales.scheme == QuantScheme::ScaledFP8) {
+    std::swap(t.scales.block_rows, t.scales.block_cols);
+    std::swap(t.scales.row_offset, t.scales.col_offset);
+    std::swap(t.scales.row_stride, t.scales.col_stride);
+  }
+  return t;
 }
 
 namespace {
@@ -138,9 +159,10 @@ bool convert_into(const TensorView& view, Matrix<T>& out, Convert convert) {
 template <class T>
 Matrix<T> to_matrix(const TensorView& view) {
   const char* target = std::is_same<T, float>::value ? "F32" : "F64";
-  if (!is_float_dtype(view.dtype)) {
+  if (!is_weight_dtype(view.dtype) && !view.quantized()) {
     POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': dtype " << dtype_name(view.dtype)
-                                              << " is not a float dtype; expected one of F16, BF16, F32, F64");
+                                              << " is not a float dtype; expected one of F16, BF16, F32, F64, "
+                                                 "F8_E4M3, F8_E5M2");
   }
   if (view.rows < 0 || view.cols < 0) {
     POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': expected a non-negative shape, got ["
@@ -153,7 +175,9 @@ Matrix<T> to_matrix(const TensorView& view) {
                                               << view.cols << "] has a null data pointer");
   }
   bool all_finite = true;
-  switch (view.dtype) {
+  if (view.quantized()) {
+    all_finite = detail::dequantize_into<T>(view, out);
+  } else switch (view.dtype) {
     case DType::BF16:
       all_finite = convert_into<T, uint16_t>(view, out, [](uint16_t b) { return static_cast<T>(detail::bf16_to_float(b)); });
       break;
@@ -165,6 +189,12 @@ Matrix<T> to_matrix(const TensorView& view) {
       break;
     case DType::F64:
       all_finite = convert_into<T, double>(view, out, [](double d) { return static_cast<T>(d); });
+      break;
+    case DType::F8_E4M3:
+      all_finite = convert_into<T, uint8_t>(view, out, [](uint8_t q) { return static_cast<T>(fp8_e4m3_to_float(q)); });
+      break;
+    case DType::F8_E5M2:
+      all_finite = convert_into<T, uint8_t>(view, out, [](uint8_t q) { return static_cast<T>(fp8_e5m2_to_float(q)); });
       break;
     default:
       break;
@@ -178,7 +208,9 @@ Matrix<T> to_matrix(const TensorView& view) {
           POSTSVD_THROW(InvalidArgument,
                         "tensor '" << view.name << "': non-finite value " << v << " at (row " << r << ", col " << c
                                    << ") of the [" << view.rows << ", " << view.cols << "] matrix (stored "
-                                   << dtype_name(view.dtype) << ", converted to " << target
+                                   << dtype_name(view.dtype)
+                                   << (view.quantized() ? ", scaled by '" + view.scales.name + "'" : std::string())
+                                   << ", converted to " << target
                                    << "); expected finite weights");
         }
       }

@@ -31,6 +31,33 @@ enum class Precision { F32, F64 };
 /// Where the work runs.
 enum class Device { CPU, CUDA };
 
+/// How a view's stored values become weights (rules and decoders: quantization.h).
+enum class QuantScheme {
+  None,       // the stored float values (FP8 without scales converts exactly too)
+  ScaledFP8,  // FP8 value x a float scale from a grid of blocks (block, per-channel, per-tensor)
+  MXFP4,      // FP4 E2M1 nibbles x 2^(E8M0 - 127), 32 consecutive values per exponent
+};
+
+/// The scales of a quantized view, in the view's own (paper) coordinates.
+/// ScaledFP8: element (r, c) of the view is multiplied by the scale at element offset
+///   ((r + row_offset) / block_rows) * row_stride + ((c + col_offset) / block_cols) * col_stride
+/// of `data` (dtype F32, BF16 or F16); strides 0 broadcast (per tensor, per channel).
+/// MXFP4: the view's dtype is U8 and its strides count FP4 values, not bytes: element
+/// (r, c) is value i = row_offset + r * view.row_stride + c * view.col_stride of the packed
+/// tensor (byte i / 2, low nibble first), scaled by the E8M0 byte data[i / 32].
+struct ViewScales {
+  QuantScheme scheme = QuantScheme::None;
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t block_rows = 1;
+  int64_t block_cols = 1;
+  int64_t row_offset = 0;
+  int64_t col_offset = 0;
+  int64_t row_stride = 0;
+  int64_t col_stride = 0;
+  std::string name;  // scale tensor name, for error messages
+};
+
 /// Non-owning, strided view of stored weights in their stored dtype, already in
 /// paper orientation: element (r, c) of W [rows = in, cols = out] lives at
 ///   static_cast<const char*>(data) + (r * row_stride + c * col_stride) * dtype_size(dtype).
@@ -45,6 +72,11 @@ struct TensorView {
   int64_t row_stride = 1;
   int64_t col_stride = 0;
   std::string name;  // tensor name (and part), for error messages
+  ViewScales scales;  // quantized weights only (scheme != None)
+
+  bool quantized() const { return scales.scheme != QuantScheme::None; }
+  /// The same stored data seen as W^T (strides and scales swapped).
+  TensorView transposed() const;
 
   /// Byte span [first, last) the view touches, relative to `data`; for copying
   /// only what is needed to a device.
@@ -83,8 +115,9 @@ class Matrix {
   std::vector<T> data_;
 };
 
-/// Converts a view (any float dtype, any strides) into an owning column-major
-/// Matrix<T>. Throws InvalidArgument naming view.name for non-float dtypes.
+/// Converts a view (any float or FP8 dtype, any strides; quantized views
+/// dequantized, see ViewScales) into an owning column-major Matrix<T>.
+/// Throws InvalidArgument naming view.name for other dtypes.
 /// Rejects NaN / Inf with InvalidArgument naming the tensor and the first bad index.
 template <class T>
 Matrix<T> to_matrix(const TensorView& view);

@@ -44,16 +44,6 @@ void transpose_into(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst
   }
 }
 
-/// The same stored data seen as W^T.
-TensorView transposed(const TensorView& view) {
-  TensorView t = view;
-  t.rows = view.cols;
-  t.cols = view.rows;
-  t.row_stride = view.col_stride;
-  t.col_stride = view.row_stride;
-  return t;
-}
-
 /// Factors of a tall matrix X [p, q], p >= q: X = Ux diag(S) VTx, Ux [p, q], VTx [q, q].
 template <class T>
 struct TallSvd {
@@ -147,7 +137,7 @@ Decomposition<T> reduced_svd(const TensorView& view) {
   }
   // LAPACK's QR path (tall) beats its LQ path (wide): always decompose the tall one.
   const bool use_transpose = view.rows < view.cols;
-  const TensorView tall_view = use_transpose ? transposed(view) : view;
+  const TensorView tall_view = use_transpose ? view.transposed() : view;
   TallSvd<T> tall = tall_svd<T>(tall_view, view, use_transpose);
 
   const int64_t k = static_cast<int64_t>(tall.S.size());
