@@ -1,0 +1,169 @@
+"""Quantized checkpoints (FP8 block-scaled, compressed-tensors FP8, MXFP4): postsvd's
+dequantized matrices equal a numpy reference bit for bit, scales may sit in another
+shard, ignored modules read unquantized, bad scales are named, and a model against
+its own FP8 copy stays within the quantization bound (and the summary says so)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import postsvd
+from postsvd import _core
+from postsvd.checkpoint import find_source
+from postsvd.errors import BadCheckpointError
+
+import quantize
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+PAIRS = [(0, "q"), (0, "k"), (0, "v"), (0, "o"), (1, "gate"), (1, "up"), (1, "down")]
+
+
+def _hf_tensor(folder, name):
+    """One stored tensor through the official library (float8 as raw codes, others as float32 numpy)."""
+    for file in sorted(os.listdir(folder)):
+        if not file.endswith(".safetensors"):
+            continue
+        with safetensors_torch.safe_open(os.path.join(folder, file), "pt") as f:
+            if name in f.keys():
+                t = f.get_tensor(name)
+                if t.dtype == torch.float8_e4m3fn:
+                    return t.view(torch.uint8).numpy()
+                return t.float().numpy()
+    raise KeyError(name)
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_e4m3_reference_matches_torch():
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    from_torch = codes.view(torch.float8_e4m3fn).float().numpy()
+    table = quantize.e4m3_table()
+    assert np.array_equal(np.isnan(from_torch), np.isnan(table))
+    finite = ~np.isnan(table)
+    assert _same_bits(from_torch[finite], table[finite])
+    assert np.nanmax(table) == 448.0
+
+
+@pytest.mark.parametrize("scale_dtype", ["float32", "bfloat16", "float16"])
+def test_block_fp8_bit_exact(tiny_models, tmp_path, scale_dtype):
+    src, _ = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "fp8")
+    block = (16, 12)  # hidden 32, intermediate 48: edge blocks along every input dim of 32
+    quantize.write_block_fp8(src, dst, block=block, scale_dtype=scale_dtype)
+    arch = postsvd.architecture(dst)
+    for layer, kind in PAIRS:
+        source = find_source(arch, layer, kind)
+        codes = _hf_tensor(dst, source["tensor"])
+        scale = _hf_tensor(dst, source["tensor"] + "_scale_inv")
+        for dtype, np_dtype in (("float32", np.float32), ("float64", np.float64)):
+            expected = quantize.dequantize_fp8_reference(codes, scale, block, np_dtype).T
+            got = postsvd.read_matrix(dst, layer, kind, dtype=dtype)
+            assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (layer, kind, dtype)
+        assert _core.stored_format(_core.Checkpoint(dst), source)["scheme"] == "scaled-fp8"
+
+
+def test_scale_in_other_shard_and_ignored_module(tiny_models, tmp_path):
+    src, model = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "fp8-sharded")
+    quantize.write_block_fp8(src, dst, block=(16, 16), modules_to_not_convert=["mlp.down_proj"],
+                             scales_in_other_shard=True)
+    cp = _core.Checkpoint(dst)
+    assert cp.sharded
+    name = "model.layers.1.self_attn.o_proj.weight"
+    assert cp.info(name)["file"] != cp.info(name + "_scale_inv")["file"]
+    expected = quantize.dequantize_fp8_reference(_hf_tensor(dst, name), _hf_tensor(dst, name + "_scale_inv"),
+                                                 (16, 16)).T
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(dst, 1, "o")), np.ascontiguousarray(expected))
+    # The ignored module stays BF16 and reads as the model's own weights.
+    down = "model.layers.0.mlp.down_proj.weight"
+    assert cp.info(down)["dtype"] == "BF16"
+    assert _core.stored_format(cp, find_source(postsvd.architecture(cp), 0, "down"))["scheme"] == "none"
+    bf16 = model.model.layers[0].mlp.down_proj.weight.detach().float().numpy()
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(dst, 0, "down")), np.ascontiguousarray(bf16.T))
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_compressed_tensors_bit_exact(tiny_models, tmp_path, strategy):
+    src, _ = tiny_models("qwen2", "bfloat16")
+    dst = str(tmp_path / strategy)
+    quantize.write_compressed_fp8(src, dst, strategy=strategy)
+    arch = postsvd.architecture(dst)
+    for layer, kind in PAIRS:
+        source = find_source(arch, layer, kind)
+        module = source["tensor"][: -len(".weight")]
+        scale = _hf_tensor(dst, module + ".weight_scale")
+        assert scale.shape == ((1,) if strategy == "tensor" else (source["out_features"], 1))
+        expected = quantize.dequantize_fp8_reference(_hf_tensor(dst, source["tensor"]), scale, None).T
+        got = postsvd.read_matrix(dst, layer, kind)
+        assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (layer, kind)
+
+
+def test_bad_scale_shape_names_tensor_and_file(tiny_models, tmp_path):
+    src, _ = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "bad")
+    quantize.write_block_fp8(src, dst, block=(16, 16))
+    # Declare 8 x 8 blocks: the stored [2, 2] grid of q_proj [32, 32] should be [4, 4].
+    path = os.path.join(dst, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["quantization_config"]["weight_block_size"] = [8, 8]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(BadCheckpointError) as error:
+        postsvd.read_matrix(dst, 0, "q")
+    message = str(error.value)
+    for part in ("model.layers.0.self_attn.q_proj.weight_scale_inv", "model.safetensors", "[2, 2]", "expected [4, 4]"):
+        assert part in message
+
+
+def test_mxfp4_matches_numpy_and_transformers(tmp_path):
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(5)
+    experts, out, inp = 3, 6, 64  # gpt-oss down_proj layout: blocks [E, out, in / 32, 16]
+    weight = (rng.standard_normal((experts, out, inp)) * np.exp(rng.uniform(-3, 3, (experts, out, 1)))).astype(np.float32)
+    blocks, scales = quantize.quantize_mxfp4(weight)
+    assert blocks.shape == (experts, out, inp // 32, 16) and scales.shape == (experts, out, inp // 32)
+    folder = tmp_path / "mxfp4"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_oss",
+                                                    "quantization_config": {"quant_method": "mxfp4"}}))
+    save_file({"mlp.experts.down_proj_blocks": torch.from_numpy(blocks),
+               "mlp.experts.down_proj_scales": torch.from_numpy(scales)}, str(folder / "model.safetensors"))
+    dequantized = quantize.dequantize_mxfp4_reference(blocks, scales)  # [E, out, in]
+    # Quantization itself: within E2M1's rounding of each 32-value group's largest entry.
+    assert np.all(np.abs(dequantized - weight) <= 0.25 * np.abs(weight).max(axis=-1, keepdims=True) + 1e-30)
+    cp = _core.Checkpoint(str(folder))
+    for e in range(experts):
+        got = _core.read_mxfp4(cp, "mlp.experts.down_proj_blocks", "mlp.experts.down_proj_scales", e * out * inp,
+                               inp, out, 1, inp, "float32")
+        assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(dequantized[e].T)), e
+    # transformers' own dequantization (gpt-oss loading path) gives [E, in, out]: the same values.
+    mxfp4 = pytest.importorskip("transformers.integrations.mxfp4")
+    reference = mxfp4.convert_moe_packed_tensors(torch.from_numpy(blocks), torch.from_numpy(scales),
+                                                 dtype=torch.float32).numpy()
+    assert _same_bits(np.ascontiguousarray(reference), np.ascontiguousarray(dequantized.transpose(0, 2, 1)))
+
+
+def test_bf16_against_its_fp8_copy_within_bound(tiny_models, tmp_path, related_pair):
+    src, _ = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "fp8-copy")
+    quantize.write_block_fp8(src, dst, block=(16, 16))
+    result = postsvd.compare(src, dst, progress=False)
+    bound = quantize.relative_bound_e4m3()
+    table = result.table
+    assert (table["scaling_mean"] - 1).abs().max() <= bound
+    assert table["nf"].max() <= bound
+    for r in result.records:
+        sb, sp = np.asarray(r["sigma_base"], float), np.asarray(r["sigma_post"], float)
+        assert np.linalg.norm(sp - sb) <= bound * np.linalg.norm(sb)  # Mirsky: ||dσ|| <= ||dW||_F <= u ||W||_F
+    summary = result.summary()
+    assert "within F8_E4M3 rounding" in summary and "may differ only by quantization" in summary
+    # A real change on top of the same formats is not reported as quantization alone.
+    other = postsvd.compare(related_pair.base, related_pair.post, progress=False).summary()
+    assert "quantization" not in other.lower()
