@@ -30,7 +30,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
-#include "cuda/cuda_util.h"
+#include "cuda/check.h"
 #include "cuda/kernels.h"
 #include "detail/half.h"
 #include "detail/lapack.h"

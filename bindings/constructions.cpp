@@ -1,6 +1,6 @@
-// Bindings of the constructions (cpp/include/postsvd/constructions.h) and the
-// checkpoint writer's conversions. Called from module.cpp: bind_constructions(m).
-// Errors map through module.cpp's translator (postsvd::Error hierarchy).
+// Bindings of the constructions (cpp/include/postsvd/constructions.h): their
+// descriptions, Table 4's alpha' and construct_checkpoint. Called from
+// module.cpp; errors map through module.cpp's translator (postsvd::Error).
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -11,76 +11,21 @@
 #include <vector>
 
 #include "postsvd/constructions.h"
-#include "postsvd/writer.h"
+
+#include "module.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
+using postsvd_bindings::backend_options;
+using postsvd_bindings::parse_precision;
 
 namespace {
-
-postsvd::Precision precision_of(const std::string& name) {
-  if (name == "float32") return postsvd::Precision::F32;
-  if (name == "float64") return postsvd::Precision::F64;
-  POSTSVD_THROW(InvalidArgument, "precision: expected \"float32\" or \"float64\", got \"" << name << "\"");
-}
-
-postsvd::BackendOptions backend_of(const std::string& device, const std::vector<int>& device_ids, int num_threads) {
-  postsvd::BackendOptions options;
-  if (device == "cuda") {
-    options.device = postsvd::Device::CUDA;
-  } else {
-    POSTSVD_CHECK(device == "cpu", InvalidArgument, "device: expected \"cpu\" or \"cuda\", got \"" << device << "\"");
-  }
-  options.device_ids = device_ids;
-  options.num_threads = num_threads;
-  return options;
-}
-
-template <class T>
-postsvd::Matrix<T> matrix_from(const py::handle& object, const char* what) {
-  const auto array = py::array_t<T, py::array::f_style | py::array::forcecast>::ensure(object);
-  POSTSVD_CHECK(array && array.ndim() == 2, InvalidArgument, what << ": expected a 2-D float array");
-  postsvd::Matrix<T> m(array.shape(0), array.shape(1));
-  std::copy(array.data(), array.data() + m.size(), m.data());
-  return m;
-}
-
-// (U [m, k], S [k], V [n, k]) -> Decomposition<T>.
-template <class T>
-postsvd::Decomposition<T> decomposition_from(const py::handle& object, const char* what) {
-  const py::tuple parts = py::reinterpret_borrow<py::object>(object).cast<py::tuple>();
-  POSTSVD_CHECK(parts.size() == 3, InvalidArgument, what << ": expected a tuple (U, S, V), got " << parts.size() << " items");
-  postsvd::Decomposition<T> d;
-  d.U = matrix_from<T>(parts[0], what);
-  d.V = matrix_from<T>(parts[2], what);
-  const auto s = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(parts[1]);
-  POSTSVD_CHECK(s && s.ndim() == 1, InvalidArgument, what << ": expected S as a 1-D array");
-  d.S.assign(s.data(), s.data() + s.shape(0));
-  return d;
-}
 
 template <class T>
 py::array_t<T> to_array(const postsvd::Matrix<T>& m) {
   py::array_t<T, py::array::f_style> out({static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(m.cols())});
   std::copy(m.data(), m.data() + m.size(), out.mutable_data());
   return out;
-}
-
-template <class T>
-py::array construct_weight_as(int number, const py::object& base, const py::object& post, const py::object& ref,
-                              double alpha) {
-  const postsvd::Construction c = postsvd::parse_construction(number);
-  const auto b = decomposition_from<T>(base, "base");
-  const auto p = decomposition_from<T>(post, "post");
-  postsvd::Decomposition<T> r;
-  const bool has_ref = !ref.is_none();
-  if (has_ref) r = decomposition_from<T>(ref, "ref");
-  postsvd::Matrix<T> w;
-  {
-    py::gil_scoped_release release;
-    w = postsvd::construct_weight<T>(c, b, p, has_ref ? &r : nullptr, alpha);
-  }
-  return to_array(w);
 }
 
 py::dict angles_to_python(const postsvd::AngleSummary& a) {
@@ -101,6 +46,8 @@ py::dict rotation_to_python(const postsvd::SharedRotation& r) {
 
 }  // namespace
 
+namespace postsvd_bindings {
+
 void bind_constructions(py::module_& m) {
   m.def(
       "construction_info",
@@ -114,37 +61,6 @@ void bind_constructions(py::module_& m) {
       "number"_a, "Name, formula and needs of a construction (9, 10, 11, 12, 14, 15, 16).");
   m.def("table4_alpha", &postsvd::table4_alpha, "pooled_mean"_a, "Table 4 rule: the mean rounded to one decimal.");
   m.def(
-      "construct_weight",
-      [](int number, const py::object& base, const py::object& post, const py::object& ref, double alpha,
-         const std::string& precision) -> py::array {
-        if (precision_of(precision) == postsvd::Precision::F64)
-          return construct_weight_as<double>(number, base, post, ref, alpha);
-        return construct_weight_as<float>(number, base, post, ref, alpha);
-      },
-      "number"_a, "base"_a, "post"_a, "ref"_a = py::none(), "alpha"_a = 1.0, "precision"_a = "float64",
-      "New W [in, out] of one matrix from (U, S, V) tuples in paper orientation.");
-  m.def(
-      "shared_rotation",
-      [](const py::object& q1, const py::object& q2, bool keep_matrices) {
-        const auto a = matrix_from<double>(q1, "Q1");
-        const auto b = matrix_from<double>(q2, "Q2");
-        postsvd::SharedRotation r;
-        {
-          py::gil_scoped_release release;
-          r = postsvd::shared_rotation(a, b, keep_matrices);
-        }
-        return rotation_to_python(r);
-      },
-      "q1"_a, "q2"_a, "keep_matrices"_a = true,
-      "Eq. 13: Q = polar(polar(Q1) + polar(Q2)), dQi = Q^T Qi, principal angles of Q^T polar(Qi) in degrees.");
-  m.def(
-      "rotation_angles_deg",
-      [](const py::object& rotation) {
-        const auto r = matrix_from<double>(rotation, "rotation");
-        return postsvd::rotation_angles_deg(r);
-      },
-      "rotation"_a, "The k principal angles (degrees, ascending) of an orthogonal matrix.");
-  m.def(
       "default_alpha",
       [](const std::string& base, const std::string& post, const std::vector<int>& layers,
          const std::vector<std::string>& kinds, const std::string& precision, const std::string& device,
@@ -152,8 +68,8 @@ void bind_constructions(py::module_& m) {
         postsvd::AlphaChoice choice;
         {
           py::gil_scoped_release release;
-          choice = postsvd::default_alpha(base, post, layers, kinds, precision_of(precision),
-                                          backend_of(device, device_ids, num_threads), factor_cache);
+          choice = postsvd::default_alpha(base, post, layers, kinds, parse_precision(precision),
+                                          backend_options(device, device_ids, 0, num_threads), factor_cache);
         }
         return py::dict("alpha"_a = choice.alpha, "pooled_mean"_a = choice.pooled_mean);
       },
@@ -176,8 +92,8 @@ void bind_constructions(py::module_& m) {
         request.alpha = alpha;
         request.layers = layers;
         request.kinds = kinds;
-        request.precision = precision_of(precision);
-        request.backend = backend_of(device, device_ids, num_threads);
+        request.precision = parse_precision(precision);
+        request.backend = backend_options(device, device_ids, 0, num_threads);
         request.factor_cache = factor_cache;
         request.rotations = rotations;
         // Called between matrices with the GIL held: reports progress and lets
@@ -211,6 +127,6 @@ void bind_constructions(py::module_& m) {
       "device"_a = "cpu", "device_ids"_a = std::vector<int>{}, "num_threads"_a = 0, "factor_cache"_a = "",
       "rotations"_a = true, "progress"_a = py::none(),
       "Builds a construction's safetensors files (and index) into an existing folder; returns the table rows.");
-  m.def("float_to_f16_rne", &postsvd::float_to_f16_rne, "value"_a);
-  m.def("double_to_bf16_rne", &postsvd::double_to_bf16_rne, "value"_a);
 }
+
+}  // namespace postsvd_bindings

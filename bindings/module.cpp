@@ -12,52 +12,26 @@
 #include <utility>
 #include <vector>
 
+#include "postsvd/architecture.h"
 #include "postsvd/backend.h"
-#include "postsvd/checkpoint.h"
 #include "postsvd/comparator.h"
 #include "postsvd/error.h"
 #include "postsvd/measures.h"
 #include "postsvd/quantization.h"
 #include "postsvd/types.h"
 
+#include "module.h"
+
 namespace py = pybind11;
 using namespace pybind11::literals;
+using postsvd_bindings::backend_options;
+using postsvd_bindings::device_name;
+using postsvd_bindings::parse_precision;
+using postsvd_bindings::precision_name;
 
 namespace {
 
 // ---------------------------------------------------------------- conversions
-
-postsvd::Precision parse_precision(const std::string& name) {
-  if (name == "float32" || name == "f32" || name == "fp32") return postsvd::Precision::F32;
-  if (name == "float64" || name == "f64" || name == "fp64") return postsvd::Precision::F64;
-  POSTSVD_THROW(InvalidArgument, "precision: expected \"float32\" or \"float64\", got \"" << name << "\"");
-}
-
-const char* precision_name(postsvd::Precision precision) {
-  return precision == postsvd::Precision::F64 ? "float64" : "float32";
-}
-
-postsvd::Device parse_device(const std::string& name) {
-  if (name == "cpu") return postsvd::Device::CPU;
-  if (name == "cuda") return postsvd::Device::CUDA;
-  POSTSVD_THROW(InvalidArgument, "device: expected \"cpu\" or \"cuda\", got \"" << name << "\"");
-}
-
-const char* device_name(postsvd::Device device) { return device == postsvd::Device::CUDA ? "cuda" : "cpu"; }
-
-postsvd::BackendOptions backend_options(const std::string& device, const std::vector<int>& device_ids,
-                                        std::size_t memory_budget_bytes, int num_threads) {
-  POSTSVD_CHECK(num_threads >= 0, InvalidArgument, "num_threads: expected >= 0 (0 = all cores), got " << num_threads);
-  for (int id : device_ids) {
-    POSTSVD_CHECK(id >= 0, InvalidArgument, "device_ids: expected non-negative CUDA device indices, got " << id);
-  }
-  postsvd::BackendOptions options;
-  options.device = parse_device(device);
-  options.device_ids = device_ids;
-  options.memory_budget_bytes = memory_budget_bytes;
-  options.num_threads = num_threads;
-  return options;
-}
 
 std::string shape_text(const py::array& array) {
   std::string text = "[";
@@ -344,10 +318,6 @@ void register_errors(py::module_& m) {
 
 }  // namespace
 
-// Constructions 9-16 and Eq. 13: bindings/constructions.cpp. Weak, so a build
-// without that file imports (without those functions) instead of failing to load.
-__attribute__((weak)) void bind_constructions(pybind11::module_& m);
-
 PYBIND11_MODULE(_core, m) {
   m.doc() = "postsvd C++ core (private; import postsvd instead)";
   register_errors(m);
@@ -359,14 +329,6 @@ PYBIND11_MODULE(_core, m) {
         "Number of visible CUDA devices (0 where none or not built with CUDA).");
   m.def("build_info", &postsvd::build_info, "Compiler, BLAS/LAPACK and CUDA versions of this build.");
   m.def("supported_model_types", &postsvd::supported_model_types, "The config.json model_type values postsvd maps.");
-  m.def(
-      "scaling_statistics",
-      [](const std::vector<double>& scaling) {
-        const postsvd::ScalingStats s = postsvd::scaling_statistics(scaling);
-        return py::dict("mean"_a = s.mean, "std"_a = s.std, "count"_a = s.count);
-      },
-      "scaling"_a, "Mean and population std of the top 90 % (j < ceil(0.9 k)) of scaling factors.");
-
   m.def(
       "svd",
       [](py::array array, const std::string& precision, const std::string& device, int num_threads) {
@@ -427,12 +389,6 @@ PYBIND11_MODULE(_core, m) {
       "detect_architecture",
       [](const postsvd::Checkpoint& cp) { return architecture_to_python(postsvd::detect_architecture(cp)); },
       "checkpoint"_a, "The (layer, kind) -> tensor map of a checkpoint: {model_type, num_layers, matrices: [dict]}.");
-  m.def(
-      "check_same_architecture",
-      [](const postsvd::Checkpoint& a, const postsvd::Checkpoint& b) {
-        postsvd::check_same_architecture(a, postsvd::detect_architecture(a), b, postsvd::detect_architecture(b));
-      },
-      "a"_a, "b"_a, "Raises BadCheckpointError naming the first differing tensors when a and b do not match.");
   m.def(
       "read_matrix",
       [](const postsvd::Checkpoint& cp, const py::dict& source_dict, const std::string& precision) -> py::object {
@@ -515,5 +471,5 @@ PYBIND11_MODULE(_core, m) {
           "indices"_a, "full_matrices"_a = false, "leading_k"_a = 0,
           "Measures of the pairs architecture['matrices'][i] for i in indices, as a list of dicts.");
 
-  if (bind_constructions) bind_constructions(m);
+  postsvd_bindings::bind_constructions(m);
 }

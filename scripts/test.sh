@@ -32,7 +32,7 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   PYTHONPATH="$PWD/$cuda_pkg" python3 -c "import postsvd, sys; assert postsvd._core.__file__.startswith(sys.argv[1]), postsvd._core.__file__; print(postsvd.build_info())" "$PWD/$cuda_pkg"
   PYTHONPATH="$PWD/$cuda_pkg" python3 -m pytest -q -p no:cacheprovider tests/python/test_gpu.py \
     tests/python/test_cuda_backend.py tests/python/test_compare.py tests/python/test_svd.py \
-    tests/python/test_factor_cache.py tests/python/test_arguments.py
+    tests/python/test_factor_cache.py tests/python/test_arguments.py tests/python/test_core_module.py
 else
   echo "== no nvcc: CUDA variant not built"
 fi

@@ -8,7 +8,7 @@
 #include <tuple>
 
 #include "detail/shape_format.h"
-#include "postsvd/checkpoint.h"
+#include "postsvd/architecture.h"
 #include "postsvd/quantization.h"
 
 namespace postsvd {

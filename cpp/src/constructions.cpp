@@ -1,4 +1,4 @@
-// Constructions 9-16 and Eq. 13 (see constructions.h and measures.md).
+// Constructions 9-16 and Eq. 13 (see constructions.h and docs/measures.md).
 #include "postsvd/constructions.h"
 
 #include <unistd.h>
@@ -16,8 +16,9 @@
 #include <sstream>
 #include <type_traits>
 
+#include "detail/int_range.h"
 #include "detail/lapack.h"
-#include "postsvd/checkpoint.h"
+#include "postsvd/architecture.h"
 #include "postsvd/writer.h"
 
 extern "C" {
@@ -31,6 +32,7 @@ void dsyevd_(const char* jobz, const char* uplo, const postsvd_lapack_int* n, do
 namespace postsvd {
 
 namespace fs = std::filesystem;
+using detail::as_int;
 using detail::lapack_int;
 
 // ---------------------------------------------------------------------------
@@ -81,12 +83,6 @@ double table4_alpha(double pooled_mean_scaling) { return std::round(pooled_mean_
 // Small dense helpers (column-major).
 
 namespace {
-
-lapack_int as_int(int64_t value, const char* what) {
-  POSTSVD_CHECK(value >= 0 && value <= std::numeric_limits<lapack_int>::max(), InvalidArgument,
-                what << " = " << value << " exceeds the 32-bit LAPACK index range");
-  return static_cast<lapack_int>(value);
-}
 
 // C [m, n] = op(A) op(B).
 template <class T>

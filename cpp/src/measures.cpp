@@ -1,4 +1,4 @@
-// The paper's per-matrix measures (Section 4), exactly as measures.md pins them:
+// The paper's per-matrix measures (Section 4), exactly as docs/measures.md pins them:
 //   scaling = sigma_post / sigma_base (SVSM column, Eq. 4), statistics over j < ceil(0.9 k),
 //   Q1 = U_A^T U_B, Q2 = V_A^T V_B (Eq. 6), I_orth = Q1^T Q2, NF = ||I_orth - I||_F / k (Eq. 7).
 // Products run in the factors' precision with BLAS ?gemm; outputs are double.

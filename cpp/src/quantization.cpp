@@ -307,6 +307,49 @@ void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, Ten
   view.scales = std::move(s);
 }
 
+// ---------------------------------------------------------------- BF16 copies
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, const std::string& name) {
+  if (config.method == QuantizationConfig::Method::None) return CopyAs::Same;
+  const TensorInfo& info = checkpoint.info(name);
+  if (config.method == QuantizationConfig::Method::MXFP4 && info.dtype == DType::U8 &&
+      (ends_with(name, "_blocks") || ends_with(name, "_scales"))) {
+    POSTSVD_THROW(InvalidArgument, checkpoint.file_of(name).path()
+                                       << ": tensor '" << name << "' is MXFP4; constructions on MXFP4 checkpoints "
+                                          "(quantization_config.quant_method \"mxfp4\") are not supported yet: "
+                                          "they would write the experts back as BF16 under new names");
+  }
+  if (is_fp8_dtype(info.dtype)) return CopyAs::BF16;
+  for (const char* suffix : {".weight_scale_inv", ".weight_scale", ".input_scale"}) {
+    if (ends_with(name, suffix)) {
+      const std::string weight = name.substr(0, name.size() - std::strlen(suffix)) + ".weight";
+      if (checkpoint.contains(weight) && is_fp8_dtype(checkpoint.info(weight).dtype)) return CopyAs::Drop;
+    }
+  }
+  return CopyAs::Same;
+}
+
+Matrix<float> dequantized_tensor(const Checkpoint& checkpoint, const std::string& name) {
+  const TensorInfo& info = checkpoint.info(name);
+  POSTSVD_CHECK(info.shape.size() == 2, BadCheckpoint,
+                checkpoint.file_of(name).path() << ": tensor '" << name << "' " << detail::shape_string(info.shape)
+                                                << " is FP8 but not 2-D [out, in]; expected a linear layer's weight");
+  MatrixSource whole;
+  whole.tensor = name;
+  whole.in_features = info.shape[1];
+  whole.out_features = info.shape[0];
+  whole.fused_out = info.shape[0];
+  return to_matrix<float>(view_of(checkpoint, whole));
+}
+
 // ---------------------------------------------------------------- MXFP4
 
 TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, const std::string& scales, int64_t first,

@@ -185,3 +185,95 @@ def normalize_cache(cache, what: str = "cache") -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise InvalidArgumentError(f"{what}: '{path}' exists and is not a folder; expected a factor cache folder")
     return os.path.abspath(path)
+
+
+def normalize_leading_k(leading_k) -> int:
+    """0 (all) for None, else a positive int: the leading singular vectors kept in the similarity matrices."""
+    if leading_k is None:
+        return 0
+    if isinstance(leading_k, bool) or not isinstance(leading_k, (int, np.integer)) or leading_k < 1:
+        raise InvalidArgumentError(f"leading_k: expected a positive integer or None (all), got {leading_k!r}")
+    return int(leading_k)
+
+
+def normalize_matrix_pairs(pairs, layers: Sequence[int], kinds: Sequence[str], num_layers: int,
+                           model_type: str = "model", what: str = "matrices") -> List[Tuple[int, str]]:
+    """(layer, kind) pairs that name compared matrices: layers among `layers` (negative counts from
+    the end of the model), kinds among `kinds`; anything else raises naming what was compared."""
+    try:
+        items = list(pairs)
+    except TypeError:
+        raise InvalidArgumentError(f"{what}: expected (layer, kind) pairs, got {pairs!r}") from None
+    result: List[Tuple[int, str]] = []
+    for item in items:
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise InvalidArgumentError(f"{what}: expected (layer, kind) pairs like (0, 'q'), got {item!r}")
+        if isinstance(item[0], bool) or not isinstance(item[0], (int, np.integer)):
+            raise InvalidArgumentError(f"{what}: expected an integer layer, got {item[0]!r} in {item!r}")
+        if not -num_layers <= item[0] < num_layers:
+            raise InvalidArgumentError(f"{what}: layer {item[0]} is out of range; this {model_type} model has "
+                                       f"layers 0..{num_layers - 1}")
+        layer = int(item[0]) % num_layers
+        if layer not in layers:
+            raise InvalidArgumentError(f"{what}: layer {layer} was not compared; compared layers: "
+                                       f"{', '.join(str(x) for x in layers)}")
+        try:
+            names = normalize_kinds(item[1]) if isinstance(item[1], str) else []
+        except InvalidArgumentError as error:
+            raise InvalidArgumentError(f"{what}: {error}") from None
+        if len(names) != 1:
+            raise InvalidArgumentError(f"{what}: expected one kind per pair, got {item[1]!r}")
+        if names[0] not in kinds:
+            raise InvalidArgumentError(f"{what}: kind {names[0]!r} was not compared; compared kinds: "
+                                       f"{', '.join(kinds)}")
+        result.append((layer, names[0]))
+    return result
+
+
+def _path_text(path, what: str) -> str:
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what}: expected a path, got {type(path).__name__}") from None
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text:
+        raise InvalidArgumentError(f"{what}: expected a path, got an empty string")
+    return text
+
+
+def _check_creatable(path: str, what: str) -> None:
+    """The nearest existing folder above `path` is a writable folder, so `path` can be created."""
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InvalidArgumentError(f"{what}: cannot create '{path}': '{probe}' is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{what}: cannot create '{path}': no permission to write in '{probe}'")
+
+
+def normalize_output_folder(out, what: str = "out") -> str:
+    """The absolute path of an output folder: an existing folder, or one that can be created
+    (its missing parents too). Raises InvalidArgumentError for a file, or a place it cannot go."""
+    path = _path_text(out, what)
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            raise InvalidArgumentError(f"{what}: expected a folder (created if missing), got the existing file "
+                                       f"'{path}'")
+    else:
+        _check_creatable(path, what)
+    return os.path.abspath(path)
+
+
+def normalize_output_file(path, what: str) -> str:
+    """The absolute path of a file to write: not a folder; its folder exists."""
+    text = _path_text(path, what)
+    if os.path.isdir(text):
+        raise InvalidArgumentError(f"{what}: '{text}' is a folder; expected a file name")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise InvalidArgumentError(f"{what}: the folder '{folder}' of '{text}' does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{what}: no permission to write in '{folder}'")
+    return os.path.abspath(text)

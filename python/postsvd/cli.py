@@ -11,7 +11,8 @@ optional modules in :data:`PLUGIN_MODULES`: a module there that defines
         parser.set_defaults(func=run_construct)   # run_construct(args) -> exit code
 
 Exit codes: 0 success, 1 a postsvd error (message on stderr, no traceback),
-2 a usage error (argparse).
+2 a usage error (argparse), 141 stdout closed early (``postsvd info X | head``;
+the shell's code for SIGPIPE, no message).
 """
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
+
+from ._terminal import printable
 
 #: Modules owned by other parts of the package that may add subcommands.
 PLUGIN_MODULES = ("postsvd.constructions", "postsvd.evaluate", "postsvd.reports")
@@ -111,16 +115,19 @@ def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
 
 
 def run_compare(args) -> int:
-    from .compare import compare
+    from .compare import check_compare_arguments, compare
 
     matrices_for = _parse_matrices(args.matrices)
-    for post, out_dir in zip(args.posts, _output_dirs(args.out, args.posts)):
-        result = compare(args.base, post, device=args.device, dtype=args.dtype, layers=args.layers,
-                         kinds=args.kinds, progress=not args.no_progress, num_threads=args.threads,
-                         cache=args.cache)
+    out_dirs = _output_dirs(args.out, args.posts)
+    options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
+                   num_threads=args.threads, cache=args.cache)
+    check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
+                            outs=out_dirs, **options)
+    for post, out_dir in zip(args.posts, out_dirs):
+        result = compare(args.base, post, progress=not args.no_progress, **options)
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
         print(result.summary())
-        print(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")
+        print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
         if len(args.posts) > 1:
             print()
     return 0
@@ -150,20 +157,22 @@ def run_info(args) -> int:
 
     info = describe(args.folder)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps(info, indent=1))  # ensure_ascii: control characters come out as \uXXXX
         return 0
-    print(f"folder:       {info['folder']}")
-    print(f"model_type:   {info['model_type']}")
-    print(f"layers:       {info['num_layers']}")
     files = sorted(info["files"])
     shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
-    print(f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})")
-    print(f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)")
-    print(f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}")
-    print("projections (paper orientation [in, out]):")
+    lines = [f"folder:       {info['folder']}",
+             f"model_type:   {info['model_type']}",
+             f"layers:       {info['num_layers']}",
+             f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})",
+             f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)",
+             f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}",
+             "projections (paper orientation [in, out]):"]
     for kind, entry in info["kinds"].items():
-        print(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
-              f"e.g. {entry['tensor']}")
+        lines.append(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
+                     f"e.g. {entry['tensor']}")
+    for line in lines:  # names come from the files: escaped, one line each
+        print(printable(line))
     return 0
 
 
@@ -296,17 +305,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
-        return int(args.func(args) or 0)
-    except PostsvdError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
+    except (PostsvdError, OSError) as error:  # messages name files and tensors: escaped
+        print(f"{PROG}: error: {printable(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = format_warning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one escaped line, `postsvd: warning: ...` (its text may name files and tensors)."""
+    return f"{PROG}: warning: {printable(message)}\n"
+
+
+#: Exit code when stdout was closed early: 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended.
+CLOSED_PIPE_EXIT = 141
+
+
+def _closed_pipe() -> int:
+    """stdout's reader went away (`postsvd info X | head -1`): stop quietly, as a SIGPIPE would."""
+    try:  # point stdout at /dev/null so that Python's final flush does not report the pipe again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
+        pass
+    return CLOSED_PIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -11,7 +12,10 @@ import numpy as np
 import pandas as pd
 
 from . import _core
+from ._outputs import atomic_folder
+from ._terminal import printable
 from ._validate import (
+    KINDS,
     LayersArg,
     KindsArg,
     normalize_cache,
@@ -20,6 +24,9 @@ from ._validate import (
     normalize_folder,
     normalize_kinds,
     normalize_layers,
+    normalize_leading_k,
+    normalize_matrix_pairs,
+    normalize_output_folder,
     normalize_threads,
 )
 from .errors import InvalidArgumentError
@@ -34,6 +41,10 @@ _KEPT = ("rows", "cols", "k", "sigma_base", "sigma_post", "scaling", "scaling_me
 CONSISTENT_NF_RATIO = 0.25
 PARTIAL_NF_RATIO = 0.6
 UNIFORM_SCALING_CV = 0.05
+
+#: The files :meth:`Comparison.save` writes: a folder holding only these is a previous result it may replace.
+SAVED_FILES = re.compile(r"(table|kinds)\.(csv|json)|spectra\.npz|summary\.txt|run\.json|"
+                         r"(svsm|scaling_bands|nf)\.png|matrices_layer\d+_[a-z]+\.png")
 
 
 def random_rotation_nf(k: int) -> float:
@@ -90,20 +101,12 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     """
     base_path = normalize_folder(base, "base")
     post_path = normalize_folder(post, "post")
-    precision = normalize_dtype(dtype)
-    device_kind, device_ids = normalize_device(device)
-    threads = normalize_threads(num_threads)
-    budget = 0 if memory_budget_bytes is None else int(memory_budget_bytes)
-    if budget < 0:
-        raise InvalidArgumentError(f"memory_budget_bytes: expected >= 0 or None, got {memory_budget_bytes!r}")
-    cache_path = normalize_cache(cache)
+    precision, (device_kind, device_ids), threads, budget, cache_path = _options(
+        dtype, device, num_threads, memory_budget_bytes, cache)
     comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
                                   cache_path)
     arch = comparator.architecture
-    available = [k for k in ("q", "k", "v", "o", "gate", "up", "down")
-                 if any(s["kind"] == k for s in arch["matrices"])]
-    chosen_kinds = normalize_kinds(kinds, available)
-    chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
+    chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     layer_set, kind_set = set(chosen_layers), set(chosen_kinds)
     batches: Dict[int, List[int]] = {}
     for index, source in enumerate(arch["matrices"]):
@@ -117,7 +120,7 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
 
     records: List[Dict[str, Any]] = []
     started = time.perf_counter()
-    desc = f"{_short_name(base_path)} vs {_short_name(post_path)}"
+    desc = f"{_display_name(base_path)} vs {_display_name(post_path)}"
     with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
         for layer in sorted(batches):
             indices = batches[layer]
@@ -131,6 +134,55 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             bar.update(len(indices))
     elapsed = time.perf_counter() - started
     return Comparison(comparator, records, chosen_layers, chosen_kinds, elapsed)
+
+
+def _options(dtype, device, num_threads, memory_budget_bytes, cache):
+    """The normalized run options of :func:`compare`: precision, (device, ids), threads, budget, cache path."""
+    precision = normalize_dtype(dtype)
+    device_choice = normalize_device(device)
+    threads = normalize_threads(num_threads)
+    budget = 0 if memory_budget_bytes is None else int(memory_budget_bytes)
+    if budget < 0:
+        raise InvalidArgumentError(f"memory_budget_bytes: expected >= 0 or None, got {memory_budget_bytes!r}")
+    return precision, device_choice, threads, budget, normalize_cache(cache)
+
+
+def _selection(arch: Dict[str, Any], layers: LayersArg, kinds: KindsArg) -> Tuple[List[int], List[str]]:
+    """The compared layers and kinds of a model's architecture."""
+    available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
+    chosen_kinds = normalize_kinds(kinds, available)
+    return normalize_layers(layers, arch["num_layers"], arch["model_type"]), chosen_kinds
+
+
+def check_compare_arguments(base: PathLike, posts: Sequence[PathLike], *, device: str = "cpu",
+                            dtype: str = "float32", layers: LayersArg = None, kinds: KindsArg = None,
+                            num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
+                            cache: Optional[PathLike] = None,
+                            matrices_for: Optional[Iterable[Tuple[int, str]]] = None, leading_k: Optional[int] = 25,
+                            outs: Sequence[PathLike] = ()) -> None:
+    """Checks every argument of comparing `base` with each of `posts` and saving the results
+    (:func:`compare`, :meth:`Comparison.save`) before anything is computed or written.
+
+    Each post model is opened against the base (headers only: folders, files, architecture and
+    shapes); the layer and kind selection, the `matrices_for` pairs, `leading_k` and the output
+    folders `outs` are checked. Raises what :func:`compare` and :meth:`Comparison.save` would
+    raise later, naming the argument.
+    """
+    base_path = normalize_folder(base, "base")
+    post_paths = [normalize_folder(post, "post") for post in posts]
+    if not post_paths:
+        raise InvalidArgumentError("posts: expected at least one post-trained model folder, got none")
+    precision, _, threads, _, _ = _options(dtype, device, num_threads, memory_budget_bytes, cache)
+    normalize_leading_k(leading_k)
+    for out in outs:
+        normalize_output_folder(out)
+    for post_path in post_paths:
+        # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
+        arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "").architecture
+        chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
+        if matrices_for is not None:
+            normalize_matrix_pairs(matrices_for, chosen_layers, chosen_kinds, arch["num_layers"],
+                                   arch["model_type"], "matrices")
 
 
 def cache_bytes_needed(sources: Sequence[Dict[str, Any]], dtype: str = "float32") -> int:
@@ -172,6 +224,11 @@ def _size(count: int) -> str:
 def _short_name(path: str) -> str:
     name = os.path.basename(os.path.normpath(path))
     return name or path
+
+
+def _display_name(path: str) -> str:
+    """The folder's name, safe to print on a terminal."""
+    return printable(_short_name(path))
 
 
 class Comparison:
@@ -305,8 +362,6 @@ class Comparison:
             ``iorth`` = q1^T q2 (each ``[kk, kk]``), plus ``nf``, ``sigma_base``,
             ``sigma_post`` and ``scaling`` of the pair.
         """
-        from .linalg import _leading_k
-
         layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
@@ -316,7 +371,7 @@ class Comparison:
             raise InvalidArgumentError(f"layer {layer} was not compared; compared layers: {compared}")
         if len(matches) > 1:
             raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert=")
-        result = self._comparator.compare([matches[0]["index"]], True, _leading_k(leading_k))[0]
+        result = self._comparator.compare([matches[0]["index"]], True, normalize_leading_k(leading_k))[0]
         result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
         return result
 
@@ -382,14 +437,33 @@ class Comparison:
         with `plots`, ``svsm.png``, ``scaling_bands.png``, ``nf.png`` and
         ``matrices_layer<L>_<kind>.png`` for each (layer, kind) in `matrices_for`
         (default: the first compared layer and kind).
+
+        Every argument is checked before anything is written. The files are
+        written into a temporary folder beside `out_dir` and moved into place
+        when all are done, so a failure leaves no partial result: a new folder
+        appears complete or not at all; an existing folder holding only an
+        earlier result is replaced as a whole; one holding other files too
+        keeps them and gets the new files.
         """
         out = os.fspath(out_dir)
-        os.makedirs(out, exist_ok=True)
+        target = normalize_output_folder(out, "out_dir")
+        if matrices_for is None:
+            pairs = [(self.layers[0], self.kinds[0])]
+        else:
+            pairs = normalize_matrix_pairs(matrices_for, self.layers, self.kinds, self.num_layers, self.model_type,
+                                           "matrices_for")
+        normalize_leading_k(leading_k)
+        with atomic_folder(target, owned=lambda name: SAVED_FILES.fullmatch(name) is not None) as temp:
+            return self._write_files(temp, out, plots, pairs, leading_k)
+
+    def _write_files(self, folder: str, out: str, plots: bool, pairs: List[Tuple[int, str]],
+                     leading_k: Optional[int]) -> List[str]:
+        """Writes the files of :meth:`save` into `folder`; returns their paths under `out`."""
         written: List[str] = []
 
         def path(name: str) -> str:
             written.append(os.path.join(out, name))
-            return written[-1]
+            return os.path.join(folder, name)
 
         table = self.table
         table.to_csv(path("table.csv"), index=False)
@@ -413,9 +487,7 @@ class Comparison:
         if plots and not self._has_experts:
             figures = [("svsm.png", self.plot_svsm()), ("scaling_bands.png", self.plot_scaling_bands()),
                        ("nf.png", self.plot_nf())]
-            if matrices_for is None:
-                matrices_for = [(self.layers[0], self.kinds[0])]
-            for layer, kind in matrices_for:
+            for layer, kind in pairs:
                 figures.append((f"matrices_layer{layer}_{kind}.png", self.plot_matrices(layer, kind, leading_k)))
             for name, figure in figures:
                 figure.savefig(path(name), dpi=110)
@@ -442,7 +514,8 @@ class Comparison:
         NF against the unrelated-rotation baseline, and a one-line reading."""
         kinds = self.kind_table()
         lines = [
-            f"postsvd: base '{_short_name(self.base)}' -> post '{_short_name(self.post)}'; {self.model_type}, "
+            f"postsvd: base '{_display_name(self.base)}' -> post '{_display_name(self.post)}'; "
+            f"{printable(self.model_type)}, "
             f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
             f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s" + self._cache_note(),
             f"{'kind':<5} {'scaling (top 90%)':>18} {'NF mean':>9} {'NF random':>9}  reading",
@@ -508,7 +581,8 @@ class Comparison:
                 f"({measured}): the weights changed beyond quantization.")
 
     def __repr__(self) -> str:
-        return (f"<postsvd.Comparison {self.model_type}: {_short_name(self.post)} vs {_short_name(self.base)}, "
+        return (f"<postsvd.Comparison {printable(self.model_type)}: {_display_name(self.post)} vs "
+                f"{_display_name(self.base)}, "
                 f"{len(self.layers)} layers x {len(self.kinds)} kinds, {self.device} {self.dtype}>")
 
     # ------------------------------------------------------------------ helpers

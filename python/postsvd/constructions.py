@@ -6,9 +6,10 @@ rule applied), builds the new weights, and writes a model folder that loads
 like ``post``: config, generation config, tokenizer and every other non-weight
 file and every untouched tensor copied bit for bit, modified tensors in their
 stored dtype and layout (Conv1D, fused qkv / gate_up re-fused), single file or
-sharded with an index. The folder is built beside ``out`` and moved into place
-only when complete; ``postsvd_construction.json`` beside the weights records
-what was done.
+sharded with an index. The folder is built beside ``out`` (normal
+permissions, ``0777 & ~umask``) and moved into place only when complete, an
+existing one swapped out atomically with ``force`` (:mod:`postsvd._outputs`);
+``postsvd_construction.json`` beside the weights records what was done.
 
 =====  =======================================  =====================================
   #    name                                     new weight W [in, out]
@@ -40,7 +41,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -48,6 +48,8 @@ import numpy as np
 import pandas as pd
 
 from . import _core
+from ._outputs import apply_umask, atomic_file, atomic_folder
+from ._terminal import printable
 from ._validate import (
     KINDS,
     normalize_cache,
@@ -56,6 +58,7 @@ from ._validate import (
     normalize_folder,
     normalize_kinds,
     normalize_layers,
+    normalize_output_file,
     normalize_threads,
     parse_layers_text,
 )
@@ -163,7 +166,8 @@ def _weight_file_names(checkpoint) -> List[str]:
 
 
 def _copy_other_files(source: str, target: str, skip: Iterable[str]) -> List[str]:
-    """Copies every entry of `source` except `skip` (the weights) bit for bit; links are followed."""
+    """Copies every entry of `source` except `skip` (the weights) bit for bit; links are followed.
+    Modes are the source's less the umask, as `cp` makes them."""
     skipped = set(skip)
     copied = []
     for entry in sorted(os.listdir(source)):
@@ -176,6 +180,7 @@ def _copy_other_files(source: str, target: str, skip: Iterable[str]) -> List[str
         else:
             shutil.copyfile(src, dst)
             shutil.copystat(src, dst)
+        apply_umask(dst)
         copied.append(entry)
     return copied
 
@@ -259,7 +264,7 @@ class ConstructionResult:
     def summary(self) -> str:
         """A few lines for a person: construction, output folder, alpha' per kind, size of the change."""
         table = self.table
-        lines = [f"construction {self.number} ({self.name}: {self.formula})", f"written to {self.out}"]
+        lines = [f"construction {self.number} ({self.name}: {self.formula})", f"written to {printable(self.out)}"]
         if self.alpha:
             lines.append("alpha' (" + self.alpha_source + "): " +
                          ", ".join(f"{k}={v:g}" for k, v in self.alpha.items()))
@@ -273,7 +278,8 @@ class ConstructionResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<postsvd.ConstructionResult {self.number} ({self.name}) -> '{self.out}', {len(self._rows)} matrices>"
+        return (f"<postsvd.ConstructionResult {self.number} ({self.name}) -> '{printable(self.out)}', "
+                f"{len(self._rows)} matrices>")
 
 
 def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref: Optional[PathLike] = None,
@@ -397,8 +403,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
 
     from tqdm.auto import tqdm
 
-    temp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.tmp-", dir=parent)
-    try:
+    # Built in a hidden folder beside out (normal permissions), swapped into place when complete.
+    with atomic_folder(out_path) as temp:
         copied = _copy_other_files(post_path, temp, _weight_file_names(post_checkpoint))
         with tqdm(total=None, desc=f"construction {number}", unit="matrix", disable=not progress,
                   leave=True) as bar:
@@ -442,10 +448,6 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         with open(os.path.join(temp, RECORD_NAME), "w") as f:
             json.dump(record, f, indent=2)
             f.write("\n")
-        _move_into_place(temp, out_path)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     result = ConstructionResult(number, out_path, alphas, alpha_source, pooled, list(report["rows"]), record,
                                 report, time.perf_counter() - started)
     logger.info("construction %d written to %s", number, out_path)
@@ -466,24 +468,6 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def _move_into_place(temp: str, out_path: str) -> None:
-    """Renames the finished `temp` to `out_path`; an existing folder is swapped
-    out first and removed only after the new one is in place."""
-    if not os.path.lexists(out_path):
-        os.rename(temp, out_path)
-        return
-    parent = os.path.dirname(out_path)
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.old-", dir=parent)
-    os.rmdir(old)
-    os.rename(out_path, old)
-    try:
-        os.rename(temp, out_path)
-    except BaseException:
-        os.rename(old, out_path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List[str], layers: List[int],
@@ -575,6 +559,7 @@ def run_cli(args) -> int:
     """``postsvd construct``: returns the exit code; errors raise PostsvdError (the CLI prints one line)."""
     alpha = parse_alpha_text(args.alpha) if args.alpha is not None else None
     layers = parse_layers_text(args.layers) if args.layers is not None else None
+    table = normalize_output_file(args.table, "--table") if args.table is not None else None
     result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=layers,
                        kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
                        progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
@@ -582,7 +567,8 @@ def run_cli(args) -> int:
     if result.alpha:
         print("alpha' per kind (" + result.alpha_source + "): " +
               ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
-    if args.table:
-        result.table.to_csv(args.table, index=False)
+    if table is not None:
+        with atomic_file(table) as temp:
+            result.table.to_csv(temp, index=False)
     print(result.summary())
     return 0

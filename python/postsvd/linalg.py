@@ -7,7 +7,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._validate import normalize_device, normalize_dtype
+from ._validate import normalize_device, normalize_dtype, normalize_leading_k
 from .errors import InvalidArgumentError
 
 _backends: Dict[Tuple[str, Tuple[int, ...]], _core.Backend] = {}
@@ -98,15 +98,7 @@ def pair_measures(base, post, dtype: str = "float32", device: str = "cpu", full_
     backend = get_backend(device)
     with _call_lock:
         result = backend.measures(base_matrix, post_matrix, normalize_dtype(dtype), bool(full_matrices),
-                                  _leading_k(leading_k))
+                                  normalize_leading_k(leading_k))
     if full_matrices:
         result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
     return result
-
-
-def _leading_k(leading_k: Optional[int]) -> int:
-    if leading_k is None:
-        return 0
-    if isinstance(leading_k, bool) or not isinstance(leading_k, (int, np.integer)) or leading_k < 1:
-        raise InvalidArgumentError(f"leading_k: expected a positive integer or None (all), got {leading_k!r}")
-    return int(leading_k)

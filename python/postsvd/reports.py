@@ -7,8 +7,10 @@ figures (SVSM heatmaps, Fig. 2; scaling bands, Fig. 8; NF per layer, Fig. 3b;
 the similarity / I_orth matrices of one pair, Fig. 3a), with several post
 models also their NF side by side (Fig. 9), and the run's metadata. Figures
 are embedded as base64 PNG and the CSS is inline, so the page reads offline,
-from a mail attachment or a CI artifact. The page is written to a temporary
-file beside it and renamed into place, so a reader never sees half a page.
+from a mail attachment or a CI artifact. Every argument is checked before
+anything is computed, and the page is written in a temporary folder beside
+the output folder and moved into place when complete (see
+:func:`postsvd._outputs.atomic_folder`), so a reader never sees half a page.
 
 :func:`write_report` does the same from :class:`~postsvd.Comparison` objects
 already computed (e.g. in a notebook).
@@ -25,9 +27,11 @@ import io
 import math
 import os
 import platform
-import tempfile
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ._outputs import atomic_folder
+from ._terminal import printable
+from ._validate import normalize_output_folder
 from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,10 +69,12 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
             `out` is an existing file.
         BadCheckpointError: a folder is missing or malformed, or shapes differ.
     """
-    from .compare import compare
+    from .compare import check_compare_arguments, compare
 
     post_list = _post_list(posts)
-    _check_out(out)
+    check_compare_arguments(base, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
+                            num_threads=num_threads, cache=cache,
+                            matrices_for=None if matrices is None else [matrices], leading_k=leading_k, outs=[out])
     comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
                            num_threads=num_threads, cache=cache) for post in post_list]
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
@@ -80,13 +86,12 @@ def write_report(comparisons: Union["Comparison", Sequence["Comparison"]], out: 
     """Writes the HTML page of comparisons already computed (one base, one or
     more post models) into ``out/report.html``; returns its path."""
     comparison_list = _comparison_list(comparisons)
-    _check_out(out)
+    target = normalize_output_folder(out)
     page = render_html(comparison_list, title=title, matrices=matrices, leading_k=leading_k)
-    out_dir = os.fspath(out)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, REPORT_NAME)
-    _write_atomically(path, page)
-    return path
+    with atomic_folder(target, owned=lambda name: name == REPORT_NAME) as temp:
+        with open(os.path.join(temp, REPORT_NAME), "w", encoding="utf-8") as f:
+            f.write(page)
+    return os.path.join(os.fspath(out), REPORT_NAME)
 
 
 def render_html(comparisons: Union["Comparison", Sequence["Comparison"]], *, title: Optional[str] = None,
@@ -425,12 +430,6 @@ def _comparison_list(comparisons) -> List["Comparison"]:
     return items
 
 
-def _check_out(out: PathLike) -> None:
-    path = os.fspath(out)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise InvalidArgumentError(f"out: expected a folder (created if missing), got the existing file {path!r}")
-
-
 def _unique_names(folders: Sequence[str]) -> List[str]:
     names: List[str] = []
     for folder in folders:
@@ -444,25 +443,6 @@ def _unique_names(folders: Sequence[str]) -> List[str]:
 
 def _short_name(path: str) -> str:
     return os.path.basename(os.path.normpath(path)) or path
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
-    folder = os.path.dirname(path) or "."
-    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def _version() -> str:
@@ -563,5 +543,6 @@ def run_cli(args) -> int:
                   kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
                   leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
                   cache=args.cache)
-    print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: file://{os.path.abspath(path)}")
+    print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
+                    f"file://{os.path.abspath(path)}"))
     return 0

@@ -1,5 +1,6 @@
-// Helpers shared by the reader tests: a self-removing temporary folder and
-// small file writers. Test data is generated here, never committed.
+// Helpers shared by the tests that read or write files (reader, architecture,
+// comparator, factor cache): a self-removing temporary folder, a small file
+// writer and an error-message check. Test data is generated, never committed.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -19,7 +20,7 @@ class TempDir {
     std::random_device rd;
     const auto base = std::filesystem::temp_directory_path();
     for (int attempt = 0; attempt < 100; ++attempt) {
-      auto candidate = base / ("postsvd-reader-" + std::to_string(rd()));
+      auto candidate = base / ("postsvd-test-" + std::to_string(rd()));
       if (std::filesystem::create_directory(candidate)) {
         path_ = candidate;
         return;

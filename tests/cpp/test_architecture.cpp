@@ -8,9 +8,9 @@
 #include <map>
 #include <tuple>
 
-#include "detail/safetensors_writer.h"
-#include "postsvd/checkpoint.h"
+#include "postsvd/architecture.h"
 #include "reader_test_util.h"
+#include "safetensors_test_util.h"
 
 namespace {
 
@@ -48,24 +48,24 @@ std::map<std::string, StoredTensor> write_folder(const std::string& folder, cons
                                                  bool sharded = false) {
   write_text(folder + "/config.json", config);
   std::map<std::string, StoredTensor> stored;
-  std::vector<postsvd::detail::TensorBlob> blobs;
+  std::vector<postsvd_test::TensorBlob> blobs;
   for (const auto& [name, shape] : spec) {
     int64_t count = 1;
     for (int64_t d : shape) count *= d;
     StoredTensor t{shape, values_for(name, count)};
-    blobs.push_back(dtype == DType::BF16 ? postsvd::detail::bf16_blob(name, shape, t.values)
-                                        : postsvd::detail::f32_blob(name, shape, t.values));
+    blobs.push_back(dtype == DType::BF16 ? postsvd_test::bf16_blob(name, shape, t.values)
+                                        : postsvd_test::f32_blob(name, shape, t.values));
     stored[name] = std::move(t);
   }
   if (!sharded) {
-    postsvd::detail::write_safetensors(folder + "/model.safetensors", blobs);
+    postsvd_test::write_safetensors(folder + "/model.safetensors", blobs);
     return stored;
   }
   const std::size_t half = blobs.size() / 2;
-  std::vector<postsvd::detail::TensorBlob> first(blobs.begin(), blobs.begin() + half);
-  std::vector<postsvd::detail::TensorBlob> second(blobs.begin() + half, blobs.end());
-  postsvd::detail::write_safetensors(folder + "/model-00001-of-00002.safetensors", first);
-  postsvd::detail::write_safetensors(folder + "/model-00002-of-00002.safetensors", second);
+  std::vector<postsvd_test::TensorBlob> first(blobs.begin(), blobs.begin() + half);
+  std::vector<postsvd_test::TensorBlob> second(blobs.begin() + half, blobs.end());
+  postsvd_test::write_safetensors(folder + "/model-00001-of-00002.safetensors", first);
+  postsvd_test::write_safetensors(folder + "/model-00002-of-00002.safetensors", second);
   std::string map = "{";
   for (std::size_t i = 0; i < blobs.size(); ++i) {
     map += (i ? ",\"" : "\"") + blobs[i].name + "\":\"model-0000" + (i < half ? "1" : "2") + "-of-00002.safetensors\"";
@@ -396,17 +396,17 @@ TEST_F(ArchitectureErrors, MissingTensorAndNonFloatDtype) {
   // An int8 (quantized) projection is not a float weight.
   const std::string qfolder = dir_.folder("quantized");
   write_text(qfolder + "/config.json", llama_config("llama", "\"num_hidden_layers\": 1"));
-  std::vector<postsvd::detail::TensorBlob> blobs;
+  std::vector<postsvd_test::TensorBlob> blobs;
   for (const auto& [name, shape] : llama_spec("model.", 1, 8, 8, 4, 12)) {
     int64_t count = 1;
     for (int64_t d : shape) count *= d;
     if (name == "model.layers.0.self_attn.k_proj.weight") {
       blobs.push_back({name, DType::I8, shape, std::vector<unsigned char>(static_cast<std::size_t>(count), 1)});
     } else {
-      blobs.push_back(postsvd::detail::f32_blob(name, shape, values_for(name, count)));
+      blobs.push_back(postsvd_test::f32_blob(name, shape, values_for(name, count)));
     }
   }
-  postsvd::detail::write_safetensors(qfolder + "/model.safetensors", blobs);
+  postsvd_test::write_safetensors(qfolder + "/model.safetensors", blobs);
   Checkpoint qck(qfolder);
   expect_error<BadCheckpoint>([&] { postsvd::detect_architecture(qck); },
                               {"model.layers.0.self_attn.k_proj.weight", "dtype I8"});

@@ -1,7 +1,6 @@
 // compare_cached: the same measures as Backend::compare, each decomposition
 // computed once and then loaded, in both layouts and precisions.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <random>
@@ -10,32 +9,23 @@
 #include <atomic>
 #include <vector>
 
+#include "backend_test_util.h"
 #include "linalg_test_util.h"
 #include "postsvd/backend.h"
 #include "postsvd/cache.h"
 #include "postsvd/error.h"
+#include "reader_test_util.h"
 
 namespace postsvd {
 namespace {
 
 namespace fs = std::filesystem;
 using postsvd_test::compose;
+using postsvd_test::cpu_backend;
 using postsvd_test::decaying_spectrum;
 using postsvd_test::random_orthonormal;
 using postsvd_test::store_conv1d;
 using postsvd_test::store_linear;
-
-fs::path fresh_folder(const std::string& name) {
-  const fs::path folder = fs::temp_directory_path() / ("postsvd_cache_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(folder);
-  return folder;
-}
-
-std::unique_ptr<Backend> cpu() {
-  BackendOptions options;
-  options.device = Device::CPU;
-  return make_backend(options);
-}
 
 template <class T>
 class CompareCached : public ::testing::Test {};
@@ -64,9 +54,10 @@ TYPED_TEST(CompareCached, MatchesBackendCompareAndLoadsOnTheSecondCall) {
   options.full_matrices = true;
   const double tol = std::is_same<T, float>::value ? 2e-5 : 1e-11;
 
-  auto backend = cpu();
+  auto backend = cpu_backend();
   const auto plain = backend->compare(pairs, options);
-  const fs::path folder = fresh_folder(std::is_same<T, float>::value ? "f32" : "f64");
+  const postsvd_test::TempDir temp;
+  const fs::path folder = temp.file(std::is_same<T, float>::value ? "f32" : "f64");
   FactorCache cache(folder.string());
   CacheCounts cold_counts, warm_counts;
   const auto cold = compare_cached(*backend, cache, pairs, options, &cold_counts);
@@ -97,9 +88,10 @@ TEST(CompareCachedErrors, MismatchedShapesNameBothTensors) {
   std::mt19937_64 rng(7);
   const auto a = store_linear<float>(postsvd_test::gaussian(8, 6, rng), "layer.0.base");
   const auto b = store_linear<float>(postsvd_test::gaussian(6, 8, rng), "layer.0.post");
-  const fs::path folder = fresh_folder("errors");
+  const postsvd_test::TempDir temp;
+  const fs::path folder = temp.file("errors");
   FactorCache cache(folder.string());
-  auto backend = cpu();
+  auto backend = cpu_backend();
   try {
     compare_cached(*backend, cache, {{a.view, b.view}}, MeasureOptions{});
     FAIL() << "expected InvalidArgument";
@@ -117,9 +109,10 @@ TEST(CompareCachedErrors, MismatchedShapesNameBothTensors) {
 TEST(FactorCacheStore, ConcurrentStoresOfOneKeyLeaveAWholeFile) {
   std::mt19937_64 rng(3);
   const auto a = store_linear<float>(postsvd_test::gaussian(20, 12, rng), "shared");
-  auto backend = cpu();
+  auto backend = cpu_backend();
   const Decomposition<float> d = backend->decompose_f32(a.view);
-  const fs::path folder = fresh_folder("threads");
+  const postsvd_test::TempDir temp;
+  const fs::path folder = temp.file("threads");
   FactorCache cache(folder.string());
   const std::string key = FactorCache::key(a.view, Precision::F32);
   std::vector<std::thread> threads;
@@ -194,8 +187,9 @@ TEST(CudaCompareCached, GpuFactorsServeACpuComparison) {
   BackendOptions gpu_options;
   gpu_options.device = Device::CUDA;
   auto gpu = make_backend(gpu_options);
-  auto host = cpu();
-  const fs::path folder = fresh_folder("cuda");
+  auto host = cpu_backend();
+  const postsvd_test::TempDir temp;
+  const fs::path folder = temp.file("cuda");
   FactorCache cache(folder.string());
   CacheCounts on_gpu, on_cpu;
   const auto first = compare_cached(*gpu, cache, pairs, MeasureOptions{}, &on_gpu);

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "detail/safetensors_writer.h"
 #include "postsvd/comparator.h"
 #include "reader_test_util.h"
+#include "safetensors_test_util.h"
 
 namespace {
 
@@ -30,11 +30,11 @@ void write_llama(const std::string& folder, float scale, int64_t hidden = kHidde
                  "num_hidden_layers": 2})");
   std::mt19937_64 rng(17);
   std::normal_distribution<float> normal;
-  std::vector<postsvd::detail::TensorBlob> blobs;
+  std::vector<postsvd_test::TensorBlob> blobs;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
     std::vector<float> values(static_cast<std::size_t>(shape[0] * shape[1]));
     for (float& v : values) v = scale * normal(rng);
-    blobs.push_back(postsvd::detail::f32_blob(name, std::move(shape), values));
+    blobs.push_back(postsvd_test::f32_blob(name, std::move(shape), values));
   };
   for (int i = 0; i < kLayers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -46,7 +46,7 @@ void write_llama(const std::string& folder, float scale, int64_t hidden = kHidde
     add(p + "mlp.up_proj.weight", {kInter, hidden});
     add(p + "mlp.down_proj.weight", {hidden, kInter});
   }
-  postsvd::detail::write_safetensors(folder + "/model.safetensors", blobs);
+  postsvd_test::write_safetensors(folder + "/model.safetensors", blobs);
 }
 
 std::vector<int64_t> all_indices(const postsvd::Comparator& c) {

@@ -6,61 +6,16 @@
 #include <random>
 
 #include "detail/lapack.h"
+#include "linalg_test_util.h"
 #include "postsvd/constructions.h"
 
 namespace postsvd {
 namespace {
 
 using Mat = Matrix<double>;
-
-Mat random_matrix(int64_t rows, int64_t cols, std::mt19937_64& rng) {
-  std::normal_distribution<double> normal;
-  Mat m(rows, cols);
-  for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
-  return m;
-}
-
-// Orthonormal columns by modified Gram-Schmidt of a Gaussian matrix.
-Mat random_orthonormal(int64_t rows, int64_t cols, std::mt19937_64& rng) {
-  Mat q = random_matrix(rows, cols, rng);
-  for (int64_t j = 0; j < cols; ++j) {
-    for (int pass = 0; pass < 2; ++pass)
-      for (int64_t p = 0; p < j; ++p) {
-        double dot = 0;
-        for (int64_t i = 0; i < rows; ++i) dot += q(i, p) * q(i, j);
-        for (int64_t i = 0; i < rows; ++i) q(i, j) -= dot * q(i, p);
-      }
-    double norm = 0;
-    for (int64_t i = 0; i < rows; ++i) norm += q(i, j) * q(i, j);
-    norm = std::sqrt(norm);
-    for (int64_t i = 0; i < rows; ++i) q(i, j) /= norm;
-  }
-  return q;
-}
-
-Mat naive_product(const Mat& a, bool ta, const Mat& b, bool tb) {
-  const int64_t m = ta ? a.cols() : a.rows(), inner = ta ? a.rows() : a.cols(), n = tb ? b.rows() : b.cols();
-  Mat c(m, n);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      double sum = 0;
-      for (int64_t p = 0; p < inner; ++p) sum += (ta ? a(p, i) : a(i, p)) * (tb ? b(j, p) : b(p, j));
-      c(i, j) = sum;
-    }
-  return c;
-}
-
-// A diag(s) B^T by loops.
-Mat naive_compose(const Mat& a, const std::vector<double>& s, const Mat& b) {
-  Mat c(a.rows(), b.rows());
-  for (int64_t i = 0; i < a.rows(); ++i)
-    for (int64_t j = 0; j < b.rows(); ++j) {
-      double sum = 0;
-      for (std::size_t p = 0; p < s.size(); ++p) sum += a(i, static_cast<int64_t>(p)) * s[p] * b(j, static_cast<int64_t>(p));
-      c(i, j) = sum;
-    }
-  return c;
-}
+using postsvd_test::compose;
+using postsvd_test::multiply;
+using postsvd_test::random_orthonormal;
 
 Decomposition<double> random_decomposition(int64_t in, int64_t out, std::mt19937_64& rng, double scale = 1.0) {
   const int64_t k = std::min(in, out);
@@ -95,19 +50,19 @@ double max_abs_diff(const Matrix<T>& a, const Mat& b) {
   return worst;
 }
 
-// The reference formulas of measures.md, by loops.
+// The reference formulas of the constructions (docs/measures.md), by loops.
 Mat direct(int number, const Decomposition<double>& base, const Decomposition<double>& post,
            const Decomposition<double>& ref, double alpha) {
   std::vector<double> scaled = base.S;
   for (double& s : scaled) s *= alpha;
   switch (number) {
-    case 9: return naive_compose(post.U, scaled, post.V);
-    case 14: return naive_compose(post.U, base.S, post.V);
-    case 10: return naive_compose(post.U, post.S, base.V);
-    case 11: return naive_compose(post.U, post.S, naive_product(base.V, false, naive_product(base.U, true, post.U, false), false));
-    case 12: return naive_compose(post.U, post.S, naive_product(ref.V, false, naive_product(ref.U, true, post.U, false), false));
-    case 15: return naive_compose(base.U, post.S, post.V);
-    case 16: return naive_compose(naive_product(base.U, false, naive_product(base.V, true, post.V, false), false), post.S, post.V);
+    case 9: return compose(post.U, scaled, post.V);
+    case 14: return compose(post.U, base.S, post.V);
+    case 10: return compose(post.U, post.S, base.V);
+    case 11: return compose(post.U, post.S, multiply(base.V, false, multiply(base.U, true, post.U, false), false));
+    case 12: return compose(post.U, post.S, multiply(ref.V, false, multiply(ref.U, true, post.U, false), false));
+    case 15: return compose(base.U, post.S, post.V);
+    case 16: return compose(multiply(base.U, false, multiply(base.V, true, post.V, false), false), post.S, post.V);
   }
   ADD_FAILURE() << "no direct formula for " << number;
   return Mat();
@@ -160,11 +115,11 @@ TEST(Construction, RestorationReturnsPostOnACoRotatedPair) {
     const auto base = random_decomposition(shape.first, shape.second, rng);
     const Mat q = random_orthonormal(k, k, rng);
     Decomposition<double> post;
-    post.U = naive_product(base.U, false, q, false);
-    post.V = naive_product(base.V, false, q, false);
+    post.U = multiply(base.U, false, q, false);
+    post.V = multiply(base.V, false, q, false);
     post.S = base.S;
     for (double& s : post.S) s *= 0.9;
-    const Mat w_post = naive_compose(post.U, post.S, post.V);
+    const Mat w_post = compose(post.U, post.S, post.V);
     for (Construction c : {Construction::RestoreOutput, Construction::RestoreInput}) {
       const Mat w = construct_weight(c, base, post, 1.0);
       EXPECT_LT(max_abs_diff(w, w_post), 1e-12) << construction_name(c);
@@ -206,7 +161,7 @@ TYPED_TEST(ConstructionTyped, ConstructionOfAModelWithItselfReturnsIt) {
   const double tolerance = std::is_same<T, float>::value ? 1e-5 : 1e-13;
   std::mt19937_64 rng(11);
   const auto d = random_decomposition(7, 4, rng);
-  const Mat w = naive_compose(d.U, d.S, d.V);
+  const Mat w = compose(d.U, d.S, d.V);
   const Decomposition<T> same = cast<T>(d);
   for (int number : {9, 10, 11, 12, 14, 15, 16}) {
     const Matrix<T> out = construct_weight(parse_construction(number), same, same, &same, 1.0);
@@ -248,7 +203,7 @@ Mat plane_rotation(int64_t k, double theta, double phi, const Mat& p) {
   for (int64_t i = 0; i < k; ++i) r(i, i) = 1.0;
   r(0, 0) = std::cos(theta); r(1, 0) = std::sin(theta); r(0, 1) = -std::sin(theta); r(1, 1) = std::cos(theta);
   if (k >= 4) { r(2, 2) = std::cos(phi); r(3, 2) = std::sin(phi); r(2, 3) = -std::sin(phi); r(3, 3) = std::cos(phi); }
-  return naive_product(naive_product(p, false, r, false), false, p, true);
+  return multiply(multiply(p, false, r, false), false, p, true);
 }
 
 TEST(Eq13, RotationAnglesOfAKnownRotation) {
@@ -276,8 +231,8 @@ TEST(Eq13, SharedRotationIsTheMidpoint) {
   // Small angles take the Newton-Schulz path for polar((P1 + P2) / 2); large ones the SVD.
   for (const auto& ts : {std::pair<double, double>{12, 4}, std::pair<double, double>{70, 50}}) {
     SCOPED_TRACE(ts.first);
-    const Mat q1 = naive_product(q, false, plane_rotation(k, ts.first * deg, ts.second * deg, p), false);
-    const Mat q2 = naive_product(q, false, plane_rotation(k, -ts.first * deg, -ts.second * deg, p), false);
+    const Mat q1 = multiply(q, false, plane_rotation(k, ts.first * deg, ts.second * deg, p), false);
+    const Mat q2 = multiply(q, false, plane_rotation(k, -ts.first * deg, -ts.second * deg, p), false);
     const SharedRotation rot = shared_rotation(q1, q2, true);
     EXPECT_LT(max_abs_diff(rot.q, q), 1e-9);
     EXPECT_NEAR(rot.residual1.max_deg, ts.first, 1e-6);
@@ -285,8 +240,8 @@ TEST(Eq13, SharedRotationIsTheMidpoint) {
     EXPECT_NEAR(rot.residual1.mean_deg, (2 * ts.first + 2 * ts.second) / k, 1e-6);
     EXPECT_NEAR(rot.defect1, 0.0, 1e-12);
     // Q1 = Q dQ1 exactly.
-    EXPECT_LT(max_abs_diff(naive_product(rot.q, false, rot.dq1, false), q1), 1e-12);
-    EXPECT_LT(max_abs_diff(naive_product(rot.q, false, rot.dq2, false), q2), 1e-12);
+    EXPECT_LT(max_abs_diff(multiply(rot.q, false, rot.dq1, false), q1), 1e-12);
+    EXPECT_LT(max_abs_diff(multiply(rot.q, false, rot.dq2, false), q2), 1e-12);
   }
 }
 
@@ -305,7 +260,7 @@ TEST(Eq13, EqualRotationsGiveZeroAnglesAndNearOrthogonalInputsUsePolarFactors) {
   EXPECT_LT(max_abs_diff(polar.q, q), 1e-10);
   EXPECT_LT(polar.residual1.max_deg, 1e-5);
   EXPECT_NEAR(polar.defect1, 0.19 * std::sqrt(double(k)) / k, 1e-12);
-  EXPECT_LT(max_abs_diff(naive_product(polar.q, false, polar.dq1, false), shrunk), 1e-12);
+  EXPECT_LT(max_abs_diff(multiply(polar.q, false, polar.dq1, false), shrunk), 1e-12);
   EXPECT_THROW(shared_rotation(Mat(3, 3), Mat(4, 4), false), InvalidArgument);
 }
 
@@ -314,14 +269,14 @@ TEST(Eq13, PolarFactorMatchesBothPaths) {
   const int64_t k = 9;
   // Far from orthogonal: the SVD path. Near: Newton-Schulz. Both must give an
   // orthogonal P with P^T A symmetric positive definite.
-  const Mat far = random_matrix(k, k, rng);
+  const Mat far = postsvd_test::gaussian(k, k, rng);
   Mat near = random_orthonormal(k, k, rng);
-  const Mat noise = random_matrix(k, k, rng);
+  const Mat noise = postsvd_test::gaussian(k, k, rng);
   for (int64_t i = 0; i < near.size(); ++i) near.data()[i] += 0.01 * noise.data()[i];
   for (const Mat* a : {&far, static_cast<const Mat*>(&near)}) {
     const Mat p = polar_factor(*a);
-    const Mat gram = naive_product(p, true, p, false);
-    const Mat h = naive_product(p, true, *a, false);
+    const Mat gram = multiply(p, true, p, false);
+    const Mat h = multiply(p, true, *a, false);
     for (int64_t r = 0; r < k; ++r)
       for (int64_t c = 0; c < k; ++c) {
         EXPECT_NEAR(gram(r, c), r == c ? 1.0 : 0.0, 1e-11);
@@ -341,7 +296,7 @@ TEST(Eq13, NonSquarePair) {
   EXPECT_GT(rot.defect1, 1e-3);  // two random 5-frames in R^12
   EXPECT_LT(rot.defect2, 1e-12);  // the square side
   EXPECT_TRUE(std::isfinite(rot.residual1.mean_deg));
-  const Mat gram = naive_product(rot.q, true, rot.q, false);
+  const Mat gram = multiply(rot.q, true, rot.q, false);
   for (int64_t r = 0; r < 5; ++r)
     for (int64_t c = 0; c < 5; ++c) EXPECT_NEAR(gram(r, c), r == c ? 1.0 : 0.0, 1e-11);
 }

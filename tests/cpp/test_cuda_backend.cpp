@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "detail/half.h"
+#include "backend_test_util.h"
 #include "linalg_test_util.h"
 #include "postsvd/backend.h"
 #include "postsvd/error.h"
@@ -21,11 +22,16 @@
 #include "postsvd/types.h"
 
 #ifdef POSTSVD_WITH_CUDA
+#include "cuda/check.h"
 #include "cuda/cuda_backend.h"
 #endif
 
 namespace postsvd {
 namespace {
+
+using postsvd_test::cpu_backend;
+using postsvd_test::decompose;
+using postsvd_test::precision_of;
 
 #define POSTSVD_SKIP_WITHOUT_GPU()                                                              \
   do {                                                                                          \
@@ -156,27 +162,10 @@ double relative_reconstruction_error(const Decomposition<T>& d, const Dense& w) 
   return std::sqrt(num / den);
 }
 
+// max |Q^T Q - I| of a factor in its working precision.
 template <class T>
 double orthogonality_loss(const Matrix<T>& q) {
-  double worst = 0;
-  for (int64_t i = 0; i < q.cols(); ++i)
-    for (int64_t j = 0; j <= i; ++j) {
-      double dot = 0;
-      for (int64_t r = 0; r < q.rows(); ++r) dot += static_cast<double>(q(r, i)) * static_cast<double>(q(r, j));
-      worst = std::max(worst, std::fabs(dot - (i == j ? 1.0 : 0.0)));
-    }
-  return worst;
-}
-
-template <class T>
-Decomposition<T> decompose(Backend& b, const TensorView& v) {
-  if constexpr (std::is_same_v<T, float>) return b.decompose_f32(v);
-  else return b.decompose_f64(v);
-}
-
-template <class T>
-constexpr Precision precision_of() {
-  return std::is_same_v<T, float> ? Precision::F32 : Precision::F64;
+  return postsvd_test::orthogonality_error(postsvd_test::to_double(q));
 }
 
 // Tolerances per working precision: the 1e-4 for float32 measures, tighter for float64.
@@ -200,12 +189,6 @@ struct Tol<double> {
 std::unique_ptr<Backend> cuda_backend() {
   BackendOptions options;
   options.device = Device::CUDA;
-  return make_backend(options);
-}
-
-std::unique_ptr<Backend> cpu_backend() {
-  BackendOptions options;
-  options.device = Device::CPU;
   return make_backend(options);
 }
 
@@ -275,26 +258,77 @@ void expect_measures_near(const PairMeasures& gpu, const PairMeasures& cpu, doub
 
 // ---------- checks that hold in every build ----------
 
-TEST(CudaProbe, CapabilitiesAgreeWithTheBuild) {
-  EXPECT_GE(cuda_device_count(), 0);
-  EXPECT_EQ(has_cuda(), cuda_device_count() > 0);
+// The CUDA part of build_info(), after "CUDA: ".
+std::string cuda_part_of_build_info() {
   const std::string info = build_info();
-  EXPECT_NE(info.find("CUDA"), std::string::npos) << info;
-#ifndef POSTSVD_WITH_CUDA
+  const std::size_t at = info.find("; CUDA: ");
+  return at == std::string::npos ? std::string() : info.substr(at + 8);
+}
+
+TEST(CudaProbe, BuildInfoAndProbesAgreeWithTheBuild) {
+#ifdef POSTSVD_WITH_CUDA
+  EXPECT_TRUE(built_with_cuda());
+  // "CUDA 13.0 (build), ..., N devices: ..." with N the count the probe reports.
+  const std::string cuda = cuda_part_of_build_info();
+  EXPECT_EQ(cuda.rfind("CUDA ", 0), 0u) << cuda;
+  const int count = cuda_device_count();
+  EXPECT_NE(cuda.find(", " + std::to_string(count) + (count == 1 ? " device" : " devices")), std::string::npos) << cuda;
+  EXPECT_EQ(has_cuda(), count > 0);
+#else
+  EXPECT_FALSE(built_with_cuda());
   EXPECT_EQ(cuda_device_count(), 0);
+  EXPECT_FALSE(has_cuda());
+  EXPECT_EQ(cuda_part_of_build_info().rfind("not built", 0), 0u) << build_info();
 #endif
 }
 
-TEST(CudaProbe, MakeBackendWithoutGpuThrowsTheRightError) {
-  if (has_cuda()) GTEST_SKIP() << "a CUDA device is present; this case is for machines without one";
+TEST(CudaProbe, WithoutADeviceCudaIsUnavailableWithTheRightError) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "a CUDA device is present; this case is for machines without one";
+  EXPECT_FALSE(has_cuda());
   BackendOptions options;
   options.device = Device::CUDA;
+  try {
+    make_backend(options);
+    FAIL() << "make_backend(CUDA) succeeded without a device";
 #ifdef POSTSVD_WITH_CUDA
-  EXPECT_THROW(make_backend(options), BackendError);
+  } catch (const NotBuiltWithCuda& e) {
+    FAIL() << "a CUDA build without a device must not say it lacks CUDA: " << e.what();
+  } catch (const BackendError& e) {
+    EXPECT_NE(std::string(e.what()).find("no CUDA device"), std::string::npos) << e.what();
 #else
-  EXPECT_THROW(make_backend(options), NotBuiltWithCuda);
+  } catch (const NotBuiltWithCuda& e) {
+    EXPECT_NE(std::string(e.what()).find("POSTSVD_ENABLE_CUDA=ON"), std::string::npos) << e.what();
 #endif
+  }
 }
+
+#ifdef POSTSVD_WITH_CUDA
+// The status checks, with no device needed: the throwing ones name the status and the call,
+// the non-throwing ones (destructors) print the same to stderr and return.
+TEST(CudaChecks, TryThrowsAndReportPrintsTheStatusAndTheCall) {
+  const auto failing_cublas = [] { return CUBLAS_STATUS_ALLOC_FAILED; };
+  try {
+    POSTSVD_CUBLAS_TRY(failing_cublas());
+    FAIL() << "POSTSVD_CUBLAS_TRY did not throw";
+  } catch (const BackendError& e) {
+    EXPECT_NE(std::string(e.what()).find("CUBLAS_STATUS_ALLOC_FAILED in 'failing_cublas()'"), std::string::npos)
+        << e.what();
+  }
+  const auto failing_solver = [] { return CUSOLVER_STATUS_INVALID_VALUE; };
+  const auto failing_runtime = [] { return cudaErrorInvalidValue; };
+  ::testing::internal::CaptureStderr();
+  POSTSVD_CUSOLVER_REPORT(failing_solver());
+  POSTSVD_CUDA_REPORT(failing_runtime());
+  POSTSVD_CUBLAS_REPORT(CUBLAS_STATUS_SUCCESS);
+  POSTSVD_CUDA_REPORT(cudaErrorCudartUnloading);  // process exit: nothing to say
+  const std::string printed = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(printed.find("cuSOLVER error CUSOLVER_STATUS_INVALID_VALUE in 'failing_solver()'"), std::string::npos)
+      << printed;
+  EXPECT_NE(printed.find("CUDA error cudaErrorInvalidValue in 'failing_runtime()'"), std::string::npos) << printed;
+  EXPECT_EQ(printed.find("CUBLAS_STATUS_SUCCESS"), std::string::npos) << "a success was reported: " << printed;
+  EXPECT_EQ(printed.find("Unloading"), std::string::npos) << printed;
+}
+#endif
 
 // ---------- known answers ----------
 
@@ -523,7 +557,7 @@ TEST(CudaMethods, Gram64MeetsTheFloat32BarAndTheOthersTheirOwn) {
       const Decomposition<float> d = gpu->decompose_f32(stored.view);
       // The float32 bar (1e-5) is met by gram64 alone. Measured on an H100 (2026-11-22, this case):
       // gesvdj (default tolerance) 3e-5 loss of orthogonality, gesvdp 2.2e-5 sigma error; at the
-      // 7B shapes gesvd reaches 1e-4 and gesvdj 2e-3 (benchmarks/RESULTS_GPU.md). The others are
+      // 7B shapes gesvd reaches 1e-4 and gesvdj 2e-3 (benchmarks/RESULTS.md, GPU results). The others are
       // held to what they deliver, so a regression in any method still fails.
       const double bar = method == cuda::SvdMethod::Gram64 ? 1e-5 : method == cuda::SvdMethod::Gesvdj ? 1e-3 : 1e-4;
       for (int64_t j = 0; j < n; ++j)

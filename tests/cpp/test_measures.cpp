@@ -1,4 +1,4 @@
-// The measures (measures.md) on pairs with known answers:
+// The measures (docs/measures.md) on pairs with known answers:
 //   B = (U Q)(alpha S)(V Q)^T  -> every scaling = alpha, NF = 0, I_orth = I;
 //   B = (U Q) S (V R)^T        -> I_orth = Q^T R (up to one diagonal sign matrix), NF = ||Q^T R - I||_F / k;
 //   B = A                      -> Q1 = Q2 = I;
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
+#include "backend_test_util.h"
 #include "linalg_test_util.h"
 #include "postsvd/backend.h"
 #include "postsvd/error.h"
@@ -30,14 +31,14 @@ using postsvd::Precision;
 template <class T>
 MeasureOptions options_for(bool full_matrices = false, int64_t leading_k = 0) {
   MeasureOptions options;
-  options.precision = std::is_same<T, float>::value ? Precision::F32 : Precision::F64;
+  options.precision = precision_of<T>();
   options.full_matrices = full_matrices;
   options.leading_k = leading_k;
   return options;
 }
 
 PairMeasures compare_one(const postsvd::TensorView& base, const postsvd::TensorView& post, const MeasureOptions& options) {
-  auto backend = postsvd::make_backend(postsvd::BackendOptions{});
+  auto backend = cpu_backend();
   std::vector<PairMeasures> results = backend->compare({PairInput{base, post}}, options);
   EXPECT_EQ(results.size(), 1u);
   return std::move(results.at(0));
@@ -325,7 +326,7 @@ TEST(Measures, CompareRejectsShapeMismatchNamingBothTensors) {
   std::mt19937_64 rng(1);
   const auto base_stored = store_linear<float>(gaussian(8, 6, rng), "base/model.layers.2.mlp.down_proj.weight");
   const auto post_stored = store_linear<float>(gaussian(6, 8, rng), "post/model.layers.2.mlp.down_proj.weight");
-  auto backend = postsvd::make_backend(postsvd::BackendOptions{});
+  auto backend = cpu_backend();
   expect_error<postsvd::InvalidArgument>(
       [&] { backend->compare({PairInput{base_stored.view, post_stored.view}}, MeasureOptions{}); },
       {"base/model.layers.2.mlp.down_proj.weight", "[8, 6]", "post/model.layers.2.mlp.down_proj.weight", "[6, 8]"});
@@ -337,7 +338,7 @@ TEST(Measures, ComparePrecisionsAgree) {
   const Matrix<double> b = gaussian(40, 24, rng);
   const auto a32 = store_linear<float>(a, "a");
   const auto b32 = store_linear<float>(b, "b");
-  auto backend = postsvd::make_backend(postsvd::BackendOptions{});
+  auto backend = cpu_backend();
   const PairInput pair{a32.view, b32.view};
   const auto r32 = backend->compare({pair, pair}, options_for<float>());
   const auto r64 = backend->compare({pair}, options_for<double>());
@@ -353,20 +354,14 @@ TEST(Measures, ComparePrecisionsAgree) {
 
 namespace {
 
-postsvd::BackendOptions with_threads(int threads) {
-  postsvd::BackendOptions options;
-  options.num_threads = threads;
-  return options;
-}
-
 TEST(CpuBackendCompare, SideBySideAndSequentialPairsAgree) {
   // num_threads = 2 decomposes base and post side by side; 1 runs them in sequence.
   std::mt19937_64 rng(21);
   const auto a = store_linear<float>(gaussian(90, 50, rng), "a");
   const auto b = store_linear<float>(gaussian(90, 50, rng), "b");
   const std::vector<PairInput> pairs = {{a.view, b.view}, {b.view, a.view}};
-  const auto sequential = postsvd::make_backend(with_threads(1))->compare(pairs, MeasureOptions{});
-  const auto side_by_side = postsvd::make_backend(with_threads(2))->compare(pairs, MeasureOptions{});
+  const auto sequential = cpu_backend(1)->compare(pairs, MeasureOptions{});
+  const auto side_by_side = cpu_backend(2)->compare(pairs, MeasureOptions{});
   ASSERT_EQ(sequential.size(), 2u);
   ASSERT_EQ(side_by_side.size(), 2u);
   for (std::size_t p = 0; p < pairs.size(); ++p) {
@@ -388,7 +383,7 @@ TEST(CpuBackendCompare, ErrorsOfEitherSideNameTheTensor) {
   auto bad = store_linear<float>(gaussian(12, 8, rng), "post/model.layers.5.self_attn.v_proj.weight");
   bad.storage[17] = std::numeric_limits<float>::infinity();
   for (int threads : {1, 2}) {
-    auto backend = postsvd::make_backend(with_threads(threads));
+    auto backend = cpu_backend(threads);
     expect_error<postsvd::InvalidArgument>([&] { backend->compare({PairInput{good.view, bad.view}}, MeasureOptions{}); },
                                            {"post/model.layers.5.self_attn.v_proj.weight"});
     expect_error<postsvd::InvalidArgument>([&] { backend->compare({PairInput{bad.view, good.view}}, MeasureOptions{}); },

@@ -11,12 +11,17 @@
 #include <random>
 
 #include "postsvd/backend.h"
-#include "detail/safetensors_writer.h"
 #include "postsvd/cache.h"
+#include "postsvd/architecture.h"
 #include "postsvd/checkpoint.h"
 #include "postsvd/quantization.h"
 #include "postsvd/writer.h"
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include "detail/half.h"
 #include "reader_test_util.h"
+#include "safetensors_test_util.h"
 
 namespace {
 
@@ -26,7 +31,7 @@ using postsvd::DType;
 using postsvd::MatrixSource;
 using postsvd::QuantScheme;
 using postsvd::TensorView;
-using postsvd::detail::TensorBlob;
+using postsvd_test::TensorBlob;
 using postsvd_test::expect_error;
 using postsvd_test::TempDir;
 using postsvd_test::write_text;
@@ -133,17 +138,17 @@ Quantized make_quantized(const std::vector<int64_t>& shape, const std::vector<in
 }
 
 TensorBlob fp8_blob(const std::string& name, const Quantized& q) {
-  return {name, DType::F8_E4M3, q.shape, postsvd::detail::to_bytes(q.codes)};
+  return {name, DType::F8_E4M3, q.shape, postsvd_test::to_bytes(q.codes)};
 }
 
 TensorBlob scale_blob(const std::string& name, const Quantized& q, DType dtype) {
-  if (dtype == DType::BF16) return postsvd::detail::bf16_blob(name, q.scale_shape, q.scales);
+  if (dtype == DType::BF16) return postsvd_test::bf16_blob(name, q.scale_shape, q.scales);
   if (dtype == DType::F16) {
     std::vector<uint16_t> bits;
     for (float s : q.scales) bits.push_back(postsvd::float_to_f16_rne(s));
-    return {name, DType::F16, q.scale_shape, postsvd::detail::to_bytes(bits)};
+    return {name, DType::F16, q.scale_shape, postsvd_test::to_bytes(bits)};
   }
-  return postsvd::detail::f32_blob(name, q.scale_shape, q.scales);
+  return postsvd_test::f32_blob(name, q.scale_shape, q.scales);
 }
 
 // W(r, c) = float(q[c, r]) * float(scale of block (c / b_out, r / b_in)), computed in T.
@@ -178,11 +183,11 @@ std::map<std::string, Quantized> write_block_fp8(const std::string& folder, int6
   }
   if (!sharded) {
     weights.insert(weights.end(), scales.begin(), scales.end());
-    postsvd::detail::write_safetensors(folder + "/model.safetensors", weights);
+    postsvd_test::write_safetensors(folder + "/model.safetensors", weights);
     return stored;
   }
-  postsvd::detail::write_safetensors(folder + "/model-00001-of-00002.safetensors", weights);
-  postsvd::detail::write_safetensors(folder + "/model-00002-of-00002.safetensors", scales);
+  postsvd_test::write_safetensors(folder + "/model-00001-of-00002.safetensors", weights);
+  postsvd_test::write_safetensors(folder + "/model-00002-of-00002.safetensors", scales);
   std::string map;
   for (const auto& b : weights) map += (map.empty() ? "\"" : ",\"") + b.name + "\":\"model-00001-of-00002.safetensors\"";
   for (const auto& b : scales) map += ",\"" + b.name + "\":\"model-00002-of-00002.safetensors\"";
@@ -262,12 +267,12 @@ TEST(Quantization, MissingScaleAndBadScaleDtype) {
     if (module.find("q_proj") != std::string::npos) continue;  // no scale
     if (module.find("k_proj") != std::string::npos) {
       std::vector<int32_t> ints(q.scales.size(), 1);
-      blobs.push_back({module + ".weight_scale_inv", DType::I32, q.scale_shape, postsvd::detail::to_bytes(ints)});
+      blobs.push_back({module + ".weight_scale_inv", DType::I32, q.scale_shape, postsvd_test::to_bytes(ints)});
       continue;
     }
     blobs.push_back(scale_blob(module + ".weight_scale_inv", q, DType::F32));
   }
-  postsvd::detail::write_safetensors(dir.path() + "/model.safetensors", blobs);
+  postsvd_test::write_safetensors(dir.path() + "/model.safetensors", blobs);
   const Checkpoint ck(dir.path());
   const auto arch = postsvd::detect_architecture(ck);
   expect_error<BadCheckpoint>([&] { postsvd::view_of(ck, source_of(arch, "model.layers.0.self_attn.q_proj")); },
@@ -290,14 +295,14 @@ TEST(Quantization, IgnoredModulesReadUnquantized) {
     Quantized q = make_quantized(shape, {(shape[0] + 3) / 4, (shape[1] + 3) / 4}, seed++);
     if (module.find("up_proj") != std::string::npos) {
       for (int64_t i = 0; i < shape[0] * shape[1]; ++i) up_values.push_back(static_cast<float>(i % 13) - 6.0f);
-      blobs.push_back(postsvd::detail::bf16_blob(module + ".weight", shape, up_values));
+      blobs.push_back(postsvd_test::bf16_blob(module + ".weight", shape, up_values));
       continue;
     }
     blobs.push_back(fp8_blob(module + ".weight", q));
     if (module.find("down_proj") == std::string::npos) blobs.push_back(scale_blob(module + ".weight_scale_inv", q, DType::F32));
     stored[module] = std::move(q);
   }
-  postsvd::detail::write_safetensors(dir.path() + "/model.safetensors", blobs);
+  postsvd_test::write_safetensors(dir.path() + "/model.safetensors", blobs);
   const Checkpoint ck(dir.path());
   const auto arch = postsvd::detect_architecture(ck);
   const TensorView up = postsvd::view_of(ck, source_of(arch, "model.layers.0.mlp.up_proj"));
@@ -340,10 +345,10 @@ TEST(Quantization, CompressedTensorsPerTensorAndPerChannel) {
     Quantized q = make_quantized(shape, scale_shape, seed++);
     blobs.push_back(fp8_blob(module + ".weight", q));
     blobs.push_back(scale_blob(module + ".weight_scale", q, DType::BF16));
-    blobs.push_back(postsvd::detail::f32_blob(module + ".input_scale", {1}, {0.5f}));  // activations: ignored
+    blobs.push_back(postsvd_test::f32_blob(module + ".input_scale", {1}, {0.5f}));  // activations: ignored
     stored[module] = std::move(q);
   }
-  postsvd::detail::write_safetensors(dir.path() + "/model.safetensors", blobs);
+  postsvd_test::write_safetensors(dir.path() + "/model.safetensors", blobs);
   const Checkpoint ck(dir.path());
   expect_dequantized<float>(ck, stored, 1, 1, DType::BF16);
   expect_dequantized<double>(ck, stored, 1, 1, DType::BF16);
@@ -369,10 +374,10 @@ TEST(Quantization, Mxfp4ViewDequantizesNibblesAndExponents) {
   for (auto& b : blocks) b = static_cast<uint8_t>(rng() & 0xffu);
   for (auto& s : scales) s = static_cast<uint8_t>(120 + rng() % 14);
   write_text(dir.path() + "/config.json", R"({"model_type":"gpt_oss","quantization_config":{"quant_method":"mxfp4"}})");
-  postsvd::detail::write_safetensors(
+  postsvd_test::write_safetensors(
       dir.path() + "/model.safetensors",
-      {{"experts.down_proj_blocks", DType::U8, {E, R, G, 16}, postsvd::detail::to_bytes(blocks)},
-       {"experts.down_proj_scales", DType::U8, {E, R, G}, postsvd::detail::to_bytes(scales)}});
+      {{"experts.down_proj_blocks", DType::U8, {E, R, G, 16}, postsvd_test::to_bytes(blocks)},
+       {"experts.down_proj_scales", DType::U8, {E, R, G}, postsvd_test::to_bytes(scales)}});
   const Checkpoint ck(dir.path());
   // Reference: the dequantized tensor [E, R, 64] in row-major order, low nibble first.
   auto value = [&](int64_t i) {
@@ -404,6 +409,50 @@ TEST(Quantization, Mxfp4ViewDequantizesNibblesAndExponents) {
   expect_error<BadCheckpoint>(
       [&] { postsvd::mxfp4_view(ck, "experts.down_proj_scales", "experts.down_proj_blocks", 0, 1, 1, 1, 1); },
       {"experts.down_proj_scales", "expected MXFP4 blocks"});
+}
+
+// ------------------------------------------------------------------ writing back
+
+TEST(Quantization, WriterCopiesFp8AsBf16WithoutScalesOrQuantizationConfig) {
+  TempDir dir;
+  const std::string in = dir.folder("in"), out = dir.folder("out");
+  write_block_fp8(in, 4, 3, DType::F32, true);
+  const Checkpoint ck(in);
+  postsvd::CheckpointWriter writer(ck, out);
+  const auto names = writer.finish();
+  EXPECT_NE(std::find(names.begin(), names.end(), "config.json"), names.end());
+  std::ifstream config_file(out + "/config.json");
+  const auto config = nlohmann::json::parse(config_file);
+  EXPECT_FALSE(config.contains("quantization_config"));
+  EXPECT_EQ(config["model_type"], "llama");
+  write_text(out + "/config.json", llama_config(""));
+  const Checkpoint copy(out);
+  for (const std::string& name : copy.tensor_names()) {
+    EXPECT_EQ(copy.info(name).dtype, DType::BF16) << name;
+    EXPECT_EQ(name.find("scale"), std::string::npos) << name;
+  }
+  const auto arch = postsvd::detect_architecture(copy);
+  const auto arch_in = postsvd::detect_architecture(ck);
+  for (std::size_t i = 0; i < arch.matrices.size(); ++i) {
+    const auto w = postsvd::to_matrix<float>(postsvd::view_of(copy, arch.matrices[i]));
+    const auto q = postsvd::to_matrix<float>(postsvd::view_of(ck, arch_in.matrices[i]));
+    for (int64_t j = 0; j < w.size(); ++j) {
+      ASSERT_EQ(w.data()[j], postsvd::detail::bf16_to_float(postsvd::detail::float_to_bf16(q.data()[j])))
+          << arch.matrices[i].tensor;
+    }
+  }
+}
+
+TEST(Quantization, WriterRefusesMxfp4NamingTheTensor) {
+  TempDir dir;
+  const std::string in = dir.folder("in"), out = dir.folder("out");
+  write_text(in + "/config.json", R"({"model_type":"gpt_oss","quantization_config":{"quant_method":"mxfp4"}})");
+  postsvd_test::write_safetensors(in + "/model.safetensors",
+                                  {{"mlp.experts.down_proj_blocks", DType::U8, {1, 1, 16}, std::vector<unsigned char>(16, 0x21)},
+                                   {"mlp.experts.down_proj_scales", DType::U8, {1, 1}, std::vector<unsigned char>(1, 127)}});
+  const Checkpoint ck(in);
+  expect_error<postsvd::InvalidArgument>([&] { postsvd::CheckpointWriter writer(ck, out); },
+                                         {"mlp.experts.down_proj_blocks", "model.safetensors", "mxfp4", "not supported"});
 }
 
 // ------------------------------------------------------------------ consumers

@@ -8,10 +8,10 @@
 #include <limits>
 
 #include "detail/half.h"
-#include "detail/safetensors_writer.h"
 #include "postsvd/checkpoint.h"
 #include "postsvd/types.h"
 #include "reader_test_util.h"
+#include "safetensors_test_util.h"
 
 namespace {
 
@@ -21,8 +21,8 @@ using postsvd::DType;
 using postsvd::InvalidArgument;
 using postsvd::SafetensorsFile;
 using postsvd::TensorView;
-using postsvd::detail::write_raw_safetensors;
-using postsvd::detail::write_safetensors;
+using postsvd_test::write_raw_safetensors;
+using postsvd_test::write_safetensors;
 using postsvd_test::expect_error;
 using postsvd_test::TempDir;
 using postsvd_test::write_text;
@@ -189,11 +189,11 @@ TEST(SafetensorsValid, RoundTripsEveryFloatDtypeExactly) {
   const std::vector<uint16_t> bf16_bits = {0x3F80, 0xC020, 0x4049, 0x00C0, 0x0001, 0xC780};
   const std::vector<double> bf16_values = {1.0, -2.5, 3.140625, 1.5 * std::ldexp(1.0, -126), std::ldexp(1.0, -133),
                                            -65536.0};
-  std::vector<postsvd::detail::TensorBlob> blobs = {
-      postsvd::detail::f32_blob("f32", {2, 3}, f32),
-      postsvd::detail::f64_blob("f64", {3, 2}, f64),
-      {"f16", DType::F16, {6}, postsvd::detail::to_bytes(f16_bits)},
-      {"bf16", DType::BF16, {1, 6}, postsvd::detail::to_bytes(bf16_bits)},
+  std::vector<postsvd_test::TensorBlob> blobs = {
+      postsvd_test::f32_blob("f32", {2, 3}, f32),
+      postsvd_test::f64_blob("f64", {3, 2}, f64),
+      {"f16", DType::F16, {6}, postsvd_test::to_bytes(f16_bits)},
+      {"bf16", DType::BF16, {1, 6}, postsvd_test::to_bytes(bf16_bits)},
   };
   const std::string path = dir.file("model.safetensors");
   write_safetensors(path, blobs, {{"format", "pt"}});
@@ -263,7 +263,7 @@ TEST(SafetensorsValid, AcceptsEmptyHeaderPaddingAndZeroSizedTensors) {
 TEST(SafetensorsValid, FileIsMovable) {
   TempDir dir;
   const std::string path = dir.file("m.safetensors");
-  write_safetensors(path, {postsvd::detail::f32_blob("w", {2}, {7.0f, 8.0f})});
+  write_safetensors(path, {postsvd_test::f32_blob("w", {2}, {7.0f, 8.0f})});
   SafetensorsFile a(path);
   const void* data = a.data(*a.find("w"));
   SafetensorsFile b(std::move(a));
@@ -362,9 +362,9 @@ class CheckpointFolder : public ::testing::Test {
     write_text(folder_ + "/config.json", R"({"model_type": "llama"})");
   }
   void write_shard(const std::string& name, const std::vector<std::string>& tensors) {
-    std::vector<postsvd::detail::TensorBlob> blobs;
+    std::vector<postsvd_test::TensorBlob> blobs;
     float value = 1.0f;
-    for (const auto& t : tensors) blobs.push_back(postsvd::detail::f32_blob(t, {2}, {value, value + 0.5f})), value += 1;
+    for (const auto& t : tensors) blobs.push_back(postsvd_test::f32_blob(t, {2}, {value, value + 0.5f})), value += 1;
     write_safetensors(folder_ + "/" + name, blobs);
   }
   void write_index(const std::string& weight_map) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
+#include "backend_test_util.h"
 #include "linalg_test_util.h"
 #include "postsvd/backend.h"
 #include "postsvd/error.h"
@@ -21,21 +22,6 @@ namespace {
 using namespace postsvd_test;
 using postsvd::Decomposition;
 using postsvd::TensorView;
-
-template <class T>
-Decomposition<T> decompose(postsvd::Backend& backend, const TensorView& view) {
-  if constexpr (std::is_same<T, float>::value) {
-    return backend.decompose_f32(view);
-  } else {
-    return backend.decompose_f64(view);
-  }
-}
-
-std::unique_ptr<postsvd::Backend> cpu_backend(int threads = 0) {
-  postsvd::BackendOptions options;
-  options.num_threads = threads;
-  return postsvd::make_backend(options);
-}
 
 /// Checks one decomposition of `w` (paper orientation) against its known spectrum.
 template <class T>

@@ -9,9 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/half.h"
-#include "detail/safetensors_writer.h"
-#include "postsvd/checkpoint.h"
+#include "postsvd/architecture.h"
 #include "postsvd/writer.h"
+#include "safetensors_test_util.h"
 
 namespace postsvd {
 namespace {
@@ -114,14 +114,14 @@ MatrixSource source(const std::string& tensor, int64_t in, int64_t out, int64_t 
 
 TEST_F(WriterTest, SingleFileRoundTripKeepsUntouchedBytesAndLayouts) {
   // Deliberately not alphabetical: the writer keeps the source's order.
-  std::vector<detail::TensorBlob> blobs = {
-      detail::f32_blob("z.embed", {5, 4}, values(20, 1)),
-      detail::bf16_blob("lin", {3, 4}, values(12, 2)),                 // nn.Linear [out 3, in 4]
-      {"fused", DType::F16, {6, 4}, detail::to_bytes(std::vector<uint16_t>(24, 0x3c00u))},  // [out 3 + 3, in 4]
-      detail::bf16_blob("conv", {4, 9}, values(36, 3)),                // Conv1D [in 4, out 3 * 3]
-      detail::f64_blob("wide", {2, 3}, {1, 2, 3, 4, 5, 6}),            // [out 2, in 3]
+  std::vector<postsvd_test::TensorBlob> blobs = {
+      postsvd_test::f32_blob("z.embed", {5, 4}, values(20, 1)),
+      postsvd_test::bf16_blob("lin", {3, 4}, values(12, 2)),                 // nn.Linear [out 3, in 4]
+      {"fused", DType::F16, {6, 4}, postsvd_test::to_bytes(std::vector<uint16_t>(24, 0x3c00u))},  // [out 3 + 3, in 4]
+      postsvd_test::bf16_blob("conv", {4, 9}, values(36, 3)),                // Conv1D [in 4, out 3 * 3]
+      postsvd_test::f64_blob("wide", {2, 3}, {1, 2, 3, 4, 5, 6}),            // [out 2, in 3]
   };
-  detail::write_safetensors((root_ / "src" / "model.safetensors").string(), blobs, {{"format", "pt"}, {"note", "x"}});
+  postsvd_test::write_safetensors((root_ / "src" / "model.safetensors").string(), blobs, {{"format", "pt"}, {"note", "x"}});
   const Checkpoint checkpoint((root_ / "src").string());
 
   Matrix<float> w_lin(4, 3), w_fused(4, 3), w_conv(4, 3);
@@ -197,10 +197,10 @@ TEST_F(WriterTest, SingleFileRoundTripKeepsUntouchedBytesAndLayouts) {
 
 TEST_F(WriterTest, ShardedInputGivesShardedOutputWithIndex) {
   const fs::path src = root_ / "src";
-  detail::write_safetensors((src / "model-00001-of-00002.safetensors").string(),
-                            {detail::bf16_blob("a", {2, 3}, values(6, 4)), detail::f32_blob("b", {3}, values(3, 5))});
-  detail::write_safetensors((src / "model-00002-of-00002.safetensors").string(),
-                            {detail::bf16_blob("c", {4, 2}, values(8, 6))});
+  postsvd_test::write_safetensors((src / "model-00001-of-00002.safetensors").string(),
+                            {postsvd_test::bf16_blob("a", {2, 3}, values(6, 4)), postsvd_test::f32_blob("b", {3}, values(3, 5))});
+  postsvd_test::write_safetensors((src / "model-00002-of-00002.safetensors").string(),
+                            {postsvd_test::bf16_blob("c", {4, 2}, values(8, 6))});
   std::ofstream(src / "model.safetensors.index.json")
       << R"({"metadata": {"total_size": 1, "kept": "yes"}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors", "c": "model-00002-of-00002.safetensors"}})";
   const Checkpoint checkpoint(src.string());
@@ -228,7 +228,7 @@ TEST_F(WriterTest, ShardedInputGivesShardedOutputWithIndex) {
 }
 
 TEST_F(WriterTest, RefusesTheSourceFolderAndAMissingFolder) {
-  detail::write_safetensors((root_ / "src" / "model.safetensors").string(), {detail::f32_blob("a", {2, 2}, values(4, 1))});
+  postsvd_test::write_safetensors((root_ / "src" / "model.safetensors").string(), {postsvd_test::f32_blob("a", {2, 2}, values(4, 1))});
   const Checkpoint checkpoint((root_ / "src").string());
   EXPECT_THROW(CheckpointWriter(checkpoint, (root_ / "src").string()), InvalidArgument);
   EXPECT_THROW(CheckpointWriter(checkpoint, (root_ / "missing").string()), InvalidArgument);

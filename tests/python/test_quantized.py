@@ -167,3 +167,36 @@ def test_bf16_against_its_fp8_copy_within_bound(tiny_models, tmp_path, related_p
     # A real change on top of the same formats is not reported as quantization alone.
     other = postsvd.compare(related_pair.base, related_pair.post, progress=False).summary()
     assert "quantization" not in other.lower()
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_construction_on_fp8_writes_bf16_without_quantization_config(tiny_models, tmp_path, sharded):
+    transformers = pytest.importorskip("transformers")
+    src, _ = tiny_models("llama", "bfloat16")
+    fp8 = str(tmp_path / "fp8")
+    quantize.write_block_fp8(src, fp8, block=(16, 16), modules_to_not_convert=["mlp.down_proj"],
+                             scales_in_other_shard=sharded)
+    out = tmp_path / "out"
+    postsvd.construct(14, src, fp8, out, group="attention", progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    cp = _core.Checkpoint(str(out))
+    names = cp.tensor_names()
+    assert not any(n.endswith(("_scale_inv", "_scale")) for n in names)
+    assert {cp.info(n)["dtype"] for n in names} <= {"BF16"}
+    assert set(names) == {n for n in _core.Checkpoint(fp8).tensor_names() if not n.endswith("_scale_inv")}
+    if sharded:
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        assert set(index["weight_map"]) == set(names)
+    # An FP8 weight the construction left alone: its float32 dequantization rounded to BF16.
+    up = postsvd.read_matrix(str(out), 1, "up")
+    expected = torch.from_numpy(postsvd.read_matrix(fp8, 1, "up")).bfloat16().float().numpy()
+    assert _same_bits(np.ascontiguousarray(up), np.ascontiguousarray(expected))
+    # The ignored BF16 module is copied as it was.
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(str(out), 0, "down")),
+                      np.ascontiguousarray(postsvd.read_matrix(src, 0, "down")))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([[1, 5, 7]]), max_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 7)
+

@@ -176,11 +176,24 @@ def test_report_is_written_atomically(page, monkeypatch, tmp_path):
     def failing_replace(src, dst):
         raise OSError("disk full (simulated)")
 
+    # Moving the new page in fails: as a folder swap (the folder holds only the page) and file by file.
     monkeypatch.setattr(reports.os, "replace", failing_replace)
+    monkeypatch.setattr(postsvd._outputs, "exchange", failing_replace)
+    monkeypatch.setattr(postsvd._outputs.os, "rename", failing_replace)
     with pytest.raises(OSError, match="simulated"):
         postsvd.write_report(comparison, target, title="second")
     assert open(first, encoding="utf-8").read() == before
     assert sorted(os.listdir(target)) == ["report.html"]
+    (target / "notes.txt").write_text("the user's")
+    with pytest.raises(OSError, match="simulated"):
+        postsvd.write_report(comparison, target, title="third")
+    assert open(first, encoding="utf-8").read() == before
+    assert sorted(os.listdir(target)) == ["notes.txt", "report.html"]
+    assert sorted(os.listdir(tmp_path)) == ["atomic"]  # no temporary folder left
+    monkeypatch.undo()
+    postsvd.write_report(comparison, target, title="fourth")
+    assert "<title>fourth</title>" in open(first, encoding="utf-8").read()
+    assert sorted(os.listdir(target)) == ["notes.txt", "report.html"]
 
 
 def test_report_options_and_cli(pairs, tmp_path, capsys):

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "postsvd/architecture.h"
 #include "postsvd/backend.h"
 #include "postsvd/cache.h"
-#include "postsvd/checkpoint.h"
 #include "postsvd/measures.h"
 
 namespace postsvd {

@@ -1,6 +1,6 @@
 // The paper's constructions 9-16 (Sections 5.1, 5.2, Appendix C, D) and the
 // split of the rotations of Eq. 13 (Appendix B.2). Definitions:
-// ../shared/reference/measures.md, section "Constructions". Everything is in
+// docs/measures.md, section "Constructions". Everything is in
 // paper orientation: W [in, out] = U diag(S) V^T, U [in, k] input side,
 // V [out, k] output side, sign rule applied (see types.h).
 #pragma once

@@ -1,4 +1,4 @@
-// The paper's per-matrix measures (Section 4; definitions in measures.md).
+// The paper's per-matrix measures (Section 4; definitions in docs/measures.md).
 #pragma once
 
 #include <cstdint>

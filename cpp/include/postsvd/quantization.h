@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "postsvd/architecture.h"
 #include "postsvd/checkpoint.h"
 #include "postsvd/types.h"
 
@@ -74,6 +75,23 @@ void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, Ten
 /// shapes that do not pair, or a view reaching outside the tensor.
 TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, const std::string& scales,
                       int64_t first, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride);
+
+/// What a BF16 copy of a quantized checkpoint (a construction's output) holds for
+/// each stored tensor: constructions write their inputs' FP8 weights back as BF16
+/// so that the copy loads without its quantization_config.
+enum class CopyAs {
+  Same,  // copied as stored (unquantized tensors; every tensor of an unquantized checkpoint)
+  BF16,  // an FP8 weight, dequantized in float32 and rounded to BF16 (nearest even)
+  Drop,  // a scale of an FP8 weight (weight_scale_inv, weight_scale, input_scale)
+};
+/// The rule for tensor `name` of `checkpoint` (whose parsed config is `config`).
+/// Throws InvalidArgument for MXFP4 tensors (*_blocks, *_scales): writing them
+/// back as BF16 would rename and transpose them, which postsvd does not do yet.
+CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, const std::string& name);
+
+/// The whole stored FP8 tensor `name` [out, in] dequantized in float32 with its
+/// scales: column-major [in, out], i.e. the stored row-major [out, in] order.
+Matrix<float> dequantized_tensor(const Checkpoint& checkpoint, const std::string& name);
 
 /// Byte span [first, last) of the scale tensor that `view` reads, relative to
 /// view.scales.data ({0, 0} for unquantized views); for device copies and cache keys.

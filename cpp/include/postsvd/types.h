@@ -1,5 +1,5 @@
 // Core value types shared by the reader, the backends and the bindings.
-// Orientation (see ../shared/reference/measures.md): every matrix handed to a
+// Orientation (see docs/measures.md): every matrix handed to a
 // backend is the paper's W = W_hf^T, shape [in, out]: rows span the input
 // space, columns the output space. Owning matrices are column-major.
 #pragma once

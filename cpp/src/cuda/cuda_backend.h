@@ -1,6 +1,6 @@
 // The CUDA backend (cuSOLVER + cuBLAS) behind postsvd::Backend.
-// Internal header: no CUDA type appears here, so backend.cpp, the tests and the
-// benchmarks include it from plain C++ translation units.
+// Internal header: no CUDA type appears here, so the backend factory
+// (factory.cpp), the tests and the benchmarks include it from plain C++.
 #pragma once
 
 #include <cstddef>
@@ -64,11 +64,7 @@ std::unique_ptr<CudaBackend> make_cuda_backend_with(const BackendOptions& option
 
 }  // namespace cuda
 
-/// Called by backend.cpp under #ifdef POSTSVD_WITH_CUDA.
+/// The backend make_backend() returns for Device::CUDA (default CudaConfig).
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options);
-/// Number of CUDA devices; 0 where the driver or the device is missing (never throws).
-int cuda_device_count_impl();
-/// "CUDA runtime 13.0, driver 13.0, cuBLAS ..., cuSOLVER ..., devices: ..."
-std::string cuda_build_info();
 
 }  // namespace postsvd

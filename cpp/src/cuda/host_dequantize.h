@@ -7,6 +7,7 @@
 
 #include <cstddef>
 
+#include "cuda/plan.h"
 #include "postsvd/quantization.h"
 #include "postsvd/types.h"
 
@@ -18,10 +19,7 @@ inline bool needs_host_dequantization(const TensorView& v) { return v.quantized(
 
 /// Bytes staged for `v`: its stored span, or the dequantized matrix.
 inline std::size_t staged_bytes(const TensorView& v, Precision precision) {
-  if (!needs_host_dequantization(v)) {
-    const auto span = v.byte_span();
-    return static_cast<std::size_t>(span.second - span.first);
-  }
+  if (!needs_host_dequantization(v)) return span_bytes(v);
   return static_cast<std::size_t>(v.rows * v.cols) * (precision == Precision::F32 ? sizeof(float) : sizeof(double));
 }
 

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cuda/cuda_util.h"
+#include "cuda/check.h"
 
 namespace postsvd {
 namespace cuda {

@@ -1,24 +1,15 @@
 // Typed thin wrappers over cuBLAS / cuSOLVER (float and double), so that the
-// pipeline in cuda_backend.cpp is written once for both working precisions.
+// pipeline (pipeline.h) is written once for both working precisions.
 #pragma once
 
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 #include <library_types.h>
 
-#include <climits>
-#include <cstdint>
-
-#include "cuda/cuda_util.h"
+#include "cuda/check.h"
 
 namespace postsvd {
 namespace cuda {
-
-inline int as_int(int64_t value, const char* what) {
-  POSTSVD_CHECK(value >= 0 && value <= INT_MAX, BackendError,
-                what << " = " << value << " exceeds the 32-bit range of the cuBLAS/cuSOLVER call");
-  return static_cast<int>(value);
-}
 
 template <class T>
 struct Blas;

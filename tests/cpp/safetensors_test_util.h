@@ -1,5 +1,6 @@
-// Writing safetensors files from C++: valid files for tests and generated
-// example checkpoints, and raw (possibly malformed) files for reader tests.
+// Writing safetensors files for the C++ tests: valid files (checkpoint folders
+// the reader, architecture, comparator and writer tests open) and raw, possibly
+// malformed files for the reader tests.
 #pragma once
 
 #include <cstdint>
@@ -12,10 +13,13 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/half.h"
+#include "postsvd/error.h"
 #include "postsvd/types.h"
 
-namespace postsvd {
-namespace detail {
+namespace postsvd_test {
+
+using postsvd::DType;
+using postsvd::dtype_name;
 
 /// One tensor to write: its stored bytes, little-endian, row-major.
 struct TensorBlob {
@@ -43,7 +47,7 @@ inline TensorBlob f64_blob(const std::string& name, std::vector<int64_t> shape, 
 /// Rounds to bfloat16 (nearest even).
 inline TensorBlob bf16_blob(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& values) {
   std::vector<uint16_t> bits(values.size());
-  for (std::size_t i = 0; i < values.size(); ++i) bits[i] = float_to_bf16(values[i]);
+  for (std::size_t i = 0; i < values.size(); ++i) bits[i] = postsvd::detail::float_to_bf16(values[i]);
   return {name, DType::BF16, std::move(shape), to_bytes(bits)};
 }
 
@@ -91,5 +95,4 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorB
   write_raw_safetensors(path, header, data);
 }
 
-}  // namespace detail
-}  // namespace postsvd
+}  // namespace postsvd_test

@@ -1,0 +1,270 @@
+// The working-precision pipeline of one lane (C = float or double): staging
+// and conversion on the device, the decomposition (Gram64 or a direct
+// cuSOLVER SVD, with the float64 gesvd fallback), the sign rule, the measures
+// by cuBLAS and the downloads. Internal to cuda_backend.cpp.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuda/check.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/kernels.h"
+#include "cuda/lane.h"
+#include "cuda/plan.h"
+#include "cuda/solver.h"
+#include "detail/int_range.h"
+#include "postsvd/error.h"
+#include "postsvd/types.h"
+
+namespace postsvd {
+namespace cuda {
+
+using detail::as_int;
+
+inline int64_t short_side(const TensorView& v) { return std::min(v.rows, v.cols); }
+
+inline std::string shape_of(const TensorView& v) {
+  std::ostringstream out;
+  out << "[" << v.rows << ", " << v.cols << "]";
+  return out.str();
+}
+
+// The working-precision pipeline for one lane; C = float or double.
+template <class C>
+class Pipeline {
+ public:
+  Pipeline(Lane& lane, SvdMethod method, double orth_tolerance) : lane_(lane), method_(method), tolerance_(orth_tolerance) {}
+
+  // Copies the stored bytes of `v` into pinned staging, then to the device on
+  // the copy stream; `slot` 0 goes first in the raw buffer, 1 after it.
+  void stage(const TensorView& v, int slot) {
+    const auto span = v.byte_span();
+    const std::size_t bytes = static_cast<std::size_t>(span.second - span.first);
+    const std::size_t offset = slot == 0 ? 0 : next_offset_;
+    std::memcpy(lane_.staging.get<char>() + offset, static_cast<const char*>(v.data) + span.first, bytes);
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(lane_.raw.get<char>() + offset, lane_.staging.get<char>() + offset, bytes,
+                                     cudaMemcpyHostToDevice, lane_.copy_stream));
+    POSTSVD_CUDA_TRY(cudaEventRecord(lane_.staged[slot], lane_.copy_stream));
+    raw_offset_[slot] = offset;
+    next_offset_ = offset + align_up(bytes);
+  }
+
+  // Converts staged matrix `slot` into lane.work; transposed = W^T [n, m].
+  void convert(const TensorView& v, int slot, bool transposed) {
+    POSTSVD_CUDA_TRY(cudaStreamWaitEvent(lane_.stream, lane_.staged[slot], 0));
+    const auto span = v.byte_span();
+    const int64_t elem = static_cast<int64_t>(dtype_size(v.dtype));
+    const int64_t base_offset = -span.first / elem;  // element (0, 0) inside the staged bytes
+    const char* stored = lane_.raw.get<char>() + raw_offset_[slot];
+    unsigned long long* first_bad = lane_.device_scalars()->first_bad + slot;
+    if (!transposed)
+      convert_view<C>(stored, v.dtype, base_offset, v.rows, v.cols, v.row_stride, v.col_stride, lane_.work.get<C>(), first_bad, lane_.stream);
+    else
+      convert_view<C>(stored, v.dtype, base_offset, v.cols, v.rows, v.col_stride, v.row_stride, lane_.work.get<C>(), first_bad, lane_.stream);
+  }
+
+  // First pass of a decomposition: u[slot], v[slot], s[slot] of lane.work (converted from v).
+  void decompose(const TensorView& v, int slot) {
+    if (method_ == SvdMethod::Gram64) {
+      convert(v, slot, false);
+      gram(v, slot);
+    } else {
+      convert(v, slot, v.rows < v.cols);
+      direct(v, slot, method_);
+    }
+  }
+
+  // After finish_round: throws on NaN/Inf and devInfo; redoes failed Gram decompositions with gesvd.
+  // Returns the number of fallbacks taken.
+  int settle(const TensorView* const* views, int count) {
+    const LaneScalars round = *lane_.readback();  // the fallback rounds below overwrite the readback
+    const LaneScalars* r = &round;
+    for (int i = 0; i < count; ++i) {
+      if (r->first_bad[i] != kNoBadElement) {
+        const TensorView& v = *views[i];
+        const int64_t index = static_cast<int64_t>(r->first_bad[i]);
+        POSTSVD_THROW(InvalidArgument, "tensor '" << v.name << "' " << shape_of(v) << ": element (" << index % v.rows << ", "
+                                                  << index / v.rows << ") is NaN or Inf (or overflows the working precision)");
+      }
+    }
+    lane_.check_infos();
+    int redone = 0;
+    if (method_ != SvdMethod::Gram64) return 0;
+    for (int i = 0; i < count; ++i) {
+      if (!(r->orth[i] <= tolerance_)) {
+        lane_.reset_scalars();
+        convert(*views[i], i, views[i]->rows < views[i]->cols);
+        direct(*views[i], i, SvdMethod::Gesvd);
+        lane_.finish_round();
+        lane_.check_infos();
+        ++redone;
+      }
+    }
+    return redone;
+  }
+
+  void sign_rule(const TensorView& v, int slot) {
+    const int64_t k = short_side(v);
+    apply_sign_rule<C>(lane_.u[slot].get<C>(), v.rows, v.rows, lane_.v[slot].get<C>(), v.cols, v.cols, k, lane_.stream);
+  }
+
+  // Q1, Q2, I_orth, NF and the vectors into lane.results; returns after the device-to-host copy is queued.
+  void measure(const Shape& shape) {
+    const int64_t m = shape.m, n = shape.n, k = shape.k();
+    C* q1 = square(0);
+    C* q2 = square(1);
+    C* iorth = square(2);
+    const C one = 1, zero = 0;
+    const int ik = as_int(k, "k");
+    POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, as_int(m, "rows"), &one, lane_.u[0].get<C>(),
+                                     as_int(m, "ld"), lane_.u[1].get<C>(), as_int(m, "ld"), &zero, q1, ik));
+    POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, as_int(n, "cols"), &one, lane_.v[0].get<C>(),
+                                     as_int(n, "ld"), lane_.v[1].get<C>(), as_int(n, "ld"), &zero, q2, ik));
+    POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, ik, &one, q1, ik, q2, ik, &zero, iorth, ik));
+    squared_deviation_from_identity<C>(iorth, k, k, &lane_.device_scalars()->nf_squared, lane_.stream);
+    double* results = lane_.results.get<double>();
+    gather_to_double<C>(lane_.s[0].get<C>(), k, 1, results, lane_.stream);
+    gather_to_double<C>(lane_.s[1].get<C>(), k, 1, results + k, lane_.stream);
+    gather_to_double<C>(iorth, k, k + 1, results + 2 * k, lane_.stream);
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(lane_.host_results.get(), results, static_cast<std::size_t>(3 * k) * sizeof(double),
+                                     cudaMemcpyDeviceToHost, lane_.stream));
+  }
+
+  // square(2) = Q1[:kk, :kk]^T Q2[:kk, :kk], [kk, kk] with leading dimension kk.
+  void truncated_iorth(int64_t k, int64_t kk) {
+    const C one = 1, zero = 0;
+    const int ikk = as_int(kk, "leading_k"), ik = as_int(k, "k");
+    POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ikk, ikk, ikk, &one, square(0), ik, square(1), ik,
+                                     &zero, square(2), ikk));
+  }
+
+  // The leading [kk, kk] block of square(which) (leading dimension k) as a host Matrix<double>.
+  Matrix<double> leading_block(int which, int64_t k, int64_t kk) {
+    std::vector<C> host(static_cast<std::size_t>(kk * kk));
+    POSTSVD_CUDA_TRY(cudaMemcpy2DAsync(host.data(), static_cast<std::size_t>(kk) * sizeof(C), square(which),
+                                       static_cast<std::size_t>(k) * sizeof(C), static_cast<std::size_t>(kk) * sizeof(C),
+                                       static_cast<std::size_t>(kk), cudaMemcpyDeviceToHost, lane_.stream));
+    POSTSVD_CUDA_TRY(cudaStreamSynchronize(lane_.stream));
+    Matrix<double> out(kk, kk);
+    for (int64_t i = 0; i < kk * kk; ++i) out.data()[i] = static_cast<double>(host[static_cast<std::size_t>(i)]);
+    return out;
+  }
+
+  // Copies u/s/v of `slot` to the host in precision T.
+  template <class T>
+  Decomposition<T> download(const TensorView& v, int slot) {
+    const int64_t m = v.rows, n = v.cols, k = short_side(v);
+    std::vector<C> u(static_cast<std::size_t>(m * k)), vv(static_cast<std::size_t>(n * k)), s(static_cast<std::size_t>(k));
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(u.data(), lane_.u[slot].get(), u.size() * sizeof(C), cudaMemcpyDeviceToHost, lane_.stream));
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(vv.data(), lane_.v[slot].get(), vv.size() * sizeof(C), cudaMemcpyDeviceToHost, lane_.stream));
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(s.data(), lane_.s[slot].get(), s.size() * sizeof(C), cudaMemcpyDeviceToHost, lane_.stream));
+    POSTSVD_CUDA_TRY(cudaStreamSynchronize(lane_.stream));
+    Decomposition<T> d;
+    d.U = Matrix<T>(m, k);
+    d.V = Matrix<T>(n, k);
+    std::transform(u.begin(), u.end(), d.U.data(), [](C x) { return static_cast<T>(x); });
+    std::transform(vv.begin(), vv.end(), d.V.data(), [](C x) { return static_cast<T>(x); });
+    d.S.resize(static_cast<std::size_t>(k));
+    std::transform(s.begin(), s.end(), d.S.begin(), [](C x) { return static_cast<T>(x); });
+    for (std::size_t j = 1; j < d.S.size(); ++j) d.S[j] = std::min(d.S[j], d.S[j - 1]);  // rounding-level ties
+    return d;
+  }
+
+ private:
+  C* square(int which) {
+    return reinterpret_cast<C*>(lane_.square.get<char>() + static_cast<std::size_t>(which) * (lane_.square.bytes() / 3));
+  }
+
+  // float64 Gram of the short side, syevd, the long side by GEMM and column norms.
+  void gram(const TensorView& v, int slot) {
+    const int64_t m = v.rows, n = v.cols, k = short_side(v);
+    const C one = 1, zero = 0;
+    const C* w = lane_.work.get<C>();
+    const bool tall = m >= n;
+    // eig side [k, k] (V when tall, U when wide), gemm side [long, k].
+    C* eig = tall ? lane_.v[slot].get<C>() : lane_.u[slot].get<C>();
+    C* other = tall ? lane_.u[slot].get<C>() : lane_.v[slot].get<C>();
+    const int64_t long_side = tall ? m : n;
+    const int ik = as_int(k, "k"), il = as_int(long_side, "rows"), im = as_int(m, "rows");
+    if (tall)  // G = W^T W  [n, n]
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, il, &one, w, im, w, im, &zero, eig, ik));
+    else  // G = W W^T  [m, m]
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_N, CUBLAS_OP_T, ik, ik, il, &one, w, im, w, im, &zero, eig, ik));
+    C* sigma = lane_.s[slot].get<C>();
+    const int lwork = as_int(static_cast<int64_t>(lane_.solver_ws.bytes() / sizeof(C)), "lwork");
+    if constexpr (sizeof(C) == sizeof(double)) {
+      POSTSVD_CUSOLVER_TRY(Blas<C>::syevd(lane_.solver, ik, eig, ik, sigma, lane_.solver_ws.get<C>(), lwork,
+                                          POSTSVD_INFO(lane_, "cusolverDnDsyevd", v.name)));
+    } else {
+      POSTSVD_CUSOLVER_TRY(Blas<C>::syevd(lane_.solver, ik, eig, ik, sigma, lane_.solver_ws.get<C>(), lwork,
+                                          POSTSVD_INFO(lane_, "cusolverDnSsyevd", v.name)));
+    }
+    reverse_columns<C>(eig, k, k, k, sigma, lane_.stream);  // descending
+    if (tall)  // U = W V  [m, k]
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_N, CUBLAS_OP_N, im, ik, ik, &one, w, im, eig, ik, &zero, other, im));
+    else  // V = W^T U  [n, k]
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, il, ik, im, &one, w, im, eig, ik, &zero, other, il));
+    normalize_columns<C>(other, long_side, k, long_side, sigma, lane_.stream);  // sigma = column norms
+    // Loss of orthogonality of the GEMM side decides the fallback.
+    C* check = square(1);
+    POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, il, &one, other, il, other, il, &zero, check, ik));
+    max_deviation_from_identity<C>(check, k, k, &lane_.device_scalars()->orth[slot], lane_.stream);
+  }
+
+  // A cuSOLVER SVD of lane.work in the tall orientation ([max(m,n), k], converted transposed when wide).
+  void direct(const TensorView& v, int slot, SvdMethod method) {
+    const bool wide = v.rows < v.cols;
+    const int64_t tall = std::max(v.rows, v.cols), k = short_side(v);
+    C* a = lane_.work.get<C>();
+    C* u_tall = wide ? lane_.v[slot].get<C>() : lane_.u[slot].get<C>();  // [tall, k]
+    C* v_tall = wide ? lane_.u[slot].get<C>() : lane_.v[slot].get<C>();  // [k, k]
+    C* sigma = lane_.s[slot].get<C>();
+    const cudaDataType_t type = Blas<C>::kType;
+    switch (method) {
+      case SvdMethod::Gesvd: {
+        C* vt = square(0);  // [k, k]
+        POSTSVD_CUSOLVER_TRY(cusolverDnXgesvd(lane_.solver, lane_.solver_params, 'S', 'S', tall, k, type, a, tall, type, sigma,
+                                              type, u_tall, tall, type, vt, k, type, lane_.solver_ws.get(),
+                                              lane_.solver_ws.bytes(), lane_.host_ws.data(), lane_.host_ws.size(),
+                                              POSTSVD_INFO(lane_, "cusolverDnXgesvd", v.name)));
+        const C one = 1, zero = 0;
+        const int ik = as_int(k, "k");
+        POSTSVD_CUBLAS_TRY(Blas<C>::geam(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, &one, vt, ik, &zero, vt, ik, v_tall, ik));
+        break;
+      }
+      case SvdMethod::Gesvdj: {
+        const int lwork = as_int(static_cast<int64_t>(lane_.solver_ws.bytes() / sizeof(C)), "lwork");
+        POSTSVD_CUSOLVER_TRY(Blas<C>::gesvdj(lane_.solver, as_int(tall, "rows"), as_int(k, "cols"), a, as_int(tall, "ld"), sigma,
+                                             u_tall, as_int(tall, "ld"), v_tall, as_int(k, "ld"), lane_.solver_ws.get<C>(), lwork,
+                                             POSTSVD_INFO(lane_, "cusolverDn<t>gesvdj", v.name), lane_.jacobi));
+        break;
+      }
+      case SvdMethod::Gesvdp: {
+        double err_sigma = 0;
+        POSTSVD_CUSOLVER_TRY(cusolverDnXgesvdp(lane_.solver, lane_.solver_params, CUSOLVER_EIG_MODE_VECTOR, 1, tall, k, type, a,
+                                               tall, type, sigma, type, u_tall, tall, type, v_tall, k, type,
+                                               lane_.solver_ws.get(), lane_.solver_ws.bytes(), lane_.host_ws.data(),
+                                               lane_.host_ws.size(), POSTSVD_INFO(lane_, "cusolverDnXgesvdp", v.name),
+                                               &err_sigma));
+        break;
+      }
+      case SvdMethod::Gram64:
+        POSTSVD_THROW(BackendError, "internal: direct() called with gram64");
+    }
+  }
+
+  Lane& lane_;
+  SvdMethod method_;
+  double tolerance_;
+  std::size_t raw_offset_[2] = {0, 0};
+  std::size_t next_offset_ = 0;
+};
+
+}  // namespace cuda
+}  // namespace postsvd
