@@ -492,16 +492,35 @@ bool dequantize_mxfp4(const TensorView& view, Matrix<T>& out) {
   return all_finite;
 }
 
-}  // namespace
-
 template <class T>
-bool dequantize_into(const TensorView& view, Matrix<T>& out) {
+bool dequantize_along_columns(const TensorView& view, Matrix<T>& out) {
   switch (view.scales.scheme) {
     case QuantScheme::ScaledFP8: return dequantize_fp8<T>(view, out);
     case QuantScheme::MXFP4: return dequantize_mxfp4<T>(view, out);
     case QuantScheme::None: break;
   }
   POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': dequantize_into called on an unquantized view");
+}
+
+}  // namespace
+
+template <class T>
+bool dequantize_into(const TensorView& view, Matrix<T>& out) {
+  if (std::abs(view.row_stride) <= std::abs(view.col_stride) || view.rows == 1 || view.cols == 1) {
+    return dequantize_along_columns<T>(view, out);  // reads run along the stored rows
+  }
+  // A transposing view (W^T of an nn.Linear tensor): dequantize in stored order, then transpose in tiles.
+  Matrix<T> stored(view.cols, view.rows);
+  const bool all_finite = dequantize_along_columns<T>(view.transposed(), stored);
+  constexpr int64_t kTile = 32;
+  for (int64_t c0 = 0; c0 < view.cols; c0 += kTile) {
+    for (int64_t r0 = 0; r0 < view.rows; r0 += kTile) {
+      const int64_t c1 = std::min(view.cols, c0 + kTile), r1 = std::min(view.rows, r0 + kTile);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) out(r, c) = stored(c, r);
+    }
+  }
+  return all_finite;
 }
 
 template bool dequantize_into<float>(const TensorView&, Matrix<float>&);

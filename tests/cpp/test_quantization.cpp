@@ -485,3 +485,40 @@ TEST(Quantization, CpuBackendAndCacheKeySeeTheDequantizedMatrix) {
 }
 
 }  // namespace
+
+namespace {
+
+// GPU tier (ctest -L gpu): the CUDA backend dequantizes on the host with to_matrix, so a quantized view
+// and the plain float32 view of its dequantized matrix are the same input: sigma agrees with the CPU and a
+// pair of the two has scaling 1 and NF 0. Skips without a device.
+TEST(QuantizationCuda, QuantizedViewsMatchTheCpuAndTheirDequantizedCopy) {
+  if (postsvd::cuda_device_count() == 0) {
+    GTEST_SKIP() << "no CUDA device here (or built without CUDA: POSTSVD_ENABLE_CUDA=OFF); GPU cases run with "
+                    "`ctest -L gpu` on a GPU machine";
+  }
+  TempDir dir;
+  write_block_fp8(dir.path(), 4, 3, DType::BF16, false);
+  const Checkpoint ck(dir.path());
+  const auto arch = postsvd::detect_architecture(ck);
+  postsvd::BackendOptions gpu_options, cpu_options;
+  gpu_options.device = postsvd::Device::CUDA;
+  const auto gpu = postsvd::make_backend(gpu_options);
+  const auto cpu = postsvd::make_backend(cpu_options);
+  std::vector<postsvd::Matrix<float>> copies;
+  std::vector<postsvd::PairInput> pairs;
+  for (const MatrixSource& s : arch.matrices) {
+    const TensorView view = postsvd::view_of(ck, s);
+    const auto g = gpu->decompose_f32(view);
+    const auto c = cpu->decompose_f32(view);
+    for (std::size_t j = 0; j < c.S.size(); ++j) EXPECT_NEAR(g.S[j], c.S[j], 1e-5f * c.S[0]) << s.tensor;
+    copies.push_back(postsvd::to_matrix<float>(view));
+    const auto& w = copies.back();
+    pairs.push_back({view, TensorView{w.data(), DType::F32, w.rows(), w.cols(), 1, w.rows(), s.tensor + " (copy)"}});
+  }
+  for (const auto& m : gpu->compare(pairs, postsvd::MeasureOptions{})) {
+    EXPECT_NEAR(m.scaling_stats.mean, 1.0, 1e-6);
+    EXPECT_LE(m.nf, 1e-5);
+  }
+}
+
+}  // namespace
