@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -19,6 +20,7 @@
 #include "postsvd/measures.h"
 #include "postsvd/quantization.h"
 #include "postsvd/types.h"
+#include "postsvd/warnings.h"
 
 #include "module.h"
 
@@ -32,6 +34,13 @@ using postsvd_bindings::precision_name;
 namespace {
 
 // ---------------------------------------------------------------- conversions
+
+// Library text as a Python str: undecodable bytes (a file's raw bytes quoted in
+// a parse error) become U+FFFD instead of failing the conversion.
+py::str utf8_text(const std::string& text) {
+  return py::reinterpret_steal<py::str>(
+      PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "replace"));
+}
 
 std::string shape_text(const py::array& array) {
   std::string text = "[";
@@ -164,7 +173,10 @@ postsvd::MatrixSource source_from_python(const py::dict& d) {
 py::dict architecture_to_python(const postsvd::Architecture& arch) {
   py::list matrices;
   for (const auto& s : arch.matrices) matrices.append(source_to_python(s));
-  return py::dict("model_type"_a = arch.model_type, "num_layers"_a = arch.num_layers, "matrices"_a = matrices);
+  py::list warnings;
+  for (const auto& message : arch.warnings) warnings.append(utf8_text(message));
+  return py::dict("model_type"_a = arch.model_type, "num_layers"_a = arch.num_layers, "matrices"_a = matrices,
+                  "warnings"_a = warnings);
 }
 
 // A view (dequantized when quantized) as float32 / float64 numpy, converted without the GIL.
@@ -277,6 +289,25 @@ struct ErrorTypes {
 };
 ErrorTypes g_errors;
 
+void set_error(PyObject* type, const char* what) {
+  PyObject* message = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+  if (message == nullptr) return;  // MemoryError is set
+  PyErr_SetObject(type, message);
+  Py_DECREF(message);
+}
+
+// postsvd::warn -> Python's warnings.warn(UserWarning), from whichever thread
+// warns (library code runs with the GIL released). A warnings filter that turns
+// it into an error raises it out of the call that warned.
+void route_warnings_to_python() {
+  postsvd::set_warning_handler([](const std::string& message) {
+    py::gil_scoped_acquire gil;
+    py::module_::import("warnings").attr("warn")(utf8_text(message), py::handle(PyExc_UserWarning), 2);
+  });
+  // Back to stderr before the interpreter goes away.
+  py::module_::import("atexit").attr("register")(py::cpp_function([] { postsvd::set_warning_handler({}); }));
+}
+
 PyObject* new_error_type(py::module_& m, const char* name, PyObject* bases, const char* doc) {
   const std::string qualified = std::string("postsvd.") + name;
   PyObject* type = PyErr_NewExceptionWithDoc(qualified.c_str(), doc, bases, nullptr);
@@ -303,15 +334,15 @@ void register_errors(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const postsvd::InvalidArgument& e) {
-      PyErr_SetString(g_errors.invalid_argument, e.what());
+      set_error(g_errors.invalid_argument, e.what());
     } catch (const postsvd::BadCheckpoint& e) {
-      PyErr_SetString(g_errors.bad_checkpoint, e.what());
+      set_error(g_errors.bad_checkpoint, e.what());
     } catch (const postsvd::BackendError& e) {
-      PyErr_SetString(g_errors.backend, e.what());
+      set_error(g_errors.backend, e.what());
     } catch (const postsvd::NotBuiltWithCuda& e) {
-      PyErr_SetString(g_errors.not_built_with_cuda, e.what());
+      set_error(g_errors.not_built_with_cuda, e.what());
     } catch (const postsvd::Error& e) {
-      PyErr_SetString(g_errors.base, e.what());
+      set_error(g_errors.base, e.what());
     }
   });
 }
@@ -321,6 +352,7 @@ void register_errors(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "postsvd C++ core (private; import postsvd instead)";
   register_errors(m);
+  route_warnings_to_python();
 
   m.def("has_cuda", &postsvd::has_cuda, "True when this build has the CUDA backend and sees at least one GPU.");
   m.def("built_with_cuda", &postsvd::built_with_cuda,
@@ -426,13 +458,16 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const std::string& base, const std::string& post, const std::string& device,
                        const std::string& precision, const std::vector<int>& device_ids,
                        std::size_t memory_budget_bytes, int num_threads, const std::string& factor_cache) {
-             return std::make_unique<postsvd::Comparator>(
-                 base, post, backend_options(device, device_ids, memory_budget_bytes, num_threads),
-                 parse_precision(precision), factor_cache);
+             // The GIL is released around the C++ work only: pybind11 registers the
+             // returned instance after this returns, which must run with the GIL held
+             // (a call_guard would release it there too; pybind11 issue 5473).
+             const postsvd::BackendOptions options = backend_options(device, device_ids, memory_budget_bytes, num_threads);
+             const postsvd::Precision p = parse_precision(precision);
+             py::gil_scoped_release release;
+             return std::make_unique<postsvd::Comparator>(base, post, options, p, factor_cache);
            }),
            "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
-           "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "",
-           py::call_guard<py::gil_scoped_release>())
+           "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "")
       .def_property_readonly(
           "architecture", [](const postsvd::Comparator& c) { return architecture_to_python(c.architecture()); },
           "The base model's {model_type, num_layers, matrices: [dict]} (the post model matches it).")

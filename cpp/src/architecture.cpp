@@ -7,6 +7,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "detail/json_guard.h"
 #include "detail/shape_format.h"
 #include "postsvd/architecture.h"
 #include "postsvd/quantization.h"
@@ -49,11 +50,7 @@ using nlohmann::json;
 class Config {
  public:
   explicit Config(const Checkpoint& checkpoint) : path_(checkpoint.folder() + "/config.json") {
-    try {
-      json_ = json::parse(checkpoint.config_json());
-    } catch (const json::exception& e) {
-      POSTSVD_THROW(BadCheckpoint, path_ << ": not valid JSON: " << e.what());
-    }
+    json_ = detail::parse_guarded<json>(checkpoint.config_json().data(), checkpoint.config_json().size(), path_);
     if (!json_.is_object()) POSTSVD_THROW(BadCheckpoint, path_ << ": expected a JSON object");
   }
 
@@ -75,7 +72,7 @@ class Config {
     if (!has(key)) POSTSVD_THROW(BadCheckpoint, path_ << ": missing the integer field \"" << key << "\"");
     const auto& v = json_[key];
     if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
-      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << v.dump() << "; expected a positive integer");
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << detail::json_excerpt(v) << "; expected a positive integer");
     }
     return v.get<int64_t>();
   }
@@ -87,10 +84,10 @@ class Config {
     std::vector<int64_t> out;
     if (!has(key)) return out;
     const auto& v = json_[key];
-    if (!v.is_array()) POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << v.dump() << "; expected a list");
+    if (!v.is_array()) POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << detail::json_excerpt(v) << "; expected a list");
     for (const auto& e : v) {
       if (!e.is_number_integer()) {
-        POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << v.dump() << "; expected integers");
+        POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << detail::json_excerpt(v) << "; expected integers");
       }
       out.push_back(e.get<int64_t>());
     }
@@ -323,6 +320,44 @@ std::string source_label(const MatrixSource& s) {
   return out.str();
 }
 
+// The layer index of `name` when it is "<prefix><container>.<N>." or "<container>.<N>.", else -1.
+int64_t layer_index_of(const std::string& name, const std::string& prefix, const std::string& container) {
+  for (const std::string& start : {prefix + container + ".", container + "."}) {
+    if (name.compare(0, start.size(), start) != 0) continue;
+    std::size_t i = start.size();
+    int64_t index = 0;
+    const std::size_t first_digit = i;
+    while (i < name.size() && name[i] >= '0' && name[i] <= '9' && i - first_digit < 9) index = index * 10 + (name[i++] - '0');
+    if (i > first_digit && i < name.size() && name[i] == '.') return index;
+  }
+  return -1;
+}
+
+// A warning when the weights hold layers config.json does not count: they are
+// silently left out of every comparison and construction otherwise.
+void note_uncounted_layers(const Checkpoint& checkpoint, Architecture& arch, const char* count_key) {
+  const bool gpt2 = arch.model_type == "gpt2";
+  int64_t highest = -1;
+  int64_t uncounted = 0;
+  std::string example;
+  for (const std::string& name : checkpoint.tensor_names()) {
+    const int64_t layer = gpt2 ? layer_index_of(name, "transformer.", "h") : layer_index_of(name, "model.", "layers");
+    if (layer < arch.num_layers) continue;
+    ++uncounted;
+    if (layer > highest) {
+      highest = layer;
+      example = name;
+    }
+  }
+  if (uncounted == 0) return;
+  std::ostringstream text;
+  text << checkpoint.folder() << "/config.json: \"" << count_key << "\" is " << arch.num_layers
+       << " but the weights hold layers up to " << highest << " (" << uncounted << " tensors, e.g. '"
+       << detail::name_excerpt(example) << "'); only layers 0 to " << arch.num_layers - 1
+       << " are read, the others are left out";
+  arch.warnings.push_back(text.str());
+}
+
 }  // namespace
 
 Architecture detect_architecture(const Checkpoint& checkpoint) {
@@ -344,6 +379,7 @@ Architecture detect_architecture(const Checkpoint& checkpoint) {
                                                << list.str());
   }
   arch.model_type = type;
+  note_uncounted_layers(checkpoint, arch, type == "gpt2" ? "n_layer" : "num_hidden_layers");
   return arch;
 }
 

@@ -14,7 +14,9 @@
 #include <utility>
 
 #include "postsvd/error.h"
+#include "postsvd/limits.h"
 #include "postsvd/quantization.h"
+#include "postsvd/warnings.h"
 
 namespace postsvd {
 
@@ -50,7 +52,42 @@ std::pair<uint64_t, uint64_t> hash_bytes(const unsigned char* p, uint64_t n, uin
   return {h1, h2};
 }
 
-constexpr char kFactorMagic[8] = {'P', 'S', 'V', 'D', 'F', 'A', 'C', '1'};
+// Format 2 adds the payload checksum; entries of format 1 (no checksum) are recomputed.
+constexpr char kFactorMagic[8] = {'P', 'S', 'V', 'D', 'F', 'A', 'C', '2'};
+constexpr char kFactorMagicPrefix[7] = {'P', 'S', 'V', 'D', 'F', 'A', 'C'};
+constexpr uint64_t kFactorHeaderBytes = 8 + 3 * sizeof(int64_t) + sizeof(int32_t);
+constexpr uint64_t kFactorChecksumBytes = 2 * sizeof(uint64_t);
+
+// Checksum of an entry: its dims and element size, then U, S and V, chained.
+template <class T>
+std::pair<uint64_t, uint64_t> payload_checksum(const Decomposition<T>& d) {
+  std::pair<uint64_t, uint64_t> h{mix64(static_cast<uint64_t>(d.U.rows()) + 0x51),
+                                  mix64(static_cast<uint64_t>(d.V.rows()) ^ (sizeof(T) << 40))};
+  const std::pair<const void*, uint64_t> parts[3] = {{d.U.data(), d.U.size() * sizeof(T)},
+                                                     {d.S.data(), d.S.size() * sizeof(T)},
+                                                     {d.V.data(), d.V.size() * sizeof(T)}};
+  for (const auto& part : parts) {
+    h = hash_bytes(static_cast<const unsigned char*>(part.first), part.second, mix64(h.first) ^ h.second);
+  }
+  return h;
+}
+
+// Bytes of an entry with these dims, or 0 when they are out of range or overflow.
+uint64_t factor_file_bytes(int64_t rows, int64_t cols, int64_t k, uint64_t element) {
+  if (rows < 0 || cols < 0 || rows > limits::kMaxFactorDim || cols > limits::kMaxFactorDim ||
+      k != std::min(rows, cols)) {
+    return 0;
+  }
+  uint64_t u = 0, v = 0, total = 0;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(rows), static_cast<uint64_t>(k), &u) ||
+      __builtin_mul_overflow(static_cast<uint64_t>(cols), static_cast<uint64_t>(k), &v) ||
+      __builtin_add_overflow(u, v, &total) || __builtin_add_overflow(total, static_cast<uint64_t>(k), &total) ||
+      __builtin_mul_overflow(total, element, &total) ||
+      __builtin_add_overflow(total, kFactorHeaderBytes + kFactorChecksumBytes, &total)) {
+    return 0;
+  }
+  return total;
+}
 
 template <class T>
 constexpr Precision precision_of() {
@@ -97,8 +134,8 @@ std::string FactorCache::key(const TensorView& view, Precision precision) {
     const uint64_t scale_seed = mix64(h.first ^ mix64(static_cast<uint64_t>(s.scheme) + 31) ^
                                       mix64(static_cast<uint64_t>(s.dtype) + 37) ^
                                       mix64(static_cast<uint64_t>(s.block_rows) * 41 + static_cast<uint64_t>(s.block_cols)) ^
-                                      mix64(static_cast<uint64_t>(s.row_offset) * 43 + static_cast<uint64_t>(s.col_offset)) ^
-                                      mix64(static_cast<uint64_t>(s.row_stride) * 47 + static_cast<uint64_t>(s.col_stride)) ^
+                                      mix64(static_cast<uint64_t>(s.first) * 43 + static_cast<uint64_t>(s.stored_cols)) ^
+                                      mix64(static_cast<uint64_t>(s.grid_cols) + 47) ^
                                       mix64(static_cast<uint64_t>(scale_span.first) + 53));
     const auto hs = hash_bytes(static_cast<const unsigned char*>(s.data) + scale_span.first,
                                static_cast<uint64_t>(scale_span.second - scale_span.first), scale_seed);
@@ -112,25 +149,54 @@ std::string FactorCache::key(const TensorView& view, Precision precision) {
 
 template <class T>
 bool FactorCache::load(const std::string& key, Decomposition<T>& out) const {
-  std::ifstream in(fs::path(folder_) / (key + ".svd"), std::ios::binary);
+  const fs::path path = fs::path(folder_) / (key + ".svd");
+  std::ifstream in(path, std::ios::binary);
   if (!in) return false;
+  // Every check before the allocation: the dims must fit the file, whatever the header claims.
+  auto corrupt = [&path](const std::string& why) {
+    warn("factor cache: " + path.string() + ": " + why + "; recomputing the decomposition");
+    return false;
+  };
+  in.seekg(0, std::ios::end);
+  const auto file_bytes = static_cast<uint64_t>(std::max<std::streamoff>(0, in.tellg()));
+  in.seekg(0, std::ios::beg);
   char magic[8];
   int64_t dims[3];
   int32_t element = 0;
   in.read(magic, 8);
+  if (!in) return corrupt("shorter than its 8-byte magic");
+  if (std::memcmp(magic, kFactorMagicPrefix, sizeof(kFactorMagicPrefix)) == 0 && magic[7] < kFactorMagic[7]) {
+    return false;  // an older format (no checksum): recompute and replace, nothing is wrong with it
+  }
+  if (std::memcmp(magic, kFactorMagic, 8) != 0) return corrupt("not a factor-cache entry (bad magic)");
   in.read(reinterpret_cast<char*>(dims), sizeof(dims));
   in.read(reinterpret_cast<char*>(&element), sizeof(element));
-  if (!in || std::memcmp(magic, kFactorMagic, 8) != 0 || element != static_cast<int32_t>(sizeof(T))) return false;
+  if (!in) return corrupt("truncated header");
+  if (element != static_cast<int32_t>(sizeof(T))) {
+    return corrupt("element size " + std::to_string(element) + ", expected " + std::to_string(sizeof(T)));
+  }
   const int64_t rows = dims[0], cols = dims[1], k = dims[2];
-  if (rows < 0 || cols < 0 || k != std::min(rows, cols)) return false;
+  const uint64_t expected_bytes = factor_file_bytes(rows, cols, k, sizeof(T));
+  if (expected_bytes == 0) {
+    return corrupt("impossible dimensions [" + std::to_string(rows) + ", " + std::to_string(cols) + "], k " +
+                   std::to_string(k));
+  }
+  if (expected_bytes != file_bytes) {
+    return corrupt("dimensions [" + std::to_string(rows) + ", " + std::to_string(cols) + "] need " +
+                   std::to_string(expected_bytes) + " bytes but the file has " + std::to_string(file_bytes));
+  }
   Decomposition<T> d;
   d.U = Matrix<T>(rows, k);
   d.S.resize(static_cast<std::size_t>(k));
   d.V = Matrix<T>(cols, k);
+  uint64_t stored[2] = {0, 0};
   in.read(reinterpret_cast<char*>(d.U.data()), static_cast<std::streamsize>(d.U.size() * sizeof(T)));
   in.read(reinterpret_cast<char*>(d.S.data()), static_cast<std::streamsize>(d.S.size() * sizeof(T)));
   in.read(reinterpret_cast<char*>(d.V.data()), static_cast<std::streamsize>(d.V.size() * sizeof(T)));
-  if (!in) return false;  // truncated: recompute
+  in.read(reinterpret_cast<char*>(stored), sizeof(stored));
+  if (!in) return corrupt("truncated while reading");
+  const auto checksum = payload_checksum(d);
+  if (checksum.first != stored[0] || checksum.second != stored[1]) return corrupt("checksum mismatch (corrupt data)");
   out = std::move(d);
   return true;
 }
@@ -153,6 +219,9 @@ void FactorCache::store(const std::string& key, const Decomposition<T>& d) const
     out.write(reinterpret_cast<const char*>(d.U.data()), static_cast<std::streamsize>(d.U.size() * sizeof(T)));
     out.write(reinterpret_cast<const char*>(d.S.data()), static_cast<std::streamsize>(d.S.size() * sizeof(T)));
     out.write(reinterpret_cast<const char*>(d.V.data()), static_cast<std::streamsize>(d.V.size() * sizeof(T)));
+    const auto checksum = payload_checksum(d);
+    const uint64_t stored[2] = {checksum.first, checksum.second};
+    out.write(reinterpret_cast<const char*>(stored), sizeof(stored));
     out.close();
     if (!out.good()) {
       std::error_code ec;

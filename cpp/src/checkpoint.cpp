@@ -14,8 +14,10 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "detail/json_guard.h"
 #include "detail/mapped_file.h"
 #include "detail/shape_format.h"
+#include "postsvd/limits.h"
 
 namespace postsvd {
 
@@ -23,8 +25,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Same bound as the official library (MAX_HEADER_SIZE = 100_000_000).
-constexpr uint64_t kMaxHeaderSize = 100000000;
+using detail::json_excerpt;
+using limits::kMaxHeaderBytes;
 
 // Returns the offset of the first byte that breaks UTF-8, or npos when valid.
 std::size_t first_invalid_utf8(const unsigned char* s, std::size_t n) {
@@ -118,12 +120,16 @@ void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann:
     POSTSVD_THROW(BadCheckpoint, where << ": \"shape\" is a JSON " << json_type(shape)
                                        << "; expected an array of non-negative integers");
   }
+  if (shape.size() > limits::kMaxTensorRank) {
+    POSTSVD_THROW(BadCheckpoint, where << ": shape has " << shape.size() << " dimensions, over the limit of "
+                                       << limits::kMaxTensorRank);
+  }
   uint64_t elements = 1;
   bool overflow = false;
   for (const auto& dim : shape) {
     uint64_t d = 0;
     if (!as_u64(dim, d)) {
-      POSTSVD_THROW(BadCheckpoint, where << ": shape " << shape.dump() << " has the entry " << dim.dump()
+      POSTSVD_THROW(BadCheckpoint, where << ": shape " << json_excerpt(shape) << " has the entry " << json_excerpt(dim)
                                          << "; expected non-negative integers");
     }
     if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
@@ -132,7 +138,7 @@ void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann:
   }
   uint64_t nbytes = 0;
   if (overflow || __builtin_mul_overflow(elements, static_cast<uint64_t>(dtype_size(info.dtype)), &nbytes)) {
-    POSTSVD_THROW(BadCheckpoint, where << ": shape " << shape.dump() << " with dtype " << dtype_name(info.dtype)
+    POSTSVD_THROW(BadCheckpoint, where << ": shape " << json_excerpt(shape) << " with dtype " << dtype_name(info.dtype)
                                        << " overflows a 64-bit byte count");
   }
 
@@ -140,7 +146,7 @@ void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann:
   uint64_t begin = 0;
   uint64_t end = 0;
   if (!offsets.is_array() || offsets.size() != 2 || !as_u64(offsets[0], begin) || !as_u64(offsets[1], end)) {
-    POSTSVD_THROW(BadCheckpoint, where << ": \"data_offsets\" is " << offsets.dump()
+    POSTSVD_THROW(BadCheckpoint, where << ": \"data_offsets\" is " << json_excerpt(offsets)
                                        << "; expected [begin, end] with non-negative integers");
   }
   info.begin = begin;
@@ -165,8 +171,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
   }
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | im.mapping.data()[i];  // little-endian u64
-  if (n > kMaxHeaderSize) {
-    POSTSVD_THROW(BadCheckpoint, path << ": header length " << n << " exceeds the limit of " << kMaxHeaderSize
+  if (n > kMaxHeaderBytes) {
+    POSTSVD_THROW(BadCheckpoint, path << ": header length " << n << " exceeds the limit of " << kMaxHeaderBytes
                                       << " bytes (header too large)");
   }
   if (n > file_size - 8) {
@@ -182,12 +188,20 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
   if (n == 0 || header[0] != '{') {
     POSTSVD_THROW(BadCheckpoint, path << ": header does not start with '{'; expected a JSON object");
   }
-  nlohmann::json root;
-  try {
-    root = nlohmann::json::parse(header, header + n);
-  } catch (const nlohmann::json::exception& e) {
-    POSTSVD_THROW(BadCheckpoint, path << ": header is not valid JSON: " << e.what());
+  // Bounds before the parse builds anything: nesting, tensor count, values.
+  const char* header_text = reinterpret_cast<const char*>(header);
+  const detail::JsonScan scan = detail::scan_json(header_text, static_cast<std::size_t>(n), limits::kMaxJsonDepth);
+  if (scan.root_members > limits::kMaxTensorsPerFile + 1) {  // + 1: "__metadata__"
+    POSTSVD_THROW(BadCheckpoint, path << ": header lists " << scan.root_members << " entries, over the limit of "
+                                      << limits::kMaxTensorsPerFile << " tensors per file");
   }
+  if (scan.values > limits::kMaxHeaderJsonValues) {
+    POSTSVD_THROW(BadCheckpoint, path << ": header holds over " << limits::kMaxHeaderJsonValues
+                                      << " JSON values (shapes, offsets, metadata); a valid header has about 10 per "
+                                         "tensor");
+  }
+  const nlohmann::json root =
+      detail::parse_guarded<nlohmann::json>(header_text, static_cast<std::size_t>(n), path + ": header", &scan);
   if (!root.is_object()) {
     POSTSVD_THROW(BadCheckpoint, path << ": header is a JSON " << json_type(root) << "; expected an object");
   }
@@ -202,7 +216,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
       for (const auto& kv : meta.items()) {
         if (!kv.value().is_string()) {
           POSTSVD_THROW(BadCheckpoint, path << ": \"__metadata__\" value of key '" << kv.key() << "' is a JSON "
-                                            << json_type(kv.value()) << " (" << kv.value().dump()
+                                            << json_type(kv.value()) << " (" << json_excerpt(kv.value())
                                             << "); expected a string");
         }
         im.metadata[kv.key()] = kv.value().get<std::string>();
@@ -284,12 +298,34 @@ uint64_t SafetensorsFile::file_size() const { return impl_->mapping.size(); }
 
 namespace {
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) POSTSVD_THROW(BadCheckpoint, path.string() << ": cannot open for reading");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+// Whether `path` names anything at all (a dangling link counts), and when it is
+// there but not a readable regular file, BadCheckpoint saying what it is instead:
+// a folder, a dangling link, a link loop, a device. Without this a model.safetensors
+// that is a folder read as "no model.safetensors".
+bool present_as_file(const fs::path& path, const char* what) {
+  std::error_code ec;
+  const fs::file_status link = fs::symlink_status(path, ec);
+  if (ec || !fs::exists(link)) return false;
+  const fs::file_status target = fs::status(path, ec);
+  if (fs::is_regular_file(target)) return true;
+  if (fs::is_symlink(link)) {
+    std::error_code read_ec;
+    const fs::path to = fs::read_symlink(path, read_ec);
+    const std::string arrow = read_ec ? std::string() : " -> '" + to.string() + "'";
+    if (ec == std::errc::too_many_symbolic_link_levels) {
+      POSTSVD_THROW(BadCheckpoint, path.string() << arrow << ": the " << what
+                                                 << " is a symbolic link loop; expected a file");
+    }
+    if (ec || !fs::exists(target)) {
+      POSTSVD_THROW(BadCheckpoint, path.string() << arrow << ": the " << what
+                                                 << " is a dangling symbolic link (its target does not exist)");
+    }
+  }
+  if (fs::is_directory(target)) {
+    POSTSVD_THROW(BadCheckpoint, path.string() << ": the " << what << " is a directory; expected a file");
+  }
+  POSTSVD_THROW(BadCheckpoint, path.string() << ": the " << what
+                                             << " is not a regular file (a device, pipe or socket)");
 }
 
 }  // namespace
@@ -312,28 +348,25 @@ Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>
     POSTSVD_THROW(BadCheckpoint, folder << ": checkpoint folder does not exist or is not a directory");
   }
   const fs::path config = dir / "config.json";
-  if (!fs::is_regular_file(config, ec)) {
+  if (!present_as_file(config, "config.json")) {
     POSTSVD_THROW(BadCheckpoint, folder << ": no config.json; expected a Hugging Face model folder with config.json");
   }
-  im.config_text = read_text(config);
-  try {
-    const auto parsed = nlohmann::json::parse(im.config_text);
-    if (!parsed.is_object()) {
-      POSTSVD_THROW(BadCheckpoint, config.string() << ": is a JSON " << parsed.type_name() << "; expected an object");
-    }
-  } catch (const nlohmann::json::exception& e) {
-    POSTSVD_THROW(BadCheckpoint, config.string() << ": not valid JSON: " << e.what());
+  im.config_text = detail::read_bounded_text(config.string(), limits::kMaxConfigBytes, "config.json");
+  const auto parsed =
+      detail::parse_guarded<nlohmann::json>(im.config_text.data(), im.config_text.size(), config.string());
+  if (!parsed.is_object()) {
+    POSTSVD_THROW(BadCheckpoint, config.string() << ": is a JSON " << parsed.type_name() << "; expected an object");
   }
 
   const fs::path single = dir / "model.safetensors";
   const fs::path index = dir / "model.safetensors.index.json";
-  if (fs::is_regular_file(single, ec)) {
+  if (present_as_file(single, "weights file")) {
     // Same preference as transformers: the single file wins over an index.
     im.files.emplace_back(single.string());
     for (const TensorInfo& t : im.files[0].tensors()) im.tensors.emplace(t.name, std::make_pair(std::size_t{0}, &t));
     return;
   }
-  if (!fs::is_regular_file(index, ec)) {
+  if (!present_as_file(index, "shard index")) {
     std::vector<std::string> others;
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       if (entry.path().extension() == ".safetensors") others.push_back(entry.path().filename().string());
@@ -353,17 +386,18 @@ Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>
 
   im.sharded = true;
   const std::string index_path = index.string();
-  nlohmann::ordered_json index_json;
-  try {
-    index_json = nlohmann::ordered_json::parse(read_text(index));
-  } catch (const nlohmann::json::exception& e) {
-    POSTSVD_THROW(BadCheckpoint, index_path << ": not valid JSON: " << e.what());
-  }
-  if (!index_json.is_object() || !index_json.contains("weight_map") || !index_json["weight_map"].is_object()) {
+  const std::string index_text = detail::read_bounded_text(index_path, limits::kMaxIndexBytes, "shard index");
+  const auto index_json =
+      detail::parse_guarded<nlohmann::ordered_json>(index_text.data(), index_text.size(), index_path);
+  if (!index_json.is_object() || !index_json.contains("weight_map") || !index_json.at("weight_map").is_object()) {
     POSTSVD_THROW(BadCheckpoint, index_path << ": expected a JSON object with a \"weight_map\" object "
                                                "(tensor name -> shard file name)");
   }
-  const auto& weight_map = index_json["weight_map"];
+  const auto& weight_map = index_json.at("weight_map");
+  if (weight_map.size() > limits::kMaxTensorsPerCheckpoint) {
+    POSTSVD_THROW(BadCheckpoint, index_path << ": weight_map lists " << weight_map.size()
+                                            << " tensors, over the limit of " << limits::kMaxTensorsPerCheckpoint);
+  }
   std::vector<std::string> shard_names;                       // order of first appearance
   std::map<std::string, std::string> first_tensor_of_shard;   // for error messages
   for (const auto& item : weight_map.items()) {
@@ -381,7 +415,7 @@ Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>
   }
   for (const std::string& shard : shard_names) {
     const fs::path shard_path = dir / shard;
-    if (!fs::is_regular_file(shard_path, ec)) {
+    if (!present_as_file(shard_path, "shard")) {
       POSTSVD_THROW(BadCheckpoint, index_path << ": shard '" << shard_path.string() << "' does not exist (the index maps "
                                               << "tensor '" << first_tensor_of_shard[shard] << "' to it)");
     }
@@ -390,6 +424,12 @@ Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>
   for (const std::string& shard : shard_names) {
     shard_index[shard] = im.files.size();
     im.files.emplace_back((dir / shard).string());
+  }
+  uint64_t total_tensors = 0;
+  for (const SafetensorsFile& file : im.files) total_tensors += file.tensors().size();
+  if (total_tensors > limits::kMaxTensorsPerCheckpoint) {
+    POSTSVD_THROW(BadCheckpoint, folder << ": the shards hold " << total_tensors << " tensors, over the limit of "
+                                        << limits::kMaxTensorsPerCheckpoint);
   }
   for (std::size_t f = 0; f < im.files.size(); ++f) {
     for (const TensorInfo& t : im.files[f].tensors()) {

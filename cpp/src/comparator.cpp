@@ -1,6 +1,9 @@
 #include "postsvd/comparator.h"
 
+#include <cmath>
+
 #include "postsvd/error.h"
+#include "postsvd/warnings.h"
 
 namespace postsvd {
 
@@ -12,6 +15,9 @@ Comparator::Comparator(const std::string& base_folder, const std::string& post_f
       arch_base_(detect_architecture(base_)),
       arch_post_(detect_architecture(post_)) {
   check_same_architecture(base_, arch_base_, post_, arch_post_);
+  for (const Architecture* arch : {&arch_base_, &arch_post_}) {
+    for (const std::string& message : arch->warnings) warn(message);
+  }
   backend_ = make_backend(backend);
   if (!factor_cache.empty()) cache_ = std::make_unique<FactorCache>(factor_cache);
 }
@@ -31,11 +37,29 @@ std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indice
   options.precision = precision_;
   options.full_matrices = full_matrices;
   options.leading_k = leading_k;
-  if (!cache_) return backend_->compare(pairs, options);
-  CacheCounts counts;
-  std::vector<PairMeasures> result = compare_cached(*backend_, *cache_, pairs, options, &counts);
-  counts_.computed += counts.computed;
-  counts_.loaded += counts.loaded;
+  std::vector<PairMeasures> result;
+  if (!cache_) {
+    result = backend_->compare(pairs, options);
+  } else {
+    CacheCounts counts;
+    result = compare_cached(*backend_, *cache_, pairs, options, &counts);
+    counts_.computed += counts.computed;
+    counts_.loaded += counts.loaded;
+  }
+  // Every backend: a singular value past the working precision (finite weights
+  // of huge norm) is an error naming the tensor, never an inf in the results.
+  for (std::size_t i = 0; i < result.size(); ++i) {
+    for (const auto* sigma : {&result[i].sigma_base, &result[i].sigma_post}) {
+      for (double value : *sigma) {
+        POSTSVD_CHECK(std::isfinite(value), InvalidArgument,
+                      "tensor '" << (sigma == &result[i].sigma_base ? pairs[i].base.name : pairs[i].post.name)
+                                 << "': a singular value overflowed the working precision ("
+                                 << (precision_ == Precision::F32 ? "float32" : "float64")
+                                 << "): the weights' norm is too large"
+                                 << (precision_ == Precision::F32 ? "; compare in float64 (dtype='float64')" : ""));
+      }
+    }
+  }
   return result;
 }
 

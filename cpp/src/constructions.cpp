@@ -19,6 +19,7 @@
 #include "detail/int_range.h"
 #include "detail/lapack.h"
 #include "postsvd/architecture.h"
+#include "postsvd/warnings.h"
 #include "postsvd/writer.h"
 
 extern "C" {
@@ -355,7 +356,9 @@ namespace {
 struct Opened {
   Checkpoint checkpoint;
   Architecture architecture;
-  explicit Opened(const std::string& folder) : checkpoint(folder), architecture(detect_architecture(checkpoint)) {}
+  explicit Opened(const std::string& folder) : checkpoint(folder), architecture(detect_architecture(checkpoint)) {
+    for (const std::string& message : architecture.warnings) warn(message);
+  }
 };
 
 std::string source_label(const MatrixSource& s) {

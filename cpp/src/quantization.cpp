@@ -14,6 +14,7 @@
 
 #include "detail/dequantize.h"
 #include "detail/half.h"
+#include "detail/json_guard.h"
 #include "detail/shape_format.h"
 
 namespace postsvd {
@@ -143,12 +144,7 @@ void block_size(const json& v, const std::string& where, const std::string& key,
 QuantizationConfig quantization_config(const Checkpoint& checkpoint) {
   const std::string where = config_path(checkpoint);
   QuantizationConfig out;
-  json config;
-  try {
-    config = json::parse(checkpoint.config_json());
-  } catch (const json::exception& e) {
-    POSTSVD_THROW(BadCheckpoint, where << ": not valid JSON: " << e.what());
-  }
+  const json config = detail::parse_guarded<json>(checkpoint.config_json().data(), checkpoint.config_json().size(), where);
   // Multimodal configs keep the text tower's settings in text_config; the quantization is top level.
   if (!config.is_object() || !config.contains("quantization_config") || config["quantization_config"].is_null()) {
     return out;
@@ -267,7 +263,11 @@ void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, Ten
   s.data = checkpoint.file_of(name).data(scale);
   s.dtype = scale.dtype;
   s.name = name;
-  s.col_offset = source.out_offset;  // view column c is stored output row out_offset + c
+  s.count = numel;
+  s.stored_cols = in;
+  // view_of points at the part's first stored row: element (0, 0) is stored (out_offset, 0).
+  s.first = (static_cast<const char*>(view.data) - static_cast<const char*>(checkpoint.file_of(source.tensor).data(info))) /
+            static_cast<int64_t>(dtype_size(info.dtype));
   const bool per_tensor = scale.shape.empty() || (scale.shape.size() == 1 && scale.shape[0] == 1) ||
                           (scale.shape.size() == 2 && scale.shape[0] == 1 && scale.shape[1] == 1 && out != 1);
   const bool per_channel = !inverse && (scale.shape == std::vector<int64_t>{out, 1} || scale.shape == std::vector<int64_t>{out});
@@ -280,16 +280,15 @@ void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, Ten
                              << config.block_out << "), ceil(" << in << " / " << config.block_in << ")] for weight '"
                              << source.tensor << "' " << detail::shape_string(info.shape) << " in " << weight_file
                              << " with block size [" << config.block_out << ", " << config.block_in << "]");
-    s.block_rows = config.block_in;
-    s.block_cols = config.block_out;
-    s.row_stride = 1;
-    s.col_stride = expected[1];
+    s.block_rows = config.block_out;
+    s.block_cols = config.block_in;
+    s.grid_cols = expected[1];
   } else if (per_tensor) {
-    s.row_stride = 0;
-    s.col_stride = 0;
+    s.block_rows = out;  // one block: the whole tensor
+    s.block_cols = in;
   } else if (per_channel) {
-    s.row_stride = 0;
-    s.col_stride = 1;
+    s.block_rows = 1;  // one scale per stored row
+    s.block_cols = in;
   } else {
     std::ostringstream expected;
     expected << (inverse ? "" : "[] or [1] per tensor, [" + std::to_string(out) + ", 1] per output channel");
@@ -388,7 +387,8 @@ TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, c
   view.scales.scheme = QuantScheme::MXFP4;
   view.scales.data = checkpoint.file_of(scales).data(s);
   view.scales.dtype = DType::U8;
-  view.scales.row_offset = first;
+  view.scales.first = first;
+  view.scales.count = values / 32;
   view.scales.name = scales;
   return view;
 }
@@ -396,15 +396,16 @@ TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, c
 std::pair<int64_t, int64_t> scale_byte_span(const TensorView& view) {
   const ViewScales& s = view.scales;
   if (s.scheme == QuantScheme::None || view.rows <= 0 || view.cols <= 0) return {0, 0};
-  if (s.scheme == QuantScheme::MXFP4) {
-    const int64_t lo = s.row_offset, hi = s.row_offset + (view.rows - 1) * view.row_stride + (view.cols - 1) * view.col_stride;
-    return {lo / 32, hi / 32 + 1};
-  }
-  const int64_t hi = ((view.rows - 1 + s.row_offset) / s.block_rows) * s.row_stride +
-                     ((view.cols - 1 + s.col_offset) / s.block_cols) * s.col_stride;
-  const int64_t lo = (s.row_offset / s.block_rows) * s.row_stride + (s.col_offset / s.block_cols) * s.col_stride;
+  // Stored element indices of the view's extreme corners (strides may be negative).
+  const int64_t row_reach = (view.rows - 1) * view.row_stride, col_reach = (view.cols - 1) * view.col_stride;
+  const int64_t lo = s.first + std::min<int64_t>(0, row_reach) + std::min<int64_t>(0, col_reach);
+  const int64_t hi = s.first + std::max<int64_t>(0, row_reach) + std::max<int64_t>(0, col_reach);
+  if (s.scheme == QuantScheme::MXFP4) return {lo / 32, hi / 32 + 1};
+  // Whole grid rows from the first to the last stored row the view touches.
+  const int64_t first_scale = (lo / s.stored_cols / s.block_rows) * s.grid_cols;
+  const int64_t end_scale = std::min(s.count, (hi / s.stored_cols / s.block_rows + 1) * s.grid_cols);
   const auto size = static_cast<int64_t>(dtype_size(s.dtype));
-  return {lo * size, (hi + 1) * size};
+  return {first_scale * size, end_scale * size};
 }
 
 // ---------------------------------------------------------------- dequantization
@@ -439,7 +440,8 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
   POSTSVD_CHECK(is_fp8_dtype(view.dtype), InvalidArgument,
                 "tensor '" << view.name << "': scaled FP8 view of dtype " << dtype_name(view.dtype)
                            << "; expected F8_E4M3 or F8_E5M2");
-  POSTSVD_CHECK(s.data != nullptr && s.block_rows > 0 && s.block_cols > 0 && (s.dtype == DType::F32 || s.dtype == DType::BF16 || s.dtype == DType::F16),
+  POSTSVD_CHECK(s.data != nullptr && s.stored_cols > 0 && s.block_rows > 0 && s.block_cols > 0 && s.grid_cols > 0 &&
+                    (s.dtype == DType::F32 || s.dtype == DType::BF16 || s.dtype == DType::F16),
                 InvalidArgument, "tensor '" << view.name << "': scale '" << s.name << "' is not a valid F32/BF16/F16 block grid");
   const std::array<float, 256>& decode = view.dtype == DType::F8_E4M3 ? e4m3_table() : e5m2_table();
   const unsigned char* q = static_cast<const unsigned char*>(view.data);
@@ -448,20 +450,26 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
   for (int64_t c = 0; c < view.cols; ++c) {
     T* dst = out.data() + c * view.rows;
     const int64_t col_base = c * view.col_stride;
-    const int64_t scale_col = ((c + s.col_offset) / s.block_cols) * s.col_stride;
     int64_t r = 0;
     while (r < view.rows) {
-      // One run of rows sharing a scale.
-      const int64_t block = (r + s.row_offset) / s.block_rows;
-      const int64_t end = std::min(view.rows, (block + 1) * s.block_rows - s.row_offset);
-      const float scale_f = scale_at(scales, s.dtype, block * s.row_stride + scale_col);
-      const T scale = static_cast<T>(scale_f);
-      for (; r < end; ++r) {
+      const int64_t offset = col_base + r * view.row_stride;  // from view.data
+      const int64_t i = (s.first + offset) / s.stored_cols, j = (s.first + offset) % s.stored_cols;
+      const int64_t index = (i / s.block_rows) * s.grid_cols + j / s.block_cols;
+      POSTSVD_CHECK(index >= 0 && index < s.count, InvalidArgument,
+                    "tensor '" << view.name << "': element (" << r << ", " << c << ") needs scale " << index << " of '"
+                               << s.name << "', which holds " << s.count);
+      const T scale = static_cast<T>(scale_at(scales, s.dtype, index));
+      // Along a stored row (row_stride 1), the rest of the block shares this scale.
+      const int64_t run = view.row_stride == 1
+                              ? std::min({view.rows - r, s.block_cols - j % s.block_cols, s.stored_cols - j})
+                              : 1;
+      for (int64_t k = 0; k < run; ++k) {
         // float32: float(q) * float(scale), one rounding; float64: exact.
-        const T v = static_cast<T>(decode[q[col_base + r * view.row_stride]]) * scale;
+        const T v = static_cast<T>(decode[q[offset + k]]) * scale;
         all_finite &= std::isfinite(v);
-        dst[r] = v;
+        dst[r + k] = v;
       }
+      r += run;
     }
   }
   return all_finite;
@@ -478,7 +486,7 @@ bool dequantize_mxfp4(const TensorView& view, Matrix<T>& out) {
   bool all_finite = true;
   for (int64_t c = 0; c < view.cols; ++c) {
     T* dst = out.data() + c * view.rows;
-    const int64_t col_base = s.row_offset + c * view.col_stride;
+    const int64_t col_base = s.first + c * view.col_stride;
     for (int64_t r = 0; r < view.rows; ++r) {
       const int64_t i = col_base + r * view.row_stride;
       const uint8_t byte = packed[i >> 1];

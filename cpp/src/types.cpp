@@ -82,9 +82,9 @@ bool is_float_dtype(DType dtype) {
 std::pair<int64_t, int64_t> TensorView::byte_span() const {
   if (rows <= 0 || cols <= 0) return {0, 0};
   if (scales.scheme == QuantScheme::MXFP4) {
-    // Strides count packed FP4 values, two per byte, from value scales.row_offset.
-    const int64_t last = scales.row_offset + (rows - 1) * row_stride + (cols - 1) * col_stride;
-    return {scales.row_offset / 2, last / 2 + 1};
+    // Strides count packed FP4 values, two per byte, from value scales.first.
+    const int64_t last = scales.first + (rows - 1) * row_stride + (cols - 1) * col_stride;
+    return {scales.first / 2, last / 2 + 1};
   }
   // Element offsets of the extreme corners; strides may in principle be negative.
   const int64_t row_reach = (rows - 1) * row_stride;
@@ -101,11 +101,6 @@ TensorView TensorView::transposed() const {
   t.cols = rows;
   t.row_stride = col_stride;
   t.col_stride = row_stride;
-  if (scales.scheme == QuantScheme::ScaledFP8) {
-    std::swap(t.scales.block_rows, t.scales.block_cols);
-    std::swap(t.scales.row_offset, t.scales.col_offset);
-    std::swap(t.scales.row_stride, t.scales.col_stride);
-  }
   return t;
 }
 

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "detail/half.h"
+#include "detail/json_guard.h"
 #include "detail/shape_format.h"
 #include "postsvd/quantization.h"
 
@@ -356,7 +357,8 @@ std::vector<std::string> CheckpointWriter::finish() {
   }
   if (impl_->dequantizing) {
     // The copy holds BF16 weights: its config.json is the source's without quantization_config.
-    nlohmann::ordered_json config = nlohmann::ordered_json::parse(checkpoint.config_json());
+    nlohmann::ordered_json config = detail::parse_guarded<nlohmann::ordered_json>(
+        checkpoint.config_json().data(), checkpoint.config_json().size(), checkpoint.folder() + "/config.json");
     config.erase("quantization_config");
     write_json(fs::path(impl_->out_folder) / "config.json", config);
     names.push_back("config.json");

@@ -46,14 +46,9 @@ from .errors import (
 )
 from .linalg import pair_measures, svd
 from .reports import report, write_report
-from ._validate import KINDS
+from ._validate import KIND_GROUPS, KINDS
+from ._version import __version__
 
-try:
-    from importlib.metadata import PackageNotFoundError, version as _version
-
-    __version__ = _version("postsvd")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.1.0"
 
 
 def has_cuda() -> bool:
@@ -98,6 +93,7 @@ __all__ = [
     "cuda_device_count",
     "build_info",
     "KINDS",
+    "KIND_GROUPS",
     "PostsvdError",
     "InvalidArgumentError",
     "BadCheckpointError",

@@ -48,11 +48,24 @@ _active: Set[str] = set()
 _active_lock = threading.Lock()
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it to
+    read it, which a file created meanwhile by another thread would see)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # the most private value for the moment it is set
+    os.umask(umask)
+    return umask
+
+
 def folder_mode() -> int:
     """The mode a new folder gets from the umask: 0o777 & ~umask (0o755 with umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o777 & ~umask
+    return 0o777 & ~_umask()
 
 
 def apply_umask(path: str) -> None:

@@ -2,9 +2,10 @@
 expected and what came."""
 from __future__ import annotations
 
+import errno
 import os
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -13,8 +14,10 @@ from .errors import BackendError, BadCheckpointError, InvalidArgumentError, NotB
 
 #: The projection kinds, in the paper's order.
 KINDS: Tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-#: Shorthands accepted wherever kinds are given.
-KIND_GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": KINDS}
+#: The kind groups (Appendix D: SA = attention, FFN = mlp), accepted wherever kinds or a group are given.
+KIND_GROUPS: Dict[str, Tuple[str, ...]] = {"attention": KINDS[:4], "mlp": KINDS[4:], "all": KINDS}
+#: Other spellings of a group, accepted too.
+GROUP_ALIASES = {"attn": "attention"}
 #: Working precisions.
 DTYPES: Tuple[str, ...] = ("float32", "float64")
 
@@ -70,8 +73,15 @@ def normalize_device(device) -> Tuple[str, List[int]]:
     return "cuda", ids
 
 
+def group_name(name) -> Optional[str]:
+    """The canonical name of a kind group ('attn' -> 'attention'), or None when `name` names no group."""
+    text = str(name).strip().lower()
+    text = GROUP_ALIASES.get(text, text)
+    return text if text in KIND_GROUPS else None
+
+
 def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[str]:
-    """Kinds in the paper's order from None (all), 'q,k', 'attn' or a list; unknown names raise."""
+    """Kinds in the paper's order from None (all), 'q,k', 'attention' or a list; unknown names raise."""
     if kinds is None:
         return [k for k in KINDS if k in available]
     if isinstance(kinds, str):
@@ -83,8 +93,9 @@ def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[s
     chosen = set()
     for item in items:
         name = item.lower()
-        if name in KIND_GROUPS:
-            chosen.update(KIND_GROUPS[name])
+        group = group_name(name)
+        if group is not None:
+            chosen.update(KIND_GROUPS[group])
         elif name in KINDS:
             chosen.add(name)
         else:
@@ -155,12 +166,31 @@ def normalize_threads(num_threads: Optional[int]) -> int:
     return int(num_threads)
 
 
+def broken_link(path: str) -> Optional[str]:
+    """What is wrong with `path` when it is a symbolic link that leads nowhere ("is a symbolic link
+    loop", "is a dangling symbolic link to 'x'"); None otherwise."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if error.errno == errno.ENOENT:
+            return f"is a dangling symbolic link to '{os.readlink(path)}'"
+        return f"is a symbolic link that cannot be followed ({error.strerror})"
+    return None
+
+
 def normalize_folder(folder, what: str) -> str:
     """A path string for an existing directory; a clear error otherwise."""
     try:
         path = os.fspath(folder)
     except TypeError:
         raise InvalidArgumentError(f"{what}: expected a folder path, got {type(folder).__name__}") from None
+    broken = broken_link(path)
+    if broken:
+        raise BadCheckpointError(f"{what}: '{path}' {broken}; expected a model folder")
     if not os.path.exists(path):
         raise BadCheckpointError(f"{what}: folder '{path}' does not exist")
     if not os.path.isdir(path):
@@ -257,6 +287,9 @@ def normalize_output_folder(out, what: str = "out") -> str:
     """The absolute path of an output folder: an existing folder, or one that can be created
     (its missing parents too). Raises InvalidArgumentError for a file, or a place it cannot go."""
     path = _path_text(out, what)
+    broken = broken_link(path)
+    if broken:
+        raise InvalidArgumentError(f"{what}: '{path}' {broken}; expected a folder (created if missing)")
     if os.path.lexists(path):
         if not os.path.isdir(path):
             raise InvalidArgumentError(f"{what}: expected a folder (created if missing), got the existing file "

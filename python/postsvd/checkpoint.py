@@ -38,7 +38,8 @@ def architecture(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
     source is a dict with ``layer``, ``kind``, ``expert`` (-1 when dense),
     ``tensor``, ``conv1d``, ``in_features``, ``out_features``, ``out_offset``
     and ``fused_out`` (fused tensors such as phi3 ``qkv_proj`` give one source
-    per part).
+    per part). ``warnings`` lists what the mapping left out that a caller
+    should hear about (weight layers beyond config.json's layer count).
 
     Raises:
         BadCheckpointError: unknown model_type (the message lists the supported
@@ -115,4 +116,5 @@ def describe(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
         "dtypes": dict(dtype_counts),
         "torch_dtype": config.get("torch_dtype", config.get("dtype")),
         "kinds": kinds,
+        "warnings": list(arch.get("warnings", [])),  # e.g. weight layers config.json does not count
     }

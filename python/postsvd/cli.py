@@ -1,14 +1,10 @@
-"""The ``postsvd`` command line.
+"""The ``postsvd`` command line: every subcommand lives here.
 
-Subcommands register through :data:`SUBCOMMANDS` (name, add function) and the
-optional modules in :data:`PLUGIN_MODULES`: a module there that defines
-``add_cli(subparsers)`` adds its own subcommands, e.g.::
-
-    def add_cli(subparsers):
-        parser = subparsers.add_parser("construct", help="...", description="...", epilog="Examples: ...",
-                                       formatter_class=postsvd.cli.HelpFormatter)
-        parser.add_argument(...)
-        parser.set_defaults(func=run_construct)   # run_construct(args) -> exit code
+Each subcommand is a function that adds it to the subparsers (:data:`SUBCOMMANDS`)
+and a ``run_*`` function that takes the parsed arguments and returns the exit
+code. The options that compare, report and construct share are declared once,
+in :func:`shared_options`, and reach those commands as an argparse parent. The
+library modules (compare, constructions, reports, ...) never import this one.
 
 Exit codes: 0 success, 1 a postsvd error (message on stderr, no traceback),
 2 a usage error (argparse), 141 stdout closed early (``postsvd info X | head``;
@@ -17,17 +13,17 @@ the shell's code for SIGPIPE, no message).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ._names import unique_names
+from ._outputs import atomic_file
 from ._terminal import printable
-
-#: Modules owned by other parts of the package that may add subcommands.
-PLUGIN_MODULES = ("postsvd.constructions", "postsvd.evaluate", "postsvd.reports")
+from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, normalize_output_file
+from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
 
@@ -40,6 +36,47 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if "default" in help_text or action.default in (None, False, argparse.SUPPRESS):
             return help_text
         return super()._get_help_string(action)
+
+
+# ---------------------------------------------------------------------- shared options
+
+def _group_arg(text: str) -> str:
+    """--group's value in its one spelling ('attn' -> 'attention'); argparse checks the choices after this."""
+    name = text.strip().lower()
+    return GROUP_ALIASES.get(name, name)
+
+
+def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
+    """The parent parser of compare, report and construct: device, precision, selection, threads, factor
+    cache, progress. `with_group` adds construct's --group, exclusive with --kinds."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--device", default="cpu", help="'cpu', or 'cuda' / 'cuda:N' in a CUDA build")
+    parent.add_argument("--dtype", default="float32", choices=list(DTYPES), help="working precision")
+    parent.add_argument("--layers", default=None, metavar="LIST", help="layers, e.g. 0,1,5-9 (default: all)")
+    selection = parent.add_mutually_exclusive_group() if with_group else parent
+    selection.add_argument("--kinds", default=None, metavar="LIST",
+                           help="kinds: q,k,v,o,gate,up,down or the groups attention / mlp (default: all)")
+    if with_group:
+        selection.add_argument("--group", default=None, type=_group_arg, choices=list(KIND_GROUPS),
+                               help="instead of --kinds: attention = q,k,v,o; mlp = gate,up,down; all")
+    parent.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    parent.add_argument("--cache", default=None, metavar="DIR",
+                        help="factor cache folder shared by compare, report and construct: each matrix is "
+                             "decomposed once (a base once for all its post models) and reused later")
+    parent.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parent
+
+
+def _parse_matrices(text: Optional[str]) -> Optional[List[Tuple[int, str]]]:
+    if text is None:
+        return None
+    pairs = []
+    for part in text.split(","):
+        layer, sep, kind = part.strip().partition(":")
+        if not sep or not layer.strip().lstrip("-").isdigit() or not kind.strip():
+            raise InvalidArgumentError(f"--matrices: expected LAYER:KIND pairs like 0:q,5:down, got {text!r}")
+        pairs.append((int(layer), kind.strip()))
+    return pairs
 
 
 # ---------------------------------------------------------------------- compare
@@ -61,7 +98,7 @@ matrices_layer<L>_<kind>.png (Fig. 3a)."""
 
 def add_compare(subparsers) -> None:
     parser = subparsers.add_parser(
-        "compare", help="compare a base model with one or more post-trained models",
+        "compare", help="compare a base model with one or more post-trained models", parents=[shared_options()],
         description="Decompose every attention/MLP projection pair of BASE and each POST (reduced SVD, paper "
                     "orientation W = W_hf^T) and write the paper's measures: singular value scaling (SVSM), "
                     "top-90 % scaling statistics, NF and the similarity / I_orth matrices, as tables and plots.",
@@ -69,49 +106,18 @@ def add_compare(subparsers) -> None:
     parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
     parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
-    parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' / 'cuda:N' in a CUDA build")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
-    parser.add_argument("--layers", default=None, metavar="LIST", help="layers to compare, e.g. 0,1,5-9 (default: all)")
-    parser.add_argument("--kinds", default=None, metavar="LIST",
-                        help="kinds to compare: q,k,v,o,gate,up,down or attn / mlp (default: all)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
     parser.add_argument("--matrices", default=None, metavar="L:KIND[,L:KIND]",
                         help="pairs to draw sim/difference/I_orth heatmaps for (default: first layer and kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
-    parser.add_argument("--cache", default=None, metavar="DIR",
-                        help="factor cache folder shared with `postsvd construct --cache`: decompose each matrix "
-                             "once (the base once for all POSTs) and reuse it later")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run_compare)
-
-
-def _parse_matrices(text: Optional[str]) -> Optional[List[Tuple[int, str]]]:
-    from .errors import InvalidArgumentError
-
-    if text is None:
-        return None
-    pairs = []
-    for part in text.split(","):
-        layer, sep, kind = part.strip().partition(":")
-        if not sep or not layer.strip().lstrip("-").isdigit() or not kind.strip():
-            raise InvalidArgumentError(f"--matrices: expected LAYER:KIND pairs like 0:q,5:down, got {text!r}")
-        pairs.append((int(layer), kind.strip()))
-    return pairs
 
 
 def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
     if len(posts) == 1:
         return [out]
-    names: List[str] = []
-    for post in posts:
-        name = os.path.basename(os.path.normpath(post)) or "post"
-        candidate, n = name, 2
-        while candidate in names:
-            candidate, n = f"{name}-{n}", n + 1
-        names.append(candidate)
-    return [os.path.join(out, name) for name in names]
+    return [os.path.join(out, name) for name in unique_names(posts)]
 
 
 def run_compare(args) -> int:
@@ -130,6 +136,119 @@ def run_compare(args) -> int:
         print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
         if len(args.posts) > 1:
             print()
+    return 0
+
+
+# ---------------------------------------------------------------------- construct
+
+CONSTRUCT_EXAMPLES = """\
+constructions (paper orientation W = W_hf^T = U S V^T; Q1 = U_base^T U_post, Q2 = V_base^T V_post):
+   9  U_post (alpha' S_base) V_post^T     replace singular values, scaled (Table 4 alpha' by default)
+  10  U_post S_post V_base^T              ablate the output-side rotation
+  11  U_post S_post (V_base Q1)^T         restore it from the input side
+  12  U_post S_post (V_ref Q')^T          restore it from another post model (--ref), Q' = U_ref^T U_post
+  14  U_post S_base V_post^T              replace singular values (9 with alpha' = 1)
+  15  U_base S_post V_post^T              ablate the input-side rotation
+  16  (U_base Q2) S_post V_post^T         restore it from the output side
+
+examples:
+  postsvd construct 9 --base Qwen2.5-Math-1.5B --post Qwen2.5-Math-1.5B-Instruct --out replaced/
+  postsvd construct 9 --base B --post P --alpha q=0.9,k=0.9,v=0.9,o=1.4 --group attention --out replaced/
+  postsvd construct 10 --base B --post P --group attention --out ablation_sa_out/
+  postsvd construct 11 --base B --post P --group attention --out restoration_sa_out/ --cache factors/
+  postsvd construct 12 --base B --post reasoning/ --ref instruct/ --out restored_from_instruct/
+
+output: a model folder that loads like POST (transformers, vLLM) with postsvd_construction.json
+beside the weights (construction, alpha', layers, kinds, source folders and their sha256, the
+per-matrix table); --table FILE also writes that table as CSV."""
+
+
+def add_construct(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "construct", help="build one of the paper's constructions 9-16 as a new checkpoint",
+        parents=[shared_options(with_group=True)],
+        description="Build construction NUMBER of POST relative to BASE (Sections 5.1, 5.2, Appendix C, D) as a "
+                    "new model folder that loads like POST; alpha' per kind is printed and recorded.",
+        epilog=CONSTRUCT_EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("number", metavar="NUMBER", type=int, help="construction: 9, 10, 11, 12, 14, 15 or 16")
+    parser.add_argument("--base", required=True, metavar="B", help="base model folder")
+    parser.add_argument("--post", required=True, metavar="P", help="post-trained model folder (the one modified)")
+    parser.add_argument("--ref", default=None, metavar="R", help="construction 12: another post model of the base")
+    parser.add_argument("--alpha", default=None, metavar="A",
+                        help="construction 9: alpha' for all kinds (0.9) or per kind (q=0.9,o=1.4); "
+                             "default: Table 4 rule (pooled mean scaling rounded to one decimal)")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output model folder")
+    parser.add_argument("--force", action="store_true", help="replace DIR if it exists (only once the new one is "
+                                                               "complete)")
+    parser.add_argument("--table", default=None, metavar="FILE", help="also write the per-matrix table as CSV")
+    parser.add_argument("--no-rotations", action="store_true", help="skip the Eq. 13 summary")
+    parser.set_defaults(func=run_construct)
+
+
+def run_construct(args) -> int:
+    from .constructions import construct, parse_alpha_text
+
+    alpha = parse_alpha_text(args.alpha) if args.alpha is not None else None
+    table = normalize_output_file(args.table, "--table") if args.table is not None else None
+    result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=args.layers,
+                       kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
+                       progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
+                       num_threads=args.threads)
+    if result.alpha:
+        print("alpha' per kind (" + result.alpha_source + "): " +
+              ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
+    if table is not None:
+        with atomic_file(table) as temp:
+            result.table.to_csv(temp, index=False)
+    print(result.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------- report
+
+REPORT_EXAMPLES = """\
+examples:
+  postsvd report examples/models/base examples/models/instruct --out report/
+  postsvd report base/ instruct/ reasoning/ base_alt/ --out report/ --title "What post-training did"
+  postsvd report base/ post/ --out report/ --layers 0-3 --kinds attention --matrices 2:q --dtype float64
+
+output: DIR/report.html, one self-contained page (figures embedded as PNG, CSS inline, no network):
+an overview, per post model a plain-language summary, the per-kind table (Table 3), the figures
+(SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, sim/I_orth matrices of one pair
+Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
+metadata (version, backend, date, folders)."""
+
+
+def add_report(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="compare BASE with each POST and write one self-contained HTML page",
+        parents=[shared_options()],
+        description="Compare BASE with each POST (as `postsvd compare` does) and write DIR/report.html: tables, "
+                    "figures and a plain-language summary per post model, readable offline in any browser.",
+        epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
+    parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
+    parser.add_argument("--matrices", default=None, metavar="L:KIND",
+                        help="the pair whose similarity matrices are drawn (default: middle layer, first kind)")
+    parser.add_argument("--leading-k", type=int, default=25, metavar="K",
+                        help="leading singular vectors shown in the matrix heatmaps")
+    parser.set_defaults(func=run_report)
+
+
+def run_report(args) -> int:
+    from .reports import report
+
+    pairs = _parse_matrices(args.matrices)
+    if pairs is not None and len(pairs) != 1:
+        raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND pair, got {args.matrices!r}")
+    path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
+                  kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
+                  leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
+                  cache=args.cache)
+    print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
+                    f"file://{os.path.abspath(path)}"))
     return 0
 
 
@@ -164,6 +283,7 @@ def run_info(args) -> int:
     lines = [f"folder:       {info['folder']}",
              f"model_type:   {info['model_type']}",
              f"layers:       {info['num_layers']}",
+             *(f"warning:      {warning}" for warning in info.get("warnings", [])),
              f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})",
              f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)",
              f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}",
@@ -244,9 +364,11 @@ def run_build_info(args) -> int:
 
 # ---------------------------------------------------------------------- main
 
-#: Built-in subcommands: (name, function that adds it to the subparsers).
+#: The subcommands, in the order of the help: (name, function that adds it to the subparsers).
 SUBCOMMANDS: List[Tuple[str, Callable]] = [
     ("compare", add_compare),
+    ("construct", add_construct),
+    ("report", add_report),
     ("info", add_info),
     ("make-example", add_make_example),
     ("build-info", add_build_info),
@@ -262,28 +384,9 @@ examples:
 Python: import postsvd; r = postsvd.compare(base, post); print(r.summary())"""
 
 
-def _add_plugins(subparsers) -> None:
-    for module_name in PLUGIN_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue  # not installed in this version: nothing to add
-            print(f"{PROG}: warning: {module_name} not loaded ({error}); its subcommands are unavailable",
-                  file=sys.stderr)
-            continue
-        except ImportError as error:
-            print(f"{PROG}: warning: {module_name} not loaded ({error}); its subcommands are unavailable",
-                  file=sys.stderr)
-            continue
-        add = getattr(module, "add_cli", None)
-        if add is not None:
-            add(subparsers)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (built-in subcommands plus plugins)."""
-    from . import __version__
+    """The full argument parser, every subcommand included."""
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -295,14 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for _, add in SUBCOMMANDS:
         add(subparsers)
-    _add_plugins(subparsers)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 postsvd error, 2 usage error)."""
-    from .errors import PostsvdError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning

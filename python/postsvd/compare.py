@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import _core
+from ._names import short_name
 from ._outputs import atomic_folder
 from ._terminal import printable
 from ._validate import (
@@ -75,7 +76,7 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         layers: None (all), an int, a list of ints, or text like '0,1,5-9';
             negative indices count from the end.
         kinds: None (all), a list or comma-separated text of q, k, v, o, gate,
-            up, down, or the groups 'attn' / 'mlp'.
+            up, down, or the groups 'attention' / 'mlp'.
         progress: show a tqdm progress bar.
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         memory_budget_bytes: device memory the CUDA backend may hold (None = 90 % of free).
@@ -221,14 +222,9 @@ def _size(count: int) -> str:
     return f"{count} bytes"
 
 
-def _short_name(path: str) -> str:
-    name = os.path.basename(os.path.normpath(path))
-    return name or path
-
-
 def _display_name(path: str) -> str:
     """The folder's name, safe to print on a terminal."""
-    return printable(_short_name(path))
+    return printable(short_name(path))
 
 
 class Comparison:
@@ -319,7 +315,7 @@ class Comparison:
                 "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
                 "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
                 "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
-                "alpha": round(mean, 1),
+                "alpha": _core.table4_alpha(mean),
             })
         return pd.DataFrame(rows, columns=["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean",
                                            "nf_max", "nf_random", "alpha"])
@@ -362,6 +358,8 @@ class Comparison:
             ``iorth`` = q1^T q2 (each ``[kk, kk]``), plus ``nf``, ``sigma_base``,
             ``sigma_post`` and ``scaling`` of the pair.
         """
+        from .linalg import _with_difference
+
         layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
@@ -371,9 +369,8 @@ class Comparison:
             raise InvalidArgumentError(f"layer {layer} was not compared; compared layers: {compared}")
         if len(matches) > 1:
             raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert=")
-        result = self._comparator.compare([matches[0]["index"]], True, normalize_leading_k(leading_k))[0]
-        result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
-        return result
+        return _with_difference(self._comparator.compare([matches[0]["index"]], True,
+                                                          normalize_leading_k(leading_k))[0])
 
     # ------------------------------------------------------------------ plots
 
@@ -384,7 +381,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_svsm({k: self.svsm(k) for k in chosen}, {k: self.layers_of(k) for k in chosen},
-                               title=f"SVSM: {_short_name(self.post)} / {_short_name(self.base)}")
+                               title=f"SVSM: {short_name(self.post)} / {short_name(self.base)}")
 
     def plot_scaling_bands(self, kinds: KindsArg = None):
         """Fig. 8: per-layer mean ± std (top 90 %) of the scaling factors, one
@@ -398,7 +395,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_scaling_bands(
-            series, title=f"Scaling per layer: {_short_name(self.post)} / {_short_name(self.base)}")
+            series, title=f"Scaling per layer: {short_name(self.post)} / {short_name(self.base)}")
 
     def plot_nf(self, kinds: KindsArg = None):
         """Fig. 3b: NF per layer, one line per kind (dashed: unrelated
@@ -411,7 +408,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_nf(series, baseline,
-                             title=f"NF per layer: {_short_name(self.post)} vs {_short_name(self.base)}")
+                             title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
 
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25):
         """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
@@ -494,7 +491,7 @@ class Comparison:
         return written
 
     def _run_info(self) -> Dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         return {"base": self.base, "post": self.post, "model_type": self.model_type,
                 "num_layers": self.num_layers, "layers": self.layers, "kinds": self.kinds,

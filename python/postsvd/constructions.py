@@ -48,20 +48,21 @@ import numpy as np
 import pandas as pd
 
 from . import _core
-from ._outputs import apply_umask, atomic_file, atomic_folder
+from ._outputs import apply_umask, atomic_folder
 from ._terminal import printable
 from ._validate import (
+    KIND_GROUPS,
     KINDS,
+    group_name,
     normalize_cache,
     normalize_device,
     normalize_dtype,
     normalize_folder,
     normalize_kinds,
     normalize_layers,
-    normalize_output_file,
     normalize_threads,
-    parse_layers_text,
 )
+from ._version import __version__
 from .errors import InvalidArgumentError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -71,8 +72,6 @@ logger = logging.getLogger("postsvd")
 
 #: The construction numbers, as the paper numbers its equations.
 CONSTRUCTIONS = (9, 10, 11, 12, 14, 15, 16)
-#: The kind groups of Appendix D (SA = attention, FFN = mlp).
-GROUPS = {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": KINDS}
 #: The record written beside the weights.
 RECORD_NAME = "postsvd_construction.json"
 #: The definition of Eq. 13 used, for the record.
@@ -137,13 +136,13 @@ def _select_kinds(kinds, group, available: Sequence[str]) -> List[str]:
     if kinds is not None and group is not None:
         raise InvalidArgumentError("kinds and group: give one of them, not both")
     if group is not None:
-        name = str(group).strip().lower()
-        if name not in GROUPS:
+        name = group_name(group)
+        if name is None:
             raise InvalidArgumentError(
-                f"group: unknown group {group!r}; expected one of {', '.join(GROUPS)} "
+                f"group: unknown group {group!r}; expected one of {', '.join(KIND_GROUPS)} "
                 f"(attention = q, k, v, o; mlp = gate, up, down)")
-        return [k for k in GROUPS[name] if k in available] if name == "all" else normalize_kinds(
-            list(GROUPS[name]), available)
+        return [k for k in KIND_GROUPS[name] if k in available] if name == "all" else normalize_kinds(
+            list(KIND_GROUPS[name]), available)
     return normalize_kinds(kinds, available)
 
 
@@ -237,29 +236,13 @@ class ConstructionResult:
     def plot_rotations(self, kinds: Optional[Iterable[str]] = None):
         """Eq. 13 per layer: mean (solid) and max (dashed) residual angles of dQ1
         and dQ2, one panel per kind. Returns a matplotlib Figure."""
-        import matplotlib
-
-        if "matplotlib.pyplot" not in sys.modules:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from . import plots
 
         table = self.table
         chosen = [k for k in KINDS if k in set(table["kind"])] if kinds is None else normalize_kinds(
             kinds, sorted(set(table["kind"])))
-        fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.0), squeeze=False, sharey=True)
-        for ax, kind in zip(axes[0], chosen):
-            part = table[table["kind"] == kind].groupby("layer").mean(numeric_only=True)
-            ax.plot(part.index, part["dq1_mean_deg"], "-o", ms=3, color="C0", label="dQ1 mean")
-            ax.plot(part.index, part["dq1_max_deg"], "--", color="C0", label="dQ1 max")
-            ax.plot(part.index, part["dq2_mean_deg"], "-s", ms=3, color="C1", label="dQ2 mean")
-            ax.plot(part.index, part["dq2_max_deg"], "--", color="C1", label="dQ2 max")
-            ax.set_title(f"W_{kind}")
-            ax.set_xlabel("layer")
-        axes[0][0].set_ylabel("residual angle (degrees)")
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"Eq. 13 residual rotations (construction {self.number})", fontsize=10)
-        fig.tight_layout()
-        return fig
+        per_layer = {kind: table[table["kind"] == kind].groupby("layer").mean(numeric_only=True) for kind in chosen}
+        return plots.plot_rotations(per_layer, title=f"Eq. 13 residual rotations (construction {self.number})")
 
     def summary(self) -> str:
         """A few lines for a person: construction, output folder, alpha' per kind, size of the change."""
@@ -343,6 +326,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     precision = normalize_dtype(dtype)
     device_kind, device_ids = normalize_device(device)
     threads = normalize_threads(num_threads)
+    if comparison is not None:
+        _check_comparison(comparison, base_path, post_path)
     try:
         out_path = os.fspath(out)
     except TypeError:
@@ -387,7 +372,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
                                           device_kind, device_ids, threads, cache_path)
             for kind in missing:
-                chosen = round(pooled[kind], 1)
+                chosen = _core.table4_alpha(pooled[kind])
                 if not chosen > 0:
                     raise InvalidArgumentError(
                         f"alpha: the Table 4 rule gives alpha' = {chosen} for kind {kind!r} (pooled mean scaling "
@@ -435,7 +420,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                        "safetensors_sha256": {os.path.basename(p): _sha256(p)
                                               for p in _core.Checkpoint(folder).files()}}
                 for role, folder in sources.items()},
-            "postsvd_version": _version(),
+            "postsvd_version": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "backend": report["backend"],
             "device": device_kind,
@@ -464,10 +449,18 @@ def _record_row(row: Dict[str, Any], rotations: bool) -> Dict[str, Any]:
     return record
 
 
-def _version() -> str:
-    from . import __version__
 
-    return __version__
+
+def _check_comparison(comparison, base_path: str, post_path: str) -> None:
+    """`comparison` is a Comparison of these two folders (its alpha' would be wrong for others)."""
+    from .compare import Comparison
+
+    if not isinstance(comparison, Comparison):
+        raise InvalidArgumentError(f"comparison: expected a postsvd.Comparison, got {type(comparison).__name__}")
+    for role, given, compared in (("base", base_path, comparison.base), ("post", post_path, comparison.post)):
+        if not _same_folder(given, compared):
+            raise InvalidArgumentError(f"comparison: it compared {role} '{compared}', the construction's {role} is "
+                                       f"'{given}'")
 
 
 def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List[str], layers: List[int],
@@ -489,86 +482,3 @@ def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List
     choice = _core.default_alpha(base_path, post_path, layers, kinds, precision, device, device_ids, threads,
                                  cache_path)
     return {k: float(choice["pooled_mean"][k]) for k in kinds}
-
-
-# ------------------------------------------------------------------------- CLI
-
-CONSTRUCT_EXAMPLES = """\
-constructions (paper orientation W = W_hf^T = U S V^T; Q1 = U_base^T U_post, Q2 = V_base^T V_post):
-   9  U_post (alpha' S_base) V_post^T     replace singular values, scaled (Table 4 alpha' by default)
-  10  U_post S_post V_base^T              ablate the output-side rotation
-  11  U_post S_post (V_base Q1)^T         restore it from the input side
-  12  U_post S_post (V_ref Q')^T          restore it from another post model (--ref), Q' = U_ref^T U_post
-  14  U_post S_base V_post^T              replace singular values (9 with alpha' = 1)
-  15  U_base S_post V_post^T              ablate the input-side rotation
-  16  (U_base Q2) S_post V_post^T         restore it from the output side
-
-examples:
-  postsvd construct 9 --base Qwen2.5-Math-1.5B --post Qwen2.5-Math-1.5B-Instruct --out replaced/
-  postsvd construct 9 --base B --post P --alpha q=0.9,k=0.9,v=0.9,o=1.4 --group attention --out replaced/
-  postsvd construct 10 --base B --post P --group attention --out ablation_sa_out/
-  postsvd construct 11 --base B --post P --group attention --out restoration_sa_out/ --cache factors/
-  postsvd construct 12 --base B --post reasoning/ --ref instruct/ --out restored_from_instruct/
-
-output: a model folder that loads like POST (transformers, vLLM) with postsvd_construction.json
-beside the weights (construction, alpha', layers, kinds, source folders and their sha256, the
-per-matrix table); --table FILE also writes that table as CSV."""
-
-
-def add_cli(subparsers) -> None:
-    """Registers ``postsvd construct`` (called by postsvd.cli)."""
-    try:
-        from .cli import HelpFormatter as formatter
-    except ImportError:  # pragma: no cover
-        import argparse
-
-        formatter = argparse.RawDescriptionHelpFormatter
-    parser = subparsers.add_parser(
-        "construct", help="build one of the paper's constructions 9-16 as a new checkpoint",
-        description="Build construction NUMBER of POST relative to BASE (Sections 5.1, 5.2, Appendix C, D) as a "
-                    "new model folder that loads like POST; alpha' per kind is printed and recorded.",
-        epilog=CONSTRUCT_EXAMPLES, formatter_class=formatter)
-    parser.add_argument("number", metavar="NUMBER", type=int, help="construction: 9, 10, 11, 12, 14, 15 or 16")
-    parser.add_argument("--base", required=True, metavar="B", help="base model folder")
-    parser.add_argument("--post", required=True, metavar="P", help="post-trained model folder (the one modified)")
-    parser.add_argument("--ref", default=None, metavar="R", help="construction 12: another post model of the base")
-    parser.add_argument("--alpha", default=None, metavar="A",
-                        help="construction 9: alpha' for all kinds (0.9) or per kind (q=0.9,o=1.4); "
-                             "default: Table 4 rule (pooled mean scaling rounded to one decimal)")
-    parser.add_argument("--layers", default=None, metavar="LIST", help="layers, e.g. 0,1,5-9 (default: all)")
-    selection = parser.add_mutually_exclusive_group()
-    selection.add_argument("--kinds", default=None, metavar="LIST", help="kinds, e.g. q,k (default: all)")
-    selection.add_argument("--group", default=None, choices=sorted(GROUPS),
-                           help="attention = q,k,v,o; mlp = gate,up,down; all")
-    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output model folder")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists (only once the new one is "
-                                                               "complete)")
-    parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' / 'cuda:N' in a CUDA build")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
-    parser.add_argument("--cache", default=None, metavar="DIR",
-                        help="factor cache folder: reuse (and save) decompositions across constructions and "
-                             "comparisons (`postsvd compare --cache DIR`)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
-    parser.add_argument("--table", default=None, metavar="FILE", help="also write the per-matrix table as CSV")
-    parser.add_argument("--no-rotations", action="store_true", help="skip the Eq. 13 summary")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run_cli)
-
-
-def run_cli(args) -> int:
-    """``postsvd construct``: returns the exit code; errors raise PostsvdError (the CLI prints one line)."""
-    alpha = parse_alpha_text(args.alpha) if args.alpha is not None else None
-    layers = parse_layers_text(args.layers) if args.layers is not None else None
-    table = normalize_output_file(args.table, "--table") if args.table is not None else None
-    result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=layers,
-                       kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
-                       progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
-                       num_threads=args.threads)
-    if result.alpha:
-        print("alpha' per kind (" + result.alpha_source + "): " +
-              ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
-    if table is not None:
-        with atomic_file(table) as temp:
-            result.table.to_csv(temp, index=False)
-    print(result.summary())
-    return 0

@@ -1,22 +1,31 @@
-"""The paper's figures as matplotlib Figures (no pyplot state: safe headless and in notebooks).
+"""The paper's figures as matplotlib Figures (no pyplot state and no backend switch: safe headless
+and in notebooks, where a returned Figure shows itself).
 
-Each function takes plain arrays, so it also serves results that did not come
-from :func:`postsvd.compare`.
+The single-comparison figures take plain arrays, so they also serve results that
+did not come from :func:`postsvd.compare`; :func:`plot_nf_models` takes
+:class:`~postsvd.Comparison` objects.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ._names import short_name
+from ._validate import KINDS, normalize_kinds
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .compare import Comparison
+
 #: One color per kind, stable across figures.
-KIND_COLORS = {
-    "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
-    "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
-}
+KIND_COLORS = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                               "tab:pink")))
 
 
 #: Narrowest color range of the SVSM heatmaps.
@@ -155,4 +164,72 @@ def plot_matrices(matrices: Mapping[str, np.ndarray], title: str = "") -> Figure
         fig.colorbar(image, ax=ax, shrink=0.8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figure:
+    """Fig. 9: NF per layer of several post models against one base, one panel
+    per kind, one line per post model (dashed: unrelated rotations, sqrt(2/k)).
+
+    Args:
+        comparisons: name -> :class:`~postsvd.Comparison` (same base and kinds).
+        kinds: kinds to draw (default: those every comparison has).
+    """
+    from .compare import random_rotation_nf  # compare draws with this module: import it when called
+
+    if not comparisons:
+        raise InvalidArgumentError("comparisons: expected at least one name -> Comparison")
+    items = list(comparisons.items())
+    common = [k for k in items[0][1].kinds if all(k in c.kinds for _, c in items)]
+    chosen = common if kinds is None else normalize_kinds(kinds)
+    missing = [k for k in chosen if k not in common]
+    if missing or not chosen:
+        raise InvalidArgumentError(f"kinds: every comparison must have them; common kinds are {common}, "
+                                   f"got {chosen}")
+    rows, cols = _grid(len(chosen))
+    fig = Figure(figsize=(3.4 * cols + 0.6, 2.8 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, kind in zip(axes, chosen):
+        k_value = None
+        for position, (name, comparison) in enumerate(items):
+            ax.plot(comparison.layers_of(kind), comparison.nf(kind), marker="o", markersize=3,
+                    color=f"C{position % 10}", label=name)
+            k_value = comparison.table.loc[comparison.table["kind"] == kind, "k"].iloc[0]
+        ax.axhline(random_rotation_nf(int(k_value)), color="0.45", linestyle="--", linewidth=0.9)
+        ax.set_title(f"W_{kind}")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+    for ax in axes[len(chosen):]:
+        ax.set_visible(False)
+    for row in range(rows):
+        axes[row * cols].set_ylabel("NF")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(items), 5), fontsize="small")
+    fig.suptitle(f"NF per layer against {short_name(items[0][1].base)} (dashed: unrelated rotations)")
+    return fig
+
+
+def plot_rotations(per_layer: Mapping[str, "pd.DataFrame"], title: str = "") -> Figure:
+    """Eq. 13 per layer: mean (solid) and max (dashed) residual angles of dQ1 and dQ2, one panel per kind.
+
+    Args:
+        per_layer: kind -> a table indexed by layer with columns dq1_mean_deg,
+            dq1_max_deg, dq2_mean_deg, dq2_max_deg (degrees).
+    """
+    kinds = list(per_layer)
+    fig = Figure(figsize=(3.2 * len(kinds), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(kinds), squeeze=False, sharey=True)[0]
+    for ax, kind in zip(axes, kinds):
+        part = per_layer[kind]
+        ax.plot(part.index, part["dq1_mean_deg"], "-o", ms=3, color="C0", label="dQ1 mean")
+        ax.plot(part.index, part["dq1_max_deg"], "--", color="C0", label="dQ1 max")
+        ax.plot(part.index, part["dq2_mean_deg"], "-s", ms=3, color="C1", label="dQ2 mean")
+        ax.plot(part.index, part["dq2_max_deg"], "--", color="C1", label="dQ2 max")
+        ax.set_title(f"W_{kind}")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("residual angle (degrees)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "Eq. 13 residual rotations", fontsize=10)
     return fig

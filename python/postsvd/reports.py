@@ -27,11 +27,12 @@ import io
 import math
 import os
 import platform
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
+from ._names import short_name, unique_names
 from ._outputs import atomic_folder
-from ._terminal import printable
 from ._validate import normalize_output_folder
+from ._version import __version__
 from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,9 +101,9 @@ def render_html(comparisons: Union["Comparison", Sequence["Comparison"]], *, tit
     comparison_list = _comparison_list(comparisons)
     if leading_k is not None and int(leading_k) < 1:
         raise InvalidArgumentError(f"leading_k: expected >= 1 or None, got {leading_k!r}")
-    base_name = _short_name(comparison_list[0].base)
+    base_name = short_name(comparison_list[0].base)
     title = title or f"postsvd report: {base_name}"
-    names = _unique_names([c.post for c in comparison_list])
+    names = unique_names([c.post for c in comparison_list])
     sections = [_overview_section(comparison_list, names)]
     if len(comparison_list) > 1 and not any(_has_experts(c) for c in comparison_list):
         sections.append(_all_models_section(comparison_list, names))
@@ -113,7 +114,7 @@ def render_html(comparisons: Union["Comparison", Sequence["Comparison"]], *, tit
     nav = "".join(f'<a href="#post-{i}">{_e(n)}</a>' for i, n in enumerate(names))
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f'<meta name="generator" content="postsvd {_e(_version())}">\n'
+            f'<meta name="generator" content="postsvd {_e(__version__)}">\n'
             f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             f'<header><h1>{_e(title)}</h1><p class="subtitle">base <code>{_e(base_name)}</code> compared with '
             f"{len(names)} post-trained model{'s' if len(names) > 1 else ''}: "
@@ -121,56 +122,6 @@ def render_html(comparisons: Union["Comparison", Sequence["Comparison"]], *, tit
             f'<nav><a href="#overview">overview</a>{nav}<a href="#how-to-read">how to read</a>'
             f'<a href="#metadata">run</a></nav></header>\n<main>\n'
             + "\n".join(sections) + "\n</main>\n</body>\n</html>\n")
-
-
-def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None):
-    """Fig. 9: NF per layer of several post models against one base, one panel
-    per kind, one line per post model (dashed: unrelated rotations, sqrt(2/k)).
-
-    Args:
-        comparisons: name -> :class:`~postsvd.Comparison` (same base and kinds).
-        kinds: kinds to draw (default: those every comparison has).
-    Returns:
-        A matplotlib Figure.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    from .compare import random_rotation_nf
-    from ._validate import normalize_kinds
-
-    if not comparisons:
-        raise InvalidArgumentError("comparisons: expected at least one name -> Comparison")
-    items = list(comparisons.items())
-    common = [k for k in items[0][1].kinds if all(k in c.kinds for _, c in items)]
-    chosen = common if kinds is None else normalize_kinds(kinds)
-    missing = [k for k in chosen if k not in common]
-    if missing or not chosen:
-        raise InvalidArgumentError(f"kinds: every comparison must have them; common kinds are {common}, "
-                                   f"got {chosen}")
-    cols = min(len(chosen), 4)
-    rows = math.ceil(len(chosen) / cols)
-    fig = Figure(figsize=(3.4 * cols + 0.6, 2.8 * rows + 0.8), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, kind in zip(axes, chosen):
-        k_value = None
-        for position, (name, comparison) in enumerate(items):
-            ax.plot(comparison.layers_of(kind), comparison.nf(kind), marker="o", markersize=3,
-                    color=f"C{position % 10}", label=name)
-            k_value = comparison.table.loc[comparison.table["kind"] == kind, "k"].iloc[0]
-        ax.axhline(random_rotation_nf(int(k_value)), color="0.45", linestyle="--", linewidth=0.9)
-        ax.set_title(f"W_{kind}")
-        ax.set_xlabel("layer")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(bottom=0)
-    for ax in axes[len(chosen):]:
-        ax.set_visible(False)
-    for row in range(rows):
-        axes[row * cols].set_ylabel("NF")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(items), 5), fontsize="small")
-    fig.suptitle(f"NF per layer against {_short_name(items[0][1].base)} (dashed: unrelated rotations)")
-    return fig
 
 
 # ---------------------------------------------------------------------- sections
@@ -196,6 +147,8 @@ def _overview_section(comparisons: Sequence["Comparison"], names: Sequence[str])
 
 
 def _all_models_section(comparisons: Sequence["Comparison"], names: Sequence[str]) -> str:
+    from .plots import plot_nf_models
+
     figure = plot_nf_models(dict(zip(names, comparisons)))
     return ('<section id="all-models"><h2>All post models: NF per layer (Fig. 9)</h2>'
             "<p>Each line is one post model compared with the same base. Post-trained descendants of the base stay "
@@ -205,7 +158,7 @@ def _all_models_section(comparisons: Sequence["Comparison"], names: Sequence[str
 
 def _post_section(index: int, comparison: "Comparison", name: str, matrices: Optional[Tuple[int, str]],
                   leading_k: Optional[int]) -> str:
-    parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(_short_name(comparison.base))}</h2>',
+    parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(short_name(comparison.base))}</h2>',
              _summary_html(comparison),
              "<h3>Per kind (Table 3)</h3>",
              "<p>Pooled over the compared layers: the mean ± population std of the top-90 % scaling factors, the mean "
@@ -253,13 +206,16 @@ def _post_section(index: int, comparison: "Comparison", name: str, matrices: Opt
 
 def _summary_html(comparison: "Comparison") -> str:
     """A few sentences a newcomer can read without the paper."""
+    from .compare import UNIFORM_SCALING_CV
+
     kinds = comparison.kind_table()
     items = []
     for row in kinds.itertuples():
         cv = row.scaling_std / abs(row.scaling_mean) if row.scaling_mean else float("inf")
         ratio = row.nf_mean / row.nf_random
         change = "grew" if row.scaling_mean > 1.0 else "shrank"
-        spread = "nearly the same factor for all of them" if cv < 0.05 else "by different factors (non-uniform)"
+        spread = ("nearly the same factor for all of them" if cv < UNIFORM_SCALING_CV
+                  else "by different factors (non-uniform)")
         items.append(f"<li><b>W<sub>{_e(row.kind)}</sub></b>: singular values {change} to "
                      f"{row.scaling_mean:.3f}× on average (± {row.scaling_std:.3f}: {spread}); NF {row.nf_mean:.4f}, "
                      f"{_ratio_words(ratio)} unrelated models ({row.nf_random:.4f}).</li>")
@@ -328,7 +284,7 @@ def _metadata_section(comparisons: Sequence["Comparison"], names: Sequence[str])
 
     first = comparisons[0]
     rows = [
-        ("postsvd version", _version()),
+        ("postsvd version", __version__),
         ("build", postsvd.build_info()),
         ("backend", "; ".join(sorted({c.backend for c in comparisons}))),
         ("device, dtype", "; ".join(sorted({f"{c.device}, {c.dtype}" for c in comparisons}))),
@@ -354,18 +310,9 @@ def _figure(figure, figure_id: str, alt: str) -> str:
     """The figure as an embedded PNG (base64 data URI) in a <figure>."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    _close(figure)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<figure id="fig-{_e(figure_id)}"><img class="plot" alt="{_e(alt)}" '
             f'src="data:image/png;base64,{data}"><figcaption>{_e(alt)}</figcaption></figure>')
-
-
-def _close(figure) -> None:
-    import sys
-
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        pyplot.close(figure)
 
 
 def _chosen_pair(comparison: "Comparison", matrices: Optional[Tuple[int, str]]) -> Tuple[int, str]:
@@ -430,25 +377,6 @@ def _comparison_list(comparisons) -> List["Comparison"]:
     return items
 
 
-def _unique_names(folders: Sequence[str]) -> List[str]:
-    names: List[str] = []
-    for folder in folders:
-        name = _short_name(folder)
-        candidate, n = name, 2
-        while candidate in names:
-            candidate, n = f"{name}-{n}", n + 1
-        names.append(candidate)
-    return names
-
-
-def _short_name(path: str) -> str:
-    return os.path.basename(os.path.normpath(path)) or path
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _e(text: Any) -> str:
@@ -487,62 +415,3 @@ figcaption { color: var(--muted); font-size: 13px; }
 pre.summary { background: var(--soft); padding: 10px; overflow-x: auto; font-size: 12.5px; white-space: pre-wrap; }
 details summary { cursor: pointer; color: var(--accent); }
 """
-
-
-# ---------------------------------------------------------------------- CLI
-
-REPORT_EXAMPLES = """\
-examples:
-  postsvd report examples/models/base examples/models/instruct --out report/
-  postsvd report base/ instruct/ reasoning/ base_alt/ --out report/ --title "What post-training did"
-  postsvd report base/ post/ --out report/ --layers 0-3 --kinds attn --matrices 2:q --dtype float64
-
-output: DIR/report.html, one self-contained page (figures embedded as PNG, CSS inline, no network):
-an overview, per post model a plain-language summary, the per-kind table (Table 3), the figures
-(SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, sim/I_orth matrices of one pair
-Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
-metadata (version, backend, date, folders)."""
-
-
-def add_cli(subparsers) -> None:
-    """Registers ``postsvd report`` (called by postsvd.cli)."""
-    from .cli import HelpFormatter
-
-    parser = subparsers.add_parser(
-        "report", help="compare BASE with each POST and write one self-contained HTML page",
-        description="Compare BASE with each POST (as `postsvd compare` does) and write DIR/report.html: tables, "
-                    "figures and a plain-language summary per post model, readable offline in any browser.",
-        epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
-    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
-    parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
-    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
-    parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
-    parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' / 'cuda:N' in a CUDA build")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="working precision")
-    parser.add_argument("--layers", default=None, metavar="LIST", help="layers to compare, e.g. 0,1,5-9 (default: all)")
-    parser.add_argument("--kinds", default=None, metavar="LIST",
-                        help="kinds to compare: q,k,v,o,gate,up,down or attn / mlp (default: all)")
-    parser.add_argument("--matrices", default=None, metavar="L:KIND",
-                        help="the pair whose similarity matrices are drawn (default: middle layer, first kind)")
-    parser.add_argument("--leading-k", type=int, default=25, metavar="K",
-                        help="leading singular vectors shown in the matrix heatmaps")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
-    parser.add_argument("--cache", default=None, metavar="DIR",
-                        help="factor cache folder (as in `postsvd compare --cache`)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.set_defaults(func=run_cli)
-
-
-def run_cli(args) -> int:
-    from .cli import _parse_matrices
-
-    pairs = _parse_matrices(args.matrices)
-    if pairs is not None and len(pairs) != 1:
-        raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND pair, got {args.matrices!r}")
-    path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
-                  kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
-                  leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
-                  cache=args.cache)
-    print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
-                    f"file://{os.path.abspath(path)}"))
-    return 0

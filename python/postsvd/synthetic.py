@@ -21,13 +21,13 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ._validate import KIND_GROUPS, KINDS
 from .errors import InvalidArgumentError
 
 #: Model types make_pair can write (the llama family: same tensor names).
 SYNTHETIC_MODEL_TYPES = ("llama", "qwen2", "mistral")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 _STORAGE_DTYPES = ("bfloat16", "float16", "float32")
-_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ def _projection_shapes(hidden: int, intermediate: int, heads: int, kv_heads: int
 
 
 def _tensor_name(layer: int, kind: str) -> str:
-    module = "mlp" if kind in ("gate", "up", "down") else "self_attn"
+    module = "mlp" if kind in KIND_GROUPS["mlp"] else "self_attn"
     return f"model.layers.{layer}.{module}.{kind}_proj.weight"
 
 
@@ -98,12 +98,12 @@ def _check_args(model_type, layers, hidden, intermediate, heads, kv_heads, dtype
     if heads % kv_heads:
         raise InvalidArgumentError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     if isinstance(alpha, Mapping):
-        unknown = [k for k in alpha if k not in _KINDS]
+        unknown = [k for k in alpha if k not in KINDS]
         if unknown:
-            raise InvalidArgumentError(f"alpha: unknown kinds {unknown}; valid kinds are {', '.join(_KINDS)}")
-        values = {k: float(alpha.get(k, 1.0)) for k in _KINDS}
+            raise InvalidArgumentError(f"alpha: unknown kinds {unknown}; valid kinds are {', '.join(KINDS)}")
+        values = {k: float(alpha.get(k, 1.0)) for k in KINDS}
     else:
-        values = {k: float(alpha) for k in _KINDS}
+        values = {k: float(alpha) for k in KINDS}
     if any(not np.isfinite(v) or v <= 0 for v in values.values()):
         raise InvalidArgumentError(f"alpha: expected positive finite scaling factors, got {alpha!r}")
     return values

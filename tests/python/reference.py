@@ -1,4 +1,4 @@
-"""Independent float64 numpy reference of every measure (measures.md), for the tests."""
+"""Independent float64 numpy reference of every measure and construction (docs/measures.md), for the tests."""
 import numpy as np
 
 
@@ -73,3 +73,25 @@ def post_trained(w, alpha, rotation):
     """(U Q)(alpha S)(V Q)^T of w = U S V^T."""
     u, s, v = svd(w)
     return ((u @ rotation) * (alpha * s)) @ (v @ rotation).T
+
+
+def construction_weight(number, w_base, w_post, w_ref=None, alpha=1.0):
+    """The new W [in, out] of construction `number` by the formulas of docs/measures.md, float64 numpy."""
+    ub, sb, vb = svd(w_base)
+    up, sp, vp = svd(w_post)
+    if number == 9:
+        return (up * (alpha * sb)) @ vp.T
+    if number == 14:
+        return (up * sb) @ vp.T
+    if number == 10:
+        return (up * sp) @ vb.T
+    if number == 11:
+        return (up * sp) @ (vb @ (ub.T @ up)).T
+    if number == 12:
+        ur, _, vr = svd(w_ref)
+        return (up * sp) @ (vr @ (ur.T @ up)).T
+    if number == 15:
+        return (ub * sp) @ vp.T
+    if number == 16:
+        return ((ub @ (vb.T @ vp)) * sp) @ vp.T
+    raise ValueError(number)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import postsvd
-from conftest import TINY_MODEL_TYPES, build_tiny_model, save_model
+from helpers import TINY_MODEL_TYPES, build_tiny_model, save_model
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

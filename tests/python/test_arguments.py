@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import postsvd
-from conftest import SYNTHETIC
+from helpers import SYNTHETIC
 from postsvd._validate import normalize_layers, parse_layers_text
 
 

@@ -117,3 +117,25 @@ def test_construct_writes_the_table_after_the_model(pair, tmp_path, capsys):
     assert code == 0, stderr
     assert sorted(os.listdir(tmp_path)) == ["model", "table.csv"]
     assert len((tmp_path / "table.csv").read_text().splitlines()) == 1 + SIZES["layers"]
+
+
+def test_links_that_lead_nowhere_are_named_as_such(pair, tmp_path):
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    dangling = tmp_path / "dangling"
+    os.symlink(tmp_path / "gone", dangling)
+    for path, message in ((loop, "is a symbolic link loop"), (dangling, "is a dangling symbolic link to")):
+        with pytest.raises(postsvd.BadCheckpointError, match=message):
+            postsvd.compare(path, pair.post, progress=False)
+        with pytest.raises(postsvd.InvalidArgumentError, match=message):
+            postsvd.report(pair.base, pair.post, path, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "loop"]
+
+
+def test_construct_checks_its_comparison_before_building(pair, tmp_path, no_computing):
+    other = make_pair(tmp_path / "b2", tmp_path / "p2", dtype="float32", seed=8, **SIZES)
+    comparison = postsvd.compare(other.base, other.post, progress=False, layers=0, kinds="q")
+    for given, message in ((comparison, "it compared base"), ("table.csv", "expected a postsvd.Comparison")):
+        with pytest.raises(postsvd.InvalidArgumentError, match=message):
+            postsvd.construct(9, pair.base, pair.post, tmp_path / "model", comparison=given, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["b2", "p2"]

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pandas as pd
 import pytest
@@ -123,16 +122,44 @@ def test_entry_point_runs_as_module():
     assert done.returncode == 0 and "--out" in done.stdout
 
 
-def test_plugin_modules_add_subcommands(monkeypatch, capsys):
-    plugin = types.ModuleType("postsvd_test_plugin")
+@pytest.mark.parametrize("command, positional", [
+    ("compare", ["B", "P"]),
+    ("report", ["B", "P"]),
+    ("construct", ["11", "--base", "B", "--post", "P"]),
+])
+def test_shared_options_mean_the_same_in_every_command(command, positional):
+    args = cli.build_parser().parse_args([command, *positional, "--out", "o", "--device", "cuda:1", "--dtype",
+                                          "float64", "--layers", "0,2-3", "--kinds", "attn", "--threads", "3",
+                                          "--cache", "factors", "--no-progress"])
+    assert (args.device, args.dtype, args.layers, args.kinds, args.threads, args.cache, args.no_progress) == (
+        "cuda:1", "float64", "0,2-3", "attn", 3, "factors", True)
+    defaults = cli.build_parser().parse_args([command, *positional, "--out", "o"])
+    assert (defaults.device, defaults.dtype, defaults.layers, defaults.kinds, defaults.threads, defaults.cache,
+            defaults.no_progress) == ("cpu", "float32", None, None, None, None, False)
 
-    def add_cli(subparsers):
-        parser = subparsers.add_parser("hello", help="say hello")
-        parser.add_argument("--name", default="world")
-        parser.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
 
-    plugin.add_cli = add_cli
-    monkeypatch.setitem(sys.modules, "postsvd_test_plugin", plugin)
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("postsvd_test_plugin", "postsvd_no_such_module"))
-    code, stdout, stderr = run(["hello", "--name", "D"], capsys)
-    assert code == 0 and stdout == "hello D\n" and stderr == ""
+def test_construct_group_takes_both_spellings_and_excludes_kinds(capsys):
+    base = ["construct", "10", "--base", "B", "--post", "P", "--out", "o"]
+    parser = cli.build_parser()
+    assert parser.parse_args(base + ["--group", "attn"]).group == "attention"
+    assert parser.parse_args(base + ["--group", "Attention"]).group == "attention"
+    for tail in (["--group", "ffn"], ["--kinds", "q", "--group", "mlp"]):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(base + tail)
+        assert info.value.code == 2
+    assert "not allowed with argument --kinds" in capsys.readouterr().err
+
+
+def test_help_spells_the_attention_group_one_way(capsys):
+    for name in BUILT_IN:
+        with pytest.raises(SystemExit):
+            cli.main([name, "--help"])
+        assert "attn" not in capsys.readouterr().out
+
+
+def test_the_library_never_imports_the_cli():
+    code = ("import sys, postsvd, postsvd.constructions, postsvd.reports, postsvd.plots, postsvd.compare; "
+            "print('postsvd.cli' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -1,4 +1,5 @@
 """postsvd.compare and Comparison against the float64 numpy reference (tests/python/reference.py)."""
+import copy
 import os
 
 import numpy as np
@@ -7,7 +8,7 @@ from safetensors.numpy import load_file
 
 import postsvd
 import reference
-from conftest import ALPHA, SYNTHETIC
+from helpers import ALPHA, SYNTHETIC
 
 KIND_TENSOR = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -75,6 +76,25 @@ def test_kind_table_pools_top90_over_layers(unrelated_pair):
         assert kinds.loc[kind, "scaling_std"] == pytest.approx(std, abs=1e-9)
         assert kinds.loc[kind, "nf_mean"] == pytest.approx(result.nf(kind).mean(), abs=1e-12)
         assert kinds.loc[kind, "layers"] == SYNTHETIC["layers"]
+
+
+@pytest.mark.parametrize("mean, alpha", [(0.15, 0.2), (0.25, 0.3), (0.35, 0.4), (1.05, 1.1), (0.9071, 0.9),
+                                         (0.9499, 0.9)])
+def test_table4_alpha_rounds_ties_up(mean, alpha):
+    """Table 4's alpha' is the C++ rule: halves round up (0.15 -> 0.2, where Python's round gives 0.1)."""
+    assert postsvd._core.table4_alpha(mean) == pytest.approx(alpha, abs=1e-12)
+
+
+@pytest.mark.parametrize("mean, alpha", [(0.25, 0.3), (1.25, 1.3)])
+def test_kind_table_alpha_is_the_table4_rule(related_comparison, mean, alpha):
+    """A kind whose pooled top-90 % scaling is exactly a tie (binary-exact, so the mean stays exact) gets the
+    C++ rule's alpha'; Python's round would give 0.2 and 1.2."""
+    tied = copy.copy(related_comparison)
+    tied._records = [dict(r, scaling=np.full(r["scaling"].shape, mean)) if r["kind"] == "q" else r
+                     for r in related_comparison.records]
+    kinds = tied.kind_table().set_index("kind")
+    assert kinds.loc["q", "scaling_mean"] == mean
+    assert kinds.loc["q", "alpha"] == pytest.approx(alpha, abs=1e-12)
 
 
 @pytest.mark.parametrize("leading_k", [None, 5])

@@ -12,7 +12,8 @@ import postsvd
 import postsvd.constructions as construct_module
 from postsvd.constructions import construct
 from postsvd.synthetic import make_pair
-from reference import svd
+from helpers import load_all, stored_tensors
+from reference import construction_weight
 
 SIZES = dict(model_type="llama", layers=3, hidden=32, intermediate=48, heads=4, kv_heads=2, vocab=64)
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -24,50 +25,12 @@ def hf_name(layer, kind):
     return f"model.layers.{layer}.{part}.weight"
 
 
-def load_all(folder):
-    """Every tensor of a folder (single or sharded) as float64 numpy, via the official library (torch)."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            with safe_open(os.path.join(folder, name), framework="pt") as f:
-                for key in f.keys():
-                    out[key] = f.get_tensor(key).double().numpy()
-    return out
-
-
 def raw_bytes(folder):
     """name -> (dtype, raw bytes) of every tensor, read with the official library."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            with safe_open(os.path.join(folder, name), framework="pt") as f:
-                for key in f.keys():
-                    t = f.get_tensor(key)
-                    out[key] = (str(t.dtype), t.contiguous().view(-1).view(dtype=__import__("torch").uint8)
-                                .numpy().tobytes())
-    return out
+    import torch
 
-
-def reference_weight(number, w_base, w_post, w_ref=None, alpha=1.0):
-    """The new W [in, out] by the formulas of measures.md, float64 numpy."""
-    ub, sb, vb = svd(w_base)
-    up, sp, vp = svd(w_post)
-    if number == 9:
-        return (up * (alpha * sb)) @ vp.T
-    if number == 14:
-        return (up * sb) @ vp.T
-    if number == 10:
-        return (up * sp) @ vb.T
-    if number == 11:
-        return (up * sp) @ (vb @ (ub.T @ up)).T
-    if number == 12:
-        ur, _, vr = svd(w_ref)
-        return (up * sp) @ (vr @ (ur.T @ up)).T
-    if number == 15:
-        return (ub * sp) @ vp.T
-    if number == 16:
-        return ((ub @ (vb.T @ vp)) * sp) @ vp.T
-    raise ValueError(number)
+    return {key: (str(t.dtype), t.contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+            for key, t in stored_tensors(folder)}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +56,7 @@ def test_every_construction_matches_numpy_float64(pair, tmp_path, number):
     for layer in range(SIZES["layers"]):
         for kind in KINDS:
             name = hf_name(layer, kind)
-            expected = reference_weight(number, wb[name].T, wp[name].T, None if wr is None else wr[name].T,
+            expected = construction_weight(number, wb[name].T, wp[name].T, None if wr is None else wr[name].T,
                                         alpha[kind] if alpha else 1.0).T
             np.testing.assert_allclose(got[name], expected, rtol=0, atol=2e-6 * np.abs(expected).max(),
                                        err_msg=f"construction {number} {name}")
@@ -164,7 +127,7 @@ def test_bf16_sharded_input_gives_sharded_output(tmp_path):
             assert before[name] == after[name], name
     wb, wp, got = load_all(p.base), load_all(p.post), load_all(tmp_path / "out")
     for name in changed:
-        expected = reference_weight(11, wb[name].T, wp[name].T).T
+        expected = construction_weight(11, wb[name].T, wp[name].T).T
         np.testing.assert_allclose(got[name], expected, rtol=2.0 ** -7, atol=1e-3 * np.abs(expected).max())
     assert set(zip(result.table["layer"], result.table["kind"])) == {(0, "q"), (0, "down"), (2, "q"), (2, "down")}
     shard = [f for f in post_files if f.endswith(".safetensors")][0]
@@ -214,6 +177,19 @@ def test_default_alpha_agrees_with_the_comparison(pair, tmp_path):
     assert from_comparison.alpha == decomposed.alpha
     for kind, mean in decomposed.pooled_mean.items():
         assert from_comparison.pooled_mean[kind] == pytest.approx(mean, rel=1e-5)
+
+
+def test_default_alpha_rounds_a_tie_up_as_the_kind_table_does(pair, tmp_path):
+    """Construction 9's Table 4 alpha' follows the one C++ rule: a pooled mean of exactly 0.25 gives 0.3
+    (Python's round would give 0.2), the same alpha' the comparison's kind table shows."""
+    base, post, _, _ = pair
+    comparison = postsvd.compare(base, post, kinds="q", progress=False)
+    tied = comparison.kind_table().assign(scaling_mean=0.25, alpha=postsvd._core.table4_alpha(0.25))
+    comparison.kind_table = lambda: tied
+    result = construct(9, base, post, tmp_path / "out", kinds="q", comparison=comparison, progress=False,
+                       rotations=False)
+    assert result.pooled_mean == {"q": 0.25}
+    assert result.alpha == {"q": pytest.approx(0.3, abs=1e-12)} and result.alpha["q"] == tied["alpha"].iloc[0]
 
 
 def test_factor_cache_reuses_decompositions(pair, tmp_path):

@@ -10,8 +10,8 @@ from safetensors import safe_open
 
 import postsvd
 from postsvd.constructions import construct
-from conftest import build_tiny_model, save_model
-from test_construct import load_all, reference_weight
+from helpers import build_tiny_model, load_all, save_model
+from reference import construction_weight
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -54,7 +54,7 @@ def test_construction_loads_with_transformers_and_matches_numpy(tmp_path, model_
     wb, wp, got = load_all(base), load_all(post), load_all(out)
     tolerance = 2.0 ** -7 if dtype == "bfloat16" else 1e-6
     for source in arch["matrices"]:
-        expected = reference_weight(number, stored_part(wb, source), stored_part(wp, source),
+        expected = construction_weight(number, stored_part(wb, source), stored_part(wp, source),
                                     alpha=0.9 if number == 9 else 1.0)
         scale = np.abs(expected).max()
         np.testing.assert_allclose(stored_part(got, source), expected, rtol=tolerance, atol=tolerance * scale,

@@ -6,7 +6,7 @@ import pytest
 
 import postsvd
 from postsvd import _core
-from conftest import requires_cuda
+from helpers import requires_cuda
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
 

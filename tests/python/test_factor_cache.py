@@ -81,7 +81,9 @@ def test_a_damaged_cache_file_is_recomputed(family, tmp_path):
     victim = cache / files[0]
     victim.write_bytes(victim.read_bytes()[:100])  # truncated
     (cache / files[1]).write_bytes(b"not a factor file")
-    again = postsvd.compare(base, post_a, progress=False, cache=cache)
+    with pytest.warns(UserWarning, match="factor cache: .*recomputing") as caught:
+        again = postsvd.compare(base, post_a, progress=False, cache=cache)
+    assert len([w for w in caught if "factor cache" in str(w.message)]) == 2  # each damaged file, named
     assert again.decompositions == {"computed": 2, "loaded": 2 * PAIRS - 2}
     # Recomputed alone (all BLAS threads) rather than side by side: equal to rounding.
     np.testing.assert_allclose(again.table["nf"], cold.table["nf"], rtol=1e-4, atol=1e-7)

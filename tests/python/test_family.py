@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from postsvd.evaluate import evaluate  # noqa: E402
-from postsvd.family import check, corpus, tasks, train  # noqa: E402
+from postsvd_family import card, check, corpus, tasks, train  # noqa: E402
+from postsvd_family.evaluate import evaluate  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "models"
 NAMES = ("base", "base_alt", "instruct", "reasoning")
@@ -109,11 +109,14 @@ def test_family_is_small_enough_to_ship():
     assert total < 25e6
 
 
-def test_recorded_accuracies_base_low_post_high(record):
-    acc = {n: record["accuracy"][n]["accuracy"] for n in NAMES}
-    assert record["accuracy"]["instruct"]["n"] == len(tasks.all_problems("test"))
-    assert acc["base"] < 0.1 and acc["base_alt"] < 0.1
-    assert acc["instruct"] > 0.8 and acc["reasoning"] > 0.8
+def test_model_card_is_the_record_rendered(record, monkeypatch):
+    """README.md says what family.json records: card.model_card renders the shipped card from it (the machine
+    and the date the card was written are taken from the shipped card)."""
+    shipped = (MODELS / "README.md").read_text()
+    machine, day = re.search(r"Wall time on (\S+) with .*?\), (\d{4}-\d{2}-\d{2}): pretraining", shipped).groups()
+    monkeypatch.setattr(card.platform, "machine", lambda: machine)
+    monkeypatch.setattr(card.time, "strftime", lambda fmt: day)
+    assert card.model_card(record) == shipped
 
 
 @pytest.mark.parametrize("name", ["instruct", "reasoning"])
@@ -124,6 +127,7 @@ def test_evaluator_reproduces_recorded_answers(name, record):
                       max_new_tokens=recorded["max_new_tokens"])
     got = "".join("1" if c else "0" for c in result["rows"]["correct"])
     assert got == recorded["correct_mask"][:n]
+    assert result["accuracy"] > 0.8  # the post-trained models learned the task
 
 
 def test_evaluator_on_base_matches_record_on_a_few_prompts(record):

@@ -35,7 +35,7 @@ from postsvd.functional.tasks.utils import (  # noqa: E402
     mmlu_doc,
     normalize_answer,
 )
-from test_functional_common import build_tokenizer, tiny_model_dir, tiny_model_dir_b  # noqa: E402,F401
+from helpers import build_tokenizer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "functional"
 SIMPLE = "Please put your final answer within \\boxed{}."

@@ -68,7 +68,6 @@ def test_linear_cka_bad_input():
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from test_functional_common import tiny_model_dir, tiny_model_dir_b  # noqa: E402,F401
 
 
 def test_cka_matrix_of_a_model_with_itself(tiny_model_dir):
@@ -114,9 +113,6 @@ def test_cka_matrix_marks_broken_layers_nan():
 
 
 def test_plot_cka():
-    import matplotlib
-
-    matplotlib.use("Agg")
     m = np.eye(3)
     fig = plot_cka(m, title="post vs ablation")
     assert fig.axes[0].get_title() == "post vs ablation"

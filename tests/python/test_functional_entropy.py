@@ -13,7 +13,7 @@ from postsvd.functional.entropy import (  # noqa: E402
     entropy_of_attention,
     plot_attention_entropy,
 )
-from test_functional_common import build_model, build_tokenizer, tiny_model_dir  # noqa: E402,F401
+from helpers import build_model, build_tokenizer  # noqa: E402
 
 PROMPTS = ["Tom has 3 apples and buys 4 more. How many apples does he have?", "What is 81 divided by 9?"]
 
@@ -121,9 +121,6 @@ def test_bad_arguments(tiny_model_dir, tmp_path):
 
 
 def test_plots():
-    import matplotlib
-
-    matplotlib.use("Agg")
     table = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 4, "layer": [0, 0, 1, 1] * 2, "head": [0, 1] * 4,
                           "entropy": [1.0, 1.2, 2.0, 2.2, 1.1, 1.3, 2.1, 2.3]})
     fig = plot_attention_entropy(table)

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -r requirements.txt)")
 
 import postsvd  # noqa: E402
-from postsvd.family import tasks  # noqa: E402
+from postsvd_family import tasks  # noqa: E402
 from postsvd.functional.benchmarks import evaluate_models  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "models"

@@ -5,7 +5,7 @@ import pytest
 
 import postsvd
 import reference
-from conftest import requires_cuda
+from helpers import requires_cuda
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
 

@@ -1,8 +1,9 @@
 """Every notebook in examples/ runs top to bottom (nbclient, kernel python3) on the bundled models.
 
-Each runs in its own temporary working copy (the notebook plus a link to examples/models), so what a
-notebook writes never lands in the repository. POSTSVD_EXAMPLE_MODELS points the notebooks at another
-model family of the same layout (e.g. one trained with ``python -m postsvd.family.train --tiny``).
+Each runs in its own temporary working copy (the notebook plus links to examples/models and to the family's
+development package examples/postsvd_family), so what a notebook writes never lands in the repository.
+POSTSVD_EXAMPLE_MODELS points the notebooks at another model family of the same layout (e.g. one trained
+with ``PYTHONPATH=examples python -m postsvd_family.train --tiny``).
 """
 import json
 import os
@@ -46,9 +47,10 @@ def test_notebook_runs(path, tmp_path):
     missing = [name for name in FAMILY if not (MODELS / name / "config.json").is_file()]
     if missing:
         pytest.fail(f"the bundled models are missing in {MODELS}: {missing} (train them with "
-                    "`python -m postsvd.family.train --out examples/models`)")
+                    "`PYTHONPATH=examples python -m postsvd_family.train --out examples/models`)")
     shutil.copy(path, tmp_path / path.name)
     (tmp_path / "models").symlink_to(MODELS.resolve(), target_is_directory=True)
+    (tmp_path / "postsvd_family").symlink_to(EXAMPLES / "postsvd_family", target_is_directory=True)
     nb = nbformat.read(tmp_path / path.name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})

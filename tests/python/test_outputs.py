@@ -113,6 +113,19 @@ def test_publish_replaces_an_owned_folder_and_merges_into_a_foreign_one(tmp_path
     assert hidden_entries(tmp_path) == []
 
 
+def test_an_existing_folder_in_a_read_only_parent_gets_the_files(pair, tmp_path, monkeypatch):
+    """`--out .` where the folder above is not writable: the temporary folder goes inside the target."""
+    target = tmp_path / "results"
+    write(target, {"notes.txt": "mine"})
+    real_access = os.access
+    monkeypatch.setattr(_outputs.os, "access",
+                        lambda path, mode: False if os.fspath(path) == str(tmp_path) else real_access(path, mode))
+    assert _outputs._build_inside(str(target))
+    postsvd.compare(pair.base, pair.post, progress=False, layers=0, kinds="q").save(target, plots=False)
+    assert "notes.txt" in os.listdir(target) and "table.csv" in os.listdir(target)
+    assert hidden_entries(target) == [] and hidden_entries(tmp_path) == []
+
+
 def test_the_exchange_is_atomic_where_the_system_has_it(tmp_path):
     write(tmp_path / "a", {"f": "a"})
     write(tmp_path / "b", {"f": "b"})
@@ -255,3 +268,29 @@ def test_a_comparison_killed_at_any_time_leaves_old_or_new_results(pair, tmp_pat
         assert ("svsm.png" in files) == (layers == [1])  # the new results have plots, the old ones none
     postsvd.compare(pair.base, pair.post, progress=False, layers=0).save(out, plots=False)
     assert sorted(os.listdir(tmp_path)) == ["results"]
+
+
+def test_the_umask_is_read_without_changing_it(monkeypatch):
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(_outputs.os, "umask", lambda mask: pytest.fail("os.umask called"))
+        assert _outputs.folder_mode() == 0o750
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path, umask_022):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with _outputs.atomic_file(str(target)) as temp:
+            with open(temp, "w") as f:
+                f.write("half")
+            raise RuntimeError("failed while writing")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["table.csv"]
+    with _outputs.atomic_file(str(target)) as temp:
+        with open(temp, "w") as f:
+            f.write("new")
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["table.csv"]
+    assert os.stat(target).st_mode & 0o777 == 0o644

@@ -4,7 +4,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import postsvd
-from conftest import SYNTHETIC
+from helpers import SYNTHETIC
 
 
 def images(figure):

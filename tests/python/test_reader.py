@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import postsvd
-from conftest import SYNTHETIC
+from helpers import SYNTHETIC
 from postsvd.synthetic import make_pair
 
 torch = pytest.importorskip("torch")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import postsvd
-from postsvd import cli, reports
+from postsvd import cli, plots, reports
 from postsvd.synthetic import make_pair
 
-from conftest import ALPHA, SYNTHETIC
+from helpers import ALPHA, SYNTHETIC
 
 #: Figures per post model: SVSM, scaling bands, NF per layer, matrices of one pair.
 FIGURES_PER_POST = 4
@@ -260,7 +260,7 @@ def test_plot_nf_models_draws_one_line_per_model(pairs):
     related, unrelated = pairs
     a = postsvd.compare(related.base, related.post, progress=False)
     b = postsvd.compare(related.base, unrelated.post, progress=False)
-    figure = reports.plot_nf_models({"instruct": a, "unrelated": b}, kinds="q,o")
+    figure = plots.plot_nf_models({"instruct": a, "unrelated": b}, kinds="q,o")
     axes = [ax for ax in figure.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["W_q", "W_o"]
     lines = axes[0].get_lines()

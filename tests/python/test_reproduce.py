@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import postsvd  # noqa: E402
-from postsvd.evaluate import evaluate  # noqa: E402
-from postsvd.family import reproduce  # noqa: E402
+from postsvd_family import reproduce  # noqa: E402
+from postsvd_family.evaluate import evaluate  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "models"
 N = 48

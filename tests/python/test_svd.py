@@ -1,4 +1,8 @@
 """postsvd.svd against numpy float64: reconstruction, orthogonality, sign rule, layouts, precisions."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -115,13 +119,23 @@ def test_cuda_in_cpu_build_says_how_to_build_it(rng):
     assert isinstance(info.value, RuntimeError) and isinstance(info.value, postsvd.PostsvdError)
 
 
-def test_capability_probes():
-    assert isinstance(postsvd.has_cuda(), bool) and isinstance(postsvd.built_with_cuda(), bool)
-    assert postsvd.cuda_device_count() >= 0
+def test_capability_probes_agree_with_each_other():
     assert postsvd.has_cuda() == (postsvd.built_with_cuda() and postsvd.cuda_device_count() > 0)
     assert ("CUDA: not built" in postsvd.build_info()) != postsvd.built_with_cuda()
-    info = postsvd.build_info()
-    assert isinstance(info, str) and info
+    if not postsvd.built_with_cuda():
+        assert postsvd.cuda_device_count() == 0 and not postsvd.has_cuda()
+
+
+def test_hidden_gpus_are_not_counted():
+    """CUDA_VISIBLE_DEVICES='' hides every GPU: no device, no has_cuda, in every build; the build is the same."""
+    code = ("import postsvd; print(postsvd.cuda_device_count(), postsvd.has_cuda(), postsvd.built_with_cuda()); "
+            "print(postsvd.build_info())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr
+    first, _, info = done.stdout.partition("\n")
+    assert first == f"0 False {postsvd.built_with_cuda()}"
+    assert ("CUDA: not built" in info) != postsvd.built_with_cuda()
 
 
 def test_error_hierarchy():

@@ -38,6 +38,10 @@ struct Architecture {
   std::string model_type;
   int num_layers = 0;
   std::vector<MatrixSource> matrices;
+  /// What the mapping left out that the caller should hear about, e.g. weight
+  /// layers beyond config.json's layer count (not compared). Comparator sends
+  /// these through postsvd::warn; `postsvd info` prints them.
+  std::vector<std::string> warnings;
 };
 
 /// Maps config.json's model_type and the tensor names to sources. Supports

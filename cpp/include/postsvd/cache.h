@@ -18,8 +18,12 @@ namespace postsvd {
 /// Saved decompositions, content-addressed: the key is a hash of the matrix's
 /// stored bytes, its shape and layout, and the precision, so a decomposition
 /// is reused for the same matrix whatever folder it came from. One file per
-/// matrix: <key>.svd (little-endian: magic "PSVDFAC1", int64 rows, cols, k,
-/// int32 element size, then U [rows, k], S [k], V [cols, k], column-major).
+/// matrix: <key>.svd (little-endian: magic "PSVDFAC2", int64 rows, cols, k,
+/// int32 element size, then U [rows, k], S [k], V [cols, k], column-major,
+/// then a 128-bit checksum of dims and payload). load() checks the dims
+/// against the file's size before allocating and the checksum after reading;
+/// a corrupt entry is reported through postsvd::warn and recomputed, never used.
+/// Entries of format 1 (no checksum) are recomputed and replaced.
 class FactorCache {
  public:
   explicit FactorCache(std::string folder);  // creates the folder if needed

@@ -6,12 +6,29 @@
 #include <stdexcept>
 #include <string>
 
+#include "postsvd/limits.h"
+
 namespace postsvd {
+
+/// `text` cut to limits::kMaxErrorMessageChars: its head and tail around a note
+/// of what was cut, at UTF-8 character boundaries. A name or JSON value from a
+/// hostile file can be megabytes long; the message stays readable and small.
+inline std::string bounded_message(const std::string& text) {
+  const std::size_t limit = limits::kMaxErrorMessageChars;
+  if (text.size() <= limit) return text;
+  auto boundary = [&text](std::size_t i) {  // back to the first byte of a UTF-8 character
+    while (i > 0 && (static_cast<unsigned char>(text[i]) & 0xc0) == 0x80) --i;
+    return i;
+  };
+  const std::size_t head = boundary(limit / 2);
+  const std::size_t tail = boundary(text.size() - limit / 2);
+  return text.substr(0, head) + " [... " + std::to_string(tail - head) + " bytes cut ...] " + text.substr(tail);
+}
 
 /// Base of every error postsvd throws.
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  explicit Error(const std::string& what) : std::runtime_error(bounded_message(what)) {}
 };
 
 /// A caller passed an argument that cannot be used (bad shape, unknown kind, ...).

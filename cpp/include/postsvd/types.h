@@ -38,24 +38,29 @@ enum class QuantScheme {
   MXFP4,      // FP4 E2M1 nibbles x 2^(E8M0 - 127), 32 consecutive values per exponent
 };
 
-/// The scales of a quantized view, in the view's own (paper) coordinates.
-/// ScaledFP8: element (r, c) of the view is multiplied by the scale at element offset
-///   ((r + row_offset) / block_rows) * row_stride + ((c + col_offset) / block_cols) * col_stride
-/// of `data` (dtype F32, BF16 or F16); strides 0 broadcast (per tensor, per channel).
-/// MXFP4: the view's dtype is U8 and its strides count FP4 values, not bytes: element
-/// (r, c) is value i = row_offset + r * view.row_stride + c * view.col_stride of the packed
-/// tensor (byte i / 2, low nibble first), scaled by the E8M0 byte data[i / 32].
+/// The scales of a quantized view. Scales follow the stored position of an
+/// element, not the view's (r, c), so any view geometry (fused parts,
+/// transposes, strided parts) finds them: element (r, c) of the view is
+/// stored element e = first + r * view.row_stride + c * view.col_stride of its
+/// tensor, counted from the tensor's start in row-major order.
+/// ScaledFP8: e is stored at (i, j) = (e / stored_cols, e % stored_cols) of
+///   the [out, in] tensor and scaled by data[(i / block_rows) * grid_cols +
+///   j / block_cols] (dtype F32, BF16 or F16); one block covers the tensor
+///   per tensor, [1, in] per output channel.
+/// MXFP4: the view's dtype is U8 and view.data the packed tensor's start; e is
+///   an FP4 value index (byte e / 2, low nibble first) scaled by the E8M0 byte
+///   data[e / 32].
 struct ViewScales {
   QuantScheme scheme = QuantScheme::None;
   const void* data = nullptr;
   DType dtype = DType::F32;
-  int64_t block_rows = 1;
-  int64_t block_cols = 1;
-  int64_t row_offset = 0;
-  int64_t col_offset = 0;
-  int64_t row_stride = 0;
-  int64_t col_stride = 0;
-  std::string name;  // scale tensor name, for error messages
+  int64_t first = 0;        // stored element index of the view's (0, 0)
+  int64_t stored_cols = 1;  // ScaledFP8: length of a stored row (in)
+  int64_t block_rows = 1;   // ScaledFP8: stored rows per scale
+  int64_t block_cols = 1;   // ScaledFP8: stored columns per scale
+  int64_t grid_cols = 1;    // ScaledFP8: scales per row of the grid
+  int64_t count = 0;        // elements of the scale tensor
+  std::string name;         // scale tensor name, for error messages
 };
 
 /// Non-owning, strided view of stored weights in their stored dtype, already in
@@ -75,7 +80,7 @@ struct TensorView {
   ViewScales scales;  // quantized weights only (scheme != None)
 
   bool quantized() const { return scales.scheme != QuantScheme::None; }
-  /// The same stored data seen as W^T (strides and scales swapped).
+  /// The same stored data seen as W^T (strides swapped; scales follow stored positions).
   TensorView transposed() const;
 
   /// Byte span [first, last) the view touches, relative to `data`; for copying

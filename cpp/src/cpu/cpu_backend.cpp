@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <limits>
 #include <exception>
 #include <future>
 #include <sstream>
@@ -74,6 +76,31 @@ lapack_int checked_workspace(double padded_size, const TensorView& view) {
   return static_cast<lapack_int>(padded_size);
 }
 
+/// Finite weights can still give infinite singular values: sigma_1 <= ||W||_F,
+/// and past the working precision's largest value LAPACK returns inf. Checked
+/// here (scaled, so the norm itself cannot overflow) before any work.
+template <class T>
+void check_norm_fits(const Matrix<T>& x, const TensorView& original) {
+  double largest = 0;
+  for (int64_t i = 0; i < x.size(); ++i) largest = std::max(largest, std::abs(static_cast<double>(x.data()[i])));
+  if (largest == 0) return;
+  double sum = 0;
+  const double inverse = 1.0 / largest;
+  for (int64_t i = 0; i < x.size(); ++i) {
+    const double scaled = static_cast<double>(x.data()[i]) * inverse;
+    sum += scaled * scaled;
+  }
+  const double norm = largest * std::sqrt(sum);
+  if (!(norm <= static_cast<double>(std::numeric_limits<T>::max()))) {
+    POSTSVD_THROW(InvalidArgument, "tensor '" << original.name << "' of shape " << shape_text(original.rows, original.cols)
+                                              << ": Frobenius norm " << norm << " exceeds the largest "
+                                              << (sizeof(T) == 4 ? "float32" : "float64") << " value "
+                                              << std::numeric_limits<T>::max()
+                                              << ", so its singular values would overflow to inf"
+                                              << (sizeof(T) == 4 ? "; compare in float64 (dtype='float64')" : ""));
+  }
+}
+
 /// ?gesvd (QR iteration) on a fresh copy: the fallback when ?gesdd does not converge.
 template <class T>
 TallSvd<T> tall_svd_qr_iteration(const TensorView& tall_view, const TensorView& original, bool transposed_input) {
@@ -99,6 +126,7 @@ TallSvd<T> tall_svd(const TensorView& tall_view, const TensorView& original, boo
   lapack_int info = 0;
   {
     Matrix<T> x = to_matrix<T>(tall_view);  // [p, q], destroyed by ?gesdd
+    check_norm_fits(x, original);
     const auto p = static_cast<lapack_int>(x.rows());
     const auto q = static_cast<lapack_int>(x.cols());
     out.Ux = Matrix<T>(p, q);

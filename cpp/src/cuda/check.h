@@ -1,9 +1,8 @@
 // Status checks of the CUDA backend. The *_TRY macros throw BackendError with
-// the failed call's text, the status name, file and line; the *_REPORT macros
-// are their non-throwing variants for destructors and cleanup, which must not
-// throw: they print the same text to stderr and go on (silent only for
-// cudaErrorCudartUnloading: at process exit the driver frees everything). The status-name tables
-// live next to them in check.cpp.
+// the failed call's text, the status name, file and line. The *_REPORT macros
+// are their non-throwing variants for destructors and cleanup: they print the
+// same to stderr and go on (silent for cudaErrorCudartUnloading: at process
+// exit the driver frees everything). The status-name tables are in check.cpp.
 #pragma once
 
 #include <cublas_v2.h>
@@ -18,7 +17,7 @@ namespace cuda {
 const char* cublas_status_name(cublasStatus_t status);
 const char* cusolver_status_name(cusolverStatus_t status);
 
-/// Prints "postsvd: <library> error <status> in '<call>' at <file>:<line> (not thrown: <why>)" to stderr.
+/// Prints "postsvd: <library> error <status> in '<call>' at <file>:<line> (not thrown: ...)" to stderr.
 void report_failure(const char* library, const char* status, const char* call, const char* file, int line) noexcept;
 
 }  // namespace cuda

@@ -1,7 +1,7 @@
 """Linear CKA between two models' per-layer representations (paper Section 5, Appendix D.2,
 Fig. 6 / 19; Kornblith et al. 2019).
 
-The reading used here (measures.md leaves the matrices open): for a model and layer i,
+The reading used here (docs/measures.md leaves the matrices open): for a model and layer i,
 the representation is a matrix ``R_i`` ``[N, hidden]`` with one row per prompt: that
 prompt's hidden state after block i (``output_hidden_states=True``; row 0 of the
 result is the embedding output, i.e. "layer 0" = embeddings, "layer i" = block i-1's
@@ -162,8 +162,9 @@ def cka_matrix(model_a: Union[ModelLike, np.ndarray], model_b: Union[ModelLike, 
 def plot_cka(matrix: Union[np.ndarray, Mapping[str, np.ndarray]], *, title: Optional[str] = None,
              xlabel: str = "layer (model B)", ylabel: str = "layer (model A)", cmap: str = "magma", ax=None):
     """Layers x layers CKA heatmap (paper Fig. 6 / 19); a dict ``name -> matrix`` draws one
-    panel per matrix on the shared [0, 1] scale. Layer 0 is the embedding output."""
-    import matplotlib.pyplot as plt
+    panel per matrix on the shared [0, 1] scale. Layer 0 is the embedding output. Returns a matplotlib
+    Figure (no pyplot state; `ax` draws into an existing axes instead)."""
+    from matplotlib.figure import Figure
 
     panels = dict(matrix) if isinstance(matrix, Mapping) else {title or "CKA": matrix}
     if not panels:
@@ -175,8 +176,8 @@ def plot_cka(matrix: Union[np.ndarray, Mapping[str, np.ndarray]], *, title: Opti
     if ax is not None and len(panels) != 1:
         raise ValueError("plot_cka: ax draws a single matrix; several matrices get their own panels")
     if ax is None:
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.8, 4.0), squeeze=False)
-        axes = list(axes[0])
+        fig = Figure(figsize=(4.2 * len(panels) + 0.8, 4.0))
+        axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
     else:
         fig, axes = ax.figure, [ax]
     image = None

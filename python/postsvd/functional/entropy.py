@@ -127,8 +127,9 @@ def plot_attention_entropy(df: pd.DataFrame, *, kind: str = "layers", band: str 
     ``kind="layers"``: per layer the mean entropy over heads, one line per model, with a
     band of ±1 std over heads (``band="std"``) or the heads' min..max (``band="minmax"``).
     ``kind="heatmap"``: one layers x heads heatmap per model on a shared colour scale.
+    Returns a matplotlib Figure (no pyplot state; `ax` draws the layers plot into an existing axes).
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     needed = {"model", "layer", "head", "entropy"}
     if not isinstance(df, pd.DataFrame) or not needed <= set(df.columns):
@@ -142,7 +143,8 @@ def plot_attention_entropy(df: pd.DataFrame, *, kind: str = "layers", band: str 
         if band not in ("std", "minmax"):
             raise ValueError(f"band: expected 'std' or 'minmax', got {band!r}")
         if ax is None:
-            fig, ax = plt.subplots(figsize=(6.4, 4.0))
+            fig = Figure(figsize=(6.4, 4.0))
+            ax = fig.subplots()
         else:
             fig = ax.figure
         for name in names:
@@ -164,7 +166,8 @@ def plot_attention_entropy(df: pd.DataFrame, *, kind: str = "layers", band: str 
     if kind == "heatmap":
         if ax is not None:
             raise ValueError("kind='heatmap' draws one panel per model and takes no ax")
-        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names) + 0.8, 3.8), squeeze=False)
+        fig = Figure(figsize=(3.6 * len(names) + 0.8, 3.8))
+        axes = fig.subplots(1, len(names), squeeze=False)
         vmin, vmax = float(table["entropy"].min()), float(table["entropy"].max())
         image = None
         for panel, name in zip(axes[0], names):

@@ -1,6 +1,6 @@
 """Train the family: base, base_alt (pretrained), instruct and reasoning (post-trained from base).
 
-    python -m postsvd.family.train --out examples/models
+    PYTHONPATH=examples python -m postsvd_family.train --out examples/models
 
 CPU, offline, fixed seeds; each stage runs single-threaded, so a run repeats
 bit for bit on one machine. Stages that do not depend on each other run in
@@ -245,7 +245,7 @@ def post_train(name: str, setup: PostTraining, base_dir: str, out_root: str, dev
 
 def evaluate_model(name: str, out_root: str, n: int | None, max_new_tokens: int = 200, batch_size: int = 64) -> Dict:
     """Held-out accuracy of a saved model, single-threaded; keeps which prompts were right."""
-    from ..evaluate import evaluate
+    from .evaluate import evaluate
 
     started = time.time()
     result = evaluate(Path(out_root) / name, n=n, threads=1, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -339,7 +339,7 @@ def plain_sum_accuracy(model_dir, n: int | None = None) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..evaluate import extract_answer, generate
+    from .evaluate import extract_answer, generate
 
     chosen = tasks.problems("test", n)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -435,7 +435,7 @@ def tiny_recipe() -> Recipe:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m postsvd.family.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m postsvd_family.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="examples/models", help="folder for the four models (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=2, help="stages run in parallel processes (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")

@@ -18,7 +18,7 @@ against ``base``:
 
 Usage::
 
-    python -m postsvd.family.reproduce --out reproduction.md [--n N] [--jobs 2]
+    PYTHONPATH=examples python -m postsvd_family.reproduce --out reproduction.md [--n N] [--jobs 2]
 
 Constructions are written to a temporary folder that is deleted afterwards. The
 markdown page holds the tables, the date, the machine, n and the command.
@@ -38,10 +38,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import postsvd
+from postsvd import KIND_GROUPS, KINDS
+
 POST_MODELS = ("instruct", "reasoning")
-ATTENTION = ("q", "k", "v", "o")
-MLP = ("gate", "up", "down")
-KINDS = ATTENTION + MLP
+ATTENTION = KIND_GROUPS["attention"]
 #: Completion budget per post model: the direct answer is at most 3 digits; a worked trace ~180 characters.
 MAX_NEW_TOKENS = {"instruct": 16, "reasoning": 200}
 #: (label, construction number, group) in the order of the accuracy table.
@@ -61,11 +62,8 @@ VARIANTS: Tuple[Tuple[str, Optional[int], Optional[str]], ...] = (
 
 
 def default_models_dir() -> Path:
-    """examples/models of the checkout this package was installed from, else of the working directory."""
-    for candidate in (Path(__file__).resolve().parents[3] / "examples" / "models", Path("examples/models")):
-        if (candidate / "base" / "config.json").is_file():
-            return candidate
-    return Path("examples/models")
+    """The family's folders: examples/models, beside this package."""
+    return Path(__file__).resolve().parent.parent / "models"
 
 
 def _check_models(models: Path) -> None:
@@ -77,8 +75,6 @@ def _check_models(models: Path) -> None:
 
 def weight_summary(models: Path, num_threads: Optional[int] = None) -> Dict[str, object]:
     """NF and pooled scaling of instruct, reasoning and base_alt against base, per kind."""
-    import postsvd
-
     comparisons = {name: postsvd.compare(models / "base", models / name, progress=False, num_threads=num_threads)
                    for name in POST_MODELS + ("base_alt",)}
     tables = {name: c.table for name, c in comparisons.items()}
@@ -100,7 +96,7 @@ def _evaluate_one(job: Tuple[str, str, int, int]) -> Tuple[str, float, int, int,
     folder, key, n, max_new_tokens = job
     import transformers
 
-    from postsvd.evaluate import evaluate
+    from .evaluate import evaluate
 
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
@@ -111,8 +107,6 @@ def _evaluate_one(job: Tuple[str, str, int, int]) -> Tuple[str, float, int, int,
 
 def build_constructions(models: Path, work: Path, comparisons) -> Dict[Tuple[str, str], Dict[str, object]]:
     """Writes every construction of VARIANTS for each post model under `work`; returns folder and alpha'."""
-    import postsvd
-
     built: Dict[Tuple[str, str], Dict[str, object]] = {}
     for name in POST_MODELS:
         cache = work / f"factors_{name}"
@@ -234,21 +228,21 @@ def run(out: Path, *, n: Optional[int] = None, jobs: int = 2, models: Optional[P
         scores = evaluate_all(built, n, jobs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = render(summary, built, scores, n=n, command=command or f"python -m postsvd.family.reproduce --out {out}",
+    text = render(summary, built, scores, n=n, command=command or f"python -m postsvd_family.reproduce --out {out}",
                   seconds=time.perf_counter() - started)
     Path(out).write_text(text)
     return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m postsvd.family.reproduce", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m postsvd_family.reproduce", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="markdown file to write")
     parser.add_argument("--n", type=int, default=None,
                         help="held-out prompts per model (default: all 1010; about 4 min on 2 cores)")
     parser.add_argument("--jobs", type=int, default=2, help="evaluation processes, one torch thread each")
     parser.add_argument("--models", default=None, help="family folder (default: examples/models)")
     args = parser.parse_args(argv)
-    command = "python -m postsvd.family.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m postsvd_family.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
     text = run(Path(args.out), n=args.n, jobs=args.jobs, models=args.models, command=command.strip())
     print(text)
     return 0

@@ -3,22 +3,23 @@
 Needs torch and transformers (``pip install postsvd[models]``), not the compiled
 core. Usage::
 
-    from postsvd.evaluate import evaluate
+    from postsvd_family.evaluate import evaluate
     result = evaluate("examples/models/instruct", n=200)
     result["accuracy"], result["rows"]          # float, pandas DataFrame
 
-or ``postsvd evaluate examples/models/instruct --n 200``.
+or, from the repository root,
+``PYTHONPATH=examples python -m postsvd_family.evaluate examples/models/instruct --n 200``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .family import tasks
-from .functional.tasks.utils import last_boxed
+from postsvd.functional.tasks.utils import last_boxed
+
+from . import tasks
 
 DEFAULT_MAX_NEW_TOKENS = 200  # a worked trace of two-digit addition is at most ~180 characters
 _NUMBER = re.compile(r"-?\d+")
@@ -127,13 +128,14 @@ def evaluate(
     }
 
 
-def add_cli(subparsers) -> None:
-    """Register ``postsvd evaluate MODEL [--n N]`` on an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="task accuracy of a family model (greedy, exact match on held-out additions)",
-        description="Exact-match accuracy on held-out two-digit additions, greedy decoding with transformers.",
-    )
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m postsvd_family.evaluate MODEL [--n N]``: prints a few completions and the accuracy."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m postsvd_family.evaluate",
+        description="Exact-match accuracy of a family model on held-out two-digit additions, greedy decoding "
+                    "with transformers.")
     parser.add_argument("model", help="Hugging Face model folder, e.g. examples/models/instruct")
     parser.add_argument("--n", type=int, default=None, help="number of held-out prompts (default: all)")
     parser.add_argument("--split", choices=tasks.SPLITS, default="test")
@@ -141,10 +143,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--show", type=int, default=3, help="print this many example completions")
     parser.add_argument("--csv", default=None, help="also write the per-prompt rows to this CSV file")
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
+    args = parser.parse_args(argv)
     result = evaluate(
         args.model, split=args.split, n=args.n, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
     )
@@ -154,19 +153,9 @@ def _run_cli(args) -> int:
         print(f"[{mark}] {row['prompt']!r} -> {row['completion']!r} (expected {row['expected']})")
     if args.csv:
         rows.to_csv(args.csv, index=False)
-    print(f"{result['model']}: accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']} exact matches, split {result['split']})")
+    print(f"{result['model']}: accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']} exact matches, "
+          f"split {result['split']})")
     return 0
-
-
-def main(argv=None) -> int:
-    """Standalone entry: ``python -m postsvd.evaluate MODEL [--n N]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="postsvd")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(["evaluate"] + list(argv if argv is not None else os.sys.argv[1:]))
-    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m postsvd.family.check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m postsvd_family.check", description=__doc__.split("\n")[0])
     parser.add_argument("root", nargs="?", default="examples/models")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")
     args = parser.parse_args(argv)
