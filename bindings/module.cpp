@@ -362,6 +362,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &postsvd::build_info, "Compiler, BLAS/LAPACK and CUDA versions of this build.");
   m.def("supported_model_types", &postsvd::supported_model_types, "The config.json model_type values postsvd maps.");
   m.def(
+      "kinds",
+      [] {
+        std::vector<std::pair<std::string, std::string>> kinds;
+        for (postsvd::Kind k : postsvd::all_kinds()) kinds.emplace_back(postsvd::kind_name(k), postsvd::kind_group(k));
+        return kinds;
+      },
+      "The projection kinds in the paper's order, as (name, group) pairs; group is 'attention' or 'mlp'.");
+  m.def(
       "svd",
       [](py::array array, const std::string& precision, const std::string& device, int num_threads) {
         PyBackend backend(device, {}, 0, num_threads);

@@ -2,6 +2,7 @@
 // (layer, kind[, expert]) projections, fused tensors split into parts, and
 // strided views of them in paper orientation [in, out].
 #include <algorithm>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -29,6 +30,16 @@ const char* kind_name(Kind kind) {
     case Kind::Down: return "down";
   }
   POSTSVD_THROW(InvalidArgument, "kind_name: invalid Kind value " << static_cast<int>(kind));
+}
+
+std::vector<Kind> all_kinds() { return {std::begin(kAllKinds), std::end(kAllKinds)}; }
+
+const char* kind_group(Kind kind) {
+  switch (kind) {
+    case Kind::Q: case Kind::K: case Kind::V: case Kind::O: return "attention";
+    case Kind::Gate: case Kind::Up: case Kind::Down: return "mlp";
+  }
+  POSTSVD_THROW(InvalidArgument, "kind_group: invalid Kind value " << static_cast<int>(kind));
 }
 
 Kind parse_kind(const std::string& name) {

@@ -215,14 +215,27 @@ def make_parents(target: str) -> None:
         os.makedirs(parent, exist_ok=True)
 
 
+def cannot_replace(target: str) -> Optional[str]:
+    """Why the existing folder `target` cannot be swapped for a new one (None when it can): the
+    folder above is not writable (``--out .`` in a read-only parent) or is another file system
+    (`target` is a mount point), where no rename moves a folder in."""
+    if not os.path.isdir(target):
+        return None
+    parent = os.path.dirname(target)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its parent folder '{parent}' is not writable"
+    if os.stat(parent).st_dev != os.stat(target).st_dev:
+        return "it is a mount point"
+    return None
+
+
 def _build_inside(target: str) -> bool:
     """True when the temporary folder must go inside the existing folder `target`, not beside
-    it: the folder above is not writable (``--out .`` in a read-only parent) or is another
-    file system (`target` is a mount point), where a rename could not move it in."""
+    it: :func:`cannot_replace`, or `target` is the current folder (swapping it would leave this
+    process, and the shell that started it, in a deleted folder)."""
     if not os.path.isdir(target):
         return False
-    parent = os.path.dirname(target)
-    return not os.access(parent, os.W_OK | os.X_OK) or os.stat(parent).st_dev != os.stat(target).st_dev
+    return cannot_replace(target) is not None or os.path.samefile(target, os.getcwd())
 
 
 @contextlib.contextmanager
@@ -233,11 +246,14 @@ def atomic_folder(target: str, owned: Optional[Callable[[str], bool]] = None) ->
     Stale temporary folders of killed runs into `target` are removed first. The
     folders above `target` are created when missing. A symbolic link at `target`
     is followed: the folder it points to is the one replaced. Where the folder
-    above cannot take the temporary folder (see :func:`_build_inside`), it is
-    made inside the existing `target`, and the new files are moved in one by one."""
+    above cannot take the temporary folder, or `target` is the current folder
+    (see :func:`_build_inside`), a writer with `owned` gets the temporary folder
+    inside the existing `target`, and the new files are moved in one by one;
+    without `owned` (replace everything) the swap is tried and fails with the
+    system's error (check :func:`cannot_replace` first)."""
     target = os.path.realpath(target) if os.path.islink(target) else os.path.abspath(target)
     make_parents(target)
-    inside = _build_inside(target)
+    inside = owned is not None and _build_inside(target)  # replacing everything needs the swap
     where = target if inside else os.path.dirname(target)
     remove_stale(target, where)
     temp = tempfile.mkdtemp(prefix=_prefix(target, TEMP_TAG) + f"{os.getpid()}-{_host()}-", dir=where)

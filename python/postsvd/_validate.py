@@ -12,10 +12,13 @@ import numpy as np
 from . import _core
 from .errors import BackendError, BadCheckpointError, InvalidArgumentError, NotBuiltWithCudaError
 
-#: The projection kinds, in the paper's order.
-KINDS: Tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+#: The projection kinds, in the paper's order (the core's kind table).
+KINDS: Tuple[str, ...] = tuple(name for name, _ in _core.kinds())
 #: The kind groups (Appendix D: SA = attention, FFN = mlp), accepted wherever kinds or a group are given.
-KIND_GROUPS: Dict[str, Tuple[str, ...]] = {"attention": KINDS[:4], "mlp": KINDS[4:], "all": KINDS}
+KIND_GROUPS: Dict[str, Tuple[str, ...]] = {
+    **{group: tuple(name for name, of in _core.kinds() if of == group) for _, group in _core.kinds()},
+    "all": KINDS,
+}
 #: Other spellings of a group, accepted too.
 GROUP_ALIASES = {"attn": "attention"}
 #: Working precisions.

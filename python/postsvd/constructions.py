@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from . import _core
-from ._outputs import apply_umask, atomic_folder
+from ._outputs import apply_umask, atomic_folder, cannot_replace
 from ._terminal import printable
 from ._validate import (
     KIND_GROUPS,
@@ -342,6 +342,10 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                 f"out: '{out_path}' already exists; pass force=True (--force) to replace it")
         if not os.path.isdir(out_path) or os.path.islink(out_path):
             raise InvalidArgumentError(f"out: '{out_path}' exists and is not a folder; remove it first")
+        reason = cannot_replace(out_path)
+        if reason:
+            raise InvalidArgumentError(f"out: '{out_path}' cannot be replaced in one step: {reason}; remove it "
+                                       f"first or choose another folder")
     parent = os.path.dirname(out_path)
     if not os.path.isdir(parent):
         raise InvalidArgumentError(f"out: the parent folder '{parent}' does not exist")

@@ -471,4 +471,14 @@ TEST(Kinds, NamesRoundTrip) {
   expect_error<postsvd::InvalidArgument>([] { postsvd::parse_kind("qkv"); }, {"'qkv'", "q, k, v, o, gate, up, down"});
 }
 
+TEST(Kinds, PaperOrderAndGroups) {
+  std::string names, groups;
+  for (Kind k : postsvd::all_kinds()) {
+    names += std::string(postsvd::kind_name(k)) + " ";
+    groups += std::string(postsvd::kind_group(k)) + " ";
+  }
+  EXPECT_EQ(names, "q k v o gate up down ");
+  EXPECT_EQ(groups, "attention attention attention attention mlp mlp mlp ");
+}
+
 }  // namespace

@@ -6,7 +6,7 @@ import pytest
 
 import postsvd
 from helpers import SYNTHETIC
-from postsvd._validate import normalize_layers, parse_layers_text
+from postsvd._validate import normalize_kinds, normalize_layers, parse_layers_text
 
 
 def test_layer_text_parsing():
@@ -109,3 +109,13 @@ def test_a_source_tree_without_the_compiled_core_says_how_to_build(tmp_path):
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
     assert done.returncode != 0
     assert "postsvd._core" in done.stderr and "pip install ." in done.stderr, done.stderr[-2000:]
+
+
+def test_kind_list_and_groups_come_from_the_core_in_paper_order():
+    assert postsvd.KINDS == ("q", "k", "v", "o", "gate", "up", "down")
+    assert postsvd.KIND_GROUPS == {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"),
+                                   "all": postsvd.KINDS}
+    assert normalize_kinds("attn") == normalize_kinds("Attention") == ["q", "k", "v", "o"]
+    assert normalize_kinds("down,mlp,q") == ["q", "gate", "up", "down"]
+    with pytest.raises(postsvd.InvalidArgumentError, match="or the groups attention, mlp, all"):
+        normalize_kinds("ffn")

@@ -113,13 +113,18 @@ def test_publish_replaces_an_owned_folder_and_merges_into_a_foreign_one(tmp_path
     assert hidden_entries(tmp_path) == []
 
 
+def read_only(monkeypatch, folder):
+    """`folder` reads as not writable to postsvd (tests run as any user, root included)."""
+    real_access = os.access
+    monkeypatch.setattr(_outputs.os, "access",
+                        lambda path, mode: False if os.fspath(path) == str(folder) else real_access(path, mode))
+
+
 def test_an_existing_folder_in_a_read_only_parent_gets_the_files(pair, tmp_path, monkeypatch):
     """`--out .` where the folder above is not writable: the temporary folder goes inside the target."""
     target = tmp_path / "results"
     write(target, {"notes.txt": "mine"})
-    real_access = os.access
-    monkeypatch.setattr(_outputs.os, "access",
-                        lambda path, mode: False if os.fspath(path) == str(tmp_path) else real_access(path, mode))
+    read_only(monkeypatch, tmp_path)
     assert _outputs._build_inside(str(target))
     postsvd.compare(pair.base, pair.post, progress=False, layers=0, kinds="q").save(target, plots=False)
     assert "notes.txt" in os.listdir(target) and "table.csv" in os.listdir(target)
@@ -294,3 +299,25 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path, umask_022):
             f.write("new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["table.csv"]
     assert os.stat(target).st_mode & 0o777 == 0o644
+
+
+def test_saving_into_the_current_folder_keeps_it(pair, tmp_path, monkeypatch):
+    """`--out .` holding an earlier result: the files are replaced, the folder itself (our cwd) stays."""
+    target = tmp_path / "results"
+    comparison = postsvd.compare(pair.base, pair.post, progress=False, layers=0, kinds="q")
+    comparison.save(target, plots=False)
+    monkeypatch.chdir(target)
+    inode = os.stat(".").st_ino
+    comparison.save(".", plots=False)
+    assert os.stat(".").st_ino == inode == os.stat(target).st_ino
+    assert "table.csv" in os.listdir(".") and hidden_entries(".") == [] and hidden_entries(tmp_path) == []
+
+
+def test_construct_refuses_early_a_folder_it_cannot_swap(pair, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    write(out, {"keep.txt": "old"})
+    read_only(monkeypatch, tmp_path)
+    monkeypatch.setattr(postsvd._core, "construct_checkpoint", lambda *a, **k: pytest.fail("computed"))
+    with pytest.raises(postsvd.InvalidArgumentError, match="cannot be replaced in one step: its parent folder"):
+        postsvd.construct(10, pair.base, pair.post, out, force=True, progress=False)
+    assert read(out) == {"keep.txt": "old"} and hidden_entries(tmp_path) == []

@@ -17,6 +17,10 @@ enum class Kind { Q, K, V, O, Gate, Up, Down };
 const char* kind_name(Kind kind);
 /// Throws InvalidArgument listing the valid names.
 Kind parse_kind(const std::string& name);
+/// Every kind, in the paper's order (the one kind list; Python reads it through the bindings).
+std::vector<Kind> all_kinds();
+/// The kind's group (Appendix D): "attention" for q, k, v, o (SA), "mlp" for gate, up, down (FFN).
+const char* kind_group(Kind kind);
 
 /// Where one (layer, kind) matrix lives in a checkpoint. Fused tensors
 /// (phi3 qkv_proj / gate_up_proj, gpt2 c_attn) give several sources that
