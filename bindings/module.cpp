@@ -145,7 +145,9 @@ postsvd::MeasureOptions measure_options(const std::string& precision, bool full_
 py::dict source_to_python(const postsvd::MatrixSource& s) {
   return py::dict("layer"_a = s.layer, "kind"_a = postsvd::kind_name(s.kind), "expert"_a = s.expert,
                   "tensor"_a = s.tensor, "conv1d"_a = s.conv1d, "in_features"_a = s.in_features,
-                  "out_features"_a = s.out_features, "out_offset"_a = s.out_offset, "fused_out"_a = s.fused_out);
+                  "out_features"_a = s.out_features, "out_offset"_a = s.out_offset, "fused_out"_a = s.fused_out,
+                  "out_step"_a = s.out_step, "out_group"_a = s.out_group, "out_group_stride"_a = s.out_group_stride,
+                  "stacked"_a = s.stacked, "stacked_index"_a = s.stacked_index);
 }
 
 postsvd::MatrixSource source_from_python(const py::dict& d) {
@@ -160,6 +162,15 @@ postsvd::MatrixSource source_from_python(const py::dict& d) {
     s.out_features = d["out_features"].cast<int64_t>();
     s.out_offset = d["out_offset"].cast<int64_t>();
     s.fused_out = d["fused_out"].cast<int64_t>();
+    // Absent in dicts written before strided, grouped and stacked parts: a plain range.
+    auto optional = [&d](const char* key, int64_t fallback) {
+      return d.contains(key) ? d[key].cast<int64_t>() : fallback;
+    };
+    s.out_step = optional("out_step", 1);
+    s.out_group = optional("out_group", 0);
+    s.out_group_stride = optional("out_group_stride", 0);
+    s.stacked = optional("stacked", 0);
+    s.stacked_index = optional("stacked_index", 0);
   } catch (const py::error_already_set& e) {
     POSTSVD_THROW(InvalidArgument, "source: expected a dict from detect_architecture()['matrices'], "
                                    "missing or bad key: " << e.what());
@@ -364,11 +375,12 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "kinds",
       [] {
-        std::vector<std::pair<std::string, std::string>> kinds;
-        for (postsvd::Kind k : postsvd::all_kinds()) kinds.emplace_back(postsvd::kind_name(k), postsvd::kind_group(k));
-        return kinds;
+        py::list out;
+        for (const postsvd::KindInfo& info : postsvd::kind_table()) out.append(py::make_tuple(info.name, info.group));
+        return out;
       },
-      "The projection kinds in the paper's order, as (name, group) pairs; group is 'attention' or 'mlp'.");
+      "The projection kinds as (name, group) pairs, attention kinds first (the one kind table of the core).");
+  m.attr("SHARED_EXPERT") = postsvd::kSharedExpert;
   m.def(
       "svd",
       [](py::array array, const std::string& precision, const std::string& device, int num_threads) {

@@ -29,7 +29,7 @@ for target in "${TARGETS[@]}"; do
   mkdir -p "$work"
   # One process, 2 GB RSS and 10 s per input: a parser that allocates what a
   # file claims, or stalls on it, fails here like a crash does.
-  if ! "$BUILD/fuzz_$target" -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 \
+  if ! "$BUILD/tests/fuzz/fuzz_$target" -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 \
        -max_len=65536 -print_final_stats=1 -artifact_prefix="$BUILD/crash-$target-" \
        "$work" "tests/fuzz/corpus/$target" 2>"$BUILD/fuzz_$target.log"; then
     tail -n 60 "$BUILD/fuzz_$target.log"

@@ -10,54 +10,94 @@
 
 #include "detail/json_guard.h"
 #include "detail/shape_format.h"
+#include "postsvd/limits.h"
 #include "postsvd/architecture.h"
 #include "postsvd/quantization.h"
 
 namespace postsvd {
 
-namespace {
-constexpr Kind kAllKinds[] = {Kind::Q, Kind::K, Kind::V, Kind::O, Kind::Gate, Kind::Up, Kind::Down};
-}  // namespace
+const std::vector<KindInfo>& kind_table() {
+  static const std::vector<KindInfo> table = {
+      {Kind::Q, "q", "attention"},       {Kind::K, "k", "attention"},       {Kind::V, "v", "attention"},
+      {Kind::O, "o", "attention"},       {Kind::QA, "q_a", "attention"},    {Kind::QB, "q_b", "attention"},
+      {Kind::KVA, "kv_a", "attention"},  {Kind::KVBK, "kv_b_k", "attention"}, {Kind::KVBV, "kv_b_v", "attention"},
+      {Kind::Gate, "gate", "mlp"},       {Kind::Up, "up", "mlp"},           {Kind::Down, "down", "mlp"},
+  };
+  return table;
+}
 
-const char* kind_name(Kind kind) {
-  switch (kind) {
-    case Kind::Q: return "q";
-    case Kind::K: return "k";
-    case Kind::V: return "v";
-    case Kind::O: return "o";
-    case Kind::Gate: return "gate";
-    case Kind::Up: return "up";
-    case Kind::Down: return "down";
+namespace {
+const KindInfo& kind_info(Kind kind) {
+  for (const KindInfo& info : kind_table()) {
+    if (info.kind == kind) return info;
   }
   POSTSVD_THROW(InvalidArgument, "kind_name: invalid Kind value " << static_cast<int>(kind));
 }
+}  // namespace
 
-std::vector<Kind> all_kinds() { return {std::begin(kAllKinds), std::end(kAllKinds)}; }
+const char* kind_name(Kind kind) { return kind_info(kind).name; }
+const char* kind_group(Kind kind) { return kind_info(kind).group; }
 
-const char* kind_group(Kind kind) {
-  switch (kind) {
-    case Kind::Q: case Kind::K: case Kind::V: case Kind::O: return "attention";
-    case Kind::Gate: case Kind::Up: case Kind::Down: return "mlp";
-  }
-  POSTSVD_THROW(InvalidArgument, "kind_group: invalid Kind value " << static_cast<int>(kind));
+std::vector<Kind> all_kinds() {
+  std::vector<Kind> kinds;
+  for (const KindInfo& info : kind_table()) kinds.push_back(info.kind);
+  return kinds;
 }
 
 Kind parse_kind(const std::string& name) {
-  for (Kind k : kAllKinds) {
-    if (name == kind_name(k)) return k;
+  std::ostringstream names;
+  for (const KindInfo& info : kind_table()) {
+    if (name == info.name) return info.kind;
+    names << (names.tellp() > 0 ? ", " : "") << info.name;
   }
-  POSTSVD_THROW(InvalidArgument, "unknown projection kind '" << name << "'; expected one of q, k, v, o, gate, up, down");
+  POSTSVD_THROW(InvalidArgument, "unknown projection kind '" << name << "'; expected one of " << names.str());
+}
+
+std::string expert_label(int expert) {
+  if (expert == kSharedExpert) return "shared";
+  return expert >= 0 ? std::to_string(expert) : std::string();
+}
+
+std::string source_label(const MatrixSource& s) {
+  std::ostringstream out;
+  out << "(layer " << s.layer << ", " << kind_name(s.kind);
+  if (s.expert != -1) out << ", expert " << expert_label(s.expert);
+  out << ")";
+  return out.str();
+}
+
+int64_t fused_column(const MatrixSource& s, int64_t c) {
+  if (s.out_group > 0) return s.out_offset + (c / s.out_group) * s.out_group_stride + (c % s.out_group) * s.out_step;
+  return s.out_offset + c * s.out_step;
+}
+
+std::vector<int64_t> stored_shape(const MatrixSource& s) {
+  std::vector<int64_t> shape;
+  if (s.stacked > 0) shape.push_back(s.stacked);
+  if (s.conv1d) {
+    shape.push_back(s.in_features);
+    shape.push_back(s.fused_out);
+  } else {
+    shape.push_back(s.fused_out);
+    shape.push_back(s.in_features);
+  }
+  return shape;
 }
 
 std::vector<std::string> supported_model_types() {
-  return {"gemma2", "gpt2", "llama", "mistral", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3_moe"};
+  return {"deepseek_v2", "deepseek_v3", "gemma2",      "gemma3",   "gemma3_text", "glm4_moe", "gpt2",
+          "gpt_oss",     "llama",       "llama4",      "llama4_text", "mistral",  "mixtral",  "olmo2",
+          "olmo3",       "phi3",        "qwen2",       "qwen2_moe", "qwen3",     "qwen3_moe"};
 }
 
 namespace {
 
 using nlohmann::json;
 
-// Typed access to config.json with errors naming the file and the key.
+// Typed access to config.json (or one of its sub-objects, e.g. the text_config
+// of a multimodal checkpoint) with errors naming the file and the key.
+// `defaults`: the values transformers' config class assumes for keys that
+// save_pretrained leaves out of a nested config (it writes only differences).
 class Config {
  public:
   explicit Config(const Checkpoint& checkpoint) : path_(checkpoint.folder() + "/config.json") {
@@ -65,14 +105,28 @@ class Config {
     if (!json_.is_object()) POSTSVD_THROW(BadCheckpoint, path_ << ": expected a JSON object");
   }
 
+  // The sub-object `key` (e.g. "text_config"), falling back to `defaults` for absent keys.
+  Config sub(const char* key, std::map<std::string, json> defaults) const {
+    if (!has(key) || !json_[key].is_object()) {
+      POSTSVD_THROW(BadCheckpoint, path_ << ": missing the object \"" << key << "\" (the text model's config)");
+    }
+    Config out(*this);
+    out.json_ = json_[key];
+    out.where_ = where_ + key + ".";
+    out.defaults_ = std::move(defaults);
+    return out;
+  }
+
   const std::string& path() const { return path_; }
 
-  bool has(const char* key) const { return json_.contains(key) && !json_[key].is_null(); }
+  bool has(const char* key) const {
+    return (json_.contains(key) && !json_[key].is_null()) || (!json_.contains(key) && defaults_.count(key) != 0);
+  }
 
   std::string string(const char* key) const {
-    if (!json_.contains(key)) POSTSVD_THROW(BadCheckpoint, path_ << ": missing the field \"" << key << "\"");
+    if (!json_.contains(key)) POSTSVD_THROW(BadCheckpoint, path_ << ": missing the field \"" << where_ << key << "\"");
     if (!json_[key].is_string()) {
-      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is a JSON " << json_[key].type_name()
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is a JSON " << json_[key].type_name()
                                          << "; expected a string");
     }
     return json_[key].get<std::string>();
@@ -80,25 +134,47 @@ class Config {
 
   // A positive integer field.
   int64_t positive(const char* key) const {
-    if (!has(key)) POSTSVD_THROW(BadCheckpoint, path_ << ": missing the integer field \"" << key << "\"");
-    const auto& v = json_[key];
+    if (!has(key)) {
+      POSTSVD_THROW(BadCheckpoint, path_ << ": missing the integer field \"" << where_ << key << "\"");
+    }
+    const json& v = value(key);
     if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
-      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << detail::json_excerpt(v) << "; expected a positive integer");
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is " << detail::json_excerpt(v)
+                                         << "; expected a positive integer");
+    }
+    // Sizes multiply (heads x head_dim, 3 x hidden): bounded so no product overflows.
+    if (v.get<int64_t>() > limits::kMaxConfigInteger) {
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << v.get<int64_t>() << ", over the limit of "
+                                         << limits::kMaxConfigInteger);
     }
     return v.get<int64_t>();
   }
 
   int64_t positive_or(const char* key, int64_t fallback) const { return has(key) ? positive(key) : fallback; }
 
+  // A non-negative integer field with a fallback when absent.
+  int64_t non_negative_or(const char* key, int64_t fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = value(key);
+    if (!v.is_number_integer() || v.get<int64_t>() < 0) {
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is " << detail::json_excerpt(v)
+                                         << "; expected a non-negative integer");
+    }
+    return v.get<int64_t>();
+  }
+
   // An optional list of integers (absent or null gives an empty list).
   std::vector<int64_t> int_list(const char* key) const {
     std::vector<int64_t> out;
     if (!has(key)) return out;
-    const auto& v = json_[key];
-    if (!v.is_array()) POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << detail::json_excerpt(v) << "; expected a list");
+    const json& v = value(key);
+    if (!v.is_array()) {
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is " << detail::json_excerpt(v) << "; expected a list");
+    }
     for (const auto& e : v) {
       if (!e.is_number_integer()) {
-        POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << key << "\" is " << detail::json_excerpt(v) << "; expected integers");
+        POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is " << detail::json_excerpt(v)
+                                           << "; expected integers");
       }
       out.push_back(e.get<int64_t>());
     }
@@ -106,34 +182,57 @@ class Config {
   }
 
  private:
-  std::string path_;
-  json json_;
-};
-
-// Collects sources, resolving the optional "model." / "transformer." prefix and
-// checking each tensor's presence, rank, shape and dtype.
-class Mapper {
- public:
-  Mapper(const Checkpoint& checkpoint, const std::string& model_type, const std::string& prefix,
-         const std::string& probe)
-      : checkpoint_(checkpoint), model_type_(model_type), canonical_prefix_(prefix) {
-    // Checkpoints of the bare model (LlamaModel, GPT2Model) save names without the prefix.
-    prefix_ = (!checkpoint.contains(prefix + probe) && checkpoint.contains(probe)) ? std::string() : prefix;
+  const json& value(const char* key) const {
+    if (json_.contains(key)) return json_[key];
+    return defaults_.at(key);
   }
 
-  // A dense nn.Linear [out, in] (or Conv1D [in, out]) tensor, or one part of a fused one.
+  std::string path_;
+  std::string where_;  // "text_config." inside a sub-object
+  json json_;
+  std::map<std::string, json> defaults_;
+};
+
+// Collects sources, resolving the name prefix ("model.", "transformer.", a
+// multimodal checkpoint's text tower "model.language_model." or
+// "language_model.model.", or none for a bare model) and checking each
+// tensor's presence, rank, shape and dtype.
+class Mapper {
+ public:
+  // The first of `prefixes` under which `probe` exists; the first one when none does (errors then name it).
+  Mapper(const Checkpoint& checkpoint, const std::string& model_type, const std::vector<std::string>& prefixes,
+         const std::string& probe)
+      : checkpoint_(checkpoint), model_type_(model_type), prefixes_(prefixes), prefix_(prefixes.front()) {
+    for (const std::string& p : prefixes) {
+      if (checkpoint.contains(p + probe)) {
+        prefix_ = p;
+        break;
+      }
+    }
+  }
+  Mapper(const Checkpoint& checkpoint, const std::string& model_type, const std::string& prefix,
+         const std::string& probe)
+      : Mapper(checkpoint, model_type, std::vector<std::string>{prefix, ""}, probe) {}
+
+  // A dense nn.Linear [out, in] (or Conv1D [in, out]) tensor, or one contiguous part of a fused one.
   void add(int layer, Kind kind, int expert, const std::string& suffix, bool conv1d, int64_t in, int64_t out,
            int64_t out_offset = 0, int64_t fused_out = -1) {
     MatrixSource s;
     s.layer = layer;
     s.kind = kind;
     s.expert = expert;
-    s.tensor = prefix_ + suffix;
+    s.tensor = suffix;
     s.conv1d = conv1d;
     s.in_features = in;
     s.out_features = out;
     s.out_offset = out_offset;
     s.fused_out = fused_out < 0 ? out : fused_out;
+    add(std::move(s));
+  }
+
+  // Any source; its tensor name is taken relative to the prefix.
+  void add(MatrixSource s) {
+    s.tensor = prefix_ + s.tensor;
     check(s);
     arch.matrices.push_back(std::move(s));
   }
@@ -142,26 +241,24 @@ class Mapper {
 
  private:
   void check(const MatrixSource& s) const {
-    std::ostringstream what;
-    what << "(layer " << s.layer << ", " << kind_name(s.kind);
-    if (s.expert >= 0) what << ", expert " << s.expert;
-    what << ")";
+    const std::string what = source_label(s);
     if (!checkpoint_.contains(s.tensor)) {
       std::ostringstream also;
-      if (!canonical_prefix_.empty()) {
-        const std::string bare = prefix_.empty() ? s.tensor : s.tensor.substr(prefix_.size());
-        also << " (looked for '" << canonical_prefix_ << bare << "' and '" << bare << "')";
+      const std::string bare = s.tensor.substr(prefix_.size());
+      if (prefixes_.size() > 1) {
+        also << " (looked for";
+        for (std::size_t i = 0; i < prefixes_.size(); ++i) also << (i ? " and '" : " '") << prefixes_[i] << bare << "'";
+        also << ")";
       }
-      POSTSVD_THROW(BadCheckpoint, checkpoint_.folder() << ": missing tensor '" << s.tensor << "' " << what.str()
+      POSTSVD_THROW(BadCheckpoint, checkpoint_.folder() << ": missing tensor '" << s.tensor << "' " << what
                                                         << also.str() << ", expected for model_type '" << model_type_
                                                         << "'");
     }
     const TensorInfo& info = checkpoint_.info(s.tensor);
-    const std::vector<int64_t> expected =
-        s.conv1d ? std::vector<int64_t>{s.in_features, s.fused_out} : std::vector<int64_t>{s.fused_out, s.in_features};
+    const std::vector<int64_t> expected = stored_shape(s);
     if (info.shape != expected) {
       POSTSVD_THROW(BadCheckpoint, checkpoint_.file_of(s.tensor).path()
-                                       << ": tensor '" << s.tensor << "' " << what.str() << ": expected shape "
+                                       << ": tensor '" << s.tensor << "' " << what << ": expected shape "
                                        << detail::shape_string(expected) << " from config.json, got "
                                        << detail::shape_string(info.shape));
     }
@@ -174,7 +271,7 @@ class Mapper {
 
   const Checkpoint& checkpoint_;
   std::string model_type_;
-  std::string canonical_prefix_;
+  std::vector<std::string> prefixes_;
   std::string prefix_;
 };
 
@@ -211,10 +308,11 @@ void add_attention(Mapper& m, int layer, const std::string& p, const AttentionSi
   m.add(layer, Kind::O, -1, p + "self_attn.o_proj.weight", false, q_out, a.hidden);
 }
 
-void add_dense_mlp(Mapper& m, int layer, const std::string& p, int64_t hidden, int64_t inter) {
-  m.add(layer, Kind::Gate, -1, p + "mlp.gate_proj.weight", false, hidden, inter);
-  m.add(layer, Kind::Up, -1, p + "mlp.up_proj.weight", false, hidden, inter);
-  m.add(layer, Kind::Down, -1, p + "mlp.down_proj.weight", false, inter, hidden);
+// gate_proj, up_proj, down_proj under `module` ("mlp.", "mlp.shared_experts.", ...).
+void add_dense_mlp(Mapper& m, int layer, const std::string& module, int64_t hidden, int64_t inter, int expert = -1) {
+  m.add(layer, Kind::Gate, expert, module + "gate_proj.weight", false, hidden, inter);
+  m.add(layer, Kind::Up, expert, module + "up_proj.weight", false, hidden, inter);
+  m.add(layer, Kind::Down, expert, module + "down_proj.weight", false, inter, hidden);
 }
 
 // Experts in (kind, expert) order; names[] = {gate, up, down} suffixes after "experts.{e}.".
@@ -229,6 +327,41 @@ void add_experts(Mapper& m, int layer, const std::string& experts_prefix, int64_
       } else {
         m.add(layer, kinds[k], e, name, false, hidden, inter);
       }
+    }
+  }
+}
+
+// Fused experts stored [E, in, out] without ".weight" (Llama 4, gpt-oss):
+// gate_up [E, hidden, 2 * inter] holds gate and up either as halves (Llama 4:
+// gate_up.chunk(2, -1)) or interleaved (gpt-oss: gate = [..., ::2], up = [..., 1::2]);
+// down [E, inter, hidden].
+void add_fused_experts(Mapper& m, int layer, const std::string& gate_up, const std::string& down, int64_t experts,
+                       int64_t hidden, int64_t inter, bool interleaved) {
+  const Kind kinds[3] = {Kind::Gate, Kind::Up, Kind::Down};
+  for (int k = 0; k < 3; ++k) {
+    for (int e = 0; e < experts; ++e) {
+      MatrixSource s;
+      s.layer = layer;
+      s.kind = kinds[k];
+      s.expert = e;
+      s.conv1d = true;
+      s.stacked = experts;
+      s.stacked_index = e;
+      if (kinds[k] == Kind::Down) {
+        s.tensor = down;
+        s.in_features = inter;
+        s.out_features = hidden;
+        s.fused_out = hidden;
+      } else {
+        s.tensor = gate_up;
+        s.in_features = hidden;
+        s.out_features = inter;
+        s.fused_out = 2 * inter;
+        const bool up = kinds[k] == Kind::Up;
+        s.out_step = interleaved ? 2 : 1;
+        s.out_offset = interleaved ? (up ? 1 : 0) : (up ? inter : 0);
+      }
+      m.add(std::move(s));
     }
   }
 }
@@ -248,12 +381,18 @@ int64_t num_experts_of(const Config& config, bool required) {
   return 0;
 }
 
-Architecture map_llama_like(const Checkpoint& ck, const Config& config, const std::string& type) {
+std::string layer_prefix(int i) { return "layers." + std::to_string(i) + "."; }
+
+// llama, qwen2, qwen3, mistral, gemma2, gemma3 (text), olmo2, olmo3, mixtral,
+// qwen2_moe, qwen3_moe: q/k/v/o_proj, and a dense, Mixtral or Qwen MoE MLP.
+// Norms inside attention (qwen3 / olmo2 q_norm, k_norm) are not projections.
+Architecture map_llama_like(const Checkpoint& ck, const Config& config, const std::string& type,
+                            const std::vector<std::string>& prefixes) {
   const AttentionSizes a = attention_sizes(config);
   const int layers = num_layers_of(config, "num_hidden_layers");
-  Mapper m(ck, type, "model.", "layers.0.self_attn.q_proj.weight");
+  Mapper m(ck, type, prefixes, "layers.0.self_attn.q_proj.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
+    const std::string p = layer_prefix(i);
     add_attention(m, i, p, a);
     if (type == "mixtral") {
       static const char* const names[3] = {"w1", "w3", "w2"};
@@ -269,12 +408,157 @@ Architecture map_llama_like(const Checkpoint& ck, const Config& config, const st
       if (sparse) {
         static const char* const names[3] = {"gate_proj", "up_proj", "down_proj"};
         add_experts(m, i, p + "mlp.experts.", experts, a.hidden, config.positive("moe_intermediate_size"), names);
+        // Qwen2-MoE's shared expert (its sigmoid gate shared_expert_gate is not a projection).
+        if (type == "qwen2_moe" && config.has("shared_expert_intermediate_size")) {
+          add_dense_mlp(m, i, p + "mlp.shared_expert.", a.hidden, config.positive("shared_expert_intermediate_size"),
+                        kSharedExpert);
+        }
       } else {
-        add_dense_mlp(m, i, p, a.hidden, config.positive("intermediate_size"));
+        add_dense_mlp(m, i, p + "mlp.", a.hidden, config.positive("intermediate_size"));
       }
     } else {
-      add_dense_mlp(m, i, p, a.hidden, config.positive("intermediate_size"));
+      add_dense_mlp(m, i, p + "mlp.", a.hidden, config.positive("intermediate_size"));
     }
+  }
+  m.arch.num_layers = layers;
+  return std::move(m.arch);
+}
+
+// GLM-4.5 (glm4_moe), DeepSeek-V2/V3: the first first_k_dense_replace layers
+// dense, then MoE (every moe_layer_freq-th for deepseek_v2) with routed experts
+// mlp.experts.E.* of moe_intermediate_size and the shared experts
+// mlp.shared_experts.* of n_shared_experts x moe_intermediate_size. The router
+// mlp.gate (weight, e_score_correction_bias) is not a projection.
+void add_deepseek_style_mlp(Mapper& m, const Config& config, int layer, const std::string& p, int64_t hidden,
+                            int64_t layer_freq) {
+  const int64_t first_dense = config.non_negative_or("first_k_dense_replace", 0);
+  const int64_t routed = config.non_negative_or("n_routed_experts", 0);
+  if (layer < first_dense || routed == 0 || layer % layer_freq != 0) {
+    add_dense_mlp(m, layer, p + "mlp.", hidden, config.positive("intermediate_size"));
+    return;
+  }
+  const int64_t inter = config.positive("moe_intermediate_size");
+  static const char* const names[3] = {"gate_proj", "up_proj", "down_proj"};
+  add_experts(m, layer, p + "mlp.experts.", routed, hidden, inter, names);
+  const int64_t shared = config.non_negative_or("n_shared_experts", 0);
+  if (shared > 0) add_dense_mlp(m, layer, p + "mlp.shared_experts.", hidden, shared * inter, kSharedExpert);
+}
+
+Architecture map_glm4_moe(const Checkpoint& ck, const Config& config) {
+  const AttentionSizes a = attention_sizes(config);
+  const int layers = num_layers_of(config, "num_hidden_layers");
+  Mapper m(ck, "glm4_moe", "model.", "layers.0.self_attn.q_proj.weight");
+  for (int i = 0; i < layers; ++i) {
+    const std::string p = layer_prefix(i);
+    add_attention(m, i, p, a);
+    add_deepseek_style_mlp(m, config, i, p, a.hidden, 1);
+  }
+  m.arch.num_layers = layers;
+  return std::move(m.arch);
+}
+
+// DeepSeek-V2/V3 multi-head latent attention: q_a_proj and q_b_proj (q_proj
+// when q_lora_rank is null), kv_a_proj_with_mqa, kv_b_proj split per head into
+// its K rows (qk_nope_head_dim) and V rows (v_head_dim), o_proj.
+Architecture map_deepseek(const Checkpoint& ck, const Config& config, const std::string& type) {
+  const int64_t hidden = config.positive("hidden_size");
+  const int64_t heads = config.positive("num_attention_heads");
+  const int64_t nope = config.positive("qk_nope_head_dim");
+  const int64_t rope = config.positive("qk_rope_head_dim");
+  const int64_t v_head = config.positive("v_head_dim");
+  const int64_t kv_rank = config.positive("kv_lora_rank");
+  const bool q_lora = config.has("q_lora_rank");
+  const int64_t q_rank = q_lora ? config.positive("q_lora_rank") : 0;
+  const int64_t layer_freq = type == "deepseek_v2" ? config.positive_or("moe_layer_freq", 1) : 1;
+  const int layers = num_layers_of(config, "num_hidden_layers");
+  const int64_t q_out = heads * (nope + rope);
+  const int64_t kv_b_out = heads * (nope + v_head);
+  Mapper m(ck, type, "model.", "layers.0.self_attn.kv_b_proj.weight");
+  for (int i = 0; i < layers; ++i) {
+    const std::string p = layer_prefix(i) + "self_attn.";
+    if (q_lora) {
+      m.add(i, Kind::QA, -1, p + "q_a_proj.weight", false, hidden, q_rank);
+      m.add(i, Kind::QB, -1, p + "q_b_proj.weight", false, q_rank, q_out);
+    } else {
+      m.add(i, Kind::Q, -1, p + "q_proj.weight", false, hidden, q_out);
+    }
+    m.add(i, Kind::KVA, -1, p + "kv_a_proj_with_mqa.weight", false, hidden, kv_rank + rope);
+    for (const bool is_k : {true, false}) {
+      MatrixSource s;
+      s.layer = i;
+      s.kind = is_k ? Kind::KVBK : Kind::KVBV;
+      s.tensor = p + "kv_b_proj.weight";
+      s.in_features = kv_rank;
+      s.out_features = heads * (is_k ? nope : v_head);
+      s.fused_out = kv_b_out;
+      s.out_offset = is_k ? 0 : nope;
+      s.out_group = is_k ? nope : v_head;
+      s.out_group_stride = nope + v_head;
+      m.add(std::move(s));
+    }
+    m.add(i, Kind::O, -1, p + "o_proj.weight", false, heads * v_head, hidden);
+    add_deepseek_style_mlp(m, config, i, layer_prefix(i), hidden, layer_freq);
+  }
+  m.arch.num_layers = layers;
+  return std::move(m.arch);
+}
+
+// Llama 4 text: MoE layers are moe_layers (default every
+// interleave_moe_layer_step-th); they hold fused experts
+// feed_forward.experts.{gate_up_proj, down_proj} and feed_forward.shared_expert.*
+// (intermediate_size); the other layers a dense feed_forward.* of
+// intermediate_size_mlp. The router feed_forward.router is not a projection.
+Architecture map_llama4(const Checkpoint& ck, const Config& config, const std::string& type,
+                        const std::vector<std::string>& prefixes) {
+  const AttentionSizes a = attention_sizes(config);
+  const int layers = num_layers_of(config, "num_hidden_layers");
+  const int64_t inter = config.positive("intermediate_size");
+  const int64_t experts = num_experts_of(config, true);
+  std::vector<int64_t> moe_layers = config.int_list("moe_layers");
+  if (!config.has("moe_layers")) {
+    const int64_t step = config.positive_or("interleave_moe_layer_step", 1);
+    for (int64_t i = step - 1; i < layers; i += step) moe_layers.push_back(i);
+  }
+  Mapper m(ck, type, prefixes, "layers.0.self_attn.q_proj.weight");
+  for (int i = 0; i < layers; ++i) {
+    const std::string p = layer_prefix(i);
+    add_attention(m, i, p, a);
+    const std::string ff = p + "feed_forward.";
+    if (std::find(moe_layers.begin(), moe_layers.end(), i) != moe_layers.end()) {
+      add_fused_experts(m, i, ff + "experts.gate_up_proj", ff + "experts.down_proj", experts, a.hidden, inter, false);
+      add_dense_mlp(m, i, ff + "shared_expert.", a.hidden, inter, kSharedExpert);
+    } else {
+      add_dense_mlp(m, i, ff, a.hidden, config.positive("intermediate_size_mlp"));
+    }
+  }
+  m.arch.num_layers = layers;
+  return std::move(m.arch);
+}
+
+// gpt-oss: every layer MoE with fused experts mlp.experts.{gate_up_proj,
+// down_proj} (gate and up interleaved); biases, attention sinks and the
+// router mlp.router are not projections.
+Architecture map_gpt_oss(const Checkpoint& ck, const Config& config) {
+  const AttentionSizes a = attention_sizes(config);
+  const int layers = num_layers_of(config, "num_hidden_layers");
+  const int64_t experts = num_experts_of(config, true);
+  const int64_t inter = config.positive("intermediate_size");
+  Mapper m(ck, "gpt_oss", "model.", "layers.0.self_attn.q_proj.weight");
+  for (int i = 0; i < layers; ++i) {
+    const std::string p = layer_prefix(i);
+    add_attention(m, i, p, a);
+    for (const std::string& prefix : {std::string("model."), std::string()}) {
+      const std::string blocks = prefix + p + "mlp.experts.gate_up_proj_blocks";
+      if (ck.contains(blocks)) {
+        POSTSVD_THROW(BadCheckpoint, ck.file_of(blocks).path()
+                                         << ": tensor '" << blocks << "': MXFP4 experts (*_blocks / *_scales) are "
+                                            "not read by this postsvd; expected the BF16/F16/F32 tensor '"
+                                         << prefix << p << "mlp.experts.gate_up_proj' [E, hidden, 2 * inter] (as "
+                                            "transformers' save_pretrained writes a dequantized gpt-oss)");
+      }
+    }
+    add_fused_experts(m, i, p + "mlp.experts.gate_up_proj", p + "mlp.experts.down_proj", experts, a.hidden, inter,
+                      true);
   }
   m.arch.num_layers = layers;
   return std::move(m.arch);
@@ -289,7 +573,7 @@ Architecture map_phi3(const Checkpoint& ck, const Config& config) {
   const int64_t qkv_out = q_out + 2 * kv_out;
   Mapper m(ck, "phi3", "model.", "layers.0.self_attn.qkv_proj.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
+    const std::string p = layer_prefix(i);
     const std::string qkv = p + "self_attn.qkv_proj.weight";
     m.add(i, Kind::Q, -1, qkv, false, a.hidden, q_out, 0, qkv_out);
     m.add(i, Kind::K, -1, qkv, false, a.hidden, kv_out, q_out, qkv_out);
@@ -323,12 +607,25 @@ Architecture map_gpt2(const Checkpoint& ck, const Config& config) {
   return std::move(m.arch);
 }
 
-std::string source_label(const MatrixSource& s) {
-  std::ostringstream out;
-  out << "(layer " << s.layer << ", " << kind_name(s.kind);
-  if (s.expert >= 0) out << ", expert " << s.expert;
-  out << ")";
-  return out.str();
+// Text-tower prefixes of multimodal checkpoints, as transformers writes them
+// today ("model.language_model.") and as the original releases did
+// ("language_model.model."), then a text-only model's "model." and none.
+const std::vector<std::string>& text_tower_prefixes() {
+  static const std::vector<std::string> prefixes = {"model.language_model.", "language_model.model.", "model.", ""};
+  return prefixes;
+}
+
+// Defaults of the nested text configs (transformers' Gemma3TextConfig and
+// Llama4TextConfig), for the keys save_pretrained leaves out when unchanged.
+std::map<std::string, json> gemma3_text_defaults() {
+  return {{"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
+          {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256}};
+}
+
+std::map<std::string, json> llama4_text_defaults() {
+  return {{"hidden_size", 5120},       {"intermediate_size", 8192},  {"intermediate_size_mlp", 16384},
+          {"num_hidden_layers", 48},   {"num_attention_heads", 40},  {"num_key_value_heads", 8},
+          {"head_dim", 128},           {"num_local_experts", 16},    {"interleave_moe_layer_step", 1}};
 }
 
 // The layer index of `name` when it is "<prefix><container>.<N>." or "<container>.<N>.", else -1.
@@ -374,10 +671,25 @@ void note_uncounted_layers(const Checkpoint& checkpoint, Architecture& arch, con
 Architecture detect_architecture(const Checkpoint& checkpoint) {
   const Config config(checkpoint);
   const std::string type = config.string("model_type");
+  const std::vector<std::string> plain = {"model.", ""};
   Architecture arch;
-  if (type == "llama" || type == "qwen2" || type == "mistral" || type == "gemma2" || type == "mixtral" ||
-      type == "qwen2_moe" || type == "qwen3_moe") {
-    arch = map_llama_like(checkpoint, config, type);
+  if (type == "llama" || type == "qwen2" || type == "qwen3" || type == "mistral" || type == "gemma2" ||
+      type == "olmo2" || type == "olmo3" || type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe") {
+    arch = map_llama_like(checkpoint, config, type, plain);
+  } else if (type == "gemma3_text") {
+    arch = map_llama_like(checkpoint, config, type, text_tower_prefixes());
+  } else if (type == "gemma3") {
+    arch = map_llama_like(checkpoint, config.sub("text_config", gemma3_text_defaults()), type, text_tower_prefixes());
+  } else if (type == "llama4_text") {
+    arch = map_llama4(checkpoint, config, type, text_tower_prefixes());
+  } else if (type == "llama4") {
+    arch = map_llama4(checkpoint, config.sub("text_config", llama4_text_defaults()), type, text_tower_prefixes());
+  } else if (type == "deepseek_v2" || type == "deepseek_v3") {
+    arch = map_deepseek(checkpoint, config, type);
+  } else if (type == "glm4_moe") {
+    arch = map_glm4_moe(checkpoint, config);
+  } else if (type == "gpt_oss") {
+    arch = map_gpt_oss(checkpoint, config);
   } else if (type == "phi3") {
     arch = map_phi3(checkpoint, config);
   } else if (type == "gpt2") {
@@ -417,6 +729,7 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
     if (s.fused_out != s.out_features) {
       out << " part [" << s.in_features << ", " << s.out_features << "] at output offset " << s.out_offset;
     }
+    if (s.stacked > 0) out << " slice " << s.stacked_index;
     return out.str();
   };
   for (const MatrixSource& sa : arch_a.matrices) {
@@ -452,39 +765,47 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
 
 TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
   const TensorInfo& info = checkpoint.info(source.tensor);
-  const std::vector<int64_t> expected = source.conv1d ? std::vector<int64_t>{source.in_features, source.fused_out}
-                                                      : std::vector<int64_t>{source.fused_out, source.in_features};
+  const std::vector<int64_t> expected = stored_shape(source);
   if (info.shape != expected) {
     POSTSVD_THROW(BadCheckpoint, checkpoint.file_of(source.tensor).path()
                                      << ": tensor '" << source.tensor << "' " << source_label(source)
                                      << ": expected shape " << detail::shape_string(expected) << ", got "
                                      << detail::shape_string(info.shape));
   }
-  if (source.in_features <= 0 || source.out_features <= 0 || source.out_offset < 0 ||
-      source.out_offset + source.out_features > source.fused_out) {
+  const bool grouped = source.out_group > 0;
+  const bool fits = source.in_features > 0 && source.out_features > 0 && source.out_offset >= 0 &&
+                    source.out_step >= 1 && (!grouped || source.out_features % source.out_group == 0) &&
+                    (!grouped || source.out_group_stride >= source.out_group * source.out_step) &&
+                    fused_column(source, source.out_features - 1) < source.fused_out &&
+                    (source.stacked == 0 || (source.stacked_index >= 0 && source.stacked_index < source.stacked));
+  if (!fits) {
     POSTSVD_THROW(InvalidArgument, "tensor '" << source.tensor << "' " << source_label(source) << ": part of "
                                               << source.out_features << " output columns at offset "
-                                              << source.out_offset << " does not fit in " << source.fused_out
-                                              << " (in_features " << source.in_features << ")");
+                                              << source.out_offset << " (step " << source.out_step << ", group "
+                                              << source.out_group << " every " << source.out_group_stride
+                                              << ") does not fit in " << source.fused_out << " (in_features "
+                                              << source.in_features << ", slice " << source.stacked_index << " of "
+                                              << source.stacked << ")");
   }
-  const char* base = static_cast<const char*>(checkpoint.file_of(source.tensor).data(info));
   const auto element = static_cast<int64_t>(dtype_size(info.dtype));
+  const char* base = static_cast<const char*>(checkpoint.file_of(source.tensor).data(info)) +
+                     source.stacked_index * source.in_features * source.fused_out * element;
+  // Column c of the part lies `unit` elements per fused column away from fused column 0.
+  const int64_t unit = source.conv1d ? 1 : source.in_features;
   TensorView view;
   view.dtype = info.dtype;
   view.rows = source.in_features;
   view.cols = source.out_features;
-  if (source.conv1d) {
-    // Stored [in, out] row-major: W (r, c) at r * fused_out + c.
-    view.row_stride = source.fused_out;
-    view.col_stride = 1;
-    view.data = base + source.out_offset * element;
-  } else {
-    // Stored [out, in] row-major: W (r, c) = W_hf (c, r) at c * in + r.
-    view.row_stride = 1;
-    view.col_stride = source.in_features;
-    view.data = base + source.out_offset * source.in_features * element;
+  // Stored [out, in] row-major: W (r, c) = W_hf (c, r) at c * in + r; Conv1D [in, out]: at r * fused_out + c.
+  view.row_stride = source.conv1d ? source.fused_out : 1;
+  view.col_stride = source.out_step * unit;
+  if (grouped) {
+    view.col_group = source.out_group;
+    view.col_group_skip = (source.out_group_stride - source.out_group * source.out_step) * unit;
   }
+  view.data = base + source.out_offset * unit * element;
   view.name = source.tensor;
+  if (source.stacked > 0) view.name += "[" + std::to_string(source.stacked_index) + "]";
   if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
   attach_scales(checkpoint, source, view);  // FP8 weights: their scale grid (quantization.h)
   return view;

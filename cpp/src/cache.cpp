@@ -24,6 +24,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// This machine's name, reduced to [A-Za-z0-9.-]: two nodes may run processes with the same pid.
+std::string host_tag() {
+  char name[256] = {0};
+  if (::gethostname(name, sizeof(name) - 1) != 0) return "host";
+  std::string tag;
+  for (const char* c = name; *c != '\0' && tag.size() < 64; ++c) {
+    const bool plain = (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+                       *c == '.' || *c == '-';
+    tag += plain ? *c : '_';
+  }
+  return tag.empty() ? std::string("host") : tag;
+}
+
 uint64_t mix64(uint64_t x) {
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;
@@ -121,11 +134,16 @@ FactorCache::FactorCache(std::string folder) : folder_(std::move(folder)) {
 std::string FactorCache::key(const TensorView& view, Precision precision) {
   const auto span = view.byte_span();
   const unsigned char* first = static_cast<const unsigned char*>(view.data) + span.first;
-  const uint64_t seed = mix64(static_cast<uint64_t>(view.rows) * 0x100000001b3ULL ^
-                              mix64(static_cast<uint64_t>(view.cols)) ^ mix64(static_cast<uint64_t>(view.row_stride) + 7) ^
-                              mix64(static_cast<uint64_t>(view.col_stride) + 13) ^
-                              mix64(static_cast<uint64_t>(view.dtype) + 101) ^
-                              mix64(static_cast<uint64_t>(span.first) + 1009));
+  uint64_t seed = mix64(static_cast<uint64_t>(view.rows) * 0x100000001b3ULL ^
+                        mix64(static_cast<uint64_t>(view.cols)) ^ mix64(static_cast<uint64_t>(view.row_stride) + 7) ^
+                        mix64(static_cast<uint64_t>(view.col_stride) + 13) ^
+                        mix64(static_cast<uint64_t>(view.dtype) + 101) ^
+                        mix64(static_cast<uint64_t>(span.first) + 1009));
+  // Grouped views (per-head parts) only: keys of ungrouped views stay as they were.
+  if (view.row_group > 0 || view.col_group > 0) {
+    seed ^= mix64(static_cast<uint64_t>(view.row_group) + 10007) ^ mix64(static_cast<uint64_t>(view.row_group_skip) + 100003) ^
+            mix64(static_cast<uint64_t>(view.col_group) + 1000003) ^ mix64(static_cast<uint64_t>(view.col_group_skip) + 10000019);
+  }
   auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
   if (view.quantized()) {
     // The same FP8 bytes with other scales are another matrix: the scales and their geometry join the key.
@@ -204,10 +222,11 @@ bool FactorCache::load(const std::string& key, Decomposition<T>& out) const {
 template <class T>
 void FactorCache::store(const std::string& key, const Decomposition<T>& d) const {
   const fs::path final_path = fs::path(folder_) / (key + ".svd");
-  // Unique per process and call: threads or processes storing the same key never share a temporary file.
+  // Unique per host, process and call: threads, processes or nodes (a cache on shared storage) storing the
+  // same key never share a temporary file; the rename publishes one complete entry, the last one wins.
   static std::atomic<uint64_t> serial{0};
-  const fs::path temp_path =
-      fs::path(folder_) / (key + ".svd.tmp" + std::to_string(::getpid()) + "." + std::to_string(serial.fetch_add(1)));
+  const fs::path temp_path = fs::path(folder_) / (key + ".svd.tmp" + host_tag() + "." + std::to_string(::getpid()) +
+                                                  "." + std::to_string(serial.fetch_add(1)));
   {
     std::ofstream out(temp_path, std::ios::binary | std::ios::trunc);
     POSTSVD_CHECK(out.good(), Error, "factor cache: cannot write " << temp_path.string());

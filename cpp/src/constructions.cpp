@@ -361,12 +361,6 @@ struct Opened {
   }
 };
 
-std::string source_label(const MatrixSource& s) {
-  std::ostringstream out;
-  out << "layer " << s.layer << " " << kind_name(s.kind);
-  if (s.expert >= 0) out << " expert " << s.expert;
-  return out.str();
-}
 
 // The post model's matrices selected by layers and kinds (validated).
 std::vector<const MatrixSource*> select_matrices(const Architecture& arch, const std::vector<int>& layers,

@@ -396,8 +396,8 @@ TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, c
 std::pair<int64_t, int64_t> scale_byte_span(const TensorView& view) {
   const ViewScales& s = view.scales;
   if (s.scheme == QuantScheme::None || view.rows <= 0 || view.cols <= 0) return {0, 0};
-  // Stored element indices of the view's extreme corners (strides may be negative).
-  const int64_t row_reach = (view.rows - 1) * view.row_stride, col_reach = (view.cols - 1) * view.col_stride;
+  // Stored element indices of the view's extreme corners (strides and group skips may be negative).
+  const int64_t row_reach = view.row_offset(view.rows - 1), col_reach = view.col_offset(view.cols - 1);
   const int64_t lo = s.first + std::min<int64_t>(0, row_reach) + std::min<int64_t>(0, col_reach);
   const int64_t hi = s.first + std::max<int64_t>(0, row_reach) + std::max<int64_t>(0, col_reach);
   if (s.scheme == QuantScheme::MXFP4) return {lo / 32, hi / 32 + 1};
@@ -449,19 +449,21 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
   bool all_finite = true;
   for (int64_t c = 0; c < view.cols; ++c) {
     T* dst = out.data() + c * view.rows;
-    const int64_t col_base = c * view.col_stride;
+    const int64_t col_base = view.col_offset(c);
     int64_t r = 0;
     while (r < view.rows) {
-      const int64_t offset = col_base + r * view.row_stride;  // from view.data
+      const int64_t offset = col_base + view.row_offset(r);  // from view.data
       const int64_t i = (s.first + offset) / s.stored_cols, j = (s.first + offset) % s.stored_cols;
       const int64_t index = (i / s.block_rows) * s.grid_cols + j / s.block_cols;
       POSTSVD_CHECK(index >= 0 && index < s.count, InvalidArgument,
                     "tensor '" << view.name << "': element (" << r << ", " << c << ") needs scale " << index << " of '"
                                << s.name << "', which holds " << s.count);
       const T scale = static_cast<T>(scale_at(scales, s.dtype, index));
-      // Along a stored row (row_stride 1), the rest of the block shares this scale.
+      // Along a stored row (row_stride 1), the rest of the block shares this scale; a run stays
+      // within its row group (grouped views skip elements between groups).
       const int64_t run = view.row_stride == 1
-                              ? std::min({view.rows - r, s.block_cols - j % s.block_cols, s.stored_cols - j})
+                              ? std::min({view.rows - r, s.block_cols - j % s.block_cols, s.stored_cols - j,
+                                          view.row_group > 0 ? view.row_group - r % view.row_group : view.rows - r})
                               : 1;
       for (int64_t k = 0; k < run; ++k) {
         // float32: float(q) * float(scale), one rounding; float64: exact.
@@ -486,9 +488,9 @@ bool dequantize_mxfp4(const TensorView& view, Matrix<T>& out) {
   bool all_finite = true;
   for (int64_t c = 0; c < view.cols; ++c) {
     T* dst = out.data() + c * view.rows;
-    const int64_t col_base = s.first + c * view.col_stride;
+    const int64_t col_base = s.first + view.col_offset(c);
     for (int64_t r = 0; r < view.rows; ++r) {
-      const int64_t i = col_base + r * view.row_stride;
+      const int64_t i = col_base + view.row_offset(r);
       const uint8_t byte = packed[i >> 1];
       const uint8_t nibble = (i & 1) ? static_cast<uint8_t>(byte >> 4) : static_cast<uint8_t>(byte & 0xfu);
       // Exact in float32 and float64: a 2-bit significand times a power of two.

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "detail/dequantize.h"
 #include "detail/half.h"
@@ -83,14 +84,14 @@ std::pair<int64_t, int64_t> TensorView::byte_span() const {
   if (rows <= 0 || cols <= 0) return {0, 0};
   if (scales.scheme == QuantScheme::MXFP4) {
     // Strides count packed FP4 values, two per byte, from value scales.first.
-    const int64_t last = scales.first + (rows - 1) * row_stride + (cols - 1) * col_stride;
+    const int64_t last = scales.first + row_offset(rows - 1) + col_offset(cols - 1);
     return {scales.first / 2, last / 2 + 1};
   }
-  // Element offsets of the extreme corners; strides may in principle be negative.
-  const int64_t row_reach = (rows - 1) * row_stride;
-  const int64_t col_reach = (cols - 1) * col_stride;
-  const int64_t lo = std::min<int64_t>(0, row_reach) + std::min<int64_t>(0, col_reach);
-  const int64_t hi = std::max<int64_t>(0, row_reach) + std::max<int64_t>(0, col_reach);
+  // Element offsets of the extreme rows and columns; strides and skips may in principle be negative.
+  const int64_t row_first = 0, row_last = row_offset(rows - 1);
+  const int64_t col_first = 0, col_last = col_offset(cols - 1);
+  const int64_t lo = std::min(row_first, row_last) + std::min(col_first, col_last);
+  const int64_t hi = std::max(row_first, row_last) + std::max(col_first, col_last);
   const auto size = static_cast<int64_t>(dtype_size(dtype));
   return {lo * size, (hi + 1) * size};
 }
@@ -101,6 +102,10 @@ TensorView TensorView::transposed() const {
   t.cols = rows;
   t.row_stride = col_stride;
   t.col_stride = row_stride;
+  t.row_group = col_group;
+  t.row_group_skip = col_group_skip;
+  t.col_group = row_group;
+  t.col_group_skip = row_group_skip;
   return t;
 }
 
@@ -119,14 +124,18 @@ bool convert_into(const TensorView& view, Matrix<T>& out, Convert convert) {
   const char* base = static_cast<const char*>(view.data);
   const int64_t rows = view.rows;
   const int64_t cols = view.cols;
+  // Element offsets of every row and column (groups make them non-uniform).
+  std::vector<int64_t> row_at(static_cast<std::size_t>(rows)), col_at(static_cast<std::size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) row_at[static_cast<std::size_t>(r)] = view.row_offset(r);
+  for (int64_t c = 0; c < cols; ++c) col_at[static_cast<std::size_t>(c)] = view.col_offset(c);
   bool all_finite = true;
   if (std::abs(view.row_stride) <= std::abs(view.col_stride) || cols == 1) {
     // Reads run along the output's contiguous dimension (nn.Linear layout).
     for (int64_t c = 0; c < cols; ++c) {
       T* dst = out.data() + c * rows;
-      const int64_t col_base = c * view.col_stride;
+      const int64_t col_base = col_at[static_cast<std::size_t>(c)];
       for (int64_t r = 0; r < rows; ++r) {
-        const T v = convert(load<Stored>(base, col_base + r * view.row_stride));
+        const T v = convert(load<Stored>(base, col_base + row_at[static_cast<std::size_t>(r)]));
         all_finite &= std::isfinite(v);
         dst[r] = v;
       }
@@ -137,9 +146,9 @@ bool convert_into(const TensorView& view, Matrix<T>& out, Convert convert) {
     for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
       const int64_t c1 = std::min(cols, c0 + kTile);
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t row_base = r * view.row_stride;
+        const int64_t row_base = row_at[static_cast<std::size_t>(r)];
         for (int64_t c = c0; c < c1; ++c) {
-          const T v = convert(load<Stored>(base, row_base + c * view.col_stride));
+          const T v = convert(load<Stored>(base, row_base + col_at[static_cast<std::size_t>(c)]));
           all_finite &= std::isfinite(v);
           out.data()[r + c * rows] = v;
         }

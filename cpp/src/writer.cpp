@@ -295,31 +295,38 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
                     << kind_name(source.kind) << "): expected W of shape [" << source.in_features << ", "
                     << source.out_features << "] (paper orientation [in, out]), got [" << w.rows() << ", " << w.cols()
                     << "]");
-  const std::vector<int64_t> stored = source.conv1d ? std::vector<int64_t>{source.in_features, source.fused_out}
-                                                    : std::vector<int64_t>{source.fused_out, source.in_features};
+  const std::vector<int64_t> stored = stored_shape(source);
   POSTSVD_CHECK(info.shape == stored, InvalidArgument,
                 source_path << ": tensor '" << source.tensor << "' has shape " << detail::shape_string(info.shape)
                             << "; its source expects " << detail::shape_string(stored)
                             << (source.conv1d ? " (Conv1D [in, out])" : " ([out, in])"));
-  POSTSVD_CHECK(source.out_offset >= 0 && source.out_offset + source.out_features <= source.fused_out, InvalidArgument,
-                "CheckpointWriter::write: tensor '" << source.tensor << "': columns [" << source.out_offset << ", "
-                    << source.out_offset + source.out_features << ") outside the fused output dim " << source.fused_out);
+  POSTSVD_CHECK(source.out_offset >= 0 && source.out_step >= 1 &&
+                    (source.stacked == 0 || (source.stacked_index >= 0 && source.stacked_index < source.stacked)) &&
+                    fused_column(source, source.out_features - 1) < source.fused_out,
+                InvalidArgument,
+                "CheckpointWriter::write: tensor '" << source.tensor << "': the part's " << source.out_features
+                    << " columns from " << source.out_offset << " do not fit in the fused output dim "
+                    << source.fused_out);
   const std::size_t element = dtype_size(placed.dtype);
-  unsigned char* base = f.map + f.data_start + placed.begin;
   const int64_t in = source.in_features;
+  unsigned char* base = f.map + f.data_start + placed.begin +
+                        static_cast<std::size_t>(source.stacked_index * in * source.fused_out) * element;
   if (!source.conv1d) {
-    // [fused_out, in] row-major: row out_offset + o is column o of W, contiguous.
+    // [fused_out, in] row-major: row fused_column(o) is column o of W, contiguous.
     for (int64_t o = 0; o < source.out_features; ++o) {
-      unsigned char* row = base + static_cast<std::size_t>((source.out_offset + o) * in) * element;
+      unsigned char* row = base + static_cast<std::size_t>(fused_column(source, o) * in) * element;
       const T* column = w.data() + o * in;
       for (int64_t i = 0; i < in; ++i) store_element<T>(row + static_cast<std::size_t>(i) * element, placed.dtype, column[i]);
     }
   } else {
-    // [in, fused_out] row-major: W(i, o) at i * fused_out + out_offset + o.
+    // [in, fused_out] row-major: W(i, o) at i * fused_out + fused_column(o).
+    std::vector<int64_t> columns(static_cast<std::size_t>(source.out_features));
+    for (int64_t o = 0; o < source.out_features; ++o) columns[static_cast<std::size_t>(o)] = fused_column(source, o);
     for (int64_t i = 0; i < in; ++i) {
-      unsigned char* row = base + static_cast<std::size_t>(i * source.fused_out + source.out_offset) * element;
+      unsigned char* row = base + static_cast<std::size_t>(i * source.fused_out) * element;
       for (int64_t o = 0; o < source.out_features; ++o)
-        store_element<T>(row + static_cast<std::size_t>(o) * element, placed.dtype, w(i, o));
+        store_element<T>(row + static_cast<std::size_t>(columns[static_cast<std::size_t>(o)]) * element, placed.dtype,
+                         w(i, o));
     }
   }
 }

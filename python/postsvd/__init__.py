@@ -46,6 +46,7 @@ from .errors import (
 )
 from .linalg import pair_measures, svd
 from .reports import report, write_report
+from .tracking import Trajectory, track
 from ._validate import KIND_GROUPS, KINDS
 from ._version import __version__
 
@@ -79,6 +80,8 @@ __all__ = [
     "ConstructionResult",
     "report",
     "write_report",
+    "track",
+    "Trajectory",
     "svd",
     "pair_measures",
     "open_checkpoint",

@@ -12,13 +12,14 @@ import numpy as np
 from . import _core
 from .errors import BackendError, BadCheckpointError, InvalidArgumentError, NotBuiltWithCudaError
 
-#: The projection kinds, in the paper's order (the core's kind table).
+#: The projection kinds, attention first, from the core's one kind table: the paper's q, k, v, o, gate,
+#: up, down and DeepSeek's MLA kinds q_a, q_b, kv_a, kv_b_k, kv_b_v.
 KINDS: Tuple[str, ...] = tuple(name for name, _ in _core.kinds())
-#: The kind groups (Appendix D: SA = attention, FFN = mlp), accepted wherever kinds or a group are given.
+#: The kind groups (Appendix D: SA = attention, FFN = mlp), from the core's table, accepted wherever kinds or
+#: a group are given; a group stands for those of its kinds that the model has.
 KIND_GROUPS: Dict[str, Tuple[str, ...]] = {
-    **{group: tuple(name for name, of in _core.kinds() if of == group) for _, group in _core.kinds()},
-    "all": KINDS,
-}
+    **{group: tuple(name for name, g in _core.kinds() if g == group) for group in ("attention", "mlp")},
+    "all": KINDS}
 #: Other spellings of a group, accepted too.
 GROUP_ALIASES = {"attn": "attention"}
 #: Working precisions.
@@ -98,7 +99,12 @@ def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[s
         name = item.lower()
         group = group_name(name)
         if group is not None:
-            chosen.update(KIND_GROUPS[group])
+            present = [k for k in KIND_GROUPS[group] if k in available]
+            if not present:
+                raise InvalidArgumentError(
+                    f"kinds: the group {item!r} ({', '.join(KIND_GROUPS[group])}) has no kind in this model; "
+                    f"it has {', '.join(available)}")
+            chosen.update(present)
         elif name in KINDS:
             chosen.add(name)
         else:
@@ -218,6 +224,57 @@ def normalize_cache(cache, what: str = "cache") -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise InvalidArgumentError(f"{what}: '{path}' exists and is not a folder; expected a factor cache folder")
     return os.path.abspath(path)
+
+
+#: How tables name the shared expert of a MoE layer (the core's SHARED_EXPERT index).
+SHARED_EXPERT = "shared"
+ExpertsArg = Union[None, int, str, Iterable[Union[int, str]]]
+
+
+def expert_label(expert: int) -> Union[int, str]:
+    """The `expert` value of a table row: the routed expert's index, 'shared', or -1 (not an expert)."""
+    return SHARED_EXPERT if expert == _core.SHARED_EXPERT else int(expert)
+
+
+def expert_index(expert: Union[int, str]) -> int:
+    """The core's expert index of 'shared' or a routed expert's index (-1: not an expert)."""
+    if isinstance(expert, str):
+        text = expert.strip().lower()
+        if text == SHARED_EXPERT:
+            return _core.SHARED_EXPERT
+        if not re.fullmatch(r"-?\d+", text):
+            raise InvalidArgumentError(f"expert: expected an expert index or 'shared', got {expert!r}")
+        return int(text)
+    if isinstance(expert, bool) or not isinstance(expert, (int, np.integer)):
+        raise InvalidArgumentError(f"expert: expected an expert index or 'shared', got {expert!r}")
+    return int(expert)
+
+
+def normalize_experts(experts: ExpertsArg) -> Optional[set]:
+    """The core's expert indices from None (all), an int, 'shared', text like '0-7,shared' or a list.
+
+    The selection applies to MoE expert matrices only; attention and dense MLP matrices are always kept."""
+    if experts is None:
+        return None
+    if isinstance(experts, (int, np.integer)) and not isinstance(experts, bool):
+        items: List[Union[int, str]] = [int(experts)]
+    elif isinstance(experts, str):
+        items = []
+        for part in experts.split(","):
+            part = part.strip()
+            if part.lower() == SHARED_EXPERT:
+                items.append(SHARED_EXPERT)
+            elif part:
+                items.extend(parse_layers_text(part) if re.fullmatch(r"\d+\s*-\s*\d+|\d+", part) else [part])
+    else:
+        items = list(experts)
+    chosen = {expert_index(item) for item in items}
+    if not chosen:
+        raise InvalidArgumentError(f"experts: expected expert indices like '0-7' or 'shared', got {experts!r}")
+    bad = [e for e in chosen if e < 0 and e != _core.SHARED_EXPERT]
+    if bad:
+        raise InvalidArgumentError(f"experts: expected expert indices >= 0 or 'shared', got {experts!r}")
+    return chosen
 
 
 def normalize_leading_k(leading_k) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Union
 import numpy as np
 
 from . import _core
-from ._validate import normalize_dtype, normalize_folder, normalize_kinds, normalize_layers
+from ._validate import expert_index, normalize_dtype, normalize_folder, normalize_kinds, normalize_layers
 from .errors import InvalidArgumentError
 
 Checkpoint = _core.Checkpoint
@@ -35,11 +35,16 @@ def architecture(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
     """The (layer, kind) -> tensor map of a checkpoint, as plain data.
 
     Returns ``{"model_type", "num_layers", "matrices": [source, ...]}``; each
-    source is a dict with ``layer``, ``kind``, ``expert`` (-1 when dense),
-    ``tensor``, ``conv1d``, ``in_features``, ``out_features``, ``out_offset``
-    and ``fused_out`` (fused tensors such as phi3 ``qkv_proj`` give one source
-    per part). ``warnings`` lists what the mapping left out that a caller
-    should hear about (weight layers beyond config.json's layer count).
+    source is a dict with ``layer``, ``kind``, ``expert`` (-1 when not an
+    expert, ``postsvd._core.SHARED_EXPERT`` for a shared expert), ``tensor``,
+    ``conv1d``, ``in_features``, ``out_features``, ``out_offset``,
+    ``fused_out``, ``out_step``, ``out_group``, ``out_group_stride``,
+    ``stacked`` and ``stacked_index`` (fused tensors such as phi3
+    ``qkv_proj`` give one source per part; DeepSeek's ``kv_b_proj`` one per
+    K and V half, as per-head column groups; fused 3-D expert tensors one per
+    expert slice). ``warnings`` lists what the mapping left
+    out that a caller should hear about (weight layers beyond config.json's
+    layer count).
 
     Raises:
         BadCheckpointError: unknown model_type (the message lists the supported
@@ -53,15 +58,17 @@ def supported_model_types() -> List[str]:
     return list(_core.supported_model_types())
 
 
-def find_source(arch: Dict[str, Any], layer: int, kind: str, expert: int = -1) -> Dict[str, Any]:
-    """The source dict of (layer, kind[, expert]) in ``arch``; a clear error when absent."""
+def find_source(arch: Dict[str, Any], layer: int, kind: str, expert: Union[int, str] = -1) -> Dict[str, Any]:
+    """The source dict of (layer, kind[, expert]) in ``arch``; a clear error when absent.
+    `expert`: a routed expert's index, 'shared', or -1 (not an expert)."""
     layer = normalize_layers(layer, arch["num_layers"], arch["model_type"])[0]
     kinds = normalize_kinds(kind)
     if len(kinds) != 1:
         raise InvalidArgumentError(f"kind: expected one kind, got {kind!r}")
     kind = kinds[0]
+    index = expert_index(expert)
     for source in arch["matrices"]:
-        if source["layer"] == layer and source["kind"] == kind and source["expert"] == expert:
+        if source["layer"] == layer and source["kind"] == kind and source["expert"] == index:
             return source
     have = sorted({s["kind"] for s in arch["matrices"] if s["layer"] == layer})
     raise InvalidArgumentError(
@@ -69,12 +76,14 @@ def find_source(arch: Dict[str, Any], layer: int, kind: str, expert: int = -1) -
         f"layer {layer} has kinds {', '.join(have)}")
 
 
-def read_matrix(checkpoint: Union[Checkpoint, PathLike], layer: int, kind: str, *, expert: int = -1,
-                dtype: str = "float32") -> np.ndarray:
+def read_matrix(checkpoint: Union[Checkpoint, PathLike], layer: int, kind: str, *,
+                expert: Union[int, str] = -1, dtype: str = "float32") -> np.ndarray:
     """One projection matrix in the paper's orientation ``W = W_hf.T``, ``[in, out]``.
 
-    Fused tensors are split (phi3 ``qkv_proj`` -> q, k, v; gpt2 ``c_attn``) and
-    GPT-2 Conv1D tensors (stored ``[in, out]``) are taken as they are.
+    Fused tensors are split (phi3 ``qkv_proj`` -> q, k, v; gpt2 ``c_attn``;
+    DeepSeek ``kv_b_proj`` -> kv_b_k, kv_b_v; fused experts -> one matrix per
+    expert) and GPT-2 Conv1D tensors (stored ``[in, out]``) are taken as they
+    are. `expert`: a routed expert's index, 'shared' or -1 (not an expert).
 
     Raises:
         InvalidArgumentError: unknown kind, layer out of range, NaN/Inf weight.

@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ._names import unique_names
 from ._outputs import atomic_file
 from ._terminal import printable
-from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, normalize_output_file
+from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, normalize_output_file
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -55,16 +55,52 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
     parent.add_argument("--layers", default=None, metavar="LIST", help="layers, e.g. 0,1,5-9 (default: all)")
     selection = parent.add_mutually_exclusive_group() if with_group else parent
     selection.add_argument("--kinds", default=None, metavar="LIST",
-                           help="kinds: q,k,v,o,gate,up,down or the groups attention / mlp (default: all)")
+                           help=f"kinds: {','.join(KINDS)} or the groups attention / mlp (default: all)")
     if with_group:
         selection.add_argument("--group", default=None, type=_group_arg, choices=list(KIND_GROUPS),
-                               help="instead of --kinds: attention = q,k,v,o; mlp = gate,up,down; all")
+                               help=f"instead of --kinds: attention = {','.join(KIND_GROUPS['attention'])}; "
+                                    f"mlp = {','.join(KIND_GROUPS['mlp'])}; all (the kinds the model has)")
     parent.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
     parent.add_argument("--cache", default=None, metavar="DIR",
                         help="factor cache folder shared by compare, report and construct: each matrix is "
                              "decomposed once (a base once for all its post models) and reused later")
     parent.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parent
+
+
+def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str) -> None:
+    """BASE, then one or more model folders (`dest`), and --out DIR: the arguments of compare, report and track."""
+    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
+    parser.add_argument(dest, metavar=metavar, nargs="+", help=help_text)
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+
+
+def add_ray_option(parser: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS] of compare and track: run the comparisons as tasks of a Ray cluster."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run on a Ray cluster (pip install postsvd[ray]): ADDRESS ('auto', 'HOST:6379', "
+                             "'ray://HOST:10001'), or none for a running cluster if there is one, else a local one; "
+                             "put it after the folders or write --ray=ADDRESS. The folders (and --cache) must be "
+                             "on storage every node sees; --device auto takes a GPU per task where the cluster "
+                             "has GPUs")
+
+
+def _executor_options(args) -> dict:
+    """executor / ray_address for compare and track from --ray; device 'auto' is only for Ray."""
+    if args.ray is None:
+        return {"executor": "local"}
+    from .distributed import import_ray
+
+    try:
+        import_ray()
+    except ImportError as error:  # one line on stderr, exit code 1, like any bad argument
+        raise InvalidArgumentError(f"--ray: {error}") from None
+    return {"executor": "ray", "ray_address": args.ray or None}
+
+
+def _checked_device(args) -> str:
+    """The device to check up front: on Ray the tasks pick theirs, so this process checks 'cpu'."""
+    return "cpu" if args.ray is not None else args.device
 
 
 def _parse_matrices(text: Optional[str]) -> Optional[List[Tuple[int, str]]]:
@@ -89,6 +125,7 @@ examples:
   postsvd compare base/ post/ --out results/ --device cuda --no-progress
   postsvd compare base/ instruct/ reasoning/ --out results/ --cache factors/   # base decomposed once
   postsvd construct 11 --base base/ --post instruct/ --out restored/ --cache factors/   # reuses them
+  postsvd compare /shared/base /shared/instruct --out results/ --cache /shared/factors --device auto --ray
 
 output (per post model): table.csv, table.json (a row per layer and kind), kinds.csv,
 kinds.json (pooled per kind, the paper's Table 3), spectra.npz, summary.txt, run.json,
@@ -103,14 +140,16 @@ def add_compare(subparsers) -> None:
                     "orientation W = W_hf^T) and write the paper's measures: singular value scaling (SVSM), "
                     "top-90 % scaling statistics, NF and the similarity / I_orth matrices, as tables and plots.",
         epilog=COMPARE_EXAMPLES, formatter_class=HelpFormatter)
-    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
-    parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
-    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    add_models_and_out(parser, "posts", "POST", "post-trained model folder(s) of the same base")
     parser.add_argument("--matrices", default=None, metavar="L:KIND[,L:KIND]",
                         help="pairs to draw sim/difference/I_orth heatmaps for (default: first layer and kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
+    parser.add_argument("--experts", default=None, metavar="LIST",
+                        help="MoE models: experts to compare, e.g. 0-7 or 0-7,shared (default: all); attention "
+                             "and dense MLP matrices are always compared")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    add_ray_option(parser)
     parser.set_defaults(func=run_compare)
 
 
@@ -126,11 +165,11 @@ def run_compare(args) -> int:
     matrices_for = _parse_matrices(args.matrices)
     out_dirs = _output_dirs(args.out, args.posts)
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
-                   num_threads=args.threads, cache=args.cache)
+                   num_threads=args.threads, cache=args.cache, experts=args.experts)
     check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
-                            outs=out_dirs, **options)
+                            outs=out_dirs, **dict(options, device=_checked_device(args)))
     for post, out_dir in zip(args.posts, out_dirs):
-        result = compare(args.base, post, progress=not args.no_progress, **options)
+        result = compare(args.base, post, progress=not args.no_progress, **options, **_executor_options(args))
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
         print(result.summary())
         print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
@@ -226,9 +265,7 @@ def add_report(subparsers) -> None:
         description="Compare BASE with each POST (as `postsvd compare` does) and write DIR/report.html: tables, "
                     "figures and a plain-language summary per post model, readable offline in any browser.",
         epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
-    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
-    parser.add_argument("posts", metavar="POST", nargs="+", help="post-trained model folder(s) of the same base")
-    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    add_models_and_out(parser, "posts", "POST", "post-trained model folder(s) of the same base")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
     parser.add_argument("--matrices", default=None, metavar="L:KIND",
                         help="the pair whose similarity matrices are drawn (default: middle layer, first kind)")
@@ -249,6 +286,61 @@ def run_report(args) -> int:
                   cache=args.cache)
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
+    return 0
+
+
+# ---------------------------------------------------------------------- track
+
+TRACK_EXAMPLES = """\
+examples:
+  postsvd track base/ run/checkpoint-500 run/checkpoint-1000 run/checkpoint-1500 --out track/
+  postsvd track base/ run/checkpoint-* --out track/ --cache factors/ --kinds attention
+  postsvd track base/ sft/ rl/ --steps 1000,2000 --out track/
+  postsvd track /shared/base /shared/run/checkpoint-* --out track/ --cache /shared/factors --device auto --ray
+
+output: DIR/track.html (one self-contained page), trajectory.csv / .json (per step and kind: scaling
+mean and std, NF mean and max), table.csv (every pair at every step), nf_trajectory.png,
+scaling_trajectory.png, nf_heatmap.png (per-layer NF over the steps), run.json, and step-<N>/ with
+each checkpoint's tables (as `postsvd compare` writes them, without plots)."""
+
+
+def add_track(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "track", help="compare a base with the checkpoints of a training run and plot the trajectory",
+        parents=[shared_options()],
+        description="Compare BASE with each CKPT (steps of an SFT or RL run: folder names like checkpoint-1200, "
+                    "or --steps), decomposing the base once, and show how NF and the singular value scaling move "
+                    "with the step.",
+        epilog=TRACK_EXAMPLES, formatter_class=HelpFormatter)
+    add_models_and_out(parser, "checkpoints", "CKPT", "checkpoint folders of the run")
+    parser.add_argument("--steps", default=None, metavar="LIST",
+                        help="the step of each CKPT, e.g. 500,1000,1500 (default: from the folder names)")
+    parser.add_argument("--title", default=None, help="page title (default: 'postsvd track: BASE')")
+    add_ray_option(parser)
+    parser.set_defaults(func=run_track)
+
+
+def _parse_steps(text: Optional[str]) -> Optional[List[int]]:
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise InvalidArgumentError(f"--steps: expected non-negative integers like 500,1000, got {text!r}")
+    return [int(part) for part in parts]
+
+
+def run_track(args) -> int:
+    from .tracking import TRACK_PAGE, track
+
+    trajectory = track(args.base, args.checkpoints, steps=_parse_steps(args.steps), out=args.out,
+                       device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
+                       progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
+                       **_executor_options(args))
+    kinds = trajectory.kind_table()
+    print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
+          .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))
+    path = os.path.join(args.out, TRACK_PAGE)
+    print(printable(f"wrote {args.out}: {len(trajectory.steps)} steps; open file://{os.path.abspath(path)}"))
     return 0
 
 
@@ -369,6 +461,7 @@ SUBCOMMANDS: List[Tuple[str, Callable]] = [
     ("compare", add_compare),
     ("construct", add_construct),
     ("report", add_report),
+    ("track", add_track),
     ("info", add_info),
     ("make-example", add_make_example),
     ("build-info", add_build_info),

@@ -17,11 +17,15 @@ from ._outputs import atomic_folder
 from ._terminal import printable
 from ._validate import (
     KINDS,
+    ExpertsArg,
     LayersArg,
     KindsArg,
+    expert_index,
+    expert_label,
     normalize_cache,
     normalize_device,
     normalize_dtype,
+    normalize_experts,
     normalize_folder,
     normalize_kinds,
     normalize_layers,
@@ -59,7 +63,8 @@ def random_rotation_nf(k: int) -> float:
 def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
-            cache: Optional[PathLike] = None) -> "Comparison":
+            cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
+            ray_address: Optional[str] = None) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -75,8 +80,9 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         dtype: working precision, 'float32' (the paper's) or 'float64'.
         layers: None (all), an int, a list of ints, or text like '0,1,5-9';
             negative indices count from the end.
-        kinds: None (all), a list or comma-separated text of q, k, v, o, gate,
-            up, down, or the groups 'attention' / 'mlp'.
+        kinds: None (all), a list or comma-separated text of kinds (q, k, v, o,
+            gate, up, down; DeepSeek's q_a, q_b, kv_a, kv_b_k, kv_b_v), or the
+            groups 'attention' (or 'attn') / 'mlp'.
         progress: show a tqdm progress bar.
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         memory_budget_bytes: device memory the CUDA backend may hold (None = 90 % of free).
@@ -87,7 +93,19 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             the constructions reuse the comparison's decompositions. Costs disk
             (U, S and V in the working precision: about 4x the bf16 weights
             in float32, twice that in float64) and, on a cold cache,
-            the write. None = no cache (the default).
+            the write. None = no cache (the default). With ``executor='ray'``
+            it must be on storage that every node sees.
+        experts: MoE models: the experts to compare, e.g. '0-7', '0-7,shared',
+            [0, 3] or 'shared' (the shared expert); None = all. Attention and
+            dense MLP matrices are compared whatever this says.
+        executor: 'local' (this process) or 'ray': the pairs go in groups to
+            the tasks of a Ray cluster, which open both folders by path (a file
+            system every node sees) and return only the measures; see
+            :mod:`postsvd.distributed`. Needs ``pip install postsvd[ray]``.
+        ray_address: with 'ray', the cluster to use ('auto', 'ray://host:10001',
+            'host:6379'); None = a running cluster if there is one, else a
+            local one. With 'ray', ``device`` may also be 'auto': a GPU per
+            task where the cluster has GPUs, CPUs otherwise.
 
     Returns:
         A :class:`Comparison`.
@@ -102,39 +120,93 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     """
     base_path = normalize_folder(base, "base")
     post_path = normalize_folder(post, "post")
+    if executor not in ("local", "ray"):
+        raise InvalidArgumentError(f"executor: expected 'local' or 'ray', got {executor!r}")
+    if executor == "ray":
+        from . import distributed  # Ray stays optional: imported only when asked for
+
+        distributed.check_device(device)
+    # On Ray the tasks decompose; this process only reads the headers and recomputes single pairs (matrices()).
+    local_device = "cpu" if executor == "ray" else device
     precision, (device_kind, device_ids), threads, budget, cache_path = _options(
-        dtype, device, num_threads, memory_budget_bytes, cache)
+        dtype, local_device, num_threads, memory_budget_bytes, cache)
     comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
                                   cache_path)
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
+    chosen_experts = _check_experts(normalize_experts(experts), arch)
     layer_set, kind_set = set(chosen_layers), set(chosen_kinds)
     batches: Dict[int, List[int]] = {}
     for index, source in enumerate(arch["matrices"]):
-        if source["layer"] in layer_set and source["kind"] in kind_set:
+        if source["layer"] in layer_set and source["kind"] in kind_set and (
+                chosen_experts is None or source["expert"] == -1 or source["expert"] in chosen_experts):
             batches.setdefault(source["layer"], []).append(index)
+    if not batches:
+        raise InvalidArgumentError(f"no matrix selected: layers {layers!r}, kinds {kinds!r}, experts {experts!r}")
     total = sum(len(b) for b in batches.values())
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
+
+    desc = f"{_display_name(base_path)} vs {_display_name(post_path)}"
+    if executor == "ray":
+        run = distributed.compare_units(
+            distributed.RunOptions(base_path, post_path, device, precision, budget, num_threads, cache_path),
+            [batches[layer] for layer in sorted(batches)], arch, address=ray_address, progress=progress, desc=desc)
+        return Comparison(comparator, run.records, chosen_layers, chosen_kinds, run.elapsed_seconds,
+                          device=run.device, decompositions=run.decompositions)
 
     from tqdm.auto import tqdm
 
     records: List[Dict[str, Any]] = []
     started = time.perf_counter()
-    desc = f"{_display_name(base_path)} vs {_display_name(post_path)}"
     with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
         for layer in sorted(batches):
-            indices = batches[layer]
             bar.set_postfix_str(f"layer {layer}")
-            for index, measures in zip(indices, comparator.compare(indices, False, 0)):
-                source = arch["matrices"][index]
-                record = {"index": index, "layer": source["layer"], "kind": source["kind"],
-                          "expert": source["expert"], "tensor": source["tensor"]}
-                record.update({key: measures[key] for key in _KEPT})
-                records.append(record)
-            bar.update(len(indices))
+            # A MoE layer goes in chunks: the backend sees a bounded batch, the bar moves per chunk.
+            for start in range(0, len(batches[layer]), _CHUNK):
+                indices = batches[layer][start:start + _CHUNK]
+                records += pair_records(comparator, indices)
+                bar.update(len(indices))
     elapsed = time.perf_counter() - started
     return Comparison(comparator, records, chosen_layers, chosen_kinds, elapsed)
+
+
+#: Matrix pairs per call into the backend.
+_CHUNK = 64
+
+
+def pair_records(comparator: "_core.Comparator", indices: Sequence[int]) -> List[Dict[str, Any]]:
+    """The kept measures of the pairs at `indices` (into the architecture's matrices), in that order.
+
+    The one per-pair computation of every executor: a local :func:`compare` calls it per chunk of
+    a layer, a Ray task (:mod:`postsvd.distributed`) on its unit of pairs.
+    """
+    matrices = comparator.architecture["matrices"]
+    records = []
+    for index, measures in zip(indices, comparator.compare(list(indices), False, 0)):
+        source = matrices[index]
+        record = {"index": index, "layer": source["layer"], "kind": source["kind"],
+                  "expert": source["expert"], "tensor": source["tensor"]}
+        record.update({key: measures[key] for key in _KEPT})
+        records.append(record)
+    return records
+
+
+def _check_experts(chosen: Optional[set], arch: Dict[str, Any]) -> Optional[set]:
+    if chosen is None:
+        return None
+    present = {s["expert"] for s in arch["matrices"] if s["expert"] != -1}
+    if not present:
+        raise InvalidArgumentError(f"experts: this {arch['model_type']} model has no MoE experts")
+    missing = sorted(chosen - present)
+    if missing:
+        routed = sorted(e for e in present if e >= 0)
+        have = f"experts 0..{routed[-1]}" if routed else "no routed experts"
+        if _core.SHARED_EXPERT in present:
+            have += " and 'shared'"
+        raise InvalidArgumentError(f"experts: {', '.join(str(expert_label(e)) for e in missing)} not in this "
+                                   f"{arch['model_type']} model; it has {have}")
+    return chosen
 
 
 def _options(dtype, device, num_threads, memory_budget_bytes, cache):
@@ -160,7 +232,7 @@ def check_compare_arguments(base: PathLike, posts: Sequence[PathLike], *, device
                             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
                             cache: Optional[PathLike] = None,
                             matrices_for: Optional[Iterable[Tuple[int, str]]] = None, leading_k: Optional[int] = 25,
-                            outs: Sequence[PathLike] = ()) -> None:
+                            outs: Sequence[PathLike] = (), experts: ExpertsArg = None) -> None:
     """Checks every argument of comparing `base` with each of `posts` and saving the results
     (:func:`compare`, :meth:`Comparison.save`) before anything is computed or written.
 
@@ -181,6 +253,7 @@ def check_compare_arguments(base: PathLike, posts: Sequence[PathLike], *, device
         # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
         arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "").architecture
         chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
+        _check_experts(normalize_experts(experts), arch)
         if matrices_for is not None:
             normalize_matrix_pairs(matrices_for, chosen_layers, chosen_kinds, arch["num_layers"],
                                    arch["model_type"], "matrices")
@@ -247,7 +320,8 @@ class Comparison:
     """
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
-                 kinds: Sequence[str], elapsed_seconds: float = 0.0):
+                 kinds: Sequence[str], elapsed_seconds: float = 0.0, *, device: Optional[str] = None,
+                 decompositions: Optional[Dict[str, int]] = None):
         self._comparator = comparator
         self._records = records
         arch = comparator.architecture
@@ -257,12 +331,13 @@ class Comparison:
         self.num_layers: int = arch["num_layers"]
         self.layers: List[int] = list(layers)
         self.kinds: List[str] = list(kinds)
-        self.device: str = comparator.device
+        self.device: str = device or comparator.device  # on Ray: where the tasks ran
         self.dtype: str = comparator.precision
         self.backend: str = comparator.backend_name
         self.elapsed_seconds: float = elapsed_seconds
         self.factor_cache: Optional[str] = comparator.factor_cache or None
-        self._has_experts = any(r["expert"] >= 0 for r in records)
+        self._has_experts = any(r["expert"] != -1 for r in records)
+        self._task_decompositions = decompositions  # on Ray: the tasks' cache counts, summed
 
     # ------------------------------------------------------------------ data
 
@@ -270,7 +345,10 @@ class Comparison:
     def decompositions(self) -> Dict[str, int]:
         """With a factor cache: how many decompositions were computed and how many
         loaded so far ({'computed': n, 'loaded': m}); both 0 without one."""
-        return dict(self._comparator.cache_counts)
+        counts = dict(self._comparator.cache_counts)
+        for key, value in (self._task_decompositions or {}).items():
+            counts[key] = counts.get(key, 0) + value
+        return counts
 
     @property
     def records(self) -> List[Dict[str, Any]]:
@@ -282,12 +360,14 @@ class Comparison:
     def table(self) -> pd.DataFrame:
         """A row per (layer, kind[, expert]): in_features, out_features, k,
         scaling_mean, scaling_std (top 90 %), nf, sigma_base_max, sigma_post_max,
-        iorth_diag_mean, tensor."""
+        iorth_diag_mean, tensor. MoE models add the column ``expert``: the
+        routed expert's index, ``'shared'`` for a shared expert, -1 for
+        attention and dense MLP rows."""
         rows = []
         for r in self._records:
             row = {"layer": r["layer"], "kind": r["kind"]}
             if self._has_experts:
-                row["expert"] = r["expert"]
+                row["expert"] = expert_label(r["expert"])
             row.update({
                 "in_features": r["rows"], "out_features": r["cols"], "k": r["k"],
                 "scaling_mean": r["scaling_mean"], "scaling_std": r["scaling_std"], "nf": r["nf"],
@@ -311,14 +391,19 @@ class Comparison:
             pooled = np.concatenate([r["scaling"][: r["scaling_count"]] for r in records])
             nf = np.array([r["nf"] for r in records])
             mean = float(np.mean(pooled))
-            rows.append({
+            row = {
                 "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
                 "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
                 "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
                 "alpha": _core.table4_alpha(mean),
-            })
-        return pd.DataFrame(rows, columns=["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean",
-                                           "nf_max", "nf_random", "alpha"])
+            }
+            if self._has_experts:
+                row.update(_expert_spread(records))
+            rows.append(row)
+        columns = ["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean", "nf_max", "nf_random", "alpha"]
+        if self._has_experts:
+            columns += ["experts", "expert_scaling_mean_std", "expert_nf_mean_std"]
+        return pd.DataFrame(rows, columns=columns)
 
     def layers_of(self, kind: str) -> List[int]:
         """The compared layers that have `kind`, ascending (the columns of :meth:`svsm`)."""
@@ -363,12 +448,13 @@ class Comparison:
         layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
-                   and (expert is None or r["expert"] == expert)]
+                   and (expert is None or r["expert"] == expert_index(expert))]
         if not matches:
             compared = ", ".join(str(x) for x in self.layers)
             raise InvalidArgumentError(f"layer {layer} was not compared; compared layers: {compared}")
         if len(matches) > 1:
-            raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert=")
+            raise InvalidArgumentError(f"layer {layer}, kind {kind!r} has {len(matches)} experts; pass expert= "
+                                       f"(an index or 'shared')")
         return _with_difference(self._comparator.compare([matches[0]["index"]], True,
                                                           normalize_leading_k(leading_k))[0])
 
@@ -409,6 +495,32 @@ class Comparison:
 
         return plots.plot_nf(series, baseline,
                              title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
+
+    def nf_by_expert(self, kind: str) -> pd.DataFrame:
+        """MoE models: NF of `kind` per expert (rows: routed experts, then 'shared') and MoE layer (columns)."""
+        kind = self._check_kind(kind)
+        records = [r for r in self._records if r["kind"] == kind and r["expert"] != -1]
+        if not records:
+            raise InvalidArgumentError(f"kind {kind!r} has no expert matrices in this comparison")
+        experts = sorted({r["expert"] for r in records}, key=lambda e: (e < 0, e))
+        layers = sorted({r["layer"] for r in records})
+        grid = pd.DataFrame(np.nan, index=[expert_label(e) for e in experts], columns=layers)
+        for r in records:
+            grid.loc[expert_label(r["expert"]), r["layer"]] = r["nf"]
+        grid.index.name, grid.columns.name = "expert", "layer"
+        return grid
+
+    def plot_expert_nf(self, kinds: KindsArg = None):
+        """MoE models: a heatmap of NF per (layer, expert) for each kind that has experts.
+        Returns a matplotlib Figure."""
+        chosen = [k for k in self._kinds_arg(kinds) if any(r["kind"] == k and r["expert"] != -1
+                                                            for r in self._records)]
+        if not chosen:
+            raise InvalidArgumentError("plot_expert_nf: no compared kind has expert matrices")
+        from . import plots
+
+        return plots.plot_expert_nf({k: self.nf_by_expert(k) for k in chosen},
+                                    title=f"NF per expert: {short_name(self.post)} vs {short_name(self.base)}")
 
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25):
         """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
@@ -488,6 +600,8 @@ class Comparison:
                 figures.append((f"matrices_layer{layer}_{kind}.png", self.plot_matrices(layer, kind, leading_k)))
             for name, figure in figures:
                 figure.savefig(path(name), dpi=110)
+        if plots and self._has_experts:
+            self.plot_expert_nf().savefig(path("nf_experts.png"), dpi=110)
         return written
 
     def _run_info(self) -> Dict[str, Any]:
@@ -598,13 +712,15 @@ class Comparison:
             return list(self.kinds)
         return [self._check_kind(k) for k in normalize_kinds(kinds)]
 
-    def _of_kind(self, kind: str, expert: Optional[int] = None) -> List[Dict[str, Any]]:
+    def _of_kind(self, kind: str, expert: Union[None, int, str] = None) -> List[Dict[str, Any]]:
         kind = self._check_kind(kind)
         records = [r for r in self._records if r["kind"] == kind]
         if self._has_experts:
             if expert is None:
-                raise InvalidArgumentError(f"this model has experts; pass expert= for kind {kind!r}")
-            records = [r for r in records if r["expert"] == expert]
+                raise InvalidArgumentError(f"this model has experts; pass expert= (an index or 'shared') for "
+                                           f"kind {kind!r}")
+            index = expert_index(expert)
+            records = [r for r in records if r["expert"] == index]
         return sorted(records, key=lambda r: r["layer"])
 
     def _stack(self, kind: str, key: str, expert: Optional[int]) -> np.ndarray:
@@ -614,6 +730,21 @@ class Comparison:
 def _format_name(stored: Dict[str, Any]) -> str:
     scheme = {"scaled-fp8": " with scales", "mxfp4": " (MXFP4)"}.get(stored["scheme"], "")
     return f"{stored['dtype']}{scheme}" if stored["scheme"] != "mxfp4" else "MXFP4"
+
+
+def _expert_spread(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Across the routed and shared experts of one kind: how many, and the population std of the
+    per-expert (layer-pooled) scaling mean and of the per-expert mean NF (0 for a kind without experts)."""
+    by_expert: Dict[int, List[Dict[str, Any]]] = {}
+    for r in records:
+        if r["expert"] != -1:
+            by_expert.setdefault(r["expert"], []).append(r)
+    if not by_expert:
+        return {"experts": 0, "expert_scaling_mean_std": 0.0, "expert_nf_mean_std": 0.0}
+    scaling = [np.mean(np.concatenate([r["scaling"][: r["scaling_count"]] for r in rs])) for rs in by_expert.values()]
+    nf = [np.mean([r["nf"] for r in rs]) for rs in by_expert.values()]
+    return {"experts": len(by_expert), "expert_scaling_mean_std": float(np.std(scaling)),
+            "expert_nf_mean_std": float(np.std(nf))}
 
 
 def _reading(scaling_mean: float, scaling_std: float, nf_mean: float, nf_random: float) -> str:

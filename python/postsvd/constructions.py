@@ -53,6 +53,7 @@ from ._terminal import printable
 from ._validate import (
     KIND_GROUPS,
     KINDS,
+    expert_label,
     group_name,
     normalize_cache,
     normalize_device,
@@ -140,9 +141,9 @@ def _select_kinds(kinds, group, available: Sequence[str]) -> List[str]:
         if name is None:
             raise InvalidArgumentError(
                 f"group: unknown group {group!r}; expected one of {', '.join(KIND_GROUPS)} "
-                f"(attention = q, k, v, o; mlp = gate, up, down)")
+                f"(attention = {', '.join(KIND_GROUPS['attention'])}; mlp = {', '.join(KIND_GROUPS['mlp'])})")
         return [k for k in KIND_GROUPS[name] if k in available] if name == "all" else normalize_kinds(
-            list(KIND_GROUPS[name]), available)
+            name, available)
     return normalize_kinds(kinds, available)
 
 
@@ -221,7 +222,7 @@ class ConstructionResult:
         for r in self._rows:
             rot = r["rotation"]
             records.append({
-                "layer": r["layer"], "kind": r["kind"], "expert": r["expert"], "in_features": r["rows"],
+                "layer": r["layer"], "kind": r["kind"], "expert": expert_label(r["expert"]), "in_features": r["rows"],
                 "out_features": r["cols"], "construction": self.number, "alpha": r["alpha"],
                 "relative_change": r["relative_change"],
                 "dq1_mean_deg": rot["residual1"]["mean_deg"], "dq1_max_deg": rot["residual1"]["max_deg"],
@@ -229,7 +230,7 @@ class ConstructionResult:
                 "defect1": rot["defect1"], "defect2": rot["defect2"], "tensor": r["tensor"],
             })
         table = pd.DataFrame(records)
-        if not table.empty and (table["expert"] < 0).all():
+        if not table.empty and (table["expert"] == -1).all():
             table = table.drop(columns=["expert"])
         return table
 

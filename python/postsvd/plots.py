@@ -24,8 +24,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compare import Comparison
 
 #: One color per kind, stable across figures.
-KIND_COLORS = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-                               "tab:pink")))
+KIND_COLORS = {
+    "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
+    "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
+    "q_a": "tab:cyan", "q_b": "tab:olive", "kv_a": "tab:gray", "kv_b_k": "gold", "kv_b_v": "teal",
+}
 
 
 #: Narrowest color range of the SVSM heatmaps.
@@ -68,11 +71,17 @@ def plot_svsm(svsm: Mapping[str, np.ndarray], layers: Mapping[str, Sequence[int]
         ax.set_xlabel("layer")
         ax.set_ylabel("singular value index")
         _layer_ticks(ax, kind_layers)
-    for ax in axes[len(kinds):]:
+    return _finish_heatmaps(fig, axes, len(kinds), image, "scaling  σ_post / σ_base",
+                            title or "Singular value scaling matrices (SVSM)")
+
+
+def _finish_heatmaps(fig, axes, used: int, image, label: str, title: str) -> Figure:
+    """Hides the unused axes of a heatmap grid, adds one shared colorbar and the title."""
+    for ax in axes[used:]:
         ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=axes[:len(kinds)].tolist(), label="scaling  σ_post / σ_base", shrink=0.9)
-    fig.suptitle(title or "Singular value scaling matrices (SVSM)")
+        fig.colorbar(image, ax=axes[:used].tolist(), label=label, shrink=0.9)
+    fig.suptitle(title)
     return fig
 
 
@@ -167,6 +176,34 @@ def plot_matrices(matrices: Mapping[str, np.ndarray], title: str = "") -> Figure
     return fig
 
 
+def plot_expert_nf(grids, title: str = "") -> Figure:
+    """NF per (layer, expert) of MoE kinds: one heatmap per kind, x = layer, y = expert.
+
+    Args:
+        grids: kind -> DataFrame [experts, layers] of NF (index: expert labels, columns: layers).
+    """
+    kinds = list(grids)
+    rows, cols = _grid(len(kinds))
+    fig = Figure(figsize=(3.2 * cols + 1.0, 3.0 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    values = np.concatenate([grids[k].to_numpy(dtype=float).ravel() for k in kinds])
+    values = values[np.isfinite(values)]
+    high = float(values.max()) if values.size else 1.0
+    image = None
+    for ax, kind in zip(axes, kinds):
+        grid = grids[kind]
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", interpolation="nearest", cmap="magma",
+                          vmin=0.0, vmax=high if high > 0 else 1.0)
+        ax.set_title(f"W_{kind}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("expert")
+        _layer_ticks(ax, list(grid.columns))
+        step = max(1, math.ceil(len(grid.index) / 16))
+        ax.set_yticks(list(range(0, len(grid.index), step)))
+        ax.set_yticklabels([str(grid.index[p]) for p in range(0, len(grid.index), step)])
+    return _finish_heatmaps(fig, axes, len(kinds), image, "NF", title or "NF per (layer, expert)")
+
+
 def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figure:
     """Fig. 9: NF per layer of several post models against one base, one panel
     per kind, one line per post model (dashed: unrelated rotations, sqrt(2/k)).
@@ -233,3 +270,79 @@ def plot_rotations(per_layer: Mapping[str, "pd.DataFrame"], title: str = "") -> 
     axes[0].legend(fontsize=7)
     fig.suptitle(title or "Eq. 13 residual rotations", fontsize=10)
     return fig
+
+
+# ---------------------------------------------------------------------- trajectories (postsvd.track)
+
+def plot_trajectory_nf(steps: Sequence[int], nf_mean: Mapping[str, Sequence[float]],
+                       baseline: Optional[Mapping[str, float]] = None, title: str = "") -> Figure:
+    """Mean NF over the layers against the training step, one line per kind.
+
+    Args:
+        steps: the checkpoints' steps [S].
+        nf_mean: kind -> [S] mean NF of that kind at each step.
+        baseline: kind -> NF of unrelated random rotations (sqrt(2/k)), drawn dashed.
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for kind, values in nf_mean.items():
+        ax.plot(steps, values, marker="o", markersize=3, color=KIND_COLORS.get(kind), label=f"W_{kind}")
+    for value in sorted({round(float(v), 12) for v in (baseline or {}).values()}):
+        ax.axhline(value, color="0.45", linewidth=0.9, linestyle="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("NF mean over layers")
+    ax.set_ylim(bottom=0)
+    ax.legend(ncol=min(len(nf_mean), 4), fontsize="small")
+    ax.set_title(title or "Orthogonal consistency along training (NF; dashed: unrelated rotations)")
+    return fig
+
+
+def plot_trajectory_scaling(steps: Sequence[int], scaling: Mapping[str, Dict[str, Sequence[float]]],
+                            title: str = "") -> Figure:
+    """Pooled top-90 % scaling mean (line) ± std (band) against the training step, one color per kind.
+
+    Args:
+        steps: the checkpoints' steps [S].
+        scaling: kind -> {"mean": [S], "std": [S]}.
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    x = np.asarray(steps)
+    for kind, series in scaling.items():
+        mean, std = np.asarray(series["mean"]), np.asarray(series["std"])
+        color = KIND_COLORS.get(kind)
+        ax.plot(x, mean, marker="o", markersize=3, color=color, label=f"W_{kind}")
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("step")
+    ax.set_ylabel("scaling factor (top 90 %)  mean ± std")
+    ax.legend(ncol=min(len(scaling), 4), fontsize="small")
+    ax.set_title(title or "Singular value scaling along training")
+    return fig
+
+
+def plot_nf_heatmap(steps: Sequence[int], nf: Mapping[str, np.ndarray], layers: Mapping[str, Sequence[int]],
+                    title: str = "") -> Figure:
+    """Per-layer NF over the steps: one heatmap per kind (x = step, y = layer), one color scale.
+
+    Args:
+        steps: the checkpoints' steps [S].
+        nf: kind -> [layers, S] NF.
+        layers: kind -> the layers of the rows.
+    """
+    rows, cols = _grid(len(nf))
+    fig = Figure(figsize=(3.4 * cols + 1.2, 2.8 * rows + 0.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    top = max(float(np.max(values)) for values in nf.values()) or 1.0
+    image = None
+    for ax, (kind, values) in zip(axes, nf.items()):
+        image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma", vmin=0.0, vmax=top,
+                          interpolation="nearest")
+        ax.set_title(f"W_{kind}")
+        ax.set_xticks(range(len(steps)))
+        ax.set_xticklabels([str(s) for s in steps], rotation=90 if len(steps) > 6 else 0, fontsize="x-small")
+        ax.set_yticks(range(len(layers[kind])))
+        ax.set_yticklabels([str(layer) for layer in layers[kind]], fontsize="x-small")
+        ax.set_xlabel("step")
+        ax.set_ylabel("layer")
+    return _finish_heatmaps(fig, axes, len(nf), image, "NF", title or "NF per layer along training")

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <tuple>
 
 #include "postsvd/architecture.h"
@@ -20,6 +21,7 @@ using postsvd::Checkpoint;
 using postsvd::DType;
 using postsvd::Kind;
 using postsvd::MatrixSource;
+using postsvd::TensorView;
 using postsvd_test::expect_error;
 using postsvd_test::TempDir;
 using postsvd_test::write_text;
@@ -353,7 +355,8 @@ TEST_F(ArchitectureErrors, UnknownModelTypeListsSupported) {
   const std::string folder = llama("bert", R"({"model_type": "bert"})", {{"x", {1}}});
   Checkpoint ck(folder);
   expect_error<BadCheckpoint>([&] { postsvd::detect_architecture(ck); },
-                              {folder + "/config.json", "'bert'", "gemma2, gpt2, llama, mistral", "phi3", "qwen2"});
+                              {folder + "/config.json", "'bert'", "deepseek_v3", "gemma2, gemma3", "gpt2, gpt_oss, llama, llama4",
+                               "phi3", "qwen2", "qwen3"});
   const auto types = postsvd::supported_model_types();
   for (const char* t : {"llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2"}) {
     EXPECT_NE(std::find(types.begin(), types.end(), t), types.end()) << t;
@@ -465,10 +468,64 @@ TEST_F(ArchitectureErrors, ViewOfRejectsInconsistentSource) {
 }
 
 TEST(Kinds, NamesRoundTrip) {
-  for (Kind k : {Kind::Q, Kind::K, Kind::V, Kind::O, Kind::Gate, Kind::Up, Kind::Down}) {
+  for (Kind k : {Kind::Q, Kind::K, Kind::V, Kind::O, Kind::Gate, Kind::Up, Kind::Down, Kind::QA, Kind::QB, Kind::KVA,
+                 Kind::KVBK, Kind::KVBV}) {
     EXPECT_EQ(postsvd::parse_kind(postsvd::kind_name(k)), k);
   }
-  expect_error<postsvd::InvalidArgument>([] { postsvd::parse_kind("qkv"); }, {"'qkv'", "q, k, v, o, gate, up, down"});
+  expect_error<postsvd::InvalidArgument>([] { postsvd::parse_kind("qkv"); },
+                                         {"'qkv'", "q, k, v, o, q_a, q_b, kv_a, kv_b_k, kv_b_v, gate, up, down"});
+}
+
+TEST(Kinds, TableGivesEveryKindOneNameAndGroup) {
+  std::set<std::string> names;
+  for (const postsvd::KindInfo& info : postsvd::kind_table()) {
+    EXPECT_TRUE(names.insert(info.name).second) << info.name;
+    EXPECT_STREQ(postsvd::kind_group(info.kind), info.group);
+    const std::string group = info.group;
+    const bool mlp = info.kind == Kind::Gate || info.kind == Kind::Up || info.kind == Kind::Down;
+    EXPECT_EQ(group, mlp ? "mlp" : "attention") << info.name;
+  }
+  EXPECT_EQ(names.size(), 12u);
+}
+
+// DeepSeek's kv_b_proj [heads * (nope + v), rank]: per head, nope K rows then v V rows.
+TEST(FusedParts, PerHeadGroupsReadAndWriteTheRightRows) {
+  const int64_t heads = 3, nope = 2, v_head = 3, rank = 4;
+  const int64_t fused = heads * (nope + v_head);
+  std::vector<float> stored(static_cast<std::size_t>(fused * rank));
+  for (std::size_t i = 0; i < stored.size(); ++i) stored[i] = static_cast<float>(i);
+  for (const bool is_k : {true, false}) {
+    MatrixSource s;
+    s.in_features = rank;
+    s.out_features = heads * (is_k ? nope : v_head);
+    s.fused_out = fused;
+    s.out_offset = is_k ? 0 : nope;
+    s.out_group = is_k ? nope : v_head;
+    s.out_group_stride = nope + v_head;
+    TensorView view;
+    view.data = stored.data();
+    view.dtype = postsvd::DType::F32;
+    view.rows = rank;
+    view.cols = s.out_features;
+    view.col_stride = rank;
+    view.col_group = s.out_group;
+    view.col_group_skip = (s.out_group_stride - s.out_group) * rank;
+    view.data = stored.data() + s.out_offset * rank;
+    const auto w = postsvd::to_matrix<double>(view);
+    const auto wt = postsvd::to_matrix<double>(view.transposed());
+    for (int64_t c = 0; c < s.out_features; ++c) {
+      const int64_t head = c / s.out_group, j = c % s.out_group;
+      const int64_t row = head * (nope + v_head) + (is_k ? 0 : nope) + j;  // the stored row of column c
+      EXPECT_EQ(postsvd::fused_column(s, c), row);
+      for (int64_t r = 0; r < rank; ++r) {
+        EXPECT_EQ(w(r, c), static_cast<double>(row * rank + r)) << (is_k ? "K" : "V") << " col " << c;
+        EXPECT_EQ(wt(c, r), w(r, c));
+      }
+    }
+    const auto span = view.byte_span();
+    EXPECT_EQ(span.first, 0);
+    EXPECT_EQ(span.second, (postsvd::fused_column(s, s.out_features - 1) - s.out_offset + 1) * rank * 4);
+  }
 }
 
 TEST(Kinds, PaperOrderAndGroups) {
@@ -477,8 +534,9 @@ TEST(Kinds, PaperOrderAndGroups) {
     names += std::string(postsvd::kind_name(k)) + " ";
     groups += std::string(postsvd::kind_group(k)) + " ";
   }
-  EXPECT_EQ(names, "q k v o gate up down ");
-  EXPECT_EQ(groups, "attention attention attention attention mlp mlp mlp ");
+  EXPECT_EQ(names, "q k v o q_a q_b kv_a kv_b_k kv_b_v gate up down ");
+  EXPECT_EQ(groups, "attention attention attention attention attention attention attention attention attention "
+                    "mlp mlp mlp ");
 }
 
 }  // namespace

@@ -137,7 +137,7 @@ Dense decoded(const TensorView& v) {
   const auto* base = static_cast<const unsigned char*>(v.data);
   for (int64_t c = 0; c < v.cols; ++c)
     for (int64_t r = 0; r < v.rows; ++r) {
-      const unsigned char* at = base + (r * v.row_stride + c * v.col_stride) * static_cast<int64_t>(dtype_size(v.dtype));
+      const unsigned char* at = base + (v.row_offset(r) + v.col_offset(c)) * static_cast<int64_t>(dtype_size(v.dtype));
       double x = 0;
       if (v.dtype == DType::F64) std::memcpy(&x, at, 8);
       else if (v.dtype == DType::F32) { float f; std::memcpy(&f, at, 4); x = f; }
@@ -416,6 +416,36 @@ TYPED_TEST(CudaParity, DecompositionsAgreeOnInvariants) {
     for (int64_t i = 0; i < g.U.size(); ++i) worst = std::max(worst, std::fabs(double(g.U.data()[i]) - double(h.U.data()[i])));
     for (int64_t i = 0; i < g.V.size(); ++i) worst = std::max(worst, std::fabs(double(g.V.data()[i]) - double(h.V.data()[i])));
     EXPECT_LE(worst, tol) << "U, V after the sign rule";
+  }
+}
+
+// DeepSeek kv_b_proj's K and V halves: per-head column groups of a [heads * (nope + v), rank] tensor, wide
+// (rank < columns), so both the direct and the transposed conversion see the groups.
+TYPED_TEST(CudaParity, PerHeadGroupedPartsAgreeWithTheCpu) {
+  POSTSVD_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  auto gpu = cuda_backend();
+  auto cpu = cpu_backend();
+  const int64_t heads = 6, nope = 5, v_head = 7, rank = 16;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal;
+  std::vector<float> stored(static_cast<std::size_t>(heads * (nope + v_head) * rank));
+  for (float& x : stored) x = normal(rng);
+  for (const bool is_k : {true, false}) {
+    TensorView view;
+    view.dtype = DType::F32;
+    view.rows = rank;
+    view.cols = heads * (is_k ? nope : v_head);
+    view.col_stride = rank;
+    view.col_group = is_k ? nope : v_head;
+    view.col_group_skip = (is_k ? v_head : nope) * rank;
+    view.data = stored.data() + (is_k ? 0 : nope * rank);
+    view.name = is_k ? "kv_b_proj[kv_b_k]" : "kv_b_proj[kv_b_v]";
+    const Decomposition<T> g = decompose<T>(*gpu, view);
+    const Decomposition<T> h = decompose<T>(*cpu, view);
+    const Dense w = decoded(view);
+    for (std::size_t j = 0; j < h.S.size(); ++j) EXPECT_NEAR(g.S[j], h.S[j], Tol<T>::measure * h.S[0]) << view.name;
+    EXPECT_NEAR(relative_reconstruction_error(g, w), 0.0, Tol<T>::reconstruction) << view.name;
   }
 }
 

@@ -220,6 +220,17 @@ TEST(HeaderLimits, OversizedConfigIsRefusedBeforeReading) {
   expect_error<BadCheckpoint>([&] { Checkpoint ck(folder); }, {"config.json", "over the limit"});
 }
 
+TEST(HeaderLimits, ConfigSizesThatWouldOverflowAProductAreRefused) {
+  TempDir dir;
+  const std::string folder = dir.folder("model");
+  write_tiny_llama(folder, 1, 1);
+  // heads x head_dim = 2^80 would overflow int64 while the expected shapes are built.
+  write_text(folder + "/config.json", R"({"model_type":"llama","hidden_size":4,"num_attention_heads":1099511627776,)"
+                                      R"("head_dim":1099511627776,"intermediate_size":6,"num_hidden_layers":1})");
+  expect_error<BadCheckpoint>([&] { postsvd::detect_architecture(Checkpoint(folder)); },
+                              {"config.json", "num_attention_heads", "over the limit"});
+}
+
 // ---------------------------------------------------------------- files that are not files
 
 TEST(FileKinds, FolderDanglingLinkAndLinkLoopAreNamed) {

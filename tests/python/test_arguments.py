@@ -20,7 +20,8 @@ def test_layer_text_parsing():
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(kinds="qkv"), postsvd.InvalidArgumentError, "valid kinds are q, k, v, o, gate, up, down"),
+    (dict(kinds="qkv"), postsvd.InvalidArgumentError,
+     "valid kinds are q, k, v, o, q_a, q_b, kv_a, kv_b_k, kv_b_v, gate, up, down"),
     (dict(kinds=[]), postsvd.InvalidArgumentError, "at least one"),
     (dict(layers=SYNTHETIC["layers"]), postsvd.InvalidArgumentError, "has layers 0..1"),
     (dict(layers=[0, -3]), postsvd.InvalidArgumentError, "out of range"),

@@ -200,3 +200,78 @@ def test_construction_on_fp8_writes_bf16_without_quantization_config(tiny_models
         generated = model.generate(torch.tensor([[1, 5, 7]]), max_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 7)
 
+
+
+def _deepseek_v3_fp8(tmp_path, block):
+    """A tiny deepseek_v3 (float32) and its copy with every kv_b_proj block-quantized (DeepSeek-V3 FP8 layout)."""
+    from frontier_models import build_frontier_model
+
+    model = build_frontier_model("deepseek_v3")
+    src = str(tmp_path / "deepseek-f32")
+    model.save_pretrained(src)
+    dst = str(tmp_path / "deepseek-fp8")
+    out = {}
+    for name, t in quantize._load(src).items():
+        if name.endswith("self_attn.kv_b_proj.weight"):
+            out[name], out[name + "_scale_inv"] = quantize.quantize_block_fp8(t, block)
+        else:
+            out[name] = t
+    quantize._write(dst, src, out, {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                    "weight_block_size": list(block)})
+    return src, dst, model.config
+
+
+def test_deepseek_v3_fp8_kv_b_per_head_parts(tmp_path):
+    """kv_b_proj [heads * (nope + v), rank] is read as grouped per-head K and V parts; with blocks of 16
+    stored rows (heads of 8 + 6 rows) blocks straddle heads and parts, so each element must find the
+    scale of its stored position through the grouped view, in both orientations."""
+    block = (16, 12)  # rank 16: an edge block along the input dim too
+    src, dst, config = _deepseek_v3_fp8(tmp_path, block)
+    heads, nope, v_head = config.num_attention_heads, config.qk_nope_head_dim, config.v_head_dim
+    for layer in range(config.num_hidden_layers):
+        name = f"model.layers.{layer}.self_attn.kv_b_proj.weight"
+        codes = _hf_tensor(dst, name)
+        scale = _hf_tensor(dst, name + "_scale_inv")
+        assert codes.shape == (heads * (nope + v_head), config.kv_lora_rank)
+        for dtype, np_dtype in (("float32", np.float32), ("float64", np.float64)):
+            full = quantize.dequantize_fp8_reference(codes, scale, block, np_dtype)
+            per_head = full.reshape(heads, nope + v_head, -1)
+            for kind, rows in (("kv_b_k", per_head[:, :nope]), ("kv_b_v", per_head[:, nope:])):
+                expected = rows.reshape(-1, full.shape[1]).T  # W [rank, heads * part]
+                got = postsvd.read_matrix(dst, layer, kind, dtype=dtype)
+                assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (layer, kind, dtype)
+                source = find_source(postsvd.architecture(dst), layer, kind)
+                assert _core.stored_format(_core.Checkpoint(dst), source)["scheme"] == "scaled-fp8"
+    # The comparison decomposes the dequantized parts: against the float32 original every kv_b
+    # difference is within what quantization can cause.
+    # W [rank, heads * part] is wide, so the SVD reads the transposed grouped view.
+    r = postsvd.compare(src, dst, kinds=["kv_b_k", "kv_b_v"], dtype="float64", progress=False)
+    assert len(r.table) == 2 * config.num_hidden_layers
+    assert "within F8_E4M3 rounding" in r.summary()
+    for kind in ("kv_b_k", "kv_b_v"):
+        sigma = r.sigma(kind, "post")
+        for layer in range(config.num_hidden_layers):
+            w = postsvd.read_matrix(dst, layer, kind, dtype="float64")
+            np.testing.assert_allclose(sigma[:, layer], np.linalg.svd(w, compute_uv=False), rtol=1e-10,
+                                       atol=1e-12, err_msg=(kind, layer))
+
+
+def test_construction_on_deepseek_v3_fp8_writes_per_head_bf16(tmp_path):
+    """Construction 14 with an FP8 post: kv_b_proj is written back as BF16 in its stored per-head layout
+    (K rows then V rows per head), its scale tensor dropped, quantization_config removed."""
+    src, dst, config = _deepseek_v3_fp8(tmp_path, (16, 12))
+    out = tmp_path / "out"
+    postsvd.construct(14, src, dst, out, group="attention", progress=False)
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    cp = _core.Checkpoint(str(out))
+    assert not any(n.endswith("_scale_inv") for n in cp.tensor_names())
+    name = "model.layers.0.self_attn.kv_b_proj.weight"
+    assert cp.info(name)["dtype"] == "BF16"
+    for kind in ("kv_b_k", "kv_b_v"):
+        w_base = postsvd.read_matrix(src, 0, kind, dtype="float64")
+        w_post = postsvd.read_matrix(dst, 0, kind, dtype="float64")
+        u_base, s_base, vt_base = np.linalg.svd(w_base, full_matrices=False)
+        u_post, s_post, vt_post = np.linalg.svd(w_post, full_matrices=False)
+        expected = u_post @ np.diag(s_base) @ vt_post
+        got = postsvd.read_matrix(str(out), 0, kind, dtype="float64")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-2 * np.abs(expected).max(), err_msg=kind)

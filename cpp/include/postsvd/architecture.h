@@ -12,30 +12,67 @@
 
 namespace postsvd {
 
-/// Projection kinds (names "q", "k", "v", "o", "gate", "up", "down").
-enum class Kind { Q, K, V, O, Gate, Up, Down };
+/// Projection kinds. Their names and groups live in one table (kind_table()):
+/// q, k, v, o, q_a, q_b, kv_a, kv_b_k, kv_b_v (group "attention"; the last five
+/// are DeepSeek's MLA: q_a_proj, q_b_proj, kv_a_proj_with_mqa and the K and V
+/// halves of kv_b_proj) and gate, up, down (group "mlp").
+enum class Kind { Q, K, V, O, Gate, Up, Down, QA, QB, KVA, KVBK, KVBV };
+
+/// One row of the kind table.
+struct KindInfo {
+  Kind kind;
+  const char* name;   // "q", ..., "kv_b_v"
+  const char* group;  // "attention" or "mlp"
+};
+/// Every kind, attention kinds first, in display order.
+const std::vector<KindInfo>& kind_table();
 const char* kind_name(Kind kind);
+const char* kind_group(Kind kind);
 /// Throws InvalidArgument listing the valid names.
 Kind parse_kind(const std::string& name);
-/// Every kind, in the paper's order (the one kind list; Python reads it through the bindings).
+/// Every kind, in kind_table()'s order.
 std::vector<Kind> all_kinds();
-/// The kind's group (Appendix D): "attention" for q, k, v, o (SA), "mlp" for gate, up, down (FFN).
-const char* kind_group(Kind kind);
+
+/// MatrixSource::expert of a shared expert (DeepSeek shared_experts, Llama 4
+/// shared_expert, ...); routed experts are 0, 1, ...; -1 is not an expert.
+constexpr int kSharedExpert = -2;
+/// "shared", the routed expert's number, or "" for -1.
+std::string expert_label(int expert);
 
 /// Where one (layer, kind) matrix lives in a checkpoint. Fused tensors
 /// (phi3 qkv_proj / gate_up_proj, gpt2 c_attn) give several sources that
-/// share a tensor with different column ranges of the paper-orientation matrix.
+/// share a tensor with different column sets of the paper-orientation matrix:
+/// column c of the part is column fused_column(source, c) of the fused tensor,
+///   out_offset + (c / out_group) * out_group_stride + (c % out_group) * out_step
+/// (out_group = 0: out_offset + c * out_step). A contiguous range has
+/// out_step 1; gpt-oss's interleaved gate/up columns out_step 2; DeepSeek's
+/// kv_b_proj per head out_group = qk_nope (or v_head) columns every
+/// qk_nope + v_head. Fused experts (Llama 4, gpt-oss) are 3-D tensors
+/// [stacked, ...]: the source is slice stacked_index.
 struct MatrixSource {
   int layer = 0;
   Kind kind = Kind::Q;
-  int expert = -1;            // MoE expert index, -1 for dense
+  int expert = -1;            // routed expert index, kSharedExpert, or -1 (not an expert)
   std::string tensor;         // tensor name in the checkpoint
-  bool conv1d = false;        // stored [in, out] (GPT-2 Conv1D) instead of [out, in]
+  bool conv1d = false;        // stored [in, out] (GPT-2 Conv1D, fused experts) instead of [out, in]
   int64_t in_features = 0;    // rows of the paper-orientation part
   int64_t out_features = 0;   // cols of the part
   int64_t out_offset = 0;     // first column of the part inside the fused tensor's output dim
   int64_t fused_out = 0;      // whole output dim of the stored tensor (== out_features when not fused)
+  int64_t out_step = 1;       // fused columns between consecutive columns of the part
+  int64_t out_group = 0;      // columns per group (per head); 0 = one group
+  int64_t out_group_stride = 0;  // fused columns between the starts of consecutive groups
+  int64_t stacked = 0;        // leading dim of a 3-D tensor [stacked, ...]; 0 for 2-D
+  int64_t stacked_index = 0;  // the slice of a 3-D tensor
 };
+
+/// The fused output column of the part's column c (see MatrixSource).
+int64_t fused_column(const MatrixSource& source, int64_t c);
+/// The stored shape the source expects: [fused_out, in] or [in, fused_out],
+/// with [stacked] in front for 3-D tensors.
+std::vector<int64_t> stored_shape(const MatrixSource& source);
+/// "(layer L, kind[, expert E])" for messages.
+std::string source_label(const MatrixSource& source);
 
 /// The projections of a checkpoint, in (layer, kind) order.
 struct Architecture {
@@ -48,9 +85,9 @@ struct Architecture {
   std::vector<std::string> warnings;
 };
 
-/// Maps config.json's model_type and the tensor names to sources. Supports
-/// llama, qwen2, mistral, gemma2, phi3, gpt2; any other model_type is an error
-/// listing the supported ones. Every mapped tensor must exist with the expected shape.
+/// Maps config.json's model_type and the tensor names to sources (the types of
+/// supported_model_types()); any other model_type is an error listing the
+/// supported ones. Every mapped tensor must exist with the expected shape.
 Architecture detect_architecture(const Checkpoint& checkpoint);
 
 /// The supported model_type strings.

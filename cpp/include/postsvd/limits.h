@@ -42,6 +42,11 @@ constexpr int kMaxJsonDepth = 64;
 constexpr uint64_t kMaxConfigBytes = 16u << 20;
 constexpr uint64_t kMaxIndexBytes = 256u << 20;
 
+/// Integer sizes in config.json (hidden_size, heads, head_dim, intermediate
+/// sizes, expert counts): products of two stay far inside int64. The largest
+/// real values are about 10^5.
+constexpr int64_t kMaxConfigInteger = int64_t{1} << 24;
+
 /// Characters of a JSON value or a name quoted in an error message; longer
 /// ones are cut with a note of their size.
 constexpr std::size_t kMaxQuotedChars = 200;

@@ -41,7 +41,7 @@ enum class QuantScheme {
 /// The scales of a quantized view. Scales follow the stored position of an
 /// element, not the view's (r, c), so any view geometry (fused parts,
 /// transposes, strided parts) finds them: element (r, c) of the view is
-/// stored element e = first + r * view.row_stride + c * view.col_stride of its
+/// stored element e = first + view.row_offset(r) + view.col_offset(c) of its
 /// tensor, counted from the tensor's start in row-major order.
 /// ScaledFP8: e is stored at (i, j) = (e / stored_cols, e % stored_cols) of
 ///   the [out, in] tensor and scaled by data[(i / block_rows) * grid_cols +
@@ -68,7 +68,11 @@ struct ViewScales {
 ///   static_cast<const char*>(data) + (r * row_stride + c * col_stride) * dtype_size(dtype).
 /// An nn.Linear tensor [out, in] row-major gives row_stride = 1, col_stride = in.
 /// A GPT-2 Conv1D tensor [in, out] gives row_stride = out, col_stride = 1.
-/// A part of a fused tensor is a column range of the fused matrix.
+/// A part of a fused tensor is a column range of the fused matrix. Parts made
+/// of equal groups (DeepSeek's kv_b_proj: per head, K rows then V rows) add a
+/// skip between groups: with col_group > 0, column c starts at
+///   c * col_stride + (c / col_group) * col_group_skip
+/// (rows likewise with row_group, so that a transposed view keeps it).
 struct TensorView {
   const void* data = nullptr;
   DType dtype = DType::F32;
@@ -78,9 +82,17 @@ struct TensorView {
   int64_t col_stride = 0;
   std::string name;  // tensor name (and part), for error messages
   ViewScales scales;  // quantized weights only (scheme != None)
+  int64_t row_group = 0;       // 0 = no groups along rows
+  int64_t row_group_skip = 0;  // extra elements between consecutive row groups
+  int64_t col_group = 0;       // 0 = no groups along columns
+  int64_t col_group_skip = 0;  // extra elements between consecutive column groups
+
+  /// Element offset of row r and of column c: element (r, c) is at row_offset(r) + col_offset(c).
+  int64_t row_offset(int64_t r) const { return r * row_stride + (row_group > 0 ? (r / row_group) * row_group_skip : 0); }
+  int64_t col_offset(int64_t c) const { return c * col_stride + (col_group > 0 ? (c / col_group) * col_group_skip : 0); }
 
   bool quantized() const { return scales.scheme != QuantScheme::None; }
-  /// The same stored data seen as W^T (strides swapped; scales follow stored positions).
+  /// The same data seen as W^T (strides and groups swapped; scales follow stored positions).
   TensorView transposed() const;
 
   /// Byte span [first, last) the view touches, relative to `data`; for copying

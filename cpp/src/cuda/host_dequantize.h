@@ -47,6 +47,9 @@ class HostDequantized {
     view_.dtype = dtype;
     view_.row_stride = 1;
     view_.col_stride = view_.rows;
+    // The copy is dense: a grouped part's (DeepSeek kv_b K/V) group skips do not apply to it.
+    view_.row_group = view_.row_group_skip = 0;
+    view_.col_group = view_.col_group_skip = 0;
     view_.scales = ViewScales{};
     view_.name += " (dequantized on the host)";
   }

@@ -68,6 +68,11 @@ __device__ __forceinline__ double load_as<StoredF64, double>(const double* base,
   return base[element];
 }
 
+__device__ __forceinline__ int64_t element_of(const ViewLayout& l, int64_t r, int64_t c) {
+  return r * l.row_stride + (l.row_group > 0 ? (r / l.row_group) * l.row_group_skip : 0) + c * l.col_stride +
+         (l.col_group > 0 ? (c / l.col_group) * l.col_group_skip : 0);
+}
+
 template <class T>
 __device__ __forceinline__ void note_if_bad(T value, int64_t out_index, unsigned long long* first_bad) {
   if (!isfinite(value)) atomicMin(first_bad, static_cast<unsigned long long>(out_index));
@@ -77,12 +82,11 @@ __device__ __forceinline__ void note_if_bad(T value, int64_t out_index, unsigned
 // reads and writes along r, coalesced on both sides.
 template <class Stored, class T>
 __global__ void convert_rows_kernel(const typename Stored::Bits* stored, int64_t base_offset, int64_t rows,
-                                    int64_t cols, int64_t row_stride, int64_t col_stride, T* out,
-                                    unsigned long long* first_bad) {
+                                    int64_t cols, ViewLayout layout, T* out, unsigned long long* first_bad) {
   for (int64_t c = blockIdx.y; c < cols; c += gridDim.y) {
     for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
          r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const T value = load_as<Stored, T>(stored, base_offset + r * row_stride + c * col_stride);
+      const T value = load_as<Stored, T>(stored, base_offset + element_of(layout, r, c));
       const int64_t index = r + c * rows;
       out[index] = value;
       note_if_bad(value, index, first_bad);
@@ -95,15 +99,14 @@ __global__ void convert_rows_kernel(const typename Stored::Bits* stored, int64_t
 // writes along r.
 template <class Stored, class T>
 __global__ void convert_tiled_kernel(const typename Stored::Bits* stored, int64_t base_offset, int64_t rows,
-                                     int64_t cols, int64_t row_stride, int64_t col_stride, T* out,
-                                     unsigned long long* first_bad) {
+                                     int64_t cols, ViewLayout layout, T* out, unsigned long long* first_bad) {
   __shared__ T tile[kTile][kTile + 1];
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
   for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile; r0 < rows; r0 += static_cast<int64_t>(gridDim.y) * kTile) {
     for (int j = threadIdx.y; j < kTile; j += kTileRows) {
       const int64_t r = r0 + j;
       const int64_t c = c0 + threadIdx.x;
-      if (r < rows && c < cols) tile[j][threadIdx.x] = load_as<Stored, T>(stored, base_offset + r * row_stride + c * col_stride);
+      if (r < rows && c < cols) tile[j][threadIdx.x] = load_as<Stored, T>(stored, base_offset + element_of(layout, r, c));
     }
     __syncthreads();
     for (int j = threadIdx.y; j < kTile; j += kTileRows) {
@@ -121,16 +124,16 @@ __global__ void convert_tiled_kernel(const typename Stored::Bits* stored, int64_
 }
 
 template <class Stored, class T>
-void launch_convert(const void* stored, int64_t base_offset, int64_t rows, int64_t cols, int64_t row_stride,
-                    int64_t col_stride, T* out, unsigned long long* first_bad, cudaStream_t stream) {
+void launch_convert(const void* stored, int64_t base_offset, int64_t rows, int64_t cols, const ViewLayout& layout,
+                    T* out, unsigned long long* first_bad, cudaStream_t stream) {
   const auto* typed = static_cast<const typename Stored::Bits*>(stored);
-  const int64_t abs_row = row_stride < 0 ? -row_stride : row_stride;
-  const int64_t abs_col = col_stride < 0 ? -col_stride : col_stride;
+  const int64_t abs_row = layout.row_stride < 0 ? -layout.row_stride : layout.row_stride;
+  const int64_t abs_col = layout.col_stride < 0 ? -layout.col_stride : layout.col_stride;
   if (abs_row <= abs_col || cols == 1) {
     const int64_t blocks_x = std::min<int64_t>((rows + kThreads - 1) / kThreads, 1024);
     const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks_x, 1)), static_cast<unsigned>(std::min(cols, kMaxGridY)));
-    convert_rows_kernel<Stored, T><<<grid, kThreads, 0, stream>>>(typed, base_offset, rows, cols, row_stride,
-                                                                  col_stride, out, first_bad);
+    convert_rows_kernel<Stored, T><<<grid, kThreads, 0, stream>>>(typed, base_offset, rows, cols, layout, out,
+                                                                  first_bad);
     POSTSVD_CUDA_CHECK_LAUNCH("convert_rows_kernel");
   } else {
     const int64_t col_tiles = (cols + kTile - 1) / kTile;
@@ -138,8 +141,8 @@ void launch_convert(const void* stored, int64_t base_offset, int64_t rows, int64
     POSTSVD_CHECK(col_tiles < (int64_t{1} << 31), BackendError, "convert_view: too many columns (" << cols << ")");
     const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles));
     const dim3 block(kTile, kTileRows);
-    convert_tiled_kernel<Stored, T><<<grid, block, 0, stream>>>(typed, base_offset, rows, cols, row_stride,
-                                                                col_stride, out, first_bad);
+    convert_tiled_kernel<Stored, T><<<grid, block, 0, stream>>>(typed, base_offset, rows, cols, layout, out,
+                                                                first_bad);
     POSTSVD_CUDA_CHECK_LAUNCH("convert_tiled_kernel");
   }
 }
@@ -308,18 +311,17 @@ unsigned grid_for(int64_t elements) {
 
 template <class T>
 void convert_view(const void* stored, DType dtype, int64_t base_offset, int64_t rows, int64_t cols,
-                  int64_t row_stride, int64_t col_stride, T* out, unsigned long long* first_bad,
-                  cudaStream_t stream) {
+                  const ViewLayout& layout, T* out, unsigned long long* first_bad, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
   switch (dtype) {
     case DType::BF16:
-      return launch_convert<StoredBf16, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+      return launch_convert<StoredBf16, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
     case DType::F16:
-      return launch_convert<StoredF16, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+      return launch_convert<StoredF16, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
     case DType::F32:
-      return launch_convert<StoredF32, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+      return launch_convert<StoredF32, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
     case DType::F64:
-      return launch_convert<StoredF64, T>(stored, base_offset, rows, cols, row_stride, col_stride, out, first_bad, stream);
+      return launch_convert<StoredF64, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
     default:
       POSTSVD_THROW(InvalidArgument, "convert_view: expected a float dtype (BF16, F16, F32, F64), got " << dtype_name(dtype));
   }
@@ -379,7 +381,7 @@ void cast_matrix(const S* src, int64_t rows, int64_t cols, int64_t ld_src, D* ds
 }
 
 #define POSTSVD_INSTANTIATE(T)                                                                                 \
-  template void convert_view<T>(const void*, DType, int64_t, int64_t, int64_t, int64_t, int64_t, T*,          \
+  template void convert_view<T>(const void*, DType, int64_t, int64_t, int64_t, const ViewLayout&, T*,        \
                                 unsigned long long*, cudaStream_t);                                           \
   template void reverse_columns<T>(T*, int64_t, int64_t, int64_t, T*, cudaStream_t);                          \
   template void normalize_columns<T>(T*, int64_t, int64_t, int64_t, T*, cudaStream_t);                        \

@@ -14,14 +14,25 @@ namespace cuda {
 /// Sentinel of `first_bad` when every element is finite.
 constexpr unsigned long long kNoBadElement = ~0ull;
 
+/// Strides of a view (TensorView's, groups included): element (r, c) lies at
+/// r*row_stride + (r/row_group)*row_group_skip + c*col_stride + (c/col_group)*col_group_skip
+/// (a group of 0 adds nothing).
+struct ViewLayout {
+  int64_t row_stride = 1, col_stride = 0;
+  int64_t row_group = 0, row_group_skip = 0;
+  int64_t col_group = 0, col_group_skip = 0;
+};
+inline ViewLayout layout_of(const TensorView& v) {
+  return {v.row_stride, v.col_stride, v.row_group, v.row_group_skip, v.col_group, v.col_group_skip};
+}
+
 /// out[r + c*rows] = (T) stored(r, c), where stored element (r, c) lives at
-/// element offset base_offset + r*row_stride + c*col_stride of `stored`
+/// element offset base_offset + (its offset in `layout`) of `stored`
 /// (any float dtype: BF16, F16, F32, F64). Writes into *first_bad (atomicMin)
 /// the smallest column-major index r + c*rows of a NaN or Inf.
 template <class T>
 void convert_view(const void* stored, DType dtype, int64_t base_offset, int64_t rows, int64_t cols,
-                  int64_t row_stride, int64_t col_stride, T* out, unsigned long long* first_bad,
-                  cudaStream_t stream);
+                  const ViewLayout& layout, T* out, unsigned long long* first_bad, cudaStream_t stream);
 
 /// Reverses the order of the columns of a [rows, cols] matrix and of the vector
 /// `values` [cols] (may be null): ascending eigenpairs -> descending.

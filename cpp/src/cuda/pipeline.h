@@ -63,10 +63,8 @@ class Pipeline {
     const int64_t base_offset = -span.first / elem;  // element (0, 0) inside the staged bytes
     const char* stored = lane_.raw.get<char>() + raw_offset_[slot];
     unsigned long long* first_bad = lane_.device_scalars()->first_bad + slot;
-    if (!transposed)
-      convert_view<C>(stored, v.dtype, base_offset, v.rows, v.cols, v.row_stride, v.col_stride, lane_.work.get<C>(), first_bad, lane_.stream);
-    else
-      convert_view<C>(stored, v.dtype, base_offset, v.cols, v.rows, v.col_stride, v.row_stride, lane_.work.get<C>(), first_bad, lane_.stream);
+    const TensorView w = transposed ? v.transposed() : v;
+    convert_view<C>(stored, w.dtype, base_offset, w.rows, w.cols, layout_of(w), lane_.work.get<C>(), first_bad, lane_.stream);
   }
 
   // First pass of a decomposition: u[slot], v[slot], s[slot] of lane.work (converted from v).

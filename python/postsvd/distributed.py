@@ -1,0 +1,219 @@
+"""Comparisons on a Ray cluster: ``postsvd.compare(..., executor="ray")``.
+
+The driver (the calling process) opens both folders once to read the
+architecture, groups the selected (layer, kind[, expert]) pairs into units
+(:func:`plan_units`: a layer's pairs, split where they hold more than
+:data:`UNIT_ELEMENTS` weights) and submits one Ray task per unit. Each task
+opens the folders by path (a file system every node sees), runs
+:func:`postsvd.compare.pair_records` (the same per-pair code as a local run)
+and returns only the measures (O(k) per pair); no weights go through Ray's
+object store. The records are put back in the local run's order, so in the
+same precision the tables equal a local run's to the last digit.
+
+Resources: a task asks for one GPU (and uses the CUDA backend) with
+``device='cuda'``, or with ``device='auto'`` on a cluster that has GPUs;
+otherwise ``num_threads`` CPUs (1 when None) and LAPACK with as many threads.
+
+Faults: a task whose worker dies (killed process, lost node) is retried by
+Ray (``max_retries``); a task that raises (a bad input: truncated shard, NaN
+weight) is not retried, and the run fails with that error (naming the tensor
+and file). Ctrl-C cancels the outstanding tasks and re-raises.
+
+Fault injection for tests: ``POSTSVD_RAY_FAULT=kill-once:MARKER`` (in the
+driver's environment, handed to every task, or in the workers' own): the
+first task that creates the file MARKER kills its own worker process
+(SIGKILL) before it computes anything; the retry finds MARKER and runs.
+
+Ray is optional: this module imports it only when a run asks for it
+(``pip install postsvd[ray]``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from .errors import BackendError, InvalidArgumentError
+
+#: A unit holds the pairs of one layer up to this many weights (both models); a larger pair is a unit alone.
+UNIT_ELEMENTS = 1 << 25
+#: Ray retries a task this many times when its worker dies (not when the task raises).
+MAX_RETRIES = 3
+#: Environment variable of the fault injection (see the module's doc).
+FAULT_VARIABLE = "POSTSVD_RAY_FAULT"
+#: What to install for executor='ray'.
+INSTALL_HINT = "pip install postsvd[ray]"
+
+_task = None  # the Ray remote function, made on first use
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every task needs to open and compare the pairs (only paths and settings travel)."""
+    base: str
+    post: str
+    device: str  # 'auto', 'cpu' or 'cuda'
+    precision: str
+    memory_budget_bytes: int
+    num_threads: Optional[int]
+    cache: str  # '' = none
+
+
+@dataclass
+class RunResult:
+    records: List[Dict[str, Any]]
+    elapsed_seconds: float
+    device: str
+    decompositions: Dict[str, int]
+
+
+def import_ray():
+    """The ray module, or an ImportError that says how to install it."""
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError(f"executor='ray' needs Ray, which is not installed here ({error}); install it with: "
+                          f"{INSTALL_HINT}") from error
+    return ray
+
+
+def check_device(device: Any) -> str:
+    """Checks a device of executor='ray' ('auto', 'cpu' or 'cuda') and that Ray is installed."""
+    text = device.strip().lower() if isinstance(device, str) else None
+    if text not in ("auto", "cpu", "cuda"):
+        raise InvalidArgumentError(f"device: with executor='ray' expected 'auto', 'cpu' or 'cuda' (Ray assigns "
+                                   f"each task its GPU), got {device!r}")
+    import_ray()
+    return text
+
+
+def connect(address: Optional[str] = None):
+    """Joins a Ray cluster unless this process already has: `address`, else a running one, else a new local one.
+
+    Returns the ray module.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    if address is not None:
+        ray.init(address=address, logging_level="WARNING")
+        return ray
+    try:
+        ray.init(address="auto", logging_level="WARNING")
+    except ConnectionError:  # no running cluster: start one on this machine
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    return ray
+
+
+def plan_units(batches: Sequence[Sequence[int]], matrices: Sequence[Dict[str, Any]],
+               max_elements: int = UNIT_ELEMENTS, max_pairs: int = 64) -> List[List[int]]:
+    """Splits each layer's pair indices into units of at most `max_elements` weights (both models) and
+    `max_pairs` pairs (a MoE layer's many small experts: the backend sees a bounded batch)."""
+    units: List[List[int]] = []
+    for batch in batches:
+        unit: List[int] = []
+        size = 0
+        for index in batch:
+            elements = 2 * int(matrices[index]["in_features"]) * int(matrices[index]["out_features"])
+            if unit and (size + elements > max_elements or len(unit) >= max_pairs):
+                units.append(unit)
+                unit, size = [], 0
+            unit.append(index)
+            size += elements
+        if unit:
+            units.append(unit)
+    return units
+
+
+def inject_fault(spec: Optional[str]) -> None:
+    """Acts on a fault specification (see the module's doc); None or '' does nothing."""
+    if not spec:
+        return
+    kind, _, marker = spec.partition(":")
+    if kind != "kill-once" or not marker:
+        raise InvalidArgumentError(f"{FAULT_VARIABLE}: expected 'kill-once:MARKER_FILE', got {spec!r}")
+    try:
+        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return  # killed once already: this is a retry or another task
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    os.close(descriptor)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[int], fault: Optional[str]):
+    """One task: opens both folders, compares the pairs at `indices`; returns (records, cache counts)."""
+    from . import _core
+    from .compare import pair_records
+
+    inject_fault(fault or os.environ.get(FAULT_VARIABLE))
+    comparator = _core.Comparator(options.base, options.post, device, options.precision, [],
+                                  options.memory_budget_bytes, num_threads, options.cache)
+    return pair_records(comparator, indices), dict(comparator.cache_counts)
+
+
+def compare_units(options: RunOptions, batches: Sequence[Sequence[int]], arch: Dict[str, Any], *,
+                  address: Optional[str] = None, progress: bool = True, desc: str = "") -> RunResult:
+    """Runs the pairs of `batches` (a list of pair indices per layer) as Ray tasks; records in local order."""
+    global _task
+    ray = connect(address)
+    if _task is None:
+        _task = ray.remote(run_unit)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = check_device(options.device)
+    if device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    if device == "cuda" and gpus == 0:
+        raise InvalidArgumentError("device='cuda': this Ray cluster has no GPUs; use device='cpu' or 'auto'")
+    threads = options.num_threads or 1
+    resources = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": threads}
+    remote = _task.options(max_retries=MAX_RETRIES, retry_exceptions=False, **resources)
+    units = plan_units(batches, arch["matrices"])
+    fault = os.environ.get(FAULT_VARIABLE)
+
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    refs = [remote.remote(options, device, threads, unit, fault) for unit in units]
+    unit_of = {ref: i for i, ref in enumerate(refs)}
+    results: List[Any] = [None] * len(units)
+    pending = list(refs)
+    slots = int(ray.cluster_resources().get("GPU" if device == "cuda" else "CPU", 0))
+    total = sum(len(unit) for unit in units)
+    try:
+        with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
+            bar.set_postfix_str(f"ray: {len(units)} units, {slots} {'GPUs' if device == 'cuda' else 'CPUs'}")
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    i = unit_of[ref]
+                    results[i] = _get(ray, ref, units[i], arch["matrices"])
+                    bar.update(len(units[i]))
+    except BaseException:  # Ctrl-C or a failed unit: stop the cluster's remaining work, then re-raise
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    records: List[Dict[str, Any]] = []
+    counts = {"computed": 0, "loaded": 0}
+    for unit_records, unit_counts in results:
+        records += unit_records
+        for key in counts:
+            counts[key] += int(unit_counts.get(key, 0))
+    return RunResult(records, time.perf_counter() - started, device, counts)
+
+
+def _get(ray, ref, unit: List[int], matrices: Sequence[Dict[str, Any]]):
+    """A unit's result; a task's own error comes out as itself, a lost task as a BackendError naming its pairs."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+    except ray.exceptions.RayError as error:
+        tensors = ", ".join(matrices[i]["tensor"] for i in unit[:3]) + (", ..." if len(unit) > 3 else "")
+        raise BackendError(f"ray: the task comparing {tensors} failed after {MAX_RETRIES} retries: "
+                           f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
