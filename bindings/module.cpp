@@ -18,6 +18,7 @@
 #include "postsvd/comparator.h"
 #include "postsvd/error.h"
 #include "postsvd/measures.h"
+#include "postsvd/quantization.h"
 #include "postsvd/types.h"
 #include "postsvd/warnings.h"
 
@@ -189,9 +190,31 @@ py::dict architecture_to_python(const postsvd::Architecture& arch) {
                   "warnings"_a = warnings);
 }
 
-template <class T>
-postsvd::Matrix<T> read_matrix_as(const postsvd::Checkpoint& checkpoint, const postsvd::MatrixSource& source) {
-  return postsvd::to_matrix<T>(postsvd::view_of(checkpoint, source));
+// A view (dequantized when quantized) as float32 / float64 numpy, converted without the GIL.
+py::object view_to_numpy(const postsvd::TensorView& view, postsvd::Precision precision) {
+  if (precision == postsvd::Precision::F64) {
+    postsvd::Matrix<double> matrix;
+    {
+      py::gil_scoped_release release;
+      matrix = postsvd::to_matrix<double>(view);
+    }
+    return to_numpy(std::move(matrix));
+  }
+  postsvd::Matrix<float> matrix;
+  {
+    py::gil_scoped_release release;
+    matrix = postsvd::to_matrix<float>(view);
+  }
+  return to_numpy(std::move(matrix));
+}
+
+const char* scheme_name(postsvd::QuantScheme scheme) {
+  switch (scheme) {
+    case postsvd::QuantScheme::ScaledFP8: return "scaled-fp8";
+    case postsvd::QuantScheme::MXFP4: return "mxfp4";
+    case postsvd::QuantScheme::None: break;
+  }
+  return "none";
 }
 
 // A stored tensor as a flat view in storage order: [numel] contiguous.
@@ -422,23 +445,33 @@ PYBIND11_MODULE(_core, m) {
       "read_matrix",
       [](const postsvd::Checkpoint& cp, const py::dict& source_dict, const std::string& precision) -> py::object {
         const postsvd::MatrixSource source = source_from_python(source_dict);
-        if (parse_precision(precision) == postsvd::Precision::F64) {
-          postsvd::Matrix<double> matrix;
-          {
-            py::gil_scoped_release release;
-            matrix = read_matrix_as<double>(cp, source);
-          }
-          return to_numpy(std::move(matrix));
-        }
-        postsvd::Matrix<float> matrix;
-        {
-          py::gil_scoped_release release;
-          matrix = read_matrix_as<float>(cp, source);
-        }
-        return to_numpy(std::move(matrix));
+        return view_to_numpy(postsvd::view_of(cp, source), parse_precision(precision));
       },
       "checkpoint"_a, "source"_a, "precision"_a = "float32",
-      "One matrix in paper orientation [in, out] (W_hf^T; fused parts split), as numpy.");
+      "One matrix in paper orientation [in, out] (W_hf^T; fused parts split; quantized weights dequantized), "
+      "as numpy.");
+  m.def(
+      "read_mxfp4",
+      [](const postsvd::Checkpoint& cp, const std::string& blocks, const std::string& scales, int64_t first,
+         int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride, const std::string& precision) {
+        return view_to_numpy(postsvd::mxfp4_view(cp, blocks, scales, first, rows, cols, row_stride, col_stride),
+                             parse_precision(precision));
+      },
+      "checkpoint"_a, "blocks"_a, "scales"_a, "first"_a, "rows"_a, "cols"_a, "row_stride"_a, "col_stride"_a,
+      "precision"_a = "float32",
+      "A [rows, cols] matrix of an MXFP4 tensor pair, dequantized: element (r, c) is value first + r * row_stride + "
+      "c * col_stride of the row-major dequantized tensor [..., G * 32].");
+  m.def(
+      "stored_format",
+      [](const postsvd::Checkpoint& cp, const py::dict& source_dict) {
+        const postsvd::TensorView view = postsvd::view_of(cp, source_from_python(source_dict));
+        return py::dict("dtype"_a = postsvd::dtype_name(view.dtype), "scheme"_a = scheme_name(view.scales.scheme),
+                        "scale_tensor"_a = view.scales.name,
+                        "relative_bound"_a = postsvd::quantization_relative_bound(view.dtype, view.scales.scheme));
+      },
+      "checkpoint"_a, "source"_a,
+      "How a matrix is stored: {dtype, scheme ('none', 'scaled-fp8', 'mxfp4'), scale_tensor, relative_bound "
+      "(largest relative change of one weight that rounding to this format causes)}.");
 
   py::class_<postsvd::Comparator>(m, "Comparator",
                                   "Two checkpoints of one architecture and the backend that compares their pairs.")

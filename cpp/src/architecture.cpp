@@ -12,6 +12,7 @@
 #include "detail/shape_format.h"
 #include "postsvd/limits.h"
 #include "postsvd/architecture.h"
+#include "postsvd/quantization.h"
 
 namespace postsvd {
 
@@ -261,10 +262,10 @@ class Mapper {
                                        << detail::shape_string(expected) << " from config.json, got "
                                        << detail::shape_string(info.shape));
     }
-    if (!is_float_dtype(info.dtype)) {
+    if (!is_weight_dtype(info.dtype)) {
       POSTSVD_THROW(BadCheckpoint, checkpoint_.file_of(s.tensor).path()
                                        << ": tensor '" << s.tensor << "' has dtype " << dtype_name(info.dtype)
-                                       << "; expected one of F16, BF16, F32, F64");
+                                       << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
     }
   }
 
@@ -748,9 +749,9 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
     for (const auto& side : {std::make_pair(&a, &sa), std::make_pair(&b, &sb)}) {
       const Checkpoint& ck = *side.first;
       const MatrixSource& s = *side.second;
-      if (ck.contains(s.tensor) && !is_float_dtype(ck.info(s.tensor).dtype)) {
+      if (ck.contains(s.tensor) && !is_weight_dtype(ck.info(s.tensor).dtype)) {
         POSTSVD_THROW(BadCheckpoint, describe(ck, s) << " has dtype " << dtype_name(ck.info(s.tensor).dtype)
-                                                     << "; expected one of F16, BF16, F32, F64");
+                                                     << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
       }
     }
     in_b.erase(it);
@@ -806,6 +807,7 @@ TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
   view.name = source.tensor;
   if (source.stacked > 0) view.name += "[" + std::to_string(source.stacked_index) + "]";
   if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
+  attach_scales(checkpoint, source, view);  // FP8 weights: their scale grid (quantization.h)
   return view;
 }
 

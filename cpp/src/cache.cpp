@@ -15,6 +15,7 @@
 
 #include "postsvd/error.h"
 #include "postsvd/limits.h"
+#include "postsvd/quantization.h"
 #include "postsvd/warnings.h"
 
 namespace postsvd {
@@ -143,7 +144,21 @@ std::string FactorCache::key(const TensorView& view, Precision precision) {
     seed ^= mix64(static_cast<uint64_t>(view.row_group) + 10007) ^ mix64(static_cast<uint64_t>(view.row_group_skip) + 100003) ^
             mix64(static_cast<uint64_t>(view.col_group) + 1000003) ^ mix64(static_cast<uint64_t>(view.col_group_skip) + 10000019);
   }
-  const auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
+  auto h = hash_bytes(first, static_cast<uint64_t>(span.second - span.first), seed);
+  if (view.quantized()) {
+    // The same FP8 bytes with other scales are another matrix: the scales and their geometry join the key.
+    const ViewScales& s = view.scales;
+    const auto scale_span = scale_byte_span(view);
+    const uint64_t scale_seed = mix64(h.first ^ mix64(static_cast<uint64_t>(s.scheme) + 31) ^
+                                      mix64(static_cast<uint64_t>(s.dtype) + 37) ^
+                                      mix64(static_cast<uint64_t>(s.block_rows) * 41 + static_cast<uint64_t>(s.block_cols)) ^
+                                      mix64(static_cast<uint64_t>(s.first) * 43 + static_cast<uint64_t>(s.stored_cols)) ^
+                                      mix64(static_cast<uint64_t>(s.grid_cols) + 47) ^
+                                      mix64(static_cast<uint64_t>(scale_span.first) + 53));
+    const auto hs = hash_bytes(static_cast<const unsigned char*>(s.data) + scale_span.first,
+                               static_cast<uint64_t>(scale_span.second - scale_span.first), scale_seed);
+    h = {mix64(h.first ^ hs.first), mix64(h.second + hs.second)};
+  }
   char text[40];
   std::snprintf(text, sizeof(text), "%016llx%016llx", static_cast<unsigned long long>(h.first),
                 static_cast<unsigned long long>(h.second));

@@ -9,7 +9,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/dequantize.h"
 #include "detail/half.h"
+#include "postsvd/quantization.h"
 
 namespace postsvd {
 
@@ -80,6 +82,11 @@ bool is_float_dtype(DType dtype) {
 
 std::pair<int64_t, int64_t> TensorView::byte_span() const {
   if (rows <= 0 || cols <= 0) return {0, 0};
+  if (scales.scheme == QuantScheme::MXFP4) {
+    // Strides count packed FP4 values, two per byte, from value scales.first.
+    const int64_t last = scales.first + row_offset(rows - 1) + col_offset(cols - 1);
+    return {scales.first / 2, last / 2 + 1};
+  }
   // Element offsets of the extreme rows and columns; strides and skips may in principle be negative.
   const int64_t row_first = 0, row_last = row_offset(rows - 1);
   const int64_t col_first = 0, col_last = col_offset(cols - 1);
@@ -156,9 +163,10 @@ bool convert_into(const TensorView& view, Matrix<T>& out, Convert convert) {
 template <class T>
 Matrix<T> to_matrix(const TensorView& view) {
   const char* target = std::is_same<T, float>::value ? "F32" : "F64";
-  if (!is_float_dtype(view.dtype)) {
+  if (!is_weight_dtype(view.dtype) && !view.quantized()) {
     POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': dtype " << dtype_name(view.dtype)
-                                              << " is not a float dtype; expected one of F16, BF16, F32, F64");
+                                              << " is not a float dtype; expected one of F16, BF16, F32, F64, "
+                                                 "F8_E4M3, F8_E5M2");
   }
   if (view.rows < 0 || view.cols < 0) {
     POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': expected a non-negative shape, got ["
@@ -171,7 +179,9 @@ Matrix<T> to_matrix(const TensorView& view) {
                                               << view.cols << "] has a null data pointer");
   }
   bool all_finite = true;
-  switch (view.dtype) {
+  if (view.quantized()) {
+    all_finite = detail::dequantize_into<T>(view, out);
+  } else switch (view.dtype) {
     case DType::BF16:
       all_finite = convert_into<T, uint16_t>(view, out, [](uint16_t b) { return static_cast<T>(detail::bf16_to_float(b)); });
       break;
@@ -183,6 +193,12 @@ Matrix<T> to_matrix(const TensorView& view) {
       break;
     case DType::F64:
       all_finite = convert_into<T, double>(view, out, [](double d) { return static_cast<T>(d); });
+      break;
+    case DType::F8_E4M3:
+      all_finite = convert_into<T, uint8_t>(view, out, [](uint8_t q) { return static_cast<T>(fp8_e4m3_to_float(q)); });
+      break;
+    case DType::F8_E5M2:
+      all_finite = convert_into<T, uint8_t>(view, out, [](uint8_t q) { return static_cast<T>(fp8_e5m2_to_float(q)); });
       break;
     default:
       break;
@@ -196,7 +212,9 @@ Matrix<T> to_matrix(const TensorView& view) {
           POSTSVD_THROW(InvalidArgument,
                         "tensor '" << view.name << "': non-finite value " << v << " at (row " << r << ", col " << c
                                    << ") of the [" << view.rows << ", " << view.cols << "] matrix (stored "
-                                   << dtype_name(view.dtype) << ", converted to " << target
+                                   << dtype_name(view.dtype)
+                                   << (view.quantized() ? ", scaled by '" + view.scales.name + "'" : std::string())
+                                   << ", converted to " << target
                                    << "); expected finite weights");
         }
       }

@@ -16,7 +16,9 @@
 #include <sstream>
 
 #include "detail/half.h"
+#include "detail/json_guard.h"
 #include "detail/shape_format.h"
+#include "postsvd/quantization.h"
 
 namespace postsvd {
 
@@ -116,23 +118,61 @@ struct OutputFile {
   }
 };
 
-// The header JSON of a copy of `file`, padded with spaces to a multiple of 8.
-std::string header_of(const SafetensorsFile& file) {
+// One tensor of an output file: where it lands and how it is produced (CopyAs).
+struct PlacedTensor {
+  const TensorInfo* input = nullptr;
+  CopyAs copy = CopyAs::Same;
+  DType dtype = DType::F32;
+  uint64_t begin = 0;  // offsets in the output's data section
+  uint64_t end = 0;
+};
+
+// The tensors of a copy of `file`, in the order of their offsets, FP8 weights of a quantized
+// checkpoint as BF16 and their scales dropped (copy_as); an unquantized file keeps its offsets.
+std::vector<PlacedTensor> layout_of(const Checkpoint& checkpoint, const QuantizationConfig& config,
+                                    const SafetensorsFile& file) {
+  std::vector<PlacedTensor> placed;
+  uint64_t offset = 0;
+  for (const TensorInfo& info : file.tensors()) {
+    PlacedTensor t;
+    t.input = &checkpoint.info(info.name);  // lives as long as the checkpoint
+    t.copy = copy_as(checkpoint, config, info.name);
+    if (t.copy == CopyAs::Drop) continue;
+    t.dtype = t.copy == CopyAs::BF16 ? DType::BF16 : info.dtype;
+    const uint64_t bytes = t.copy == CopyAs::BF16 ? (info.end - info.begin) * 2 : info.end - info.begin;
+    t.begin = offset;
+    t.end = offset + bytes;
+    offset = t.end;
+    placed.push_back(t);
+  }
+  return placed;
+}
+
+// The header JSON of a copy, padded with spaces to a multiple of 8.
+std::string header_of(const SafetensorsFile& file, const std::vector<PlacedTensor>& tensors) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
   for (const auto& item : file.metadata()) metadata[item.first] = item.second;
   metadata["format"] = "pt";
   header["__metadata__"] = metadata;
-  for (const TensorInfo& info : file.tensors()) {
+  for (const PlacedTensor& t : tensors) {
     nlohmann::ordered_json entry = nlohmann::ordered_json::object();
-    entry["dtype"] = dtype_name(info.dtype);
-    entry["shape"] = info.shape;
-    entry["data_offsets"] = {info.begin, info.end};
-    header[info.name] = entry;
+    entry["dtype"] = dtype_name(t.dtype);
+    entry["shape"] = t.input->shape;
+    entry["data_offsets"] = {t.begin, t.end};
+    header[t.input->name] = entry;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
   return text;
+}
+
+// `json` indented by 2 with a final newline.
+void write_json(const fs::path& path, const nlohmann::ordered_json& json) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file << json.dump(2) << '\n';
+  file.close();
+  POSTSVD_CHECK(file.good(), Error, path.string() << ": write failed");
 }
 
 void write_all(int fd, const void* data, uint64_t size, const std::string& path) {
@@ -153,6 +193,9 @@ void write_all(int fd, const void* data, uint64_t size, const std::string& path)
 
 struct CheckpointWriter::Impl {
   const Checkpoint* source = nullptr;
+  std::map<std::string, PlacedTensor> placed;  // tensor name -> its place in the output
+  std::vector<std::string> dropped;            // scales of FP8 weights, left out of the copy
+  bool dequantizing = false;                   // FP8 weights written as BF16: config.json loses quantization_config
   std::string out_folder;
   std::vector<OutputFile> files;
   std::map<std::string, std::size_t> file_of_path;  // source path -> index into files
@@ -170,16 +213,31 @@ CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& 
   std::error_code ec;
   POSTSVD_CHECK(fs::is_directory(out_folder, ec), InvalidArgument,
                 "CheckpointWriter: output folder '" << out_folder << "' does not exist or is not a folder");
+  // Quantized inputs (FP8 weights, MXFP4 blocks) are written back as BF16; other checkpoints as stored.
+  QuantizationConfig quantization;
+  for (const std::string& name : source.tensor_names()) {
+    const DType dtype = source.info(name).dtype;
+    if (is_fp8_dtype(dtype) || (dtype == DType::U8 && name.size() > 7 && name.compare(name.size() - 7, 7, "_blocks") == 0)) {
+      quantization = quantization_config(source);
+      break;
+    }
+  }
+  impl_->dequantizing = quantization.method != QuantizationConfig::Method::None;
   for (const std::string& source_path : source.files()) {
     const SafetensorsFile input(source_path);
+    const std::vector<PlacedTensor> tensors = layout_of(source, quantization, input);
+    for (const TensorInfo& info : input.tensors()) {
+      if (copy_as(source, quantization, info.name) == CopyAs::Drop) impl_->dropped.push_back(info.name);
+    }
+    for (const PlacedTensor& t : tensors) impl_->placed[t.input->name] = t;
     OutputFile out;
     out.name = fs::path(source_path).filename().string();
     out.path = (fs::path(out_folder) / out.name).string();
     POSTSVD_CHECK(!fs::equivalent(out_folder, fs::path(source_path).parent_path(), ec), InvalidArgument,
                   "CheckpointWriter: output folder '" << out_folder << "' is the source folder of " << source_path);
-    const std::string header = header_of(input);
+    const std::string header = header_of(input, tensors);
     out.data_start = 8 + header.size();
-    out.data_size = input.file_size() - 8 - input.header_size();
+    out.data_size = tensors.empty() ? 0 : tensors.back().end;
     out.size = out.data_start + out.data_size;
     impl_->files.push_back(std::move(out));
     OutputFile& f = impl_->files.back();
@@ -193,9 +251,17 @@ CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& 
     write_all(f.fd, prefix, 8, f.path);
     write_all(f.fd, header.data(), header.size(), f.path);
     if (f.data_size > 0) {
-      const TensorInfo& any = input.tensors().front();
-      const unsigned char* data = static_cast<const unsigned char*>(input.data(any)) - any.begin;
-      write_all(f.fd, data, f.data_size, f.path);
+      for (const PlacedTensor& t : tensors) {
+        if (t.copy == CopyAs::Same) {
+          write_all(f.fd, source.file_of(t.input->name).data(*t.input), t.end - t.begin, f.path);
+          continue;
+        }
+        // FP8 -> BF16: dequantized in float32 (the values every comparison sees), rounded once.
+        const Matrix<float> w = dequantized_tensor(source, t.input->name);
+        std::vector<uint16_t> bf16(static_cast<std::size_t>(w.size()));
+        for (std::size_t i = 0; i < bf16.size(); ++i) bf16[i] = detail::float_to_bf16(w.data()[i]);
+        write_all(f.fd, bf16.data(), t.end - t.begin, f.path);
+      }
       f.map = static_cast<unsigned char*>(mmap(nullptr, f.size, PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, 0));
       if (f.map == MAP_FAILED) {
         f.map = nullptr;
@@ -220,7 +286,8 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
   POSTSVD_CHECK(found != impl_->file_of_path.end(), Error,
                 "CheckpointWriter: no output file for " << source_path << " (tensor '" << source.tensor << "')");
   OutputFile& f = impl_->files[found->second];
-  POSTSVD_CHECK(is_float_dtype(info.dtype), BadCheckpoint,
+  const PlacedTensor& placed = impl_->placed.at(source.tensor);
+  POSTSVD_CHECK(is_float_dtype(placed.dtype), BadCheckpoint,
                 source_path << ": tensor '" << source.tensor << "' has dtype " << dtype_name(info.dtype)
                             << "; expected F16, BF16, F32 or F64");
   POSTSVD_CHECK(w.rows() == source.in_features && w.cols() == source.out_features, InvalidArgument,
@@ -240,16 +307,16 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
                 "CheckpointWriter::write: tensor '" << source.tensor << "': the part's " << source.out_features
                     << " columns from " << source.out_offset << " do not fit in the fused output dim "
                     << source.fused_out);
-  const std::size_t element = dtype_size(info.dtype);
+  const std::size_t element = dtype_size(placed.dtype);
   const int64_t in = source.in_features;
-  unsigned char* base = f.map + f.data_start + info.begin +
+  unsigned char* base = f.map + f.data_start + placed.begin +
                         static_cast<std::size_t>(source.stacked_index * in * source.fused_out) * element;
   if (!source.conv1d) {
     // [fused_out, in] row-major: row fused_column(o) is column o of W, contiguous.
     for (int64_t o = 0; o < source.out_features; ++o) {
       unsigned char* row = base + static_cast<std::size_t>(fused_column(source, o) * in) * element;
       const T* column = w.data() + o * in;
-      for (int64_t i = 0; i < in; ++i) store_element<T>(row + static_cast<std::size_t>(i) * element, info.dtype, column[i]);
+      for (int64_t i = 0; i < in; ++i) store_element<T>(row + static_cast<std::size_t>(i) * element, placed.dtype, column[i]);
     }
   } else {
     // [in, fused_out] row-major: W(i, o) at i * fused_out + fused_column(o).
@@ -258,7 +325,7 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
     for (int64_t i = 0; i < in; ++i) {
       unsigned char* row = base + static_cast<std::size_t>(i * source.fused_out) * element;
       for (int64_t o = 0; o < source.out_features; ++o)
-        store_element<T>(row + static_cast<std::size_t>(columns[static_cast<std::size_t>(o)]) * element, info.dtype,
+        store_element<T>(row + static_cast<std::size_t>(columns[static_cast<std::size_t>(o)]) * element, placed.dtype,
                          w(i, o));
     }
   }
@@ -291,12 +358,17 @@ std::vector<std::string> CheckpointWriter::finish() {
     nlohmann::ordered_json out = nlohmann::ordered_json::object();
     out["metadata"] = metadata;
     out["weight_map"] = index["weight_map"];
-    const fs::path out_index = fs::path(impl_->out_folder) / "model.safetensors.index.json";
-    std::ofstream file(out_index, std::ios::binary | std::ios::trunc);
-    file << out.dump(2) << '\n';
-    file.close();
-    POSTSVD_CHECK(file.good(), Error, out_index.string() << ": write failed");
+    for (const std::string& name : impl_->dropped) out["weight_map"].erase(name);
+    write_json(fs::path(impl_->out_folder) / "model.safetensors.index.json", out);
     names.push_back("model.safetensors.index.json");
+  }
+  if (impl_->dequantizing) {
+    // The copy holds BF16 weights: its config.json is the source's without quantization_config.
+    nlohmann::ordered_json config = detail::parse_guarded<nlohmann::ordered_json>(
+        checkpoint.config_json().data(), checkpoint.config_json().size(), checkpoint.folder() + "/config.json");
+    config.erase("quantization_config");
+    write_json(fs::path(impl_->out_folder) / "config.json", config);
+    names.push_back("config.json");
   }
   impl_->finished = true;
   return names;

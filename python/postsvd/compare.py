@@ -650,10 +650,46 @@ class Comparison:
         else:
             overall = "Overall: partly consistent rotations; see nf.png and the per-layer table."
         lines.append(overall)
+        quantization = self._quantization_note()
+        if quantization:
+            lines.append(quantization)
         lines.append("How to read: scaling = sigma_post / sigma_base per singular value (1 = unchanged; a small ± "
                      "means one factor for all); NF = ||Q1^T Q2 - I||_F / k is 0 when the input side (U) and the "
                      "output side (V) rotate by the same Q, and about 'NF random' for unrelated models.")
         return "\n".join(lines)
+
+    def _quantization_note(self) -> Optional[str]:
+        """A line when base and post store some matrix in different formats (e.g. BF16 and FP8): whether
+        every difference stays within what rounding to the coarser format causes (docs/formats.md).
+
+        Rounding each weight to a format with relative error u gives ||dW||_F <= u ||W||_F, so by
+        Mirsky's inequality ||sigma_post - sigma_base||_2 <= u ||sigma_base||_2 for every matrix; NF of
+        a quantized copy is also checked against u (measured far below it)."""
+        base, post = self._comparator.base, self._comparator.post
+        base_sources = self._comparator.architecture["matrices"]
+        post_sources = _core.detect_architecture(post)["matrices"]
+        formats, bound = set(), 0.0
+        for r in self._records:
+            fb = _core.stored_format(base, base_sources[r["index"]])
+            fp = _core.stored_format(post, post_sources[r["index"]])
+            if (fb["dtype"], fb["scheme"]) != (fp["dtype"], fp["scheme"]):
+                formats.add((_format_name(fb), _format_name(fp)))
+                coarser = fb if fb["relative_bound"] >= fp["relative_bound"] else fp
+                if coarser["relative_bound"] > bound:
+                    bound, coarse_name = coarser["relative_bound"], coarser["dtype"]
+        if not formats:
+            return None
+        spread = max(float(np.linalg.norm(np.asarray(r["sigma_post"], float) - np.asarray(r["sigma_base"], float))
+                           / max(np.linalg.norm(np.asarray(r["sigma_base"], float)), 1e-300)) for r in self._records)
+        nf = max(float(r["nf"]) for r in self._records)
+        pairs = "; ".join(f"base {b}, post {p}" for b, p in sorted(formats))
+        measured = (f"largest ||sigma_post - sigma_base|| / ||sigma_base|| {spread:.3g}, largest NF {nf:.3g}, "
+                    f"bound {bound:.4g}")
+        if spread <= bound and nf <= bound:
+            return (f"Quantization: {pairs}. Every difference is within {coarse_name} rounding ({measured}): "
+                    f"the pair may differ only by quantization.")
+        return (f"Quantization: {pairs}. The differences exceed what {coarse_name} rounding alone causes "
+                f"({measured}): the weights changed beyond quantization.")
 
     def __repr__(self) -> str:
         return (f"<postsvd.Comparison {printable(self.model_type)}: {_display_name(self.post)} vs "
@@ -689,6 +725,11 @@ class Comparison:
 
     def _stack(self, kind: str, key: str, expert: Optional[int]) -> np.ndarray:
         return np.stack([r[key] for r in self._of_kind(kind, expert)], axis=1)
+
+
+def _format_name(stored: Dict[str, Any]) -> str:
+    scheme = {"scaled-fp8": " with scales", "mxfp4": " (MXFP4)"}.get(stored["scheme"], "")
+    return f"{stored['dtype']}{scheme}" if stored["scheme"] != "mxfp4" else "MXFP4"
 
 
 def _expert_spread(records: List[Dict[str, Any]]) -> Dict[str, Any]:

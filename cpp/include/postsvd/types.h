@@ -31,6 +31,38 @@ enum class Precision { F32, F64 };
 /// Where the work runs.
 enum class Device { CPU, CUDA };
 
+/// How a view's stored values become weights (rules and decoders: quantization.h).
+enum class QuantScheme {
+  None,       // the stored float values (FP8 without scales converts exactly too)
+  ScaledFP8,  // FP8 value x a float scale from a grid of blocks (block, per-channel, per-tensor)
+  MXFP4,      // FP4 E2M1 nibbles x 2^(E8M0 - 127), 32 consecutive values per exponent
+};
+
+/// The scales of a quantized view. Scales follow the stored position of an
+/// element, not the view's (r, c), so any view geometry (fused parts,
+/// transposes, strided parts) finds them: element (r, c) of the view is
+/// stored element e = first + view.row_offset(r) + view.col_offset(c) of its
+/// tensor, counted from the tensor's start in row-major order.
+/// ScaledFP8: e is stored at (i, j) = (e / stored_cols, e % stored_cols) of
+///   the [out, in] tensor and scaled by data[(i / block_rows) * grid_cols +
+///   j / block_cols] (dtype F32, BF16 or F16); one block covers the tensor
+///   per tensor, [1, in] per output channel.
+/// MXFP4: the view's dtype is U8 and view.data the packed tensor's start; e is
+///   an FP4 value index (byte e / 2, low nibble first) scaled by the E8M0 byte
+///   data[e / 32].
+struct ViewScales {
+  QuantScheme scheme = QuantScheme::None;
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t first = 0;        // stored element index of the view's (0, 0)
+  int64_t stored_cols = 1;  // ScaledFP8: length of a stored row (in)
+  int64_t block_rows = 1;   // ScaledFP8: stored rows per scale
+  int64_t block_cols = 1;   // ScaledFP8: stored columns per scale
+  int64_t grid_cols = 1;    // ScaledFP8: scales per row of the grid
+  int64_t count = 0;        // elements of the scale tensor
+  std::string name;         // scale tensor name, for error messages
+};
+
 /// Non-owning, strided view of stored weights in their stored dtype, already in
 /// paper orientation: element (r, c) of W [rows = in, cols = out] lives at
 ///   static_cast<const char*>(data) + (r * row_stride + c * col_stride) * dtype_size(dtype).
@@ -49,6 +81,7 @@ struct TensorView {
   int64_t row_stride = 1;
   int64_t col_stride = 0;
   std::string name;  // tensor name (and part), for error messages
+  ViewScales scales;  // quantized weights only (scheme != None)
   int64_t row_group = 0;       // 0 = no groups along rows
   int64_t row_group_skip = 0;  // extra elements between consecutive row groups
   int64_t col_group = 0;       // 0 = no groups along columns
@@ -57,7 +90,9 @@ struct TensorView {
   /// Element offset of row r and of column c: element (r, c) is at row_offset(r) + col_offset(c).
   int64_t row_offset(int64_t r) const { return r * row_stride + (row_group > 0 ? (r / row_group) * row_group_skip : 0); }
   int64_t col_offset(int64_t c) const { return c * col_stride + (col_group > 0 ? (c / col_group) * col_group_skip : 0); }
-  /// The same data seen as W^T.
+
+  bool quantized() const { return scales.scheme != QuantScheme::None; }
+  /// The same data seen as W^T (strides and groups swapped; scales follow stored positions).
   TensorView transposed() const;
 
   /// Byte span [first, last) the view touches, relative to `data`; for copying
@@ -97,8 +132,9 @@ class Matrix {
   std::vector<T> data_;
 };
 
-/// Converts a view (any float dtype, any strides) into an owning column-major
-/// Matrix<T>. Throws InvalidArgument naming view.name for non-float dtypes.
+/// Converts a view (any float or FP8 dtype, any strides; quantized views
+/// dequantized, see ViewScales) into an owning column-major Matrix<T>.
+/// Throws InvalidArgument naming view.name for other dtypes.
 /// Rejects NaN / Inf with InvalidArgument naming the tensor and the first bad index.
 template <class T>
 Matrix<T> to_matrix(const TensorView& view);

@@ -23,6 +23,12 @@ namespace postsvd {
 /// section is the source's, byte for byte, until write() replaces a tensor.
 /// Sharded checkpoints also get model.safetensors.index.json with the source's
 /// weight_map and metadata.total_size.
+///
+/// Quantized sources (FP8 weights with scales, see quantization.h) are copied
+/// as BF16: every FP8 weight dequantized in float32 and rounded to BF16, the
+/// scale tensors (weight_scale_inv, weight_scale, input_scale) left out, later
+/// tensors moved up, and finish() writes config.json without
+/// quantization_config. MXFP4 sources are refused (InvalidArgument).
 class CheckpointWriter {
  public:
   /// `out_folder` must exist; files of the same names in it are replaced.

@@ -46,7 +46,6 @@ void transpose_into(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst
   }
 }
 
-
 /// Factors of a tall matrix X [p, q], p >= q: X = Ux diag(S) VTx, Ux [p, q], VTx [q, q].
 template <class T>
 struct TallSvd {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cuda/check.h"
+#include "cuda/host_dequantize.h"
 #include "cuda/lane.h"
 #include "cuda/pipeline.h"
 #include "cuda/plan.h"
@@ -52,8 +53,9 @@ void check_view(const TensorView& v, const std::string& role) {
   POSTSVD_CHECK(v.data != nullptr, InvalidArgument, role << " '" << v.name << "': view has no data (null pointer)");
   POSTSVD_CHECK(v.rows > 0 && v.cols > 0, InvalidArgument,
                 role << " '" << v.name << "': expected a non-empty matrix, got shape " << shape_of(v));
-  POSTSVD_CHECK(is_float_dtype(v.dtype), InvalidArgument,
-                role << " '" << v.name << "': expected dtype BF16, F16, F32 or F64, got " << dtype_name(v.dtype));
+  POSTSVD_CHECK(is_float_dtype(v.dtype) || needs_host_dequantization(v), InvalidArgument,
+                role << " '" << v.name << "': expected dtype BF16, F16, F32, F64, F8_E4M3 or F8_E5M2 (or a quantized "
+                     << "view), got " << dtype_name(v.dtype));
 }
 
 }  // namespace
@@ -112,7 +114,8 @@ class CudaBackendImpl final : public CudaBackend {
     LanePlan plan;
     std::vector<std::pair<int64_t, int64_t>> seen;
     for (const auto& p : pairs) {
-      plan.raw = std::max(plan.raw, align_up(span_bytes(p.base)) + align_up(span_bytes(p.post)));
+      plan.raw = std::max(plan.raw, align_up(staged_bytes(p.base, options.precision)) +
+                                        align_up(staged_bytes(p.post, options.precision)));
       const std::pair<int64_t, int64_t> key{p.base.rows, p.base.cols};
       if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
       seen.push_back(key);
@@ -266,7 +269,9 @@ class CudaBackendImpl final : public CudaBackend {
     return m;
   }
 
-  PairMeasures run_pair(Lane& lane, const PairInput& pair, const MeasureOptions& options) {
+  PairMeasures run_pair(Lane& lane, const PairInput& stored, const MeasureOptions& options) {
+    const HostDequantized base(stored.base, options.precision), post(stored.post, options.precision);
+    const PairInput pair{base.view(), post.view()};
     if (compute_elem(config_.method, options.precision) == sizeof(double)) return run_pair_typed<double>(lane, pair, options);
     return run_pair_typed<float>(lane, pair, options);
   }
@@ -285,8 +290,10 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   template <class T>
-  Decomposition<T> decompose_one(const TensorView& w, Precision precision) {
-    check_view(w, "matrix");
+  Decomposition<T> decompose_one(const TensorView& stored, Precision precision) {
+    check_view(stored, "matrix");
+    const HostDequantized dequantized(stored, precision);
+    const TensorView& w = dequantized.view();
     std::lock_guard<std::mutex> lock(decompose_mutex_);
     Lane& lane = *lanes_.front();
     POSTSVD_CUDA_TRY(cudaSetDevice(lane.device));

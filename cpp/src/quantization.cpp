@@ -1,0 +1,541 @@
+// Quantized weights (see quantization.h): exact decoders of FP8, FP4 and E8M0,
+// the quantization_config of config.json, scale lookup for FP8 weights, MXFP4
+// views, and the dequantizing conversion that to_matrix calls.
+#include "postsvd/quantization.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <type_traits>
+
+#include "detail/dequantize.h"
+#include "detail/half.h"
+#include "detail/json_guard.h"
+#include "detail/shape_format.h"
+
+namespace postsvd {
+
+bool is_fp8_dtype(DType dtype) { return dtype == DType::F8_E4M3 || dtype == DType::F8_E5M2; }
+
+bool is_weight_dtype(DType dtype) { return is_float_dtype(dtype) || is_fp8_dtype(dtype); }
+
+namespace {
+
+float from_bits(uint32_t bits) {
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// sign, `exponent_bits`-bit exponent with `bias`, `mantissa_bits`-bit mantissa; subnormals when
+// the exponent field is 0. Specials are handled by the callers.
+float decode_minifloat(uint32_t bits, int exponent_bits, int mantissa_bits, int bias) {
+  const uint32_t sign = (bits >> (exponent_bits + mantissa_bits)) & 1u;
+  const int exponent = static_cast<int>((bits >> mantissa_bits) & ((1u << exponent_bits) - 1u));
+  const uint32_t mantissa = bits & ((1u << mantissa_bits) - 1u);
+  // Both forms are exact in float32: at most 3 significant bits times a power of two.
+  const float magnitude = exponent == 0
+                              ? std::ldexp(static_cast<float>(mantissa), 1 - bias - mantissa_bits)
+                              : std::ldexp(static_cast<float>((1u << mantissa_bits) | mantissa), exponent - bias - mantissa_bits);
+  return sign ? -magnitude : magnitude;
+}
+
+std::array<float, 256> make_e4m3_table() {
+  std::array<float, 256> t{};
+  for (uint32_t b = 0; b < 256; ++b) {
+    t[b] = (b & 0x7fu) == 0x7fu ? std::numeric_limits<float>::quiet_NaN() : decode_minifloat(b, 4, 3, 7);
+  }
+  return t;
+}
+
+std::array<float, 256> make_e5m2_table() {
+  std::array<float, 256> t{};
+  for (uint32_t b = 0; b < 256; ++b) {
+    const uint32_t magnitude = b & 0x7fu;
+    if (magnitude == 0x7cu) {
+      t[b] = (b & 0x80u) ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity();
+    } else if (magnitude > 0x7cu) {
+      t[b] = std::numeric_limits<float>::quiet_NaN();
+    } else {
+      t[b] = decode_minifloat(b, 5, 2, 15);
+    }
+  }
+  return t;
+}
+
+const std::array<float, 256>& e4m3_table() {
+  static const std::array<float, 256> table = make_e4m3_table();
+  return table;
+}
+
+const std::array<float, 256>& e5m2_table() {
+  static const std::array<float, 256> table = make_e5m2_table();
+  return table;
+}
+
+}  // namespace
+
+float fp8_e4m3_to_float(uint8_t bits) { return e4m3_table()[bits]; }
+float fp8_e5m2_to_float(uint8_t bits) { return e5m2_table()[bits]; }
+
+float fp4_e2m1_to_float(uint8_t nibble) {
+  static const float kValues[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+  return kValues[nibble & 0xfu];
+}
+
+float e8m0_to_float(uint8_t bits) {
+  if (bits == 0xffu) return std::numeric_limits<float>::quiet_NaN();
+  if (bits == 0) return from_bits(0x00400000u);  // 2^-127, subnormal
+  return from_bits(static_cast<uint32_t>(bits) << 23);
+}
+
+double quantization_relative_bound(DType stored, QuantScheme scheme) {
+  if (scheme == QuantScheme::MXFP4) return std::ldexp(1.0, -2);  // 1 mantissa bit
+  switch (stored) {
+    case DType::F8_E4M3: return std::ldexp(1.0, -4);
+    case DType::F8_E5M2: return std::ldexp(1.0, -3);
+    case DType::BF16: return std::ldexp(1.0, -9);
+    case DType::F16: return std::ldexp(1.0, -11);
+    case DType::F32: return std::ldexp(1.0, -24);
+    case DType::F64: return std::ldexp(1.0, -53);
+    default: break;
+  }
+  POSTSVD_THROW(InvalidArgument, "quantization_relative_bound: " << dtype_name(stored) << " is not a weight dtype");
+}
+
+// ---------------------------------------------------------------- config.json
+
+namespace {
+
+using nlohmann::json;
+
+std::string config_path(const Checkpoint& checkpoint) { return checkpoint.folder() + "/config.json"; }
+
+std::vector<std::string> string_list(const json& parent, const char* key, const std::string& where) {
+  std::vector<std::string> out;
+  if (!parent.contains(key) || parent[key].is_null()) return out;
+  const json& v = parent[key];
+  POSTSVD_CHECK(v.is_array(), BadCheckpoint,
+                where << ": quantization_config." << key << " is " << v.dump() << "; expected a list of module names");
+  for (const json& e : v) {
+    POSTSVD_CHECK(e.is_string(), BadCheckpoint,
+                  where << ": quantization_config." << key << " has the entry " << e.dump() << "; expected strings");
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+// A [B0, B1] pair of positive integers.
+void block_size(const json& v, const std::string& where, const std::string& key, QuantizationConfig& out) {
+  const bool ok = v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[1].is_number_integer() &&
+                  v[0].get<int64_t>() > 0 && v[1].get<int64_t>() > 0;
+  POSTSVD_CHECK(ok, BadCheckpoint, where << ": " << key << " is " << v.dump() << "; expected [B0, B1], two positive integers");
+  out.block_out = v[0].get<int64_t>();
+  out.block_in = v[1].get<int64_t>();
+}
+
+}  // namespace
+
+QuantizationConfig quantization_config(const Checkpoint& checkpoint) {
+  const std::string where = config_path(checkpoint);
+  QuantizationConfig out;
+  const json config = detail::parse_guarded<json>(checkpoint.config_json().data(), checkpoint.config_json().size(), where);
+  // Multimodal configs keep the text tower's settings in text_config; the quantization is top level.
+  if (!config.is_object() || !config.contains("quantization_config") || config["quantization_config"].is_null()) {
+    return out;
+  }
+  const json& q = config["quantization_config"];
+  POSTSVD_CHECK(q.is_object(), BadCheckpoint, where << ": quantization_config is a JSON " << q.type_name()
+                                                    << "; expected an object");
+  POSTSVD_CHECK(q.contains("quant_method") && q["quant_method"].is_string(), BadCheckpoint,
+                where << ": quantization_config has no string \"quant_method\"");
+  out.quant_method = q["quant_method"].get<std::string>();
+  if (out.quant_method == "fp8") {
+    out.method = QuantizationConfig::Method::BlockFP8;
+    if (q.contains("weight_block_size") && !q["weight_block_size"].is_null()) {
+      block_size(q["weight_block_size"], where, "quantization_config.weight_block_size", out);
+    }
+    out.not_converted = string_list(q, "modules_to_not_convert", where);
+  } else if (out.quant_method == "compressed-tensors") {
+    out.method = QuantizationConfig::Method::CompressedTensors;
+    const std::string format = q.contains("format") && q["format"].is_string() ? q["format"].get<std::string>() : "";
+    POSTSVD_CHECK(format == "float-quantized" || format == "naive-quantized", BadCheckpoint,
+                  where << ": compressed-tensors format '" << format
+                        << "' is not supported; postsvd dequantizes \"float-quantized\" (FP8) checkpoints");
+    out.not_converted = string_list(q, "ignore", where);
+    if (q.contains("config_groups") && q["config_groups"].is_object()) {
+      for (const auto& group : q["config_groups"].items()) {
+        const json& g = group.value();
+        if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object()) continue;
+        const json& w = g["weights"];
+        if (w.contains("block_structure") && !w["block_structure"].is_null()) {
+          block_size(w["block_structure"], where,
+                     "quantization_config.config_groups." + group.key() + ".weights.block_structure", out);
+        }
+      }
+    }
+  } else if (out.quant_method == "mxfp4") {
+    out.method = QuantizationConfig::Method::MXFP4;
+    out.not_converted = string_list(q, "modules_to_not_convert", where);
+  } else {
+    POSTSVD_THROW(BadCheckpoint, where << ": quantization_config.quant_method '" << out.quant_method
+                                       << "' is not supported; postsvd reads \"fp8\" (block-scaled), "
+                                          "\"compressed-tensors\" (float-quantized) and \"mxfp4\"");
+  }
+  return out;
+}
+
+bool module_not_converted(const QuantizationConfig& config, const std::string& tensor) {
+  const std::string suffix = ".weight";
+  const std::string module = tensor.size() > suffix.size() && tensor.compare(tensor.size() - suffix.size(), suffix.size(), suffix) == 0
+                                 ? tensor.substr(0, tensor.size() - suffix.size())
+                                 : tensor;
+  for (const std::string& entry : config.not_converted) {
+    if (config.method == QuantizationConfig::Method::CompressedTensors) {
+      if (entry.rfind("re:", 0) == 0) {
+        try {
+          if (std::regex_search(module, std::regex(entry.substr(3)), std::regex_constants::match_continuous)) return true;
+        } catch (const std::regex_error& e) {
+          POSTSVD_THROW(BadCheckpoint, "quantization_config.ignore: the pattern '" << entry << "' is not a valid regular "
+                                                                                      "expression: " << e.what());
+        }
+      } else if (module == entry) {
+        return true;
+      }
+    } else if (!entry.empty() && module.find(entry) != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- scales of FP8 weights
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+bool is_scale_dtype(DType dtype) { return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16; }
+
+}  // namespace
+
+void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, TensorView& view) {
+  const TensorInfo& info = checkpoint.info(source.tensor);
+  if (!is_fp8_dtype(info.dtype)) return;
+  const std::string& weight_file = checkpoint.file_of(source.tensor).path();
+  const QuantizationConfig config = quantization_config(checkpoint);
+  const std::string suffix = ".weight";
+  const bool has_suffix = source.tensor.size() > suffix.size() &&
+                          source.tensor.compare(source.tensor.size() - suffix.size(), suffix.size(), suffix) == 0;
+  const std::string module = has_suffix ? source.tensor.substr(0, source.tensor.size() - suffix.size()) : source.tensor;
+  const std::string inverse_name = module + ".weight_scale_inv";  // block FP8: value = q * scale_inv
+  const std::string scale_name = module + ".weight_scale";        // compressed-tensors: value = q * scale
+  const bool inverse = checkpoint.contains(inverse_name);
+  if (!inverse && !checkpoint.contains(scale_name)) {
+    if (config.method == QuantizationConfig::Method::None || module_not_converted(config, source.tensor)) return;
+    POSTSVD_THROW(BadCheckpoint, weight_file << ": tensor '" << source.tensor << "' is " << dtype_name(info.dtype)
+                                             << " in a checkpoint quantized with '" << config.quant_method
+                                             << "' but has no scale: expected '" << inverse_name << "' or '"
+                                             << scale_name << "'");
+  }
+  const std::string& name = inverse ? inverse_name : scale_name;
+  const TensorInfo& scale = checkpoint.info(name);
+  const std::string& scale_file = checkpoint.file_of(name).path();
+  POSTSVD_CHECK(!source.conv1d && info.shape.size() == 2, BadCheckpoint,
+                weight_file << ": tensor '" << source.tensor << "' " << detail::shape_string(info.shape)
+                            << ": scaled FP8 weights are read from nn.Linear tensors [out, in]; this one is "
+                            << (source.conv1d ? "a Conv1D [in, out] tensor" : "not 2-D"));
+  POSTSVD_CHECK(is_scale_dtype(scale.dtype), BadCheckpoint,
+                scale_file << ": tensor '" << name << "' (scale of '" << source.tensor << "') has dtype "
+                           << dtype_name(scale.dtype) << "; expected F32, BF16 or F16");
+  const int64_t out = info.shape[0];
+  const int64_t in = info.shape[1];
+  int64_t numel = 1;
+  for (int64_t d : scale.shape) numel *= d;
+
+  ViewScales s;
+  s.scheme = QuantScheme::ScaledFP8;
+  s.data = checkpoint.file_of(name).data(scale);
+  s.dtype = scale.dtype;
+  s.name = name;
+  s.count = numel;
+  s.stored_cols = in;
+  // view_of points at the part's first stored row: element (0, 0) is stored (out_offset, 0).
+  s.first = (static_cast<const char*>(view.data) - static_cast<const char*>(checkpoint.file_of(source.tensor).data(info))) /
+            static_cast<int64_t>(dtype_size(info.dtype));
+  const bool per_tensor = scale.shape.empty() || (scale.shape.size() == 1 && scale.shape[0] == 1) ||
+                          (scale.shape.size() == 2 && scale.shape[0] == 1 && scale.shape[1] == 1 && out != 1);
+  const bool per_channel = !inverse && (scale.shape == std::vector<int64_t>{out, 1} || scale.shape == std::vector<int64_t>{out});
+  if (config.block_out > 0 && (inverse || !per_channel) && !per_tensor) {
+    // [ceil(out / B0), ceil(in / B1)]: one scale per B0 x B1 block of the stored [out, in] tensor.
+    const std::vector<int64_t> expected{ceil_div(out, config.block_out), ceil_div(in, config.block_in)};
+    POSTSVD_CHECK(scale.shape == expected, BadCheckpoint,
+                  scale_file << ": tensor '" << name << "' has shape " << detail::shape_string(scale.shape)
+                             << "; expected " << detail::shape_string(expected) << " = [ceil(" << out << " / "
+                             << config.block_out << "), ceil(" << in << " / " << config.block_in << ")] for weight '"
+                             << source.tensor << "' " << detail::shape_string(info.shape) << " in " << weight_file
+                             << " with block size [" << config.block_out << ", " << config.block_in << "]");
+    s.block_rows = config.block_out;
+    s.block_cols = config.block_in;
+    s.grid_cols = expected[1];
+  } else if (per_tensor) {
+    s.block_rows = out;  // one block: the whole tensor
+    s.block_cols = in;
+  } else if (per_channel) {
+    s.block_rows = 1;  // one scale per stored row
+    s.block_cols = in;
+  } else {
+    std::ostringstream expected;
+    expected << (inverse ? "" : "[] or [1] per tensor, [" + std::to_string(out) + ", 1] per output channel");
+    if (config.block_out > 0 || inverse) {
+      expected << (inverse ? "" : ", or ") << "[ceil(out / B0), ceil(in / B1)] with weight_block_size [B0, B1]";
+    }
+    POSTSVD_THROW(BadCheckpoint, scale_file << ": tensor '" << name << "' has shape " << detail::shape_string(scale.shape)
+                                            << " (" << numel << " scales) for weight '" << source.tensor << "' "
+                                            << detail::shape_string(info.shape) << " in " << weight_file
+                                            << "; expected " << expected.str()
+                                            << (inverse && config.block_out == 0
+                                                    ? " (config.json's quantization_config has no weight_block_size)"
+                                                    : ""));
+  }
+  view.scales = std::move(s);
+}
+
+// ---------------------------------------------------------------- BF16 copies
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, const std::string& name) {
+  if (config.method == QuantizationConfig::Method::None) return CopyAs::Same;
+  const TensorInfo& info = checkpoint.info(name);
+  if (config.method == QuantizationConfig::Method::MXFP4 && info.dtype == DType::U8 &&
+      (ends_with(name, "_blocks") || ends_with(name, "_scales"))) {
+    POSTSVD_THROW(InvalidArgument, checkpoint.file_of(name).path()
+                                       << ": tensor '" << name << "' is MXFP4; constructions on MXFP4 checkpoints "
+                                          "(quantization_config.quant_method \"mxfp4\") are not supported yet: "
+                                          "they would write the experts back as BF16 under new names");
+  }
+  if (is_fp8_dtype(info.dtype)) return CopyAs::BF16;
+  for (const char* suffix : {".weight_scale_inv", ".weight_scale", ".input_scale"}) {
+    if (ends_with(name, suffix)) {
+      const std::string weight = name.substr(0, name.size() - std::strlen(suffix)) + ".weight";
+      if (checkpoint.contains(weight) && is_fp8_dtype(checkpoint.info(weight).dtype)) return CopyAs::Drop;
+    }
+  }
+  return CopyAs::Same;
+}
+
+Matrix<float> dequantized_tensor(const Checkpoint& checkpoint, const std::string& name) {
+  const TensorInfo& info = checkpoint.info(name);
+  POSTSVD_CHECK(info.shape.size() == 2, BadCheckpoint,
+                checkpoint.file_of(name).path() << ": tensor '" << name << "' " << detail::shape_string(info.shape)
+                                                << " is FP8 but not 2-D [out, in]; expected a linear layer's weight");
+  MatrixSource whole;
+  whole.tensor = name;
+  whole.in_features = info.shape[1];
+  whole.out_features = info.shape[0];
+  whole.fused_out = info.shape[0];
+  return to_matrix<float>(view_of(checkpoint, whole));
+}
+
+// ---------------------------------------------------------------- MXFP4
+
+TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, const std::string& scales, int64_t first,
+                      int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+  const TensorInfo& b = checkpoint.info(blocks);
+  const TensorInfo& s = checkpoint.info(scales);
+  const std::string& blocks_file = checkpoint.file_of(blocks).path();
+  const std::string& scales_file = checkpoint.file_of(scales).path();
+  POSTSVD_CHECK(b.dtype == DType::U8 && b.shape.size() >= 2 && b.shape.back() == 16, BadCheckpoint,
+                blocks_file << ": tensor '" << blocks << "' is " << dtype_name(b.dtype) << " "
+                            << detail::shape_string(b.shape) << "; expected MXFP4 blocks: U8 [..., G, 16]");
+  const std::vector<int64_t> expected(b.shape.begin(), b.shape.end() - 1);
+  POSTSVD_CHECK(s.dtype == DType::U8 && s.shape == expected, BadCheckpoint,
+                scales_file << ": tensor '" << scales << "' is " << dtype_name(s.dtype) << " "
+                            << detail::shape_string(s.shape) << "; expected the E8M0 scales of '" << blocks
+                            << "': U8 " << detail::shape_string(expected));
+  int64_t values = 32;
+  for (int64_t d : expected) values *= d;
+  POSTSVD_CHECK(rows > 0 && cols > 0 && first >= 0 && row_stride >= 0 && col_stride >= 0, InvalidArgument,
+                "mxfp4_view: tensor '" << blocks << "': expected a positive shape, non-negative first and strides, got ["
+                                       << rows << ", " << cols << "] at " << first << " with strides (" << row_stride
+                                       << ", " << col_stride << ")");
+  const int64_t last = first + (rows - 1) * row_stride + (cols - 1) * col_stride;
+  POSTSVD_CHECK(last < values, BadCheckpoint,
+                blocks_file << ": tensor '" << blocks << "' " << detail::shape_string(b.shape) << " holds " << values
+                            << " values; a [" << rows << ", " << cols << "] matrix at " << first << " with strides ("
+                            << row_stride << ", " << col_stride << ") reaches value " << last);
+  TensorView view;
+  view.data = checkpoint.file_of(blocks).data(b);
+  view.dtype = DType::U8;
+  view.rows = rows;
+  view.cols = cols;
+  view.row_stride = row_stride;
+  view.col_stride = col_stride;
+  view.name = blocks;
+  view.scales.scheme = QuantScheme::MXFP4;
+  view.scales.data = checkpoint.file_of(scales).data(s);
+  view.scales.dtype = DType::U8;
+  view.scales.first = first;
+  view.scales.count = values / 32;
+  view.scales.name = scales;
+  return view;
+}
+
+std::pair<int64_t, int64_t> scale_byte_span(const TensorView& view) {
+  const ViewScales& s = view.scales;
+  if (s.scheme == QuantScheme::None || view.rows <= 0 || view.cols <= 0) return {0, 0};
+  // Stored element indices of the view's extreme corners (strides and group skips may be negative).
+  const int64_t row_reach = view.row_offset(view.rows - 1), col_reach = view.col_offset(view.cols - 1);
+  const int64_t lo = s.first + std::min<int64_t>(0, row_reach) + std::min<int64_t>(0, col_reach);
+  const int64_t hi = s.first + std::max<int64_t>(0, row_reach) + std::max<int64_t>(0, col_reach);
+  if (s.scheme == QuantScheme::MXFP4) return {lo / 32, hi / 32 + 1};
+  // Whole grid rows from the first to the last stored row the view touches.
+  const int64_t first_scale = (lo / s.stored_cols / s.block_rows) * s.grid_cols;
+  const int64_t end_scale = std::min(s.count, (hi / s.stored_cols / s.block_rows + 1) * s.grid_cols);
+  const auto size = static_cast<int64_t>(dtype_size(s.dtype));
+  return {first_scale * size, end_scale * size};
+}
+
+// ---------------------------------------------------------------- dequantization
+
+namespace detail {
+
+namespace {
+
+float scale_at(const unsigned char* data, DType dtype, int64_t index) {
+  switch (dtype) {
+    case DType::F32: {
+      float f;
+      std::memcpy(&f, data + index * 4, 4);
+      return f;
+    }
+    case DType::BF16: {
+      uint16_t h;
+      std::memcpy(&h, data + index * 2, 2);
+      return bf16_to_float(h);
+    }
+    default: {
+      uint16_t h;
+      std::memcpy(&h, data + index * 2, 2);
+      return f16_to_float(h);
+    }
+  }
+}
+
+template <class T>
+bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
+  const ViewScales& s = view.scales;
+  POSTSVD_CHECK(is_fp8_dtype(view.dtype), InvalidArgument,
+                "tensor '" << view.name << "': scaled FP8 view of dtype " << dtype_name(view.dtype)
+                           << "; expected F8_E4M3 or F8_E5M2");
+  POSTSVD_CHECK(s.data != nullptr && s.stored_cols > 0 && s.block_rows > 0 && s.block_cols > 0 && s.grid_cols > 0 &&
+                    (s.dtype == DType::F32 || s.dtype == DType::BF16 || s.dtype == DType::F16),
+                InvalidArgument, "tensor '" << view.name << "': scale '" << s.name << "' is not a valid F32/BF16/F16 block grid");
+  const std::array<float, 256>& decode = view.dtype == DType::F8_E4M3 ? e4m3_table() : e5m2_table();
+  const unsigned char* q = static_cast<const unsigned char*>(view.data);
+  const unsigned char* scales = static_cast<const unsigned char*>(s.data);
+  bool all_finite = true;
+  for (int64_t c = 0; c < view.cols; ++c) {
+    T* dst = out.data() + c * view.rows;
+    const int64_t col_base = view.col_offset(c);
+    int64_t r = 0;
+    while (r < view.rows) {
+      const int64_t offset = col_base + view.row_offset(r);  // from view.data
+      const int64_t i = (s.first + offset) / s.stored_cols, j = (s.first + offset) % s.stored_cols;
+      const int64_t index = (i / s.block_rows) * s.grid_cols + j / s.block_cols;
+      POSTSVD_CHECK(index >= 0 && index < s.count, InvalidArgument,
+                    "tensor '" << view.name << "': element (" << r << ", " << c << ") needs scale " << index << " of '"
+                               << s.name << "', which holds " << s.count);
+      const T scale = static_cast<T>(scale_at(scales, s.dtype, index));
+      // Along a stored row (row_stride 1), the rest of the block shares this scale; a run stays
+      // within its row group (grouped views skip elements between groups).
+      const int64_t run = view.row_stride == 1
+                              ? std::min({view.rows - r, s.block_cols - j % s.block_cols, s.stored_cols - j,
+                                          view.row_group > 0 ? view.row_group - r % view.row_group : view.rows - r})
+                              : 1;
+      for (int64_t k = 0; k < run; ++k) {
+        // float32: float(q) * float(scale), one rounding; float64: exact.
+        const T v = static_cast<T>(decode[q[offset + k]]) * scale;
+        all_finite &= std::isfinite(v);
+        dst[r + k] = v;
+      }
+      r += run;
+    }
+  }
+  return all_finite;
+}
+
+template <class T>
+bool dequantize_mxfp4(const TensorView& view, Matrix<T>& out) {
+  const ViewScales& s = view.scales;
+  POSTSVD_CHECK(view.dtype == DType::U8 && s.data != nullptr, InvalidArgument,
+                "tensor '" << view.name << "': MXFP4 view of dtype " << dtype_name(view.dtype)
+                           << "; expected U8 blocks with E8M0 scales");
+  const unsigned char* packed = static_cast<const unsigned char*>(view.data);
+  const unsigned char* exponents = static_cast<const unsigned char*>(s.data);
+  bool all_finite = true;
+  for (int64_t c = 0; c < view.cols; ++c) {
+    T* dst = out.data() + c * view.rows;
+    const int64_t col_base = s.first + view.col_offset(c);
+    for (int64_t r = 0; r < view.rows; ++r) {
+      const int64_t i = col_base + view.row_offset(r);
+      const uint8_t byte = packed[i >> 1];
+      const uint8_t nibble = (i & 1) ? static_cast<uint8_t>(byte >> 4) : static_cast<uint8_t>(byte & 0xfu);
+      // Exact in float32 and float64: a 2-bit significand times a power of two.
+      const T v = static_cast<T>(fp4_e2m1_to_float(nibble)) * static_cast<T>(e8m0_to_float(exponents[i >> 5]));
+      all_finite &= std::isfinite(v);
+      dst[r] = v;
+    }
+  }
+  return all_finite;
+}
+
+template <class T>
+bool dequantize_along_columns(const TensorView& view, Matrix<T>& out) {
+  switch (view.scales.scheme) {
+    case QuantScheme::ScaledFP8: return dequantize_fp8<T>(view, out);
+    case QuantScheme::MXFP4: return dequantize_mxfp4<T>(view, out);
+    case QuantScheme::None: break;
+  }
+  POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': dequantize_into called on an unquantized view");
+}
+
+}  // namespace
+
+template <class T>
+bool dequantize_into(const TensorView& view, Matrix<T>& out) {
+  if (std::abs(view.row_stride) <= std::abs(view.col_stride) || view.rows == 1 || view.cols == 1) {
+    return dequantize_along_columns<T>(view, out);  // reads run along the stored rows
+  }
+  // A transposing view (W^T of an nn.Linear tensor): dequantize in stored order, then transpose in tiles.
+  Matrix<T> stored(view.cols, view.rows);
+  const bool all_finite = dequantize_along_columns<T>(view.transposed(), stored);
+  constexpr int64_t kTile = 32;
+  for (int64_t c0 = 0; c0 < view.cols; c0 += kTile) {
+    for (int64_t r0 = 0; r0 < view.rows; r0 += kTile) {
+      const int64_t c1 = std::min(view.cols, c0 + kTile), r1 = std::min(view.rows, r0 + kTile);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) out(r, c) = stored(c, r);
+    }
+  }
+  return all_finite;
+}
+
+template bool dequantize_into<float>(const TensorView&, Matrix<float>&);
+template bool dequantize_into<double>(const TensorView&, Matrix<double>&);
+
+}  // namespace detail
+
+}  // namespace postsvd

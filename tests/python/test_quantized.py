@@ -1,0 +1,277 @@
+"""Quantized checkpoints (FP8 block-scaled, compressed-tensors FP8, MXFP4): postsvd's
+dequantized matrices equal a numpy reference bit for bit, scales may sit in another
+shard, ignored modules read unquantized, bad scales are named, and a model against
+its own FP8 copy stays within the quantization bound (and the summary says so)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import postsvd
+from postsvd import _core
+from postsvd.checkpoint import find_source
+from postsvd.errors import BadCheckpointError
+
+import quantize
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+PAIRS = [(0, "q"), (0, "k"), (0, "v"), (0, "o"), (1, "gate"), (1, "up"), (1, "down")]
+
+
+def _hf_tensor(folder, name):
+    """One stored tensor through the official library (float8 as raw codes, others as float32 numpy)."""
+    for file in sorted(os.listdir(folder)):
+        if not file.endswith(".safetensors"):
+            continue
+        with safetensors_torch.safe_open(os.path.join(folder, file), "pt") as f:
+            if name in f.keys():
+                t = f.get_tensor(name)
+                if t.dtype == torch.float8_e4m3fn:
+                    return t.view(torch.uint8).numpy()
+                return t.float().numpy()
+    raise KeyError(name)
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_e4m3_reference_matches_torch():
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    from_torch = codes.view(torch.float8_e4m3fn).float().numpy()
+    table = quantize.e4m3_table()
+    assert np.array_equal(np.isnan(from_torch), np.isnan(table))
+    finite = ~np.isnan(table)
+    assert _same_bits(from_torch[finite], table[finite])
+    assert np.nanmax(table) == 448.0
+
+
+@pytest.mark.parametrize("scale_dtype", ["float32", "bfloat16", "float16"])
+def test_block_fp8_bit_exact(tiny_models, tmp_path, scale_dtype):
+    src, _ = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "fp8")
+    block = (16, 12)  # hidden 32, intermediate 48: edge blocks along every input dim of 32
+    quantize.write_block_fp8(src, dst, block=block, scale_dtype=scale_dtype)
+    arch = postsvd.architecture(dst)
+    for layer, kind in PAIRS:
+        source = find_source(arch, layer, kind)
+        codes = _hf_tensor(dst, source["tensor"])
+        scale = _hf_tensor(dst, source["tensor"] + "_scale_inv")
+        for dtype, np_dtype in (("float32", np.float32), ("float64", np.float64)):
+            expected = quantize.dequantize_fp8_reference(codes, scale, block, np_dtype).T
+            got = postsvd.read_matrix(dst, layer, kind, dtype=dtype)
+            assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (layer, kind, dtype)
+        assert _core.stored_format(_core.Checkpoint(dst), source)["scheme"] == "scaled-fp8"
+
+
+def test_scale_in_other_shard_and_ignored_module(tiny_models, tmp_path):
+    src, model = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "fp8-sharded")
+    quantize.write_block_fp8(src, dst, block=(16, 16), modules_to_not_convert=["mlp.down_proj"],
+                             scales_in_other_shard=True)
+    cp = _core.Checkpoint(dst)
+    assert cp.sharded
+    name = "model.layers.1.self_attn.o_proj.weight"
+    assert cp.info(name)["file"] != cp.info(name + "_scale_inv")["file"]
+    expected = quantize.dequantize_fp8_reference(_hf_tensor(dst, name), _hf_tensor(dst, name + "_scale_inv"),
+                                                 (16, 16)).T
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(dst, 1, "o")), np.ascontiguousarray(expected))
+    # The ignored module stays BF16 and reads as the model's own weights.
+    down = "model.layers.0.mlp.down_proj.weight"
+    assert cp.info(down)["dtype"] == "BF16"
+    assert _core.stored_format(cp, find_source(postsvd.architecture(cp), 0, "down"))["scheme"] == "none"
+    bf16 = model.model.layers[0].mlp.down_proj.weight.detach().float().numpy()
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(dst, 0, "down")), np.ascontiguousarray(bf16.T))
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_compressed_tensors_bit_exact(tiny_models, tmp_path, strategy):
+    src, _ = tiny_models("qwen2", "bfloat16")
+    dst = str(tmp_path / strategy)
+    quantize.write_compressed_fp8(src, dst, strategy=strategy)
+    arch = postsvd.architecture(dst)
+    for layer, kind in PAIRS:
+        source = find_source(arch, layer, kind)
+        module = source["tensor"][: -len(".weight")]
+        scale = _hf_tensor(dst, module + ".weight_scale")
+        assert scale.shape == ((1,) if strategy == "tensor" else (source["out_features"], 1))
+        expected = quantize.dequantize_fp8_reference(_hf_tensor(dst, source["tensor"]), scale, None).T
+        got = postsvd.read_matrix(dst, layer, kind)
+        assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (layer, kind)
+
+
+def test_bad_scale_shape_names_tensor_and_file(tiny_models, tmp_path):
+    src, _ = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "bad")
+    quantize.write_block_fp8(src, dst, block=(16, 16))
+    # Declare 8 x 8 blocks: the stored [2, 2] grid of q_proj [32, 32] should be [4, 4].
+    path = os.path.join(dst, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["quantization_config"]["weight_block_size"] = [8, 8]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(BadCheckpointError) as error:
+        postsvd.read_matrix(dst, 0, "q")
+    message = str(error.value)
+    for part in ("model.layers.0.self_attn.q_proj.weight_scale_inv", "model.safetensors", "[2, 2]", "expected [4, 4]"):
+        assert part in message
+
+
+def test_mxfp4_matches_numpy_and_transformers(tmp_path):
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(5)
+    experts, out, inp = 3, 6, 64  # gpt-oss down_proj layout: blocks [E, out, in / 32, 16]
+    weight = (rng.standard_normal((experts, out, inp)) * np.exp(rng.uniform(-3, 3, (experts, out, 1)))).astype(np.float32)
+    blocks, scales = quantize.quantize_mxfp4(weight)
+    assert blocks.shape == (experts, out, inp // 32, 16) and scales.shape == (experts, out, inp // 32)
+    folder = tmp_path / "mxfp4"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_oss",
+                                                    "quantization_config": {"quant_method": "mxfp4"}}))
+    save_file({"mlp.experts.down_proj_blocks": torch.from_numpy(blocks),
+               "mlp.experts.down_proj_scales": torch.from_numpy(scales)}, str(folder / "model.safetensors"))
+    dequantized = quantize.dequantize_mxfp4_reference(blocks, scales)  # [E, out, in]
+    # Quantization itself: within E2M1's rounding of each 32-value group's largest entry.
+    assert np.all(np.abs(dequantized - weight) <= 0.25 * np.abs(weight).max(axis=-1, keepdims=True) + 1e-30)
+    cp = _core.Checkpoint(str(folder))
+    for e in range(experts):
+        got = _core.read_mxfp4(cp, "mlp.experts.down_proj_blocks", "mlp.experts.down_proj_scales", e * out * inp,
+                               inp, out, 1, inp, "float32")
+        assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(dequantized[e].T)), e
+    # transformers' own dequantization (gpt-oss loading path) gives [E, in, out]: the same values.
+    mxfp4 = pytest.importorskip("transformers.integrations.mxfp4")
+    reference = mxfp4.convert_moe_packed_tensors(torch.from_numpy(blocks), torch.from_numpy(scales),
+                                                 dtype=torch.float32).numpy()
+    assert _same_bits(np.ascontiguousarray(reference), np.ascontiguousarray(dequantized.transpose(0, 2, 1)))
+
+
+def test_bf16_against_its_fp8_copy_within_bound(tiny_models, tmp_path, related_pair):
+    src, _ = tiny_models("llama", "bfloat16")
+    dst = str(tmp_path / "fp8-copy")
+    quantize.write_block_fp8(src, dst, block=(16, 16))
+    result = postsvd.compare(src, dst, progress=False)
+    bound = quantize.relative_bound_e4m3()
+    table = result.table
+    assert (table["scaling_mean"] - 1).abs().max() <= bound
+    assert table["nf"].max() <= bound
+    for r in result.records:
+        sb, sp = np.asarray(r["sigma_base"], float), np.asarray(r["sigma_post"], float)
+        assert np.linalg.norm(sp - sb) <= bound * np.linalg.norm(sb)  # Mirsky: ||dσ|| <= ||dW||_F <= u ||W||_F
+    summary = result.summary()
+    assert "within F8_E4M3 rounding" in summary and "may differ only by quantization" in summary
+    # A real change on top of the same formats is not reported as quantization alone.
+    other = postsvd.compare(related_pair.base, related_pair.post, progress=False).summary()
+    assert "quantization" not in other.lower()
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_construction_on_fp8_writes_bf16_without_quantization_config(tiny_models, tmp_path, sharded):
+    transformers = pytest.importorskip("transformers")
+    src, _ = tiny_models("llama", "bfloat16")
+    fp8 = str(tmp_path / "fp8")
+    quantize.write_block_fp8(src, fp8, block=(16, 16), modules_to_not_convert=["mlp.down_proj"],
+                             scales_in_other_shard=sharded)
+    out = tmp_path / "out"
+    postsvd.construct(14, src, fp8, out, group="attention", progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    cp = _core.Checkpoint(str(out))
+    names = cp.tensor_names()
+    assert not any(n.endswith(("_scale_inv", "_scale")) for n in names)
+    assert {cp.info(n)["dtype"] for n in names} <= {"BF16"}
+    assert set(names) == {n for n in _core.Checkpoint(fp8).tensor_names() if not n.endswith("_scale_inv")}
+    if sharded:
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        assert set(index["weight_map"]) == set(names)
+    # An FP8 weight the construction left alone: its float32 dequantization rounded to BF16.
+    up = postsvd.read_matrix(str(out), 1, "up")
+    expected = torch.from_numpy(postsvd.read_matrix(fp8, 1, "up")).bfloat16().float().numpy()
+    assert _same_bits(np.ascontiguousarray(up), np.ascontiguousarray(expected))
+    # The ignored BF16 module is copied as it was.
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(str(out), 0, "down")),
+                      np.ascontiguousarray(postsvd.read_matrix(src, 0, "down")))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([[1, 5, 7]]), max_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 7)
+
+
+
+def _deepseek_v3_fp8(tmp_path, block):
+    """A tiny deepseek_v3 (float32) and its copy with every kv_b_proj block-quantized (DeepSeek-V3 FP8 layout)."""
+    from frontier_models import build_frontier_model
+
+    model = build_frontier_model("deepseek_v3")
+    src = str(tmp_path / "deepseek-f32")
+    model.save_pretrained(src)
+    dst = str(tmp_path / "deepseek-fp8")
+    out = {}
+    for name, t in quantize._load(src).items():
+        if name.endswith("self_attn.kv_b_proj.weight"):
+            out[name], out[name + "_scale_inv"] = quantize.quantize_block_fp8(t, block)
+        else:
+            out[name] = t
+    quantize._write(dst, src, out, {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                    "weight_block_size": list(block)})
+    return src, dst, model.config
+
+
+def test_deepseek_v3_fp8_kv_b_per_head_parts(tmp_path):
+    """kv_b_proj [heads * (nope + v), rank] is read as grouped per-head K and V parts; with blocks of 16
+    stored rows (heads of 8 + 6 rows) blocks straddle heads and parts, so each element must find the
+    scale of its stored position through the grouped view, in both orientations."""
+    block = (16, 12)  # rank 16: an edge block along the input dim too
+    src, dst, config = _deepseek_v3_fp8(tmp_path, block)
+    heads, nope, v_head = config.num_attention_heads, config.qk_nope_head_dim, config.v_head_dim
+    for layer in range(config.num_hidden_layers):
+        name = f"model.layers.{layer}.self_attn.kv_b_proj.weight"
+        codes = _hf_tensor(dst, name)
+        scale = _hf_tensor(dst, name + "_scale_inv")
+        assert codes.shape == (heads * (nope + v_head), config.kv_lora_rank)
+        for dtype, np_dtype in (("float32", np.float32), ("float64", np.float64)):
+            full = quantize.dequantize_fp8_reference(codes, scale, block, np_dtype)
+            per_head = full.reshape(heads, nope + v_head, -1)
+            for kind, rows in (("kv_b_k", per_head[:, :nope]), ("kv_b_v", per_head[:, nope:])):
+                expected = rows.reshape(-1, full.shape[1]).T  # W [rank, heads * part]
+                got = postsvd.read_matrix(dst, layer, kind, dtype=dtype)
+                assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (layer, kind, dtype)
+                source = find_source(postsvd.architecture(dst), layer, kind)
+                assert _core.stored_format(_core.Checkpoint(dst), source)["scheme"] == "scaled-fp8"
+    # The comparison decomposes the dequantized parts: against the float32 original every kv_b
+    # difference is within what quantization can cause.
+    # W [rank, heads * part] is wide, so the SVD reads the transposed grouped view.
+    r = postsvd.compare(src, dst, kinds=["kv_b_k", "kv_b_v"], dtype="float64", progress=False)
+    assert len(r.table) == 2 * config.num_hidden_layers
+    assert "within F8_E4M3 rounding" in r.summary()
+    for kind in ("kv_b_k", "kv_b_v"):
+        sigma = r.sigma(kind, "post")
+        for layer in range(config.num_hidden_layers):
+            w = postsvd.read_matrix(dst, layer, kind, dtype="float64")
+            np.testing.assert_allclose(sigma[:, layer], np.linalg.svd(w, compute_uv=False), rtol=1e-10,
+                                       atol=1e-12, err_msg=(kind, layer))
+
+
+def test_construction_on_deepseek_v3_fp8_writes_per_head_bf16(tmp_path):
+    """Construction 14 with an FP8 post: kv_b_proj is written back as BF16 in its stored per-head layout
+    (K rows then V rows per head), its scale tensor dropped, quantization_config removed."""
+    src, dst, config = _deepseek_v3_fp8(tmp_path, (16, 12))
+    out = tmp_path / "out"
+    postsvd.construct(14, src, dst, out, group="attention", progress=False)
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    cp = _core.Checkpoint(str(out))
+    assert not any(n.endswith("_scale_inv") for n in cp.tensor_names())
+    name = "model.layers.0.self_attn.kv_b_proj.weight"
+    assert cp.info(name)["dtype"] == "BF16"
+    for kind in ("kv_b_k", "kv_b_v"):
+        w_base = postsvd.read_matrix(src, 0, kind, dtype="float64")
+        w_post = postsvd.read_matrix(dst, 0, kind, dtype="float64")
+        u_base, s_base, vt_base = np.linalg.svd(w_base, full_matrices=False)
+        u_post, s_post, vt_post = np.linalg.svd(w_post, full_matrices=False)
+        expected = u_post @ np.diag(s_base) @ vt_post
+        got = postsvd.read_matrix(str(out), 0, kind, dtype="float64")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-2 * np.abs(expected).max(), err_msg=kind)
