@@ -42,7 +42,6 @@ import postsvd
 from postsvd import KIND_GROUPS, KINDS
 
 POST_MODELS = ("instruct", "reasoning")
-ATTENTION = KIND_GROUPS["attention"]
 #: Completion budget per post model: the direct answer is at most 3 digits; a worked trace ~180 characters.
 MAX_NEW_TOKENS = {"instruct": 16, "reasoning": 200}
 #: (label, construction number, group) in the order of the accuracy table.
@@ -66,6 +65,18 @@ def default_models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+def family_kinds(models: Path) -> Tuple[str, ...]:
+    """The kinds the family's models have, in the core's order (the family is LLaMA: the paper's seven;
+    the core's kind table also names kinds of other architectures, such as DeepSeek's MLA)."""
+    present = {m["kind"] for m in postsvd.checkpoint.architecture(models / "base")["matrices"]}
+    return tuple(kind for kind in KINDS if kind in present)
+
+
+def family_group(models: Path, group: str) -> Tuple[str, ...]:
+    """The family's kinds of one group ("attention" or "mlp")."""
+    return tuple(kind for kind in family_kinds(models) if kind in KIND_GROUPS[group])
+
+
 def _check_models(models: Path) -> None:
     for name in ("base", "base_alt") + POST_MODELS:
         if not (models / name / "config.json").is_file():
@@ -80,16 +91,17 @@ def weight_summary(models: Path, num_threads: Optional[int] = None) -> Dict[str,
     tables = {name: c.table for name, c in comparisons.items()}
     alt = tables["base_alt"].set_index(["layer", "kind"])["nf"]
     nf_rows = []
+    kinds = family_kinds(models)
     for name in POST_MODELS:
         post = tables[name].set_index(["layer", "kind"])["nf"]
-        for kind in KINDS:
+        for kind in kinds:
             p = post.xs(kind, level="kind")
             a = alt.xs(kind, level="kind")
             nf_rows.append({"model": name, "kind": kind, "nf_post_max": float(p.max()), "nf_alt_min": float(a.min()),
                             "every_layer": bool((p < a.loc[p.index]).all()),
                             "max_ratio": float((p / a.loc[p.index]).max())})
     scaling = {name: c.kind_table().set_index("kind") for name, c in comparisons.items()}
-    return {"comparisons": comparisons, "nf": nf_rows, "scaling": scaling}
+    return {"comparisons": comparisons, "nf": nf_rows, "scaling": scaling, "kinds": kinds}
 
 
 def _evaluate_one(job: Tuple[str, str, int, int]) -> Tuple[str, float, int, int, float]:
@@ -197,12 +209,13 @@ def render(summary, built, scores, *, n: int, command: str, seconds: float) -> s
     add("**Table 3 shape: scaling factors σ_model / σ_base of the top 90 % singular values, pooled over the "
         "layers (mean ± population std).**")
     add("")
-    add("| vs base | " + " | ".join(KINDS) + " |")
-    add("|---|" + "---|" * len(KINDS))
+    kinds = summary["kinds"]
+    add("| vs base | " + " | ".join(kinds) + " |")
+    add("|---|" + "---|" * len(kinds))
     for name in ("base_alt",) + POST_MODELS:
         table = summary["scaling"][name]
         add(f"| {name} | " + " | ".join(f"{table.loc[k, 'scaling_mean']:.4f} ± {table.loc[k, 'scaling_std']:.4f}"
-                                         for k in KINDS) + " |")
+                                         for k in kinds) + " |")
     add("")
     return "\n".join(lines)
 

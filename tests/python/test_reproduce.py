@@ -37,8 +37,8 @@ def test_replacing_singular_values_keeps_accuracy_and_ablating_rotation_collapse
                                  rotations=False)
     ablated = postsvd.construct(10, base, post, tmp_path / "c10", group="attention", cache=cache, progress=False,
                                 rotations=False)
-    assert set(replaced.table["kind"]) == set(reproduce.KINDS)
-    assert set(ablated.table["kind"]) == set(reproduce.ATTENTION)
+    assert set(replaced.table["kind"]) == set(reproduce.family_kinds(MODELS)) == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert set(ablated.table["kind"]) == set(reproduce.family_group(MODELS, "attention")) == {"q", "k", "v", "o"}
 
     original = _accuracy(post)
     assert original > 0.9  # the recorded held-out accuracy is 1.000
