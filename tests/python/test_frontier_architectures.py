@@ -196,7 +196,9 @@ def test_construction_loads_in_transformers_and_generates(saved, tmp_path, model
         assert torch.isfinite(loaded(prompt).logits).all()
 
 
-def test_gpt_oss_mxfp4_experts_are_named_not_misread(saved, tmp_path):
+def test_gpt_oss_mxfp4_blocks_without_scales_are_named(saved, tmp_path):
+    """MXFP4 experts are read (test_quantized.py); blocks without their scales, or misshapen ones, are
+    an error naming the tensor, not a misread."""
     folder, _ = saved("gpt_oss")
 
     def to_blocks(tensors):
@@ -206,5 +208,19 @@ def test_gpt_oss_mxfp4_experts_are_named_not_misread(saved, tmp_path):
             tensors.pop(name)
 
     quantized = rewrite(folder, tmp_path / "mxfp4", to_blocks)
-    with pytest.raises(postsvd.BadCheckpointError, match=r"gate_up_proj_blocks'.*MXFP4 experts"):
+    with pytest.raises(postsvd.BadCheckpointError,
+                       match=r"missing tensor 'model\.layers\.0\.mlp\.experts\.gate_up_proj_scales'.*in pairs"):
+        postsvd.architecture(quantized)
+
+    def misshapen(tensors):
+        for layer in (0, 1):
+            name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
+            tensors[name + "_blocks"] = torch.zeros(3, 48, 1, 16, dtype=torch.uint8)  # 48 rows: not 2 * inter
+            tensors[name + "_scales"] = torch.zeros(3, 48, 1, dtype=torch.uint8)
+            tensors.pop(name)
+
+    quantized = rewrite(folder, tmp_path / "mxfp4-bad", misshapen)
+    with pytest.raises(postsvd.BadCheckpointError,
+                       match=r"gate_up_proj_blocks' \(layer 0, gate, expert 0\): expected MXFP4 blocks U8 "
+                             r"\[3, 96, 1, 16\] from config\.json, got U8 \[3, 48, 1, 16\]"):
         postsvd.architecture(quantized)
