@@ -160,4 +160,4 @@ def test_the_command_line_runs_on_ray(tmp_path, capsys, monkeypatch):
     assert (out / "table.csv").exists() and "ray" not in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)
     assert cli.main(["compare", BASE, INSTRUCT, "--out", str(tmp_path / "x"), "--ray"]) == 1
-    assert "pip install postsvd[ray]" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "pip install 'postsvd[ray]'" in capsys.readouterr().err and not (tmp_path / "x").exists()
