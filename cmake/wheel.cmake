@@ -10,11 +10,9 @@
 option(POSTSVD_BUNDLE_BLAS "Install the scipy-openblas32 library beside postsvd._core (wheels)" OFF)
 
 set(postsvd_bundled_blas "")
-if(POSTSVD_BUNDLE_BLAS)
-  if(NOT POSTSVD_BLAS_SYMBOL_PREFIX STREQUAL "scipy_")
-    message(FATAL_ERROR "POSTSVD_BUNDLE_BLAS=ON needs the scipy-openblas32 BLAS (-DPOSTSVD_BLAS=scipy-openblas32); "
-                        "a system OpenBLAS is not bundled")
-  endif()
+if(POSTSVD_BUNDLE_BLAS AND NOT POSTSVD_BLAS_SYMBOL_PREFIX STREQUAL "scipy_")
+  message(STATUS "postsvd: the system's BLAS/LAPACK is not bundled into the wheel (${POSTSVD_BLAS_SOURCE})")
+elseif(POSTSVD_BUNDLE_BLAS)
   install(FILES "${OpenBLAS_LIBRARIES}" DESTINATION postsvd)
   set_target_properties(_core PROPERTIES INSTALL_RPATH "$ORIGIN")
   get_filename_component(postsvd_bundled_blas "${OpenBLAS_LIBRARIES}" NAME)

@@ -70,7 +70,7 @@ std::string build_info() {
 #ifdef POSTSVD_WITH_CUDA
   text << cuda::build_info();
 #else
-  text << "not built (GPU variant: POSTSVD_ENABLE_CUDA=ON pip install .)";
+  text << "not built (GPU variant: pip install postsvd-cu13, or POSTSVD_ENABLE_CUDA=ON pip install .)";
 #endif
   return text.str();
 }
