@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything postsvd needs to build, test and run on a fresh Debian/Ubuntu
 # machine (root or sudo), then installs postsvd itself from this checkout.
-# Idempotent: a second run only checks. Set POSTSVD_ENABLE_CUDA=ON for the GPU variant.
+# Idempotent: a second run only checks. Set POSTSVD_ENABLE_CUDA=ON for the GPU variant,
+# POSTSVD_SETUP_DEPENDENCIES_ONLY=1 to stop before installing postsvd (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,11 @@ if ! cmake --version 2>/dev/null | head -1 | awk '{split($3, v, "."); exit !(v[1
   $PY -m pip install -q --disable-pip-version-check "cmake>=3.24" ninja
 fi
 
+# scripts/test.sh builds and tests wheels in their own venvs and needs no installed copy here.
+if [ "${POSTSVD_SETUP_DEPENDENCIES_ONLY:-0}" = 1 ]; then
+  echo "[setup] dependencies installed; postsvd itself not installed (POSTSVD_SETUP_DEPENDENCIES_ONLY=1)"
+  exit 0
+fi
 echo "[setup] building and installing postsvd (CUDA: ${POSTSVD_ENABLE_CUDA:-OFF})"
 $PY -m pip install -q --disable-pip-version-check --no-build-isolation .
 $PY -c "import postsvd; print('[setup] postsvd', postsvd.__version__, '|', postsvd.build_info())"
