@@ -133,7 +133,7 @@ def test_devices_on_ray():
 
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as where it is not installed
-    with pytest.raises(ImportError, match=r"pip install postsvd\[ray\]"):
+    with pytest.raises(ImportError, match=r"pip install 'postsvd\[ray\]'"):
         postsvd.compare(BASE, INSTRUCT, progress=False, executor="ray")
 
 
