@@ -61,9 +61,12 @@ def test_build_info_names_the_library_loaded():
     assert os.path.isfile(loaded_from.group(1)), info
 
 
-def test_numpy_and_postsvd_svd_in_one_process():
-    """numpy imported first, then postsvd: both SVDs run and agree (each calls its own OpenBLAS)."""
-    code = ("import numpy as np\n"
+@pytest.mark.parametrize("first", ["numpy", "postsvd"])
+def test_numpy_and_postsvd_svd_in_one_process(first):
+    """numpy and postsvd in one process, either imported first: both SVDs run and agree (each calls
+    its own OpenBLAS: numpy's scipy_*64_ symbols, ours scipy_*)."""
+    code = (f"import {first}\n"
+            "import numpy as np\n"
             "w = np.random.default_rng(0).standard_normal((150, 90))\n"
             "reference = np.linalg.svd(w, compute_uv=False)\n"
             "import postsvd\n"
