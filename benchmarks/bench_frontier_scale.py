@@ -135,8 +135,9 @@ def write_deepseek(root, experts=256, experts_per_shard=16, vocab=1024):
     """Base and post share their FP8 expert weights (the post's weight shards are hard links of the
     base's); each model has its own shard of scales, the post's = the base's x (1 + 1 % noise) per
     128 x 128 block, so every post matrix differs from its base by a block-wise scaling. Writing
-    11 GB once instead of twice, and drawing FP8 codes directly (randn cast to float8_e4m3fn) instead
-    of quantizing, keeps the writing to minutes on a small machine; the comparison's work does not
+    11 GB once instead of twice, drawing FP8 codes directly (randn cast to float8_e4m3fn) instead
+    of quantizing, and reusing the first 16 experts' codes for the others (each expert keeps scales
+    of its own) keep the writing to minutes on a small machine; the comparison's work does not
     depend on the values."""
     import torch
 
@@ -160,10 +161,13 @@ def write_deepseek(root, experts=256, experts_per_shard=16, vocab=1024):
     for side in ("base", "post"):
         os.makedirs(os.path.join(root, side), exist_ok=True)
 
-    def fp8(name, shape, tensors):
+    def fp8(name, shape, tensors, codes=None):
         # Codes of N(0, 64^2) (within E4M3's range), scale_inv ~ 0.02 / 64 per block.
-        tensors[name] = (torch.randn(shape, generator=generator) * 64).clamp(-E4M3_MAX, E4M3_MAX).to(
-            torch.float8_e4m3fn)
+        if codes is not None:
+            tensors[name] = codes.clone()
+        else:
+            tensors[name] = (torch.randn(shape, generator=generator) * 64).clamp(-E4M3_MAX, E4M3_MAX).to(
+                torch.float8_e4m3fn)
         grid = (-(-shape[0] // 128), -(-shape[1] // 128))
         base_scale = (0.02 / 64) * (1 + 0.1 * torch.rand(grid, generator=generator))
         scales["base"][name + "_scale_inv"] = base_scale
@@ -189,12 +193,17 @@ def write_deepseek(root, experts=256, experts_per_shard=16, vocab=1024):
     for proj, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)), ("down_proj", (hidden, inter))):
         fp8(f"model.layers.0.mlp.shared_experts.{proj}.weight", shape, tensors)
     save_shared("model-00001-of-%05d.safetensors" % total, tensors)
+    # The first shard's experts are drawn at random; later shards reuse their codes (copies) with
+    # scales of their own, so that writing 256 experts costs little more than the disk.
+    first = {}
     for s in range(shards):
         tensors = {}
         for e in range(s * experts_per_shard, min(experts, (s + 1) * experts_per_shard)):
             for proj, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)),
                                 ("down_proj", (hidden, inter))):
-                fp8(f"model.layers.0.mlp.experts.{e}.{proj}.weight", shape, tensors)
+                name = f"model.layers.0.mlp.experts.{e}.{proj}.weight"
+                fp8(name, shape, tensors, codes=first.get((e % experts_per_shard, proj)))
+                first.setdefault((e % experts_per_shard, proj), tensors[name])
         save_shared("model-%05d-of-%05d.safetensors" % (s + 2, total), tensors)
     for side in ("base", "post"):
         other = {"model.embed_tokens.weight": (torch.randn(vocab, hidden, generator=generator) * 0.02).to(bf16),
