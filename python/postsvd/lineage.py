@@ -64,6 +64,9 @@ WHITENING_RIDGE = 1e-3
 #: The files :meth:`Lineage.save` writes.
 LINEAGE_FILES = ("lineage.json", "lineage.csv", "lineage.html")
 VERDICTS = ("derived", "independent", "inconclusive")
+#: What compare's summary says where NF alone would tempt a reader to judge lineage (one wording, here).
+LINEAGE_HINT = ("NF alone does not settle lineage (a rotated or permuted copy reads the same): `postsvd lineage "
+                "BASE POST` tests whether POST derives from BASE, with a p-value.")
 #: Probe rows read at a time (the embedding matrices of large vocabularies are read in slices).
 _PROBE_CHUNK = 16384
 
@@ -119,10 +122,11 @@ def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
     table = _with_p_values(pd.DataFrame(rows), controls)
     nf_table = None
     if paper_nf:
-        from .compare import compare
+        from .compare import compare, random_rotation_nf
 
         nf_table = compare(model_a.folder, model_b.folder, layers=chosen, **compare_options).table
-        nf_table = nf_table[[c for c in ("layer", "kind", "expert", "nf", "nf_random") if c in nf_table.columns]]
+        nf_table = nf_table[["layer", "kind", "k", "nf"]].copy()
+        nf_table["nf_random"] = [random_rotation_nf(int(k)) for k in nf_table["k"]]
     return Lineage(model_a.folder, model_b.folder, level, table=table,
                    alignments=_alignments(model_a, model_b, probes, moves), nf_table=nf_table)
 
