@@ -45,6 +45,7 @@ from .errors import (
     PostsvdError,
 )
 from .linalg import pair_measures, svd
+from .lineage import Lineage, lineage
 from .reports import report, write_report
 from .tracking import Trajectory, track
 from ._validate import KIND_GROUPS, KINDS
@@ -82,6 +83,8 @@ __all__ = [
     "write_report",
     "track",
     "Trajectory",
+    "lineage",
+    "Lineage",
     "svd",
     "pair_measures",
     "open_checkpoint",
