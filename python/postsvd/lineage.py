@@ -265,6 +265,14 @@ class Lineage:
                 f.write(self.to_html())
         return [os.path.join(os.fspath(out), name) for name in LINEAGE_FILES]
 
+    def plot(self):
+        """matplotlib Figure: per layer, -log10 p of the MLP test against the level and the share of agreeing units."""
+        from .plots import plot_lineage
+
+        if not len(self.table):
+            raise InvalidArgumentError(f"nothing to plot: the pair is out of scope ({'; '.join(self.reasons)})")
+        return plot_lineage(self.table, self.level)
+
     def __repr__(self) -> str:
         p = "" if self.p_value is None else f", p={_p_text(self.p_value, self.log10_p)}"
         return f"Lineage({short_name(self.b)!r} from {short_name(self.a)!r}: {self.verdict}{p})"
@@ -272,6 +280,8 @@ class Lineage:
     # ------------------------------------------------------------------ page
 
     def _sections(self) -> List[str]:
+        from .reports import figure_html as _figure
+
         verdict = [f'<section id="verdict"><h2>Verdict</h2><div class="verdict"><p><b>{_e(self.verdict)}</b> at '
                    f"level {self.level:g}"]
         if self.p_value is not None:
@@ -292,6 +302,7 @@ class Lineage:
                 "</sup> and W<sub>V</sub>W<sub>O</sub> (exact null; evidence only, not in the verdict). "
                 "<i>similarity</i>: mean |cosine| of matched units or heads after alignment (1 = identical "
                 "directions). Rows marked <i>supports</i> are significant at the level.</p>"
+                + _figure(self.plot(), "lineage-layers", "the MLP unit test per layer")
                 + shown.to_html(index=False, border=0, classes="data layers", float_format=lambda x: f"{x:.4g}")
                 + "</section>")
         if self.alignments:

@@ -388,6 +388,10 @@ def page_css() -> str:
     return _CSS
 
 
+#: A figure as an embedded PNG, for the other pages (lineage).
+figure_html = _figure
+
+
 _CSS = """
 :root { --ink: #1d2330; --muted: #5b6475; --line: #d8dde6; --accent: #2d5fa8; --soft: #f4f6fa; }
 * { box-sizing: border-box; }

@@ -208,6 +208,7 @@ def test_cli_writes_json_csv_and_html(tmp_path, capsys):
     assert (out / "lineage.csv").read_text().splitlines()[0].startswith("layer,block,kinds,units,statistic")
     page = (out / "lineage.html").read_text()
     assert "<b>derived</b>" in page and "Alignments applied" in page and "Zhu, Ahmed" in page
+    assert page.count('src="data:image/png;base64,') == 1 and "http" not in page.split("<body>")[1]
 
 
 def test_cli_bad_folder_exits_1_before_writing(tmp_path, capsys):
