@@ -85,10 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.add_argument("--random-pairs", type=int, default=50)
-    parser.add_argument("--trained-pairs", type=int, default=10)
+    parser.add_argument("--trained-pairs", type=int, default=5)
     parser.add_argument("--pretrain-steps", type=int, default=200, help="training of A (and of trained pairs)")
     parser.add_argument("--steps", default="10,100,1000", help="further-training steps of the derived pairs")
-    parser.add_argument("--seeds", type=int, default=3, help="derived pairs per number of steps")
+    parser.add_argument("--seeds", type=int, default=2, help="derived pairs per number of steps")
     parser.add_argument("--level", type=float, default=DEFAULT_LEVEL)
     args = parser.parse_args()
     import transformers

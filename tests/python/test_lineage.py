@@ -175,8 +175,8 @@ def test_too_few_units_to_reach_the_level_is_inconclusive(tmp_path):
 
 
 def test_independent_random_models_are_not_derived(tmp_path):
-    results = [lineage(_save_llama(tmp_path / f"a{seed}", seed=seed), _save_llama(tmp_path / f"b{seed}", seed=100 + seed),
-                       **FAST) for seed in range(3)]
+    results = [lineage(_save_llama(tmp_path / f"a{seed}", seed=seed),
+                       _save_llama(tmp_path / f"b{seed}", seed=100 + seed), **FAST) for seed in range(3)]
     assert all(r.verdict == "independent" for r in results), [r.summary() for r in results]
 
 
