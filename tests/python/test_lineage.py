@@ -165,6 +165,7 @@ def test_out_of_scope_pairs_are_inconclusive_with_the_reason(tmp_path, change, r
     assert result.verdict == "inconclusive" and result.p_value is None
     assert any(reason in r for r in result.reasons), result.reasons
     assert "INCONCLUSIVE" in result.summary() and reason in result.summary()
+    assert reason in result.to_html() and result.to_dict()["verdict"] == "inconclusive"
 
 
 def test_too_few_units_to_reach_the_level_is_inconclusive(tmp_path):
@@ -180,8 +181,32 @@ def test_independent_random_models_are_not_derived(tmp_path):
     assert all(r.verdict == "independent" for r in results), [r.summary() for r in results]
 
 
+@pytest.mark.parametrize("model_type", ["qwen2", "mistral", "qwen3"])
+def test_other_supported_architectures(tmp_path, model_type):
+    import torch
+    import transformers
+
+    config = tiny_config("llama").to_dict() if model_type == "qwen3" else None
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        cfg = transformers.Qwen3Config(**{k: config[k] for k in ("hidden_size", "intermediate_size", "vocab_size",
+                                                                  "num_hidden_layers", "num_attention_heads",
+                                                                  "num_key_value_heads")}, head_dim=8) \
+            if model_type == "qwen3" else tiny_config(model_type)
+        models.append(transformers.AutoModelForCausalLM.from_config(cfg).eval())
+    models[0].save_pretrained(tmp_path / "a")
+    models[1].save_pretrained(tmp_path / "other")
+    with torch.no_grad():  # a fine-tune stand-in: every weight moved by 5 % of its scale
+        for p in models[0].parameters():
+            p.add_(0.05 * p.std() * torch.randn_like(p))
+    models[0].save_pretrained(tmp_path / "b")
+    assert lineage(tmp_path / "a", tmp_path / "b", **FAST).verdict == "derived"
+    assert lineage(tmp_path / "a", tmp_path / "other", **FAST).verdict == "independent"
+
+
 def test_bad_inputs_name_the_folder(tmp_path):
-    with pytest.raises(postsvd.BadCheckpointError, match="missing"):
+    with pytest.raises(postsvd.BadCheckpointError, match=r"b: folder '.*missing' does not exist"):
         lineage(BASE, tmp_path / "missing")
     from transformers import AutoModelForCausalLM
 
