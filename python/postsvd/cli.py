@@ -69,10 +69,11 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
 
 
 def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str, *,
-                       nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE") -> None:
+                       nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE",
+                       base_help: str = "base model folder (config.json + *.safetensors)") -> None:
     """BASE, then one or more model folders (`dest`), and --out DIR: the arguments of compare, report and track
-    (lineage: one model after BASE, --out optional)."""
-    parser.add_argument("base", metavar=base_metavar, help="base model folder (config.json + *.safetensors)")
+    (lineage: A and one model B, --out optional)."""
+    parser.add_argument("base", metavar=base_metavar, help=base_help)
     parser.add_argument(dest, metavar=metavar, nargs=nargs, help=help_text)
     parser.add_argument("--out", "-o", required=out_required, metavar="DIR",
                         help="output folder (created)" if out_required else "also write the results to this folder")
@@ -374,7 +375,7 @@ def add_lineage(subparsers) -> None:
                     "--device, --dtype, --kinds and --cache apply to the paper's NF table.",
         epilog=LINEAGE_EXAMPLES, formatter_class=HelpFormatter)
     add_models_and_out(parser, "model", "B", "the model that may derive from A", nargs=None, out_required=False,
-                       base_metavar="A")
+                       base_metavar="A", base_help="the possible ancestor's folder (config.json + *.safetensors)")
     parser.add_argument("--level", type=float, default=0.01, help="significance level of the verdict")
     parser.add_argument("--no-paper-nf", action="store_true",
                         help="skip the paper's NF table (App. F's fingerprint, not robust to disguises)")
