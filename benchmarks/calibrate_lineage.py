@@ -11,8 +11,9 @@ CPU, offline:
   sparse random Markov chain), so that the two models learn the same function from independent
   starts: the case where a fingerprint could mistake shared function for shared ancestry.
 - derived pairs: A = a model trained on one stream, B = A trained further for S steps on another
-  stream (AdamW, lr 3e-3), for each S of --steps; each further-training run is also disguised by all
-  the function-preserving changes of tests/python/disguise.py in the 'disguised' rows.
+  stream (AdamW, lr --further-lr, 3e-3 by default), for each S of --steps; each further-training
+  run is also disguised by all the function-preserving changes of tests/python/disguise.py in the
+  'disguised' rows.
 
 The verdict of each pair at --level is counted: the false-positive rate is the share of 'derived'
 among the independent pairs, the power the share of 'derived' among the derived ones.
@@ -78,7 +79,9 @@ def train(model, stream, steps: int, lr: float = 3e-3, seed: int = 0):
 
 def verdict(folder_a: str, folder_b: str, level: float) -> dict:
     result = lineage(folder_a, folder_b, level=level, paper_nf=False, num_threads=1)
-    return {"verdict": result.verdict, "p_value": result.p_value, "log10_p": result.log10_p}
+    mlp = result.table[result.table["block"] == "mlp"]
+    return {"verdict": result.verdict, "p_value": result.p_value, "log10_p": result.log10_p,
+            "agreements": [int(x) for x in mlp["statistic"]], "units": int(mlp["units"].iloc[0])}
 
 
 def main() -> None:
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=200, help="training of A (and of trained pairs)")
     parser.add_argument("--steps", default="10,100,1000", help="further-training steps of the derived pairs")
     parser.add_argument("--seeds", type=int, default=2, help="derived pairs per number of steps")
+    parser.add_argument("--further-lr", type=float, default=3e-3, help="learning rate of the further training")
     parser.add_argument("--level", type=float, default=DEFAULT_LEVEL)
     args = parser.parse_args()
     import transformers
@@ -125,7 +129,7 @@ def main() -> None:
             for steps in [int(s) for s in args.steps.split(",")]:
                 derived = build(0)
                 derived.load_state_dict(base.state_dict())
-                loss = train(derived, markov_stream(200 + seed), steps, seed=seed)
+                loss = train(derived, markov_stream(200 + seed), steps, lr=args.further_lr, seed=seed)
                 folder = save(derived, f"d{seed}-{steps}")
                 drift = float(sum((p - q).norm() ** 2 for p, q in zip(derived.parameters(), base.parameters())) ** 0.5
                               / sum(q.norm() ** 2 for q in base.parameters()) ** 0.5)
