@@ -74,13 +74,20 @@ def test_separately_pretrained_base_is_independent():
 @pytest.fixture(scope="module")
 def disguised(tmp_path_factory):
     """instruct under every disguise (and all at once), each checked function-preserving; base_alt under all."""
+    import torch
+
     root = tmp_path_factory.mktemp("disguised")
     folders, differences = {}, {}
-    for name in DISGUISES:
-        folders[name] = str(root / name)
-        differences[name] = disguised_copy(INSTRUCT, folders[name], name, seed=7)
-    folders["independent"] = str(root / "independent")
-    differences["independent"] = disguised_copy(BASE_ALT, folders["independent"], "all", seed=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster than two fighting over a shared box
+    try:
+        for name in DISGUISES:
+            folders[name] = str(root / name)
+            differences[name] = disguised_copy(INSTRUCT, folders[name], name, seed=7)
+        folders["independent"] = str(root / "independent")
+        differences["independent"] = disguised_copy(BASE_ALT, folders["independent"], "all", seed=8)
+    finally:
+        torch.set_num_threads(threads)
     return folders, differences
 
 
