@@ -74,7 +74,7 @@ def train(model, stream, steps: int, lr: float = 3e-3, seed: int = 0):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     model.eval()
-    return float(loss) if loss is not None else float("nan")
+    return loss.item() if loss is not None else float("nan")
 
 
 def verdict(folder_a: str, folder_b: str, level: float) -> dict:
@@ -131,8 +131,9 @@ def main() -> None:
                 derived.load_state_dict(base.state_dict())
                 loss = train(derived, markov_stream(200 + seed), steps, lr=args.further_lr, seed=seed)
                 folder = save(derived, f"d{seed}-{steps}")
-                drift = float(sum((p - q).norm() ** 2 for p, q in zip(derived.parameters(), base.parameters())) ** 0.5
-                              / sum(q.norm() ** 2 for q in base.parameters()) ** 0.5)
+                with torch.no_grad():
+                    drift = float(sum((p - q).norm() ** 2 for p, q in zip(derived.parameters(), base.parameters()))
+                                  ** 0.5 / sum(q.norm() ** 2 for q in base.parameters()) ** 0.5)
                 rows.append({"kind": "derived", "steps": steps, "seed": seed, "loss": loss,
                              "relative_weight_change": drift, **verdict(base_folder, folder, args.level)})
                 print(rows[-1], flush=True)
