@@ -84,8 +84,10 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
         level: significance level of the verdict (0 < level < 1).
         layers: the layers to test (None = all), as in :func:`postsvd.compare`.
         paper_nf: also compute the paper's NF per (layer, kind) (App. F's fingerprint, not robust to
-            the disguises) through :func:`postsvd.compare`; device, dtype, kinds, num_threads, cache
-            and progress go to that comparison.
+            the disguises) through :func:`postsvd.compare`; device, dtype, kinds and cache go to that
+            comparison (checked before anything is computed).
+        num_threads: CPU threads of the comparison and, where threadpoolctl is installed, of numpy's BLAS.
+        progress: show progress bars (one per layer of the test, and the comparison's).
 
     Returns:
         A :class:`Lineage`: ``verdict``, ``p_value``, ``table`` (a row per layer and block),
@@ -111,9 +113,16 @@ def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
         return Lineage(model_a.folder, model_b.folder, level, reasons=reasons)
     chosen = normalize_layers(layers, model_a.num_layers, model_a.model_type) if layers is not None else \
         list(range(model_a.num_layers))
+    if paper_nf:  # the comparison's options fail now, not after the test
+        from .compare import check_compare_arguments
+
+        check_compare_arguments(model_a.folder, [model_b.folder], layers=chosen,
+                                **{k: v for k, v in compare_options.items() if k != "progress"})
+    from tqdm.auto import tqdm
+
     probes = _ProbePair(model_a, model_b)
     rows, controls, moves = [], [], {"units": [], "heads": [], "head_scales": []}
-    for layer in chosen:
+    for layer in tqdm(chosen, desc="lineage", unit="layer", disable=not compare_options["progress"]):
         rows.append(_mlp_row(model_a, model_b, probes, layer, moves))
         rows.append(_attention_row(model_a, model_b, probes, layer, moves))
         if model_a.num_layers > 1:  # a control pair: layer l of A, layer l+1 of B

@@ -220,6 +220,8 @@ def test_bad_inputs_name_the_folder(tmp_path):
     AutoModelForCausalLM.from_config(tiny_config("gpt2")).save_pretrained(tmp_path / "gpt")
     with pytest.raises(postsvd.InvalidArgumentError, match=r"b '.*gpt'.*got model_type 'gpt2'"):
         lineage(BASE, tmp_path / "gpt")
+    with pytest.raises(postsvd.InvalidArgumentError, match="unknown kind 'zz'"):  # the paper-NF options, up front
+        lineage(BASE, INSTRUCT, kinds="zz")
     for level in (0, 1, "x"):
         with pytest.raises(postsvd.InvalidArgumentError, match="level"):
             lineage(BASE, INSTRUCT, level=level)
