@@ -30,8 +30,8 @@ _DTYPE_ALIASES = {
     "float64": "float64", "f64": "float64", "fp64": "float64", "double": "float64",
 }
 
-GPU_BUILD_HINT = ("build the GPU variant with: POSTSVD_ENABLE_CUDA=ON pip install --no-build-isolation -v . "
-                  "(needs the CUDA toolkit)")
+GPU_BUILD_HINT = ("install the GPU wheel instead (pip install postsvd-cu13), or build the GPU variant with: "
+                  "POSTSVD_ENABLE_CUDA=ON pip install --no-build-isolation -v . (needs the CUDA toolkit)")
 
 KindsArg = Union[None, str, Iterable[str]]
 LayersArg = Union[None, int, str, Iterable[int]]
