@@ -678,7 +678,8 @@ class Comparison:
                 formats.add((_format_name(fb), _format_name(fp)))
                 coarser = fb if fb["relative_bound"] >= fp["relative_bound"] else fp
                 if coarser["relative_bound"] > bound:
-                    bound, coarse_name = coarser["relative_bound"], coarser["dtype"]
+                    bound = coarser["relative_bound"]
+                    coarse_name = "MXFP4" if coarser["scheme"] == "mxfp4" else coarser["dtype"]
         if not formats:
             return None
         spread = max(float(np.linalg.norm(np.asarray(r["sigma_post"], float) - np.asarray(r["sigma_base"], float))
