@@ -645,8 +645,10 @@ class Comparison:
         elif consistent:
             overall = "Overall: the two sides rotate together (small NF), but the scaling is not uniform."
         elif any("no consistent rotation" in r for r in readings):
-            overall = ("Overall: the singular vectors do not rotate consistently; the models look unrelated "
-                       "(e.g. two separately pre-trained models), not base and post-trained.")
+            from .lineage import LINEAGE_HINT
+
+            overall = ("Overall: the singular vectors do not rotate consistently (NF near the value for unrelated "
+                       f"models); {LINEAGE_HINT}")
         else:
             overall = "Overall: partly consistent rotations; see nf.png and the per-layer table."
         lines.append(overall)

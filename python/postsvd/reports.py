@@ -404,6 +404,15 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def page_css() -> str:
+    """The pages' one style sheet (report, track and lineage pages look alike)."""
+    return _CSS
+
+
+#: A figure as an embedded PNG, for the other pages (lineage).
+figure_html = _figure
+
+
 _CSS = """
 :root { --ink: #1d2330; --muted: #5b6475; --line: #d8dde6; --accent: #2d5fa8; --soft: #f4f6fa; }
 * { box-sizing: border-box; }
