@@ -61,10 +61,12 @@ def test_build_info_names_the_library_loaded():
     assert os.path.isfile(loaded_from.group(1)), info
 
 
-@pytest.mark.parametrize("first", ["numpy", "postsvd"])
+@pytest.mark.parametrize("first", ["numpy", "scipy.linalg", "postsvd"])
 def test_numpy_and_postsvd_svd_in_one_process(first):
-    """numpy and postsvd in one process, either imported first: both SVDs run and agree (each calls
-    its own OpenBLAS: numpy's scipy_*64_ symbols, ours scipy_*)."""
+    """numpy (and scipy, a core dependency) and postsvd in one process, whichever is imported first:
+    the SVDs run and agree. Each calls its own OpenBLAS: numpy's scipy_*64_ symbols; scipy's copy of
+    scipy-openblas32 (renamed by auditwheel, loaded locally) and ours export the same scipy_* names,
+    and each extension binds to the copy it links."""
     code = (f"import {first}\n"
             "import numpy as np\n"
             "w = np.random.default_rng(0).standard_normal((150, 90))\n"
@@ -74,6 +76,8 @@ def test_numpy_and_postsvd_svd_in_one_process(first):
             "assert np.allclose(s, reference, rtol=1e-10), (s[:3], reference[:3])\n"
             "assert np.allclose(np.linalg.svd(w, compute_uv=False), reference)\n"
             "assert np.allclose((u * s) @ v.T, w, atol=1e-10)\n"
+            "import scipy.linalg\n"
+            "assert np.allclose(scipy.linalg.svd(w, compute_uv=False), reference)\n"
             "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
