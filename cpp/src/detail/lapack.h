@@ -39,6 +39,24 @@ void dgesvd_(const char* jobu, const char* jobvt, const postsvd_lapack_int* m, c
              const postsvd_lapack_int* ldvt, double* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* info,
              postsvd_fortran_strlen jobu_len, postsvd_fortran_strlen jobvt_len);
 
+// Symmetric eigendecomposition (divide and conquer): the block rotations of the warm-started SVD.
+void dsyevd_(const char* jobz, const char* uplo, const postsvd_lapack_int* n, double* a, const postsvd_lapack_int* lda,
+             double* w, double* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* iwork,
+             const postsvd_lapack_int* liwork, postsvd_lapack_int* info, postsvd_fortran_strlen jobz_len,
+             postsvd_fortran_strlen uplo_len);
+
+// One-sided Jacobi SVD; JOBV = 'A' applies its rotations to a given V (a warm start).
+void dgesvj_(const char* joba, const char* jobu, const char* jobv, const postsvd_lapack_int* m,
+             const postsvd_lapack_int* n, double* a, const postsvd_lapack_int* lda, double* sva,
+             const postsvd_lapack_int* mv, double* v, const postsvd_lapack_int* ldv, double* work,
+             const postsvd_lapack_int* lwork, postsvd_lapack_int* info, postsvd_fortran_strlen joba_len,
+             postsvd_fortran_strlen jobu_len, postsvd_fortran_strlen jobv_len);
+
+// C = alpha A^T A + beta C (trans = 'T'), one triangle of C.
+void dsyrk_(const char* uplo, const char* trans, const postsvd_lapack_int* n, const postsvd_lapack_int* k,
+            const double* alpha, const double* a, const postsvd_lapack_int* lda, const double* beta, double* c,
+            const postsvd_lapack_int* ldc, postsvd_fortran_strlen uplo_len, postsvd_fortran_strlen trans_len);
+
 // C = alpha op(A) op(B) + beta C.
 void sgemm_(const char* transa, const char* transb, const postsvd_lapack_int* m, const postsvd_lapack_int* n,
             const postsvd_lapack_int* k, const float* alpha, const float* a, const postsvd_lapack_int* lda,
@@ -84,6 +102,19 @@ inline void gemm(char transa, char transb, lapack_int m, lapack_int n, lapack_in
 inline void gemm(char transa, char transb, lapack_int m, lapack_int n, lapack_int k, double alpha, const double* a,
                  lapack_int lda, const double* b, lapack_int ldb, double beta, double* c, lapack_int ldc) {
   dgemm_(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc, 1, 1);
+}
+
+inline void syevd(char jobz, char uplo, lapack_int n, double* a, lapack_int lda, double* w, double* work,
+                  lapack_int lwork, lapack_int* iwork, lapack_int liwork, lapack_int* info) {
+  dsyevd_(&jobz, &uplo, &n, a, &lda, w, work, &lwork, iwork, &liwork, info, 1, 1);
+}
+inline void gesvj(char joba, char jobu, char jobv, lapack_int m, lapack_int n, double* a, lapack_int lda, double* sva,
+                  lapack_int mv, double* v, lapack_int ldv, double* work, lapack_int lwork, lapack_int* info) {
+  dgesvj_(&joba, &jobu, &jobv, &m, &n, a, &lda, sva, &mv, v, &ldv, work, &lwork, info, 1, 1, 1);
+}
+inline void syrk(char uplo, char trans, lapack_int n, lapack_int k, double alpha, const double* a, lapack_int lda,
+                 double beta, double* c, lapack_int ldc) {
+  dsyrk_(&uplo, &trans, &n, &k, &alpha, a, &lda, &beta, c, &ldc, 1, 1);
 }
 
 /// Converts a LAPACK workspace-size answer (returned in a float or double) to
