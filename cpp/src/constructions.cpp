@@ -22,14 +22,6 @@
 #include "postsvd/warnings.h"
 #include "postsvd/writer.h"
 
-extern "C" {
-// Symmetric eigenvalues, divide and conquer (only the values are asked for here).
-void dsyevd_(const char* jobz, const char* uplo, const postsvd_lapack_int* n, double* a, const postsvd_lapack_int* lda,
-             double* w, double* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* iwork,
-             const postsvd_lapack_int* liwork, postsvd_lapack_int* info, postsvd_fortran_strlen jobz_len,
-             postsvd_fortran_strlen uplo_len);
-}
-
 namespace postsvd {
 
 namespace fs = std::filesystem;
@@ -197,13 +189,15 @@ std::vector<double> rotation_angles_deg(const Matrix<double>& rotation) {
   const char jobz = 'N', uplo = 'U';
   lapack_int info = 0, lwork = -1, liwork = -1, iquery = 0;
   double query = 0;
-  dsyevd_(&jobz, &uplo, &n, sym.data(), &n, values.data(), &query, &lwork, &iquery, &liwork, &info, 1, 1);
+  POSTSVD_BLAS_NAME(dsyevd_)(&jobz, &uplo, &n, sym.data(), &n, values.data(), &query, &lwork, &iquery, &liwork, &info,
+                             1, 1);
   POSTSVD_CHECK(info == 0, BackendError, "rotation angles: dsyevd workspace query failed, info = " << info);
   lwork = detail::workspace_size(query);
   liwork = std::max<lapack_int>(1, iquery);
   std::vector<double> work(static_cast<std::size_t>(lwork));
   std::vector<lapack_int> iwork(static_cast<std::size_t>(liwork));
-  dsyevd_(&jobz, &uplo, &n, sym.data(), &n, values.data(), work.data(), &lwork, iwork.data(), &liwork, &info, 1, 1);
+  POSTSVD_BLAS_NAME(dsyevd_)(&jobz, &uplo, &n, sym.data(), &n, values.data(), work.data(), &lwork, iwork.data(),
+                             &liwork, &info, 1, 1);
   POSTSVD_CHECK(info == 0, BackendError,
                 "rotation angles of a [" << n << ", " << n << "] matrix: dsyevd failed, info = " << info);
   std::vector<double> angles(values.size());

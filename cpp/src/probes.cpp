@@ -2,10 +2,13 @@
 //   has_cuda():          built with CUDA and at least one device is visible (false in a CPU build),
 //                        so tests and callers can skip GPU work on a machine without a GPU.
 //   cuda_device_count(): 0 in a CPU build or where the driver / device is missing.
+#include <dlfcn.h>
+
 #include <sstream>
 #include <string>
 
 #include "cpu/cpu_backend.h"
+#include "detail/lapack.h"
 #include "postsvd/backend.h"
 
 #ifdef POSTSVD_WITH_CUDA
@@ -20,6 +23,19 @@
 #endif
 
 namespace postsvd {
+
+namespace {
+
+/// The file the LAPACK in use was loaded from (the wheel's bundled copy in
+/// postsvd.libs/, or the system's), found from the address of ?gesdd.
+std::string lapack_library_file() {
+  Dl_info info{};
+  const auto symbol = reinterpret_cast<void*>(&POSTSVD_BLAS_NAME(dgesdd_));
+  if (dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) return "unknown file";
+  return info.dli_fname;
+}
+
+}  // namespace
 
 bool has_cuda() { return cuda_device_count() > 0; }
 
@@ -50,11 +66,11 @@ std::string build_info() {
   text << "unknown";
 #endif
   text << ", C++ " << __cplusplus << "; BLAS/LAPACK: " << cpu::blas_description() << " (" << POSTSVD_LAPACK_LIBRARIES
-       << "), " << cpu::blas_threads() << " threads; CUDA: ";
+       << ", loaded from " << lapack_library_file() << "), " << cpu::blas_threads() << " threads; CUDA: ";
 #ifdef POSTSVD_WITH_CUDA
   text << cuda::build_info();
 #else
-  text << "not built (GPU variant: POSTSVD_ENABLE_CUDA=ON pip install .)";
+  text << "not built (GPU variant: pip install postsvd-cu13, or POSTSVD_ENABLE_CUDA=ON pip install .)";
 #endif
   return text.str();
 }

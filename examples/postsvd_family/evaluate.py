@@ -1,6 +1,6 @@
 """Task accuracy of a model of the family: greedy decoding, exact match on held-out prompts.
 
-Needs torch and transformers (``pip install postsvd[models]``), not the compiled
+Needs torch and transformers (``pip install 'postsvd[functional]'``), not the compiled
 core. Usage::
 
     from postsvd_family.evaluate import evaluate

@@ -20,12 +20,16 @@ Quick start::
 Without models at hand, ``postsvd.synthetic.make_pair(...)`` (or
 ``postsvd make-example DIR``) writes a small pair with a known answer.
 """
+from . import _preload
+
+_preload.load_dependencies()  # the GPU build: cuBLAS, cuSOLVER, the CUDA runtime from NVIDIA's wheels
 try:
     from . import _core
 except ImportError as _error:  # a source tree without the compiled core, or a broken build
     raise ImportError(
-        f"postsvd's compiled core (postsvd._core) could not be loaded: {_error}. Install the package with "
-        "`pip install .` (or `bash scripts/setup.sh`) from the repository root; for the GPU variant "
+        f"postsvd's compiled core (postsvd._core) could not be loaded: {_error}.{_preload.cuda_install_hint()} "
+        "Install the package with `pip install postsvd` (GPU: `pip install postsvd-cu13`), or from the "
+        "repository root `pip install .` (or `bash scripts/setup.sh`); for the GPU variant "
         "`POSTSVD_ENABLE_CUDA=ON pip install --no-build-isolation .`") from _error
 from .checkpoint import (
     Checkpoint,

@@ -30,8 +30,8 @@ _DTYPE_ALIASES = {
     "float64": "float64", "f64": "float64", "fp64": "float64", "double": "float64",
 }
 
-GPU_BUILD_HINT = ("build the GPU variant with: POSTSVD_ENABLE_CUDA=ON pip install --no-build-isolation -v . "
-                  "(needs the CUDA toolkit)")
+GPU_BUILD_HINT = ("install the GPU wheel instead (pip install postsvd-cu13), or build the GPU variant with: "
+                  "POSTSVD_ENABLE_CUDA=ON pip install --no-build-isolation -v . (needs the CUDA toolkit)")
 
 KindsArg = Union[None, str, Iterable[str]]
 LayersArg = Union[None, int, str, Iterable[int]]
@@ -209,10 +209,7 @@ def broken_link(path: str) -> Optional[str]:
 
 def normalize_folder(folder, what: str) -> str:
     """A path string for an existing directory; a clear error otherwise."""
-    try:
-        path = os.fspath(folder)
-    except TypeError:
-        raise InvalidArgumentError(f"{what}: expected a folder path, got {type(folder).__name__}") from None
+    path = _path_text(folder, what, "a folder path")
     broken = broken_link(path)
     if broken:
         raise BadCheckpointError(f"{what}: '{path}' {broken}; expected a model folder")
@@ -336,15 +333,16 @@ def normalize_matrix_pairs(pairs, layers: Sequence[int], kinds: Sequence[str], n
     return result
 
 
-def _path_text(path, what: str) -> str:
+def _path_text(path, what: str, expected: str = "a path") -> str:
+    """The text of a str, bytes or os.PathLike path; InvalidArgumentError naming `what` otherwise."""
     try:
         text = os.fspath(path)
     except TypeError:
-        raise InvalidArgumentError(f"{what}: expected a path, got {type(path).__name__}") from None
+        raise InvalidArgumentError(f"{what}: expected {expected}, got {type(path).__name__}") from None
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     if not text:
-        raise InvalidArgumentError(f"{what}: expected a path, got an empty string")
+        raise InvalidArgumentError(f"{what}: expected {expected}, got an empty string")
     return text
 
 

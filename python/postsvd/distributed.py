@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from ._extras import install_hint, require
 from .errors import BackendError, InvalidArgumentError
 
 #: A unit holds the pairs of one layer up to this many weights (both models); a larger pair is a unit alone.
@@ -44,7 +45,7 @@ MAX_RETRIES = 3
 #: Environment variable of the fault injection (see the module's doc).
 FAULT_VARIABLE = "POSTSVD_RAY_FAULT"
 #: What to install for executor='ray'.
-INSTALL_HINT = "pip install postsvd[ray]"
+INSTALL_HINT = install_hint("ray")
 
 _task = None  # the Ray remote function, made on first use
 
@@ -73,12 +74,7 @@ class RunResult:
 
 def import_ray():
     """The ray module, or an ImportError that says how to install it."""
-    try:
-        import ray
-    except ImportError as error:
-        raise ImportError(f"executor='ray' needs Ray, which is not installed here ({error}); install it with: "
-                          f"{INSTALL_HINT}") from error
-    return ray
+    return require("ray", "executor='ray'")
 
 
 def check_device(device: Any) -> str:

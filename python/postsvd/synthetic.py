@@ -21,6 +21,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ._extras import require
 from ._validate import KIND_GROUPS, KINDS
 from .errors import InvalidArgumentError
 
@@ -150,12 +151,10 @@ def _save(tensors: Dict[str, np.ndarray], folder: str, config: dict, dtype: str,
 def _write_safetensors(data: Dict[str, np.ndarray], path: str, dtype: str) -> int:
     if dtype == "bfloat16":
         try:
-            import torch
+            torch = require("torch", "dtype='bfloat16' (numpy has no bfloat16)")
             from safetensors.torch import save_file
         except ImportError as error:
-            raise InvalidArgumentError(
-                "dtype='bfloat16' needs torch (numpy has no bfloat16): pip install torch, "
-                "or pass dtype='float16' / 'float32'") from error
+            raise InvalidArgumentError(f"{error}, or pass dtype='float16' / 'float32'") from error
         tensors = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(torch.bfloat16)
                    for n, a in data.items()}
         save_file(tensors, path, metadata={"format": "pt"})

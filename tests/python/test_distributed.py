@@ -133,7 +133,7 @@ def test_devices_on_ray():
 
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as where it is not installed
-    with pytest.raises(ImportError, match=r"pip install postsvd\[ray\]"):
+    with pytest.raises(ImportError, match=r"pip install 'postsvd\[ray\]'"):
         postsvd.compare(BASE, INSTRUCT, progress=False, executor="ray")
 
 
@@ -160,4 +160,4 @@ def test_the_command_line_runs_on_ray(tmp_path, capsys, monkeypatch):
     assert (out / "table.csv").exists() and "ray" not in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)
     assert cli.main(["compare", BASE, INSTRUCT, "--out", str(tmp_path / "x"), "--ray"]) == 1
-    assert "pip install postsvd[ray]" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "pip install 'postsvd[ray]'" in capsys.readouterr().err and not (tmp_path / "x").exists()

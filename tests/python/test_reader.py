@@ -119,6 +119,19 @@ def test_malformed_file_names_the_file(tmp_path, related_pair, case):
     assert os.path.exists(path)
 
 
+def test_folder_arguments_as_bytes_and_empty(related_pair):
+    """A folder given as bytes reads as its decoded text; an empty string is an argument error naming
+    the argument, not a missing folder ''."""
+    by_text = postsvd.compare(related_pair.base, related_pair.post, kinds="q", layers="0", progress=False)
+    by_bytes = postsvd.compare(os.fsencode(str(related_pair.base)), os.fsencode(str(related_pair.post)),
+                               kinds="q", layers="0", progress=False)
+    assert by_bytes.table["nf"].tolist() == by_text.table["nf"].tolist()
+    with pytest.raises(postsvd.InvalidArgumentError, match="expected a folder path, got an empty string"):
+        postsvd.compare("", related_pair.post, progress=False)
+    with pytest.raises(postsvd.InvalidArgumentError, match="expected a folder path, got int"):
+        postsvd.compare(related_pair.base, 3, progress=False)
+
+
 def test_missing_folder_and_files(tmp_path, related_pair):
     with pytest.raises(postsvd.BadCheckpointError, match="does not exist"):
         postsvd.compare(tmp_path / "nowhere", related_pair.post, progress=False)

@@ -202,20 +202,24 @@ void set_blas_threads(int num_threads) {
   if (num_threads < 0) {
     POSTSVD_THROW(InvalidArgument, "num_threads: expected 0 (every core) or a positive count, got " << num_threads);
   }
-  if (openblas_set_num_threads == nullptr) return;  // reference BLAS: single-threaded
+  if (POSTSVD_BLAS_NAME(openblas_set_num_threads) == nullptr) return;  // reference BLAS: single-threaded
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int wanted = num_threads == 0 ? cores : num_threads;
   // Only on a change: every call may start or park OpenBLAS's worker threads, and
   // this runs twice per pair.
-  if (openblas_get_num_threads != nullptr && openblas_get_num_threads() == wanted) return;
-  openblas_set_num_threads(wanted);
+  if (POSTSVD_BLAS_NAME(openblas_get_num_threads) != nullptr && POSTSVD_BLAS_NAME(openblas_get_num_threads)() == wanted) {
+    return;
+  }
+  POSTSVD_BLAS_NAME(openblas_set_num_threads)(wanted);
 }
 
-int blas_threads() { return openblas_get_num_threads != nullptr ? openblas_get_num_threads() : 1; }
+int blas_threads() {
+  return POSTSVD_BLAS_NAME(openblas_get_num_threads) != nullptr ? POSTSVD_BLAS_NAME(openblas_get_num_threads)() : 1;
+}
 
 std::string blas_description() {
-  if (openblas_get_config != nullptr) {
-    const char* config = openblas_get_config();
+  if (POSTSVD_BLAS_NAME(openblas_get_config) != nullptr) {
+    const char* config = POSTSVD_BLAS_NAME(openblas_get_config)();
     if (config != nullptr) return config;
   }
   return "reference BLAS/LAPACK";
@@ -276,7 +280,7 @@ int resolved_threads(int num_threads) {
 /// sequence with every thread; the single-threaded reference LAPACK always pairs.
 bool decompose_side_by_side(int num_threads) {
   const int threads = resolved_threads(num_threads);
-  return openblas_set_num_threads == nullptr ? threads >= 2 : threads == 2;
+  return POSTSVD_BLAS_NAME(openblas_set_num_threads) == nullptr ? threads >= 2 : threads == 2;
 }
 
 template <class T>

@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
+from .._extras import require
+
 #: Appendix H.1: the "simple" system prompt (GSM8K, attention entropy, CKA).
 SIMPLE_SYSTEM_PROMPT = "Please put your final answer within \\boxed{}."
 #: Appendix H.1: the system prompt for the hard datasets (MATH-500, MMLU, GPQA).
@@ -79,8 +81,9 @@ def load_model_and_tokenizer(model: ModelLike, tokenizer: Any = None, *, device:
     A loaded model is used as it is (moved to ``device``); for ``attn_implementation="eager"``
     it is switched to eager attention where transformers allows it, and refused otherwise.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch = require("torch", "loading a model")
+    transformers = require("transformers", "loading a model")
+    AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
 
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     if is_model_object(model):

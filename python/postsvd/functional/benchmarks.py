@@ -49,6 +49,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from .._extras import require
 from ._models import ModelLike, as_model_dict, is_model_object
 
 __all__ = [
@@ -108,12 +109,7 @@ def _benchmarks(tasks: Union[str, Iterable[str]]) -> List[Benchmark]:
 
 
 def _require_lm_eval():
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError as err:
-        raise ImportError("benchmark evaluation needs lm-evaluation-harness: pip install 'lm-eval[hf]>=0.4.8' "
-                          f"({err})") from None
-    return lm_eval
+    return require("lm_eval", "benchmark evaluation (lm-evaluation-harness)")
 
 
 def available_backends() -> List[str]:
@@ -126,7 +122,7 @@ def available_backends() -> List[str]:
 
 def _resolve_backend(backend: str) -> str:
     if backend == "auto":
-        import torch
+        torch = require("torch", "backend='auto'")
 
         return "vllm" if "vllm" in available_backends() and torch.cuda.is_available() else "hf"
     if backend not in ("hf", "vllm"):
@@ -170,7 +166,7 @@ def task_manager(folder: Union[str, os.PathLike], tasks: Union[str, Iterable[str
 def _make_lm(model: ModelLike, backend: str, *, tokenizer: Any, device: str, dtype: str,
              batch_size: Union[int, str], seed: int):
     if backend == "hf":
-        from lm_eval.models.huggingface import HFLM
+        HFLM = require("lm_eval.models.huggingface", "backend='hf'").HFLM
 
         pretrained = model if is_model_object(model) else os.fspath(model)
         kwargs = dict(pretrained=pretrained, device=device, dtype=dtype, batch_size=batch_size)
@@ -209,7 +205,7 @@ def run_benchmarks(models: Union[ModelLike, Mapping[str, ModelLike]],
     ``lm_eval.api.model.LM`` instance (used as it is; output lengths need its ``tokenizer``
     attribute or ``tokenizer=``, else they are NaN)."""
     lm_eval = _require_lm_eval()
-    import torch
+    torch = require("torch", "benchmark evaluation")
 
     from lm_eval.api.model import LM
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .._extras import require
 from ._models import (
     SIMPLE_SYSTEM_PROMPT,
     ModelLike,
@@ -92,7 +93,7 @@ def layer_representations(model: ModelLike, prompts: Sequence[str], *, tokenizer
                           chat_template: Union[bool, str] = "auto") -> np.ndarray:
     """``[layers + 1, N, hidden]`` float64: per layer (0 = embeddings), one row per prompt,
     the hidden state averaged over the prompt's tokens."""
-    import torch
+    torch = require("torch", "layer_representations")
 
     prompts = check_prompts(prompts, "layer_representations", minimum=2)
     loaded, tok = load_model_and_tokenizer(model, tokenizer, device=device, dtype=dtype,

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from .._extras import require
 from ._models import (
     SIMPLE_SYSTEM_PROMPT,
     ModelLike,
@@ -33,7 +34,7 @@ def entropy_of_attention(attention) -> np.ndarray:
     ``attention``: probabilities ``[heads, queries, keys]`` (or ``[1, heads, queries, keys]``),
     each row summing to 1. Returns ``[heads]`` float64.
     """
-    import torch
+    torch = require("torch", "entropy_of_attention")
 
     probs = torch.as_tensor(attention).to(torch.float64)
     if probs.dim() == 4 and probs.shape[0] == 1:
@@ -82,7 +83,7 @@ def attention_entropy(model_or_dir: Union[ModelLike, Mapping[str, ModelLike]],
     ``n_prompts`` and ``n_queries`` (query positions summed over prompts). With
     ``per_prompt=True`` a row per (model, prompt, layer, head) instead.
     """
-    import torch
+    torch = require("torch", "attention_entropy")
 
     models = as_model_dict(model_or_dir, "attention_entropy")
     prompts = check_prompts(prompts, "attention_entropy")
