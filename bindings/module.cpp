@@ -177,7 +177,7 @@ py::dict source_to_python(const postsvd::MatrixSource& s) {
                   "tensor"_a = s.tensor, "conv1d"_a = s.conv1d, "in_features"_a = s.in_features,
                   "out_features"_a = s.out_features, "out_offset"_a = s.out_offset, "fused_out"_a = s.fused_out,
                   "out_step"_a = s.out_step, "out_group"_a = s.out_group, "out_group_stride"_a = s.out_group_stride,
-                  "stacked"_a = s.stacked, "stacked_index"_a = s.stacked_index);
+                  "stacked"_a = s.stacked, "stacked_index"_a = s.stacked_index, "mxfp4_scales"_a = s.mxfp4_scales);
 }
 
 postsvd::MatrixSource source_from_python(const py::dict& d) {
@@ -201,6 +201,7 @@ postsvd::MatrixSource source_from_python(const py::dict& d) {
     s.out_group_stride = optional("out_group_stride", 0);
     s.stacked = optional("stacked", 0);
     s.stacked_index = optional("stacked_index", 0);
+    s.mxfp4_scales = d.contains("mxfp4_scales") ? d["mxfp4_scales"].cast<std::string>() : std::string();
   } catch (const py::error_already_set& e) {
     POSTSVD_THROW(InvalidArgument, "source: expected a dict from detect_architecture()['matrices'], "
                                    "missing or bad key: " << e.what());

@@ -74,7 +74,9 @@ int64_t fused_column(const MatrixSource& s, int64_t c) {
 std::vector<int64_t> stored_shape(const MatrixSource& s) {
   std::vector<int64_t> shape;
   if (s.stacked > 0) shape.push_back(s.stacked);
-  if (s.conv1d) {
+  if (is_mxfp4(s)) {
+    shape.insert(shape.end(), {s.fused_out, s.in_features / 32, 16});
+  } else if (s.conv1d) {
     shape.push_back(s.in_features);
     shape.push_back(s.fused_out);
   } else {
@@ -230,12 +232,16 @@ class Mapper {
     add(std::move(s));
   }
 
-  // Any source; its tensor name is taken relative to the prefix.
+  // Any source; its tensor names are taken relative to the prefix.
   void add(MatrixSource s) {
     s.tensor = prefix_ + s.tensor;
+    if (is_mxfp4(s)) s.mxfp4_scales = prefix_ + s.mxfp4_scales;
     check(s);
     arch.matrices.push_back(std::move(s));
   }
+
+  // True when the tensor `suffix` exists under the prefix.
+  bool has(const std::string& suffix) const { return checkpoint_.contains(prefix_ + suffix); }
 
   Architecture arch;
 
@@ -254,6 +260,10 @@ class Mapper {
                                                         << also.str() << ", expected for model_type '" << model_type_
                                                         << "'");
     }
+    if (is_mxfp4(s)) {
+      check_mxfp4(s, what);
+      return;
+    }
     const TensorInfo& info = checkpoint_.info(s.tensor);
     const std::vector<int64_t> expected = stored_shape(s);
     if (info.shape != expected) {
@@ -266,6 +276,32 @@ class Mapper {
       POSTSVD_THROW(BadCheckpoint, checkpoint_.file_of(s.tensor).path()
                                        << ": tensor '" << s.tensor << "' has dtype " << dtype_name(info.dtype)
                                        << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
+    }
+  }
+
+  // The *_blocks tensor and its *_scales: U8 [stacked, fused_out, in / 32, 16] and [stacked, fused_out, in / 32].
+  void check_mxfp4(const MatrixSource& s, const std::string& what) const {
+    const std::vector<int64_t> blocks_shape = stored_shape(s);
+    const std::vector<int64_t> scales_shape(blocks_shape.begin(), blocks_shape.end() - 1);
+    if (s.in_features % 32 != 0) {
+      POSTSVD_THROW(BadCheckpoint, checkpoint_.file_of(s.tensor).path()
+                                       << ": tensor '" << s.tensor << "' " << what << ": MXFP4 packs 32 values per "
+                                       << "block along the input dim, but config.json gives " << s.in_features);
+    }
+    for (const auto& t : {std::make_pair(&s.tensor, &blocks_shape), std::make_pair(&s.mxfp4_scales, &scales_shape)}) {
+      if (!checkpoint_.contains(*t.first)) {
+        POSTSVD_THROW(BadCheckpoint, checkpoint_.folder() << ": missing tensor '" << *t.first << "' " << what
+                                                          << " (MXFP4 blocks and scales come in pairs), expected for "
+                                                          << "model_type '" << model_type_ << "'");
+      }
+      const TensorInfo& info = checkpoint_.info(*t.first);
+      if (info.dtype != DType::U8 || info.shape != *t.second) {
+        POSTSVD_THROW(BadCheckpoint, checkpoint_.file_of(*t.first).path()
+                                         << ": tensor '" << *t.first << "' " << what << ": expected MXFP4 "
+                                         << (t.first == &s.tensor ? "blocks" : "scales") << " U8 "
+                                         << detail::shape_string(*t.second) << " from config.json, got "
+                                         << dtype_name(info.dtype) << " " << detail::shape_string(info.shape));
+      }
     }
   }
 
@@ -334,17 +370,21 @@ void add_experts(Mapper& m, int layer, const std::string& experts_prefix, int64_
 // Fused experts stored [E, in, out] without ".weight" (Llama 4, gpt-oss):
 // gate_up [E, hidden, 2 * inter] holds gate and up either as halves (Llama 4:
 // gate_up.chunk(2, -1)) or interleaved (gpt-oss: gate = [..., ::2], up = [..., 1::2]);
-// down [E, inter, hidden].
+// down [E, inter, hidden]. MXFP4 experts (gpt-oss releases, `mxfp4` true) store
+// the same columns as rows: gate_up_proj_blocks dequantizes to [E, 2 * inter, hidden]
+// and down_proj_blocks to [E, hidden, inter] (transformers' convert_moe_packed_tensors
+// transposes them on loading); their scales are the names with "_scales" for "_blocks".
 void add_fused_experts(Mapper& m, int layer, const std::string& gate_up, const std::string& down, int64_t experts,
-                       int64_t hidden, int64_t inter, bool interleaved) {
+                       int64_t hidden, int64_t inter, bool interleaved, bool mxfp4 = false) {
   const Kind kinds[3] = {Kind::Gate, Kind::Up, Kind::Down};
+  auto scales_of = [](const std::string& blocks) { return blocks.substr(0, blocks.size() - 6) + "scales"; };
   for (int k = 0; k < 3; ++k) {
     for (int e = 0; e < experts; ++e) {
       MatrixSource s;
       s.layer = layer;
       s.kind = kinds[k];
       s.expert = e;
-      s.conv1d = true;
+      s.conv1d = !mxfp4;
       s.stacked = experts;
       s.stacked_index = e;
       if (kinds[k] == Kind::Down) {
@@ -361,6 +401,7 @@ void add_fused_experts(Mapper& m, int layer, const std::string& gate_up, const s
         s.out_step = interleaved ? 2 : 1;
         s.out_offset = interleaved ? (up ? 1 : 0) : (up ? inter : 0);
       }
+      if (mxfp4) s.mxfp4_scales = scales_of(s.tensor);
       m.add(std::move(s));
     }
   }
@@ -547,18 +588,15 @@ Architecture map_gpt_oss(const Checkpoint& ck, const Config& config) {
   for (int i = 0; i < layers; ++i) {
     const std::string p = layer_prefix(i);
     add_attention(m, i, p, a);
-    for (const std::string& prefix : {std::string("model."), std::string()}) {
-      const std::string blocks = prefix + p + "mlp.experts.gate_up_proj_blocks";
-      if (ck.contains(blocks)) {
-        POSTSVD_THROW(BadCheckpoint, ck.file_of(blocks).path()
-                                         << ": tensor '" << blocks << "': MXFP4 experts (*_blocks / *_scales) are "
-                                            "not read by this postsvd; expected the BF16/F16/F32 tensor '"
-                                         << prefix << p << "mlp.experts.gate_up_proj' [E, hidden, 2 * inter] (as "
-                                            "transformers' save_pretrained writes a dequantized gpt-oss)");
-      }
+    // The release stores the experts in MXFP4 (*_blocks / *_scales); a dequantized save_pretrained in BF16.
+    const std::string experts_prefix = p + "mlp.experts.";
+    if (m.has(experts_prefix + "gate_up_proj_blocks") || m.has(experts_prefix + "down_proj_blocks")) {
+      add_fused_experts(m, i, experts_prefix + "gate_up_proj_blocks", experts_prefix + "down_proj_blocks", experts,
+                        a.hidden, inter, true, true);
+    } else {
+      add_fused_experts(m, i, experts_prefix + "gate_up_proj", experts_prefix + "down_proj", experts, a.hidden, inter,
+                        true);
     }
-    add_fused_experts(m, i, p + "mlp.experts.gate_up_proj", p + "mlp.experts.down_proj", experts, a.hidden, inter,
-                      true);
   }
   m.arch.num_layers = layers;
   return std::move(m.arch);
@@ -749,7 +787,7 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
     for (const auto& side : {std::make_pair(&a, &sa), std::make_pair(&b, &sb)}) {
       const Checkpoint& ck = *side.first;
       const MatrixSource& s = *side.second;
-      if (ck.contains(s.tensor) && !is_weight_dtype(ck.info(s.tensor).dtype)) {
+      if (ck.contains(s.tensor) && !is_mxfp4(s) && !is_weight_dtype(ck.info(s.tensor).dtype)) {
         POSTSVD_THROW(BadCheckpoint, describe(ck, s) << " has dtype " << dtype_name(ck.info(s.tensor).dtype)
                                                      << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
       }
@@ -786,6 +824,18 @@ TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
                                               << ") does not fit in " << source.fused_out << " (in_features "
                                               << source.in_features << ", slice " << source.stacked_index << " of "
                                               << source.stacked << ")");
+  }
+  if (is_mxfp4(source)) {
+    // Dequantized [stacked, fused_out, in] row-major: W (r, c) = value (index, fused_column(c), r).
+    POSTSVD_CHECK(!grouped && !source.conv1d, InvalidArgument,
+                  "tensor '" << source.tensor << "' " << source_label(source)
+                             << ": MXFP4 parts are column ranges or strided columns of [out, in] experts");
+    TensorView view = mxfp4_view(checkpoint, source.tensor, source.mxfp4_scales,
+                                 (source.stacked_index * source.fused_out + source.out_offset) * source.in_features,
+                                 source.in_features, source.out_features, 1, source.out_step * source.in_features);
+    view.name = source.tensor + "[" + std::to_string(source.stacked_index) + "]";
+    if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
+    return view;
   }
   const auto element = static_cast<int64_t>(dtype_size(info.dtype));
   const char* base = static_cast<const char*>(checkpoint.file_of(source.tensor).data(info)) +

@@ -179,13 +179,17 @@ QuantizationConfig quantization_config(const Checkpoint& checkpoint) {
         }
       }
     }
+  } else if (out.quant_method == "fbgemm_fp8") {
+    // Llama 4 FP8 releases: per-channel weight_scale of nn.Linear, X_scale of fused experts.
+    out.method = QuantizationConfig::Method::FbgemmFP8;
+    out.not_converted = string_list(q, "modules_to_not_convert", where);
   } else if (out.quant_method == "mxfp4") {
     out.method = QuantizationConfig::Method::MXFP4;
     out.not_converted = string_list(q, "modules_to_not_convert", where);
   } else {
     POSTSVD_THROW(BadCheckpoint, where << ": quantization_config.quant_method '" << out.quant_method
                                        << "' is not supported; postsvd reads \"fp8\" (block-scaled), "
-                                          "\"compressed-tensors\" (float-quantized) and \"mxfp4\"");
+                                          "\"compressed-tensors\" (float-quantized), \"fbgemm_fp8\" and \"mxfp4\"");
   }
   return out;
 }
@@ -222,6 +226,83 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 bool is_scale_dtype(DType dtype) { return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16; }
 
+// The fields every scale grid of FP8 weight `source` shares: scale tensor `name`, stored rows of
+// `stored_cols` elements, and the stored element index of the view's (0, 0).
+ViewScales scale_grid(const Checkpoint& checkpoint, const MatrixSource& source, const std::string& name,
+                      const TensorView& view, int64_t stored_cols) {
+  const TensorInfo& info = checkpoint.info(source.tensor);
+  const TensorInfo& scale = checkpoint.info(name);
+  ViewScales s;
+  s.scheme = QuantScheme::ScaledFP8;
+  s.data = checkpoint.file_of(name).data(scale);
+  s.dtype = scale.dtype;
+  s.name = name;
+  s.count = 1;
+  for (int64_t d : scale.shape) s.count *= d;
+  s.stored_cols = stored_cols;
+  // view_of points at the part's first stored element: element (0, 0) is stored at `first`.
+  s.first = (static_cast<const char*>(view.data) - static_cast<const char*>(checkpoint.file_of(source.tensor).data(info))) /
+            static_cast<int64_t>(dtype_size(info.dtype));
+  return s;
+}
+
+// Scales of a 3-D FP8 tensor [E, a, b] (fused experts: Llama 4 gate_up_proj [E, hidden, 2 inter] and
+// down_proj [E, inter, hidden], stored [E, in, out]; or [E, out, in]), by the stored position of each
+// element: one scale ([], [1]); one per expert ([E], [E, 1, 1]); one per expert and output channel
+// ([E, 1, out], [E, out, 1] or [E, out]: fbgemm_fp8's gate_up_proj_scale [E, 1, 2 inter] and
+// down_proj_scale [E, hidden, 1]); or blocks per expert ([E, ceil(a / B0), ceil(b / B1)], a a multiple of B0).
+void attach_stacked_scales(const Checkpoint& checkpoint, const MatrixSource& source, const QuantizationConfig& config,
+                           const std::string& name, bool inverse, TensorView& view) {
+  const TensorInfo& info = checkpoint.info(source.tensor);
+  const TensorInfo& scale = checkpoint.info(name);
+  const int64_t experts = info.shape[0], a = info.shape[1], b = info.shape[2];
+  const std::vector<int64_t>& sh = scale.shape;
+  const int64_t outs = source.conv1d ? b : a;  // output channels per expert
+  ViewScales s = scale_grid(checkpoint, source, name, view, b);  // the stored rows of [E * a, b]
+  const int64_t numel = s.count;
+  const bool blocked = config.block_out > 0 && sh.size() == 3 && sh[0] == experts &&
+                       sh[1] == ceil_div(a, config.block_out) && sh[2] == ceil_div(b, config.block_in) &&
+                       a % config.block_out == 0 && (sh[1] > 1 || sh[2] > 1);
+  if (numel == 1) {
+    s.block_rows = experts * a;
+    s.block_cols = b;
+  } else if (blocked) {
+    s.block_rows = config.block_out;  // row e * a + r of [E * a, b] lies in grid row e * (a / B0) + r / B0
+    s.block_cols = config.block_in;
+    s.grid_cols = sh[2];
+  } else if (!inverse && (sh == std::vector<int64_t>{experts} || sh == std::vector<int64_t>{experts, 1} ||
+                          sh == std::vector<int64_t>{experts, 1, 1})) {
+    s.block_rows = a;
+    s.block_cols = b;
+  } else if (!inverse && (sh == std::vector<int64_t>{experts, 1, outs} || sh == std::vector<int64_t>{experts, outs, 1} ||
+                          sh == std::vector<int64_t>{experts, outs})) {
+    if (source.conv1d) {  // [E, in, out]: scale (e, j) = index e * b + j, j the stored column
+      s.block_rows = a;
+      s.block_cols = 1;
+      s.grid_cols = b;
+    } else {  // [E, out, in]: scale (e, r) = index e * a + r, the stored row
+      s.block_rows = 1;
+      s.block_cols = b;
+    }
+  } else {
+    POSTSVD_THROW(BadCheckpoint, checkpoint.file_of(name).path()
+                                     << ": tensor '" << name << "' has shape " << detail::shape_string(sh)
+                                     << " for the fused FP8 tensor '" << source.tensor << "' "
+                                     << detail::shape_string(info.shape) << " in "
+                                     << checkpoint.file_of(source.tensor).path() << "; expected [1] per tensor, ["
+                                     << experts << "] per expert, [" << experts << ", 1, " << outs << "] or [" << experts
+                                     << ", " << outs << ", 1] per expert and output channel"
+                                     << (config.block_out > 0 ? ", or [E, ceil(" + std::to_string(a) + " / " +
+                                                                    std::to_string(config.block_out) + "), ceil(" +
+                                                                    std::to_string(b) + " / " +
+                                                                    std::to_string(config.block_in) + ")] with " +
+                                                                    std::to_string(a) + " a multiple of " +
+                                                                    std::to_string(config.block_out)
+                                                              : std::string()));
+  }
+  view.scales = std::move(s);
+}
+
 }  // namespace
 
 void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, TensorView& view) {
@@ -235,39 +316,35 @@ void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, Ten
   const std::string module = has_suffix ? source.tensor.substr(0, source.tensor.size() - suffix.size()) : source.tensor;
   const std::string inverse_name = module + ".weight_scale_inv";  // block FP8: value = q * scale_inv
   const std::string scale_name = module + ".weight_scale";        // compressed-tensors: value = q * scale
+  const std::string fused_name = source.tensor + "_scale";         // fbgemm_fp8 fused experts: value = q * scale
   const bool inverse = checkpoint.contains(inverse_name);
-  if (!inverse && !checkpoint.contains(scale_name)) {
+  const bool fused = !has_suffix && !inverse && checkpoint.contains(fused_name);
+  if (!inverse && !fused && !checkpoint.contains(scale_name)) {
     if (config.method == QuantizationConfig::Method::None || module_not_converted(config, source.tensor)) return;
     POSTSVD_THROW(BadCheckpoint, weight_file << ": tensor '" << source.tensor << "' is " << dtype_name(info.dtype)
                                              << " in a checkpoint quantized with '" << config.quant_method
                                              << "' but has no scale: expected '" << inverse_name << "' or '"
-                                             << scale_name << "'");
+                                             << scale_name << "'" << (has_suffix ? "" : " or '" + fused_name + "'"));
   }
-  const std::string& name = inverse ? inverse_name : scale_name;
+  const std::string& name = inverse ? inverse_name : fused ? fused_name : scale_name;
   const TensorInfo& scale = checkpoint.info(name);
   const std::string& scale_file = checkpoint.file_of(name).path();
-  POSTSVD_CHECK(!source.conv1d && info.shape.size() == 2, BadCheckpoint,
-                weight_file << ": tensor '" << source.tensor << "' " << detail::shape_string(info.shape)
-                            << ": scaled FP8 weights are read from nn.Linear tensors [out, in]; this one is "
-                            << (source.conv1d ? "a Conv1D [in, out] tensor" : "not 2-D"));
   POSTSVD_CHECK(is_scale_dtype(scale.dtype), BadCheckpoint,
                 scale_file << ": tensor '" << name << "' (scale of '" << source.tensor << "') has dtype "
                            << dtype_name(scale.dtype) << "; expected F32, BF16 or F16");
+  if (source.stacked > 0 && info.shape.size() == 3) {
+    attach_stacked_scales(checkpoint, source, config, name, inverse, view);
+    return;
+  }
+  POSTSVD_CHECK(!source.conv1d && info.shape.size() == 2, BadCheckpoint,
+                weight_file << ": tensor '" << source.tensor << "' " << detail::shape_string(info.shape)
+                            << ": scaled FP8 weights are read from nn.Linear tensors [out, in] or fused experts "
+                               "[E, ., .]; this one is "
+                            << (source.conv1d ? "a Conv1D [in, out] tensor" : "neither"));
   const int64_t out = info.shape[0];
   const int64_t in = info.shape[1];
-  int64_t numel = 1;
-  for (int64_t d : scale.shape) numel *= d;
-
-  ViewScales s;
-  s.scheme = QuantScheme::ScaledFP8;
-  s.data = checkpoint.file_of(name).data(scale);
-  s.dtype = scale.dtype;
-  s.name = name;
-  s.count = numel;
-  s.stored_cols = in;
-  // view_of points at the part's first stored row: element (0, 0) is stored (out_offset, 0).
-  s.first = (static_cast<const char*>(view.data) - static_cast<const char*>(checkpoint.file_of(source.tensor).data(info))) /
-            static_cast<int64_t>(dtype_size(info.dtype));
+  ViewScales s = scale_grid(checkpoint, source, name, view, in);
+  const int64_t numel = s.count;
   const bool per_tensor = scale.shape.empty() || (scale.shape.size() == 1 && scale.shape[0] == 1) ||
                           (scale.shape.size() == 2 && scale.shape[0] == 1 && scale.shape[1] == 1 && out != 1);
   const bool per_channel = !inverse && (scale.shape == std::vector<int64_t>{out, 1} || scale.shape == std::vector<int64_t>{out});
@@ -327,9 +404,11 @@ CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, c
                                           "they would write the experts back as BF16 under new names");
   }
   if (is_fp8_dtype(info.dtype)) return CopyAs::BF16;
-  for (const char* suffix : {".weight_scale_inv", ".weight_scale", ".input_scale"}) {
+  for (const char* suffix : {".weight_scale_inv", ".weight_scale", ".input_scale", "_scale"}) {
     if (ends_with(name, suffix)) {
-      const std::string weight = name.substr(0, name.size() - std::strlen(suffix)) + ".weight";
+      // "_scale": fbgemm_fp8's scale of a fused expert tensor X (no ".weight"), named X_scale.
+      const bool fused = std::strcmp(suffix, "_scale") == 0;
+      const std::string weight = name.substr(0, name.size() - std::strlen(suffix)) + (fused ? "" : ".weight");
       if (checkpoint.contains(weight) && is_fp8_dtype(checkpoint.info(weight).dtype)) return CopyAs::Drop;
     }
   }
@@ -338,15 +417,32 @@ CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, c
 
 Matrix<float> dequantized_tensor(const Checkpoint& checkpoint, const std::string& name) {
   const TensorInfo& info = checkpoint.info(name);
-  POSTSVD_CHECK(info.shape.size() == 2, BadCheckpoint,
+  POSTSVD_CHECK(info.shape.size() == 2 || info.shape.size() == 3, BadCheckpoint,
                 checkpoint.file_of(name).path() << ": tensor '" << name << "' " << detail::shape_string(info.shape)
-                                                << " is FP8 but not 2-D [out, in]; expected a linear layer's weight");
+                                                << " is FP8 but neither 2-D [out, in] nor fused experts [E, ., .]");
   MatrixSource whole;
   whole.tensor = name;
+  if (info.shape.size() == 2) {
+    whole.in_features = info.shape[1];
+    whole.out_features = info.shape[0];
+    whole.fused_out = info.shape[0];
+    return to_matrix<float>(view_of(checkpoint, whole));
+  }
+  // Fused experts stored [E, in, out] (Llama 4; per-channel scales follow the out dim), expert by
+  // expert: W_e [in, out] goes to columns e * in ... of the result, transposed into stored order.
+  whole.conv1d = true;
+  whole.stacked = info.shape[0];
   whole.in_features = info.shape[1];
-  whole.out_features = info.shape[0];
-  whole.fused_out = info.shape[0];
-  return to_matrix<float>(view_of(checkpoint, whole));
+  whole.out_features = info.shape[2];
+  whole.fused_out = info.shape[2];
+  Matrix<float> out(whole.out_features, whole.stacked * whole.in_features);
+  for (int64_t e = 0; e < whole.stacked; ++e) {
+    whole.stacked_index = e;
+    const Matrix<float> part = to_matrix<float>(view_of(checkpoint, whole));
+    for (int64_t r = 0; r < whole.in_features; ++r)
+      for (int64_t c = 0; c < whole.out_features; ++c) out(c, e * whole.in_features + r) = part(r, c);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- MXFP4

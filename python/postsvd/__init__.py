@@ -49,6 +49,7 @@ from .errors import (
     PostsvdError,
 )
 from .linalg import pair_measures, svd
+from .lineage import Lineage, lineage
 from .reports import report, write_report
 from .tracking import Trajectory, track
 from ._validate import KIND_GROUPS, KINDS
@@ -86,6 +87,8 @@ __all__ = [
     "write_report",
     "track",
     "Trajectory",
+    "lineage",
+    "Lineage",
     "svd",
     "pair_measures",
     "open_checkpoint",

@@ -1,7 +1,8 @@
 """Optional dependencies: every import of a package that a postsvd extra brings goes through
 :func:`require`, so a call that needs a missing one says which extra to install.
 
-The core install (``pip install postsvd``) has numpy, pandas, matplotlib, tqdm and safetensors;
+The core install (``pip install postsvd``) has numpy, pandas, matplotlib, tqdm, safetensors and scipy
+(:func:`postsvd.lineage` matches units with scipy.optimize.linear_sum_assignment);
 ``postsvd[functional]`` adds torch, transformers, lm-eval and accelerate (the functional
 experiments, :mod:`postsvd.functional`); ``postsvd[ray]`` adds Ray (``executor="ray"``);
 ``postsvd[notebooks]`` what the example notebooks run with; ``postsvd[all]`` all of them.

@@ -42,7 +42,8 @@ def architecture(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
     ``stacked`` and ``stacked_index`` (fused tensors such as phi3
     ``qkv_proj`` give one source per part; DeepSeek's ``kv_b_proj`` one per
     K and V half, as per-head column groups; fused 3-D expert tensors one per
-    expert slice). ``warnings`` lists what the mapping left
+    expert slice; ``mxfp4_scales`` names the scales of an MXFP4 ``*_blocks``
+    tensor, empty otherwise). ``warnings`` lists what the mapping left
     out that a caller should hear about (weight layers beyond config.json's
     layer count).
 

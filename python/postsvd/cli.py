@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ._names import unique_names
 from ._outputs import atomic_file
 from ._terminal import printable
-from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, normalize_output_file
+from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, normalize_output_file, normalize_output_folder
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -71,11 +71,15 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
     return parent
 
 
-def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str) -> None:
-    """BASE, then one or more model folders (`dest`), and --out DIR: the arguments of compare, report and track."""
-    parser.add_argument("base", metavar="BASE", help="base model folder (config.json + *.safetensors)")
-    parser.add_argument(dest, metavar=metavar, nargs="+", help=help_text)
-    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str, *,
+                       nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE",
+                       base_help: str = "base model folder (config.json + *.safetensors)") -> None:
+    """BASE, then one or more model folders (`dest`), and --out DIR: the arguments of compare, report and track
+    (lineage: A and one model B, --out optional)."""
+    parser.add_argument("base", metavar=base_metavar, help=base_help)
+    parser.add_argument(dest, metavar=metavar, nargs=nargs, help=help_text)
+    parser.add_argument("--out", "-o", required=out_required, metavar="DIR",
+                        help="output folder (created)" if out_required else "also write the results to this folder")
 
 
 def add_ray_option(parser: argparse.ArgumentParser) -> None:
@@ -348,6 +352,56 @@ def run_track(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- lineage
+
+LINEAGE_EXAMPLES = """\
+examples:
+  postsvd lineage examples/models/base examples/models/instruct
+  postsvd lineage Llama-3.1-8B/ suspect-release/ --out lineage/ --level 0.001
+  postsvd lineage base/ other/ --layers 0-7 --no-paper-nf
+
+verdict: derived (p < level), independent (the test could have reached the level and did not),
+inconclusive (it could not: too few units; or the pair is out of scope: other vocabulary, depth
+or width). Exit code 0 whatever the verdict.
+
+output (--out DIR): lineage.json (verdict, p-value, alignments, tables), lineage.csv (a row per
+layer and block), lineage.html (one self-contained page). Method and limits: docs/lineage.md."""
+
+
+def add_lineage(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lineage", help="test whether model B was trained from model A (a calibrated verdict)",
+        parents=[shared_options()],
+        description="Test whether B derives from A (fine-tuned, post-trained, or disguised by function-preserving "
+                    "changes: permuted units or heads, a rotated residual stream, rescaled heads or matrices) "
+                    "against the null of independently trained models: MLP units matched on gate and on up rows "
+                    "agree beyond chance only in a derived pair; p-values per layer, Fisher's method over layers. "
+                    "--device, --dtype, --kinds and --cache apply to the paper's NF table.",
+        epilog=LINEAGE_EXAMPLES, formatter_class=HelpFormatter)
+    add_models_and_out(parser, "model", "B", "the model that may derive from A", nargs=None, out_required=False,
+                       base_metavar="A", base_help="the possible ancestor's folder (config.json + *.safetensors)")
+    parser.add_argument("--level", type=float, default=0.01, help="significance level of the verdict")
+    parser.add_argument("--no-paper-nf", action="store_true",
+                        help="skip the paper's NF table (App. F's fingerprint, not robust to disguises)")
+    parser.set_defaults(func=run_lineage)
+
+
+def run_lineage(args) -> int:
+    from .lineage import lineage
+
+    if args.out is not None:
+        normalize_output_folder(args.out, "--out")  # a bad --out fails before anything is computed
+    result = lineage(args.base, args.model, level=args.level, layers=args.layers, paper_nf=not args.no_paper_nf,
+                     device=args.device, dtype=args.dtype, kinds=args.kinds, num_threads=args.threads,
+                     cache=args.cache, progress=not args.no_progress)
+    for line in result.summary().splitlines():  # names come from the files: escaped, one line each
+        print(printable(line))
+    if args.out is not None:
+        written = result.save(args.out)
+        print(printable(f"wrote {args.out}: {', '.join(os.path.basename(p) for p in written)}"))
+    return 0
+
+
 # ---------------------------------------------------------------------- info
 
 INFO_EXAMPLES = """\
@@ -466,6 +520,7 @@ SUBCOMMANDS: List[Tuple[str, Callable]] = [
     ("construct", add_construct),
     ("report", add_report),
     ("track", add_track),
+    ("lineage", add_lineage),
     ("info", add_info),
     ("make-example", add_make_example),
     ("build-info", add_build_info),

@@ -662,8 +662,10 @@ class Comparison:
         elif consistent:
             overall = "Overall: the two sides rotate together (small NF), but the scaling is not uniform."
         elif any("no consistent rotation" in r for r in readings):
-            overall = ("Overall: the singular vectors do not rotate consistently; the models look unrelated "
-                       "(e.g. two separately pre-trained models), not base and post-trained.")
+            from .lineage import LINEAGE_HINT
+
+            overall = ("Overall: the singular vectors do not rotate consistently (NF near the value for unrelated "
+                       f"models); {LINEAGE_HINT}")
         else:
             overall = "Overall: partly consistent rotations; see nf.png and the per-layer table."
         lines.append(overall)
@@ -693,7 +695,8 @@ class Comparison:
                 formats.add((_format_name(fb), _format_name(fp)))
                 coarser = fb if fb["relative_bound"] >= fp["relative_bound"] else fp
                 if coarser["relative_bound"] > bound:
-                    bound, coarse_name = coarser["relative_bound"], coarser["dtype"]
+                    bound = coarser["relative_bound"]
+                    coarse_name = "MXFP4" if coarser["scheme"] == "mxfp4" else coarser["dtype"]
         if not formats:
             return None
         spread = max(float(np.linalg.norm(np.asarray(r["sigma_post"], float) - np.asarray(r["sigma_base"], float))

@@ -371,6 +371,9 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             for kind, value in alpha.items():
                 if kind not in KINDS:
                     raise InvalidArgumentError(f"alpha: unknown kind {kind!r}; valid kinds are {', '.join(KINDS)}")
+                if kind not in available:  # e.g. DeepSeek's MLA q_a on a llama model: it would be ignored
+                    raise InvalidArgumentError(f"alpha: this {arch['model_type']} model has no {kind!r} matrices; "
+                                               f"its kinds are {', '.join(available)}")
                 given[kind] = _check_alpha_value(kind, value)
         elif alpha is not None:
             value = _check_alpha_value("all", alpha)

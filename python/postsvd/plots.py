@@ -346,3 +346,28 @@ def plot_nf_heatmap(steps: Sequence[int], nf: Mapping[str, np.ndarray], layers: 
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
     return _finish_heatmaps(fig, axes, len(nf), image, "NF", title or "NF per layer along training")
+
+
+def plot_lineage(table: "pd.DataFrame", level: float, title: str = "") -> Figure:
+    """postsvd lineage, per layer: -log10 p of the MLP unit test (bars) against -log10 level (dashed), and the
+    share of units whose gate and up matchings agree (line; independent models: about null_rate / units)."""
+    mlp = table[table["block"] == "mlp"]
+    fig = Figure(figsize=(7.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    strength = -np.asarray(mlp["log_p"], dtype=float) / math.log(10.0)
+    ax.bar(mlp["layer"], strength, color="tab:purple", alpha=0.7, label="−log10 p (MLP units)")
+    ax.axhline(-math.log10(level), color="0.35", linestyle="--", linewidth=0.9)
+    ax.annotate(f"level {level:g}", (0.01, -math.log10(level)), xycoords=("axes fraction", "data"),
+                textcoords="offset points", xytext=(0, 2), fontsize="x-small", color="0.35")
+    ax.set_yscale("symlog", linthresh=10.0)
+    ax.set_ylim(0, max(float(np.max(strength, initial=0.0)), -math.log10(level)) * 1.3)
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("−log10 p")
+    share = ax.twinx()
+    share.plot(mlp["layer"], np.asarray(mlp["statistic"], dtype=float) / np.asarray(mlp["units"], dtype=float),
+               color="black", marker="o", markersize=3, label="agreeing units (share)")
+    share.set_ylim(0, 1.05)
+    share.set_ylabel("share of units whose two matchings agree")
+    ax.set_title(title or "Lineage test per layer (bars above the dashed line: significant)")
+    return fig

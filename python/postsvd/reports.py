@@ -162,13 +162,23 @@ def _post_section(index: int, comparison: "Comparison", name: str, matrices: Opt
     parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(short_name(comparison.base))}</h2>',
              _summary_html(comparison),
              "<h3>Per kind (Table 3)</h3>",
-             "<p>Pooled over the compared layers: the mean ± population std of the top-90 % scaling factors, the mean "
-             "and largest NF, the NF of unrelated random rotations (√(2/k)) and α′, the pooled mean rounded to one "
-             "decimal (the paper's Table 4, used by Construction 9).</p>",
+             "<p>Pooled over the compared layers (and experts): the mean ± population std of the top-90 % scaling "
+             "factors, the mean and largest NF, the NF of unrelated random rotations (√(2/k)) and α′, the pooled mean "
+             "rounded to one decimal (the paper's Table 4, used by Construction 9). MoE models add, per kind, the "
+             "number of experts and how much the experts differ: the population std over experts of each expert's "
+             "own scaling mean and mean NF.</p>",
              _kind_table_html(comparison)]
     if _has_experts(comparison):
-        parts.append('<p class="note">This model has experts (MoE); the per-kind figures are drawn per expert and '
-                     "are left out of this page. The tables below cover every expert.</p>")
+        parts += [
+            '<p class="note">This model has experts (MoE): the per-layer figures of the dense models (Fig. 2, 3, 8) '
+            "are left out of this page; the heatmap below shows NF per (layer, expert), and the tables cover every "
+            "expert.</p>",
+            "<h3>Orthogonal consistency per expert</h3>",
+            "<p>One heatmap per kind with experts: column = MoE layer, row = expert (routed experts by index, then "
+            "<code>shared</code>), color = NF. A uniform dark map means every expert rotated consistently; a bright "
+            "row or cell singles out an expert that changed differently.</p>",
+            _figure(comparison.plot_expert_nf(), f"experts-{index}", f"NF per layer and expert of {name}"),
+        ]
     else:
         layer, kind = _chosen_pair(comparison, matrices)
         parts += [
@@ -249,13 +259,24 @@ def _verdict(comparison: "Comparison") -> str:
 
 def _kind_table_html(comparison: "Comparison") -> str:
     kinds = comparison.kind_table()
+    moe = "experts" in kinds.columns
+
+    def expert_cells(r) -> str:
+        if not moe:
+            return ""
+        if not r.experts:
+            return "<td>–</td><td>–</td><td>–</td>"
+        return f"<td>{r.experts}</td><td>{r.expert_scaling_mean_std:.4f}</td><td>{r.expert_nf_mean_std:.4f}</td>"
+
     rows = "".join(
         f"<tr><td>W<sub>{_e(r.kind)}</sub></td><td>{r.layers}</td><td>{r.k}</td>"
         f"<td>{r.scaling_mean:.4f} ± {r.scaling_std:.4f}</td><td>{r.nf_mean:.4f}</td><td>{r.nf_max:.4f}</td>"
-        f"<td>{r.nf_random:.4f}</td><td>{r.alpha:.1f}</td></tr>" for r in kinds.itertuples())
+        f"<td>{r.nf_random:.4f}</td><td>{r.alpha:.1f}</td>{expert_cells(r)}</tr>" for r in kinds.itertuples())
+    expert_heads = ("<th>experts</th><th>per-expert scaling mean: spread (std)</th>"
+                    "<th>per-expert NF mean: spread (std)</th>" if moe else "")
     return ('<table class="data kinds"><thead><tr><th>kind</th><th>layers</th><th>k</th>'
             "<th>scaling (top 90 %) mean ± std</th><th>NF mean</th><th>NF max</th><th>NF unrelated √(2/k)</th>"
-            "<th>α′</th></tr></thead><tbody>" + rows + "</tbody></table>")
+            f"<th>α′</th>{expert_heads}</tr></thead><tbody>" + rows + "</tbody></table>")
 
 
 def _per_layer_html(table) -> str:
@@ -382,6 +403,15 @@ def _comparison_list(comparisons) -> List["Comparison"]:
 
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
+
+
+def page_css() -> str:
+    """The pages' one style sheet (report, track and lineage pages look alike)."""
+    return _CSS
+
+
+#: A figure as an embedded PNG, for the other pages (lineage).
+figure_html = _figure
 
 
 _CSS = """

@@ -98,13 +98,20 @@ def _check_args(model_type, layers, hidden, intermediate, heads, kv_heads, dtype
         raise InvalidArgumentError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
     if heads % kv_heads:
         raise InvalidArgumentError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+    # The kinds make_pair writes (the llama family's); other kinds of the core's table (DeepSeek's MLA
+    # q_a, kv_b_k, ...) are not in these models, so an alpha for them would be silently ignored.
+    written = list(_projection_shapes(1, 1, 1, 1))
     if isinstance(alpha, Mapping):
         unknown = [k for k in alpha if k not in KINDS]
         if unknown:
             raise InvalidArgumentError(f"alpha: unknown kinds {unknown}; valid kinds are {', '.join(KINDS)}")
-        values = {k: float(alpha.get(k, 1.0)) for k in KINDS}
+        absent = [k for k in alpha if k not in written]
+        if absent:
+            raise InvalidArgumentError(f"alpha: a synthetic {model_type} model has no {', '.join(absent)} "
+                                       f"matrices; its kinds are {', '.join(written)}")
+        values = {k: float(alpha.get(k, 1.0)) for k in written}
     else:
-        values = {k: float(alpha) for k in KINDS}
+        values = {k: float(alpha) for k in written}
     if any(not np.isfinite(v) or v <= 0 for v in values.values()):
         raise InvalidArgumentError(f"alpha: expected positive finite scaling factors, got {alpha!r}")
     return values
@@ -206,7 +213,8 @@ def make_pair(folder_base: Union[str, os.PathLike], folder_post: Union[str, os.P
         model_type: 'llama', 'qwen2' (adds q/k/v biases) or 'mistral'.
         layers, hidden, intermediate, heads, kv_heads, vocab: the model's sizes.
         alpha: the singular value scaling of every projection, or a dict kind -> alpha
-            (kinds not named keep 1.0).
+            over the kinds these models have (q, k, v, o, gate, up, down; kinds not named
+            keep 1.0). Other kinds (DeepSeek's MLA q_a, kv_b_k, ...) are an error.
         rotation_angle: the largest angle (radians) of each matrix's random rotation Q.
         dtype: storage dtype, 'bfloat16' (needs torch), 'float16' or 'float32'.
             Use 'float32' when testing exact answers: bf16 rounding perturbs

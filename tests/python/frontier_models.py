@@ -63,14 +63,17 @@ def frontier_config(model_type):
     raise ValueError(model_type)
 
 
-def build_frontier_model(model_type, seed=0):
-    """A tiny random transformers model of `model_type` (float32, eval mode)."""
+def build_frontier_model(model_type, seed=0, **sizes):
+    """A tiny random transformers model of `model_type` (float32, eval mode); `sizes` override config
+    fields (e.g. intermediate_size=64: MXFP4 packs 32 values per block along every input dim)."""
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
     config = frontier_config(model_type)
+    for key, value in sizes.items():
+        setattr(config, key, value)
     if model_type in FRONTIER_MULTIMODAL_TYPES:
         model = transformers.AutoModelForImageTextToText.from_config(config)
     else:

@@ -5,8 +5,12 @@ numpy references that decode them without postsvd.
   ``X.weight_scale_inv`` [ceil(out/B0), ceil(in/B1)] = amax of the block / 448;
 - compressed-tensors FP8 (llm-compressor "FP8-dynamic"): ``X.weight_scale`` per tensor [1]
   or per output channel [out, 1];
+- fbgemm FP8 (Llama-4 FP8 releases, ``quant_method: fbgemm_fp8``): ``X.weight_scale`` [out, 1] of
+  each nn.Linear, and for the fused experts ``gate_up_proj_scale`` [E, 1, 2 inter] and
+  ``down_proj_scale`` [E, hidden, 1]: one scale per expert and output channel (write_fbgemm_fp8);
 - MXFP4 (gpt-oss experts): ``*_blocks`` [..., G, 16] uint8 (two E2M1 values per byte, low
-  nibble first) and ``*_scales`` [..., G] uint8 E8M0 exponents, 32 values per exponent.
+  nibble first) and ``*_scales`` [..., G] uint8 E8M0 exponents, 32 values per exponent; a whole
+  gpt_oss folder as the release stores it (write_mxfp4_gpt_oss).
 
 Files are written with the official safetensors library.
 """
@@ -204,6 +208,64 @@ def write_compressed_fp8(src: str, dst: str, strategy: str = "channel", ignore: 
                                       "input_activations": {"num_bits": 8, "type": "float", "strategy": "token",
                                                             "symmetric": True, "dynamic": True}}}}
     _write(dst, src, out, quantization)
+
+
+def quantize_fused_fp8(weight):
+    """fbgemm_fp8 on a fused expert tensor stored [E, in, out]: (q float8_e4m3fn, scale float32 [E, 1, out])
+    with scale = amax over `in` / 448 per expert and output channel (transformers' FbgemmFp8Llama4TextExperts)."""
+    import torch
+
+    w = weight.float()
+    amax = w.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    return _e4m3(torch, w / scale), scale
+
+
+def write_fbgemm_fp8(src: str, dst: str, modules_to_not_convert: Sequence[str] = ("lm_head",)) -> None:
+    """A copy of a llama4_text folder `src` as the Llama-4 FP8 releases store it (fbgemm_fp8): every
+    projection nn.Linear FP8 with ``weight_scale`` [out, 1], the fused experts FP8 with
+    ``gate_up_proj_scale`` [E, 1, 2 inter] and ``down_proj_scale`` [E, hidden, 1]."""
+    out = {}
+    for name, t in _load(src).items():
+        if any(m in name for m in modules_to_not_convert):
+            out[name] = t
+        elif name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            q, scale = quantize_fused_fp8(t)
+            out[name] = q
+            # gate_up_proj_scale [E, 1, 2 inter]; down_proj_scale [E, hidden, 1] (fbgemm's shapes).
+            out[name + "_scale"] = scale if name.endswith("gate_up_proj") else scale.transpose(1, 2).contiguous()
+        elif t.dim() == 2 and name.endswith(".weight") and name.split(".")[-2] in PROJECTIONS:
+            q, scale = quantize_channel_fp8(t.float(), "channel")
+            out[name], out[_module(name) + ".weight_scale"] = q, scale.float()
+        else:
+            out[name] = t
+    _write(dst, src, out, {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0,
+                           "modules_to_not_convert": list(modules_to_not_convert)})
+
+
+#: The release's quantization_config (openai/gpt-oss-20b, -120b).
+GPT_OSS_MXFP4_CONFIG = {"quant_method": "mxfp4",
+                        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                   "model.embed_tokens", "lm_head"]}
+
+
+def write_mxfp4_gpt_oss(src: str, dst: str) -> None:
+    """A copy of gpt_oss folder `src` (BF16/F32 experts ``mlp.experts.gate_up_proj`` [E, hidden, 2 inter]
+    and ``down_proj`` [E, inter, hidden]) with the experts in MXFP4 as the gpt-oss release stores them:
+    ``gate_up_proj_blocks`` [E, 2 inter, hidden / 32, 16] and ``_scales`` [E, 2 inter, hidden / 32]
+    (rows = output columns, gate and up interleaved), ``down_proj_blocks`` [E, hidden, inter / 32, 16]
+    and ``_scales``: the transpose of what transformers' convert_moe_packed_tensors gives back."""
+    import torch
+
+    out = {}
+    for name, t in _load(src).items():
+        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            blocks, scales = quantize_mxfp4(t.float().transpose(1, 2).numpy())  # [E, out, in] per expert
+            out[name + "_blocks"] = torch.from_numpy(blocks)
+            out[name + "_scales"] = torch.from_numpy(scales)
+        else:
+            out[name] = t
+    _write(dst, src, out, dict(GPT_OSS_MXFP4_CONFIG))
 
 
 def relative_bound_e4m3() -> float:

@@ -78,6 +78,13 @@ def test_synthetic_argument_errors(tmp_path):
         make_pair(tmp_path / "a", tmp_path / "b", hidden=30, heads=4)
     with pytest.raises(postsvd.InvalidArgumentError, match="alpha"):
         make_pair(tmp_path / "a", tmp_path / "b", alpha={"qq": 1.0})
+    # A kind of the core's table that a synthetic llama model does not have: not silently ignored.
+    with pytest.raises(postsvd.InvalidArgumentError, match=r"alpha: a synthetic llama model has no q_a, kv_b_v "
+                                                           r"matrices; its kinds are q, k, v, o, gate, up, down"):
+        make_pair(tmp_path / "a", tmp_path / "b", alpha={"q": 0.9, "q_a": 0.5, "kv_b_v": 1.1})
+    assert not (tmp_path / "a").exists()
+    pair = make_pair(tmp_path / "a", tmp_path / "b", alpha={"q": 0.5}, layers=1, hidden=16, intermediate=32)
+    assert pair.alpha == {"q": 0.5, "k": 1.0, "v": 1.0, "o": 1.0, "gate": 1.0, "up": 1.0, "down": 1.0}
 
 
 def test_every_public_name_has_a_docstring():

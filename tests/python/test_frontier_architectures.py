@@ -196,7 +196,34 @@ def test_construction_loads_in_transformers_and_generates(saved, tmp_path, model
         assert torch.isfinite(loaded(prompt).logits).all()
 
 
-def test_gpt_oss_mxfp4_experts_are_named_not_misread(saved, tmp_path):
+def test_construction_9_alpha_on_mla_kinds(saved, tmp_path, related_pair):
+    """Construction 9's alpha' applies to DeepSeek's MLA kinds (sigma of the output = alpha' sigma_base,
+    and the model generates); an alpha' for a kind the model lacks is an error, not silently ignored."""
+    base, base_model = saved("deepseek_v3")
+    post, _ = saved("deepseek_v3", "post")
+    alpha = {"q_a": 0.5, "kv_b_k": 1.25, "kv_b_v": 0.75, "o": 1.0, "q_b": 1.0, "kv_a": 2.0}
+    out = tmp_path / "nine"
+    result = postsvd.construct(9, base=base, post=post, out=out, group="attention", alpha=alpha, dtype="float64",
+                               progress=False)
+    assert result.alpha == alpha
+    for kind, a in alpha.items():
+        for layer in (0, 1):
+            expected = a * np.linalg.svd(postsvd.read_matrix(base, layer, kind, dtype="float64"), compute_uv=False)
+            got = np.linalg.svd(postsvd.read_matrix(str(out), layer, kind, dtype="float64"), compute_uv=False)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * expected.max(), err_msg=(kind, layer))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    generated = loaded.generate(torch.tensor([[1, 5, 9, 13]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert generated.shape == (1, 8)
+    with pytest.raises(postsvd.InvalidArgumentError, match=r"this llama model has no 'q_a' matrices; its kinds "
+                                                           r"are q, k, v, o, gate, up, down"):
+        postsvd.construct(9, base=related_pair.base, post=related_pair.post, out=tmp_path / "x", alpha={"q_a": 0.5},
+                          progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_gpt_oss_mxfp4_blocks_without_scales_are_named(saved, tmp_path):
+    """MXFP4 experts are read (test_quantized.py); blocks without their scales, or misshapen ones, are
+    an error naming the tensor, not a misread."""
     folder, _ = saved("gpt_oss")
 
     def to_blocks(tensors):
@@ -206,5 +233,19 @@ def test_gpt_oss_mxfp4_experts_are_named_not_misread(saved, tmp_path):
             tensors.pop(name)
 
     quantized = rewrite(folder, tmp_path / "mxfp4", to_blocks)
-    with pytest.raises(postsvd.BadCheckpointError, match=r"gate_up_proj_blocks'.*MXFP4 experts"):
+    with pytest.raises(postsvd.BadCheckpointError,
+                       match=r"missing tensor 'model\.layers\.0\.mlp\.experts\.gate_up_proj_scales'.*in pairs"):
+        postsvd.architecture(quantized)
+
+    def misshapen(tensors):
+        for layer in (0, 1):
+            name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
+            tensors[name + "_blocks"] = torch.zeros(3, 48, 1, 16, dtype=torch.uint8)  # 48 rows: not 2 * inter
+            tensors[name + "_scales"] = torch.zeros(3, 48, 1, dtype=torch.uint8)
+            tensors.pop(name)
+
+    quantized = rewrite(folder, tmp_path / "mxfp4-bad", misshapen)
+    with pytest.raises(postsvd.BadCheckpointError,
+                       match=r"gate_up_proj_blocks' \(layer 0, gate, expert 0\): expected MXFP4 blocks U8 "
+                             r"\[3, 96, 1, 16\] from config\.json, got U8 \[3, 48, 1, 16\]"):
         postsvd.architecture(quantized)

@@ -150,6 +150,166 @@ def test_mxfp4_matches_numpy_and_transformers(tmp_path):
     assert _same_bits(np.ascontiguousarray(reference), np.ascontiguousarray(dequantized.transpose(0, 2, 1)))
 
 
+def _gpt_oss_mxfp4(tmp_path):
+    """A tiny gpt_oss (float32; intermediate 64 so that every expert input dim packs into 32-value
+    blocks) and its copy with the experts in MXFP4 as the gpt-oss release stores them."""
+    from frontier_models import build_frontier_model
+
+    model = build_frontier_model("gpt_oss", intermediate_size=64)
+    src = str(tmp_path / "gpt-oss-f32")
+    model.save_pretrained(src)
+    dst = str(tmp_path / "gpt-oss-mxfp4")
+    quantize.write_mxfp4_gpt_oss(src, dst)
+    return src, dst, model.config
+
+
+def test_gpt_oss_mxfp4_experts_bit_exact(tmp_path):
+    """Each expert's gate, up (interleaved rows of gate_up_proj_blocks) and down matrix equals the numpy
+    dequantization of the stored blocks and scales, and transformers' own, bit for bit."""
+    mxfp4 = pytest.importorskip("transformers.integrations.mxfp4")
+    src, dst, config = _gpt_oss_mxfp4(tmp_path)
+    cp = _core.Checkpoint(dst)
+    assert "model.layers.0.mlp.experts.gate_up_proj" not in cp.tensor_names()
+    arch = postsvd.architecture(dst)
+    experts, hidden, inter = config.num_local_experts, config.hidden_size, config.intermediate_size
+    for layer in range(config.num_hidden_layers):
+        stored = {}
+        for proj in ("gate_up_proj", "down_proj"):
+            name = f"model.layers.{layer}.mlp.experts.{proj}"
+            blocks, scales = _hf_tensor(dst, name + "_blocks"), _hf_tensor(dst, name + "_scales")
+            blocks, scales = blocks.astype(np.uint8), scales.astype(np.uint8)
+            dequantized = quantize.dequantize_mxfp4_reference(blocks, scales)  # [E, out, in]
+            loaded = mxfp4.convert_moe_packed_tensors(torch.from_numpy(blocks), torch.from_numpy(scales),
+                                                      dtype=torch.float32).numpy()  # [E, in, out], as the model
+            assert _same_bits(np.ascontiguousarray(loaded), np.ascontiguousarray(dequantized.transpose(0, 2, 1)))
+            stored[proj] = loaded
+        assert stored["gate_up_proj"].shape == (experts, hidden, 2 * inter)
+        for e in range(experts):
+            expected = {"gate": stored["gate_up_proj"][e][:, ::2], "up": stored["gate_up_proj"][e][:, 1::2],
+                        "down": stored["down_proj"][e]}
+            for kind, w in expected.items():
+                for dtype in ("float32", "float64"):
+                    got = postsvd.read_matrix(dst, layer, kind, expert=e, dtype=dtype)
+                    want = np.ascontiguousarray(w.astype(dtype))
+                    assert _same_bits(np.ascontiguousarray(got), want), (layer, kind, e, dtype)
+                source = find_source(arch, layer, kind, e)
+                fmt = _core.stored_format(cp, source)
+                assert fmt["scheme"] == "mxfp4" and fmt["scale_tensor"].endswith("_scales")
+    # Attention stays BF16/F32 and reads as the unquantized model's.
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(dst, 1, "o")),
+                      np.ascontiguousarray(postsvd.read_matrix(src, 1, "o")))
+
+
+def test_gpt_oss_mxfp4_compare_and_construction(tmp_path):
+    """The float32 model against its MXFP4 copy: every expert pair is compared on the dequantized
+    matrices (singular values as numpy's of the reference), attention pairs are identical; a
+    construction on the MXFP4 copy fails before writing, naming the MXFP4 tensor."""
+    src, dst, config = _gpt_oss_mxfp4(tmp_path)
+    r = postsvd.compare(src, dst, dtype="float64", progress=False)
+    table = r.table
+    experts = table[table["expert"] != -1]
+    assert len(experts) == config.num_hidden_layers * config.num_local_experts * 3
+    attention = table[table["expert"] == -1]
+    assert np.allclose(attention["scaling_mean"], 1.0, rtol=0, atol=1e-12) and attention["nf"].max() < 1e-10
+    assert experts["nf"].max() > 1e-4  # MXFP4 rounding is visible
+    for record in r.records:
+        if record["expert"] == -1:
+            continue
+        w = postsvd.read_matrix(dst, record["layer"], record["kind"], expert=record["expert"], dtype="float64")
+        np.testing.assert_allclose(record["sigma_post"], np.linalg.svd(w, compute_uv=False), rtol=1e-10, atol=1e-12)
+    assert "post MXFP4" in r.summary() and "within MXFP4 rounding" in r.summary()
+    out = tmp_path / "out"
+    with pytest.raises(postsvd.errors.InvalidArgumentError) as error:
+        postsvd.construct(14, src, dst, out, group="mlp", progress=False)
+    assert "gate_up_proj_blocks" in str(error.value) or "down_proj_blocks" in str(error.value)
+    assert "MXFP4" in str(error.value) and not out.exists()
+
+
+def _llama4_fbgemm(tmp_path):
+    """A tiny llama4_text (BF16) and its copy in the Llama-4 FP8 layout (fbgemm_fp8), layer 0's attention kept."""
+    from frontier_models import build_frontier_model
+
+    model = build_frontier_model("llama4_text").to(torch.bfloat16)
+    src = str(tmp_path / "llama4-bf16")
+    model.save_pretrained(src)
+    dst = str(tmp_path / "llama4-fp8")
+    quantize.write_fbgemm_fp8(src, dst, modules_to_not_convert=("lm_head", "layers.0.self_attn"))
+    return src, dst, model.config
+
+
+def test_llama4_fused_expert_fp8_bit_exact(tmp_path):
+    """Fused 3-D FP8 experts with one scale per expert and output channel ([E, 1, 2 inter] for gate_up,
+    [E, hidden, 1] for down): every expert's gate, up and down equal q * scale in numpy, bit for bit;
+    per-channel nn.Linear scales and the ignored attention read as well."""
+    src, dst, config = _llama4_fbgemm(tmp_path)
+    cp = _core.Checkpoint(dst)
+    arch = postsvd.architecture(dst)
+    table = quantize.e4m3_table()
+    moe = [s for s in arch["matrices"] if s["expert"] not in (-1, _core.SHARED_EXPERT)]
+    assert moe and {s["tensor"].split(".")[-1] for s in moe} == {"gate_up_proj", "down_proj"}
+    inter = config.intermediate_size
+    for source in moe:
+        name, e = source["tensor"], source["expert"]
+        codes, scale = _hf_tensor(dst, name), _hf_tensor(dst, name + "_scale")
+        assert cp.info(name)["dtype"] == "F8_E4M3" and scale.shape in ((codes.shape[0], 1, codes.shape[2]),
+                                                                         (codes.shape[0], codes.shape[2], 1))
+        for dtype, np_dtype in (("float32", np.float32), ("float64", np.float64)):
+            w = table[codes[e].astype(np.int64)].astype(np_dtype) * scale[e].reshape(1, -1).astype(np_dtype)
+            expected = {"gate": w[:, :inter], "up": w[:, inter:], "down": w}[source["kind"]]
+            got = postsvd.read_matrix(dst, source["layer"], source["kind"], expert=e, dtype=dtype)
+            assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (source["kind"], e, dtype)
+        assert _core.stored_format(cp, source)["scale_tensor"] == name + "_scale"
+    # nn.Linear weights (attention of layer 1, the shared expert): weight_scale [out, 1].
+    for layer, kind, expert in ((1, "q", -1), (1, "gate", "shared")):
+        source = find_source(arch, layer, kind, expert)
+        module = source["tensor"][: -len(".weight")]
+        expected = quantize.dequantize_fp8_reference(_hf_tensor(dst, source["tensor"]),
+                                                     _hf_tensor(dst, module + ".weight_scale"), None).T
+        got = postsvd.read_matrix(dst, layer, kind, expert=expert)
+        assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), (layer, kind)
+    # Layer 0's attention is in modules_to_not_convert: BF16, as in the source.
+    assert cp.info("model.layers.0.self_attn.q_proj.weight")["dtype"] == "BF16"
+    assert _same_bits(np.ascontiguousarray(postsvd.read_matrix(dst, 0, "q")),
+                      np.ascontiguousarray(postsvd.read_matrix(src, 0, "q")))
+
+
+def test_llama4_fused_expert_fp8_bad_scale_and_construction(tmp_path):
+    """A fused expert scale of the wrong shape is named with what was expected; Construction 14 on the
+    FP8 copy writes BF16 fused experts (scales dropped, quantization_config removed) that transformers
+    loads and generates with."""
+    transformers = pytest.importorskip("transformers")
+    src, dst, config = _llama4_fbgemm(tmp_path)
+    r = postsvd.compare(src, dst, progress=False)
+    assert "within F8_E4M3 rounding" in r.summary()
+    out = tmp_path / "out"
+    postsvd.construct(14, src, dst, out, group="mlp", progress=False)
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    cp = _core.Checkpoint(str(out))
+    assert not any(n.endswith("_scale") for n in cp.tensor_names())
+    assert {cp.info(n)["dtype"] for n in cp.tensor_names()} == {"BF16"}
+    # An FP8 fused expert tensor left alone by the construction (no MoE kind is left alone with group mlp,
+    # so check attention): float32 dequantization rounded to BF16.
+    got = postsvd.read_matrix(str(out), 1, "k")
+    expected = torch.from_numpy(postsvd.read_matrix(dst, 1, "k")).bfloat16().float().numpy()
+    assert _same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([[1, 5, 7]]), max_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 7)
+    # A scale of the wrong shape: [E, 1, inter] instead of [E, 1, 2 inter].
+    bad = str(tmp_path / "bad")
+    tensors = quantize._load(dst)
+    name = "model.layers.1.feed_forward.experts.gate_up_proj_scale"
+    tensors[name] = tensors[name][:, :, : config.intermediate_size].contiguous()
+    quantize._write(bad, dst, tensors, json.loads(open(os.path.join(dst, "config.json")).read())["quantization_config"])
+    with pytest.raises(BadCheckpointError) as error:
+        postsvd.read_matrix(bad, 1, "gate", expert=0)
+    message = str(error.value)
+    for part in (name, "model.safetensors", f"[3, 1, {config.intermediate_size}]",
+                 f"[3, 1, {2 * config.intermediate_size}]", "per expert and output channel"):
+        assert part in message, part
+
+
 def test_bf16_against_its_fp8_copy_within_bound(tiny_models, tmp_path, related_pair):
     src, _ = tiny_models("llama", "bfloat16")
     dst = str(tmp_path / "fp8-copy")

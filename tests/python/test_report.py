@@ -237,23 +237,52 @@ def test_report_bad_input(pairs, tmp_path, capsys):
     assert not (tmp_path / "z").exists()
 
 
-def test_report_of_a_moe_model_has_tables_and_a_note(tmp_path):
-    """Expert (MoE) models: tables per (layer, kind, expert); the per-kind figures are left out with a note."""
+def test_report_of_a_moe_model_has_the_expert_heatmap_and_spread(tmp_path):
+    """Expert (MoE) models: tables per (layer, kind, expert), the per-kind table with the per-expert
+    spread, and the NF heatmap per (layer, expert) of each kind with experts (the dense figures are left
+    out with a note); the figure's cells and the table's spread are the comparison's own numbers."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     config = transformers.MixtralConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                        max_position_embeddings=64, num_local_experts=2, num_experts_per_tok=1)
+                                        max_position_embeddings=64, num_local_experts=3, num_experts_per_tok=1)
     for name, seed in (("moe_base", 0), ("moe_post", 1)):
         torch.manual_seed(seed)
-        transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / name)
+        model = transformers.MixtralForCausalLM(config)
+        if name == "moe_post":  # a post model close to the base: expert 1 changed far more than 0 and 2
+            torch.manual_seed(0)
+            model = transformers.MixtralForCausalLM(config)
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    for p in layer.mlp.experts.parameters():
+                        p.add_(1e-3 * torch.randn_like(p))
+                    layer.mlp.experts.gate_up_proj[1].add_(0.05 * torch.randn_like(layer.mlp.experts.gate_up_proj[1]))
+        model.save_pretrained(tmp_path / name)
     path = postsvd.report(tmp_path / "moe_base", tmp_path / "moe_post", tmp_path / "out", progress=False)
     doc = parse(path)
-    assert doc.images == []
-    assert "has experts (MoE)" in doc.text
-    assert "expert" in doc.table_cells
-    rows = 2 * (4 + 3 * 2)  # layers x (attention kinds + MLP kinds x experts)
+    assert "has experts (MoE)" in doc.text and "expert" in doc.table_cells
+    assert "fig-experts-0" in doc.ids
+    assert len(doc.images) == 1 and png_size(doc.images[0]["src"])[0] > 100
+    rows = 2 * (4 + 3 * 3)  # layers x (attention kinds + MLP kinds x experts)
     assert f"Per layer ({rows} matrices)" in doc.text
+    # The spread columns: the population std over experts of each expert's mean NF, from the table.
+    comparison = postsvd.compare(tmp_path / "moe_base", tmp_path / "moe_post", progress=False)
+    table = comparison.table
+    for kind in ("gate", "up", "down"):
+        of_kind = table[table["kind"] == kind]
+        spread = float(np.std(of_kind.groupby("expert")["nf"].mean().to_numpy()))
+        assert f"{spread:.4f}" in doc.table_cells, kind
+        assert spread > 1e-4, kind  # expert 1 stands out
+    attention = doc.table_cells[doc.table_cells.index("Wq"):][:11]
+    assert attention[-3:] == ["–", "–", "–"]  # no experts: no spread
+    # The heatmap shows NF per (expert, layer) as the table has it.
+    figure = comparison.plot_expert_nf()
+    panels = [ax for ax in figure.axes if ax.get_visible() and ax.get_title().startswith("W_")]
+    assert [ax.get_title() for ax in panels] == ["W_gate", "W_up", "W_down"]
+    for ax, kind in zip(panels, ("gate", "up", "down")):
+        of_kind = table[table["kind"] == kind]
+        expected = of_kind.pivot(index="expert", columns="layer", values="nf").sort_index(key=lambda i: i.astype(int))
+        np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), expected.to_numpy(), rtol=1e-12)
 
 
 def test_plot_nf_models_draws_one_line_per_model(pairs):

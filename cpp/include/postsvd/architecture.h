@@ -48,7 +48,10 @@ std::string expert_label(int expert);
 /// out_step 1; gpt-oss's interleaved gate/up columns out_step 2; DeepSeek's
 /// kv_b_proj per head out_group = qk_nope (or v_head) columns every
 /// qk_nope + v_head. Fused experts (Llama 4, gpt-oss) are 3-D tensors
-/// [stacked, ...]: the source is slice stacked_index.
+/// [stacked, ...]: the source is slice stacked_index. MXFP4 experts (gpt-oss
+/// releases) name the packed `*_blocks` tensor and its `*_scales` (mxfp4_scales):
+/// they dequantize to [stacked, fused_out, in] (nn.Linear order per expert), so
+/// the stored shape is [stacked, fused_out, in / 32, 16].
 struct MatrixSource {
   int layer = 0;
   Kind kind = Kind::Q;
@@ -64,12 +67,16 @@ struct MatrixSource {
   int64_t out_group_stride = 0;  // fused columns between the starts of consecutive groups
   int64_t stacked = 0;        // leading dim of a 3-D tensor [stacked, ...]; 0 for 2-D
   int64_t stacked_index = 0;  // the slice of a 3-D tensor
+  std::string mxfp4_scales;   // MXFP4: the E8M0 scales of `tensor` (the *_blocks); empty otherwise
 };
+
+/// True when the source reads an MXFP4 tensor pair (mxfp4_scales is set).
+inline bool is_mxfp4(const MatrixSource& source) { return !source.mxfp4_scales.empty(); }
 
 /// The fused output column of the part's column c (see MatrixSource).
 int64_t fused_column(const MatrixSource& source, int64_t c);
 /// The stored shape the source expects: [fused_out, in] or [in, fused_out],
-/// with [stacked] in front for 3-D tensors.
+/// with [stacked] in front for 3-D tensors; MXFP4 blocks [stacked, fused_out, in / 32, 16].
 std::vector<int64_t> stored_shape(const MatrixSource& source);
 /// "(layer L, kind[, expert E])" for messages.
 std::string source_label(const MatrixSource& source);

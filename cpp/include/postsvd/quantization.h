@@ -35,9 +35,9 @@ float e8m0_to_float(uint8_t bits);
 
 /// How a checkpoint's config.json says its weights are quantized.
 struct QuantizationConfig {
-  enum class Method { None, BlockFP8, CompressedTensors, MXFP4 };
+  enum class Method { None, BlockFP8, CompressedTensors, FbgemmFP8, MXFP4 };
   Method method = Method::None;
-  std::string quant_method;             // config.json spelling ("fp8", "compressed-tensors", "mxfp4")
+  std::string quant_method;             // config.json spelling ("fp8", "compressed-tensors", "fbgemm_fp8", "mxfp4")
   int64_t block_out = 0;                // weight_block_size [B0, B1] of block FP8:
   int64_t block_in = 0;                 //   B0 along the stored output dim, B1 along the input dim
   std::vector<std::string> not_converted;  // modules_to_not_convert / ignore, as written
@@ -56,8 +56,11 @@ bool module_not_converted(const QuantizationConfig& config, const std::string& t
 
 /// Attaches the scales of a weight stored as FP8 to `view` (made by view_of
 /// from `source`): "X.weight_scale_inv" (block FP8) or "X.weight_scale"
-/// (compressed-tensors, [] / [1] per tensor or [out, 1] per output channel),
-/// looked up through the checkpoint's name -> shard map. Views of other dtypes
+/// (compressed-tensors and fbgemm_fp8, [] / [1] per tensor or [out, 1] per
+/// output channel), looked up through the checkpoint's name -> shard map.
+/// A fused 3-D expert tensor X [E, a, b] (Llama 4) takes "X_scale" (fbgemm_fp8)
+/// or the names above: one scale, one per expert, one per expert and output
+/// channel ([E, 1, out] or [E, out, 1]), or blocks [E, a / B0, ceil(b / B1)]. Views of other dtypes
 /// and unscaled FP8 in a checkpoint without quantization_config are left as
 /// they are. Throws BadCheckpoint naming the tensor and its file for a
 /// misshapen or non-float scale, or a missing one in a quantized checkpoint.
@@ -91,6 +94,8 @@ CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, c
 
 /// The whole stored FP8 tensor `name` [out, in] dequantized in float32 with its
 /// scales: column-major [in, out], i.e. the stored row-major [out, in] order.
+/// A 3-D tensor (fused experts, stored [E, in, out] as Llama 4's) gives [out, E * in],
+/// its stored order too.
 Matrix<float> dequantized_tensor(const Checkpoint& checkpoint, const std::string& name);
 
 /// Byte span [first, last) of the scale tensor that `view` reads, relative to

@@ -133,22 +133,24 @@ TallSvd<T> tall_svd(const TensorView& tall_view, const TensorView& original, boo
   TallSvd<T> out;
   lapack_int info = 0;
   {
-    Matrix<T> x = to_matrix<T>(tall_view);  // [p, q], destroyed by ?gesdd
+    // [p, q]; ?gesdd 'O' overwrites it with U (p >= q), so no second [p, q] array is held.
+    Matrix<T> x = to_matrix<T>(tall_view);
     check_norm_fits<T>(x, original);
     const auto p = static_cast<lapack_int>(x.rows());
     const auto q = static_cast<lapack_int>(x.cols());
-    out.Ux = Matrix<T>(p, q);
     out.S.assign(static_cast<std::size_t>(q), T(0));
     out.VTx = Matrix<T>(q, q);
     std::vector<lapack_int> iwork(static_cast<std::size_t>(8) * static_cast<std::size_t>(q));
     T query = 0;
-    detail::gesdd('S', p, q, x.data(), p, out.S.data(), out.Ux.data(), p, out.VTx.data(), q, &query, -1, iwork.data(),
+    T unused_u = 0;  // 'O' with p >= q does not reference U
+    detail::gesdd('O', p, q, x.data(), p, out.S.data(), &unused_u, 1, out.VTx.data(), q, &query, -1, iwork.data(),
                   &info);
     if (info != 0) throw_lapack_failure<T>("gesdd", info, original, transposed_input);
     const lapack_int lwork = checked_workspace(static_cast<double>(detail::workspace_size(query)), original);
     std::vector<T> work(static_cast<std::size_t>(lwork));
-    detail::gesdd('S', p, q, x.data(), p, out.S.data(), out.Ux.data(), p, out.VTx.data(), q, work.data(), lwork,
+    detail::gesdd('O', p, q, x.data(), p, out.S.data(), &unused_u, 1, out.VTx.data(), q, work.data(), lwork,
                   iwork.data(), &info);
+    if (info == 0) out.Ux = std::move(x);
   }
   if (info < 0) throw_lapack_failure<T>("gesdd", info, original, transposed_input);
   if (info > 0) {
@@ -283,11 +285,25 @@ bool decompose_side_by_side(int num_threads) {
   return POSTSVD_BLAS_NAME(openblas_set_num_threads) == nullptr ? threads >= 2 : threads == 2;
 }
 
+/// Bytes one tall_svd of `view` holds at its peak: the [m, n] copy (U in the end), V^T and
+/// ?gesdd 'O''s workspace of about 5 n^2 (m >= n; m, n the longer and shorter side).
+template <class T>
+double svd_peak_bytes(const TensorView& view) {
+  const double m = static_cast<double>(std::max(view.rows, view.cols));
+  const double n = static_cast<double>(std::min(view.rows, view.cols));
+  return (m * n + 6.0 * n * n) * static_cast<double>(sizeof(T));
+}
+
+/// Above this, a pair's two SVDs run in sequence: side by side a Llama-70B MLP pair
+/// (28672 x 8192) would hold two workspaces at once (over 6 GB in float32).
+constexpr double kSideBySideBytes = 2.0 * 1024 * 1024 * 1024;
+
 template <class T>
 std::pair<Decomposition<T>, Decomposition<T>> decompose_both(const TensorView& base_view, const TensorView& post_view,
                                                             int num_threads) {
   set_blas_threads(num_threads);
-  if (!decompose_side_by_side(num_threads)) {
+  if (!decompose_side_by_side(num_threads) ||
+      svd_peak_bytes<T>(base_view) + svd_peak_bytes<T>(post_view) > kSideBySideBytes) {
     Decomposition<T> base = reduced_svd<T>(base_view);
     return {std::move(base), reduced_svd<T>(post_view)};
   }
