@@ -8,6 +8,7 @@
 //
 //   postsvd_bench_gpu --model qwen7b [--layers N] [--lanes 2] [--method gram64]
 //                     [--accuracy] [--methods] [--save DIR] [--json FILE] [--repeat R]
+//                     [--warm off,always]  (issue 15: post from the base's factors, each mode in turn)
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -386,6 +387,7 @@ int main(int argc, char** argv) try {
 
   MeasureOptions options;
   options.precision = Precision::F32;
+  const std::string warm_list = arg(argc, argv, "--warm", "auto");
   BackendOptions backend_options;
   backend_options.device = Device::CUDA;
   std::vector<PairInput> layer0(g.pairs.begin(), g.pairs.begin() + 7);
@@ -393,8 +395,15 @@ int main(int argc, char** argv) try {
   bool first_run = true;
   std::stringstream lanes_stream(lanes_list);
   std::string lanes_item;
+  std::vector<std::pair<int, std::string>> runs;  // (lanes, warm mode)
   while (std::getline(lanes_stream, lanes_item, ',')) {
-    config.lanes_per_device = std::stoi(lanes_item);
+    std::stringstream warm_stream(warm_list);
+    std::string warm_item;
+    while (std::getline(warm_stream, warm_item, ',')) runs.emplace_back(std::stoi(lanes_item), warm_item);
+  }
+  for (const auto& run : runs) {
+    config.lanes_per_device = run.first;
+    options.warm_start = parse_warm_start_mode(run.second, "--warm");
     auto backend = cuda::make_cuda_backend_with(backend_options, config);
     backend->compare(layer0, options);  // warm-up: handles, buffers for the largest pair
     std::vector<double> times;
@@ -407,14 +416,18 @@ int main(int argc, char** argv) try {
     std::sort(times.begin(), times.end());
     const double t = times[times.size() / 2];
     const cuda::CudaStats st = backend->last_stats();
-    std::printf("postsvd %s lanes=%d: %zu pairs in %.2f s (median of %d; min %.2f), %.1f TFLOP/s nominal, fallbacks %lld, "
-                "%.2f GB to device, %.1f MB back, %.2f GB per lane\n",
-                cuda::method_name(config.method), config.lanes_per_device, g.pairs.size(), t, repeat, times.front(),
-                flops / t * 1e-12, static_cast<long long>(st.gram_fallbacks), st.bytes_to_device * 1e-9,
-                st.bytes_to_host * 1e-6, st.bytes_per_lane * 1e-9);
+    std::printf("postsvd %s lanes=%d warm=%s: %zu pairs in %.2f s (median of %d; min %.2f), %.1f TFLOP/s nominal, "
+                "fallbacks %lld, warm starts %lld (fell back %lld, syevj sweeps %lld), %.2f GB to device, %.1f MB back, "
+                "%.2f GB per lane\n",
+                cuda::method_name(config.method), config.lanes_per_device, run.second.c_str(), g.pairs.size(), t, repeat,
+                times.front(), flops / t * 1e-12, static_cast<long long>(st.gram_fallbacks),
+                static_cast<long long>(st.warm_starts), static_cast<long long>(st.warm_fallbacks),
+                static_cast<long long>(st.warm_sweeps), st.bytes_to_device * 1e-9, st.bytes_to_host * 1e-6,
+                st.bytes_per_lane * 1e-9);
     std::fflush(stdout);
     json << (first_run ? "" : ", ") << "{\"method\": \"" << cuda::method_name(config.method) << "\", \"lanes\": "
-         << config.lanes_per_device << ", \"seconds\": " << t << ", \"seconds_min\": " << times.front()
+         << config.lanes_per_device << ", \"warm\": \"" << run.second << "\", \"warm_starts\": " << st.warm_starts
+         << ", \"warm_fallbacks\": " << st.warm_fallbacks << ", \"warm_sweeps\": " << st.warm_sweeps << ", \"seconds\": " << t << ", \"seconds_min\": " << times.front()
          << ", \"repeat\": " << repeat << ", \"fallbacks\": " << st.gram_fallbacks
          << ", \"bytes_to_device\": " << st.bytes_to_device << ", \"bytes_to_host\": " << st.bytes_to_host << "}";
     first_run = false;

@@ -5,7 +5,11 @@
 # "large" (Qwen2.5-7B and Llama-3.1-8B full + torch/cupy on one layer of each),
 # "diagnose" (the 2026-11-22 pytest segfault: CPU ctest on this many cores, then
 # benchmarks/diagnose_gpu.py plain, with torch, with one BLAS thread, under gdb,
-# glibc's malloc checks and compute-sanitizer; then the GPU tests).
+# glibc's malloc checks and compute-sanitizer; then the GPU tests),
+# "warm" (issue 15, one call of about 8 minutes: build, GPU tests, then whole model pairs with the
+# post decomposed cold vs from the base's factors (--warm off,always) at the Qwen2.5-1.5B,
+# Qwen2.5-7B and Llama-3.1-8B shapes, and torch.linalg.svd (gesvd, gesvdj, gesvda) and cupy on
+# the 7B shapes in the same run).
 # Logs and JSON go to $OUT (or ./gpu-out). Each step has its own time limit.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
@@ -111,6 +115,14 @@ case $stage in
     step 40 60 bench methods_qwen7b --model qwen7b --layers 1 --lanes 2 --methods
     step 40 60 bench bench_qwen1.5b --model qwen1.5b --lanes 1,2,3 --parity
     step 70 110 bench bench_llama8b --model llama8b --lanes ${LANES:-2}
+    ;;
+  warm)
+    mkdir -p /tmp/q7
+    tests
+    step 60 80 bench warm_qwen1.5b --model qwen1.5b --lanes 2 --warm off,always --repeat 2
+    step 120 150 bench warm_qwen7b --model qwen7b --lanes 2 --warm off,always --accuracy --save /tmp/q7
+    step 100 130 bench warm_llama8b --model llama8b --lanes 2 --warm off,always
+    step 60 100 baselines /tmp/q7 Qwen2.5-7B 28 20 torch_qwen7b gesvd,gesvdj,gesvda
     ;;
   large)
     mkdir -p /tmp/q7 /tmp/l8

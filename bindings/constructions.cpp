@@ -82,7 +82,7 @@ void bind_constructions(py::module_& m) {
          const std::string& ref, const std::map<std::string, double>& alpha, const std::vector<int>& layers,
          const std::vector<std::string>& kinds, const std::string& precision, const std::string& device,
          const std::vector<int>& device_ids, int num_threads, const std::string& factor_cache, bool rotations,
-         const py::object& progress) {
+         const py::object& progress, const std::string& warm_start) {
         postsvd::ConstructionRequest request;
         request.number = number;
         request.base = base;
@@ -96,6 +96,7 @@ void bind_constructions(py::module_& m) {
         request.backend = backend_options(device, device_ids, 0, num_threads);
         request.factor_cache = factor_cache;
         request.rotations = rotations;
+        request.warm_start = postsvd::parse_warm_start_mode(warm_start);
         // Called between matrices with the GIL held: reports progress and lets
         // Ctrl-C (KeyboardInterrupt) or an exception in `progress` stop the run.
         const postsvd::ProgressCallback callback = [&progress](int64_t done, int64_t total, const std::string& what) {
@@ -125,7 +126,7 @@ void bind_constructions(py::module_& m) {
       "number"_a, "base"_a, "post"_a, "out_folder"_a, "ref"_a = "", "alpha"_a = std::map<std::string, double>{},
       "layers"_a = std::vector<int>{}, "kinds"_a = std::vector<std::string>{}, "precision"_a = "float32",
       "device"_a = "cpu", "device_ids"_a = std::vector<int>{}, "num_threads"_a = 0, "factor_cache"_a = "",
-      "rotations"_a = true, "progress"_a = py::none(),
+      "rotations"_a = true, "progress"_a = py::none(), "warm_start"_a = "auto",
       "Builds a construction's safetensors files (and index) into an existing folder; returns the table rows.");
 }
 

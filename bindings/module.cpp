@@ -110,6 +110,33 @@ py::tuple decomposition_to_python(postsvd::Decomposition<T>&& d) {
   return py::make_tuple(to_numpy(std::move(d.U)), to_numpy(std::move(d.S)), to_numpy(std::move(d.V)));
 }
 
+/// A Decomposition<T> from three numpy arrays (U [m, k], S [k], V [n, k]), converted to T.
+template <class T>
+postsvd::Decomposition<T> decomposition_from_python(py::array u, py::array s, py::array v) {
+  const auto as_t = [](py::array a, const char* name) {
+    auto typed = py::array_t<T, py::array::f_style | py::array::forcecast>::ensure(a);
+    POSTSVD_CHECK(typed, InvalidArgument, "start " << name << ": expected a float array");
+    return typed;
+  };
+  auto tu = as_t(u, "U"), ts = as_t(s, "S"), tv = as_t(v, "V");
+  POSTSVD_CHECK(tu.ndim() == 2 && tv.ndim() == 2 && ts.ndim() == 1, InvalidArgument,
+                "start: expected U [m, k], S [k], V [n, k], got arrays of " << tu.ndim() << ", " << ts.ndim()
+                                                                             << " and " << tv.ndim() << " dimensions");
+  postsvd::Decomposition<T> d;
+  d.U = postsvd::Matrix<T>(tu.shape(0), tu.shape(1));
+  d.V = postsvd::Matrix<T>(tv.shape(0), tv.shape(1));
+  std::copy(tu.data(), tu.data() + d.U.size(), d.U.data());
+  std::copy(tv.data(), tv.data() + d.V.size(), d.V.data());
+  d.S.assign(ts.data(), ts.data() + ts.shape(0));
+  return d;
+}
+
+py::tuple warm_result(py::tuple factors, const postsvd::WarmReport& report) {
+  return py::make_tuple(factors[0], factors[1], factors[2],
+                        py::dict("sweeps"_a = report.sweeps, "fell_back"_a = report.fell_back,
+                                 "initial_off"_a = report.initial_off));
+}
+
 py::dict measures_to_python(postsvd::PairMeasures&& m, bool full_matrices) {
   py::dict out;
   out["rows"] = m.rows;
@@ -123,6 +150,7 @@ py::dict measures_to_python(postsvd::PairMeasures&& m, bool full_matrices) {
   out["scaling_count"] = m.scaling_stats.count;
   out["nf"] = m.nf;
   out["iorth_diag"] = to_numpy(std::move(m.iorth_diag));
+  out["warm_sweeps"] = m.warm_sweeps;
   if (full_matrices) {
     out["sim_u"] = to_numpy(std::move(m.sim_u));
     out["sim_v"] = to_numpy(std::move(m.sim_v));
@@ -133,9 +161,11 @@ py::dict measures_to_python(postsvd::PairMeasures&& m, bool full_matrices) {
   return out;
 }
 
-postsvd::MeasureOptions measure_options(const std::string& precision, bool full_matrices, int64_t leading_k) {
+postsvd::MeasureOptions measure_options(const std::string& precision, bool full_matrices, int64_t leading_k,
+                                        const std::string& warm_start) {
   POSTSVD_CHECK(leading_k >= 0, InvalidArgument, "leading_k: expected >= 0 (0 = all), got " << leading_k);
   postsvd::MeasureOptions options;
+  options.warm_start = postsvd::parse_warm_start_mode(warm_start);
   options.precision = parse_precision(precision);
   options.full_matrices = full_matrices;
   options.leading_k = leading_k;
@@ -265,9 +295,33 @@ class PyBackend {
     return decomposition_to_python(std::move(d));
   }
 
+  // W from the factors of a close matrix (Backend::decompose_warm_*): (U, S, V, report).
+  py::tuple svd_warm(py::array array, py::array start_u, py::array start_s, py::array start_v,
+                     const std::string& precision) {
+    const postsvd::Precision p = parse_precision(precision);
+    const postsvd::TensorView view = view_of_array(array, "array");
+    postsvd::WarmReport report;
+    if (p == postsvd::Precision::F64) {
+      postsvd::Decomposition<double> start = decomposition_from_python<double>(start_u, start_s, start_v);
+      postsvd::Decomposition<double> d;
+      {
+        py::gil_scoped_release release;
+        d = backend_->decompose_warm_f64(view, start, &report);
+      }
+      return warm_result(decomposition_to_python(std::move(d)), report);
+    }
+    postsvd::Decomposition<float> start = decomposition_from_python<float>(start_u, start_s, start_v);
+    postsvd::Decomposition<float> d;
+    {
+      py::gil_scoped_release release;
+      d = backend_->decompose_warm_f32(view, start, &report);
+    }
+    return warm_result(decomposition_to_python(std::move(d)), report);
+  }
+
   py::dict measures(py::array base, py::array post, const std::string& precision, bool full_matrices,
-                    int64_t leading_k) {
-    const postsvd::MeasureOptions options = measure_options(precision, full_matrices, leading_k);
+                    int64_t leading_k, const std::string& warm_start) {
+    const postsvd::MeasureOptions options = measure_options(precision, full_matrices, leading_k, warm_start);
     std::vector<postsvd::PairInput> pairs(1);
     pairs[0].base = view_of_array(base, "base");
     pairs[0].post = view_of_array(post, "post");
@@ -400,8 +454,12 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("device", &PyBackend::device, "\"cpu\" or \"cuda\".")
       .def("svd", &PyBackend::svd, "array"_a, "precision"_a = "float32",
            "Reduced SVD of a 2-D float array W [m, n] -> (U [m, k], S [k], V [n, k]), sign rule applied.")
+      .def("svd_warm", &PyBackend::svd_warm, "array"_a, "start_u"_a, "start_s"_a, "start_v"_a,
+           "precision"_a = "float32",
+           "Reduced SVD of W started from the factors (U, S, V) of a close matrix of its shape -> (U, S, V, "
+           "{sweeps, fell_back, initial_off}); the cold SVD when W is not close (sweeps = -1).")
       .def("measures", &PyBackend::measures, "base"_a, "post"_a, "precision"_a = "float32",
-           "full_matrices"_a = false, "leading_k"_a = 0,
+           "full_matrices"_a = false, "leading_k"_a = 0, "warm_start"_a = "auto",
            "Measures of one pair of equal-shape arrays (paper orientation [in, out]) as a dict.");
 
   py::class_<postsvd::Checkpoint>(m, "Checkpoint", "A validated, memory-mapped Hugging Face model folder.")
@@ -478,17 +536,26 @@ PYBIND11_MODULE(_core, m) {
                                   "Two checkpoints of one architecture and the backend that compares their pairs.")
       .def(py::init([](const std::string& base, const std::string& post, const std::string& device,
                        const std::string& precision, const std::vector<int>& device_ids,
-                       std::size_t memory_budget_bytes, int num_threads, const std::string& factor_cache) {
+                       std::size_t memory_budget_bytes, int num_threads, const std::string& factor_cache,
+                       const std::string& warm_start, const std::string& warm_from) {
              // The GIL is released around the C++ work only: pybind11 registers the
              // returned instance after this returns, which must run with the GIL held
              // (a call_guard would release it there too; pybind11 issue 5473).
              const postsvd::BackendOptions options = backend_options(device, device_ids, memory_budget_bytes, num_threads);
              const postsvd::Precision p = parse_precision(precision);
+             const postsvd::WarmStartMode warm = postsvd::parse_warm_start_mode(warm_start);
              py::gil_scoped_release release;
-             return std::make_unique<postsvd::Comparator>(base, post, options, p, factor_cache);
+             auto comparator = std::make_unique<postsvd::Comparator>(base, post, options, p, factor_cache);
+             comparator->set_warm_start(warm);
+             comparator->set_warm_from(warm_from);
+             return comparator;
            }),
            "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
-           "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "")
+           "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "", "warm_start"_a = "auto",
+           "warm_from"_a = "")
+      .def_property_readonly(
+          "warm_start", [](const postsvd::Comparator& c) { return postsvd::warm_start_mode_name(c.warm_start()); },
+          "'off', 'auto' or 'always': when post matrices start from the base's (or warm_from's cached) factors.")
       .def_property_readonly(
           "architecture", [](const postsvd::Comparator& c) { return architecture_to_python(c.architecture()); },
           "The base model's {model_type, num_layers, matrices: [dict]} (the post model matches it).")

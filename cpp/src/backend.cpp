@@ -20,6 +20,43 @@ std::pair<Decomposition<double>, Decomposition<double>> Backend::decompose_pair_
   return {std::move(first), decompose_f64(post)};
 }
 
+Decomposition<float> Backend::decompose_warm_f32(const TensorView& w, const Decomposition<float>&, WarmReport* report) {
+  if (report != nullptr) *report = WarmReport{};
+  return decompose_f32(w);
+}
+
+Decomposition<double> Backend::decompose_warm_f64(const TensorView& w, const Decomposition<double>&,
+                                                  WarmReport* report) {
+  if (report != nullptr) *report = WarmReport{};
+  return decompose_f64(w);
+}
+
+bool Backend::warm_start_pays(int64_t, int64_t, Precision) const { return false; }
+
+bool use_warm_start(const Backend& backend, WarmStartMode mode, int64_t rows, int64_t cols, Precision precision) {
+  switch (mode) {
+    case WarmStartMode::Off: return false;
+    case WarmStartMode::Always: return true;
+    case WarmStartMode::Auto: return backend.warm_start_pays(rows, cols, precision);
+  }
+  return false;
+}
+
+const char* warm_start_mode_name(WarmStartMode mode) {
+  switch (mode) {
+    case WarmStartMode::Off: return "off";
+    case WarmStartMode::Auto: return "auto";
+    case WarmStartMode::Always: return "always";
+  }
+  return "?";
+}
+
+WarmStartMode parse_warm_start_mode(const std::string& name, const std::string& argument) {
+  for (WarmStartMode mode : {WarmStartMode::Off, WarmStartMode::Auto, WarmStartMode::Always})
+    if (name == warm_start_mode_name(mode)) return mode;
+  POSTSVD_THROW(InvalidArgument, argument << ": expected 'off', 'auto' or 'always', got '" << name << "'");
+}
+
 void check_compare_arguments(const std::vector<PairInput>& pairs, const MeasureOptions& options) {
   POSTSVD_CHECK(options.leading_k >= 0, InvalidArgument,
                 "compare: leading_k: expected >= 0 (0 = all), got " << options.leading_k);

@@ -278,9 +278,25 @@ template Decomposition<float> decompose_cached<float>(Backend&, FactorCache*, co
 template Decomposition<double> decompose_cached<double>(Backend&, FactorCache*, const TensorView&, bool*);
 
 template <class T>
+Decomposition<T> decompose_warm_now(Backend& backend, const TensorView& view, const Decomposition<T>& start,
+                                    int64_t* sweeps) {
+  WarmReport report;
+  Decomposition<T> d;
+  if constexpr (std::is_same<T, float>::value) {
+    d = backend.decompose_warm_f32(view, start, &report);
+  } else {
+    d = backend.decompose_warm_f64(view, start, &report);
+  }
+  if (sweeps != nullptr) *sweeps = report.sweeps;
+  return d;
+}
+
+template <class T>
 std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& backend, FactorCache* cache,
                                                                     const TensorView& base, const TensorView& post,
-                                                                    bool* loaded_base, bool* loaded_post) {
+                                                                    bool* loaded_base, bool* loaded_post,
+                                                                    const WarmStart& warm) {
+  if (warm.sweeps != nullptr) *warm.sweeps = -1;
   std::pair<Decomposition<T>, Decomposition<T>> out;
   bool have_base = false, have_post = false;
   std::string key_base, key_post;
@@ -290,7 +306,14 @@ std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& bac
     have_base = load_for(*cache, key_base, base, out.first);
     have_post = load_for(*cache, key_post, post, out.second);
   }
-  if (!have_base && !have_post) {
+  if (!have_post && warm.enabled) {
+    // The previous checkpoint's factors when cached, else the base's (loaded or computed first).
+    Decomposition<T> previous;
+    const bool have_previous = cache != nullptr && warm.from.data != nullptr &&
+                               load_for(*cache, FactorCache::key(warm.from, precision_of<T>()), post, previous);
+    if (!have_base) out.first = decompose_now<T>(backend, base);
+    out.second = decompose_warm_now<T>(backend, post, have_previous ? previous : out.first, warm.sweeps);
+  } else if (!have_base && !have_post) {
     if constexpr (std::is_same<T, float>::value) {
       out = backend.decompose_pair_f32(base, post);
     } else {
@@ -311,33 +334,48 @@ std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& bac
 }
 
 template std::pair<Decomposition<float>, Decomposition<float>> decompose_pair_cached<float>(
-    Backend&, FactorCache*, const TensorView&, const TensorView&, bool*, bool*);
+    Backend&, FactorCache*, const TensorView&, const TensorView&, bool*, bool*, const WarmStart&);
 template std::pair<Decomposition<double>, Decomposition<double>> decompose_pair_cached<double>(
-    Backend&, FactorCache*, const TensorView&, const TensorView&, bool*, bool*);
+    Backend&, FactorCache*, const TensorView&, const TensorView&, bool*, bool*, const WarmStart&);
 
 namespace {
 
 template <class T>
 PairMeasures measure_cached(Backend& backend, FactorCache& cache, const PairInput& pair, const MeasureOptions& options,
-                            CacheCounts& counts) {
+                            CacheCounts& counts, const TensorView& warm_from) {
   bool loaded_base = false, loaded_post = false;
-  const auto both = decompose_pair_cached<T>(backend, &cache, pair.base, pair.post, &loaded_base, &loaded_post);
+  int64_t sweeps = -1;
+  WarmStart warm;
+  warm.enabled = use_warm_start(backend, options.warm_start, pair.post.rows, pair.post.cols, options.precision);
+  warm.from = warm_from;
+  warm.sweeps = &sweeps;
+  const auto both =
+      decompose_pair_cached<T>(backend, &cache, pair.base, pair.post, &loaded_base, &loaded_post, warm);
   counts.loaded += int64_t{loaded_base} + int64_t{loaded_post};
   counts.computed += int64_t{!loaded_base} + int64_t{!loaded_post};
-  return measures_from(both.first, both.second, options);
+  PairMeasures measures = measures_from(both.first, both.second, options);
+  measures.warm_sweeps = sweeps;
+  return measures;
 }
 
 }  // namespace
 
 std::vector<PairMeasures> compare_cached(Backend& backend, FactorCache& cache, const std::vector<PairInput>& pairs,
-                                         const MeasureOptions& options, CacheCounts* counts) {
+                                         const MeasureOptions& options, CacheCounts* counts,
+                                         const std::vector<TensorView>& warm_from) {
   check_compare_arguments(pairs, options);
+  POSTSVD_CHECK(warm_from.empty() || warm_from.size() == pairs.size(), InvalidArgument,
+                "compare_cached: warm_from: expected none or one view per pair (" << pairs.size() << "), got "
+                                                                                  << warm_from.size());
   CacheCounts total;
   std::vector<PairMeasures> out;
   out.reserve(pairs.size());
-  for (const PairInput& pair : pairs)
-    out.push_back(options.precision == Precision::F64 ? measure_cached<double>(backend, cache, pair, options, total)
-                                                      : measure_cached<float>(backend, cache, pair, options, total));
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    const TensorView from = warm_from.empty() ? TensorView{} : warm_from[i];
+    out.push_back(options.precision == Precision::F64
+                      ? measure_cached<double>(backend, cache, pairs[i], options, total, from)
+                      : measure_cached<float>(backend, cache, pairs[i], options, total, from));
+  }
   if (counts != nullptr) *counts = total;
   return out;
 }

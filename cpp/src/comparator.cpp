@@ -22,27 +22,43 @@ Comparator::Comparator(const std::string& base_folder, const std::string& post_f
   if (!factor_cache.empty()) cache_ = std::make_unique<FactorCache>(factor_cache);
 }
 
+void Comparator::set_warm_from(const std::string& folder) {
+  if (folder.empty()) {
+    warm_from_.reset();
+    arch_warm_from_ = Architecture{};
+    return;
+  }
+  auto checkpoint = std::make_unique<Checkpoint>(folder);
+  Architecture arch = detect_architecture(*checkpoint);
+  check_same_architecture(base_, arch_base_, *checkpoint, arch);
+  warm_from_ = std::move(checkpoint);
+  arch_warm_from_ = std::move(arch);
+}
+
 std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indices, bool full_matrices,
                                               int64_t leading_k) {
   const auto count = static_cast<int64_t>(arch_base_.matrices.size());
   std::vector<PairInput> pairs;
+  std::vector<TensorView> warm_from;
   pairs.reserve(indices.size());
   for (int64_t index : indices) {
     POSTSVD_CHECK(index >= 0 && index < count, InvalidArgument,
                   "indices: expected matrix indices in [0, " << count << "), got " << index);
     const auto i = static_cast<std::size_t>(index);
     pairs.push_back({view_of(base_, arch_base_.matrices[i]), view_of(post_, arch_post_.matrices[i])});
+    if (warm_from_) warm_from.push_back(view_of(*warm_from_, arch_warm_from_.matrices[i]));
   }
   MeasureOptions options;
   options.precision = precision_;
   options.full_matrices = full_matrices;
   options.leading_k = leading_k;
+  options.warm_start = warm_start_;
   std::vector<PairMeasures> result;
   if (!cache_) {
     result = backend_->compare(pairs, options);
   } else {
     CacheCounts counts;
-    result = compare_cached(*backend_, *cache_, pairs, options, &counts);
+    result = compare_cached(*backend_, *cache_, pairs, options, &counts, warm_from);
     counts_.computed += counts.computed;
     counts_.loaded += counts.loaded;
   }

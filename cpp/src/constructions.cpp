@@ -501,8 +501,10 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
     t0 = clock::now();
     const TensorView post_view = view_of(p.checkpoint, *s);
     bool loaded_base = false, loaded_post = false, loaded_ref = true;
+    WarmStart warm;
+    warm.enabled = use_warm_start(*backend, request.warm_start, post_view.rows, post_view.cols, request.precision);
     const auto both = decompose_pair_cached<T>(*backend, cache.get(), view_of(b.checkpoint, sb), post_view, &loaded_base,
-                                               &loaded_post);
+                                               &loaded_post, warm);
     const Decomposition<T>& dec_base = both.first;
     const Decomposition<T>& dec_post = both.second;
     Decomposition<T> dec_ref;

@@ -37,6 +37,22 @@ KindsArg = Union[None, str, Iterable[str]]
 LayersArg = Union[None, int, str, Iterable[int]]
 
 
+#: When a post matrix starts from the base's factors: the backend's measured choice, always, never.
+WARM_START_MODES = ("auto", "always", "off")
+
+
+def normalize_warm_start(warm_start) -> str:
+    """'auto', 'always' or 'off' from True ('auto'), False ('off') or one of those names."""
+    if warm_start is True:
+        return "auto"
+    if warm_start is False:
+        return "off"
+    if isinstance(warm_start, str) and warm_start.strip().lower() in WARM_START_MODES:
+        return warm_start.strip().lower()
+    raise InvalidArgumentError(f"warm_start: expected True, False or one of {', '.join(WARM_START_MODES)}, "
+                               f"got {warm_start!r}")
+
+
 def normalize_dtype(dtype) -> str:
     """'float32' / 'float64' from a string or numpy dtype; anything else raises."""
     if dtype is None:

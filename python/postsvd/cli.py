@@ -65,6 +65,9 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
                         help="factor cache folder shared by compare, report and construct: each matrix is "
                              "decomposed once (a base once for all its post models) and reused later")
     parent.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parent.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                        help="always decompose post matrices cold (default: from the base's factors where the "
+                             "backend measured it faster)")
     return parent
 
 
@@ -173,7 +176,8 @@ def run_compare(args) -> int:
     check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
                             outs=out_dirs, **dict(options, device=_checked_device(args)))
     for post, out_dir in zip(args.posts, out_dirs):
-        result = compare(args.base, post, progress=not args.no_progress, **options, **_executor_options(args))
+        result = compare(args.base, post, progress=not args.no_progress, warm_start=args.warm_start, **options,
+                         **_executor_options(args))
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
         print(result.summary())
         print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
@@ -236,7 +240,7 @@ def run_construct(args) -> int:
     result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=args.layers,
                        kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
                        progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
-                       num_threads=args.threads)
+                       num_threads=args.threads, warm_start=args.warm_start)
     if result.alpha:
         print("alpha' per kind (" + result.alpha_source + "): " +
               ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
@@ -287,7 +291,7 @@ def run_report(args) -> int:
     path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
                   kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
                   leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
-                  cache=args.cache)
+                  cache=args.cache, warm_start=args.warm_start)
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
     return 0
@@ -339,7 +343,7 @@ def run_track(args) -> int:
     trajectory = track(args.base, args.checkpoints, steps=_parse_steps(args.steps), out=args.out,
                        device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
                        progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
-                       **_executor_options(args))
+                       warm_start=args.warm_start, **_executor_options(args))
     kinds = trajectory.kind_table()
     print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
           .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))

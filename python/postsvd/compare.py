@@ -33,6 +33,7 @@ from ._validate import (
     normalize_matrix_pairs,
     normalize_output_folder,
     normalize_threads,
+    normalize_warm_start,
 )
 from .errors import InvalidArgumentError
 
@@ -40,7 +41,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # Per-pair values kept after the factors are released (all O(k)).
 _KEPT = ("rows", "cols", "k", "sigma_base", "sigma_post", "scaling", "scaling_mean", "scaling_std",
-         "scaling_count", "nf", "iorth_diag")
+         "scaling_count", "nf", "iorth_diag", "warm_sweeps")
 
 #: Readings of the summary; NF is judged against unrelated rotations (sqrt(2/k)).
 CONSISTENT_NF_RATIO = 0.25
@@ -64,7 +65,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
             cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
-            ray_address: Optional[str] = None) -> "Comparison":
+            ray_address: Optional[str] = None, warm_start: Union[bool, str] = True,
+            warm_from: Optional[PathLike] = None) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -106,6 +108,16 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             'host:6379'); None = a running cluster if there is one, else a
             local one. With 'ray', ``device`` may also be 'auto': a GPU per
             task where the cluster has GPUs, CPUs otherwise.
+        warm_start: decompose each post matrix from the base's factors (a
+            Jacobi on the nearly diagonal rotated Gram matrix), falling back to
+            the cold SVD where the pair is not close. True / 'auto': where the
+            backend measured it faster (the CUDA backend; on the CPU the cold
+            SVD measured faster at every shape, benchmarks/RESULTS.md);
+            'always'; False / 'off': never. The ``warm_sweeps`` column says
+            what ran (-1: cold). Same results to the backend's accuracy.
+        warm_from: with ``cache``, a checkpoint whose cached factors start the
+            post matrices instead of the base's (:func:`postsvd.track` passes
+            the previous checkpoint). Same architecture as the base.
 
     Returns:
         A :class:`Comparison`.
@@ -130,8 +142,10 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     local_device = "cpu" if executor == "ray" else device
     precision, (device_kind, device_ids), threads, budget, cache_path = _options(
         dtype, local_device, num_threads, memory_budget_bytes, cache)
+    warm_mode = normalize_warm_start(warm_start)
+    warm_from_path = normalize_folder(warm_from, "warm_from") if warm_from is not None else ""
     comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
-                                  cache_path)
+                                  cache_path, warm_mode, warm_from_path)
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     chosen_experts = _check_experts(normalize_experts(experts), arch)
@@ -150,7 +164,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     desc = f"{_display_name(base_path)} vs {_display_name(post_path)}"
     if executor == "ray":
         run = distributed.compare_units(
-            distributed.RunOptions(base_path, post_path, device, precision, budget, num_threads, cache_path),
+            distributed.RunOptions(base_path, post_path, device, precision, budget, num_threads, cache_path,
+                                   warm_mode, warm_from_path),
             [batches[layer] for layer in sorted(batches)], arch, address=ray_address, progress=progress, desc=desc)
         return Comparison(comparator, run.records, chosen_layers, chosen_kinds, run.elapsed_seconds,
                           device=run.device, decompositions=run.decompositions)
@@ -360,9 +375,10 @@ class Comparison:
     def table(self) -> pd.DataFrame:
         """A row per (layer, kind[, expert]): in_features, out_features, k,
         scaling_mean, scaling_std (top 90 %), nf, sigma_base_max, sigma_post_max,
-        iorth_diag_mean, tensor. MoE models add the column ``expert``: the
-        routed expert's index, ``'shared'`` for a shared expert, -1 for
-        attention and dense MLP rows."""
+        iorth_diag_mean, tensor, warm_sweeps (Jacobi sweeps of the post's
+        warm-started decomposition; -1 = decomposed cold). MoE models add the
+        column ``expert``: the routed expert's index, ``'shared'`` for a shared
+        expert, -1 for attention and dense MLP rows."""
         rows = []
         for r in self._records:
             row = {"layer": r["layer"], "kind": r["kind"]}
@@ -373,11 +389,12 @@ class Comparison:
                 "scaling_mean": r["scaling_mean"], "scaling_std": r["scaling_std"], "nf": r["nf"],
                 "sigma_base_max": float(r["sigma_base"][0]), "sigma_post_max": float(r["sigma_post"][0]),
                 "iorth_diag_mean": float(np.mean(r["iorth_diag"])), "tensor": r["tensor"],
+                "warm_sweeps": int(r.get("warm_sweeps", -1)),
             })
             rows.append(row)
         columns = ["layer", "kind"] + (["expert"] if self._has_experts else []) + [
             "in_features", "out_features", "k", "scaling_mean", "scaling_std", "nf", "sigma_base_max",
-            "sigma_post_max", "iorth_diag_mean", "tensor"]
+            "sigma_post_max", "iorth_diag_mean", "tensor", "warm_sweeps"]
         return pd.DataFrame(rows, columns=columns)
 
     def kind_table(self) -> pd.DataFrame:

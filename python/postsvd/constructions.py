@@ -62,6 +62,7 @@ from ._validate import (
     normalize_kinds,
     normalize_layers,
     normalize_threads,
+    normalize_warm_start,
 )
 from ._version import __version__
 from .errors import InvalidArgumentError
@@ -270,7 +271,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
               alpha: AlphaArg = None, layers=None, kinds=None, group: Optional[str] = None, device: str = "cpu",
               dtype: str = "float32", force: bool = False, progress: bool = True, comparison=None,
               cache: Optional[PathLike] = None, rotations: bool = True,
-              num_threads: Optional[int] = None) -> ConstructionResult:
+              num_threads: Optional[int] = None, warm_start: Union[bool, str] = True) -> ConstructionResult:
     """Builds construction `number` of `post` (relative to `base`) as a new model folder `out`.
 
     Args:
@@ -296,6 +297,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             given to :func:`postsvd.compare` (``cache=``) shares its decompositions.
         rotations: compute the Eq. 13 summary (costs a few k x k products per matrix).
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
+        warm_start: as in :func:`postsvd.compare`: a post decomposition not in the
+            cache starts from the base's factors (True/'auto', 'always', False/'off').
 
     Returns:
         A :class:`ConstructionResult` (``.table``, ``.alpha``, ``.plot_rotations()``).
@@ -410,7 +413,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             report = _core.construct_checkpoint(
                 number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
                 kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
-                num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress)
+                num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
+                warm_start=normalize_warm_start(warm_start))
         sources = {"base": base_path, "post": post_path}
         if ref_path:
             sources["ref"] = ref_path

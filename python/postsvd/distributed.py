@@ -60,6 +60,8 @@ class RunOptions:
     memory_budget_bytes: int
     num_threads: Optional[int]
     cache: str  # '' = none
+    warm_start: str = "auto"  # 'auto', 'always', 'off'
+    warm_from: str = ""  # '' = the base's factors
 
 
 @dataclass
@@ -146,7 +148,8 @@ def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[i
 
     inject_fault(fault or os.environ.get(FAULT_VARIABLE))
     comparator = _core.Comparator(options.base, options.post, device, options.precision, [],
-                                  options.memory_budget_bytes, num_threads, options.cache)
+                                  options.memory_budget_bytes, num_threads, options.cache, options.warm_start,
+                                  options.warm_from)
     return pair_records(comparator, indices), dict(comparator.cache_counts)
 
 

@@ -51,7 +51,8 @@ FIGURE_DPI = 90
 def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
            dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
            matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25, progress: bool = True,
-           num_threads: Optional[int] = None, cache: Optional[PathLike] = None) -> str:
+           num_threads: Optional[int] = None, cache: Optional[PathLike] = None,
+           warm_start: Union[bool, str] = True) -> str:
     """Compares `base` with each post model and writes one HTML page; returns its path.
 
     Args:
@@ -77,7 +78,7 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
                             num_threads=num_threads, cache=cache,
                             matrices_for=None if matrices is None else [matrices], leading_k=leading_k, outs=[out])
     comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
-                           num_threads=num_threads, cache=cache) for post in post_list]
+                           num_threads=num_threads, cache=cache, warm_start=warm_start) for post in post_list]
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
 
 

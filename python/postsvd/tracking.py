@@ -27,7 +27,7 @@ import pandas as pd
 
 from ._names import short_name
 from ._outputs import atomic_folder
-from ._validate import LayersArg, KindsArg, normalize_folder, normalize_output_folder
+from ._validate import LayersArg, KindsArg, normalize_folder, normalize_output_folder, normalize_warm_start
 from .compare import Comparison, check_compare_arguments, compare, random_rotation_nf
 from .errors import InvalidArgumentError
 
@@ -56,7 +56,7 @@ def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Se
           out: Optional[PathLike] = None, device: str = "cpu", dtype: str = "float32", layers: LayersArg = None,
           kinds: KindsArg = None, progress: bool = True, num_threads: Optional[int] = None,
           cache: Optional[PathLike] = None, executor: str = "local", ray_address: Optional[str] = None,
-          title: Optional[str] = None) -> "Trajectory":
+          title: Optional[str] = None, warm_start: Union[bool, str] = True) -> "Trajectory":
     """Compares `base` with each checkpoint of a training run; returns a :class:`Trajectory`.
 
     Args:
@@ -72,7 +72,10 @@ def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Se
             other checkpoint. None: a temporary cache, removed at the end (locally; on Ray,
             pass a folder every node sees, or each checkpoint decomposes the base again).
         title: the page's title.
+        warm_start: as in :func:`postsvd.compare`; with a cache, each checkpoint starts from
+            the previous checkpoint's factors (the first from the base's).
     """
+    warm_start = normalize_warm_start(warm_start)
     folders = [normalize_folder(c, "checkpoint") for c in checkpoints]
     if not folders:
         raise InvalidArgumentError("checkpoints: expected at least one checkpoint folder, got none")
@@ -91,10 +94,13 @@ def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Se
     order = sorted(range(len(folders)), key=lambda i: step_list[i])
     comparisons = []
     with _factor_cache(cache, executor) as cache_folder:
+        previous = None
         for i in order:
             comparisons.append(compare(base, folders[i], device=device, dtype=dtype, layers=layers, kinds=kinds,
                                        progress=progress, num_threads=num_threads, cache=cache_folder,
-                                       executor=executor, ray_address=ray_address))
+                                       executor=executor, ray_address=ray_address, warm_start=warm_start,
+                                       warm_from=previous if cache_folder else None))
+            previous = folders[i]
     trajectory = Trajectory([step_list[i] for i in order], comparisons, title=title)
     if out is not None:
         trajectory.save(out)

@@ -183,4 +183,40 @@ inline double orthogonality_error(const Matrix<double>& a) {
   return worst;
 }
 
+/// Checks one decomposition of `w` (paper orientation) against its known spectrum.
+template <class T>
+void expect_valid_svd(const postsvd::Decomposition<T>& d, const Matrix<double>& w, const std::vector<double>& spectrum) {
+  using Tol = Tolerance<T>;
+  const int64_t m = w.rows();
+  const int64_t n = w.cols();
+  const int64_t k = std::min(m, n);
+  ASSERT_EQ(d.U.rows(), m);
+  ASSERT_EQ(d.U.cols(), k);
+  ASSERT_EQ(d.V.rows(), n);
+  ASSERT_EQ(d.V.cols(), k);
+  ASSERT_EQ(static_cast<int64_t>(d.S.size()), k);
+  const double s0 = spectrum[0];
+  for (int64_t j = 0; j < k; ++j) {
+    EXPECT_NEAR(d.S[j], spectrum[j], Tol::sigma * s0) << "sigma " << j;
+    if (j > 0) EXPECT_GE(d.S[j - 1], d.S[j]) << "not descending at " << j;
+  }
+  const Matrix<double> u = to_double(d.U);
+  const Matrix<double> v = to_double(d.V);
+  EXPECT_LE(orthogonality_error(u), Tol::orthogonality) << "U^T U != I";
+  EXPECT_LE(orthogonality_error(v), Tol::orthogonality) << "V^T V != I";
+  std::vector<double> s(d.S.begin(), d.S.end());
+  const Matrix<double> rebuilt = compose(u, s, v);
+  Matrix<double> difference = rebuilt.clone();
+  for (int64_t i = 0; i < difference.size(); ++i) difference.data()[i] -= w.data()[i];
+  EXPECT_LE(frobenius(difference), Tol::reconstruction * frobenius(w)) << "W != U S V^T";
+  // Sign rule: the largest-|.| entry of each U column is positive.
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t largest = 0;
+    for (int64_t i = 1; i < m; ++i) {
+      if (std::abs(u(i, j)) > std::abs(u(largest, j))) largest = i;
+    }
+    EXPECT_GT(u(largest, j), 0.0) << "sign rule broken in column " << j;
+  }
+}
+
 }  // namespace postsvd_test

@@ -16,6 +16,7 @@
 #include "detail/half.h"
 #include "backend_test_util.h"
 #include "linalg_test_util.h"
+#include "warm_test_util.h"
 #include "postsvd/backend.h"
 #include "postsvd/error.h"
 #include "postsvd/measures.h"
@@ -622,6 +623,50 @@ TEST(CudaLanes, LanesAndRepeatedDevicesGiveTheSameResults) {
   EXPECT_EQ(backend->last_stats().pairs, 7);
   ASSERT_EQ(result.size(), reference.size());
   for (std::size_t i = 0; i < result.size(); ++i) expect_measures_near(result[i], reference[i], 1e-12, true);
+}
+
+// The warm start on the device (syevj on V_b^T G V_b): the known answer in float32 mode, the
+// measures of the CPU's cold float64 path to 1e-4, a few sweeps; not-close pairs fall back.
+TEST(CudaWarmStart, ClosePairsMeetTheBarAndUnrelatedOnesFallBack) {
+  POSTSVD_SKIP_WITHOUT_GPU();
+  auto gpu = cuda_backend();
+  auto cpu = cpu_backend();
+  for (const auto& shape : std::vector<std::pair<int64_t, int64_t>>{{150, 90}, {90, 150}, {64, 64}}) {
+    SCOPED_TRACE(::testing::Message() << "shape " << shape.first << "x" << shape.second);
+    const postsvd_test::ClosePair pair = postsvd_test::close_pair(shape.first, shape.second, 1e-2, 21);
+    const auto base = postsvd_test::store_linear<float>(pair.base, "base");
+    const auto post = postsvd_test::store_linear<float>(pair.post, "post");
+    WarmReport report;
+    const Decomposition<float> start = gpu->decompose_f32(base.view);
+    const Decomposition<float> warm = gpu->decompose_warm_f32(post.view, start, &report);
+    EXPECT_FALSE(report.fell_back);
+    EXPECT_GE(report.sweeps, 1);
+    EXPECT_LE(report.sweeps, 8);
+    postsvd_test::expect_valid_svd(warm, pair.post, pair.s_post);
+    MeasureOptions options;
+    options.full_matrices = true;
+    options.precision = Precision::F64;
+    options.warm_start = WarmStartMode::Off;
+    const auto reference = cpu->compare({{base.view, post.view}}, options);
+    options.precision = Precision::F32;
+    options.warm_start = WarmStartMode::Always;
+    const auto result = gpu->compare({{base.view, post.view}}, options);
+    EXPECT_GE(result[0].warm_sweeps, 1);
+    expect_measures_near(result[0], reference[0], 1e-4, true);
+  }
+  // Unrelated factors (base vs base_alt): syevj needs more than its 8 sweeps or loses
+  // orthogonality, and the cold Gram path answers.
+  postsvd_test::ClosePair far = postsvd_test::close_pair(120, 80, 1e-2, 22);
+  far.base = postsvd_test::close_pair(120, 80, 1e-2, 23).base;
+  const auto base = postsvd_test::store_linear<float>(far.base, "base_alt");
+  const auto post = postsvd_test::store_linear<float>(far.post, "post");
+  WarmReport report;
+  const Decomposition<float> warm = gpu->decompose_warm_f32(post.view, gpu->decompose_f32(base.view), &report);
+  postsvd_test::expect_valid_svd(warm, far.post, far.s_post);
+  // NaN input still errors, naming the tensor.
+  auto bad = postsvd_test::store_linear<float>(far.post, "layers.0.post");
+  bad.storage[5] = std::nanf("");
+  EXPECT_THROW(gpu->decompose_warm_f32(bad.view, gpu->decompose_f32(base.view), nullptr), InvalidArgument);
 }
 #endif
 

@@ -43,3 +43,23 @@ def test_cuda_device_index_out_of_range(related_pair):
     with pytest.raises(postsvd.InvalidArgumentError, match="does not exist"):
         postsvd.compare(related_pair.base, related_pair.post, device=f"cuda:{postsvd.cuda_device_count()}",
                         progress=False)
+
+
+def test_cuda_warm_start_matches_the_cold_cpu_measures(related_pair):
+    """The post from the base's factors on the device (issue 15): same measures as the cold CPU path."""
+    cold = postsvd.compare(related_pair.base, related_pair.post, progress=False, warm_start="off",
+                           dtype="float64").table
+    warm = postsvd.compare(related_pair.base, related_pair.post, device="cuda", progress=False,
+                           warm_start="always").table
+    assert (warm["warm_sweeps"] >= 1).all(), warm["warm_sweeps"].tolist()
+    assert (cold["warm_sweeps"] == -1).all()
+    for column in ("scaling_mean", "scaling_std", "nf", "sigma_base_max", "iorth_diag_mean"):
+        np.testing.assert_allclose(warm[column], cold[column], atol=1e-4, err_msg=column)
+
+
+def test_cuda_warm_start_falls_back_on_an_unrelated_pair(unrelated_pair):
+    cold = postsvd.compare(unrelated_pair.base, unrelated_pair.post, progress=False, warm_start="off").table
+    warm = postsvd.compare(unrelated_pair.base, unrelated_pair.post, device="cuda", progress=False,
+                           warm_start="always").table
+    for column in ("scaling_mean", "nf", "iorth_diag_mean"):
+        np.testing.assert_allclose(warm[column], cold[column], atol=2e-4, err_msg=column)

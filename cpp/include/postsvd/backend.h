@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -31,6 +32,17 @@ struct BackendOptions {
   int num_threads = 0;
 };
 
+/// What a warm-started decomposition (Backend::decompose_warm_*) did.
+struct WarmReport {
+  /// Jacobi sweeps that ran; -1 = the matrix was decomposed cold.
+  int64_t sweeps = -1;
+  /// The warm start was tried and abandoned (pair not close, no convergence, lost orthogonality).
+  bool fell_back = false;
+  /// ||offdiag(G')||_F / ||G'||_F of G' = V_s^T (W^T W) V_s before the first sweep (tall orientation,
+  /// V_s the start's right factors); 0 when not computed.
+  double initial_off = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -50,10 +62,30 @@ class Backend {
   virtual std::pair<Decomposition<double>, Decomposition<double>> decompose_pair_f64(const TensorView& base,
                                                                                      const TensorView& post);
 
+  /// Reduced SVD of `w` starting from `start`, the factors of a close matrix of
+  /// the same shape (the base of a post-trained `w`, or the previous checkpoint):
+  /// same accuracy, sign rule and orientation as decompose_*; falls back to the
+  /// cold decomposition when `w` is not close to `start`. `report` (when not
+  /// null) says what ran. The default decomposes cold.
+  virtual Decomposition<float> decompose_warm_f32(const TensorView& w, const Decomposition<float>& start,
+                                                  WarmReport* report);
+  virtual Decomposition<double> decompose_warm_f64(const TensorView& w, const Decomposition<double>& start,
+                                                   WarmReport* report);
+
+  /// Whether the warm start beats the cold SVD for [rows, cols] in `precision` on this backend
+  /// (the WarmStartMode::Auto rule; by measurement, benchmarks/RESULTS.md). The default: false.
+  virtual bool warm_start_pays(int64_t rows, int64_t cols, Precision precision) const;
+
   /// Measures of every pair, in input order. A backend may batch and overlap
   /// the pairs; memory stays bounded by the pairs of one call.
   virtual std::vector<PairMeasures> compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) = 0;
 };
+
+/// Whether a post of [rows, cols] starts warm under `mode` on `backend`.
+bool use_warm_start(const Backend& backend, WarmStartMode mode, int64_t rows, int64_t cols, Precision precision);
+/// "off", "auto", "always"; parse_warm_start_mode throws InvalidArgument naming `argument` otherwise.
+const char* warm_start_mode_name(WarmStartMode mode);
+WarmStartMode parse_warm_start_mode(const std::string& name, const std::string& argument = "warm_start");
 
 /// The checks every compare starts with, before any work: leading_k >= 0, and
 /// equal shapes in each pair (InvalidArgument naming both tensors and shapes).

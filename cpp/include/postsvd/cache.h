@@ -43,15 +43,28 @@ class FactorCache {
 template <class T>
 Decomposition<T> decompose_cached(Backend& backend, FactorCache* cache, const TensorView& view, bool* loaded = nullptr);
 
+/// How a cached pair decomposes a missing post matrix.
+struct WarmStart {
+  /// Start the post from the base's factors (backend.decompose_warm_*; cold when not close).
+  bool enabled = false;
+  /// When set (data != nullptr) and its factors are in the cache, the post starts from them
+  /// instead (the previous checkpoint of a training run).
+  TensorView from;
+  /// Receives the post's Jacobi sweeps (-1 = cold or loaded), when not null.
+  int64_t* sweeps = nullptr;
+};
+
 /// A pair's two decompositions through the cache (nullptr = none): loaded where
-/// there; where both are missing, computed together by backend.decompose_pair_*
-/// (side by side on a two-core CPU). `loaded_base` / `loaded_post` (when not
-/// null) say which the cache answered.
+/// there. A missing post starts from the base's factors with `warm.enabled`
+/// (after the base); otherwise, where both are missing, they are computed
+/// together by backend.decompose_pair_* (side by side on a two-core CPU).
+/// `loaded_base` / `loaded_post` (when not null) say which the cache answered.
 template <class T>
 std::pair<Decomposition<T>, Decomposition<T>> decompose_pair_cached(Backend& backend, FactorCache* cache,
                                                                     const TensorView& base, const TensorView& post,
                                                                     bool* loaded_base = nullptr,
-                                                                    bool* loaded_post = nullptr);
+                                                                    bool* loaded_post = nullptr,
+                                                                    const WarmStart& warm = WarmStart{});
 
 /// How many decompositions a cached call computed and how many it loaded.
 struct CacheCounts {
@@ -60,12 +73,14 @@ struct CacheCounts {
 };
 
 /// Backend::compare through the cache: each pair's two decompositions are
-/// loaded from `cache` or computed by `backend` (and stored), then measured
-/// with measures_from. Same results as backend.compare within the backend's
+/// loaded from `cache` or computed by `backend` (and stored; a missing post
+/// warm-started from the base, or from `warm_from[i]` when given and cached,
+/// with options.warm_start), then measured with measures_from. Same results as backend.compare within the backend's
 /// accuracy; slower on a cold cache (full factors leave the backend and go to
 /// disk), and it skips every decomposition already there. `counts` (when not
 /// null) receives the totals of this call.
 std::vector<PairMeasures> compare_cached(Backend& backend, FactorCache& cache, const std::vector<PairInput>& pairs,
-                                         const MeasureOptions& options, CacheCounts* counts = nullptr);
+                                         const MeasureOptions& options, CacheCounts* counts = nullptr,
+                                         const std::vector<TensorView>& warm_from = {});
 
 }  // namespace postsvd

@@ -38,6 +38,14 @@ class Comparator {
   std::vector<PairMeasures> compare(const std::vector<int64_t>& indices, bool full_matrices = false,
                                     int64_t leading_k = 0);
 
+  /// When post matrices start from the base's factors (Backend::decompose_warm_*, cold when a pair
+  /// is not close); Auto by default. With a factor cache, set_warm_from(folder) makes them start from
+  /// that checkpoint's cached factors instead (the previous checkpoint of a training run).
+  void set_warm_start(WarmStartMode mode) { warm_start_ = mode; }
+  WarmStartMode warm_start() const { return warm_start_; }
+  /// "" = from the base. The folder must hold the same architecture (BadCheckpoint otherwise).
+  void set_warm_from(const std::string& folder);
+
   /// The factor cache folder ("" = none) and what it answered so far.
   std::string factor_cache() const { return cache_ ? cache_->folder() : std::string(); }
   const CacheCounts& cache_counts() const { return counts_; }
@@ -49,6 +57,9 @@ class Comparator {
   Architecture arch_base_;
   Architecture arch_post_;
   std::unique_ptr<FactorCache> cache_;
+  WarmStartMode warm_start_ = WarmStartMode::Auto;
+  std::unique_ptr<Checkpoint> warm_from_;
+  Architecture arch_warm_from_;
   CacheCounts counts_;
   std::unique_ptr<Backend> backend_;
 };

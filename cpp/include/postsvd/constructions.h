@@ -125,6 +125,8 @@ struct ConstructionRequest {
   std::string factor_cache;
   /// Compute the Eq. 13 summary for every matrix.
   bool rotations = true;
+  /// When a missing post decomposition starts from the base's factors (see MeasureOptions).
+  WarmStartMode warm_start = WarmStartMode::Auto;
 };
 
 /// One row of the result table.

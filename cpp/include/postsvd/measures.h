@@ -8,6 +8,13 @@
 
 namespace postsvd {
 
+/// When a post matrix is decomposed from the base's factors (Backend::decompose_warm_*).
+enum class WarmStartMode {
+  Off,     // always the cold SVD
+  Auto,    // where the backend measured it faster (Backend::warm_start_pays)
+  Always,  // wherever a start is known (still cold when the pair is not close)
+};
+
 /// What to compute for a pair beyond the always-on scalars and vectors.
 struct MeasureOptions {
   Precision precision = Precision::F32;
@@ -15,6 +22,9 @@ struct MeasureOptions {
   bool full_matrices = false;
   /// 0 = all k singular vectors; otherwise the leading min(leading_k, k).
   int64_t leading_k = 0;
+  /// Decompose the post matrix starting from the base's factors (Backend::decompose_warm_*),
+  /// falling back to the cold SVD when the pair is not close.
+  WarmStartMode warm_start = WarmStartMode::Auto;
 };
 
 /// Mean and population std (ddof = 0) of the scaling factors over the top 90 %
@@ -36,6 +46,9 @@ struct PairMeasures {
   ScalingStats scaling_stats;       // top 90 %
   double nf = 0;                    // ||Q1^T Q2 - I||_F / k (Eq. 7)
   std::vector<double> iorth_diag;   // [k], diagonal of I_orth
+  /// Jacobi sweeps of the post's warm-started decomposition; -1 = decomposed cold
+  /// (warm start off or not available, the pair not close, or loaded from a factor cache).
+  int64_t warm_sweeps = -1;
   // Present when MeasureOptions::full_matrices; [kk, kk] column-major.
   Matrix<double> sim_u;  // |U_A^T U_B|
   Matrix<double> sim_v;  // |V_A^T V_B|

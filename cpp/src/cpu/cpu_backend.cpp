@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/warm_svd.h"
 #include "detail/lapack.h"
 #include "postsvd/error.h"
 
@@ -76,11 +77,13 @@ lapack_int checked_workspace(double padded_size, const TensorView& view) {
   return static_cast<lapack_int>(padded_size);
 }
 
+}  // namespace
+
 /// Finite weights can still give infinite singular values: sigma_1 <= ||W||_F,
 /// and past the working precision's largest value LAPACK returns inf. Checked
 /// here (scaled, so the norm itself cannot overflow) before any work.
-template <class T>
-void check_norm_fits(const Matrix<T>& x, const TensorView& original) {
+template <class T, class Stored>
+void check_norm_fits(const Matrix<Stored>& x, const TensorView& original) {
   double largest = 0;
   for (int64_t i = 0; i < x.size(); ++i) largest = std::max(largest, std::abs(static_cast<double>(x.data()[i])));
   if (largest == 0) return;
@@ -100,6 +103,11 @@ void check_norm_fits(const Matrix<T>& x, const TensorView& original) {
                                               << (sizeof(T) == 4 ? "; compare in float64 (dtype='float64')" : ""));
   }
 }
+
+template void check_norm_fits<float, double>(const Matrix<double>&, const TensorView&);
+template void check_norm_fits<double, double>(const Matrix<double>&, const TensorView&);
+
+namespace {
 
 /// ?gesvd (QR iteration) on a fresh copy: the fallback when ?gesdd does not converge.
 template <class T>
@@ -127,7 +135,7 @@ TallSvd<T> tall_svd(const TensorView& tall_view, const TensorView& original, boo
   {
     // [p, q]; ?gesdd 'O' overwrites it with U (p >= q), so no second [p, q] array is held.
     Matrix<T> x = to_matrix<T>(tall_view);
-    check_norm_fits(x, original);
+    check_norm_fits<T>(x, original);
     const auto p = static_cast<lapack_int>(x.rows());
     const auto q = static_cast<lapack_int>(x.cols());
     out.S.assign(static_cast<std::size_t>(q), T(0));
@@ -243,6 +251,24 @@ Decomposition<double> CpuBackend::decompose_f64(const TensorView& w) {
   return reduced_svd<double>(w);
 }
 
+Decomposition<float> CpuBackend::decompose_warm_f32(const TensorView& w, const Decomposition<float>& start,
+                                                    WarmReport* report) {
+  set_blas_threads(num_threads_);
+  return warm_svd<float>(w, start, default_warm_settings<float>(), report);
+}
+
+Decomposition<double> CpuBackend::decompose_warm_f64(const TensorView& w, const Decomposition<double>& start,
+                                                     WarmReport* report) {
+  set_blas_threads(num_threads_);
+  return warm_svd<double>(w, start, default_warm_settings<double>(), report);
+}
+
+bool CpuBackend::warm_start_pays(int64_t, int64_t, Precision) const {
+  // Measured (benchmarks/RESULTS.md, "Warm start"): the block Jacobi's float64 GEMMs cost more than
+  // the float32 ?gesdd at every shape from the bundled family's to Qwen2.5-1.5B's.
+  return false;
+}
+
 namespace {
 
 int resolved_threads(int num_threads) {
@@ -306,10 +332,21 @@ std::pair<Decomposition<T>, Decomposition<T>> decompose_both(const TensorView& b
 }
 
 template <class T>
-PairMeasures measure_pair(const PairInput& pair, const MeasureOptions& options, int num_threads) {
+PairMeasures measure_pair(const CpuBackend& backend, const PairInput& pair, const MeasureOptions& options,
+                          int num_threads) {
   // Both factor sets die at the end of this function, before the next pair starts.
-  const auto both = decompose_both<T>(pair.base, pair.post, num_threads);
-  return measures_from(both.first, both.second, options);
+  if (!use_warm_start(backend, options.warm_start, pair.post.rows, pair.post.cols, options.precision)) {
+    const auto both = decompose_both<T>(pair.base, pair.post, num_threads);
+    return measures_from(both.first, both.second, options);
+  }
+  // The post starts from the base's factors, so it waits for them.
+  set_blas_threads(num_threads);
+  const Decomposition<T> base = reduced_svd<T>(pair.base);
+  WarmReport report;
+  const Decomposition<T> post = warm_svd<T>(pair.post, base, default_warm_settings<T>(), &report);
+  PairMeasures measures = measures_from(base, post, options);
+  measures.warm_sweeps = report.sweeps;
+  return measures;
 }
 
 }  // namespace
@@ -322,9 +359,9 @@ std::vector<PairMeasures> CpuBackend::compare(const std::vector<PairInput>& pair
   results.reserve(pairs.size());
   for (const PairInput& pair : pairs) {
     if (options.precision == Precision::F32) {
-      results.push_back(measure_pair<float>(pair, options, num_threads_));
+      results.push_back(measure_pair<float>(*this, pair, options, num_threads_));
     } else {
-      results.push_back(measure_pair<double>(pair, options, num_threads_));
+      results.push_back(measure_pair<double>(*this, pair, options, num_threads_));
     }
   }
   return results;

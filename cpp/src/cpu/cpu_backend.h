@@ -17,6 +17,11 @@ namespace postsvd::cpu {
 template <class T>
 Decomposition<T> reduced_svd(const TensorView& view);
 
+/// InvalidArgument naming `original` when the Frobenius norm of x (its values,
+/// any stored type) exceeds the largest T: its singular values would be inf in T.
+template <class T, class Stored>
+void check_norm_fits(const Matrix<Stored>& x, const TensorView& original);
+
 /// Sets the BLAS thread count: 0 = every core. No-op without OpenBLAS.
 void set_blas_threads(int num_threads);
 /// The BLAS thread count in use (1 when the BLAS cannot say).
@@ -32,6 +37,13 @@ class CpuBackend final : public Backend {
   std::string name() const override;
   Decomposition<float> decompose_f32(const TensorView& w) override;
   Decomposition<double> decompose_f64(const TensorView& w) override;
+  /// Block Jacobi from `start` (cpu/warm_svd.h), every BLAS thread.
+  Decomposition<float> decompose_warm_f32(const TensorView& w, const Decomposition<float>& start,
+                                          WarmReport* report) override;
+  Decomposition<double> decompose_warm_f64(const TensorView& w, const Decomposition<double>& start,
+                                           WarmReport* report) override;
+  /// False at every shape measured (benchmarks/RESULTS.md, "Warm start"): ?gesdd wins on the CPU.
+  bool warm_start_pays(int64_t rows, int64_t cols, Precision precision) const override;
   /// On two cores the two SVDs run side by side, one BLAS thread each.
   std::pair<Decomposition<float>, Decomposition<float>> decompose_pair_f32(const TensorView& base,
                                                                            const TensorView& post) override;

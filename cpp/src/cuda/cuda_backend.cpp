@@ -94,6 +94,17 @@ class CudaBackendImpl final : public CudaBackend {
 
   Decomposition<float> decompose_f32(const TensorView& w) override { return decompose_one<float>(w, Precision::F32); }
   Decomposition<double> decompose_f64(const TensorView& w) override { return decompose_one<double>(w, Precision::F64); }
+  Decomposition<float> decompose_warm_f32(const TensorView& w, const Decomposition<float>& start,
+                                          WarmReport* report) override {
+    return decompose_warm_one<float>(w, start, Precision::F32, report);
+  }
+  Decomposition<double> decompose_warm_f64(const TensorView& w, const Decomposition<double>& start,
+                                           WarmReport* report) override {
+    return decompose_warm_one<double>(w, start, Precision::F64, report);
+  }
+  // Gram64: the warm start replaces syevd by GEMMs and a few syevj sweeps. Not yet measured on a
+  // device (benchmarks/run_gpu.sh warm measures it): on by design, off with warm_start='off'.
+  bool warm_start_pays(int64_t, int64_t, Precision) const override { return config_.method == SvdMethod::Gram64; }
 
   std::vector<PairMeasures> compare(const std::vector<PairInput>& pairs, const MeasureOptions& options) override {
     check_compare_arguments(pairs, options);
@@ -217,9 +228,16 @@ class CudaBackendImpl final : public CudaBackend {
     pipe.stage(pair.base, 0);
     pipe.decompose(pair.base, 0);
     pipe.stage(pair.post, 1);
-    pipe.decompose(pair.post, 1);
+    const bool warm = config_.method == SvdMethod::Gram64 &&
+                      use_warm_start(*this, options.warm_start, pair.post.rows, pair.post.cols, options.precision);
+    if (warm)
+      pipe.decompose_warm(pair.post, 1, 0);  // from the base's factors, queued before it on this stream
+    else
+      pipe.decompose(pair.post, 1);
     lane.finish_round();
-    const int redone = pipe.settle(views, 2);
+    const int64_t sweeps = warm ? pipe.warm_sweeps() : -1;
+    bool redone_slots[2] = {false, false};
+    const int redone = pipe.settle(views, 2, redone_slots);
     lane.reset_scalars();
     pipe.sign_rule(pair.base, 0);
     pipe.sign_rule(pair.post, 1);
@@ -241,6 +259,7 @@ class CudaBackendImpl final : public CudaBackend {
     for (int64_t j = 0; j < k; ++j) m.scaling[j] = m.sigma_post[j] / m.sigma_base[j];
     m.scaling_stats = scaling_statistics(m.scaling);
     m.nf = std::sqrt(lane.readback()->nf_squared) / static_cast<double>(k);
+    m.warm_sweeps = warm && !redone_slots[1] ? sweeps : -1;
     std::size_t back = static_cast<std::size_t>(3 * k) * sizeof(double);
     if (options.full_matrices) {
       const int64_t kk = options.leading_k > 0 ? std::min(options.leading_k, k) : k;
@@ -264,6 +283,9 @@ class CudaBackendImpl final : public CudaBackend {
     stats_.pairs += 1;
     stats_.decompositions += 2 + redone;
     stats_.gram_fallbacks += redone;
+    stats_.warm_starts += warm ? 1 : 0;
+    stats_.warm_fallbacks += warm && redone_slots[1] ? 1 : 0;
+    stats_.warm_sweeps += m.warm_sweeps > 0 ? m.warm_sweeps : 0;
     stats_.bytes_to_device += span_bytes(pair.base) + span_bytes(pair.post);
     stats_.bytes_to_host += back;
     return m;
@@ -305,6 +327,73 @@ class CudaBackendImpl final : public CudaBackend {
     try {
       if (compute_elem(config_.method, precision) == sizeof(double)) return decompose_typed<T, double>(lane, w, precision);
       return decompose_typed<T, float>(lane, w, precision);
+    } catch (...) {
+      cudaStreamSynchronize(lane.stream);
+      cudaStreamSynchronize(lane.copy_stream);
+      throw;
+    }
+  }
+
+  // decompose_one from `start`: its eig-side factor ([k, k], V when tall, U when wide) goes to
+  // slot 0, the matrix to slot 1 (decompose_warm). Non-Gram methods decompose cold.
+  template <class T, class C>
+  Decomposition<T> decompose_warm_typed(Lane& lane, const TensorView& w, const Decomposition<T>& start,
+                                        Precision precision, WarmReport* report) {
+    Pipeline<C> pipe(lane, config_.method, tolerance(precision));
+    const TensorView* views[2] = {&w, &w};
+    const bool tall = w.rows >= w.cols;
+    const Matrix<T>& side = tall ? start.V : start.U;  // [k, k]
+    std::vector<C> host(static_cast<std::size_t>(side.size()));
+    std::transform(side.data(), side.data() + side.size(), host.begin(), [](T x) { return static_cast<C>(x); });
+    DeviceBuffer& target = tall ? lane.v[0] : lane.u[0];
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(target.get(), host.data(), host.size() * sizeof(C), cudaMemcpyHostToDevice, lane.stream));
+    lane.reset_scalars();
+    pipe.stage(w, 1);
+    pipe.decompose_warm(w, 1, 0);
+    lane.finish_round();
+    const int64_t sweeps = pipe.warm_sweeps();
+    bool redone_slots[2] = {false, false};
+    LaneScalars* r = lane.readback();
+    r->orth[0] = 0;  // slot 0 holds only the start
+    r->warm_info[0] = 0;
+    r->first_bad[0] = kNoBadElement;
+    pipe.settle(views, 2, redone_slots);
+    if (report != nullptr) {
+      *report = WarmReport{};
+      report->sweeps = redone_slots[1] ? -1 : sweeps;
+      report->fell_back = redone_slots[1];
+    }
+    pipe.sign_rule(w, 1);
+    return pipe.template download<T>(w, 1);
+  }
+
+  template <class T>
+  Decomposition<T> decompose_warm_one(const TensorView& stored, const Decomposition<T>& start, Precision precision,
+                                      WarmReport* report) {
+    if (config_.method != SvdMethod::Gram64) {
+      if (report != nullptr) *report = WarmReport{};
+      return decompose_one<T>(stored, precision);
+    }
+    check_view(stored, "matrix");
+    const int64_t k = std::min(stored.rows, stored.cols);
+    POSTSVD_CHECK(start.U.rows() == stored.rows && start.U.cols() == k && start.V.rows() == stored.cols &&
+                      start.V.cols() == k && static_cast<int64_t>(start.S.size()) == k,
+                  InvalidArgument,
+                  "warm start of tensor '" << stored.name << "' " << shape_of(stored) << ": expected start factors U ["
+                                           << stored.rows << ", " << k << "], V [" << stored.cols << ", " << k
+                                           << "], got U [" << start.U.rows() << ", " << start.U.cols() << "], V ["
+                                           << start.V.rows() << ", " << start.V.cols() << "]");
+    const HostDequantized dequantized(stored, precision);
+    const TensorView& w = dequantized.view();
+    std::lock_guard<std::mutex> lock(decompose_mutex_);
+    Lane& lane = *lanes_.front();
+    POSTSVD_CUDA_TRY(cudaSetDevice(lane.device));
+    const std::size_t raw = align_up(span_bytes(w));
+    LanePlan plan = plan_for(lane, Shape{w.rows, w.cols}, 2 * raw, config_.method, precision);
+    reserve_plan(lane, plan);
+    lane.staging.reserve(2 * raw, "pinned staging");
+    try {
+      return decompose_warm_typed<T, double>(lane, w, start, precision, report);
     } catch (...) {
       cudaStreamSynchronize(lane.stream);
       cudaStreamSynchronize(lane.copy_stream);

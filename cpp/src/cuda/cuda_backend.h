@@ -48,6 +48,9 @@ struct CudaStats {
   int64_t pairs = 0;
   int64_t decompositions = 0;
   int64_t gram_fallbacks = 0;  // Gram64 decompositions redone with gesvd
+  int64_t warm_starts = 0;     // post decompositions started from the base's factors (syevj)
+  int64_t warm_fallbacks = 0;  // of those, redone cold (syevj did not converge, or lost orthogonality)
+  int64_t warm_sweeps = 0;     // syevj sweeps of the warm starts that held, summed
   int lanes_used = 0;
   std::size_t bytes_per_lane = 0;
   std::size_t bytes_to_device = 0;

@@ -24,6 +24,10 @@ namespace cuda {
 
 constexpr std::size_t kAlign = 256;
 constexpr int kInfoSlots = 64;
+// The warm start's syevj on V_s^T G V_s (float64): converged to working accuracy, and a pair
+// that needs more sweeps than the CPU's block Jacobi bound (8) is not close: cold Gram instead.
+constexpr double kWarmTolerance = 1e-14;
+constexpr int kWarmMaxSweeps = 8;
 
 inline std::size_t align_up(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
@@ -39,6 +43,7 @@ struct InfoSlot {
 struct LaneScalars {
   unsigned long long first_bad[2];
   double orth[2];
+  int warm_info[2];  // syevj of the warm start: 0, or n + 1 when it did not converge within its sweeps
   double nf_squared;
   int info[kInfoSlots];
 };
@@ -54,6 +59,7 @@ struct Lane {
   cusolverDnHandle_t solver = nullptr;
   cusolverDnParams_t solver_params = nullptr;
   gesvdjInfo_t jacobi = nullptr;
+  syevjInfo_t warm_jacobi = nullptr;  // syevj of the warm start (tolerance, sweep bound, sweeps run)
 
   PinnedBuffer staging;       // stored bytes of base and post
   PinnedBuffer host_scalars;  // LaneScalars
@@ -81,6 +87,9 @@ struct Lane {
     POSTSVD_CUSOLVER_TRY(cusolverDnSetStream(solver, stream));
     POSTSVD_CUSOLVER_TRY(cusolverDnCreateParams(&solver_params));
     POSTSVD_CUSOLVER_TRY(cusolverDnCreateGesvdjInfo(&jacobi));
+    POSTSVD_CUSOLVER_TRY(cusolverDnCreateSyevjInfo(&warm_jacobi));
+    POSTSVD_CUSOLVER_TRY(cusolverDnXsyevjSetTolerance(warm_jacobi, kWarmTolerance));
+    POSTSVD_CUSOLVER_TRY(cusolverDnXsyevjSetMaxSweeps(warm_jacobi, kWarmMaxSweeps));
     scalars.reserve(sizeof(LaneScalars), "per-lane scalars");
     host_scalars.reserve(sizeof(LaneScalars), "per-lane scalars (host)");
   }
@@ -91,6 +100,7 @@ struct Lane {
     if (set != cudaSuccess) report_failure("CUDA", cudaGetErrorName(set), "cudaSetDevice(device)", __FILE__, __LINE__);
     if (stream) POSTSVD_CUDA_REPORT(cudaStreamSynchronize(stream));
     if (copy_stream) POSTSVD_CUDA_REPORT(cudaStreamSynchronize(copy_stream));
+    if (warm_jacobi) POSTSVD_CUSOLVER_REPORT(cusolverDnDestroySyevjInfo(warm_jacobi));
     if (jacobi) POSTSVD_CUSOLVER_REPORT(cusolverDnDestroyGesvdjInfo(jacobi));
     if (solver_params) POSTSVD_CUSOLVER_REPORT(cusolverDnDestroyParams(solver_params));
     if (solver) POSTSVD_CUSOLVER_REPORT(cusolverDnDestroy(solver));

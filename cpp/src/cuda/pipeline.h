@@ -78,11 +78,30 @@ class Pipeline {
     }
   }
 
-  // After finish_round: throws on NaN/Inf and devInfo; redoes failed Gram decompositions with gesvd.
-  // Returns the number of fallbacks taken.
-  int settle(const TensorView* const* views, int count) {
-    const LaneScalars round = *lane_.readback();  // the fallback rounds below overwrite the readback
-    const LaneScalars* r = &round;
+  // Warm first pass (Gram64 only): slot `slot` of `v` from the eig-side factor of slot `from`
+  // (V_s, [k, k]; the base of the same pair, already queued on this stream): G' = V_s^T G V_s is
+  // nearly diagonal for a close pair, syevj converges on it in a few sweeps, then V = V_s Z and
+  // the other side by GEMM and column norms, with Gram's orthogonality check.
+  void decompose_warm(const TensorView& v, int slot, int from) {
+    POSTSVD_CHECK(method_ == SvdMethod::Gram64, BackendError, "internal: the warm start needs the gram64 method");
+    convert(v, slot, false);
+    warm_gram(v, slot, from);
+    warm_[slot] = true;
+  }
+
+  // Sweeps the last warm syevj ran (after finish_round).
+  int64_t warm_sweeps() const {
+    int sweeps = 0;
+    POSTSVD_CUSOLVER_TRY(cusolverDnXsyevjGetSweeps(lane_.solver, lane_.warm_jacobi, &sweeps));
+    return sweeps;
+  }
+
+  // After finish_round: throws on NaN/Inf and devInfo; a warm slot whose syevj did not converge
+  // is redone cold (Gram); failed Gram decompositions are redone with gesvd. Returns the number
+  // of fallbacks taken; `redone` (when not null) marks the slots redone.
+  int settle(const TensorView* const* views, int count, bool* redone_slots = nullptr) {
+    LaneScalars round = *lane_.readback();  // the fallback rounds below overwrite the readback
+    LaneScalars* r = &round;
     for (int i = 0; i < count; ++i) {
       if (r->first_bad[i] != kNoBadElement) {
         const TensorView& v = *views[i];
@@ -95,7 +114,22 @@ class Pipeline {
     int redone = 0;
     if (method_ != SvdMethod::Gram64) return 0;
     for (int i = 0; i < count; ++i) {
+      if (redone_slots != nullptr) redone_slots[i] = false;
+      if (warm_[i] && r->warm_info[i] != 0) {  // not close enough: the cold Gram path
+        POSTSVD_CHECK(r->warm_info[i] > 0, BackendError,
+                      "cusolverDnDsyevj failed on '" << views[i]->name << "': devInfo = " << r->warm_info[i]
+                                                     << " (invalid parameter)");
+        lane_.reset_scalars();
+        convert(*views[i], i, false);
+        gram(*views[i], i);
+        lane_.finish_round();
+        lane_.check_infos();
+        r->orth[i] = lane_.readback()->orth[i];
+        if (redone_slots != nullptr) redone_slots[i] = true;
+        ++redone;
+      }
       if (!(r->orth[i] <= tolerance_)) {
+        if (redone_slots != nullptr) redone_slots[i] = true;
         lane_.reset_scalars();
         convert(*views[i], i, views[i]->rows < views[i]->cols);
         direct(*views[i], i, SvdMethod::Gesvd);
@@ -179,21 +213,27 @@ class Pipeline {
     return reinterpret_cast<C*>(lane_.square.get<char>() + static_cast<std::size_t>(which) * (lane_.square.bytes() / 3));
   }
 
-  // float64 Gram of the short side, syevd, the long side by GEMM and column norms.
-  void gram(const TensorView& v, int slot) {
+  // target [k, k] = W^T W (tall) or W W^T (wide), W = lane.work.
+  void short_side_gram(const TensorView& v, C* target) {
     const int64_t m = v.rows, n = v.cols, k = short_side(v);
     const C one = 1, zero = 0;
     const C* w = lane_.work.get<C>();
     const bool tall = m >= n;
-    // eig side [k, k] (V when tall, U when wide), gemm side [long, k].
-    C* eig = tall ? lane_.v[slot].get<C>() : lane_.u[slot].get<C>();
-    C* other = tall ? lane_.u[slot].get<C>() : lane_.v[slot].get<C>();
-    const int64_t long_side = tall ? m : n;
-    const int ik = as_int(k, "k"), il = as_int(long_side, "rows"), im = as_int(m, "rows");
+    const int ik = as_int(k, "k"), il = as_int(tall ? m : n, "rows"), im = as_int(m, "rows");
     if (tall)  // G = W^T W  [n, n]
-      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, il, &one, w, im, w, im, &zero, eig, ik));
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, il, &one, w, im, w, im, &zero, target, ik));
     else  // G = W W^T  [m, m]
-      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_N, CUBLAS_OP_T, ik, ik, il, &one, w, im, w, im, &zero, eig, ik));
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_N, CUBLAS_OP_T, ik, ik, il, &one, w, im, w, im, &zero, target, ik));
+  }
+
+  // float64 Gram of the short side, syevd, the long side by GEMM and column norms.
+  void gram(const TensorView& v, int slot) {
+    const int64_t m = v.rows, n = v.cols, k = short_side(v);
+    const bool tall = m >= n;
+    // eig side [k, k] (V when tall, U when wide), gemm side [long, k] (other_side).
+    C* eig = tall ? lane_.v[slot].get<C>() : lane_.u[slot].get<C>();
+    const int ik = as_int(k, "k");
+    short_side_gram(v, eig);
     C* sigma = lane_.s[slot].get<C>();
     const int lwork = as_int(static_cast<int64_t>(lane_.solver_ws.bytes() / sizeof(C)), "lwork");
     if constexpr (sizeof(C) == sizeof(double)) {
@@ -204,6 +244,48 @@ class Pipeline {
                                           POSTSVD_INFO(lane_, "cusolverDnSsyevd", v.name)));
     }
     reverse_columns<C>(eig, k, k, k, sigma, lane_.stream);  // descending
+    other_side(v, slot);
+  }
+
+  // The warm start of gram(): G' = S^T G S with S the eig side of slot `from`, syevj, eig = S Z.
+  void warm_gram(const TensorView& v, int slot, int from) {
+    if constexpr (sizeof(C) != sizeof(double)) {
+      POSTSVD_THROW(BackendError, "internal: the warm start runs in float64 (gram64)");
+    } else {
+      const int64_t k = short_side(v);
+      const C one = 1, zero = 0;
+      const bool tall = v.rows >= v.cols;
+      C* eig = tall ? lane_.v[slot].get<C>() : lane_.u[slot].get<C>();
+      const C* start = tall ? lane_.v[from].get<C>() : lane_.u[from].get<C>();  // [k, k]
+      const int ik = as_int(k, "k");
+      C* gram_matrix = square(0);
+      C* rotated = square(1);
+      short_side_gram(v, gram_matrix);
+      // G' = S^T (G S): eig holds G S for a moment.
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_N, CUBLAS_OP_N, ik, ik, ik, &one, gram_matrix, ik, start, ik, &zero, eig, ik));
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_T, CUBLAS_OP_N, ik, ik, ik, &one, start, ik, eig, ik, &zero, rotated, ik));
+      C* sigma = lane_.s[slot].get<C>();
+      const int lwork = as_int(static_cast<int64_t>(lane_.solver_ws.bytes() / sizeof(C)), "lwork");
+      POSTSVD_CUSOLVER_TRY(Blas<C>::syevj(lane_.solver, ik, rotated, ik, sigma, lane_.solver_ws.get<C>(), lwork,
+                                          lane_.device_scalars()->warm_info + slot, lane_.warm_jacobi));
+      // eig = S Z, then descending as gram() does.
+      POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_N, CUBLAS_OP_N, ik, ik, ik, &one, start, ik, rotated, ik, &zero, eig, ik));
+      reverse_columns<C>(eig, k, k, k, sigma, lane_.stream);
+      other_side(v, slot);
+    }
+  }
+
+  // U = W V (tall) or V = W^T U (wide), column norms as sigma, and the orthogonality check of that side.
+  void other_side(const TensorView& v, int slot) {
+    const int64_t m = v.rows, n = v.cols, k = short_side(v);
+    const C one = 1, zero = 0;
+    const C* w = lane_.work.get<C>();
+    const bool tall = m >= n;
+    C* eig = tall ? lane_.v[slot].get<C>() : lane_.u[slot].get<C>();
+    C* other = tall ? lane_.u[slot].get<C>() : lane_.v[slot].get<C>();
+    const int64_t long_side = tall ? m : n;
+    const int ik = as_int(k, "k"), il = as_int(long_side, "rows"), im = as_int(m, "rows");
+    C* sigma = lane_.s[slot].get<C>();
     if (tall)  // U = W V  [m, k]
       POSTSVD_CUBLAS_TRY(Blas<C>::gemm(lane_.blas, CUBLAS_OP_N, CUBLAS_OP_N, im, ik, ik, &one, w, im, eig, ik, &zero, other, im));
     else  // V = W^T U  [n, k]
@@ -260,6 +342,7 @@ class Pipeline {
   Lane& lane_;
   SvdMethod method_;
   double tolerance_;
+  bool warm_[2] = {false, false};
   std::size_t raw_offset_[2] = {0, 0};
   std::size_t next_offset_ = 0;
 };

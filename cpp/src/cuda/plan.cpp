@@ -40,7 +40,9 @@ std::size_t direct_workspace(Lane& lane, SvdMethod method, cudaDataType_t type, 
     case SvdMethod::Gram64: {
       int lwork = 0;
       POSTSVD_CUSOLVER_TRY(Blas<double>::syevd_buffer(lane.solver, as_int(k, "k"), &lwork));
-      device_bytes = static_cast<std::size_t>(lwork) * sizeof(double);
+      int warm_lwork = 0;  // the warm start's syevj shares the workspace
+      POSTSVD_CUSOLVER_TRY(Blas<double>::syevj_buffer(lane.solver, as_int(k, "k"), lane.warm_jacobi, &warm_lwork));
+      device_bytes = static_cast<std::size_t>(std::max(lwork, warm_lwork)) * sizeof(double);
       break;
     }
   }

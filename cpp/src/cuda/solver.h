@@ -33,6 +33,14 @@ struct Blas<float> {
   static cusolverStatus_t syevd(cusolverDnHandle_t h, int n, float* a, int lda, float* w, float* work, int lwork, int* info) {
     return cusolverDnSsyevd(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, lda, w, work, lwork, info);
   }
+  static cusolverStatus_t syevj_buffer(cusolverDnHandle_t h, int n, syevjInfo_t params, int* lwork) {
+    return cusolverDnSsyevj_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, nullptr, n, nullptr, lwork,
+                                        params);
+  }
+  static cusolverStatus_t syevj(cusolverDnHandle_t h, int n, float* a, int lda, float* w, float* work, int lwork, int* info,
+                                syevjInfo_t params) {
+    return cusolverDnSsyevj(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, lda, w, work, lwork, info, params);
+  }
   static cusolverStatus_t gesvdj_buffer(cusolverDnHandle_t h, int m, int n, gesvdjInfo_t params, int* lwork) {
     return cusolverDnSgesvdj_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, 1, m, n, nullptr, m, nullptr, nullptr, m, nullptr, n,
                                         lwork, params);
@@ -62,6 +70,14 @@ struct Blas<double> {
   static cusolverStatus_t syevd(cusolverDnHandle_t h, int n, double* a, int lda, double* w, double* work, int lwork,
                                 int* info) {
     return cusolverDnDsyevd(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, lda, w, work, lwork, info);
+  }
+  static cusolverStatus_t syevj_buffer(cusolverDnHandle_t h, int n, syevjInfo_t params, int* lwork) {
+    return cusolverDnDsyevj_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, nullptr, n, nullptr, lwork,
+                                        params);
+  }
+  static cusolverStatus_t syevj(cusolverDnHandle_t h, int n, double* a, int lda, double* w, double* work, int lwork, int* info,
+                                syevjInfo_t params) {
+    return cusolverDnDsyevj(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, lda, w, work, lwork, info, params);
   }
   static cusolverStatus_t gesvdj_buffer(cusolverDnHandle_t h, int m, int n, gesvdjInfo_t params, int* lwork) {
     return cusolverDnDgesvdj_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, 1, m, n, nullptr, m, nullptr, nullptr, m, nullptr, n,

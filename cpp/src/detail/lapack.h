@@ -52,11 +52,27 @@ void POSTSVD_BLAS_NAME(dgesvd_)(const char* jobu, const char* jobvt, const posts
              const postsvd_lapack_int* ldvt, double* work, const postsvd_lapack_int* lwork, postsvd_lapack_int* info,
              postsvd_fortran_strlen jobu_len, postsvd_fortran_strlen jobvt_len);
 
-// Symmetric eigenvalues, divide and conquer (constructions ask for the values only).
+// Symmetric eigendecomposition, divide and conquer (constructions: values only; the
+// warm-started SVD: the block rotations of its Jacobi).
 void POSTSVD_BLAS_NAME(dsyevd_)(const char* jobz, const char* uplo, const postsvd_lapack_int* n, double* a,
                                 const postsvd_lapack_int* lda, double* w, double* work, const postsvd_lapack_int* lwork,
                                 postsvd_lapack_int* iwork, const postsvd_lapack_int* liwork, postsvd_lapack_int* info,
                                 postsvd_fortran_strlen jobz_len, postsvd_fortran_strlen uplo_len);
+
+// One-sided Jacobi SVD; JOBV = 'A' applies its rotations to a given V (a warm start).
+void POSTSVD_BLAS_NAME(dgesvj_)(const char* joba, const char* jobu, const char* jobv, const postsvd_lapack_int* m,
+                                const postsvd_lapack_int* n, double* a, const postsvd_lapack_int* lda, double* sva,
+                                const postsvd_lapack_int* mv, double* v, const postsvd_lapack_int* ldv, double* work,
+                                const postsvd_lapack_int* lwork, postsvd_lapack_int* info,
+                                postsvd_fortran_strlen joba_len, postsvd_fortran_strlen jobu_len,
+                                postsvd_fortran_strlen jobv_len);
+
+// C = alpha A^T A + beta C (trans = 'T'), one triangle of C.
+void POSTSVD_BLAS_NAME(dsyrk_)(const char* uplo, const char* trans, const postsvd_lapack_int* n,
+                               const postsvd_lapack_int* k, const double* alpha, const double* a,
+                               const postsvd_lapack_int* lda, const double* beta, double* c,
+                               const postsvd_lapack_int* ldc, postsvd_fortran_strlen uplo_len,
+                               postsvd_fortran_strlen trans_len);
 
 // C = alpha op(A) op(B) + beta C.
 void POSTSVD_BLAS_NAME(sgemm_)(const char* transa, const char* transb, const postsvd_lapack_int* m, const postsvd_lapack_int* n,
@@ -103,6 +119,19 @@ inline void gemm(char transa, char transb, lapack_int m, lapack_int n, lapack_in
 inline void gemm(char transa, char transb, lapack_int m, lapack_int n, lapack_int k, double alpha, const double* a,
                  lapack_int lda, const double* b, lapack_int ldb, double beta, double* c, lapack_int ldc) {
   POSTSVD_BLAS_NAME(dgemm_)(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc, 1, 1);
+}
+
+inline void syevd(char jobz, char uplo, lapack_int n, double* a, lapack_int lda, double* w, double* work,
+                  lapack_int lwork, lapack_int* iwork, lapack_int liwork, lapack_int* info) {
+  POSTSVD_BLAS_NAME(dsyevd_)(&jobz, &uplo, &n, a, &lda, w, work, &lwork, iwork, &liwork, info, 1, 1);
+}
+inline void gesvj(char joba, char jobu, char jobv, lapack_int m, lapack_int n, double* a, lapack_int lda, double* sva,
+                  lapack_int mv, double* v, lapack_int ldv, double* work, lapack_int lwork, lapack_int* info) {
+  POSTSVD_BLAS_NAME(dgesvj_)(&joba, &jobu, &jobv, &m, &n, a, &lda, sva, &mv, v, &ldv, work, &lwork, info, 1, 1, 1);
+}
+inline void syrk(char uplo, char trans, lapack_int n, lapack_int k, double alpha, const double* a, lapack_int lda,
+                 double beta, double* c, lapack_int ldc) {
+  POSTSVD_BLAS_NAME(dsyrk_)(&uplo, &trans, &n, &k, &alpha, a, &lda, &beta, c, &ldc, 1, 1);
 }
 
 /// Converts a LAPACK workspace-size answer (returned in a float or double) to
