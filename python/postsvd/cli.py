@@ -22,7 +22,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ._names import unique_names
 from ._outputs import atomic_file
 from ._terminal import printable
-from ._validate import DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, normalize_output_file, normalize_output_folder
+from ._validate import (DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, WARM_START_MODES, normalize_output_file,
+                        normalize_output_folder)
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -65,9 +66,11 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
                         help="factor cache folder shared by compare, report and construct: each matrix is "
                              "decomposed once (a base once for all its post models) and reused later")
     parent.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parent.add_argument("--no-warm-start", dest="warm_start", action="store_false",
-                        help="always decompose post matrices cold (default: from the base's factors where the "
-                             "backend measured it faster)")
+    parent.add_argument("--warm-start", dest="warm_start", default="auto", choices=WARM_START_MODES,
+                        help="decompose post matrices from the base's factors: auto (where the backend measured "
+                             "it faster; today neither backend does), always, or off (default: auto)")
+    parent.add_argument("--no-warm-start", dest="warm_start", action="store_const", const="off",
+                        help="the same as --warm-start off")
     return parent
 
 

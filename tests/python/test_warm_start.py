@@ -119,12 +119,29 @@ def test_cached_base_starts_the_post_and_track_starts_from_the_previous_checkpoi
     np.testing.assert_allclose(trajectory.comparisons[1].table["nf"], reference.table["nf"], atol=1e-4)
 
 
-def test_cli_shares_the_no_warm_start_option():
+def test_cli_shares_the_warm_start_options():
     from postsvd.cli import build_parser
 
     parser = build_parser()
     for command in (["compare", "b", "p", "--out", "o"], ["construct", "11", "--base", "b", "--post", "p",
                                                           "--out", "o"], ["report", "b", "p", "--out", "o"],
                     ["track", "b", "c", "--out", "o"]):
-        assert parser.parse_args(command).warm_start is True
-        assert parser.parse_args(command + ["--no-warm-start"]).warm_start is False
+        assert parser.parse_args(command).warm_start == "auto"
+        assert parser.parse_args(command + ["--no-warm-start"]).warm_start == "off"
+        assert parser.parse_args(command + ["--warm-start", "always"]).warm_start == "always"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", "b", "p", "--out", "o", "--warm-start", "sometimes"])
+
+
+def test_cli_warm_start_always_runs_the_warm_path(tmp_path):
+    """`--warm-start always` reaches the backend: the written table says how many sweeps each post took,
+    where the default (auto, cold on the CPU) says -1."""
+    import pandas as pd
+
+    from postsvd.cli import main
+
+    for flag, out in ((["--warm-start", "always"], tmp_path / "warm"), ([], tmp_path / "auto")):
+        assert main(["compare", str(MODELS / "base"), str(MODELS / "instruct"), "--out", str(out), "--kinds", "q",
+                     "--no-progress", *flag]) == 0
+    assert (pd.read_csv(tmp_path / "warm" / "table.csv")["warm_sweeps"] >= 1).all()
+    assert (pd.read_csv(tmp_path / "auto" / "table.csv")["warm_sweeps"] == -1).all()
