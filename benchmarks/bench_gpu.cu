@@ -9,8 +9,11 @@
 //   postsvd_bench_gpu --model qwen7b [--layers N] [--lanes 2] [--method gram64]
 //                     [--accuracy] [--methods] [--save DIR] [--json FILE] [--repeat R]
 //                     [--warm off,always]  (issue 15: post from the base's factors, each mode in turn)
+//                     [--fp8 [--dequant host,device]]  (the weights block-quantized to FP8 E4M3 with
+//                     128x128 float32 scales as DeepSeek-V3's, dequantized on the host or on the device)
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 #include <sys/mman.h>
@@ -254,6 +257,77 @@ Generated generate(const ModelShape& s, int layers, uint64_t seed) {
   return g;
 }
 
+// One 128x128 block of a stored [out, in] row-major bf16 matrix per CUDA block: scale = amax / 448
+// (weight_scale_inv, as DeepSeek-V3's releases), codes = E4M3(x / scale), round to nearest, saturated.
+__global__ void quantize_block_fp8(const uint16_t* w, int64_t out, int64_t in, uint8_t* codes, float* scales, int64_t grid_cols) {
+  __shared__ float partial[256];
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * 128, c0 = static_cast<int64_t>(blockIdx.x) * 128;
+  const int64_t r1 = min(out, r0 + 128), c1 = min(in, c0 + 128), width = c1 - c0, count = (r1 - r0) * width;
+  float amax = 0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x)
+    amax = fmaxf(amax, fabsf(__uint_as_float(static_cast<uint32_t>(w[(r0 + i / width) * in + c0 + i % width]) << 16)));
+  partial[threadIdx.x] = amax;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + half]);
+    __syncthreads();
+  }
+  const float scale = partial[0] > 0 ? partial[0] / 448.0f : 1.0f;
+  if (threadIdx.x == 0) scales[blockIdx.y * grid_cols + blockIdx.x] = scale;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    const int64_t at = (r0 + i / width) * in + c0 + i % width;
+    codes[at] = __nv_cvt_float_to_fp8(__uint_as_float(static_cast<uint32_t>(w[at]) << 16) / scale, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
+// FP8 copies of both models of `g` (codes and scales per matrix) and views of them in place of the bf16 ones.
+struct Fp8Model {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+};
+void quantize_fp8(Generated& g, Fp8Model& base, Fp8Model& post) {
+  const double t0 = now();
+  std::size_t codes = 0, scales = 0;
+  for (const auto& p : g.pairs) {
+    codes += static_cast<std::size_t>(p.base.rows * p.base.cols);
+    scales += static_cast<std::size_t>(((p.base.rows + 127) / 128) * ((p.base.cols + 127) / 128));
+  }
+  for (Fp8Model* m : {&base, &post}) {
+    m->codes.resize(codes);
+    m->scales.resize(scales);
+  }
+  std::size_t code_at = 0, scale_at = 0;
+  for (auto& p : g.pairs) {
+    const int64_t in = p.base.rows, out = p.base.cols, grid_rows = (out + 127) / 128, grid_cols = (in + 127) / 128;
+    Dev w(in * out * 2), q(in * out), s(grid_rows * grid_cols * sizeof(float));
+    for (int side = 0; side < 2; ++side) {
+      TensorView& v = side == 0 ? p.base : p.post;
+      Fp8Model& m = side == 0 ? base : post;
+      CK(cudaMemcpy(w.p, v.data, in * out * 2, cudaMemcpyHostToDevice));
+      quantize_block_fp8<<<dim3(static_cast<unsigned>(grid_cols), static_cast<unsigned>(grid_rows)), 256>>>(
+          w.as<uint16_t>(), out, in, q.as<uint8_t>(), s.as<float>(), grid_cols);
+      CK(cudaGetLastError());
+      CK(cudaMemcpy(m.codes.data() + code_at, q.p, in * out, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(m.scales.data() + scale_at, s.p, grid_rows * grid_cols * sizeof(float), cudaMemcpyDeviceToHost));
+      v.data = m.codes.data() + code_at;
+      v.dtype = DType::F8_E4M3;
+      v.scales.scheme = QuantScheme::ScaledFP8;
+      v.scales.data = m.scales.data() + scale_at;
+      v.scales.dtype = DType::F32;
+      v.scales.first = 0;
+      v.scales.stored_cols = in;
+      v.scales.block_rows = 128;
+      v.scales.block_cols = 128;
+      v.scales.grid_cols = grid_cols;
+      v.scales.count = grid_rows * grid_cols;
+      v.scales.name = v.name + " weight_scale_inv";
+    }
+    code_at += static_cast<std::size_t>(in * out);
+    scale_at += static_cast<std::size_t>(grid_rows * grid_cols);
+  }
+  std::printf("quantized to FP8 E4M3 with 128x128 float32 scales: %.2f GB per model, %.1f s\n", codes * 1e-9, now() - t0);
+}
+
 void save_npy(const std::string& path, const void* data, const char* descr, const std::vector<int64_t>& shape, std::size_t bytes) {
   std::ostringstream dict;
   dict << "{'descr': '" << descr << "', 'fortran_order': False, 'shape': (";
@@ -373,6 +447,14 @@ int main(int argc, char** argv) try {
   json << "{\"model\": \"" << shape.name << "\", \"layers\": " << layers << ", \"device\": \"" << prop.name << "\"";
 
   Generated g = generate(shape, layers, 1234);
+  const bool fp8 = flag(argc, argv, "--fp8");
+  if (fp8 && (flag(argc, argv, "--accuracy") || flag(argc, argv, "--parity") || flag(argc, argv, "--methods") || !save_dir.empty())) {
+    std::fprintf(stderr, "--fp8: --accuracy, --parity, --methods and --save read the bf16 weights; run them without --fp8\n");
+    return 2;
+  }
+  Fp8Model fp8_base, fp8_post;
+  if (fp8) quantize_fp8(g, fp8_base, fp8_post);
+  json << ", \"fp8\": " << (fp8 ? "true" : "false");
   double flops = 0;
   for (const auto& mn : g.shapes) flops += pair_flops(mn.first, mn.second);
 
@@ -395,44 +477,75 @@ int main(int argc, char** argv) try {
   bool first_run = true;
   std::stringstream lanes_stream(lanes_list);
   std::string lanes_item;
-  std::vector<std::pair<int, std::string>> runs;  // (lanes, warm mode)
+  struct Run {
+    int lanes;
+    std::string warm, dequant;
+  };
+  std::vector<Run> runs;
+  const std::string dequant_list = arg(argc, argv, "--dequant", "host");
   while (std::getline(lanes_stream, lanes_item, ',')) {
     std::stringstream warm_stream(warm_list);
     std::string warm_item;
-    while (std::getline(warm_stream, warm_item, ',')) runs.emplace_back(std::stoi(lanes_item), warm_item);
+    while (std::getline(warm_stream, warm_item, ',')) {
+      std::stringstream dequant_stream(dequant_list);
+      std::string dequant_item;
+      while (std::getline(dequant_stream, dequant_item, ',')) {
+        if (dequant_item != "host" && dequant_item != "device") {
+          std::fprintf(stderr, "--dequant: expected host and/or device, got %s\n", dequant_item.c_str());
+          return 2;
+        }
+        runs.push_back({std::stoi(lanes_item), warm_item, dequant_item});
+      }
+    }
   }
+  std::map<std::string, std::vector<PairMeasures>> by_dequant;  // the last result of each mode
   for (const auto& run : runs) {
-    config.lanes_per_device = run.first;
-    options.warm_start = parse_warm_start_mode(run.second, "--warm");
+    config.lanes_per_device = run.lanes;
+    config.dequantize_on_device = run.dequant == "device";
+    options.warm_start = parse_warm_start_mode(run.warm, "--warm");
     auto backend = cuda::make_cuda_backend_with(backend_options, config);
     backend->compare(layer0, options);  // warm-up: handles, buffers for the largest pair
     std::vector<double> times;
     for (int r = 0; r < repeat; ++r) {
       const double t0 = now();
-      const auto result = backend->compare(g.pairs, options);
+      auto result = backend->compare(g.pairs, options);
       times.push_back(now() - t0);
       if (result.size() != g.pairs.size()) throw std::runtime_error("wrong result count");
+      if (r + 1 == repeat) by_dequant[run.dequant] = std::move(result);
     }
     std::sort(times.begin(), times.end());
     const double t = times[times.size() / 2];
     const cuda::CudaStats st = backend->last_stats();
-    std::printf("postsvd %s lanes=%d warm=%s: %zu pairs in %.2f s (median of %d; min %.2f), %.1f TFLOP/s nominal, "
+    std::printf("postsvd %s lanes=%d warm=%s dequant=%s: %zu pairs in %.2f s (median of %d; min %.2f), %.1f TFLOP/s nominal, "
                 "fallbacks %lld, warm starts %lld (fell back %lld, syevj sweeps %lld), %.2f GB to device, %.1f MB back, "
                 "%.2f GB per lane\n",
-                cuda::method_name(config.method), config.lanes_per_device, run.second.c_str(), g.pairs.size(), t, repeat,
+                cuda::method_name(config.method), config.lanes_per_device, run.warm.c_str(), run.dequant.c_str(), g.pairs.size(), t, repeat,
                 times.front(), flops / t * 1e-12, static_cast<long long>(st.gram_fallbacks),
                 static_cast<long long>(st.warm_starts), static_cast<long long>(st.warm_fallbacks),
                 static_cast<long long>(st.warm_sweeps), st.bytes_to_device * 1e-9, st.bytes_to_host * 1e-6,
                 st.bytes_per_lane * 1e-9);
     std::fflush(stdout);
     json << (first_run ? "" : ", ") << "{\"method\": \"" << cuda::method_name(config.method) << "\", \"lanes\": "
-         << config.lanes_per_device << ", \"warm\": \"" << run.second << "\", \"warm_starts\": " << st.warm_starts
+         << config.lanes_per_device << ", \"warm\": \"" << run.warm << "\", \"dequant\": \"" << run.dequant
+         << "\", \"warm_starts\": " << st.warm_starts
          << ", \"warm_fallbacks\": " << st.warm_fallbacks << ", \"warm_sweeps\": " << st.warm_sweeps << ", \"seconds\": " << t << ", \"seconds_min\": " << times.front()
          << ", \"repeat\": " << repeat << ", \"fallbacks\": " << st.gram_fallbacks
          << ", \"bytes_to_device\": " << st.bytes_to_device << ", \"bytes_to_host\": " << st.bytes_to_host << "}";
     first_run = false;
   }
   json << "]";
+  if (by_dequant.count("host") && by_dequant.count("device")) {
+    // Host and device dequantization decompose the same matrices: every sigma equal (0 expected).
+    double worst = 0;
+    const auto& h = by_dequant["host"];
+    const auto& d = by_dequant["device"];
+    for (std::size_t i = 0; i < h.size(); ++i)
+      for (std::size_t j = 0; j < h[i].sigma_base.size(); ++j)
+        worst = std::max({worst, std::fabs(h[i].sigma_base[j] - d[i].sigma_base[j]) / h[i].sigma_base[0],
+                          std::fabs(h[i].sigma_post[j] - d[i].sigma_post[j]) / h[i].sigma_post[0]});
+    std::printf("host vs device dequantization: largest sigma difference %.3g of sigma_max\n", worst);
+    json << ", \"dequant_sigma_difference\": " << worst;
+  }
 
   if (flag(argc, argv, "--accuracy")) {  // layer 0, base matrices: against LAPACK float64
     cpu::set_blas_threads(0);

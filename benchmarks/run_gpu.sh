@@ -9,7 +9,11 @@
 # "warm" (issue 15, one call of about 8 minutes: build, GPU tests, then whole model pairs with the
 # post decomposed cold vs from the base's factors (--warm off,always) at the Qwen2.5-1.5B,
 # Qwen2.5-7B and Llama-3.1-8B shapes, and torch.linalg.svd (gesvd, gesvdj, gesvda) and cupy on
-# the 7B shapes in the same run).
+# the 7B shapes in the same run),
+# "dequant" (issue 10: the device-side FP8 dequantization checked bit for bit against the host's
+# (ctest -R Quantization), then 4 layers of Qwen2.5-7B and Llama-3.1-8B quantized to FP8 E4M3 with
+# 128x128 scales, compared with dequantization on the host vs on the device in one run; then the
+# GPU tests. If the bit-for-bit tests pass, CudaConfig::dequantize_on_device can default to true).
 # Logs and JSON go to $OUT (or ./gpu-out). Each step has its own time limit.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
@@ -123,6 +127,13 @@ case $stage in
     step 120 150 bench warm_qwen7b --model qwen7b --lanes 2 --warm off,always --accuracy --save /tmp/q7
     step 100 130 bench warm_llama8b --model llama8b --lanes 2 --warm off,always
     step 60 100 baselines /tmp/q7 Qwen2.5-7B 28 20 torch_qwen7b gesvd,gesvdj,gesvda
+    ;;
+  dequant)
+    log "ctest -R Quantization (device dequantization against to_matrix, bit for bit)"
+    (cd "$BUILD" && timeout 120 ctest -R Quantization --output-on-failure 2>&1 | tail -40)
+    step 60 120 bench dequant_qwen7b --model qwen7b --layers 4 --lanes 2 --fp8 --dequant host,device --repeat 2
+    step 60 120 bench dequant_llama8b --model llama8b --layers 4 --lanes 2 --fp8 --dequant host,device --repeat 2
+    step 150 160 tests
     ;;
   large)
     mkdir -p /tmp/q7 /tmp/l8

@@ -15,6 +15,7 @@
 #include "detail/dequantize.h"
 #include "detail/half.h"
 #include "detail/json_guard.h"
+#include "detail/minifloat.h"
 #include "detail/shape_format.h"
 
 namespace postsvd {
@@ -25,55 +26,20 @@ bool is_weight_dtype(DType dtype) { return is_float_dtype(dtype) || is_fp8_dtype
 
 namespace {
 
-float from_bits(uint32_t bits) {
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-
-// sign, `exponent_bits`-bit exponent with `bias`, `mantissa_bits`-bit mantissa; subnormals when
-// the exponent field is 0. Specials are handled by the callers.
-float decode_minifloat(uint32_t bits, int exponent_bits, int mantissa_bits, int bias) {
-  const uint32_t sign = (bits >> (exponent_bits + mantissa_bits)) & 1u;
-  const int exponent = static_cast<int>((bits >> mantissa_bits) & ((1u << exponent_bits) - 1u));
-  const uint32_t mantissa = bits & ((1u << mantissa_bits) - 1u);
-  // Both forms are exact in float32: at most 3 significant bits times a power of two.
-  const float magnitude = exponent == 0
-                              ? std::ldexp(static_cast<float>(mantissa), 1 - bias - mantissa_bits)
-                              : std::ldexp(static_cast<float>((1u << mantissa_bits) | mantissa), exponent - bias - mantissa_bits);
-  return sign ? -magnitude : magnitude;
-}
-
-std::array<float, 256> make_e4m3_table() {
+// The decoders are detail/minifloat.h's (the device uses the same); 256-entry tables on the host.
+std::array<float, 256> make_table(float (*decode)(uint8_t)) {
   std::array<float, 256> t{};
-  for (uint32_t b = 0; b < 256; ++b) {
-    t[b] = (b & 0x7fu) == 0x7fu ? std::numeric_limits<float>::quiet_NaN() : decode_minifloat(b, 4, 3, 7);
-  }
-  return t;
-}
-
-std::array<float, 256> make_e5m2_table() {
-  std::array<float, 256> t{};
-  for (uint32_t b = 0; b < 256; ++b) {
-    const uint32_t magnitude = b & 0x7fu;
-    if (magnitude == 0x7cu) {
-      t[b] = (b & 0x80u) ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity();
-    } else if (magnitude > 0x7cu) {
-      t[b] = std::numeric_limits<float>::quiet_NaN();
-    } else {
-      t[b] = decode_minifloat(b, 5, 2, 15);
-    }
-  }
+  for (uint32_t b = 0; b < 256; ++b) t[b] = decode(static_cast<uint8_t>(b));
   return t;
 }
 
 const std::array<float, 256>& e4m3_table() {
-  static const std::array<float, 256> table = make_e4m3_table();
+  static const std::array<float, 256> table = make_table(detail::decode_e4m3);
   return table;
 }
 
 const std::array<float, 256>& e5m2_table() {
-  static const std::array<float, 256> table = make_e5m2_table();
+  static const std::array<float, 256> table = make_table(detail::decode_e5m2);
   return table;
 }
 
@@ -82,17 +48,9 @@ const std::array<float, 256>& e5m2_table() {
 float fp8_e4m3_to_float(uint8_t bits) { return e4m3_table()[bits]; }
 float fp8_e5m2_to_float(uint8_t bits) { return e5m2_table()[bits]; }
 
-float fp4_e2m1_to_float(uint8_t nibble) {
-  static const float kValues[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
-                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-  return kValues[nibble & 0xfu];
-}
+float fp4_e2m1_to_float(uint8_t nibble) { return detail::decode_e2m1(nibble); }
 
-float e8m0_to_float(uint8_t bits) {
-  if (bits == 0xffu) return std::numeric_limits<float>::quiet_NaN();
-  if (bits == 0) return from_bits(0x00400000u);  // 2^-127, subnormal
-  return from_bits(static_cast<uint32_t>(bits) << 23);
-}
+float e8m0_to_float(uint8_t bits) { return detail::decode_e8m0(bits); }
 
 double quantization_relative_bound(DType stored, QuantScheme scheme) {
   if (scheme == QuantScheme::MXFP4) return std::ldexp(1.0, -2);  // 1 mantissa bit
@@ -510,26 +468,6 @@ namespace detail {
 
 namespace {
 
-float scale_at(const unsigned char* data, DType dtype, int64_t index) {
-  switch (dtype) {
-    case DType::F32: {
-      float f;
-      std::memcpy(&f, data + index * 4, 4);
-      return f;
-    }
-    case DType::BF16: {
-      uint16_t h;
-      std::memcpy(&h, data + index * 2, 2);
-      return bf16_to_float(h);
-    }
-    default: {
-      uint16_t h;
-      std::memcpy(&h, data + index * 2, 2);
-      return f16_to_float(h);
-    }
-  }
-}
-
 template <class T>
 bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
   const ViewScales& s = view.scales;
@@ -542,6 +480,8 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
   const std::array<float, 256>& decode = view.dtype == DType::F8_E4M3 ? e4m3_table() : e5m2_table();
   const unsigned char* q = static_cast<const unsigned char*>(view.data);
   const unsigned char* scales = static_cast<const unsigned char*>(s.data);
+  const ScaleKind kind = scale_kind_of(s.dtype);
+  const Fp8ScaleGrid grid{s.stored_cols, s.block_rows, s.block_cols, s.grid_cols};
   bool all_finite = true;
   for (int64_t c = 0; c < view.cols; ++c) {
     T* dst = out.data() + c * view.rows;
@@ -549,12 +489,12 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
     int64_t r = 0;
     while (r < view.rows) {
       const int64_t offset = col_base + view.row_offset(r);  // from view.data
-      const int64_t i = (s.first + offset) / s.stored_cols, j = (s.first + offset) % s.stored_cols;
-      const int64_t index = (i / s.block_rows) * s.grid_cols + j / s.block_cols;
+      const int64_t j = (s.first + offset) % s.stored_cols;
+      const int64_t index = grid.index_of(s.first + offset);
       POSTSVD_CHECK(index >= 0 && index < s.count, InvalidArgument,
                     "tensor '" << view.name << "': element (" << r << ", " << c << ") needs scale " << index << " of '"
                                << s.name << "', which holds " << s.count);
-      const T scale = static_cast<T>(scale_at(scales, s.dtype, index));
+      const float scale = scale_value(scales, kind, index);
       // Along a stored row (row_stride 1), the rest of the block shares this scale; a run stays
       // within its row group (grouped views skip elements between groups).
       const int64_t run = view.row_stride == 1
@@ -562,8 +502,7 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
                                           view.row_group > 0 ? view.row_group - r % view.row_group : view.rows - r})
                               : 1;
       for (int64_t k = 0; k < run; ++k) {
-        // float32: float(q) * float(scale), one rounding; float64: exact.
-        const T v = static_cast<T>(decode[q[offset + k]]) * scale;
+        const T v = dequantized<T>(decode[q[offset + k]], scale);
         all_finite &= std::isfinite(v);
         dst[r + k] = v;
       }
@@ -590,7 +529,7 @@ bool dequantize_mxfp4(const TensorView& view, Matrix<T>& out) {
       const uint8_t byte = packed[i >> 1];
       const uint8_t nibble = (i & 1) ? static_cast<uint8_t>(byte >> 4) : static_cast<uint8_t>(byte & 0xfu);
       // Exact in float32 and float64: a 2-bit significand times a power of two.
-      const T v = static_cast<T>(fp4_e2m1_to_float(nibble)) * static_cast<T>(e8m0_to_float(exponents[i >> 5]));
+      const T v = dequantized<T>(decode_e2m1(nibble), decode_e8m0(exponents[i >> 5]));
       all_finite &= std::isfinite(v);
       dst[r] = v;
     }

@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <random>
 
 #include "postsvd/backend.h"
@@ -20,7 +22,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include "detail/half.h"
+#include "cuda/device_view.h"
 #include "reader_test_util.h"
+#ifdef POSTSVD_WITH_CUDA
+#include "cuda/cuda_backend.h"
+#endif
 #include "safetensors_test_util.h"
 
 namespace {
@@ -488,6 +494,126 @@ TEST(Quantization, CpuBackendAndCacheKeySeeTheDequantizedMatrix) {
 
 namespace {
 
+// ------------------------------------------------------------------ the device's loaders
+
+// Quantized views of every kind the CUDA backend may dequantize on the device: block FP8 with edge
+// blocks and each scale dtype, the same codes unscaled, every other stored row (a grouped view, as
+// DeepSeek's kv_b K/V parts), per-output-channel float32 scales (compressed-tensors; products that round
+// in float32), MXFP4 (an expert whole and
+// its odd rows). The folders live as long as the cases.
+struct QuantizedCases {
+  std::vector<std::unique_ptr<TempDir>> dirs;
+  std::vector<std::unique_ptr<Checkpoint>> checkpoints;
+  std::vector<std::pair<std::string, TensorView>> views;
+
+  QuantizedCases() {
+    for (DType scale_dtype : {DType::F32, DType::BF16, DType::F16}) {
+      const Checkpoint& ck = folder([&](const std::string& path) { write_block_fp8(path, 4, 3, scale_dtype, false); });
+      for (const MatrixSource& s : postsvd::detect_architecture(ck).matrices) {
+        const TensorView view = postsvd::view_of(ck, s);
+        const std::string name = s.tensor + " " + postsvd::dtype_name(scale_dtype) + " scales";
+        views.emplace_back(name, view);
+        TensorView raw = view;  // the same codes without their scales
+        raw.scales = postsvd::ViewScales{};
+        views.emplace_back(s.tensor + " unscaled", raw);
+        if (view.cols >= 4) {
+          TensorView grouped = view;
+          grouped.cols = view.cols / 2;
+          grouped.col_group = 1;
+          grouped.col_group_skip = view.col_stride;
+          views.emplace_back(name + ", every other stored row", grouped);
+        }
+      }
+    }
+    const Checkpoint& channel = folder([&](const std::string& path) {
+      write_text(path + "/config.json", llama_config(R"({"quant_method":"compressed-tensors","format":"float-quantized"})"));
+      std::vector<TensorBlob> blobs;
+      uint32_t seed = 40;
+      std::mt19937 rng(41);
+      std::uniform_real_distribution<float> u(0.001f, 0.02f);
+      for (const auto& [module, shape] : kLinears) {
+        Quantized q = make_quantized(shape, {shape[0], 1}, seed++);
+        for (float& scale : q.scales) scale = u(rng);  // full float32 scales: q * scale rounds in float32
+        blobs.push_back(fp8_blob(module + ".weight", q));
+        blobs.push_back(scale_blob(module + ".weight_scale", q, DType::F32));
+      }
+      postsvd_test::write_safetensors(path + "/model.safetensors", blobs);
+    });
+    for (const MatrixSource& s : postsvd::detect_architecture(channel).matrices)
+      views.emplace_back(s.tensor + " per channel", postsvd::view_of(channel, s));
+    const int64_t E = 2, R = 4, G = 2, in = G * 32;
+    const Checkpoint& mx = folder([&](const std::string& path) {
+      std::mt19937 rng(5);
+      std::vector<uint8_t> blocks(static_cast<std::size_t>(E * R * G * 16)), scales(static_cast<std::size_t>(E * R * G));
+      for (auto& b : blocks) b = static_cast<uint8_t>(rng() & 0xffu);
+      for (auto& e : scales) e = static_cast<uint8_t>(118 + rng() % 16);
+      write_text(path + "/config.json", R"({"model_type":"gpt_oss","quantization_config":{"quant_method":"mxfp4"}})");
+      postsvd_test::write_safetensors(path + "/model.safetensors",
+                                      {{"experts.down_proj_blocks", DType::U8, {E, R, G, 16}, postsvd_test::to_bytes(blocks)},
+                                       {"experts.down_proj_scales", DType::U8, {E, R, G}, postsvd_test::to_bytes(scales)}});
+    });
+    views.emplace_back("mxfp4 expert 1",
+                       postsvd::mxfp4_view(mx, "experts.down_proj_blocks", "experts.down_proj_scales", R * in, in, R, 1, in));
+    views.emplace_back("mxfp4 expert 1, odd rows", postsvd::mxfp4_view(mx, "experts.down_proj_blocks",
+                                                                       "experts.down_proj_scales", R * in + in, in, R / 2, 1, 2 * in));
+  }
+
+ private:
+  template <class Write>
+  const Checkpoint& folder(Write write) {
+    dirs.push_back(std::make_unique<TempDir>());
+    write(dirs.back()->path());
+    checkpoints.push_back(std::make_unique<Checkpoint>(dirs.back()->path()));
+    return *checkpoints.back();
+  }
+};
+
+// Bitwise equality of a matrix with a reference in float or double (the cases hold no NaN).
+template <class A, class B>
+void expect_same_matrix(const postsvd::Matrix<A>& got, const postsvd::Matrix<B>& want, const std::string& what) {
+  ASSERT_EQ(got.rows(), want.rows()) << what;
+  ASSERT_EQ(got.cols(), want.cols()) << what;
+  for (int64_t i = 0; i < want.size(); ++i)
+    ASSERT_EQ(static_cast<double>(got.data()[i]), static_cast<double>(want.data()[i]))
+        << what << ", element (" << i % want.rows() << ", " << i / want.rows() << ")";
+}
+
+// What the CUDA kernels compute, run on the host: each view staged into a buffer as Pipeline::stage does
+// (staging_of), then every element read by with_loader's loader (the code the kernels run) as
+// convert_view reads it, in each working precision and working type, equals to_matrix bit for bit.
+TEST(Quantization, DeviceLoadersOnStagedBytesEqualToMatrix) {
+  QuantizedCases cases;
+  auto staged_read = [](const TensorView& v, postsvd::Precision precision, auto zero) {
+    using T = decltype(zero);
+    const postsvd::cuda::Staging staging = postsvd::cuda::staging_of(v);
+    std::vector<char> buffer(staging.total + 64, '\x7f');  // stray bytes around the copies
+    std::memcpy(buffer.data(), static_cast<const char*>(v.data) + staging.first, static_cast<std::size_t>(staging.bytes));
+    if (staging.scale_bytes > 0)
+      std::memcpy(buffer.data() + staging.scale_offset, static_cast<const char*>(v.scales.data) + staging.scale_first,
+                  static_cast<std::size_t>(staging.scale_bytes));
+    postsvd::Matrix<T> out(v.rows, v.cols);
+    const postsvd::cuda::ViewLayout layout = postsvd::cuda::layout_of(v);
+    postsvd::cuda::with_loader(buffer.data(), v.dtype, postsvd::cuda::staged_base_offset(v),
+                               postsvd::cuda::device_scales(v, buffer.data(), precision), [&](const auto& load) {
+                                 for (int64_t c = 0; c < v.cols; ++c)
+                                   for (int64_t r = 0; r < v.rows; ++r) out(r, c) = load.template get<T>(layout.element_of(r, c));
+                               });
+    return out;
+  };
+  ASSERT_GT(cases.views.size(), 40u);
+  for (const auto& [what, view] : cases.views) {
+    for (bool transposed : {false, true}) {
+      const TensorView v = transposed ? view.transposed() : view;
+      const std::string where = what + (transposed ? " (transposed)" : "");
+      const auto f32 = postsvd::to_matrix<float>(v);
+      expect_same_matrix(staged_read(v, postsvd::Precision::F32, 0.0f), f32, where + ", float32");
+      // float32 precision in a float64 kernel (gram64): rounded once in float32, then widened.
+      expect_same_matrix(staged_read(v, postsvd::Precision::F32, 0.0), f32, where + ", float32 in float64");
+      expect_same_matrix(staged_read(v, postsvd::Precision::F64, 0.0), postsvd::to_matrix<double>(v), where + ", float64");
+    }
+  }
+}
+
 // GPU tier (ctest -L gpu): the CUDA backend dequantizes on the host with to_matrix, so a quantized view
 // and the plain float32 view of its dequantized matrix are the same input: sigma agrees with the CPU and a
 // pair of the two has scaling 1 and NF 0. Skips without a device.
@@ -520,5 +646,66 @@ TEST(QuantizationCuda, QuantizedViewsMatchTheCpuAndTheirDequantizedCopy) {
     EXPECT_LE(m.nf, 1e-5);
   }
 }
+
+#ifdef POSTSVD_WITH_CUDA
+// Dequantization on the device (CudaConfig::dequantize_on_device) against to_matrix, bit for bit, on
+// every case of QuantizedCases (each as stored and transposed), in both precisions and for a float64
+// (gram64) and a float32 (gesvd) working type. Skips without a device.
+TEST(QuantizationCuda, DeviceDequantizationEqualsToMatrixBitForBit) {
+  if (postsvd::cuda_device_count() == 0) {
+    GTEST_SKIP() << "no CUDA device here; GPU cases run with `ctest -L gpu` on a GPU machine";
+  }
+  QuantizedCases cases;
+  postsvd::BackendOptions options;
+  options.device = postsvd::Device::CUDA;
+  for (auto method : {postsvd::cuda::SvdMethod::Gram64, postsvd::cuda::SvdMethod::Gesvd}) {
+    postsvd::cuda::CudaConfig config;
+    config.method = method;
+    config.dequantize_on_device = true;
+    auto gpu = postsvd::cuda::make_cuda_backend_with(options, config);
+    for (const auto& [what, view] : cases.views) {
+      for (bool transposed : {false, true}) {
+        const TensorView v = transposed ? view.transposed() : view;
+        const std::string where = std::string(postsvd::cuda::method_name(method)) + " " + what + (transposed ? " (T)" : "");
+        expect_same_matrix(gpu->converted(v, postsvd::Precision::F32), postsvd::to_matrix<float>(v), where + " f32");
+        expect_same_matrix(gpu->converted(v, postsvd::Precision::F64), postsvd::to_matrix<double>(v), where + " f64");
+      }
+    }
+  }
+}
+
+TEST(QuantizationCuda, DeviceDequantizedCompareSendsFewerBytesAndSeesTheSameMatrices) {
+  if (postsvd::cuda_device_count() == 0) {
+    GTEST_SKIP() << "no CUDA device here; GPU cases run with `ctest -L gpu` on a GPU machine";
+  }
+  TempDir dir;
+  write_block_fp8(dir.path(), 4, 3, DType::BF16, false);
+  const Checkpoint ck(dir.path());
+  const auto arch = postsvd::detect_architecture(ck);
+  std::vector<postsvd::Matrix<float>> copies;
+  std::vector<postsvd::PairInput> pairs;
+  for (const MatrixSource& s : arch.matrices) {
+    const TensorView view = postsvd::view_of(ck, s);
+    copies.push_back(postsvd::to_matrix<float>(view));
+    const auto& w = copies.back();
+    pairs.push_back({view, TensorView{w.data(), DType::F32, w.rows(), w.cols(), 1, w.rows(), s.tensor + " (copy)"}});
+  }
+  postsvd::BackendOptions options;
+  options.device = postsvd::Device::CUDA;
+  std::size_t bytes[2] = {0, 0};
+  for (bool on_device : {false, true}) {
+    postsvd::cuda::CudaConfig config;
+    config.dequantize_on_device = on_device;
+    auto gpu = postsvd::cuda::make_cuda_backend_with(options, config);
+    for (const auto& m : gpu->compare(pairs, postsvd::MeasureOptions{})) {
+      EXPECT_NEAR(m.scaling_stats.mean, 1.0, 1e-6) << (on_device ? "device" : "host");
+      EXPECT_LE(m.nf, 1e-5) << (on_device ? "device" : "host");
+    }
+    bytes[on_device] = gpu->last_stats().bytes_to_device;
+  }
+  // Host: two float32 matrices per pair; device: FP8 codes and BF16 scales for the base.
+  EXPECT_LT(bytes[1], bytes[0]);
+}
+#endif
 
 }  // namespace

@@ -21,11 +21,11 @@
 #include <vector>
 
 #include "cuda/check.h"
-#include "cuda/host_dequantize.h"
 #include "cuda/lane.h"
 #include "cuda/pipeline.h"
 #include "cuda/plan.h"
 #include "cuda/probes.h"
+#include "cuda/quantized.h"
 #include "postsvd/error.h"
 
 namespace postsvd {
@@ -53,7 +53,7 @@ void check_view(const TensorView& v, const std::string& role) {
   POSTSVD_CHECK(v.data != nullptr, InvalidArgument, role << " '" << v.name << "': view has no data (null pointer)");
   POSTSVD_CHECK(v.rows > 0 && v.cols > 0, InvalidArgument,
                 role << " '" << v.name << "': expected a non-empty matrix, got shape " << shape_of(v));
-  POSTSVD_CHECK(is_float_dtype(v.dtype) || needs_host_dequantization(v), InvalidArgument,
+  POSTSVD_CHECK(is_float_dtype(v.dtype) || is_quantized_view(v), InvalidArgument,
                 role << " '" << v.name << "': expected dtype BF16, F16, F32, F64, F8_E4M3 or F8_E5M2 (or a quantized "
                      << "view), got " << dtype_name(v.dtype));
 }
@@ -92,6 +92,13 @@ class CudaBackendImpl final : public CudaBackend {
     return stats_;
   }
 
+  Matrix<double> converted(const TensorView& stored, Precision precision) override {
+    return on_first_lane(stored, precision, 1, [&](Lane& lane, const TensorView& w) {
+      if (compute_elem(config_.method, precision) == sizeof(double)) return converted_typed<double>(lane, w, precision);
+      return converted_typed<float>(lane, w, precision);
+    });
+  }
+
   Decomposition<float> decompose_f32(const TensorView& w) override { return decompose_one<float>(w, Precision::F32); }
   Decomposition<double> decompose_f64(const TensorView& w) override { return decompose_one<double>(w, Precision::F64); }
   Decomposition<float> decompose_warm_f32(const TensorView& w, const Decomposition<float>& start,
@@ -126,8 +133,8 @@ class CudaBackendImpl final : public CudaBackend {
     LanePlan plan;
     std::vector<std::pair<int64_t, int64_t>> seen;
     for (const auto& p : pairs) {
-      plan.raw = std::max(plan.raw, align_up(staged_bytes(p.base, options.precision)) +
-                                        align_up(staged_bytes(p.post, options.precision)));
+      plan.raw = std::max(plan.raw, align_up(staged_bytes(p.base, options.precision, on_device())) +
+                                        align_up(staged_bytes(p.post, options.precision, on_device())));
       const std::pair<int64_t, int64_t> key{p.base.rows, p.base.cols};
       if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
       seen.push_back(key);
@@ -192,6 +199,8 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
  private:
+  bool on_device() const { return config_.dequantize_on_device; }
+
   int lanes_within_budget(const LanePlan& plan, std::size_t pairs) {
     const std::size_t need = plan.total();
     int fit = config_.lanes_per_device;
@@ -220,7 +229,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   template <class C>
   PairMeasures run_pair_typed(Lane& lane, const PairInput& pair, const MeasureOptions& options) {
-    Pipeline<C> pipe(lane, config_.method, tolerance(options.precision));
+    Pipeline<C> pipe(lane, config_.method, options.precision, tolerance(options.precision));
     const TensorView* views[2] = {&pair.base, &pair.post};
     const Shape shape{pair.base.rows, pair.base.cols};
     const int64_t k = shape.k();
@@ -287,21 +296,36 @@ class CudaBackendImpl final : public CudaBackend {
     stats_.warm_starts += warm ? 1 : 0;
     stats_.warm_fallbacks += warm && redone_slots[1] ? 1 : 0;
     stats_.warm_sweeps += m.warm_sweeps > 0 ? m.warm_sweeps : 0;
-    stats_.bytes_to_device += span_bytes(pair.base) + span_bytes(pair.post);
+    stats_.bytes_to_device += staged_bytes(pair.base, options.precision, true) + staged_bytes(pair.post, options.precision, true);
     stats_.bytes_to_host += back;
     return m;
   }
 
   PairMeasures run_pair(Lane& lane, const PairInput& stored, const MeasureOptions& options) {
-    const HostDequantized base(stored.base, options.precision), post(stored.post, options.precision);
+    const HostDequantized base(stored.base, options.precision, on_device()), post(stored.post, options.precision, on_device());
     const PairInput pair{base.view(), post.view()};
     if (compute_elem(config_.method, options.precision) == sizeof(double)) return run_pair_typed<double>(lane, pair, options);
     return run_pair_typed<float>(lane, pair, options);
   }
 
+  template <class C>
+  Matrix<double> converted_typed(Lane& lane, const TensorView& w, Precision precision) {
+    Pipeline<C> pipe(lane, config_.method, precision, tolerance(precision));
+    lane.reset_scalars();
+    pipe.stage(w, 0);
+    pipe.convert(w, 0, false);
+    std::vector<C> host(static_cast<std::size_t>(w.rows * w.cols));
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(host.data(), lane.work.get<C>(), host.size() * sizeof(C), cudaMemcpyDeviceToHost,
+                                     lane.stream));
+    POSTSVD_CUDA_TRY(cudaStreamSynchronize(lane.stream));
+    Matrix<double> out(w.rows, w.cols);
+    std::copy(host.begin(), host.end(), out.data());
+    return out;
+  }
+
   template <class T, class C>
   Decomposition<T> decompose_typed(Lane& lane, const TensorView& w, Precision precision) {
-    Pipeline<C> pipe(lane, config_.method, tolerance(precision));
+    Pipeline<C> pipe(lane, config_.method, precision, tolerance(precision));
     const TensorView* views[1] = {&w};
     lane.reset_scalars();
     pipe.stage(w, 0);
@@ -312,22 +336,23 @@ class CudaBackendImpl final : public CudaBackend {
     return pipe.template download<T>(w, 0);
   }
 
-  template <class T>
-  Decomposition<T> decompose_one(const TensorView& stored, Precision precision) {
+  // One matrix on the first lane (decompose, its warm start, converted): checked, dequantized on
+  // the host where the config says so, the lane sized for `copies` staged copies of it; then
+  // f(lane, w). A throw waits for the lane's streams before it leaves.
+  template <class F>
+  auto on_first_lane(const TensorView& stored, Precision precision, std::size_t copies, F&& f)
+      -> decltype(f(std::declval<Lane&>(), std::declval<const TensorView&>())) {
     check_view(stored, "matrix");
-    const HostDequantized dequantized(stored, precision);
+    const HostDequantized dequantized(stored, precision, on_device());
     const TensorView& w = dequantized.view();
     std::lock_guard<std::mutex> lock(decompose_mutex_);
     Lane& lane = *lanes_.front();
     POSTSVD_CUDA_TRY(cudaSetDevice(lane.device));
-    const Shape shape{w.rows, w.cols};
-    const std::size_t raw = align_up(span_bytes(w));
-    LanePlan plan = plan_for(lane, shape, raw, config_.method, precision);
-    reserve_plan(lane, plan);
+    const std::size_t raw = copies * align_up(staged_bytes(w, precision, on_device()));
+    reserve_plan(lane, plan_for(lane, Shape{w.rows, w.cols}, raw, config_.method, precision));
     lane.staging.reserve(raw, "pinned staging");
     try {
-      if (compute_elem(config_.method, precision) == sizeof(double)) return decompose_typed<T, double>(lane, w, precision);
-      return decompose_typed<T, float>(lane, w, precision);
+      return f(lane, w);
     } catch (...) {
       cudaStreamSynchronize(lane.stream);
       cudaStreamSynchronize(lane.copy_stream);
@@ -335,12 +360,20 @@ class CudaBackendImpl final : public CudaBackend {
     }
   }
 
+  template <class T>
+  Decomposition<T> decompose_one(const TensorView& stored, Precision precision) {
+    return on_first_lane(stored, precision, 1, [&](Lane& lane, const TensorView& w) {
+      if (compute_elem(config_.method, precision) == sizeof(double)) return decompose_typed<T, double>(lane, w, precision);
+      return decompose_typed<T, float>(lane, w, precision);
+    });
+  }
+
   // decompose_one from `start`: its eig-side factor ([k, k], V when tall, U when wide) goes to
   // slot 0, the matrix to slot 1 (decompose_warm). Non-Gram methods decompose cold.
   template <class T, class C>
   Decomposition<T> decompose_warm_typed(Lane& lane, const TensorView& w, const Decomposition<T>& start,
                                         Precision precision, WarmReport* report) {
-    Pipeline<C> pipe(lane, config_.method, tolerance(precision));
+    Pipeline<C> pipe(lane, config_.method, precision, tolerance(precision));
     const TensorView* views[2] = {&w, &w};
     const bool tall = w.rows >= w.cols;
     const Matrix<T>& side = tall ? start.V : start.U;  // [k, k]
@@ -384,22 +417,10 @@ class CudaBackendImpl final : public CudaBackend {
                                            << stored.rows << ", " << k << "], V [" << stored.cols << ", " << k
                                            << "], got U [" << start.U.rows() << ", " << start.U.cols() << "], V ["
                                            << start.V.rows() << ", " << start.V.cols() << "]");
-    const HostDequantized dequantized(stored, precision);
-    const TensorView& w = dequantized.view();
-    std::lock_guard<std::mutex> lock(decompose_mutex_);
-    Lane& lane = *lanes_.front();
-    POSTSVD_CUDA_TRY(cudaSetDevice(lane.device));
-    const std::size_t raw = align_up(span_bytes(w));
-    LanePlan plan = plan_for(lane, Shape{w.rows, w.cols}, 2 * raw, config_.method, precision);
-    reserve_plan(lane, plan);
-    lane.staging.reserve(2 * raw, "pinned staging");
-    try {
+    // Slot 1 holds the matrix, slot 0 only the start: two staged copies' room, as before.
+    return on_first_lane(stored, precision, 2, [&](Lane& lane, const TensorView& w) {
       return decompose_warm_typed<T, double>(lane, w, start, precision, report);
-    } catch (...) {
-      cudaStreamSynchronize(lane.stream);
-      cudaStreamSynchronize(lane.copy_stream);
-      throw;
-    }
+    });
   }
 
   BackendOptions options_;

@@ -41,6 +41,12 @@ struct CudaConfig {
   /// gesvd fallback, per precision.
   double orth_tolerance_f32 = 1e-6;
   double orth_tolerance_f64 = 1e-10;
+  /// Quantized weights (FP8, MXFP4): dequantize on the device from the stored
+  /// bytes and their scales (a quarter of the float32 transfer for FP8) instead
+  /// of on the host (to_matrix). Both give the same matrix bit for bit by
+  /// construction (detail/minifloat.h); off until the CudaDequantize tests
+  /// have confirmed it on a GPU (`benchmarks/run_gpu.sh dequant`).
+  bool dequantize_on_device = false;
 };
 
 /// Counters of the last compare() call (for benchmarks and tests).
@@ -61,6 +67,10 @@ class CudaBackend : public Backend {
  public:
   virtual const CudaConfig& config() const = 0;
   virtual CudaStats last_stats() const = 0;
+  /// `w` as the device holds it before a decomposition in `precision` (its stored
+  /// dtype converted, a quantized view dequantized as config() says), copied back:
+  /// for checking the device conversion against to_matrix bit for bit.
+  virtual Matrix<double> converted(const TensorView& w, Precision precision) = 0;
 };
 
 std::unique_ptr<CudaBackend> make_cuda_backend_with(const BackendOptions& options, const CudaConfig& config);

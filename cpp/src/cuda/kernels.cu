@@ -1,8 +1,8 @@
-// Device kernels of the CUDA backend: dtype conversion of strided views, column
+// Device kernels of the CUDA backend: dtype conversion and dequantization of
+// strided views (device_view.h's loaders, the host's rules), column
 // operations, reductions and the sign rule. See kernels.h for the contracts.
 #include "cuda/kernels.h"
 
-#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -18,61 +18,6 @@ constexpr int kTile = 32;
 constexpr int kTileRows = 8;
 constexpr int64_t kMaxGridY = 65535;
 
-// Stored element types, by their safetensors dtype.
-struct StoredBf16 {
-  using Bits = uint16_t;
-};
-struct StoredF16 {
-  using Bits = uint16_t;
-};
-struct StoredF32 {
-  using Bits = float;
-};
-struct StoredF64 {
-  using Bits = double;
-};
-
-template <class Stored, class T>
-__device__ __forceinline__ T load_as(const typename Stored::Bits* base, int64_t element);
-
-template <>
-__device__ __forceinline__ float load_as<StoredBf16, float>(const uint16_t* base, int64_t element) {
-  return __uint_as_float(static_cast<uint32_t>(base[element]) << 16);  // exact widening
-}
-template <>
-__device__ __forceinline__ double load_as<StoredBf16, double>(const uint16_t* base, int64_t element) {
-  return static_cast<double>(__uint_as_float(static_cast<uint32_t>(base[element]) << 16));
-}
-template <>
-__device__ __forceinline__ float load_as<StoredF16, float>(const uint16_t* base, int64_t element) {
-  return __half2float(__ushort_as_half(base[element]));
-}
-template <>
-__device__ __forceinline__ double load_as<StoredF16, double>(const uint16_t* base, int64_t element) {
-  return static_cast<double>(__half2float(__ushort_as_half(base[element])));
-}
-template <>
-__device__ __forceinline__ float load_as<StoredF32, float>(const float* base, int64_t element) {
-  return base[element];
-}
-template <>
-__device__ __forceinline__ double load_as<StoredF32, double>(const float* base, int64_t element) {
-  return static_cast<double>(base[element]);
-}
-template <>
-__device__ __forceinline__ float load_as<StoredF64, float>(const double* base, int64_t element) {
-  return static_cast<float>(base[element]);
-}
-template <>
-__device__ __forceinline__ double load_as<StoredF64, double>(const double* base, int64_t element) {
-  return base[element];
-}
-
-__device__ __forceinline__ int64_t element_of(const ViewLayout& l, int64_t r, int64_t c) {
-  return r * l.row_stride + (l.row_group > 0 ? (r / l.row_group) * l.row_group_skip : 0) + c * l.col_stride +
-         (l.col_group > 0 ? (c / l.col_group) * l.col_group_skip : 0);
-}
-
 template <class T>
 __device__ __forceinline__ void note_if_bad(T value, int64_t out_index, unsigned long long* first_bad) {
   if (!isfinite(value)) atomicMin(first_bad, static_cast<unsigned long long>(out_index));
@@ -80,13 +25,13 @@ __device__ __forceinline__ void note_if_bad(T value, int64_t out_index, unsigned
 
 // Rows are the stored contiguous direction (nn.Linear [out, in]): each thread
 // reads and writes along r, coalesced on both sides.
-template <class Stored, class T>
-__global__ void convert_rows_kernel(const typename Stored::Bits* stored, int64_t base_offset, int64_t rows,
-                                    int64_t cols, ViewLayout layout, T* out, unsigned long long* first_bad) {
+template <class Load, class T>
+__global__ void convert_rows_kernel(Load load, int64_t rows, int64_t cols, ViewLayout layout, T* out,
+                                    unsigned long long* first_bad) {
   for (int64_t c = blockIdx.y; c < cols; c += gridDim.y) {
     for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
          r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const T value = load_as<Stored, T>(stored, base_offset + element_of(layout, r, c));
+      const T value = load.template get<T>(layout.element_of(r, c));
       const int64_t index = r + c * rows;
       out[index] = value;
       note_if_bad(value, index, first_bad);
@@ -97,16 +42,16 @@ __global__ void convert_rows_kernel(const typename Stored::Bits* stored, int64_t
 // Columns are the stored contiguous direction (Conv1D [in, out], fused parts of
 // it): a 32x32 tile goes through shared memory so that reads run along c and
 // writes along r.
-template <class Stored, class T>
-__global__ void convert_tiled_kernel(const typename Stored::Bits* stored, int64_t base_offset, int64_t rows,
-                                     int64_t cols, ViewLayout layout, T* out, unsigned long long* first_bad) {
+template <class Load, class T>
+__global__ void convert_tiled_kernel(Load load, int64_t rows, int64_t cols, ViewLayout layout, T* out,
+                                     unsigned long long* first_bad) {
   __shared__ T tile[kTile][kTile + 1];
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
   for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile; r0 < rows; r0 += static_cast<int64_t>(gridDim.y) * kTile) {
     for (int j = threadIdx.y; j < kTile; j += kTileRows) {
       const int64_t r = r0 + j;
       const int64_t c = c0 + threadIdx.x;
-      if (r < rows && c < cols) tile[j][threadIdx.x] = load_as<Stored, T>(stored, base_offset + element_of(layout, r, c));
+      if (r < rows && c < cols) tile[j][threadIdx.x] = load.template get<T>(layout.element_of(r, c));
     }
     __syncthreads();
     for (int j = threadIdx.y; j < kTile; j += kTileRows) {
@@ -123,17 +68,15 @@ __global__ void convert_tiled_kernel(const typename Stored::Bits* stored, int64_
   }
 }
 
-template <class Stored, class T>
-void launch_convert(const void* stored, int64_t base_offset, int64_t rows, int64_t cols, const ViewLayout& layout,
-                    T* out, unsigned long long* first_bad, cudaStream_t stream) {
-  const auto* typed = static_cast<const typename Stored::Bits*>(stored);
+template <class Load, class T>
+void launch_convert(const Load& load, int64_t rows, int64_t cols, const ViewLayout& layout, T* out,
+                    unsigned long long* first_bad, cudaStream_t stream) {
   const int64_t abs_row = layout.row_stride < 0 ? -layout.row_stride : layout.row_stride;
   const int64_t abs_col = layout.col_stride < 0 ? -layout.col_stride : layout.col_stride;
   if (abs_row <= abs_col || cols == 1) {
     const int64_t blocks_x = std::min<int64_t>((rows + kThreads - 1) / kThreads, 1024);
     const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks_x, 1)), static_cast<unsigned>(std::min(cols, kMaxGridY)));
-    convert_rows_kernel<Stored, T><<<grid, kThreads, 0, stream>>>(typed, base_offset, rows, cols, layout, out,
-                                                                  first_bad);
+    convert_rows_kernel<Load, T><<<grid, kThreads, 0, stream>>>(load, rows, cols, layout, out, first_bad);
     POSTSVD_CUDA_CHECK_LAUNCH("convert_rows_kernel");
   } else {
     const int64_t col_tiles = (cols + kTile - 1) / kTile;
@@ -141,8 +84,7 @@ void launch_convert(const void* stored, int64_t base_offset, int64_t rows, int64
     POSTSVD_CHECK(col_tiles < (int64_t{1} << 31), BackendError, "convert_view: too many columns (" << cols << ")");
     const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles));
     const dim3 block(kTile, kTileRows);
-    convert_tiled_kernel<Stored, T><<<grid, block, 0, stream>>>(typed, base_offset, rows, cols, layout, out,
-                                                                first_bad);
+    convert_tiled_kernel<Load, T><<<grid, block, 0, stream>>>(load, rows, cols, layout, out, first_bad);
     POSTSVD_CUDA_CHECK_LAUNCH("convert_tiled_kernel");
   }
 }
@@ -311,20 +253,11 @@ unsigned grid_for(int64_t elements) {
 
 template <class T>
 void convert_view(const void* stored, DType dtype, int64_t base_offset, int64_t rows, int64_t cols,
-                  const ViewLayout& layout, T* out, unsigned long long* first_bad, cudaStream_t stream) {
+                  const ViewLayout& layout, const DeviceScales& scales, T* out, unsigned long long* first_bad,
+                  cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
-  switch (dtype) {
-    case DType::BF16:
-      return launch_convert<StoredBf16, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
-    case DType::F16:
-      return launch_convert<StoredF16, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
-    case DType::F32:
-      return launch_convert<StoredF32, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
-    case DType::F64:
-      return launch_convert<StoredF64, T>(stored, base_offset, rows, cols, layout, out, first_bad, stream);
-    default:
-      POSTSVD_THROW(InvalidArgument, "convert_view: expected a float dtype (BF16, F16, F32, F64), got " << dtype_name(dtype));
-  }
+  with_loader(stored, dtype, base_offset, scales,
+              [&](const auto& load) { launch_convert(load, rows, cols, layout, out, first_bad, stream); });
 }
 
 template <class T>
@@ -381,8 +314,8 @@ void cast_matrix(const S* src, int64_t rows, int64_t cols, int64_t ld_src, D* ds
 }
 
 #define POSTSVD_INSTANTIATE(T)                                                                                 \
-  template void convert_view<T>(const void*, DType, int64_t, int64_t, int64_t, const ViewLayout&, T*,        \
-                                unsigned long long*, cudaStream_t);                                           \
+  template void convert_view<T>(const void*, DType, int64_t, int64_t, int64_t, const ViewLayout&,            \
+                                const DeviceScales&, T*, unsigned long long*, cudaStream_t);                  \
   template void reverse_columns<T>(T*, int64_t, int64_t, int64_t, T*, cudaStream_t);                          \
   template void normalize_columns<T>(T*, int64_t, int64_t, int64_t, T*, cudaStream_t);                        \
   template void max_deviation_from_identity<T>(const T*, int64_t, int64_t, double*, cudaStream_t);            \

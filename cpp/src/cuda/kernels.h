@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cuda/device_view.h"
 #include "postsvd/types.h"
 
 namespace postsvd {
@@ -14,25 +15,16 @@ namespace cuda {
 /// Sentinel of `first_bad` when every element is finite.
 constexpr unsigned long long kNoBadElement = ~0ull;
 
-/// Strides of a view (TensorView's, groups included): element (r, c) lies at
-/// r*row_stride + (r/row_group)*row_group_skip + c*col_stride + (c/col_group)*col_group_skip
-/// (a group of 0 adds nothing).
-struct ViewLayout {
-  int64_t row_stride = 1, col_stride = 0;
-  int64_t row_group = 0, row_group_skip = 0;
-  int64_t col_group = 0, col_group_skip = 0;
-};
-inline ViewLayout layout_of(const TensorView& v) {
-  return {v.row_stride, v.col_stride, v.row_group, v.row_group_skip, v.col_group, v.col_group_skip};
-}
-
-/// out[r + c*rows] = (T) stored(r, c), where stored element (r, c) lives at
-/// element offset base_offset + (its offset in `layout`) of `stored`
-/// (any float dtype: BF16, F16, F32, F64). Writes into *first_bad (atomicMin)
-/// the smallest column-major index r + c*rows of a NaN or Inf.
+/// out[r + c*rows] = (T) W(r, c): element (r, c) of a view staged at `stored`
+/// (staging_of), read by with_loader's loader at layout.element_of(r, c) from
+/// base_offset (staged_base_offset) with `scales` (device_scales). Float dtypes
+/// are widened exactly, FP8 and MXFP4 dequantized with the host's rules, so the
+/// result equals to_matrix bit for bit. Writes into *first_bad
+/// (atomicMin) the smallest column-major index r + c*rows of a NaN or Inf.
 template <class T>
 void convert_view(const void* stored, DType dtype, int64_t base_offset, int64_t rows, int64_t cols,
-                  const ViewLayout& layout, T* out, unsigned long long* first_bad, cudaStream_t stream);
+                  const ViewLayout& layout, const DeviceScales& scales, T* out, unsigned long long* first_bad,
+                  cudaStream_t stream);
 
 /// Reverses the order of the columns of a [rows, cols] matrix and of the vector
 /// `values` [cols] (may be null): ascending eigenpairs -> descending.

@@ -22,14 +22,11 @@
 namespace postsvd {
 namespace cuda {
 
-constexpr std::size_t kAlign = 256;
 constexpr int kInfoSlots = 64;
 // The warm start's syevj on V_s^T G V_s (float64): converged to working accuracy, and a pair
 // that needs more sweeps than the CPU's block Jacobi bound (8) is not close: cold Gram instead.
 constexpr double kWarmTolerance = 1e-14;
 constexpr int kWarmMaxSweeps = 8;
-
-inline std::size_t align_up(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // Where a devInfo slot came from, for the error message.
 struct InfoSlot {

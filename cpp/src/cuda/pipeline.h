@@ -39,32 +39,38 @@ inline std::string shape_of(const TensorView& v) {
 template <class C>
 class Pipeline {
  public:
-  Pipeline(Lane& lane, SvdMethod method, double orth_tolerance) : lane_(lane), method_(method), tolerance_(orth_tolerance) {}
+  // `precision`: the working precision; quantized views dequantize in it (float32 rounds q * scale
+  // once, as to_matrix<float> does, even where the method computes in float64).
+  Pipeline(Lane& lane, SvdMethod method, Precision precision, double orth_tolerance)
+      : lane_(lane), method_(method), precision_(precision), tolerance_(orth_tolerance) {}
 
-  // Copies the stored bytes of `v` into pinned staging, then to the device on
-  // the copy stream; `slot` 0 goes first in the raw buffer, 1 after it.
+  // Copies the bytes staging_of(v) names (the stored span, then a quantized
+  // view's scales) into pinned staging, then to the device on the copy
+  // stream; `slot` 0 goes first in the raw buffer, 1 after it.
   void stage(const TensorView& v, int slot) {
-    const auto span = v.byte_span();
-    const std::size_t bytes = static_cast<std::size_t>(span.second - span.first);
     const std::size_t offset = slot == 0 ? 0 : next_offset_;
-    std::memcpy(lane_.staging.get<char>() + offset, static_cast<const char*>(v.data) + span.first, bytes);
-    POSTSVD_CUDA_TRY(cudaMemcpyAsync(lane_.raw.get<char>() + offset, lane_.staging.get<char>() + offset, bytes,
-                                     cudaMemcpyHostToDevice, lane_.copy_stream));
+    const Staging staging = staging_of(v);
+    char* host = lane_.staging.get<char>() + offset;
+    std::memcpy(host, static_cast<const char*>(v.data) + staging.first, static_cast<std::size_t>(staging.bytes));
+    if (staging.scale_bytes > 0)
+      std::memcpy(host + staging.scale_offset, static_cast<const char*>(v.scales.data) + staging.scale_first,
+                  static_cast<std::size_t>(staging.scale_bytes));
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(lane_.raw.get<char>() + offset, host, staging.total, cudaMemcpyHostToDevice,
+                                     lane_.copy_stream));
     POSTSVD_CUDA_TRY(cudaEventRecord(lane_.staged[slot], lane_.copy_stream));
     raw_offset_[slot] = offset;
-    next_offset_ = offset + align_up(bytes);
+    next_offset_ = offset + align_up(staging.total);
   }
 
-  // Converts staged matrix `slot` into lane.work; transposed = W^T [n, m].
+  // Converts staged matrix `slot` into lane.work; transposed = W^T [n, m]. Quantized views are
+  // dequantized here, in the working precision.
   void convert(const TensorView& v, int slot, bool transposed) {
     POSTSVD_CUDA_TRY(cudaStreamWaitEvent(lane_.stream, lane_.staged[slot], 0));
-    const auto span = v.byte_span();
-    const int64_t elem = static_cast<int64_t>(dtype_size(v.dtype));
-    const int64_t base_offset = -span.first / elem;  // element (0, 0) inside the staged bytes
     const char* stored = lane_.raw.get<char>() + raw_offset_[slot];
     unsigned long long* first_bad = lane_.device_scalars()->first_bad + slot;
     const TensorView w = transposed ? v.transposed() : v;
-    convert_view<C>(stored, w.dtype, base_offset, w.rows, w.cols, layout_of(w), lane_.work.get<C>(), first_bad, lane_.stream);
+    convert_view<C>(stored, w.dtype, staged_base_offset(v), w.rows, w.cols, layout_of(w),
+                    device_scales(v, stored, precision_), lane_.work.get<C>(), first_bad, lane_.stream);
   }
 
   // First pass of a decomposition: u[slot], v[slot], s[slot] of lane.work (converted from v).
@@ -341,6 +347,7 @@ class Pipeline {
 
   Lane& lane_;
   SvdMethod method_;
+  Precision precision_;
   double tolerance_;
   bool warm_[2] = {false, false};
   std::size_t raw_offset_[2] = {0, 0};

@@ -92,10 +92,5 @@ void reserve_plan(Lane& lane, const LanePlan& p) {
   if (lane.host_ws.size() < p.host_ws) lane.host_ws.resize(p.host_ws);
 }
 
-std::size_t span_bytes(const TensorView& v) {
-  const auto span = v.byte_span();
-  return static_cast<std::size_t>(span.second - span.first);
-}
-
 }  // namespace cuda
 }  // namespace postsvd

@@ -31,8 +31,6 @@ std::size_t compute_elem(SvdMethod method, Precision precision);
 LanePlan plan_for(Lane& lane, const Shape& shape, std::size_t raw_bytes, SvdMethod method, Precision precision);
 /// Grows the lane's buffers to `p` (they never shrink here).
 void reserve_plan(Lane& lane, const LanePlan& p);
-/// Bytes of the stored span a view covers.
-std::size_t span_bytes(const TensorView& v);
 
 }  // namespace cuda
 }  // namespace postsvd

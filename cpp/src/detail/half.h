@@ -1,22 +1,36 @@
-// Bit-exact conversions between the 16-bit float formats and float32.
+// Bit-exact conversions between the 16-bit float formats and float32. The
+// widening ones are POSTSVD_HD: the CUDA kernels decode with the same code.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+// Host and device under nvcc (kernels.cu), host only elsewhere.
+#if defined(__CUDACC__)
+#define POSTSVD_HD __host__ __device__
+#else
+#define POSTSVD_HD
+#endif
+
 namespace postsvd {
 namespace detail {
 
-/// bfloat16 is the upper half of a float32: widening is exact.
-inline float bf16_to_float(uint16_t bits) {
-  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+/// The float32 whose bits are `bits`.
+POSTSVD_HD inline float float_from_bits(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
   float out;
-  std::memcpy(&out, &wide, sizeof(out));
+  std::memcpy(&out, &bits, sizeof(out));
   return out;
+#endif
 }
 
+/// bfloat16 is the upper half of a float32: widening is exact.
+POSTSVD_HD inline float bf16_to_float(uint16_t bits) { return float_from_bits(static_cast<uint32_t>(bits) << 16); }
+
 /// IEEE binary16 to float32, exact for normals, subnormals, infinities and NaN.
-inline float f16_to_float(uint16_t h) {
+POSTSVD_HD inline float f16_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exponent = (h >> 10) & 0x1fu;
   uint32_t mantissa = h & 0x3ffu;
@@ -36,9 +50,7 @@ inline float f16_to_float(uint16_t h) {
     }
     bits = sign | (e << 23) | ((mantissa & 0x3ffu) << 13);
   }
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+  return float_from_bits(bits);
 }
 
 /// float32 to bfloat16 with round-to-nearest-even (NaN stays NaN).
