@@ -352,15 +352,17 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }  // namespace
 
 CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, const std::string& name) {
-  if (config.method == QuantizationConfig::Method::None) return CopyAs::Same;
   const TensorInfo& info = checkpoint.info(name);
-  if (config.method == QuantizationConfig::Method::MXFP4 && info.dtype == DType::U8 &&
-      (ends_with(name, "_blocks") || ends_with(name, "_scales"))) {
-    POSTSVD_THROW(InvalidArgument, checkpoint.file_of(name).path()
-                                       << ": tensor '" << name << "' is MXFP4; constructions on MXFP4 checkpoints "
-                                          "(quantization_config.quant_method \"mxfp4\") are not supported yet: "
-                                          "they would write the experts back as BF16 under new names");
+  // An MXFP4 pair (gpt-oss experts), by the names the architecture table reads it under.
+  if (info.dtype == DType::U8) {
+    const bool blocks = ends_with(name, "_blocks"), scales = ends_with(name, "_scales");
+    const std::string stem = name.substr(0, name.size() - (blocks || scales ? 7 : 0));
+    if (blocks && checkpoint.contains(stem + "_scales")) return CopyAs::MXFP4ToBF16;
+    if (scales && checkpoint.contains(stem + "_blocks") && checkpoint.info(stem + "_blocks").dtype == DType::U8) {
+      return CopyAs::Drop;
+    }
   }
+  if (config.method == QuantizationConfig::Method::None) return CopyAs::Same;
   if (is_fp8_dtype(info.dtype)) return CopyAs::BF16;
   for (const char* suffix : {".weight_scale_inv", ".weight_scale", ".input_scale", "_scale"}) {
     if (ends_with(name, suffix)) {
@@ -445,6 +447,40 @@ TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, c
   view.scales.count = values / 32;
   view.scales.name = scales;
   return view;
+}
+
+UnpackedMXFP4 unpacked_mxfp4(const Checkpoint& checkpoint, const std::string& blocks) {
+  const TensorInfo& b = checkpoint.info(blocks);
+  const std::string& blocks_file = checkpoint.file_of(blocks).path();
+  POSTSVD_CHECK(ends_with(blocks, "_blocks") && b.shape.size() == 4, BadCheckpoint,
+                blocks_file << ": tensor '" << blocks << "' is " << dtype_name(b.dtype) << " "
+                            << detail::shape_string(b.shape)
+                            << "; a construction writes back MXFP4 experts X_blocks U8 [E, R, G, 16] "
+                               "(gpt-oss), as BF16 X [E, G * 32, R]");
+  UnpackedMXFP4 out;
+  out.name = blocks.substr(0, blocks.size() - 7);
+  out.scales = out.name + "_scales";
+  POSTSVD_CHECK(checkpoint.contains(out.scales), BadCheckpoint,
+                blocks_file << ": tensor '" << blocks << "' has no E8M0 scales '" << out.scales << "' in "
+                            << checkpoint.folder());
+  POSTSVD_CHECK(!checkpoint.contains(out.name), BadCheckpoint,
+                checkpoint.file_of(out.name).path() << ": tensor '" << out.name << "' sits beside the MXFP4 '" << blocks
+                                                    << "' in " << blocks_file
+                                                    << "; the BF16 copy would hold two tensors of that name");
+  out.shape = {b.shape[0], b.shape[2] * 32, b.shape[1]};
+  mxfp4_view(checkpoint, blocks, out.scales, 0, 1, 1, 1, 1);  // checks the pair: dtypes and shapes
+  return out;
+}
+
+Matrix<float> dequantized_mxfp4_slice(const Checkpoint& checkpoint, const std::string& blocks, int64_t index) {
+  const UnpackedMXFP4 unpacked = unpacked_mxfp4(checkpoint, blocks);
+  const int64_t columns = unpacked.shape[1], rows = unpacked.shape[2];  // G * 32, R
+  POSTSVD_CHECK(index >= 0 && index < unpacked.shape[0], InvalidArgument,
+                "dequantized_mxfp4_slice: tensor '" << blocks << "' has " << unpacked.shape[0] << " slices; got index "
+                                                    << index);
+  // Element (r, c) = dequantized value (index, r, c) of [E, R, G * 32]: column-major [R, G * 32].
+  return to_matrix<float>(mxfp4_view(checkpoint, blocks, unpacked.scales, index * rows * columns, rows, columns,
+                                     columns, 1));
 }
 
 std::pair<int64_t, int64_t> scale_byte_span(const TensorView& view) {

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -122,13 +123,16 @@ struct OutputFile {
 struct PlacedTensor {
   const TensorInfo* input = nullptr;
   CopyAs copy = CopyAs::Same;
+  std::string name;             // in the output: the input's, or X for MXFP4 blocks X_blocks
+  std::vector<int64_t> shape;   // in the output
   DType dtype = DType::F32;
   uint64_t begin = 0;  // offsets in the output's data section
   uint64_t end = 0;
 };
 
 // The tensors of a copy of `file`, in the order of their offsets, FP8 weights of a quantized
-// checkpoint as BF16 and their scales dropped (copy_as); an unquantized file keeps its offsets.
+// checkpoint as BF16 and their scales dropped, MXFP4 pairs as one BF16 tensor (copy_as); an
+// unquantized file keeps its offsets.
 std::vector<PlacedTensor> layout_of(const Checkpoint& checkpoint, const QuantizationConfig& config,
                                     const SafetensorsFile& file) {
   std::vector<PlacedTensor> placed;
@@ -138,8 +142,17 @@ std::vector<PlacedTensor> layout_of(const Checkpoint& checkpoint, const Quantiza
     t.input = &checkpoint.info(info.name);  // lives as long as the checkpoint
     t.copy = copy_as(checkpoint, config, info.name);
     if (t.copy == CopyAs::Drop) continue;
-    t.dtype = t.copy == CopyAs::BF16 ? DType::BF16 : info.dtype;
-    const uint64_t bytes = t.copy == CopyAs::BF16 ? (info.end - info.begin) * 2 : info.end - info.begin;
+    t.name = info.name;
+    t.shape = info.shape;
+    t.dtype = t.copy == CopyAs::Same ? info.dtype : DType::BF16;
+    uint64_t bytes = t.copy == CopyAs::BF16 ? (info.end - info.begin) * 2 : info.end - info.begin;
+    if (t.copy == CopyAs::MXFP4ToBF16) {
+      const UnpackedMXFP4 unpacked = unpacked_mxfp4(checkpoint, info.name);  // checks the blocks/scales pair
+      t.name = unpacked.name;
+      t.shape = unpacked.shape;
+      bytes = 2;
+      for (int64_t d : t.shape) bytes *= static_cast<uint64_t>(d);
+    }
     t.begin = offset;
     t.end = offset + bytes;
     offset = t.end;
@@ -158,9 +171,9 @@ std::string header_of(const SafetensorsFile& file, const std::vector<PlacedTenso
   for (const PlacedTensor& t : tensors) {
     nlohmann::ordered_json entry = nlohmann::ordered_json::object();
     entry["dtype"] = dtype_name(t.dtype);
-    entry["shape"] = t.input->shape;
+    entry["shape"] = t.shape;
     entry["data_offsets"] = {t.begin, t.end};
-    header[t.input->name] = entry;
+    header[t.name] = entry;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
@@ -194,8 +207,9 @@ void write_all(int fd, const void* data, uint64_t size, const std::string& path)
 struct CheckpointWriter::Impl {
   const Checkpoint* source = nullptr;
   std::map<std::string, PlacedTensor> placed;  // tensor name -> its place in the output
-  std::vector<std::string> dropped;            // scales of FP8 weights, left out of the copy
-  bool dequantizing = false;                   // FP8 weights written as BF16: config.json loses quantization_config
+  std::vector<std::string> dropped;            // FP8 weights' scales and MXFP4 X_scales, left out of the copy
+  std::map<std::string, std::string> renamed;  // MXFP4 X_blocks -> X
+  bool dequantizing = false;                   // quantized weights written as BF16: config.json loses quantization_config
   std::string out_folder;
   std::vector<OutputFile> files;
   std::map<std::string, std::size_t> file_of_path;  // source path -> index into files
@@ -229,7 +243,11 @@ CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& 
     for (const TensorInfo& info : input.tensors()) {
       if (copy_as(source, quantization, info.name) == CopyAs::Drop) impl_->dropped.push_back(info.name);
     }
-    for (const PlacedTensor& t : tensors) impl_->placed[t.input->name] = t;
+    for (const PlacedTensor& t : tensors) {
+      impl_->placed[t.input->name] = t;
+      if (t.copy != CopyAs::Same) impl_->dequantizing = true;
+      if (t.name != t.input->name) impl_->renamed[t.input->name] = t.name;
+    }
     OutputFile out;
     out.name = fs::path(source_path).filename().string();
     out.path = (fs::path(out_folder) / out.name).string();
@@ -256,11 +274,19 @@ CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& 
           write_all(f.fd, source.file_of(t.input->name).data(*t.input), t.end - t.begin, f.path);
           continue;
         }
-        // FP8 -> BF16: dequantized in float32 (the values every comparison sees), rounded once.
-        const Matrix<float> w = dequantized_tensor(source, t.input->name);
-        std::vector<uint16_t> bf16(static_cast<std::size_t>(w.size()));
-        for (std::size_t i = 0; i < bf16.size(); ++i) bf16[i] = detail::float_to_bf16(w.data()[i]);
-        write_all(f.fd, bf16.data(), t.end - t.begin, f.path);
+        // Dequantized in float32 (the values every comparison sees), rounded once to BF16.
+        auto write_bf16 = [&](const Matrix<float>& w) {
+          std::vector<uint16_t> bf16(static_cast<std::size_t>(w.size()));
+          for (std::size_t i = 0; i < bf16.size(); ++i) bf16[i] = detail::float_to_bf16(w.data()[i]);
+          write_all(f.fd, bf16.data(), bf16.size() * 2, f.path);
+        };
+        if (t.copy == CopyAs::BF16) {
+          write_bf16(dequantized_tensor(source, t.input->name));  // holds the whole FP8 tensor in float32
+          continue;
+        }
+        // MXFP4 -> BF16 X [E, G * 32, R], one slice at a time: holds one expert's [G * 32, R] in float32
+        // (twice while dequantize_into transposes it) and in BF16.
+        for (int64_t e = 0; e < t.shape[0]; ++e) write_bf16(dequantized_mxfp4_slice(source, t.input->name, e));
       }
       f.map = static_cast<unsigned char*>(mmap(nullptr, f.size, PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, 0));
       if (f.map == MAP_FAILED) {
@@ -311,7 +337,9 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
   const int64_t in = source.in_features;
   unsigned char* base = f.map + f.data_start + placed.begin +
                         static_cast<std::size_t>(source.stacked_index * in * source.fused_out) * element;
-  if (!source.conv1d) {
+  // MXFP4 blocks [E, fused_out, in / 32, 16] are written back as X [E, in, fused_out] (unpacked_mxfp4).
+  const bool stored_in_out = source.conv1d || placed.copy == CopyAs::MXFP4ToBF16;
+  if (!stored_in_out) {
     // [fused_out, in] row-major: row fused_column(o) is column o of W, contiguous.
     for (int64_t o = 0; o < source.out_features; ++o) {
       unsigned char* row = base + static_cast<std::size_t>(fused_column(source, o) * in) * element;
@@ -357,8 +385,15 @@ std::vector<std::string> CheckpointWriter::finish() {
     metadata["total_size"] = total_size;
     nlohmann::ordered_json out = nlohmann::ordered_json::object();
     out["metadata"] = metadata;
-    out["weight_map"] = index["weight_map"];
-    for (const std::string& name : impl_->dropped) out["weight_map"].erase(name);
+    // The source's names in its order, less the dropped scales, MXFP4 X_blocks renamed X.
+    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    const std::set<std::string> dropped(impl_->dropped.begin(), impl_->dropped.end());
+    for (const auto& item : index["weight_map"].items()) {
+      if (dropped.count(item.key()) != 0) continue;
+      const auto renamed = impl_->renamed.find(item.key());
+      weight_map[renamed == impl_->renamed.end() ? item.key() : renamed->second] = item.value();
+    }
+    out["weight_map"] = weight_map;
     write_json(fs::path(impl_->out_folder) / "model.safetensors.index.json", out);
     names.push_back("model.safetensors.index.json");
   }

@@ -1,7 +1,7 @@
 // Quantized weights: exact FP8 / FP4 / E8M0 decoders, block-scaled FP8
 // (edge blocks, scales of every float dtype, a scale in another shard),
 // compressed-tensors per-tensor and per-channel scales, ignored modules,
-// MXFP4 views, and that every consumer (to_matrix, the CPU backend, the
+// MXFP4 views and their BF16 copies, and that every consumer (to_matrix, the CPU backend, the
 // factor cache key) sees the dequantized matrix. Errors name tensor and file.
 #include <gtest/gtest.h>
 
@@ -449,16 +449,110 @@ TEST(Quantization, WriterCopiesFp8AsBf16WithoutScalesOrQuantizationConfig) {
   }
 }
 
-TEST(Quantization, WriterRefusesMxfp4NamingTheTensor) {
+// A sharded MXFP4 pair (blocks [E, R, G, 16] in the first shard, scales in the second) and a float tensor.
+void write_mxfp4_pair(const std::string& folder, const std::vector<int64_t>& blocks_shape,
+                      const std::vector<int64_t>& scales_shape, std::vector<uint8_t>& blocks, std::vector<uint8_t>& scales) {
+  std::mt19937 rng(11);
+  int64_t n_blocks = 1, n_scales = 1;
+  for (int64_t d : blocks_shape) n_blocks *= d;
+  for (int64_t d : scales_shape) n_scales *= d;
+  blocks.resize(static_cast<std::size_t>(n_blocks));
+  scales.resize(static_cast<std::size_t>(n_scales));
+  for (auto& b : blocks) b = static_cast<uint8_t>(rng() & 0xffu);
+  for (auto& s : scales) s = static_cast<uint8_t>(110 + rng() % 30);
+  write_text(folder + "/config.json", R"({"model_type":"gpt_oss","quantization_config":{"quant_method":"mxfp4"}})");
+  postsvd_test::write_safetensors(folder + "/model-00001-of-00002.safetensors",
+                                  {{"mlp.experts.down_proj_blocks", DType::U8, blocks_shape, postsvd_test::to_bytes(blocks)},
+                                   postsvd_test::f32_blob("norm.weight", {4}, {1.f, 2.f, 3.f, 4.f})});
+  postsvd_test::write_safetensors(folder + "/model-00002-of-00002.safetensors",
+                                  {{"mlp.experts.down_proj_scales", DType::U8, scales_shape, postsvd_test::to_bytes(scales)}});
+  write_text(folder + "/model.safetensors.index.json",
+             R"({"weight_map":{"mlp.experts.down_proj_blocks":"model-00001-of-00002.safetensors",)"
+             R"("norm.weight":"model-00001-of-00002.safetensors",)"
+             R"("mlp.experts.down_proj_scales":"model-00002-of-00002.safetensors"}})");
+}
+
+TEST(Quantization, WriterUnpacksMxfp4AsBf16InTheUnquantizedLayout) {
   TempDir dir;
   const std::string in = dir.folder("in"), out = dir.folder("out");
-  write_text(in + "/config.json", R"({"model_type":"gpt_oss","quantization_config":{"quant_method":"mxfp4"}})");
-  postsvd_test::write_safetensors(in + "/model.safetensors",
-                                  {{"mlp.experts.down_proj_blocks", DType::U8, {1, 1, 16}, std::vector<unsigned char>(16, 0x21)},
-                                   {"mlp.experts.down_proj_scales", DType::U8, {1, 1}, std::vector<unsigned char>(1, 127)}});
+  const int64_t E = 2, R = 3, G = 2, C = G * 32;  // dequantized [E, R, C]; written back as [E, C, R]
+  std::vector<uint8_t> blocks, scales;
+  write_mxfp4_pair(in, {E, R, G, 16}, {E, R, G}, blocks, scales);
   const Checkpoint ck(in);
-  expect_error<postsvd::InvalidArgument>([&] { postsvd::CheckpointWriter writer(ck, out); },
-                                         {"mlp.experts.down_proj_blocks", "model.safetensors", "mxfp4", "not supported"});
+  const postsvd::QuantizationConfig config = postsvd::quantization_config(ck);
+  EXPECT_EQ(postsvd::copy_as(ck, config, "mlp.experts.down_proj_blocks"), postsvd::CopyAs::MXFP4ToBF16);
+  EXPECT_EQ(postsvd::copy_as(ck, config, "mlp.experts.down_proj_scales"), postsvd::CopyAs::Drop);
+  EXPECT_EQ(postsvd::copy_as(ck, config, "norm.weight"), postsvd::CopyAs::Same);
+  const postsvd::UnpackedMXFP4 unpacked = postsvd::unpacked_mxfp4(ck, "mlp.experts.down_proj_blocks");
+  EXPECT_EQ(unpacked.name, "mlp.experts.down_proj");
+  EXPECT_EQ(unpacked.shape, (std::vector<int64_t>{E, C, R}));
+  // Reference: value i of the dequantized [E, R, C] in row-major order, low nibble first.
+  auto value = [&](int64_t i) {
+    const uint8_t byte = blocks[static_cast<std::size_t>(i / 2)];
+    const uint8_t nibble = i % 2 ? byte >> 4 : byte & 0xf;
+    return postsvd::fp4_e2m1_to_float(nibble) * std::ldexp(1.0f, scales[static_cast<std::size_t>(i / 32)] - 127);
+  };
+  // Expert 1 replaced through its MXFP4 source (a gpt-oss down_proj part: W [in = C, out = R]).
+  MatrixSource source;
+  source.tensor = "mlp.experts.down_proj_blocks";
+  source.mxfp4_scales = "mlp.experts.down_proj_scales";
+  source.kind = postsvd::Kind::Down;
+  source.expert = 1;
+  source.in_features = C;
+  source.out_features = R;
+  source.fused_out = R;
+  source.stacked = E;
+  source.stacked_index = 1;
+  postsvd::Matrix<float> w(C, R);
+  for (int64_t i = 0; i < w.size(); ++i) w.data()[i] = 0.001f * static_cast<float>(i) - 0.05f;
+  {
+    postsvd::CheckpointWriter writer(ck, out);
+    writer.write(source, w);
+    const auto names = writer.finish();
+    EXPECT_NE(std::find(names.begin(), names.end(), "config.json"), names.end());
+  }
+  std::ifstream config_file(out + "/config.json");
+  EXPECT_FALSE(nlohmann::json::parse(config_file).contains("quantization_config"));
+  std::ifstream index_file(out + "/model.safetensors.index.json");
+  const auto index = nlohmann::json::parse(index_file);
+  EXPECT_EQ(index["weight_map"], nlohmann::json::parse(R"({"mlp.experts.down_proj":"model-00001-of-00002.safetensors",)"
+                                                       R"("norm.weight":"model-00001-of-00002.safetensors"})"));
+  const Checkpoint copy(out);
+  EXPECT_EQ(copy.tensor_names(), (std::vector<std::string>{"mlp.experts.down_proj", "norm.weight"}));
+  const postsvd::TensorInfo& info = copy.info("mlp.experts.down_proj");
+  ASSERT_EQ(info.dtype, DType::BF16);
+  ASSERT_EQ(info.shape, (std::vector<int64_t>{E, C, R}));
+  const auto* bits = static_cast<const uint16_t*>(copy.file_of("mlp.experts.down_proj").data(info));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t r = 0; r < R; ++r) {
+      // Expert 0 untouched: its dequantized values, transposed, rounded to BF16; expert 1 is W.
+      ASSERT_EQ(bits[c * R + r], postsvd::detail::float_to_bf16(value(r * C + c))) << c << ", " << r;
+      ASSERT_EQ(bits[C * R + c * R + r], postsvd::detail::float_to_bf16(w(c, r))) << c << ", " << r;
+    }
+  }
+  const auto* norm = static_cast<const float*>(copy.file_of("norm.weight").data(copy.info("norm.weight")));
+  EXPECT_EQ(std::vector<float>(norm, norm + 4), (std::vector<float>{1.f, 2.f, 3.f, 4.f}));
+}
+
+TEST(Quantization, WriterNamesAMalformedMxfp4Pair) {
+  TempDir dir;
+  std::vector<uint8_t> blocks, scales;
+  {  // scales of the wrong shape
+    const std::string in = dir.folder("scales"), out = dir.folder("scales-out");
+    write_mxfp4_pair(in, {2, 3, 2, 16}, {2, 3, 1}, blocks, scales);
+    const Checkpoint ck(in);
+    expect_error<BadCheckpoint>([&] { postsvd::CheckpointWriter writer(ck, out); },
+                                {"mlp.experts.down_proj_scales", "model-00002-of-00002.safetensors", "[2, 3, 1]",
+                                 "expected the E8M0 scales", "[2, 3, 2]"});
+  }
+  {  // blocks that are not [E, R, G, 16]
+    const std::string in = dir.folder("blocks"), out = dir.folder("blocks-out");
+    write_mxfp4_pair(in, {3, 2, 16}, {3, 2}, blocks, scales);
+    const Checkpoint ck(in);
+    expect_error<BadCheckpoint>([&] { postsvd::CheckpointWriter writer(ck, out); },
+                                {"mlp.experts.down_proj_blocks", "model-00001-of-00002.safetensors", "[3, 2, 16]",
+                                 "[E, R, G, 16]"});
+  }
 }
 
 // ------------------------------------------------------------------ consumers

@@ -10,7 +10,8 @@ numpy references that decode them without postsvd.
   ``down_proj_scale`` [E, hidden, 1]: one scale per expert and output channel (write_fbgemm_fp8);
 - MXFP4 (gpt-oss experts): ``*_blocks`` [..., G, 16] uint8 (two E2M1 values per byte, low
   nibble first) and ``*_scales`` [..., G] uint8 E8M0 exponents, 32 values per exponent; a whole
-  gpt_oss folder as the release stores it (write_mxfp4_gpt_oss).
+  gpt_oss folder as the release stores it (write_mxfp4_gpt_oss), and back to float32 by numpy
+  (write_dequantized_mxfp4).
 
 Files are written with the official safetensors library.
 """
@@ -137,10 +138,10 @@ def _module(name: str) -> str:
     return name[: -len(".weight")]
 
 
-def _write(dst: str, src: str, tensors: Dict[str, "object"], quantization: dict,
+def _write(dst: str, src: str, tensors: Dict[str, "object"], quantization: Optional[dict],
            second_shard: Iterable[str] = ()) -> None:
     """Writes `tensors` (one file, or the names in `second_shard` in a second shard with an index)
-    and config.json with `quantization_config`; other files of `src` are copied."""
+    and config.json with `quantization_config` (None: without one); other files of `src` are copied."""
     from safetensors.torch import save_file
 
     os.makedirs(dst, exist_ok=True)
@@ -151,7 +152,10 @@ def _write(dst: str, src: str, tensors: Dict[str, "object"], quantization: dict,
                 shutil.copy(path, os.path.join(dst, name))
     with open(os.path.join(src, "config.json")) as f:
         config = json.load(f)
-    config["quantization_config"] = quantization
+    if quantization is None:
+        config.pop("quantization_config", None)
+    else:
+        config["quantization_config"] = quantization
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     second = set(second_shard)
@@ -266,6 +270,24 @@ def write_mxfp4_gpt_oss(src: str, dst: str) -> None:
         else:
             out[name] = t
     _write(dst, src, out, dict(GPT_OSS_MXFP4_CONFIG))
+
+
+def write_dequantized_mxfp4(src: str, dst: str) -> None:
+    """A copy of MXFP4 gpt_oss folder `src` with every ``X_blocks`` / ``X_scales`` pair dequantized by
+    dequantize_mxfp4_reference into float32 ``X`` [E, G * 32, R] (the last two dims swapped: the
+    unquantized gpt_oss layout) and config.json without quantization_config."""
+    import torch
+
+    tensors = _load(src)
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith("_blocks"):
+            stem = name[: -len("_blocks")]
+            values = dequantize_mxfp4_reference(t.numpy(), tensors[stem + "_scales"].numpy())  # [E, R, G * 32]
+            out[stem] = torch.from_numpy(np.ascontiguousarray(values.transpose(0, 2, 1)))
+        elif not name.endswith("_scales"):
+            out[name] = t
+    _write(dst, src, out, None)
 
 
 def relative_bound_e4m3() -> float:

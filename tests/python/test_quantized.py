@@ -203,7 +203,7 @@ def test_gpt_oss_mxfp4_experts_bit_exact(tmp_path):
 def test_gpt_oss_mxfp4_compare_and_construction(tmp_path):
     """The float32 model against its MXFP4 copy: every expert pair is compared on the dequantized
     matrices (singular values as numpy's of the reference), attention pairs are identical; a
-    construction on the MXFP4 copy fails before writing, naming the MXFP4 tensor."""
+    construction on the MXFP4 copy writes its experts back as BF16 (_check_mxfp4_construction)."""
     src, dst, config = _gpt_oss_mxfp4(tmp_path)
     r = postsvd.compare(src, dst, dtype="float64", progress=False)
     table = r.table
@@ -218,11 +218,89 @@ def test_gpt_oss_mxfp4_compare_and_construction(tmp_path):
         w = postsvd.read_matrix(dst, record["layer"], record["kind"], expert=record["expert"], dtype="float64")
         np.testing.assert_allclose(record["sigma_post"], np.linalg.svd(w, compute_uv=False), rtol=1e-10, atol=1e-12)
     assert "post MXFP4" in r.summary() and "within MXFP4 rounding" in r.summary()
-    out = tmp_path / "out"
-    with pytest.raises(postsvd.errors.InvalidArgumentError) as error:
-        postsvd.construct(14, src, dst, out, group="mlp", progress=False)
-    assert "gate_up_proj_blocks" in str(error.value) or "down_proj_blocks" in str(error.value)
-    assert "MXFP4" in str(error.value) and not out.exists()
+    _check_mxfp4_construction(tmp_path, src, dst, config)
+
+
+def test_gpt_oss_construction_on_two_mxfp4_checkpoints(tmp_path):
+    """Base and post both MXFP4 (the post a perturbed copy of the base, quantized the same way)."""
+    src, base, config = _gpt_oss_mxfp4(tmp_path)
+    rng = np.random.default_rng(7)
+    tensors = quantize._load(src)
+    perturbed = {name: t + torch.from_numpy(rng.standard_normal(tuple(t.shape)).astype(np.float32)) * 0.1 * t.std()
+                 if t.dim() >= 2 else t for name, t in tensors.items()}
+    post_float = str(tmp_path / "gpt-oss-f32-post")
+    quantize._write(post_float, src, perturbed, None)
+    post = str(tmp_path / "gpt-oss-mxfp4-post")
+    quantize.write_mxfp4_gpt_oss(post_float, post)
+    _check_mxfp4_construction(tmp_path, base, post, config)
+
+
+def _is_mxfp4(folder):
+    return (json.loads(open(os.path.join(folder, "config.json")).read()).get("quantization_config") or {}).get(
+        "quant_method") == "mxfp4"
+
+
+def _check_mxfp4_construction(tmp_path, base, post, config):
+    """Construction 14 of layer 0's gate and down on MXFP4 `post` (`base` float32 or MXFP4) writes a BF16
+    gpt_oss that transformers loads unquantized and generates with: the experts as X [E, in, out] (the
+    _blocks / _scales pairs gone, quantization_config removed); values the construction leaves alone
+    (layer 0's up, interleaved with its gate, and all of layer 1) are numpy's dequantization rounded to
+    BF16, bit for bit; the changed ones are the same construction on the numpy-dequantized float32 pair,
+    rounded to BF16; compare(base, out) reads the output."""
+    transformers = pytest.importorskip("transformers")
+    selection = dict(layers=[0], kinds=["gate", "down"], progress=False)
+    out = str(tmp_path / "out")
+    postsvd.construct(14, base, post, out, **selection)
+    dequantized = {}
+    for role, folder in (("base", base), ("post", post)):
+        dequantized[role] = folder
+        if _is_mxfp4(folder):
+            dequantized[role] = str(tmp_path / f"{role}-dequantized")
+            quantize.write_dequantized_mxfp4(folder, dequantized[role])
+    reference = str(tmp_path / "out-float")
+    postsvd.construct(14, dequantized["base"], dequantized["post"], reference, **selection)
+
+    assert "quantization_config" not in json.loads(open(os.path.join(out, "config.json")).read())
+    cp = _core.Checkpoint(out)
+    assert set(cp.tensor_names()) == set(_core.Checkpoint(reference).tensor_names())  # no _blocks / _scales
+    experts, hidden, inter = config.num_local_experts, config.hidden_size, config.intermediate_size
+    shapes = {"gate_up_proj": [experts, hidden, 2 * inter], "down_proj": [experts, inter, hidden]}
+    for layer in range(config.num_hidden_layers):
+        for proj, shape in shapes.items():
+            name = f"model.layers.{layer}.mlp.experts.{proj}"
+            assert cp.info(name)["dtype"] == "BF16" and cp.info(name)["shape"] == shape, name
+            got = _hf_tensor(out, name)
+            rounded = torch.from_numpy(_hf_tensor(dequantized["post"], name)).bfloat16().float().numpy()
+            constructed = _hf_tensor(reference, name)
+            changed = np.zeros(got.shape, dtype=bool)
+            if layer == 0:
+                changed[..., (slice(0, None, 2) if proj == "gate_up_proj" else slice(None))] = True  # gate: even
+            assert _same_bits(got[~changed], rounded[~changed]), name
+            if changed.any():
+                assert not np.array_equal(got[changed], rounded[changed]), name  # the construction did something
+                np.testing.assert_allclose(got[changed], constructed[changed], rtol=2.0 ** -8, atol=1e-30)
+    # Unquantized gpt_oss in transformers: the tensors land as the model's parameters and it generates.
+    model = transformers.GptOssForCausalLM.from_pretrained(out).eval()
+    assert getattr(model.config, "quantization_config", None) is None
+    layer0 = model.model.layers[0].mlp.experts
+    assert _same_bits(layer0.gate_up_proj.detach().float().numpy(),
+                      _hf_tensor(out, "model.layers.0.mlp.experts.gate_up_proj"))
+    float_model = transformers.GptOssForCausalLM.from_pretrained(reference).eval()
+    tokens = torch.tensor([[1, 5, 7, 9, 11]])
+    with torch.no_grad():
+        generated = model.generate(tokens[:, :3], max_new_tokens=4, do_sample=False)
+        logits, float_logits = model(tokens).logits.numpy(), float_model(tokens).logits.numpy()
+    assert generated.shape == (1, 7)
+    # Only BF16 rounding of the experts separates it from the float32 construction's model.
+    assert np.abs(logits - float_logits).max() <= 0.02 * np.abs(float_logits).max()
+    # compare(base, out) reads the BF16 experts (layer 1's: numpy's dequantization rounded to BF16).
+    r = postsvd.compare(base, out, dtype="float64", progress=False)
+    assert len(r.table[r.table["expert"] != -1]) == config.num_hidden_layers * experts * 3
+    gate_up = torch.from_numpy(_hf_tensor(dequantized["post"], "model.layers.1.mlp.experts.gate_up_proj"))
+    for record in r.records:
+        if record["layer"] == 1 and record["kind"] == "up" and record["expert"] != -1:
+            w = gate_up[record["expert"]][:, 1::2].bfloat16().double().numpy()
+            np.testing.assert_allclose(record["sigma_post"], np.linalg.svd(w, compute_uv=False), rtol=1e-10, atol=1e-12)
 
 
 def _llama4_fbgemm(tmp_path):

@@ -80,17 +80,37 @@ TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, c
                       int64_t first, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride);
 
 /// What a BF16 copy of a quantized checkpoint (a construction's output) holds for
-/// each stored tensor: constructions write their inputs' FP8 weights back as BF16
-/// so that the copy loads without its quantization_config.
+/// each stored tensor: constructions write their inputs' FP8 weights and MXFP4
+/// experts back as BF16 so that the copy loads without its quantization_config.
 enum class CopyAs {
-  Same,  // copied as stored (unquantized tensors; every tensor of an unquantized checkpoint)
-  BF16,  // an FP8 weight, dequantized in float32 and rounded to BF16 (nearest even)
-  Drop,  // a scale of an FP8 weight (weight_scale_inv, weight_scale, input_scale)
+  Same,         // copied as stored (unquantized tensors; every tensor of an unquantized checkpoint)
+  BF16,         // an FP8 weight, dequantized in float32 and rounded to BF16 (nearest even)
+  Drop,         // a scale of an FP8 weight (weight_scale_inv, weight_scale, input_scale) or an MXFP4 X_scales
+  MXFP4ToBF16,  // MXFP4 blocks X_blocks: the BF16 tensor X of unpacked_mxfp4, rounded to nearest even
 };
 /// The rule for tensor `name` of `checkpoint` (whose parsed config is `config`).
-/// Throws InvalidArgument for MXFP4 tensors (*_blocks, *_scales): writing them
-/// back as BF16 would rename and transpose them, which postsvd does not do yet.
+/// MXFP4 pairs are recognized as the architecture table maps them, by name and
+/// dtype (U8 X_blocks beside X_scales), with or without a quantization_config.
 CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, const std::string& name);
+
+/// The BF16 tensor that an MXFP4 pair X_blocks [E, R, G, 16] / X_scales [E, R, G]
+/// is written back as: X [E, G * 32, R], the dequantized [E, R, G * 32] with its
+/// last two dims swapped, as transformers' convert_moe_packed_tensors gives it
+/// to unquantized gpt-oss (gate_up_proj [E, hidden, 2 inter], down_proj [E, inter, hidden]).
+struct UnpackedMXFP4 {
+  std::string name;            // X
+  std::string scales;          // X_scales
+  std::vector<int64_t> shape;  // [E, G * 32, R]
+};
+/// Throws BadCheckpoint naming the tensors and their files for blocks that are
+/// not 4-D, a pair that does not match (mxfp4_view's checks), or a checkpoint
+/// that holds X beside X_blocks.
+UnpackedMXFP4 unpacked_mxfp4(const Checkpoint& checkpoint, const std::string& blocks);
+
+/// Slice `index` of unpacked_mxfp4(checkpoint, blocks), [G * 32, R] row-major,
+/// dequantized exactly by to_matrix: column-major [R, G * 32], element (r, c)
+/// the dequantized value (index, r, c). Holds this slice only (twice while transposing).
+Matrix<float> dequantized_mxfp4_slice(const Checkpoint& checkpoint, const std::string& blocks, int64_t index);
 
 /// The whole stored FP8 tensor `name` [out, in] dequantized in float32 with its
 /// scales: column-major [in, out], i.e. the stored row-major [out, in] order.

@@ -24,11 +24,14 @@ namespace postsvd {
 /// Sharded checkpoints also get model.safetensors.index.json with the source's
 /// weight_map and metadata.total_size.
 ///
-/// Quantized sources (FP8 weights with scales, see quantization.h) are copied
-/// as BF16: every FP8 weight dequantized in float32 and rounded to BF16, the
-/// scale tensors (weight_scale_inv, weight_scale, input_scale) left out, later
-/// tensors moved up, and finish() writes config.json without
-/// quantization_config. MXFP4 sources are refused (InvalidArgument).
+/// Quantized sources (FP8 weights with scales, MXFP4 experts; see
+/// quantization.h, copy_as) are copied as BF16: every FP8 weight dequantized
+/// in float32 and rounded to BF16, the scale tensors (weight_scale_inv,
+/// weight_scale, input_scale) left out; each MXFP4 pair X_blocks / X_scales
+/// becomes one BF16 tensor X [E, G * 32, R] (unpacked_mxfp4: the layout of
+/// unquantized gpt-oss), written in X_blocks' place and file, expert by expert;
+/// later tensors move; the index names X instead of the pair; and finish()
+/// writes config.json without quantization_config.
 class CheckpointWriter {
  public:
   /// `out_folder` must exist; files of the same names in it are replaced.
@@ -41,7 +44,8 @@ class CheckpointWriter {
 
   /// Writes W [in, out] (paper orientation) into `source`'s tensor: as W^T
   /// into [out, in] storage (rows out_offset.. of a fused tensor), or as is
-  /// into Conv1D [in, out] storage (columns out_offset..). Converts to the
+  /// into Conv1D [in, out] storage (columns out_offset..), as the latter into
+  /// the BF16 X [E, in, out] of an MXFP4 source's X_blocks. Converts to the
   /// stored dtype with round-to-nearest-even (F32 -> BF16 / F16; NaN stays
   /// NaN; F64 -> 16-bit rounds once, correctly). Throws InvalidArgument when
   /// shapes do not match the source, BadCheckpoint for non-float tensors.
