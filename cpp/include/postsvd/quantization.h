@@ -4,9 +4,11 @@
 //
 // A quantized matrix is an ordinary TensorView whose `scales` say how to
 // dequantize it; to_matrix<T> (types.h) is the one conversion every consumer
-// uses, so a quantized view reads like any other. Dequantization computes in
-// the working precision: float32 gives float(q) * float(scale) rounded once
-// (the releases' reference kernels do the same), float64 the exact product.
+// uses, so a quantized view reads like any other (the CUDA backend's optional
+// device-side path applies the same element rules, cpp/src/detail/minifloat.h).
+// Dequantization computes in the working precision: float32 gives
+// float(q) * float(scale) rounded once (the releases' reference kernels do the
+// same), float64 the exact product.
 #pragma once
 
 #include <cstdint>
