@@ -435,6 +435,14 @@ PYBIND11_MODULE(_core, m) {
         return out;
       },
       "The projection kinds as (name, group) pairs, attention kinds first (the one kind table of the core).");
+  m.def(
+      "warm_start_modes",
+      [] {
+        std::vector<std::string> out;
+        for (postsvd::WarmStartMode mode : postsvd::warm_start_modes()) out.push_back(postsvd::warm_start_mode_name(mode));
+        return out;
+      },
+      "The warm-start modes by name, the default first (the core's one list).");
   m.attr("SHARED_EXPERT") = postsvd::kSharedExpert;
   m.def(
       "svd",

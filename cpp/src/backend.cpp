@@ -51,10 +51,18 @@ const char* warm_start_mode_name(WarmStartMode mode) {
   return "?";
 }
 
+const std::vector<WarmStartMode>& warm_start_modes() {
+  static const std::vector<WarmStartMode> modes = {WarmStartMode::Auto, WarmStartMode::Always, WarmStartMode::Off};
+  return modes;
+}
+
 WarmStartMode parse_warm_start_mode(const std::string& name, const std::string& argument) {
-  for (WarmStartMode mode : {WarmStartMode::Off, WarmStartMode::Auto, WarmStartMode::Always})
+  std::string expected;
+  for (WarmStartMode mode : warm_start_modes()) {
     if (name == warm_start_mode_name(mode)) return mode;
-  POSTSVD_THROW(InvalidArgument, argument << ": expected 'off', 'auto' or 'always', got '" << name << "'");
+    expected += std::string(expected.empty() ? "'" : ", '") + warm_start_mode_name(mode) + "'";
+  }
+  POSTSVD_THROW(InvalidArgument, argument << ": expected one of " << expected << ", got '" << name << "'");
 }
 
 void check_compare_arguments(const std::vector<PairInput>& pairs, const MeasureOptions& options) {

@@ -37,8 +37,9 @@ KindsArg = Union[None, str, Iterable[str]]
 LayersArg = Union[None, int, str, Iterable[int]]
 
 
-#: When a post matrix starts from the base's factors: the backend's measured choice, always, never.
-WARM_START_MODES = ("auto", "always", "off")
+#: When a post matrix starts from the base's factors: the backend's measured choice, always, never
+#: (from the core's one list, the default first).
+WARM_START_MODES: Tuple[str, ...] = tuple(_core.warm_start_modes())
 
 
 def normalize_warm_start(warm_start) -> str:

@@ -148,4 +148,22 @@ TEST(CpuWarmSvdErrors, NanWeightsAndMismatchedStartsNameTheTensor) {
   }
 }
 
+TEST(CpuWarmSvdErrors, ModeNamesParseBackAndABadNameListsThemAll) {
+  const auto& modes = postsvd::warm_start_modes();
+  ASSERT_EQ(modes.size(), 3u);
+  EXPECT_EQ(modes.front(), postsvd::WarmStartMode::Auto);  // the default, first for the CLI and the bindings
+  for (postsvd::WarmStartMode mode : modes)
+    EXPECT_EQ(postsvd::parse_warm_start_mode(postsvd::warm_start_mode_name(mode)), mode);
+  try {
+    postsvd::parse_warm_start_mode("sometimes", "--warm-start");
+    FAIL() << "expected InvalidArgument";
+  } catch (const postsvd::InvalidArgument& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("--warm-start"), std::string::npos) << what;
+    EXPECT_NE(what.find("'sometimes'"), std::string::npos) << what;
+    for (postsvd::WarmStartMode mode : modes)
+      EXPECT_NE(what.find(std::string("'") + postsvd::warm_start_mode_name(mode) + "'"), std::string::npos) << what;
+  }
+}
+
 }  // namespace

@@ -83,7 +83,10 @@ class Backend {
 
 /// Whether a post of [rows, cols] starts warm under `mode` on `backend`.
 bool use_warm_start(const Backend& backend, WarmStartMode mode, int64_t rows, int64_t cols, Precision precision);
-/// "off", "auto", "always"; parse_warm_start_mode throws InvalidArgument naming `argument` otherwise.
+/// Every warm-start mode, the default (Auto) first: the one list the bindings, the CLI and the
+/// error messages take their names from.
+const std::vector<WarmStartMode>& warm_start_modes();
+/// "auto", "always", "off"; parse_warm_start_mode throws InvalidArgument naming `argument` otherwise.
 const char* warm_start_mode_name(WarmStartMode mode);
 WarmStartMode parse_warm_start_mode(const std::string& name, const std::string& argument = "warm_start");
 
