@@ -251,16 +251,26 @@ Decomposition<double> CpuBackend::decompose_f64(const TensorView& w) {
   return reduced_svd<double>(w);
 }
 
+namespace {
+
+// The warm start on `threads` BLAS threads with the default settings: the one path of
+// decompose_warm_* and of compare's warm pairs.
+template <class T>
+Decomposition<T> warm_decomposition(const TensorView& w, const Decomposition<T>& start, int threads, WarmReport* report) {
+  set_blas_threads(threads);
+  return warm_svd<T>(w, start, default_warm_settings<T>(), report);
+}
+
+}  // namespace
+
 Decomposition<float> CpuBackend::decompose_warm_f32(const TensorView& w, const Decomposition<float>& start,
                                                     WarmReport* report) {
-  set_blas_threads(num_threads_);
-  return warm_svd<float>(w, start, default_warm_settings<float>(), report);
+  return warm_decomposition<float>(w, start, num_threads_, report);
 }
 
 Decomposition<double> CpuBackend::decompose_warm_f64(const TensorView& w, const Decomposition<double>& start,
                                                      WarmReport* report) {
-  set_blas_threads(num_threads_);
-  return warm_svd<double>(w, start, default_warm_settings<double>(), report);
+  return warm_decomposition<double>(w, start, num_threads_, report);
 }
 
 bool CpuBackend::warm_start_pays(int64_t, int64_t, Precision) const {
@@ -343,7 +353,7 @@ PairMeasures measure_pair(const CpuBackend& backend, const PairInput& pair, cons
   set_blas_threads(num_threads);
   const Decomposition<T> base = reduced_svd<T>(pair.base);
   WarmReport report;
-  const Decomposition<T> post = warm_svd<T>(pair.post, base, default_warm_settings<T>(), &report);
+  const Decomposition<T> post = warm_decomposition<T>(pair.post, base, num_threads, &report);
   PairMeasures measures = measures_from(base, post, options);
   measures.warm_sweeps = report.sweeps;
   return measures;
