@@ -43,17 +43,21 @@ def build_config():
     return _build_config
 
 
-def _already_loaded(pattern: str) -> Optional[str]:
-    """The path of a library of this soname pattern that the process has mapped, if any."""
-    prefix = pattern.split("*", 1)[0]
+def _mapped_libraries() -> List[str]:
+    """The paths of the files the process has mapped (/proc/self/maps), read once per preload."""
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            for line in maps:
-                path = line.rstrip("\n").split(maxsplit=5)[-1]
-                if os.path.basename(path).startswith(prefix):
-                    return path
+            return [line.rstrip("\n").split(maxsplit=5)[-1] for line in maps]
     except OSError:
-        return None
+        return []
+
+
+def _already_loaded(pattern: str, mapped: Sequence[str]) -> Optional[str]:
+    """The path of a library of this soname pattern among the `mapped` paths, if any."""
+    prefix = pattern.split("*", 1)[0]
+    for path in mapped:
+        if os.path.basename(path).startswith(prefix):
+            return path
     return None
 
 
@@ -73,8 +77,10 @@ def preload_cuda_libraries(cuda_version: str) -> List[str]:
     wheels with RTLD_GLOBAL; returns the paths it loaded or found loaded."""
     major = cuda_version.split(".", 1)[0]
     paths = []
+    # Read once: the libraries are loaded in dependency order, so none of ours maps another one later in the list.
+    mapped = _mapped_libraries()
     for pattern, folder in CUDA_LIBRARIES:
-        path = _already_loaded(pattern) or find_cuda_library(pattern, folder, major)
+        path = _already_loaded(pattern, mapped) or find_cuda_library(pattern, folder, major)
         if path is None:
             continue
         if pattern not in _loaded:

@@ -103,6 +103,17 @@ def test_cuda_libraries_are_found_in_both_wheel_layouts(tmp_path):
     assert _preload.find_cuda_library("libcusolver.so.*[0-9]", "cusolver", "13", path) is None
 
 
+def test_an_already_mapped_library_is_matched_by_its_soname():
+    """torch imported first maps cuBLAS and cuBLASLt: each pattern finds its own library, not one whose
+    name merely starts alike (libcublasLt for libcublas), and the process's real maps hold this Python."""
+    mapped = ["/t/lib/libcublasLt.so.13", "/t/lib/libcublas.so.13", "[heap]", "/t/lib/libcudart.so.13"]
+    assert _preload._already_loaded("libcublas.so.*[0-9]", mapped) == "/t/lib/libcublas.so.13"
+    assert _preload._already_loaded("libcublasLt.so.*[0-9]", mapped) == "/t/lib/libcublasLt.so.13"
+    assert _preload._already_loaded("libcusolver.so.*[0-9]", mapped) is None
+    assert any(os.path.basename(path).startswith("libpython3") or "python3" in os.path.basename(path)
+               for path in _preload._mapped_libraries())
+
+
 def test_a_cpu_build_preloads_nothing():
     if postsvd.built_with_cuda():
         pytest.skip("a CUDA build")
