@@ -458,6 +458,7 @@ UnpackedMXFP4 unpacked_mxfp4(const Checkpoint& checkpoint, const std::string& bl
                             << "; a construction writes back MXFP4 experts X_blocks U8 [E, R, G, 16] "
                                "(gpt-oss), as BF16 X [E, G * 32, R]");
   UnpackedMXFP4 out;
+  out.blocks = blocks;
   out.name = blocks.substr(0, blocks.size() - 7);
   out.scales = out.name + "_scales";
   POSTSVD_CHECK(checkpoint.contains(out.scales), BadCheckpoint,
@@ -472,15 +473,14 @@ UnpackedMXFP4 unpacked_mxfp4(const Checkpoint& checkpoint, const std::string& bl
   return out;
 }
 
-Matrix<float> dequantized_mxfp4_slice(const Checkpoint& checkpoint, const std::string& blocks, int64_t index) {
-  const UnpackedMXFP4 unpacked = unpacked_mxfp4(checkpoint, blocks);
+Matrix<float> dequantized_mxfp4_slice(const Checkpoint& checkpoint, const UnpackedMXFP4& unpacked, int64_t index) {
   const int64_t columns = unpacked.shape[1], rows = unpacked.shape[2];  // G * 32, R
   POSTSVD_CHECK(index >= 0 && index < unpacked.shape[0], InvalidArgument,
-                "dequantized_mxfp4_slice: tensor '" << blocks << "' has " << unpacked.shape[0] << " slices; got index "
-                                                    << index);
+                "dequantized_mxfp4_slice: tensor '" << unpacked.blocks << "' has " << unpacked.shape[0]
+                                                    << " slices; got index " << index);
   // Element (r, c) = dequantized value (index, r, c) of [E, R, G * 32]: column-major [R, G * 32].
-  return to_matrix<float>(mxfp4_view(checkpoint, blocks, unpacked.scales, index * rows * columns, rows, columns,
-                                     columns, 1));
+  return to_matrix<float>(mxfp4_view(checkpoint, unpacked.blocks, unpacked.scales, index * rows * columns, rows,
+                                     columns, columns, 1));
 }
 
 std::pair<int64_t, int64_t> scale_byte_span(const TensorView& view) {

@@ -286,7 +286,8 @@ CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& 
         }
         // MXFP4 -> BF16 X [E, G * 32, R], one slice at a time: holds one expert's [G * 32, R] in float32
         // (twice while dequantize_into transposes it) and in BF16.
-        for (int64_t e = 0; e < t.shape[0]; ++e) write_bf16(dequantized_mxfp4_slice(source, t.input->name, e));
+        const UnpackedMXFP4 unpacked = unpacked_mxfp4(source, t.input->name);  // the pair checked once
+        for (int64_t e = 0; e < t.shape[0]; ++e) write_bf16(dequantized_mxfp4_slice(source, unpacked, e));
       }
       f.map = static_cast<unsigned char*>(mmap(nullptr, f.size, PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, 0));
       if (f.map == MAP_FAILED) {

@@ -100,6 +100,7 @@ CopyAs copy_as(const Checkpoint& checkpoint, const QuantizationConfig& config, c
 /// last two dims swapped, as transformers' convert_moe_packed_tensors gives it
 /// to unquantized gpt-oss (gate_up_proj [E, hidden, 2 inter], down_proj [E, inter, hidden]).
 struct UnpackedMXFP4 {
+  std::string blocks;          // X_blocks
   std::string name;            // X
   std::string scales;          // X_scales
   std::vector<int64_t> shape;  // [E, G * 32, R]
@@ -109,10 +110,11 @@ struct UnpackedMXFP4 {
 /// that holds X beside X_blocks.
 UnpackedMXFP4 unpacked_mxfp4(const Checkpoint& checkpoint, const std::string& blocks);
 
-/// Slice `index` of unpacked_mxfp4(checkpoint, blocks), [G * 32, R] row-major,
-/// dequantized exactly by to_matrix: column-major [R, G * 32], element (r, c)
-/// the dequantized value (index, r, c). Holds this slice only (twice while transposing).
-Matrix<float> dequantized_mxfp4_slice(const Checkpoint& checkpoint, const std::string& blocks, int64_t index);
+/// Slice `index` of `unpacked` (from unpacked_mxfp4, which checked the pair once),
+/// [G * 32, R] row-major, dequantized exactly by to_matrix: column-major [R, G * 32],
+/// element (r, c) the dequantized value (index, r, c). Holds this slice only (twice
+/// while transposing).
+Matrix<float> dequantized_mxfp4_slice(const Checkpoint& checkpoint, const UnpackedMXFP4& unpacked, int64_t index);
 
 /// The whole stored FP8 tensor `name` [out, in] dequantized in float32 with its
 /// scales: column-major [in, out], i.e. the stored row-major [out, in] order.
