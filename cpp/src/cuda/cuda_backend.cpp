@@ -296,7 +296,7 @@ class CudaBackendImpl final : public CudaBackend {
     stats_.warm_starts += warm ? 1 : 0;
     stats_.warm_fallbacks += warm && redone_slots[1] ? 1 : 0;
     stats_.warm_sweeps += m.warm_sweeps > 0 ? m.warm_sweeps : 0;
-    stats_.bytes_to_device += staged_bytes(pair.base, options.precision, true) + staged_bytes(pair.post, options.precision, true);
+    stats_.bytes_to_device += staging_of(pair.base).total + staging_of(pair.post).total;
     stats_.bytes_to_host += back;
     return m;
   }
@@ -348,7 +348,7 @@ class CudaBackendImpl final : public CudaBackend {
     std::lock_guard<std::mutex> lock(decompose_mutex_);
     Lane& lane = *lanes_.front();
     POSTSVD_CUDA_TRY(cudaSetDevice(lane.device));
-    const std::size_t raw = copies * align_up(staged_bytes(w, precision, on_device()));
+    const std::size_t raw = copies * align_up(staging_of(w).total);  // w: as it goes to the device
     reserve_plan(lane, plan_for(lane, Shape{w.rows, w.cols}, raw, config_.method, precision));
     lane.staging.reserve(raw, "pinned staging");
     try {
