@@ -272,7 +272,7 @@ def _warn_if_cache_may_not_fit(cache_path: str, sources: Sequence[Dict[str, Any]
     if need > free:
         warnings.warn(f"cache: filling '{cache_path}' for this comparison may need up to {_size(need)} "
                       f"(less for matrices already cached), but only {_size(free)} are free there; a "
-                      f"full disk stops the comparison with an error", UserWarning, stacklevel=3)
+                      f"full disk stops the comparison with an error", UserWarning, stacklevel=4)
 
 
 def _size(count: int) -> str:
