@@ -230,6 +230,28 @@ class Comparison:
                     out.append(Series(kind, label))
         return out
 
+    def records_of(self, kind: str, expert: ExpertArg = None) -> List[Dict[str, Any]]:
+        """The records of one series of `kind` (see :class:`Series`: `expert` None for its dense matrices,
+        'pooled' for its routed experts, 'shared' or an index), by layer; a clear error when it has none."""
+        kind = self._check_kind(kind)
+        of_kind = [r for r in self._records if r["kind"] == kind]
+        if expert is None:
+            records = [r for r in of_kind if r["expert"] == -1]
+            if not records:
+                raise InvalidArgumentError(f"kind {kind!r} has only expert matrices in this comparison; pass "
+                                           f"expert= an expert's index, 'shared' or '{POOLED}' (the mean over "
+                                           f"each layer's routed experts)")
+        elif isinstance(expert, str) and expert.strip().lower() == POOLED:
+            records = [r for r in of_kind if r["expert"] >= 0]
+            if not records:
+                raise InvalidArgumentError(f"kind {kind!r} has no routed experts in this comparison")
+        else:
+            index = expert_index(expert)
+            records = [r for r in of_kind if r["expert"] == index]
+            if not records:
+                raise InvalidArgumentError(f"kind {kind!r} has no expert {expert_label(index)} in this comparison")
+        return sorted(records, key=lambda r: (r["layer"], r["expert"]))
+
     def layers_of(self, kind: str, expert: ExpertArg = None) -> List[int]:
         """The compared layers of a series of `kind`, ascending (the columns of :meth:`svsm`)."""
         return sorted({r["layer"] for r in self.records_of(kind, expert)})
@@ -425,7 +447,8 @@ class Comparison:
         atomic step (for a writer that builds a larger result, e.g. :meth:`postsvd.Trajectory.save`);
         returns their paths under `shown_as` (default: `folder`)."""
         shown_as = folder if shown_as is None else shown_as
-        pairs = [self.default_matrices()] if matrices_for is None else list(matrices_for)
+        pairs = [self.default_matrices()] if matrices_for is None else self.matrix_pairs(matrices_for, "matrices_for")
+        experts = self._check_experts(experts)
         written: List[str] = []
 
         def path(template: str, **values) -> str:
@@ -590,27 +613,6 @@ class Comparison:
             have = ", ".join(str(e) for e in sorted(present, key=lambda e: (isinstance(e, str), str(e)))) or "none"
             raise InvalidArgumentError(f"experts: {', '.join(missing)} not compared; compared experts: {have}")
         return labels
-
-    def records_of(self, kind: str, expert: ExpertArg = None) -> List[Dict[str, Any]]:
-        """The records of one series of `kind` (see :class:`Series`), by layer; a clear error when it has none."""
-        kind = self._check_kind(kind)
-        of_kind = [r for r in self._records if r["kind"] == kind]
-        if expert is None:
-            records = [r for r in of_kind if r["expert"] == -1]
-            if not records:
-                raise InvalidArgumentError(f"kind {kind!r} has only expert matrices in this comparison; pass "
-                                           f"expert= an expert's index, 'shared' or '{POOLED}' (the mean over "
-                                           f"each layer's routed experts)")
-        elif isinstance(expert, str) and expert.strip().lower() == POOLED:
-            records = [r for r in of_kind if r["expert"] >= 0]
-            if not records:
-                raise InvalidArgumentError(f"kind {kind!r} has no routed experts in this comparison")
-        else:
-            index = expert_index(expert)
-            records = [r for r in of_kind if r["expert"] == index]
-            if not records:
-                raise InvalidArgumentError(f"kind {kind!r} has no expert {expert_label(index)} in this comparison")
-        return sorted(records, key=lambda r: (r["layer"], r["expert"]))
 
     def _by_layer(self, kind: str, expert: ExpertArg) -> List[List[Dict[str, Any]]]:
         """The records of a series grouped by layer, in layer order (one each, but for pooled experts)."""
