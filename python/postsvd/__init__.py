@@ -39,7 +39,8 @@ from .checkpoint import (
     read_matrix,
     supported_model_types,
 )
-from .compare import Comparison, compare, random_rotation_nf
+from .compare import compare
+from .comparison import Comparison
 from .constructions import ConstructionResult, construct
 from .errors import (
     BackendError,
@@ -50,6 +51,7 @@ from .errors import (
 )
 from .linalg import pair_measures, svd
 from .lineage import Lineage, lineage
+from .readings import random_rotation_nf
 from .reports import report, write_report
 from .tracking import Trajectory, track
 from ._validate import KIND_GROUPS, KINDS

@@ -34,7 +34,82 @@ import socket
 import stat
 import tempfile
 import threading
-from typing import Callable, Iterator, Optional, Set
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+class FileSet:
+    r"""The entries one kind of result writes into its folder, declared once.
+
+    Each entry is a fixed name (``"table.csv"``) or a template whose fields match the patterns given
+    (``"matrices_layer{layer}_{kind}.png"`` with ``{"layer": r"\d+", "kind": "q|k|..."}``); a template
+    ending in ``/`` is a folder, optionally holding the entries of another FileSet. Writing and owning
+    both go through the declaration: :meth:`name` makes an entry's name and refuses one the set does
+    not declare, :meth:`owns` tells :func:`atomic_folder` which entries of an existing folder belong
+    to a previous result of the same writer, and :func:`atomic_folder` checks (:meth:`check`) that
+    a finished folder holds nothing else before it is published, so the two cannot drift apart.
+    """
+
+    def __init__(self, what: str, entries: Sequence[str], fields: Optional[Mapping[str, str]] = None,
+                 folders: Optional[Mapping[str, "FileSet"]] = None, literal: bool = False):
+        self.what = what
+        self.literal = literal  # entries are plain names (any characters), not templates
+        self.entries: Tuple[str, ...] = tuple(entries)
+        self.fields: Dict[str, str] = dict(fields or {})
+        self.folders: Dict[str, FileSet] = dict(folders or {})
+        self._patterns: List[Tuple[str, "re.Pattern[str]"]] = [(e, self._compile(e)) for e in self.entries]
+
+    def _compile(self, template: str) -> "re.Pattern[str]":
+        if self.literal:
+            return re.compile(re.escape(template.rstrip("/")))
+        parts, position = [], 0
+        for match in re.finditer(r"\{(\w+)\}", template):
+            if match.group(1) not in self.fields:
+                raise ValueError(f"{self.what}: template {template!r} has the field {{{match.group(1)}}} "
+                                 f"without a pattern")
+            parts.append(re.escape(template[position:match.start()]))
+            parts.append(f"(?:{self.fields[match.group(1)]})")
+            position = match.end()
+        parts.append(re.escape(template[position:].rstrip("/")))
+        return re.compile("".join(parts))
+
+    def _template_of(self, name: str) -> Optional[str]:
+        for template, pattern in self._patterns:
+            if pattern.fullmatch(name):
+                return template
+        return None
+
+    def owns(self, name: str) -> bool:
+        """True when `name` (an entry of a folder, no path) is one of the declared entries."""
+        return self._template_of(name) is not None
+
+    def name(self, template: str, **values) -> str:
+        """The entry `template` (one of the declared ones) with its fields filled in."""
+        if template not in self.entries:
+            raise ValueError(f"{self.what}: {template!r} is not one of its declared entries")
+        text = template.rstrip("/") if self.literal else template.rstrip("/").format(**values)
+        if self._template_of(text) != template:
+            raise ValueError(f"{self.what}: {text!r} does not match its declared entry {template!r}")
+        return text
+
+    def undeclared(self, folder: str) -> List[str]:
+        """The entries of `folder` (recursively into declared sub-folders) that the set does not declare."""
+        found = []
+        for entry in sorted(os.listdir(folder)):
+            template = self._template_of(entry)
+            path = os.path.join(folder, entry)
+            is_dir = os.path.isdir(path) and not os.path.islink(path)
+            if template is None or template.endswith("/") != is_dir:
+                found.append(entry)
+            elif is_dir and template in self.folders:
+                found += [os.path.join(entry, inner) for inner in self.folders[template].undeclared(path)]
+        return found
+
+    def check(self, folder: str) -> None:
+        """Raises when `folder` holds an entry the set does not declare (a writer out of step with its
+        declaration: a bug, never published)."""
+        extra = self.undeclared(folder)
+        if extra:
+            raise RuntimeError(f"{self.what}: wrote {', '.join(extra)}, which its file declaration does not list")
+
 
 #: Tags of the hidden folders beside a target: a folder being built, an old folder being replaced.
 TEMP_TAG = "tmp"
@@ -239,7 +314,8 @@ def _build_inside(target: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str, owned: Optional[Callable[[str], bool]] = None) -> Iterator[str]:
+def atomic_folder(target: str, owned: Optional[Callable[[str], bool]] = None, *,
+                  files: Optional[FileSet] = None, replace_all: bool = False) -> Iterator[str]:
     """Yields a new temporary folder beside `target` to write into; on success it is moved
     to `target` (:func:`publish`), on any error or interrupt it is deleted.
 
@@ -250,7 +326,13 @@ def atomic_folder(target: str, owned: Optional[Callable[[str], bool]] = None) ->
     (see :func:`_build_inside`), a writer with `owned` gets the temporary folder
     inside the existing `target`, and the new files are moved in one by one;
     without `owned` (replace everything) the swap is tried and fails with the
-    system's error (check :func:`cannot_replace` first)."""
+    system's error (check :func:`cannot_replace` first).
+
+    `files`: the writer's :class:`FileSet`; the finished folder must hold only its entries
+    (:meth:`~FileSet.check`) to be published, and its :meth:`~FileSet.owns` is `owned` unless
+    `replace_all` (an existing target is replaced whatever it holds, as with ``owned=None``)."""
+    if files is not None and owned is None and not replace_all:
+        owned = files.owns
     target = os.path.realpath(target) if os.path.islink(target) else os.path.abspath(target)
     make_parents(target)
     inside = owned is not None and _build_inside(target)  # replacing everything needs the swap
@@ -262,6 +344,8 @@ def atomic_folder(target: str, owned: Optional[Callable[[str], bool]] = None) ->
     try:
         os.chmod(temp, folder_mode())
         yield temp
+        if files is not None:
+            files.check(temp)
         if inside:
             _move_entries(temp, target)
         else:

@@ -301,17 +301,20 @@ def normalize_leading_k(leading_k) -> int:
 
 
 def normalize_matrix_pairs(pairs, layers: Sequence[int], kinds: Sequence[str], num_layers: int,
-                           model_type: str = "model", what: str = "matrices") -> List[Tuple[int, str]]:
-    """(layer, kind) pairs that name compared matrices: layers among `layers` (negative counts from
-    the end of the model), kinds among `kinds`; anything else raises naming what was compared."""
+                           model_type: str = "model",
+                           what: str = "matrices") -> List[Tuple[int, str, Optional[Union[int, str]]]]:
+    """(layer, kind) or (layer, kind, expert) items that name compared matrices, as (layer, kind, expert
+    or None): layers among `layers` (negative counts from the end of the model), kinds among `kinds`,
+    experts an index or 'shared'; anything else raises naming what was compared."""
     try:
         items = list(pairs)
     except TypeError:
         raise InvalidArgumentError(f"{what}: expected (layer, kind) pairs, got {pairs!r}") from None
-    result: List[Tuple[int, str]] = []
+    result: List[Tuple[int, str, Optional[Union[int, str]]]] = []
     for item in items:
-        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
-            raise InvalidArgumentError(f"{what}: expected (layer, kind) pairs like (0, 'q'), got {item!r}")
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) not in (2, 3):
+            raise InvalidArgumentError(f"{what}: expected (layer, kind) pairs or (layer, kind, expert) triples "
+                                       f"like (0, 'q') or (3, 'gate', 17), got {item!r}")
         if isinstance(item[0], bool) or not isinstance(item[0], (int, np.integer)):
             raise InvalidArgumentError(f"{what}: expected an integer layer, got {item[0]!r} in {item!r}")
         if not -num_layers <= item[0] < num_layers:
@@ -323,6 +326,7 @@ def normalize_matrix_pairs(pairs, layers: Sequence[int], kinds: Sequence[str], n
                                        f"{', '.join(str(x) for x in layers)}")
         try:
             names = normalize_kinds(item[1]) if isinstance(item[1], str) else []
+            expert = expert_label(expert_index(item[2])) if len(item) == 3 else None
         except InvalidArgumentError as error:
             raise InvalidArgumentError(f"{what}: {error}") from None
         if len(names) != 1:
@@ -330,8 +334,26 @@ def normalize_matrix_pairs(pairs, layers: Sequence[int], kinds: Sequence[str], n
         if names[0] not in kinds:
             raise InvalidArgumentError(f"{what}: kind {names[0]!r} was not compared; compared kinds: "
                                        f"{', '.join(kinds)}")
-        result.append((layer, names[0]))
+        result.append((layer, names[0], expert))
     return result
+
+
+def parse_matrix_pairs(text: Optional[str], what: str = "--matrices") -> Optional[List[Tuple]]:
+    """'0:q,3:gate:17,3:down:shared' -> [(0, 'q'), (3, 'gate', 17), (3, 'down', 'shared')]."""
+    if text is None:
+        return None
+    pairs: List[Tuple] = []
+    for part in text.split(","):
+        fields = [f.strip() for f in part.strip().split(":")]
+        if len(fields) not in (2, 3) or not re.fullmatch(r"-?\d+", fields[0]) or not fields[1] or (
+                len(fields) == 3 and not re.fullmatch(rf"\d+|{SHARED_EXPERT}", fields[2].lower())):
+            raise InvalidArgumentError(f"{what}: expected LAYER:KIND or LAYER:KIND:EXPERT items like 0:q,5:down,"
+                                       f"3:gate:17 (EXPERT: an index or '{SHARED_EXPERT}'), got {text!r}")
+        item: Tuple = (int(fields[0]), fields[1])
+        if len(fields) == 3:
+            item += (int(fields[2]) if fields[2].isdigit() else fields[2].lower(),)
+        pairs.append(item)
+    return pairs
 
 
 def _path_text(path, what: str, expected: str = "a path") -> str:

@@ -22,8 +22,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ._names import unique_names
 from ._outputs import atomic_file
 from ._terminal import printable
-from ._validate import (DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, WARM_START_MODES, normalize_output_file,
-                        normalize_output_folder)
+from ._validate import (DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, WARM_START_MODES, expert_label,
+                        normalize_experts, normalize_output_file, normalize_output_folder, parse_matrix_pairs)
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -113,18 +113,6 @@ def _checked_device(args) -> str:
     return "cpu" if args.ray is not None else args.device
 
 
-def _parse_matrices(text: Optional[str]) -> Optional[List[Tuple[int, str]]]:
-    if text is None:
-        return None
-    pairs = []
-    for part in text.split(","):
-        layer, sep, kind = part.strip().partition(":")
-        if not sep or not layer.strip().lstrip("-").isdigit() or not kind.strip():
-            raise InvalidArgumentError(f"--matrices: expected LAYER:KIND pairs like 0:q,5:down, got {text!r}")
-        pairs.append((int(layer), kind.strip()))
-    return pairs
-
-
 # ---------------------------------------------------------------------- compare
 
 COMPARE_EXAMPLES = """\
@@ -140,7 +128,7 @@ examples:
 output (per post model): table.csv, table.json (a row per layer and kind), kinds.csv,
 kinds.json (pooled per kind, the paper's Table 3), spectra.npz, summary.txt, run.json,
 svsm.png (Fig. 2), scaling_bands.png (Fig. 8), nf.png (Fig. 3b),
-matrices_layer<L>_<kind>.png (Fig. 3a)."""
+matrices_layer<L>_<kind>[_expert<E>].png (Fig. 3a); MoE models also nf_experts.png."""
 
 
 def add_compare(subparsers) -> None:
@@ -151,13 +139,17 @@ def add_compare(subparsers) -> None:
                     "top-90 % scaling statistics, NF and the similarity / I_orth matrices, as tables and plots.",
         epilog=COMPARE_EXAMPLES, formatter_class=HelpFormatter)
     add_models_and_out(parser, "posts", "POST", "post-trained model folder(s) of the same base")
-    parser.add_argument("--matrices", default=None, metavar="L:KIND[,L:KIND]",
-                        help="pairs to draw sim/difference/I_orth heatmaps for (default: first layer and kind)")
+    parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT][,...]",
+                        help="pairs to draw sim/difference/I_orth heatmaps for, e.g. 0:q,3:gate:17 (MoE: the expert, "
+                             "an index or 'shared'; default: first layer and kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
     parser.add_argument("--experts", default=None, metavar="LIST",
                         help="MoE models: experts to compare, e.g. 0-7 or 0-7,shared (default: all); attention "
                              "and dense MLP matrices are always compared")
+    parser.add_argument("--show-experts", default=None, metavar="LIST",
+                        help="MoE models: experts drawn and stored (spectra.npz) as their own series besides the "
+                             "pooled routed experts and the shared one, e.g. 17 or 3,17,shared")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     add_ray_option(parser)
     parser.set_defaults(func=run_compare)
@@ -172,21 +164,33 @@ def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
 def run_compare(args) -> int:
     from .compare import check_compare_arguments, compare
 
-    matrices_for = _parse_matrices(args.matrices)
+    matrices_for = parse_matrix_pairs(args.matrices)
+    shown = _shown_experts(args.show_experts)
     out_dirs = _output_dirs(args.out, args.posts)
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
                    num_threads=args.threads, cache=args.cache, experts=args.experts)
     check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
-                            outs=out_dirs, **dict(options, device=_checked_device(args)))
+                            outs=out_dirs, shown_experts=shown, **dict(options, device=_checked_device(args)))
     for post, out_dir in zip(args.posts, out_dirs):
         result = compare(args.base, post, progress=not args.no_progress, warm_start=args.warm_start, **options,
                          **_executor_options(args))
-        written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k)
+        written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k,
+                              experts=shown)
         print(result.summary())
         print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
         if len(args.posts) > 1:
             print()
     return 0
+
+
+def _shown_experts(text):
+    """--show-experts as expert labels (checked against the comparison when it is saved)."""
+    if text is None:
+        return None
+    try:
+        return sorted((expert_label(e) for e in normalize_experts(text)), key=lambda e: (isinstance(e, str), str(e)))
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(f"--show-experts: {error}") from None
 
 
 # ---------------------------------------------------------------------- construct
@@ -278,8 +282,9 @@ def add_report(subparsers) -> None:
         epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
     add_models_and_out(parser, "posts", "POST", "post-trained model folder(s) of the same base")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
-    parser.add_argument("--matrices", default=None, metavar="L:KIND",
-                        help="the pair whose similarity matrices are drawn (default: middle layer, first kind)")
+    parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT]",
+                        help="the pair whose similarity matrices are drawn, e.g. 2:q or 3:gate:17 (default: middle "
+                             "layer, first kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
     parser.set_defaults(func=run_report)
@@ -288,9 +293,9 @@ def add_report(subparsers) -> None:
 def run_report(args) -> int:
     from .reports import report
 
-    pairs = _parse_matrices(args.matrices)
+    pairs = parse_matrix_pairs(args.matrices)
     if pairs is not None and len(pairs) != 1:
-        raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND pair, got {args.matrices!r}")
+        raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND[:EXPERT] item, got {args.matrices!r}")
     path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
                   kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
                   leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
@@ -506,12 +511,13 @@ def add_build_info(subparsers) -> None:
 
 
 def run_build_info(args) -> int:
-    import postsvd
+    from . import _core
+    from ._version import __version__
 
-    print(f"postsvd {postsvd.__version__}")
-    print(postsvd.build_info())
-    print(f"built with CUDA: {postsvd.built_with_cuda()}, has_cuda: {postsvd.has_cuda()}, "
-          f"cuda devices: {postsvd.cuda_device_count()}")
+    print(f"postsvd {__version__}")
+    print(_core.build_info())
+    print(f"built with CUDA: {bool(_core.built_with_cuda())}, has_cuda: {bool(_core.has_cuda())}, "
+          f"cuda devices: {int(_core.cuda_device_count())}")
     return 0
 
 

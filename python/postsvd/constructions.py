@@ -48,7 +48,8 @@ import numpy as np
 import pandas as pd
 
 from . import _core
-from ._outputs import apply_umask, atomic_folder, cannot_replace
+from .comparison import Comparison
+from ._outputs import FileSet, apply_umask, atomic_folder, cannot_replace
 from ._terminal import printable
 from ._validate import (
     KIND_GROUPS,
@@ -399,8 +400,11 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
 
     from tqdm.auto import tqdm
 
-    # Built in a hidden folder beside out (normal permissions), swapped into place when complete.
-    with atomic_folder(out_path) as temp:
+    # Built in a hidden folder beside out (normal permissions), swapped into place when complete. What it may
+    # hold: the post folder's entries (its weights rewritten, the rest copied) and the record.
+    entries = [e + "/" if os.path.isdir(os.path.join(post_path, e)) else e for e in sorted(os.listdir(post_path))]
+    files = FileSet("a construction", [*entries, *_weight_file_names(post_checkpoint), RECORD_NAME], literal=True)
+    with atomic_folder(out_path, files=files, replace_all=True) as temp:
         copied = _copy_other_files(post_path, temp, _weight_file_names(post_checkpoint))
         with tqdm(total=None, desc=f"construction {number}", unit="matrix", disable=not progress,
                   leave=True) as bar:
@@ -465,8 +469,6 @@ def _record_row(row: Dict[str, Any], rotations: bool) -> Dict[str, Any]:
 
 def _check_comparison(comparison, base_path: str, post_path: str) -> None:
     """`comparison` is a Comparison of these two folders (its alpha' would be wrong for others)."""
-    from .compare import Comparison
-
     if not isinstance(comparison, Comparison):
         raise InvalidArgumentError(f"comparison: expected a postsvd.Comparison, got {type(comparison).__name__}")
     for role, given, compared in (("base", base_path, comparison.base), ("post", post_path, comparison.post)):

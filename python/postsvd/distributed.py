@@ -5,7 +5,7 @@ architecture, groups the selected (layer, kind[, expert]) pairs into units
 (:func:`plan_units`: a layer's pairs, split where they hold more than
 :data:`UNIT_ELEMENTS` weights) and submits one Ray task per unit. Each task
 opens the folders by path (a file system every node sees), runs
-:func:`postsvd.compare.pair_records` (the same per-pair code as a local run)
+:func:`postsvd._engine.pair_records` (the same per-pair code as a local run)
 and returns only the measures (O(k) per pair); no weights go through Ray's
 object store. The records are put back in the local run's order, so in the
 same precision the tables equal a local run's to the last digit.
@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from . import _core
+from ._engine import Run, pair_records
 from ._extras import install_hint, require
 from .errors import BackendError, InvalidArgumentError
 
@@ -143,9 +145,6 @@ def inject_fault(spec: Optional[str]) -> None:
 
 def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[int], fault: Optional[str]):
     """One task: opens both folders, compares the pairs at `indices`; returns (records, cache counts)."""
-    from . import _core
-    from .compare import pair_records
-
     inject_fault(fault or os.environ.get(FAULT_VARIABLE))
     comparator = _core.Comparator(options.base, options.post, device, options.precision, [],
                                   options.memory_budget_bytes, num_threads, options.cache, options.warm_start,
@@ -153,10 +152,12 @@ def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[i
     return pair_records(comparator, indices), dict(comparator.cache_counts)
 
 
-def compare_units(options: RunOptions, batches: Sequence[Sequence[int]], arch: Dict[str, Any], *,
-                  address: Optional[str] = None, progress: bool = True, desc: str = "") -> RunResult:
-    """Runs the pairs of `batches` (a list of pair indices per layer) as Ray tasks; records in local order."""
+def compare_units(run: Run, *, address: Optional[str] = None, progress: bool = True, desc: str = "") -> RunResult:
+    """Runs the selected pairs of `run` as Ray tasks; the records come back in the local run's order."""
     global _task
+    options = RunOptions(run.base, run.post, run.device, run.precision, run.budget, run.num_threads, run.cache,
+                         run.warm_start, run.warm_from)
+    batches, arch = run.units(), run.architecture
     ray = connect(address)
     if _task is None:
         _task = ray.remote(run_unit)

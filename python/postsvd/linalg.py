@@ -99,10 +99,10 @@ def pair_measures(base, post, dtype: str = "float32", device: str = "cpu", full_
     with _call_lock:
         result = backend.measures(base_matrix, post_matrix, normalize_dtype(dtype), bool(full_matrices),
                                   normalize_leading_k(leading_k))
-    return _with_difference(result) if full_matrices else result
+    return with_difference(result) if full_matrices else result
 
 
-def _with_difference(result: dict) -> dict:
+def with_difference(result: dict) -> dict:
     """Adds ``difference`` = |sim_U - sim_V| (Fig. 3a) to measures computed with their full matrices."""
     result["difference"] = np.abs(result["sim_u"] - result["sim_v"])
     return result

@@ -35,23 +35,24 @@ could not, or the pair is out of scope: other vocabulary, depth or width).
 from __future__ import annotations
 
 import contextlib
-import datetime
-import html
 import json
 import math
 import os
-import platform
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
 from . import _core
+from ._html import data_table, escape as _e, figure as _figure, page, run_metadata
 from ._names import short_name
-from ._outputs import atomic_folder
+from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
 from ._validate import normalize_folder, normalize_layers, normalize_output_folder, normalize_threads
+from ._version import __version__
+from .compare import check_compare_arguments, compare
 from .errors import InvalidArgumentError
+from .readings import random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -62,11 +63,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 #: Eigenvalues of a probe Gram matrix below this fraction of the largest are raised to it (whitening ridge).
 WHITENING_RIDGE = 1e-3
 #: The files :meth:`Lineage.save` writes.
-LINEAGE_FILES = ("lineage.json", "lineage.csv", "lineage.html")
+LINEAGE_FILES = FileSet("a lineage result", ["lineage.json", "lineage.csv", "lineage.html"])
 VERDICTS = ("derived", "independent", "inconclusive")
-#: What compare's summary says where NF alone would tempt a reader to judge lineage (one wording, here).
-LINEAGE_HINT = ("NF alone does not settle lineage (a rotated or permuted copy reads the same): `postsvd lineage "
-                "BASE POST` tests whether POST derives from BASE, with a p-value.")
 #: Probe rows read at a time (the embedding matrices of large vocabularies are read in slices).
 _PROBE_CHUNK = 16384
 
@@ -114,8 +112,6 @@ def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
     chosen = normalize_layers(layers, model_a.num_layers, model_a.model_type) if layers is not None else \
         list(range(model_a.num_layers))
     if paper_nf:  # the comparison's options fail now, not after the test
-        from .compare import check_compare_arguments
-
         check_compare_arguments(model_a.folder, [model_b.folder], layers=chosen,
                                 **{k: v for k, v in compare_options.items() if k != "progress"})
     from tqdm.auto import tqdm
@@ -131,8 +127,6 @@ def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
     table = _with_p_values(pd.DataFrame(rows), controls)
     nf_table = None
     if paper_nf:
-        from .compare import compare, random_rotation_nf
-
         nf_table = compare(model_a.folder, model_b.folder, layers=chosen, **compare_options).table
         nf_table = nf_table[["layer", "kind", "k", "nf"]].copy()
         nf_table["nf_random"] = [random_rotation_nf(int(k)) for k in nf_table["k"]]
@@ -241,8 +235,6 @@ class Lineage:
 
     def to_dict(self) -> Dict[str, Any]:
         """Everything as plain data (what lineage.json holds)."""
-        from ._version import __version__
-
         return {"a": self.a, "b": self.b, "verdict": self.verdict, "level": self.level,
                 "p_value": self.p_value, "log10_p": self.log10_p, "reasons": self.reasons,
                 "alignments": self.alignments, "table": json.loads(self.table.to_json(orient="records")),
@@ -251,28 +243,23 @@ class Lineage:
 
     def to_html(self, title: Optional[str] = None) -> str:
         """One self-contained HTML page in the style of ``postsvd report``."""
-        from .reports import page_css
-
         title = title or f"postsvd lineage: {short_name(self.b)} from {short_name(self.a)}?"
-        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-                f"<title>{_e(title)}</title>\n<style>{page_css()}</style>\n</head>\n<body>\n"
-                f"<header><h1>{_e(title)}</h1><p class=\"subtitle\">A <code>{_e(short_name(self.a))}</code>, "
-                f"B <code>{_e(short_name(self.b))}</code></p>"
-                '<nav><a href="#verdict">verdict</a><a href="#tests">tests</a><a href="#alignments">alignments</a>'
-                '<a href="#paper-nf">paper NF</a><a href="#how-to-read">how to read</a><a href="#metadata">run</a>'
-                "</nav></header>\n<main>\n" + "\n".join(self._sections()) + "\n</main>\n</body>\n</html>\n")
+        subtitle = f"A <code>{_e(short_name(self.a))}</code>, B <code>{_e(short_name(self.b))}</code>"
+        nav = [("verdict", "verdict"), ("tests", "tests"), ("alignments", "alignments"), ("paper-nf", "paper NF"),
+               ("how-to-read", "how to read"), ("metadata", "run")]
+        return page(title, self._sections(), subtitle=subtitle, nav=nav)
 
     def save(self, out: PathLike) -> List[str]:
         """Writes lineage.json, lineage.csv and lineage.html into `out` (built aside, moved in whole)."""
         target = normalize_output_folder(out)
-        with atomic_folder(target, owned=lambda name: name in LINEAGE_FILES) as temp:
-            with open(os.path.join(temp, "lineage.json"), "w", encoding="utf-8") as f:
+        names = [LINEAGE_FILES.name(n) for n in ("lineage.json", "lineage.csv", "lineage.html")]
+        with atomic_folder(target, files=LINEAGE_FILES) as temp:
+            with open(os.path.join(temp, names[0]), "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f, indent=1)
-            self.table.to_csv(os.path.join(temp, "lineage.csv"), index=False)
-            with open(os.path.join(temp, "lineage.html"), "w", encoding="utf-8") as f:
+            self.table.to_csv(os.path.join(temp, names[1]), index=False)
+            with open(os.path.join(temp, names[2]), "w", encoding="utf-8") as f:
                 f.write(self.to_html())
-        return [os.path.join(os.fspath(out), name) for name in LINEAGE_FILES]
+        return [os.path.join(os.fspath(out), name) for name in names]
 
     def plot(self):
         """matplotlib Figure: per layer, -log10 p of the MLP test against the level and the share of agreeing units."""
@@ -289,8 +276,6 @@ class Lineage:
     # ------------------------------------------------------------------ page
 
     def _sections(self) -> List[str]:
-        from .reports import figure_html as _figure
-
         verdict = [f'<section id="verdict"><h2>Verdict</h2><div class="verdict"><p><b>{_e(self.verdict)}</b> at '
                    f"level {self.level:g}"]
         if self.p_value is not None:
@@ -312,8 +297,7 @@ class Lineage:
                 "<i>similarity</i>: mean |cosine| of matched units or heads after alignment (1 = identical "
                 "directions). Rows marked <i>supports</i> are significant at the level.</p>"
                 + _figure(self.plot(), "lineage-layers", "the MLP unit test per layer")
-                + shown.to_html(index=False, border=0, classes="data layers", float_format=lambda x: f"{x:.4g}")
-                + "</section>")
+                + data_table(shown) + "</section>")
         if self.alignments:
             rows = "".join(f"<tr><td>{_e(a['alignment'])}</td><td>{_e(a['measure'])}</td>"
                            f"<td>{a['change']:.4g}</td></tr>" for a in self.alignments)
@@ -327,22 +311,14 @@ class Lineage:
                             "computed on the weights as stored. Near 0 for an undisguised derivative, about "
                             "√(2/k) for unrelated models; a rotated or permuted copy also reads near √(2/k), "
                             "which is why the verdict does not rest on it.</p>"
-                            + self.nf_table.to_html(index=False, border=0, classes="data layers",
-                                                    float_format=lambda x: f"{x:.4g}") + "</section>")
+                            + data_table(self.nf_table) + "</section>")
         sections.append(_HOW_TO_READ)
         sections.append(self._metadata_html())
         return sections
 
     def _metadata_html(self) -> str:
-        from ._version import __version__
-
-        rows = [("postsvd version", __version__),
-                ("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
-                ("host", f"{platform.node()} ({platform.system()} {platform.machine()})"),
-                ("model A", os.path.abspath(self.a)), ("model B", os.path.abspath(self.b)),
-                ("level", f"{self.level:g}")]
-        body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-        return f'<section id="metadata"><h2>Run</h2><table class="meta"><tbody>{body}</tbody></table></section>'
+        return run_metadata([("model A", os.path.abspath(self.a)), ("model B", os.path.abspath(self.b)),
+                             ("level", f"{self.level:g}")])
 
 
 def verdict_reading(verdict: str) -> str:
@@ -721,10 +697,6 @@ def _p_text(p: float, log10_p: Optional[float]) -> str:
 
 def _display(path: str) -> str:
     return printable(short_name(path))
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
 
 
 _HOW_TO_READ = (

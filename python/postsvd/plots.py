@@ -15,13 +15,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._names import short_name
-from ._validate import KINDS, normalize_kinds
+from ._validate import normalize_kinds
 from .errors import InvalidArgumentError
+from .readings import random_rotation_nf
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from .compare import Comparison
+    from .comparison import Comparison
 
 #: One color per kind, stable across figures.
 KIND_COLORS = {
@@ -33,6 +34,24 @@ KIND_COLORS = {
 
 #: Narrowest color range of the SVSM heatmaps.
 MIN_SVSM_SPAN = 0.2
+
+
+def _series_style(label: str, series: Mapping) -> tuple:
+    """(color, line style) of a series: its kind's color; solid for a kind's dense matrices and pooled
+    experts, dotted for a shared expert, dash-dot for one routed expert."""
+    kind = series.get("kind", label)
+    rest = label[len(kind):].strip()
+    style = "-" if rest in ("", "experts") else (":" if rest == "shared" else "-.")
+    return KIND_COLORS.get(kind), style
+
+
+def _legend(ax, count: int, loc: str = "best") -> None:
+    """The legend inside the axes, or beside them where the series are many (MoE: a kind's dense,
+    pooled, shared and chosen experts' lines)."""
+    if count > 8:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(ncol=min(count, 4), fontsize="small", loc=loc)
 
 
 def _grid(count: int, max_cols: int = 4):
@@ -98,22 +117,23 @@ def plot_scaling_bands(per_layer: Mapping[str, Dict[str, np.ndarray]], title: st
     factors, one color per kind.
 
     Args:
-        per_layer: kind -> {"layers": [L], "mean": [L], "std": [L]}.
+        per_layer: series label (a kind, or "gate experts" and the like) -> {"layers": [L],
+            "mean": [L], "std": [L]}, and "kind" where the label is not a kind.
     """
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
-    for kind, series in per_layer.items():
+    for label, series in per_layer.items():
         x = np.asarray(series["layers"])
         mean = np.asarray(series["mean"])
         std = np.asarray(series["std"])
-        color = KIND_COLORS.get(kind)
-        ax.plot(x, mean, marker="o", markersize=3, color=color, label=f"W_{kind}")
+        color, style = _series_style(label, series)
+        ax.plot(x, mean, marker="o", markersize=3, color=color, linestyle=style, label=f"W_{label}")
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
     ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("scaling factor (top 90 %)  mean ± std")
-    ax.legend(ncol=min(len(per_layer), 4), fontsize="small")
+    _legend(ax, len(per_layer))
     ax.set_title(title or "Singular value scaling per layer")
     return fig
 
@@ -123,18 +143,26 @@ def plot_nf(per_layer: Mapping[str, Dict[str, np.ndarray]], baseline: Optional[M
     """Fig. 3b: NF = ||Q1^T Q2 - I||_F / k per layer, one line per kind.
 
     Args:
-        per_layer: kind -> {"layers": [L], "nf": [L]}.
-        baseline: kind -> NF of unrelated random rotations (sqrt(2/k)), drawn dashed.
+        per_layer: series label (a kind, or "gate experts" and the like) -> {"layers": [L], "nf": [L]},
+            with "kind" where the label is not a kind, and optionally "low" and "high" ([L]: a band,
+            e.g. the smallest and largest NF of a layer's experts).
+        baseline: series label -> NF of unrelated random rotations (sqrt(2/k)), drawn dashed.
     """
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
-    for kind, series in per_layer.items():
-        color = KIND_COLORS.get(kind)
-        ax.plot(series["layers"], series["nf"], marker="o", markersize=3, color=color, label=f"W_{kind}")
+    for label, series in per_layer.items():
+        color, style = _series_style(label, series)
+        ax.plot(series["layers"], series["nf"], marker="o", markersize=3, color=color, linestyle=style,
+                label=f"W_{label}")
+        if "low" in series:
+            ax.fill_between(series["layers"], series["low"], series["high"], color=color, alpha=0.15, linewidth=0)
     # One dashed line per distinct baseline value, naming the kinds it belongs to.
     by_value: Dict[float, list] = {}
-    for kind, value in (baseline or {}).items():
-        by_value.setdefault(round(float(value), 12), []).append(kind)
+    for label, value in (baseline or {}).items():
+        kind = per_layer[label].get("kind", label) if label in per_layer else label
+        names = by_value.setdefault(round(float(value), 12), [])
+        if kind not in names:
+            names.append(kind)
     for value, kinds in by_value.items():
         ax.axhline(value, color="0.45", linewidth=0.9, linestyle="--")
         ax.annotate(f"unrelated ({', '.join(kinds)})", (0.01, value), xycoords=("axes fraction", "data"),
@@ -143,7 +171,7 @@ def plot_nf(per_layer: Mapping[str, Dict[str, np.ndarray]], baseline: Optional[M
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("NF = ||I_orth − I||_F / k")
     ax.set_ylim(bottom=0)
-    ax.legend(ncol=min(len(per_layer), 4), fontsize="small", loc="center right")
+    _legend(ax, len(per_layer), loc="center right")
     ax.set_title(title or "Orthogonal consistency (NF; dashed: unrelated rotations)")
     return fig
 
@@ -212,8 +240,6 @@ def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figur
         comparisons: name -> :class:`~postsvd.Comparison` (same base and kinds).
         kinds: kinds to draw (default: those every comparison has).
     """
-    from .compare import random_rotation_nf  # compare draws with this module: import it when called
-
     if not comparisons:
         raise InvalidArgumentError("comparisons: expected at least one name -> Comparison")
     items = list(comparisons.items())
@@ -229,9 +255,10 @@ def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figur
     for ax, kind in zip(axes, chosen):
         k_value = None
         for position, (name, comparison) in enumerate(items):
-            ax.plot(comparison.layers_of(kind), comparison.nf(kind), marker="o", markersize=3,
-                    color=f"C{position % 10}", label=name)
-            k_value = comparison.table.loc[comparison.table["kind"] == kind, "k"].iloc[0]
+            series = comparison.series(kind)[0]  # the kind's dense matrices, else its pooled experts
+            ax.plot(comparison.layers_of(kind, series.expert), comparison.nf(kind, series.expert), marker="o",
+                    markersize=3, color=f"C{position % 10}", label=name)
+            k_value = comparison.records_of(kind, series.expert)[0]["k"]
         ax.axhline(random_rotation_nf(int(k_value)), color="0.45", linestyle="--", linewidth=0.9)
         ax.set_title(f"W_{kind}")
         ax.set_xlabel("layer")

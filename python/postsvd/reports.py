@@ -20,30 +20,24 @@ not shadow it.)
 """
 from __future__ import annotations
 
-import base64
-import datetime
-import html
-import io
-import math
 import os
-import platform
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
+from ._html import data_table, escape as _e, figure as _figure, page, run_metadata, section
 from ._names import short_name, unique_names
-from ._outputs import atomic_folder
-from ._validate import normalize_output_folder
-from ._version import __version__
+from ._outputs import FileSet, atomic_folder
+from ._validate import normalize_layers, normalize_output_folder
+from .compare import check_compare_arguments, compare
+from .comparison import Comparison
 from .errors import InvalidArgumentError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .compare import Comparison
+from .readings import kind_reading, nf_comparison
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: The page's file name inside the output folder.
 REPORT_NAME = "report.html"
-#: Resolution of the embedded PNG figures.
-FIGURE_DPI = 90
+#: What :func:`write_report` writes into its folder.
+REPORT_FILES = FileSet("a report", [REPORT_NAME])
 
 
 # ---------------------------------------------------------------------- public API
@@ -71,8 +65,6 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
             `out` is an existing file.
         BadCheckpointError: a folder is missing or malformed, or shapes differ.
     """
-    from .compare import check_compare_arguments, compare
-
     post_list = _post_list(posts)
     check_compare_arguments(base, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
                             num_threads=num_threads, cache=cache,
@@ -82,21 +74,21 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
 
 
-def write_report(comparisons: Union["Comparison", Sequence["Comparison"]], out: PathLike, *,
+def write_report(comparisons: Union[Comparison, Sequence[Comparison]], out: PathLike, *,
                  title: Optional[str] = None, matrices: Optional[Tuple[int, str]] = None,
                  leading_k: int = 25) -> str:
     """Writes the HTML page of comparisons already computed (one base, one or
     more post models) into ``out/report.html``; returns its path."""
     comparison_list = _comparison_list(comparisons)
     target = normalize_output_folder(out)
-    page = render_html(comparison_list, title=title, matrices=matrices, leading_k=leading_k)
-    with atomic_folder(target, owned=lambda name: name == REPORT_NAME) as temp:
-        with open(os.path.join(temp, REPORT_NAME), "w", encoding="utf-8") as f:
-            f.write(page)
+    text = render_html(comparison_list, title=title, matrices=matrices, leading_k=leading_k)
+    with atomic_folder(target, files=REPORT_FILES) as temp:
+        with open(os.path.join(temp, REPORT_FILES.name(REPORT_NAME)), "w", encoding="utf-8") as f:
+            f.write(text)
     return os.path.join(os.fspath(out), REPORT_NAME)
 
 
-def render_html(comparisons: Union["Comparison", Sequence["Comparison"]], *, title: Optional[str] = None,
+def render_html(comparisons: Union[Comparison, Sequence[Comparison]], *, title: Optional[str] = None,
                 matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
     comparison_list = _comparison_list(comparisons)
@@ -106,59 +98,54 @@ def render_html(comparisons: Union["Comparison", Sequence["Comparison"]], *, tit
     title = title or f"postsvd report: {base_name}"
     names = unique_names([c.post for c in comparison_list])
     sections = [_overview_section(comparison_list, names)]
-    if len(comparison_list) > 1 and not any(_has_experts(c) for c in comparison_list):
+    if len(comparison_list) > 1:
         sections.append(_all_models_section(comparison_list, names))
     for index, (comparison, name) in enumerate(zip(comparison_list, names)):
         sections.append(_post_section(index, comparison, name, matrices, leading_k))
     sections.append(_how_to_read_section())
     sections.append(_metadata_section(comparison_list, names))
-    nav = "".join(f'<a href="#post-{i}">{_e(n)}</a>' for i, n in enumerate(names))
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f'<meta name="generator" content="postsvd {_e(__version__)}">\n'
-            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            f'<header><h1>{_e(title)}</h1><p class="subtitle">base <code>{_e(base_name)}</code> compared with '
-            f"{len(names)} post-trained model{'s' if len(names) > 1 else ''}: "
-            f"{', '.join(f'<code>{_e(n)}</code>' for n in names)}</p>"
-            f'<nav><a href="#overview">overview</a>{nav}<a href="#how-to-read">how to read</a>'
-            f'<a href="#metadata">run</a></nav></header>\n<main>\n'
-            + "\n".join(sections) + "\n</main>\n</body>\n</html>\n")
+    subtitle = (f"base <code>{_e(base_name)}</code> compared with {len(names)} post-trained "
+                f"model{'s' if len(names) > 1 else ''}: {', '.join(f'<code>{_e(n)}</code>' for n in names)}")
+    nav = [("overview", "overview"), *((f"post-{i}", n) for i, n in enumerate(names)),
+           ("how-to-read", "how to read"), ("metadata", "run")]
+    return page(title, sections, subtitle=subtitle, nav=nav)
 
 
 # ---------------------------------------------------------------------- sections
 
-def _overview_section(comparisons: Sequence["Comparison"], names: Sequence[str]) -> str:
+def _overview_section(comparisons: Sequence[Comparison], names: Sequence[str]) -> str:
     rows = []
     for index, (comparison, name) in enumerate(zip(comparisons, names)):
         kinds = comparison.kind_table()
-        verdict = _verdict(comparison)
         rows.append(
             f'<tr><td><a href="#post-{index}">{_e(name)}</a></td>'
             f"<td>{kinds['scaling_mean'].min():.3f} – {kinds['scaling_mean'].max():.3f}</td>"
             f"<td>{kinds['nf_mean'].mean():.4f}</td><td>{kinds['nf_random'].mean():.4f}</td>"
-            f"<td>{_e(verdict)}</td></tr>")
-    return ('<section id="overview"><h2>Overview</h2>'
-            "<p>One row per post-trained model. <b>Scaling</b> is σ<sub>post</sub>/σ<sub>base</sub> per singular "
-            "value (range of the per-kind means); <b>NF</b> measures whether the input side and the output side of "
-            "each matrix rotated together (0 = exactly together; about the <i>unrelated</i> value for two "
-            "independently trained models).</p>"
-            '<table class="data"><thead><tr><th>post model</th><th>mean scaling per kind</th><th>NF mean</th>'
-            "<th>NF unrelated</th><th>reading</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table></section>")
+            f"<td>{_e(comparison.overall())}</td></tr>")
+    return section("overview", "Overview",
+                   "<p>One row per post-trained model. <b>Scaling</b> is σ<sub>post</sub>/σ<sub>base</sub> per singular "
+                   "value (range of the per-kind means); <b>NF</b> measures whether the input side and the output side "
+                   "of each matrix rotated together (0 = exactly together; about the <i>unrelated</i> value for two "
+                   "independently trained models).</p>"
+                   '<table class="data"><thead><tr><th>post model</th><th>mean scaling per kind</th><th>NF mean</th>'
+                   "<th>NF unrelated</th><th>reading</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def _all_models_section(comparisons: Sequence["Comparison"], names: Sequence[str]) -> str:
+def _all_models_section(comparisons: Sequence[Comparison], names: Sequence[str]) -> str:
     from .plots import plot_nf_models
 
     figure = plot_nf_models(dict(zip(names, comparisons)))
-    return ('<section id="all-models"><h2>All post models: NF per layer (Fig. 9)</h2>'
-            "<p>Each line is one post model compared with the same base. Post-trained descendants of the base stay "
-            "far below the dashed line (a consistent rotation); a separately trained model sits near it.</p>"
-            + _figure(figure, "nf-models", "NF per layer of every post model against the base") + "</section>")
+    return section("all-models", "All post models: NF per layer (Fig. 9)",
+                   "<p>Each line is one post model compared with the same base (MoE kinds: the mean over each "
+                   "layer's routed experts). Post-trained descendants of the base stay far below the dashed line (a "
+                   "consistent rotation); a separately trained model sits near it.</p>"
+                   + _figure(figure, "nf-models", "NF per layer of every post model against the base"))
 
 
-def _post_section(index: int, comparison: "Comparison", name: str, matrices: Optional[Tuple[int, str]],
+def _post_section(index: int, comparison: Comparison, name: str, matrices: Optional[Tuple],
                   leading_k: Optional[int]) -> str:
+    layer, kind, expert = _chosen_pair(comparison, matrices)
+    which = "" if expert is None else f", expert {expert}"
     parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(short_name(comparison.base))}</h2>',
              _summary_html(comparison),
              "<h3>Per kind (Table 3)</h3>",
@@ -168,96 +155,70 @@ def _post_section(index: int, comparison: "Comparison", name: str, matrices: Opt
              "number of experts and how much the experts differ: the population std over experts of each expert's "
              "own scaling mean and mean NF.</p>",
              _kind_table_html(comparison)]
-    if _has_experts(comparison):
+    if comparison.has_experts:
+        parts.append('<p class="note">This model has experts (MoE): in the figures below a kind\'s routed experts are '
+                     "pooled per layer (<i>W<sub>kind</sub> experts</i>: their mean, with their spread as the band) and "
+                     "its shared expert is drawn on its own; the tables cover every expert.</p>")
+    parts += [
+        "<h3>Singular value scaling matrices (Fig. 2)</h3>",
+        "<p>One heatmap per kind: column = layer, row = singular value index (largest at the top), color = "
+        "σ<sub>post</sub>/σ<sub>base</sub>. One flat color means every singular value was scaled by the same "
+        "factor; stripes in the bottom rows are the small, noisy tail (excluded from the top-90 % statistics)."
+        "</p>",
+        _figure(comparison.plot_svsm(), f"svsm-{index}", f"SVSM heatmaps of {name}"),
+        "<h3>Scaling per layer (Fig. 8)</h3>",
+        "<p>Per layer the mean (line) and ± std (band) of the top-90 % scaling factors, one color per kind. A "
+        "thin band means near-uniform scaling.</p>",
+        _figure(comparison.plot_scaling_bands(), f"bands-{index}", f"scaling bands of {name}"),
+        "<h3>Orthogonal consistency per layer (Fig. 3b)</h3>",
+        "<p>NF = ‖Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> − I‖<sub>F</sub>/k per layer; dashed: unrelated random "
+        "rotations. Far below the dashed line = the left and right singular vectors were rotated by the same "
+        "orthogonal matrix.</p>",
+        _figure(comparison.plot_nf(), f"nf-{index}", f"NF per layer of {name}"),
+    ]
+    if comparison.has_experts:
         parts += [
-            '<p class="note">This model has experts (MoE): the per-layer figures of the dense models (Fig. 2, 3, 8) '
-            "are left out of this page; the heatmap below shows NF per (layer, expert), and the tables cover every "
-            "expert.</p>",
             "<h3>Orthogonal consistency per expert</h3>",
             "<p>One heatmap per kind with experts: column = MoE layer, row = expert (routed experts by index, then "
             "<code>shared</code>), color = NF. A uniform dark map means every expert rotated consistently; a bright "
             "row or cell singles out an expert that changed differently.</p>",
             _figure(comparison.plot_expert_nf(), f"experts-{index}", f"NF per layer and expert of {name}"),
         ]
-    else:
-        layer, kind = _chosen_pair(comparison, matrices)
-        parts += [
-            "<h3>Singular value scaling matrices (Fig. 2)</h3>",
-            "<p>One heatmap per kind: column = layer, row = singular value index (largest at the top), color = "
-            "σ<sub>post</sub>/σ<sub>base</sub>. One flat color means every singular value was scaled by the same "
-            "factor; stripes in the bottom rows are the small, noisy tail (excluded from the top-90 % statistics)."
-            "</p>",
-            _figure(comparison.plot_svsm(), f"svsm-{index}", f"SVSM heatmaps of {name}"),
-            "<h3>Scaling per layer (Fig. 8)</h3>",
-            "<p>Per layer the mean (line) and ± std (band) of the top-90 % scaling factors, one color per kind. A "
-            "thin band means near-uniform scaling.</p>",
-            _figure(comparison.plot_scaling_bands(), f"bands-{index}", f"scaling bands of {name}"),
-            "<h3>Orthogonal consistency per layer (Fig. 3b)</h3>",
-            "<p>NF = ‖Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> − I‖<sub>F</sub>/k per layer; dashed: unrelated random "
-            "rotations. Far below the dashed line = the left and right singular vectors were rotated by the same "
-            "orthogonal matrix.</p>",
-            _figure(comparison.plot_nf(), f"nf-{index}", f"NF per layer of {name}"),
-            f"<h3>Singular vector similarity of W<sub>{_e(kind)}</sub>, layer {layer} (Fig. 3a)</h3>",
-            "<p>sim<sub>U</sub> = |U<sub>base</sub><sup>T</sup>U<sub>post</sub>| and sim<sub>V</sub> = "
-            "|V<sub>base</sub><sup>T</sup>V<sub>post</sub>| (the same pattern on both sides means one rotation), "
-            "their difference (dark = equal) and I<sub>orth</sub> = Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> "
-            "(near the identity = consistent rotation), for the leading singular vectors.</p>",
-            _figure(comparison.plot_matrices(layer, kind, leading_k), f"matrices-{index}",
-                    f"similarity matrices of W_{kind}, layer {layer}, {name}"),
-        ]
+    parts += [
+        f"<h3>Singular vector similarity of W<sub>{_e(kind)}</sub>, layer {layer}{_e(which)} (Fig. 3a)</h3>",
+        "<p>sim<sub>U</sub> = |U<sub>base</sub><sup>T</sup>U<sub>post</sub>| and sim<sub>V</sub> = "
+        "|V<sub>base</sub><sup>T</sup>V<sub>post</sub>| (the same pattern on both sides means one rotation), "
+        "their difference (dark = equal) and I<sub>orth</sub> = Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> "
+        "(near the identity = consistent rotation), for the leading singular vectors.</p>",
+        _figure(comparison.plot_matrices(layer, kind, leading_k, expert), f"matrices-{index}",
+                f"similarity matrices of W_{kind}, layer {layer}{which}, {name}"),
+    ]
     table = comparison.table
     parts += [f"<h3>Per layer ({len(table)} matrices)</h3>",
-              f"<details><summary>show the table: a row per (layer, kind)</summary>{_per_layer_html(table)}"
-              "</details>",
+              f"<details><summary>show the table: a row per (layer, kind)</summary>"
+              f"{data_table(table.drop(columns=['tensor']))}</details>",
               "<h3>Text summary</h3>",
               f'<pre class="summary">{_e(comparison.summary())}</pre>',
               "</section>"]
     return "".join(parts)
 
 
-def _summary_html(comparison: "Comparison") -> str:
-    """A few sentences a newcomer can read without the paper."""
-    from .compare import UNIFORM_SCALING_CV
-
-    kinds = comparison.kind_table()
+def _summary_html(comparison: Comparison) -> str:
+    """A few sentences a newcomer can read without the paper (worded by :mod:`postsvd.readings`)."""
     items = []
-    for row in kinds.itertuples():
-        cv = row.scaling_std / abs(row.scaling_mean) if row.scaling_mean else float("inf")
-        ratio = row.nf_mean / row.nf_random
+    for row in comparison.kind_table().itertuples():
+        reading = kind_reading(row.scaling_mean, row.scaling_std, row.nf_mean, row.nf_random)
         change = "grew" if row.scaling_mean > 1.0 else "shrank"
-        spread = ("nearly the same factor for all of them" if cv < UNIFORM_SCALING_CV
-                  else "by different factors (non-uniform)")
+        spread = "nearly the same factor for all of them" if reading.uniform else "by different factors (non-uniform)"
         items.append(f"<li><b>W<sub>{_e(row.kind)}</sub></b>: singular values {change} to "
                      f"{row.scaling_mean:.3f}× on average (± {row.scaling_std:.3f}: {spread}); NF {row.nf_mean:.4f}, "
-                     f"{_ratio_words(ratio)} unrelated models ({row.nf_random:.4f}).</li>")
-    return (f'<div class="verdict"><p><b>In short:</b> {_e(_verdict(comparison))}</p>'
+                     f"{_e(reading.rotation)}: {_e(nf_comparison(row.nf_mean, row.nf_random))} "
+                     f"({row.nf_random:.4f}).</li>")
+    return (f'<div class="verdict"><p><b>In short:</b> {_e(comparison.overall())}</p>'
             f"<ul>{''.join(items)}</ul></div>")
 
 
-def _ratio_words(ratio: float) -> str:
-    """How NF compares with the unrelated-rotation baseline (ratio = NF / baseline), in words."""
-    if not math.isfinite(ratio):
-        return "not comparable with"
-    if ratio <= 0:
-        return "far below"
-    if ratio < 0.5:
-        return f"{1.0 / ratio:.0f}× smaller than for"
-    if ratio < 0.85:
-        return "somewhat below the value for"
-    if ratio <= 1.15:
-        return "about the value for"
-    return "above the value for"
-
-
-def _verdict(comparison: "Comparison") -> str:
-    """The overall reading of :meth:`Comparison.summary` (its 'Overall:' line)."""
-    for line in comparison.summary().splitlines():
-        if line.startswith("Overall:"):
-            return line[len("Overall:"):].strip()
-    return "see the tables below."
-
-
-def _kind_table_html(comparison: "Comparison") -> str:
+def _kind_table_html(comparison: Comparison) -> str:
     kinds = comparison.kind_table()
     moe = "experts" in kinds.columns
 
@@ -279,11 +240,6 @@ def _kind_table_html(comparison: "Comparison") -> str:
             f"<th>α′</th>{expert_heads}</tr></thead><tbody>" + rows + "</tbody></table>")
 
 
-def _per_layer_html(table) -> str:
-    shown = table.drop(columns=["tensor"])
-    return shown.to_html(index=False, border=0, classes="data layers", float_format=lambda x: f"{x:.4g}")
-
-
 def _how_to_read_section() -> str:
     return ('<section id="how-to-read"><h2>How to read this page</h2><ul>'
             "<li>Every attention and MLP projection W (q, k, v, o, gate, up, down) of both models is decomposed as "
@@ -301,17 +257,11 @@ def _how_to_read_section() -> str:
             "</ul></section>")
 
 
-def _metadata_section(comparisons: Sequence["Comparison"], names: Sequence[str]) -> str:
-    import postsvd
-
+def _metadata_section(comparisons: Sequence[Comparison], names: Sequence[str]) -> str:
     first = comparisons[0]
     rows = [
-        ("postsvd version", __version__),
-        ("build", postsvd.build_info()),
         ("backend", "; ".join(sorted({c.backend for c in comparisons}))),
         ("device, dtype", "; ".join(sorted({f"{c.device}, {c.dtype}" for c in comparisons}))),
-        ("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
-        ("host", f"{platform.node()} ({platform.system()} {platform.machine()}, Python {platform.python_version()})"),
         ("base folder", os.path.abspath(first.base)),
     ]
     for name, comparison in zip(names, comparisons):
@@ -322,41 +272,25 @@ def _metadata_section(comparisons: Sequence["Comparison"], names: Sequence[str])
         ("compared kinds", ", ".join(first.kinds)),
         ("compare time", "; ".join(f"{n}: {c.elapsed_seconds:.1f} s" for n, c in zip(names, comparisons))),
     ]
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows)
-    return f'<section id="metadata"><h2>Run</h2><table class="meta"><tbody>{body}</tbody></table></section>'
+    return run_metadata(rows)
 
 
 # ---------------------------------------------------------------------- helpers
 
-def _figure(figure, figure_id: str, alt: str) -> str:
-    """The figure as an embedded PNG (base64 data URI) in a <figure>."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<figure id="fig-{_e(figure_id)}"><img class="plot" alt="{_e(alt)}" '
-            f'src="data:image/png;base64,{data}"><figcaption>{_e(alt)}</figcaption></figure>')
-
-
-def _chosen_pair(comparison: "Comparison", matrices: Optional[Tuple[int, str]]) -> Tuple[int, str]:
+def _chosen_pair(comparison: Comparison, matrices: Optional[Tuple]) -> Tuple[int, str, Optional[Union[int, str]]]:
+    """The (layer, kind, expert) whose matrices the page draws: `matrices` ((layer, kind) or (layer, kind,
+    expert)) or, by default, the middle compared layer and the first kind (its first routed expert where
+    that layer has only experts of it)."""
     if matrices is None:
-        return comparison.layers[len(comparison.layers) // 2], comparison.kinds[0]
-    if not isinstance(matrices, (tuple, list)) or len(matrices) != 2:
-        raise InvalidArgumentError(f"matrices: expected (layer, kind), got {matrices!r}")
-    layer, kind = matrices
-    from ._validate import normalize_layers
-
-    layer = normalize_layers(int(layer), comparison.num_layers, comparison.model_type)[0]
+        middle = comparison.layers[len(comparison.layers) // 2]
+        return comparison.default_matrices(middle)
+    if not isinstance(matrices, (tuple, list)) or len(matrices) not in (2, 3):
+        raise InvalidArgumentError(f"matrices: expected (layer, kind) or (layer, kind, expert), got {matrices!r}")
+    layer = normalize_layers(int(matrices[0]), comparison.num_layers, comparison.model_type)[0]
     if layer not in comparison.layers:
         raise InvalidArgumentError(f"matrices: layer {layer} was not compared; compared layers: "
                                    f"{_layers_text(comparison.layers)}")
-    if kind not in comparison.kinds:
-        raise InvalidArgumentError(f"matrices: kind {kind!r} was not compared; compared kinds: "
-                                   f"{', '.join(comparison.kinds)}")
-    return layer, kind
-
-
-def _has_experts(comparison: "Comparison") -> bool:
-    return "expert" in comparison.table.columns
+    return comparison.matrix_pairs([matrices], "matrices")[0]
 
 
 def _layers_text(layers: Sequence[int]) -> str:
@@ -384,9 +318,7 @@ def _post_list(posts) -> List[str]:
     return post_list
 
 
-def _comparison_list(comparisons) -> List["Comparison"]:
-    from .compare import Comparison
-
+def _comparison_list(comparisons) -> List[Comparison]:
     items = [comparisons] if isinstance(comparisons, Comparison) else list(comparisons)
     if not items:
         raise InvalidArgumentError("comparisons: expected at least one Comparison, got none")
@@ -397,52 +329,3 @@ def _comparison_list(comparisons) -> List["Comparison"]:
     if len(bases) > 1:
         raise InvalidArgumentError(f"comparisons: expected one base model for all, got {sorted(bases)}")
     return items
-
-
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def page_css() -> str:
-    """The pages' one style sheet (report, track and lineage pages look alike)."""
-    return _CSS
-
-
-#: A figure as an embedded PNG, for the other pages (lineage).
-figure_html = _figure
-
-
-_CSS = """
-:root { --ink: #1d2330; --muted: #5b6475; --line: #d8dde6; --accent: #2d5fa8; --soft: #f4f6fa; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); }
-header { padding: 20px 32px 10px; border-bottom: 1px solid var(--line); background: var(--soft); }
-h1 { margin: 0 0 4px; font-size: 24px; }
-.subtitle { margin: 0 0 8px; color: var(--muted); }
-nav a { margin-right: 14px; color: var(--accent); text-decoration: none; font-size: 14px; }
-main { padding: 8px 32px 40px; max-width: 1400px; }
-section { margin-top: 26px; }
-section.post { border-top: 3px solid var(--accent); padding-top: 6px; }
-h2 { font-size: 20px; margin: 10px 0; }
-h3 { font-size: 16px; margin: 20px 0 6px; }
-p { max-width: 980px; }
-code { background: var(--soft); padding: 0 3px; border-radius: 3px; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
-table.data th, table.data td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: right; }
-table.data th { background: var(--soft); }
-table.data td:first-child, table.data th:first-child { text-align: left; }
-table.data td:last-child { text-align: left; }
-table.layers td:last-child { text-align: right; }
-table.meta th { text-align: left; padding: 3px 14px 3px 0; color: var(--muted); font-weight: 600; vertical-align: top; }
-table.meta td { padding: 3px 0; font-family: ui-monospace, monospace; font-size: 13px; white-space: pre-wrap; }
-.verdict { background: #eef4ec; border-left: 4px solid #4a8a3c; padding: 6px 14px; max-width: 1100px; }
-.verdict ul { margin: 4px 0; }
-.note { color: #8a5a00; }
-figure { margin: 10px 0 18px; }
-img.plot { max-width: 100%; height: auto; border: 1px solid var(--line); }
-figcaption { color: var(--muted); font-size: 13px; }
-pre.summary { background: var(--soft); padding: 10px; overflow-x: auto; font-size: 12.5px; white-space: pre-wrap; }
-details summary { cursor: pointer; color: var(--accent); }
-"""

@@ -20,15 +20,18 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from ._html import escape as _e, figure as _figure, page
 from ._names import short_name
-from ._outputs import atomic_folder
+from ._outputs import FileSet, atomic_folder
 from ._validate import LayersArg, KindsArg, normalize_folder, normalize_output_folder, normalize_warm_start
-from .compare import Comparison, check_compare_arguments, compare, random_rotation_nf
+from ._version import __version__
+from .compare import check_compare_arguments, compare
+from .comparison import COMPARISON_FILES, OUTPUT_SCHEMA_VERSION, Comparison
 from .errors import InvalidArgumentError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -37,9 +40,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 STEP_NAME = re.compile(r"(?:.*?[-_.]?)?(?:checkpoint|global_step|step|iter|ckpt)[-_]?(\d+)|(\d+)", re.IGNORECASE)
 #: The page's file name inside the output folder.
 TRACK_PAGE = "track.html"
-#: What :meth:`Trajectory.save` writes: a folder holding only these is a previous result it may replace.
-TRACK_FILES = re.compile(r"trajectory\.(csv|json)|table\.csv|run\.json|track\.html|"
-                         r"(nf_trajectory|scaling_trajectory|nf_heatmap)\.png|step-\d+")
+#: What :meth:`Trajectory.save` writes: a folder per checkpoint (the tables of a comparison) and the run's own files.
+TRACK_FILES = FileSet("a track run", ["trajectory.csv", "trajectory.json", "table.csv", "run.json", TRACK_PAGE,
+                                     "nf_trajectory.png", "scaling_trajectory.png", "nf_heatmap.png", "step-{step}/"],
+                      fields={"step": r"\d+"}, folders={"step-{step}/": COMPARISON_FILES})
 
 
 def step_of(folder: PathLike) -> int:
@@ -157,9 +161,12 @@ class Trajectory:
         table = pd.concat(frames, ignore_index=True)
         return table[["step"] + [col for col in table.columns if col != "step"]]
 
-    def nf_by_layer(self, kind: str) -> np.ndarray:
-        """NF of `kind` per compared layer and step: ``[layers, steps]``."""
-        return np.stack([c.nf(kind) for c in self.comparisons], axis=1)
+    def nf_by_layer(self, kind: str, expert=None) -> np.ndarray:
+        """NF of a series of `kind` (see :meth:`Comparison.series`; default: its dense matrices, else its
+        routed experts pooled) per compared layer and step: ``[layers, steps]``."""
+        if expert is None:
+            expert = self.comparisons[0].series(kind)[0].expert
+        return np.stack([c.nf(kind, expert) for c in self.comparisons], axis=1)
 
     # ------------------------------------------------------------------ plots
 
@@ -182,39 +189,41 @@ class Trajectory:
         return plots.plot_trajectory_scaling(self.steps, series)
 
     def plot_nf_heatmap(self):
-        """Per-layer NF over the steps, one heatmap per kind. A matplotlib Figure."""
+        """Per-layer NF over the steps, one heatmap per series of the first comparison (a kind's dense
+        matrices; MoE: its routed experts pooled, its shared expert). A matplotlib Figure."""
         from . import plots
 
         first = self.comparisons[0]
-        return plots.plot_nf_heatmap(self.steps, {k: self.nf_by_layer(k) for k in self.kinds},
-                                     {k: first.layers_of(k) for k in self.kinds})
+        chosen = first.series()
+        return plots.plot_nf_heatmap(self.steps, {s.label: self.nf_by_layer(s.kind, s.expert) for s in chosen},
+                                     {s.label: first.layers_of(s.kind, s.expert) for s in chosen})
 
     # ------------------------------------------------------------------ output
 
     def save(self, out_dir: PathLike) -> List[str]:
         """Writes the run into `out_dir` (built beside it and moved in when complete); returns the paths.
 
-        Files: ``step-<N>/`` per checkpoint (the tables of :meth:`Comparison.save`, no plots),
-        ``trajectory.csv`` / ``.json`` (:meth:`kind_table`), ``table.csv`` (:attr:`table`),
-        ``nf_trajectory.png``, ``scaling_trajectory.png``, ``nf_heatmap.png`` (without experts),
-        ``track.html`` and ``run.json``.
+        Files (:data:`TRACK_FILES`): ``step-<N>/`` per checkpoint (the tables of :meth:`Comparison.save`,
+        no plots), ``trajectory.csv`` / ``.json`` (:meth:`kind_table`), ``table.csv`` (:attr:`table`),
+        ``nf_trajectory.png``, ``scaling_trajectory.png``, ``nf_heatmap.png``, ``track.html`` and ``run.json``.
         """
         out = os.fspath(out_dir)
         target = normalize_output_folder(out, "out")
-        with atomic_folder(target, owned=lambda name: TRACK_FILES.fullmatch(name) is not None) as temp:
+        with atomic_folder(target, files=TRACK_FILES) as temp:
             return self._write_files(temp, out)
 
     def _write_files(self, folder: str, out: str) -> List[str]:
         written: List[str] = []
 
-        def path(name: str) -> str:
+        def path(template: str, **values) -> str:
+            name = TRACK_FILES.name(template, **values)
             written.append(os.path.join(out, name))
             return os.path.join(folder, name)
 
         for step, comparison in zip(self.steps, self.comparisons):
-            step_folder = os.path.join(folder, f"step-{step}")
-            os.mkdir(step_folder)
-            written += comparison._write_files(step_folder, os.path.join(out, f"step-{step}"), False, [], None)
+            name = TRACK_FILES.name("step-{step}/", step=step)  # listed by its files, not as a folder
+            os.mkdir(os.path.join(folder, name))
+            written += comparison.write(os.path.join(folder, name), os.path.join(out, name), plots=False)
         kinds = self.kind_table()
         kinds.to_csv(path("trajectory.csv"), index=False)
         kinds.to_json(path("trajectory.json"), orient="records", indent=1)
@@ -224,24 +233,17 @@ class Trajectory:
         with open(path(TRACK_PAGE), "w", encoding="utf-8") as f:
             f.write(self.render_html())
         with open(path("run.json"), "w") as f:
-            json.dump({"base": self.base, "steps": self.steps, "checkpoints": [c.post for c in self.comparisons],
-                       "runs": [c._run_info() for c in self.comparisons]}, f, indent=1)
+            json.dump({"schema_version": OUTPUT_SCHEMA_VERSION, "base": self.base, "steps": self.steps,
+                       "checkpoints": [c.post for c in self.comparisons],
+                       "runs": [c.run_info() for c in self.comparisons]}, f, indent=1)
         return written
 
     def _figures(self):
-        figures = [("nf_trajectory.png", self.plot_nf()), ("scaling_trajectory.png", self.plot_scaling())]
-        if not self._has_experts():
-            figures.append(("nf_heatmap.png", self.plot_nf_heatmap()))
-        return figures
-
-    def _has_experts(self) -> bool:
-        return "expert" in self.comparisons[0].table.columns
+        return [("nf_trajectory.png", self.plot_nf()), ("scaling_trajectory.png", self.plot_scaling()),
+                ("nf_heatmap.png", self.plot_nf_heatmap())]
 
     def render_html(self) -> str:
         """The page of the run as one self-contained HTML string (figures embedded, CSS inline)."""
-        from ._version import __version__
-        from .reports import _CSS, _e, _figure
-
         kinds = self.kind_table()
         rows = "".join(
             f"<tr><td>{row.step}</td><td>{_e(row.kind)}</td><td>{row.scaling_mean:.4f}</td>"
@@ -251,26 +253,23 @@ class Trajectory:
                               f"<td>{c.elapsed_seconds:.1f} s</td></tr>" for s, c in zip(self.steps, self.comparisons))
         first = self.comparisons[0]
         figures = [_figure(self.plot_nf(), "nf-trajectory", "mean NF per kind against the step"),
-                   _figure(self.plot_scaling(), "scaling-trajectory", "scaling mean ± std per kind against the step")]
-        if not self._has_experts():
-            figures.append(_figure(self.plot_nf_heatmap(), "nf-heatmap", "NF per layer over the steps"))
-        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-                f'<meta name="generator" content="postsvd {_e(__version__)}">\n'
-                f"<title>{_e(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-                f"<header><h1>{_e(self.title)}</h1><p class=\"subtitle\">base <code>{_e(os.path.abspath(self.base))}"
-                f"</code> against {len(self.steps)} checkpoints (steps {self.steps[0]} to {self.steps[-1]}); "
-                f"{_e(first.model_type)}, {len(first.layers)} of {first.num_layers} layers, {first.device} "
-                f"{first.dtype}</p></header>\n<main>\n"
-                "<section id=\"trajectory\"><h2>Along the run</h2><p>NF = ‖Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> − "
-                "I‖<sub>F</sub>/k near 0 means the input and output singular vectors rotated together (dashed: "
-                "unrelated random rotations); scaling = σ<sub>post</sub>/σ<sub>base</sub> over the top 90 % of "
-                "singular values, mean (line) ± std (band).</p>" + "".join(figures) + "</section>\n"
-                '<section id="kinds"><h2>Per step and kind</h2><table class="data"><thead><tr><th>step</th>'
-                "<th>kind</th><th>scaling mean</th><th>scaling std</th><th>NF mean</th><th>NF max</th>"
-                f"<th>NF unrelated</th></tr></thead><tbody>{rows}</tbody></table></section>\n"
-                '<section id="metadata"><h2>Checkpoints</h2><table class="data"><thead><tr><th>step</th>'
-                f"<th>folder</th><th>compare time</th></tr></thead><tbody>{checkpoints}</tbody></table>"
-                f"<p>postsvd {_e(__version__)}</p></section>\n</main>\n</body>\n</html>\n")
+                   _figure(self.plot_scaling(), "scaling-trajectory", "scaling mean ± std per kind against the step"),
+                   _figure(self.plot_nf_heatmap(), "nf-heatmap", "NF per layer over the steps")]
+        subtitle = (f"base <code>{_e(os.path.abspath(self.base))}</code> against {len(self.steps)} checkpoints "
+                    f"(steps {self.steps[0]} to {self.steps[-1]}); {_e(first.model_type)}, {len(first.layers)} of "
+                    f"{first.num_layers} layers, {first.device} {first.dtype}")
+        sections = [
+            "<section id=\"trajectory\"><h2>Along the run</h2><p>NF = ‖Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> − "
+            "I‖<sub>F</sub>/k near 0 means the input and output singular vectors rotated together (dashed: "
+            "unrelated random rotations); scaling = σ<sub>post</sub>/σ<sub>base</sub> over the top 90 % of "
+            "singular values, mean (line) ± std (band).</p>" + "".join(figures) + "</section>",
+            '<section id="kinds"><h2>Per step and kind</h2><table class="data"><thead><tr><th>step</th>'
+            "<th>kind</th><th>scaling mean</th><th>scaling std</th><th>NF mean</th><th>NF max</th>"
+            f"<th>NF unrelated</th></tr></thead><tbody>{rows}</tbody></table></section>",
+            '<section id="metadata"><h2>Checkpoints</h2><table class="data"><thead><tr><th>step</th>'
+            f"<th>folder</th><th>compare time</th></tr></thead><tbody>{checkpoints}</tbody></table>"
+            f"<p>postsvd {_e(__version__)}</p></section>"]
+        return page(self.title, sections, subtitle=subtitle)
 
     def __repr__(self) -> str:
         return f"<postsvd.Trajectory {len(self.steps)} steps ({self.steps[0]}..{self.steps[-1]}), {len(self.kinds)} kinds>"

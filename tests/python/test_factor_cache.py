@@ -118,7 +118,7 @@ def test_the_cache_size_estimate_bounds_the_files_and_warns_when_the_disk_is_sho
     import collections
     import shutil
 
-    from postsvd.compare import cache_bytes_needed
+    from postsvd._engine import cache_bytes_needed
 
     base, post_a, _ = family
     cache = tmp_path / "factors"
