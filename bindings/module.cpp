@@ -428,6 +428,30 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &postsvd::build_info, "Compiler, BLAS/LAPACK and CUDA versions of this build.");
   m.def("supported_model_types", &postsvd::supported_model_types, "The config.json model_type values postsvd maps.");
   m.def(
+      "precisions",
+      [] {
+        py::list out;
+        for (const postsvd::PrecisionInfo& info : postsvd::precision_table()) {
+          py::list spellings;
+          for (const char* spelling : info.spellings) spellings.append(spelling);
+          out.append(py::make_tuple(info.name, spellings));
+        }
+        return out;
+      },
+      "The working precisions as (name, [every accepted spelling, the name first]) (the core's one table).");
+  m.def(
+      "dtypes",
+      [] {
+        py::list out;
+        for (const postsvd::DTypeInfo& info : postsvd::dtype_table()) {
+          out.append(py::dict("name"_a = info.name, "size"_a = info.size, "float"_a = postsvd::is_float_dtype(info.dtype),
+                              "weight"_a = postsvd::is_weight_dtype(info.dtype)));
+        }
+        return out;
+      },
+      "The safetensors dtypes as {name, size (bytes), float (F16, BF16, F32, F64), weight (a float or FP8: what a "
+      "projection may be stored in)} (the core's one table).");
+  m.def(
       "kinds",
       [] {
         py::list out;

@@ -275,7 +275,7 @@ class Mapper {
     if (!is_weight_dtype(info.dtype)) {
       POSTSVD_THROW(BadCheckpoint, checkpoint_.file_of(s.tensor).path()
                                        << ": tensor '" << s.tensor << "' has dtype " << dtype_name(info.dtype)
-                                       << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
+                                       << "; expected one of " << dtype_names(is_weight_dtype));
     }
   }
 
@@ -789,7 +789,7 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
       const MatrixSource& s = *side.second;
       if (ck.contains(s.tensor) && !is_mxfp4(s) && !is_weight_dtype(ck.info(s.tensor).dtype)) {
         POSTSVD_THROW(BadCheckpoint, describe(ck, s) << " has dtype " << dtype_name(ck.info(s.tensor).dtype)
-                                                     << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
+                                                     << "; expected one of " << dtype_names(is_weight_dtype));
       }
     }
     in_b.erase(it);

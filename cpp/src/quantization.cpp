@@ -289,7 +289,7 @@ void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, Ten
   const std::string& scale_file = checkpoint.file_of(name).path();
   POSTSVD_CHECK(is_scale_dtype(scale.dtype), BadCheckpoint,
                 scale_file << ": tensor '" << name << "' (scale of '" << source.tensor << "') has dtype "
-                           << dtype_name(scale.dtype) << "; expected F32, BF16 or F16");
+                           << dtype_name(scale.dtype) << "; expected one of " << dtype_names(is_scale_dtype));
   if (source.stacked > 0 && info.shape.size() == 3) {
     attach_stacked_scales(checkpoint, source, config, name, inverse, view);
     return;

@@ -316,7 +316,7 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
   const PlacedTensor& placed = impl_->placed.at(source.tensor);
   POSTSVD_CHECK(is_float_dtype(placed.dtype), BadCheckpoint,
                 source_path << ": tensor '" << source.tensor << "' has dtype " << dtype_name(info.dtype)
-                            << "; expected F16, BF16, F32 or F64");
+                            << "; expected one of " << dtype_names(is_float_dtype));
   POSTSVD_CHECK(w.rows() == source.in_features && w.cols() == source.out_features, InvalidArgument,
                 "CheckpointWriter::write: tensor '" << source.tensor << "' (layer " << source.layer << ", "
                     << kind_name(source.kind) << "): expected W of shape [" << source.in_features << ", "

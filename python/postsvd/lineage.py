@@ -59,6 +59,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_LEVEL = 0.01
 #: model_type values whose norms and embeddings lineage knows by name (RMSNorm before each block).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+#: The stored dtypes lineage reads embeddings and norms in (the core's plain floats).
+_FLOAT_DTYPES = tuple(d["name"] for d in _core.dtypes() if d["float"])
 #: Eigenvalues of a probe Gram matrix below this fraction of the largest are raised to it (whitening ridge).
 WHITENING_RIDGE = 1e-3
 #: The files :meth:`Lineage.save` writes.
@@ -448,9 +450,9 @@ class _Model:
             raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is missing "
                                        "(lineage reads the embeddings and the RMSNorm weights)")
         dtype = self.checkpoint.info(name)["dtype"]
-        if dtype.startswith("F8") or dtype in ("U8", "I8"):
+        if dtype not in _FLOAT_DTYPES:
             raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is stored as "
-                                       f"{dtype}; lineage reads embeddings and norms in BF16, F16 or F32")
+                                       f"{dtype}; lineage reads embeddings and norms in {', '.join(_FLOAT_DTYPES)}")
 
     def vector(self, name: str) -> np.ndarray:
         """A norm weight, float64."""
