@@ -6,6 +6,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -219,6 +221,29 @@ py::dict architecture_to_python(const postsvd::Architecture& arch) {
   for (const auto& message : arch.warnings) warnings.append(utf8_text(message));
   return py::dict("model_type"_a = arch.model_type, "num_layers"_a = arch.num_layers, "matrices"_a = matrices,
                   "warnings"_a = warnings);
+}
+
+// A parsed JSON value as Python data (dict, list, str, int, float, bool, None). The
+// parse bounded its nesting (limits::kMaxJsonDepth), so the recursion is bounded too.
+py::object json_to_python(const nlohmann::ordered_json& value) {
+  switch (value.type()) {
+    case nlohmann::json::value_t::object: {
+      py::dict out;
+      for (const auto& item : value.items()) out[utf8_text(item.key())] = json_to_python(item.value());
+      return std::move(out);
+    }
+    case nlohmann::json::value_t::array: {
+      py::list out;
+      for (const auto& element : value) out.append(json_to_python(element));
+      return std::move(out);
+    }
+    case nlohmann::json::value_t::string: return utf8_text(value.get_ref<const std::string&>());
+    case nlohmann::json::value_t::boolean: return py::bool_(value.get<bool>());
+    case nlohmann::json::value_t::number_integer: return py::int_(value.get<int64_t>());
+    case nlohmann::json::value_t::number_unsigned: return py::int_(value.get<uint64_t>());
+    case nlohmann::json::value_t::number_float: return py::float_(value.get<double>());
+    default: return py::none();  // null (and discarded, which a parse never gives)
+  }
 }
 
 // A view (dequantized when quantized) as float32 / float64 numpy, converted without the GIL.
@@ -497,7 +522,9 @@ PYBIND11_MODULE(_core, m) {
   py::class_<postsvd::Checkpoint>(m, "Checkpoint", "A validated, memory-mapped Hugging Face model folder.")
       .def(py::init<const std::string&>(), "folder"_a, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("folder", &postsvd::Checkpoint::folder, "The model folder.")
-      .def_property_readonly("config_json", &postsvd::Checkpoint::config_json, "Raw text of config.json.")
+      .def_property_readonly(
+          "config", [](const postsvd::Checkpoint& cp) { return json_to_python(cp.config()); },
+          "config.json as a dict (parsed once when the folder was opened; a fresh copy on each access).")
       .def_property_readonly("sharded", &postsvd::Checkpoint::sharded,
                              "True when the folder has model.safetensors.index.json.")
       .def("files", &postsvd::Checkpoint::files, "Paths of the safetensors files, in index order.")

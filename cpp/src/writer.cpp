@@ -17,7 +17,6 @@
 #include <sstream>
 
 #include "detail/half.h"
-#include "detail/json_guard.h"
 #include "detail/shape_format.h"
 #include "postsvd/quantization.h"
 
@@ -400,8 +399,7 @@ std::vector<std::string> CheckpointWriter::finish() {
   }
   if (impl_->dequantizing) {
     // The copy holds BF16 weights: its config.json is the source's without quantization_config.
-    nlohmann::ordered_json config = detail::parse_guarded<nlohmann::ordered_json>(
-        checkpoint.config_json().data(), checkpoint.config_json().size(), checkpoint.folder() + "/config.json");
+    nlohmann::ordered_json config = checkpoint.config();
     config.erase("quantization_config");
     write_json(fs::path(impl_->out_folder) / "config.json", config);
     names.push_back("config.json");

@@ -430,7 +430,7 @@ class _Model:
                 f"{label} '{printable(folder)}': lineage reads {', '.join(SUPPORTED_MODEL_TYPES)} models "
                 f"(RMSNorm before each block, norms and embeddings by their transformers names); got model_type "
                 f"{printable(self.model_type)!r}")
-        config = json.loads(self.checkpoint.config_json)
+        config = self.checkpoint.config
         self.num_layers = self.arch["num_layers"]
         self.sources = {(s["layer"], s["kind"]): s for s in self.arch["matrices"] if s["expert"] == -1}
         q = self.sources[(0, "q")]

@@ -421,6 +421,8 @@ TEST_F(CheckpointFolder, SingleFile) {
   EXPECT_EQ(ck.tensor_names(), (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(ck.files(), (std::vector<std::string>{folder_ + "/model.safetensors"}));
   EXPECT_EQ(ck.config_json(), R"({"model_type": "llama"})");
+  EXPECT_EQ(ck.config().at("model_type"), "llama");  // parsed once, when the folder opened
+  EXPECT_EQ(ck.config_path(), folder_ + "/config.json");
   EXPECT_TRUE(ck.contains("a"));
   EXPECT_EQ(ck.info("a").shape, (std::vector<int64_t>{2}));
   expect_error<BadCheckpoint>([&] { ck.info("zzz"); }, {folder_, "'zzz'"});
