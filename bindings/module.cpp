@@ -223,6 +223,22 @@ py::dict architecture_to_python(const postsvd::Architecture& arch) {
                   "warnings"_a = warnings);
 }
 
+py::dict family_to_python(const postsvd::ArchitectureFamily& f) {
+  py::object text_config = py::none();
+  if (!f.text_config.empty()) text_config = py::str(f.text_config);
+  py::dict defaults;
+  for (const auto& entry : f.text_config_defaults) defaults[py::str(entry.first)] = entry.second;
+  py::object lineage = py::none();
+  if (!f.lineage.empty()) {
+    lineage = py::dict("embedding"_a = f.lineage.embedding, "unembedding"_a = f.lineage.unembedding,
+                       "norm_before_attention"_a = f.lineage.norm_before_attention,
+                       "norm_before_mlp"_a = f.lineage.norm_before_mlp, "norm"_a = f.lineage.norm);
+  }
+  return py::dict("model_type"_a = f.model_type, "text_config"_a = text_config, "text_config_defaults"_a = defaults,
+                  "prefixes"_a = f.prefixes, "layer_container"_a = f.layer_container,
+                  "layer_count_key"_a = f.layer_count_key, "lineage"_a = lineage);
+}
+
 // A parsed JSON value as Python data (dict, list, str, int, float, bool, None). The
 // parse bounded its nesting (limits::kMaxJsonDepth), so the recursion is bounded too.
 py::object json_to_python(const nlohmann::ordered_json& value) {
@@ -451,7 +467,18 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_device_count", &postsvd::cuda_device_count,
         "Number of visible CUDA devices (0 where none or not built with CUDA).");
   m.def("build_info", &postsvd::build_info, "Compiler, BLAS/LAPACK and CUDA versions of this build.");
-  m.def("supported_model_types", &postsvd::supported_model_types, "The config.json model_type values postsvd maps.");
+  m.def("supported_model_types", &postsvd::supported_model_types,
+        "The config.json model_type values postsvd maps (architecture_families()'s model_type column).");
+  m.def(
+      "architecture_families",
+      [] {
+        py::list out;
+        for (const postsvd::ArchitectureFamily& f : postsvd::architecture_families()) out.append(family_to_python(f));
+        return out;
+      },
+      "The architecture table, one dict per model_type: {model_type, text_config (None or the key of the nested "
+      "text config), text_config_defaults, prefixes, layer_container, layer_count_key, lineage (None or "
+      "{embedding, unembedding, norm_before_attention, norm_before_mlp, norm})}.");
   m.def(
       "precisions",
       [] {
