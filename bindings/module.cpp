@@ -6,6 +6,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -221,6 +223,45 @@ py::dict architecture_to_python(const postsvd::Architecture& arch) {
                   "warnings"_a = warnings);
 }
 
+py::dict family_to_python(const postsvd::ArchitectureFamily& f) {
+  py::object text_config = py::none();
+  if (!f.text_config.empty()) text_config = py::str(f.text_config);
+  py::dict defaults;
+  for (const auto& entry : f.text_config_defaults) defaults[py::str(entry.first)] = entry.second;
+  py::object lineage = py::none();
+  if (!f.lineage.empty()) {
+    lineage = py::dict("embedding"_a = f.lineage.embedding, "unembedding"_a = f.lineage.unembedding,
+                       "norm_before_attention"_a = f.lineage.norm_before_attention,
+                       "norm_before_mlp"_a = f.lineage.norm_before_mlp, "norm"_a = f.lineage.norm);
+  }
+  return py::dict("model_type"_a = f.model_type, "text_config"_a = text_config, "text_config_defaults"_a = defaults,
+                  "prefixes"_a = f.prefixes, "layer_container"_a = f.layer_container,
+                  "layer_count_key"_a = f.layer_count_key, "lineage"_a = lineage);
+}
+
+// A parsed JSON value as Python data (dict, list, str, int, float, bool, None). The
+// parse bounded its nesting (limits::kMaxJsonDepth), so the recursion is bounded too.
+py::object json_to_python(const nlohmann::ordered_json& value) {
+  switch (value.type()) {
+    case nlohmann::json::value_t::object: {
+      py::dict out;
+      for (const auto& item : value.items()) out[utf8_text(item.key())] = json_to_python(item.value());
+      return std::move(out);
+    }
+    case nlohmann::json::value_t::array: {
+      py::list out;
+      for (const auto& element : value) out.append(json_to_python(element));
+      return std::move(out);
+    }
+    case nlohmann::json::value_t::string: return utf8_text(value.get_ref<const std::string&>());
+    case nlohmann::json::value_t::boolean: return py::bool_(value.get<bool>());
+    case nlohmann::json::value_t::number_integer: return py::int_(value.get<int64_t>());
+    case nlohmann::json::value_t::number_unsigned: return py::int_(value.get<uint64_t>());
+    case nlohmann::json::value_t::number_float: return py::float_(value.get<double>());
+    default: return py::none();  // null (and discarded, which a parse never gives)
+  }
+}
+
 // A view (dequantized when quantized) as float32 / float64 numpy, converted without the GIL.
 py::object view_to_numpy(const postsvd::TensorView& view, postsvd::Precision precision) {
   if (precision == postsvd::Precision::F64) {
@@ -426,7 +467,42 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_device_count", &postsvd::cuda_device_count,
         "Number of visible CUDA devices (0 where none or not built with CUDA).");
   m.def("build_info", &postsvd::build_info, "Compiler, BLAS/LAPACK and CUDA versions of this build.");
-  m.def("supported_model_types", &postsvd::supported_model_types, "The config.json model_type values postsvd maps.");
+  m.def("supported_model_types", &postsvd::supported_model_types,
+        "The config.json model_type values postsvd maps (architecture_families()'s model_type column).");
+  m.def(
+      "architecture_families",
+      [] {
+        py::list out;
+        for (const postsvd::ArchitectureFamily& f : postsvd::architecture_families()) out.append(family_to_python(f));
+        return out;
+      },
+      "The architecture table, one dict per model_type: {model_type, text_config (None or the key of the nested "
+      "text config), text_config_defaults, prefixes, layer_container, layer_count_key, lineage (None or "
+      "{embedding, unembedding, norm_before_attention, norm_before_mlp, norm})}.");
+  m.def(
+      "precisions",
+      [] {
+        py::list out;
+        for (const postsvd::PrecisionInfo& info : postsvd::precision_table()) {
+          py::list spellings;
+          for (const char* spelling : info.spellings) spellings.append(spelling);
+          out.append(py::make_tuple(info.name, spellings));
+        }
+        return out;
+      },
+      "The working precisions as (name, [every accepted spelling, the name first]) (the core's one table).");
+  m.def(
+      "dtypes",
+      [] {
+        py::list out;
+        for (const postsvd::DTypeInfo& info : postsvd::dtype_table()) {
+          out.append(py::dict("name"_a = info.name, "size"_a = info.size, "float"_a = postsvd::is_float_dtype(info.dtype),
+                              "weight"_a = postsvd::is_weight_dtype(info.dtype)));
+        }
+        return out;
+      },
+      "The safetensors dtypes as {name, size (bytes), float (F16, BF16, F32, F64), weight (a float or FP8: what a "
+      "projection may be stored in)} (the core's one table).");
   m.def(
       "kinds",
       [] {
@@ -473,7 +549,9 @@ PYBIND11_MODULE(_core, m) {
   py::class_<postsvd::Checkpoint>(m, "Checkpoint", "A validated, memory-mapped Hugging Face model folder.")
       .def(py::init<const std::string&>(), "folder"_a, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("folder", &postsvd::Checkpoint::folder, "The model folder.")
-      .def_property_readonly("config_json", &postsvd::Checkpoint::config_json, "Raw text of config.json.")
+      .def_property_readonly(
+          "config", [](const postsvd::Checkpoint& cp) { return json_to_python(cp.config()); },
+          "config.json as a dict (parsed once when the folder was opened; a fresh copy on each access).")
       .def_property_readonly("sharded", &postsvd::Checkpoint::sharded,
                              "True when the folder has model.safetensors.index.json.")
       .def("files", &postsvd::Checkpoint::files, "Paths of the safetensors files, in index order.")

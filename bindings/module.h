@@ -14,16 +14,9 @@
 
 namespace postsvd_bindings {
 
-/// "float32" (also "f32", "fp32") or "float64" ("f64", "fp64").
-inline postsvd::Precision parse_precision(const std::string& name) {
-  if (name == "float32" || name == "f32" || name == "fp32") return postsvd::Precision::F32;
-  if (name == "float64" || name == "f64" || name == "fp64") return postsvd::Precision::F64;
-  POSTSVD_THROW(InvalidArgument, "precision: expected \"float32\" or \"float64\", got \"" << name << "\"");
-}
-
-inline const char* precision_name(postsvd::Precision precision) {
-  return precision == postsvd::Precision::F64 ? "float64" : "float32";
-}
+/// Precision spellings: the core's one table (types.h).
+using postsvd::parse_precision;
+using postsvd::precision_name;
 
 inline postsvd::Device parse_device(const std::string& name) {
   if (name == "cpu") return postsvd::Device::CPU;

@@ -1,6 +1,7 @@
 // Architecture mapping: config.json's model_type and the tensor names to the
 // (layer, kind[, expert]) projections, fused tensors split into parts, and
-// strided views of them in paper orientation [in, out].
+// strided views of them in paper orientation [in, out]. One mapping function
+// per layout and one row per model_type (architecture_families(), at the end).
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -86,54 +87,46 @@ std::vector<int64_t> stored_shape(const MatrixSource& s) {
   return shape;
 }
 
-std::vector<std::string> supported_model_types() {
-  return {"deepseek_v2", "deepseek_v3", "gemma2",      "gemma3",   "gemma3_text", "glm4_moe", "gpt2",
-          "gpt_oss",     "llama",       "llama4",      "llama4_text", "mistral",  "mixtral",  "olmo2",
-          "olmo3",       "phi3",        "qwen2",       "qwen2_moe", "qwen3",     "qwen3_moe"};
-}
-
-namespace {
-
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 // Typed access to config.json (or one of its sub-objects, e.g. the text_config
-// of a multimodal checkpoint) with errors naming the file and the key.
-// `defaults`: the values transformers' config class assumes for keys that
-// save_pretrained leaves out of a nested config (it writes only differences).
-class Config {
+// of a multimodal checkpoint) with errors naming the file and the key. It reads
+// the checkpoint's one parsed config (Checkpoint::config). `defaults`: the values
+// transformers' config class assumes for keys that save_pretrained leaves out of
+// a nested config (it writes only differences).
+class ModelConfig {
  public:
-  explicit Config(const Checkpoint& checkpoint) : path_(checkpoint.folder() + "/config.json") {
-    json_ = detail::parse_guarded<json>(checkpoint.config_json().data(), checkpoint.config_json().size(), path_);
-    if (!json_.is_object()) POSTSVD_THROW(BadCheckpoint, path_ << ": expected a JSON object");
-  }
+  explicit ModelConfig(const Checkpoint& checkpoint) : path_(checkpoint.config_path()), json_(&checkpoint.config()) {}
 
   // The sub-object `key` (e.g. "text_config"), falling back to `defaults` for absent keys.
-  Config sub(const char* key, std::map<std::string, json> defaults) const {
-    if (!has(key) || !json_[key].is_object()) {
+  ModelConfig sub(const std::string& key, const std::vector<std::pair<std::string, int64_t>>& defaults) const {
+    if (!has(key.c_str()) || !(*json_)[key].is_object()) {
       POSTSVD_THROW(BadCheckpoint, path_ << ": missing the object \"" << key << "\" (the text model's config)");
     }
-    Config out(*this);
-    out.json_ = json_[key];
+    ModelConfig out(*this);
+    out.json_ = &(*json_)[key];
     out.where_ = where_ + key + ".";
-    out.defaults_ = std::move(defaults);
+    out.defaults_.clear();
+    for (const auto& entry : defaults) out.defaults_[entry.first] = entry.second;
     return out;
   }
 
   const std::string& path() const { return path_; }
+  // "" at the top level, "text_config." inside a sub-object: how messages name a key.
+  const std::string& where() const { return where_; }
 
   bool has(const char* key) const {
-    return (json_.contains(key) && !json_[key].is_null()) || (!json_.contains(key) && defaults_.count(key) != 0);
+    return (json_->contains(key) && !(*json_)[key].is_null()) || (!json_->contains(key) && defaults_.count(key) != 0);
   }
 
   std::string string(const char* key) const {
-    if (!json_.contains(key)) POSTSVD_THROW(BadCheckpoint, path_ << ": missing the field \"" << where_ << key << "\"");
-    if (!json_[key].is_string()) {
-      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is a JSON " << json_[key].type_name()
+    if (!json_->contains(key)) POSTSVD_THROW(BadCheckpoint, path_ << ": missing the field \"" << where_ << key << "\"");
+    if (!(*json_)[key].is_string()) {
+      POSTSVD_THROW(BadCheckpoint, path_ << ": \"" << where_ << key << "\" is a JSON " << (*json_)[key].type_name()
                                          << "; expected a string");
     }
-    return json_[key].get<std::string>();
+    return (*json_)[key].get<std::string>();
   }
-
   // A positive integer field.
   int64_t positive(const char* key) const {
     if (!has(key)) {
@@ -185,36 +178,36 @@ class Config {
 
  private:
   const json& value(const char* key) const {
-    if (json_.contains(key)) return json_[key];
+    if (json_->contains(key)) return (*json_)[key];
     return defaults_.at(key);
   }
 
   std::string path_;
   std::string where_;  // "text_config." inside a sub-object
-  json json_;
+  const json* json_;   // inside the checkpoint's config
   std::map<std::string, json> defaults_;
 };
 
-// Collects sources, resolving the name prefix ("model.", "transformer.", a
-// multimodal checkpoint's text tower "model.language_model." or
+namespace {
+
+
+// Collects sources, resolving the family's name prefix ("model.", "transformer.",
+// a multimodal checkpoint's text tower "model.language_model." or
 // "language_model.model.", or none for a bare model) and checking each
 // tensor's presence, rank, shape and dtype.
 class Mapper {
  public:
-  // The first of `prefixes` under which `probe` exists; the first one when none does (errors then name it).
-  Mapper(const Checkpoint& checkpoint, const std::string& model_type, const std::vector<std::string>& prefixes,
-         const std::string& probe)
-      : checkpoint_(checkpoint), model_type_(model_type), prefixes_(prefixes), prefix_(prefixes.front()) {
-    for (const std::string& p : prefixes) {
+  // The first of the family's prefixes under which `probe` exists; the first one when none does (errors then name it).
+  Mapper(const Checkpoint& checkpoint, const ArchitectureFamily& family, const std::string& probe)
+      : checkpoint_(checkpoint), model_type_(family.model_type), prefixes_(family.prefixes),
+        prefix_(family.prefixes.front()) {
+    for (const std::string& p : prefixes_) {
       if (checkpoint.contains(p + probe)) {
         prefix_ = p;
         break;
       }
     }
   }
-  Mapper(const Checkpoint& checkpoint, const std::string& model_type, const std::string& prefix,
-         const std::string& probe)
-      : Mapper(checkpoint, model_type, std::vector<std::string>{prefix, ""}, probe) {}
 
   // A dense nn.Linear [out, in] (or Conv1D [in, out]) tensor, or one contiguous part of a fused one.
   void add(int layer, Kind kind, int expert, const std::string& suffix, bool conv1d, int64_t in, int64_t out,
@@ -275,7 +268,7 @@ class Mapper {
     if (!is_weight_dtype(info.dtype)) {
       POSTSVD_THROW(BadCheckpoint, checkpoint_.file_of(s.tensor).path()
                                        << ": tensor '" << s.tensor << "' has dtype " << dtype_name(info.dtype)
-                                       << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
+                                       << "; expected one of " << dtype_names(is_weight_dtype));
     }
   }
 
@@ -318,7 +311,7 @@ struct AttentionSizes {
   int64_t head_dim = 0;
 };
 
-AttentionSizes attention_sizes(const Config& config) {
+AttentionSizes attention_sizes(const ModelConfig& config) {
   AttentionSizes a;
   a.hidden = config.positive("hidden_size");
   a.heads = config.positive("num_attention_heads");
@@ -407,7 +400,9 @@ void add_fused_experts(Mapper& m, int layer, const std::string& gate_up, const s
   }
 }
 
-int num_layers_of(const Config& config, const char* key) {
+// The family's layer count (its layer_count_key).
+int num_layers_of(const ModelConfig& config, const ArchitectureFamily& family) {
+  const char* key = family.layer_count_key.c_str();
   const int64_t n = config.positive(key);
   if (n > 1000000) POSTSVD_THROW(BadCheckpoint, config.path() << ": \"" << key << "\" is " << n << "; too large");
   return static_cast<int>(n);
@@ -415,54 +410,73 @@ int num_layers_of(const Config& config, const char* key) {
 
 // Hub configs name the expert count "num_experts" (Qwen) or "num_local_experts"
 // (Mixtral); transformers 5 writes either spelling for either family.
-int64_t num_experts_of(const Config& config, bool required) {
+int64_t num_experts_of(const ModelConfig& config, bool required) {
   if (config.has("num_experts")) return config.positive("num_experts");
   if (config.has("num_local_experts")) return config.positive("num_local_experts");
   if (required) POSTSVD_THROW(BadCheckpoint, config.path() << ": missing the integer field \"num_local_experts\"");
   return 0;
 }
 
-std::string layer_prefix(int i) { return "layers." + std::to_string(i) + "."; }
+// "<container>.<i>.": layer i's names after the prefix ("layers.3.", gpt2's "h.3.").
+std::string layer_prefix(const ArchitectureFamily& family, int i) {
+  return family.layer_container + "." + std::to_string(i) + ".";
+}
 
-// llama, qwen2, qwen3, mistral, gemma2, gemma3 (text), olmo2, olmo3, mixtral,
-// qwen2_moe, qwen3_moe: q/k/v/o_proj, and a dense, Mixtral or Qwen MoE MLP.
-// Norms inside attention (qwen3 / olmo2 q_norm, k_norm) are not projections.
-Architecture map_llama_like(const Checkpoint& ck, const Config& config, const std::string& type,
-                            const std::vector<std::string>& prefixes) {
+// Llama-style attention (q/k/v/o_proj) in every layer; `mlp(m, layer, layer_prefix, sizes)` adds the layer's MLP.
+template <class Mlp>
+Architecture map_llama_attention(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family,
+                                 Mlp mlp) {
   const AttentionSizes a = attention_sizes(config);
-  const int layers = num_layers_of(config, "num_hidden_layers");
-  Mapper m(ck, type, prefixes, "layers.0.self_attn.q_proj.weight");
+  const int layers = num_layers_of(config, family);
+  Mapper m(ck, family, layer_prefix(family, 0) + "self_attn.q_proj.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = layer_prefix(i);
+    const std::string p = layer_prefix(family, i);
     add_attention(m, i, p, a);
-    if (type == "mixtral") {
-      static const char* const names[3] = {"w1", "w3", "w2"};
-      add_experts(m, i, p + "block_sparse_moe.experts.", num_experts_of(config, true), a.hidden,
-                  config.positive("intermediate_size"), names);
-    } else if (type == "qwen2_moe" || type == "qwen3_moe") {
-      // Sparse layers as in transformers: not in mlp_only_layers, and every decoder_sparse_step-th.
-      const std::vector<int64_t> dense_only = config.int_list("mlp_only_layers");
-      const int64_t experts = num_experts_of(config, false);
-      const int64_t step = config.positive_or("decoder_sparse_step", 1);
-      const bool sparse = std::find(dense_only.begin(), dense_only.end(), i) == dense_only.end() && experts > 0 &&
-                          (i + 1) % step == 0;
-      if (sparse) {
-        static const char* const names[3] = {"gate_proj", "up_proj", "down_proj"};
-        add_experts(m, i, p + "mlp.experts.", experts, a.hidden, config.positive("moe_intermediate_size"), names);
-        // Qwen2-MoE's shared expert (its sigmoid gate shared_expert_gate is not a projection).
-        if (type == "qwen2_moe" && config.has("shared_expert_intermediate_size")) {
-          add_dense_mlp(m, i, p + "mlp.shared_expert.", a.hidden, config.positive("shared_expert_intermediate_size"),
-                        kSharedExpert);
-        }
-      } else {
-        add_dense_mlp(m, i, p + "mlp.", a.hidden, config.positive("intermediate_size"));
-      }
-    } else {
-      add_dense_mlp(m, i, p + "mlp.", a.hidden, config.positive("intermediate_size"));
-    }
+    mlp(m, i, p, a);
   }
   m.arch.num_layers = layers;
   return std::move(m.arch);
+}
+
+// llama, qwen2, qwen3, mistral, gemma2, gemma3 (text), olmo2, olmo3: a dense
+// MLP. Norms inside attention (qwen3 / olmo2 q_norm, k_norm) are not projections.
+Architecture map_llama_like(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
+  return map_llama_attention(ck, config, family, [&](Mapper& m, int i, const std::string& p, const AttentionSizes& a) {
+    add_dense_mlp(m, i, p + "mlp.", a.hidden, config.positive("intermediate_size"));
+  });
+}
+
+// Mixtral: every layer's MLP is routed experts block_sparse_moe.experts.E.{w1, w3, w2}.
+Architecture map_mixtral(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
+  return map_llama_attention(ck, config, family, [&](Mapper& m, int i, const std::string& p, const AttentionSizes& a) {
+    static const char* const names[3] = {"w1", "w3", "w2"};
+    add_experts(m, i, p + "block_sparse_moe.experts.", num_experts_of(config, true), a.hidden,
+                config.positive("intermediate_size"), names);
+  });
+}
+
+// qwen2_moe, qwen3_moe: sparse layers hold routed experts mlp.experts.E.* (and
+// Qwen2-MoE a shared expert), the others a dense MLP.
+Architecture map_qwen_moe(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
+  return map_llama_attention(ck, config, family, [&](Mapper& m, int i, const std::string& p, const AttentionSizes& a) {
+    // Sparse layers as in transformers: not in mlp_only_layers, and every decoder_sparse_step-th.
+    const std::vector<int64_t> dense_only = config.int_list("mlp_only_layers");
+    const int64_t experts = num_experts_of(config, false);
+    const int64_t step = config.positive_or("decoder_sparse_step", 1);
+    const bool sparse = std::find(dense_only.begin(), dense_only.end(), i) == dense_only.end() && experts > 0 &&
+                        (i + 1) % step == 0;
+    if (!sparse) {
+      add_dense_mlp(m, i, p + "mlp.", a.hidden, config.positive("intermediate_size"));
+      return;
+    }
+    static const char* const names[3] = {"gate_proj", "up_proj", "down_proj"};
+    add_experts(m, i, p + "mlp.experts.", experts, a.hidden, config.positive("moe_intermediate_size"), names);
+    // Qwen2-MoE's shared expert (its sigmoid gate shared_expert_gate is not a projection).
+    if (family.model_type == "qwen2_moe" && config.has("shared_expert_intermediate_size")) {
+      add_dense_mlp(m, i, p + "mlp.shared_expert.", a.hidden, config.positive("shared_expert_intermediate_size"),
+                    kSharedExpert);
+    }
+  });
 }
 
 // GLM-4.5 (glm4_moe), DeepSeek-V2/V3: the first first_k_dense_replace layers
@@ -470,7 +484,7 @@ Architecture map_llama_like(const Checkpoint& ck, const Config& config, const st
 // mlp.experts.E.* of moe_intermediate_size and the shared experts
 // mlp.shared_experts.* of n_shared_experts x moe_intermediate_size. The router
 // mlp.gate (weight, e_score_correction_bias) is not a projection.
-void add_deepseek_style_mlp(Mapper& m, const Config& config, int layer, const std::string& p, int64_t hidden,
+void add_deepseek_style_mlp(Mapper& m, const ModelConfig& config, int layer, const std::string& p, int64_t hidden,
                             int64_t layer_freq) {
   const int64_t first_dense = config.non_negative_or("first_k_dense_replace", 0);
   const int64_t routed = config.non_negative_or("n_routed_experts", 0);
@@ -485,23 +499,16 @@ void add_deepseek_style_mlp(Mapper& m, const Config& config, int layer, const st
   if (shared > 0) add_dense_mlp(m, layer, p + "mlp.shared_experts.", hidden, shared * inter, kSharedExpert);
 }
 
-Architecture map_glm4_moe(const Checkpoint& ck, const Config& config) {
-  const AttentionSizes a = attention_sizes(config);
-  const int layers = num_layers_of(config, "num_hidden_layers");
-  Mapper m(ck, "glm4_moe", "model.", "layers.0.self_attn.q_proj.weight");
-  for (int i = 0; i < layers; ++i) {
-    const std::string p = layer_prefix(i);
-    add_attention(m, i, p, a);
+Architecture map_glm4_moe(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
+  return map_llama_attention(ck, config, family, [&](Mapper& m, int i, const std::string& p, const AttentionSizes& a) {
     add_deepseek_style_mlp(m, config, i, p, a.hidden, 1);
-  }
-  m.arch.num_layers = layers;
-  return std::move(m.arch);
+  });
 }
 
 // DeepSeek-V2/V3 multi-head latent attention: q_a_proj and q_b_proj (q_proj
 // when q_lora_rank is null), kv_a_proj_with_mqa, kv_b_proj split per head into
 // its K rows (qk_nope_head_dim) and V rows (v_head_dim), o_proj.
-Architecture map_deepseek(const Checkpoint& ck, const Config& config, const std::string& type) {
+Architecture map_deepseek(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
   const int64_t hidden = config.positive("hidden_size");
   const int64_t heads = config.positive("num_attention_heads");
   const int64_t nope = config.positive("qk_nope_head_dim");
@@ -510,13 +517,13 @@ Architecture map_deepseek(const Checkpoint& ck, const Config& config, const std:
   const int64_t kv_rank = config.positive("kv_lora_rank");
   const bool q_lora = config.has("q_lora_rank");
   const int64_t q_rank = q_lora ? config.positive("q_lora_rank") : 0;
-  const int64_t layer_freq = type == "deepseek_v2" ? config.positive_or("moe_layer_freq", 1) : 1;
-  const int layers = num_layers_of(config, "num_hidden_layers");
+  const int64_t layer_freq = family.model_type == "deepseek_v2" ? config.positive_or("moe_layer_freq", 1) : 1;
+  const int layers = num_layers_of(config, family);
   const int64_t q_out = heads * (nope + rope);
   const int64_t kv_b_out = heads * (nope + v_head);
-  Mapper m(ck, type, "model.", "layers.0.self_attn.kv_b_proj.weight");
+  Mapper m(ck, family, layer_prefix(family, 0) + "self_attn.kv_b_proj.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = layer_prefix(i) + "self_attn.";
+    const std::string p = layer_prefix(family, i) + "self_attn.";
     if (q_lora) {
       m.add(i, Kind::QA, -1, p + "q_a_proj.weight", false, hidden, q_rank);
       m.add(i, Kind::QB, -1, p + "q_b_proj.weight", false, q_rank, q_out);
@@ -538,7 +545,7 @@ Architecture map_deepseek(const Checkpoint& ck, const Config& config, const std:
       m.add(std::move(s));
     }
     m.add(i, Kind::O, -1, p + "o_proj.weight", false, heads * v_head, hidden);
-    add_deepseek_style_mlp(m, config, i, layer_prefix(i), hidden, layer_freq);
+    add_deepseek_style_mlp(m, config, i, layer_prefix(family, i), hidden, layer_freq);
   }
   m.arch.num_layers = layers;
   return std::move(m.arch);
@@ -549,10 +556,9 @@ Architecture map_deepseek(const Checkpoint& ck, const Config& config, const std:
 // feed_forward.experts.{gate_up_proj, down_proj} and feed_forward.shared_expert.*
 // (intermediate_size); the other layers a dense feed_forward.* of
 // intermediate_size_mlp. The router feed_forward.router is not a projection.
-Architecture map_llama4(const Checkpoint& ck, const Config& config, const std::string& type,
-                        const std::vector<std::string>& prefixes) {
+Architecture map_llama4(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
   const AttentionSizes a = attention_sizes(config);
-  const int layers = num_layers_of(config, "num_hidden_layers");
+  const int layers = num_layers_of(config, family);
   const int64_t inter = config.positive("intermediate_size");
   const int64_t experts = num_experts_of(config, true);
   std::vector<int64_t> moe_layers = config.int_list("moe_layers");
@@ -560,9 +566,9 @@ Architecture map_llama4(const Checkpoint& ck, const Config& config, const std::s
     const int64_t step = config.positive_or("interleave_moe_layer_step", 1);
     for (int64_t i = step - 1; i < layers; i += step) moe_layers.push_back(i);
   }
-  Mapper m(ck, type, prefixes, "layers.0.self_attn.q_proj.weight");
+  Mapper m(ck, family, layer_prefix(family, 0) + "self_attn.q_proj.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = layer_prefix(i);
+    const std::string p = layer_prefix(family, i);
     add_attention(m, i, p, a);
     const std::string ff = p + "feed_forward.";
     if (std::find(moe_layers.begin(), moe_layers.end(), i) != moe_layers.end()) {
@@ -579,14 +585,14 @@ Architecture map_llama4(const Checkpoint& ck, const Config& config, const std::s
 // gpt-oss: every layer MoE with fused experts mlp.experts.{gate_up_proj,
 // down_proj} (gate and up interleaved); biases, attention sinks and the
 // router mlp.router are not projections.
-Architecture map_gpt_oss(const Checkpoint& ck, const Config& config) {
+Architecture map_gpt_oss(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
   const AttentionSizes a = attention_sizes(config);
-  const int layers = num_layers_of(config, "num_hidden_layers");
+  const int layers = num_layers_of(config, family);
   const int64_t experts = num_experts_of(config, true);
   const int64_t inter = config.positive("intermediate_size");
-  Mapper m(ck, "gpt_oss", "model.", "layers.0.self_attn.q_proj.weight");
+  Mapper m(ck, family, layer_prefix(family, 0) + "self_attn.q_proj.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = layer_prefix(i);
+    const std::string p = layer_prefix(family, i);
     add_attention(m, i, p, a);
     // The release stores the experts in MXFP4 (*_blocks / *_scales); a dequantized save_pretrained in BF16.
     const std::string experts_prefix = p + "mlp.experts.";
@@ -602,16 +608,16 @@ Architecture map_gpt_oss(const Checkpoint& ck, const Config& config) {
   return std::move(m.arch);
 }
 
-Architecture map_phi3(const Checkpoint& ck, const Config& config) {
+Architecture map_phi3(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
   const AttentionSizes a = attention_sizes(config);
   const int64_t inter = config.positive("intermediate_size");
-  const int layers = num_layers_of(config, "num_hidden_layers");
+  const int layers = num_layers_of(config, family);
   const int64_t q_out = a.heads * a.head_dim;
   const int64_t kv_out = a.kv_heads * a.head_dim;
   const int64_t qkv_out = q_out + 2 * kv_out;
-  Mapper m(ck, "phi3", "model.", "layers.0.self_attn.qkv_proj.weight");
+  Mapper m(ck, family, layer_prefix(family, 0) + "self_attn.qkv_proj.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = layer_prefix(i);
+    const std::string p = layer_prefix(family, i);
     const std::string qkv = p + "self_attn.qkv_proj.weight";
     m.add(i, Kind::Q, -1, qkv, false, a.hidden, q_out, 0, qkv_out);
     m.add(i, Kind::K, -1, qkv, false, a.hidden, kv_out, q_out, qkv_out);
@@ -626,13 +632,13 @@ Architecture map_phi3(const Checkpoint& ck, const Config& config) {
   return std::move(m.arch);
 }
 
-Architecture map_gpt2(const Checkpoint& ck, const Config& config) {
+Architecture map_gpt2(const Checkpoint& ck, const ModelConfig& config, const ArchitectureFamily& family) {
   const int64_t hidden = config.positive("n_embd");
   const int64_t inner = config.positive_or("n_inner", 4 * hidden);
-  const int layers = num_layers_of(config, "n_layer");
-  Mapper m(ck, "gpt2", "transformer.", "h.0.attn.c_attn.weight");
+  const int layers = num_layers_of(config, family);
+  Mapper m(ck, family, layer_prefix(family, 0) + "attn.c_attn.weight");
   for (int i = 0; i < layers; ++i) {
-    const std::string p = "h." + std::to_string(i) + ".";
+    const std::string p = layer_prefix(family, i);
     const std::string c_attn = p + "attn.c_attn.weight";
     m.add(i, Kind::Q, -1, c_attn, true, hidden, hidden, 0, 3 * hidden);
     m.add(i, Kind::K, -1, c_attn, true, hidden, hidden, hidden, 3 * hidden);
@@ -645,30 +651,10 @@ Architecture map_gpt2(const Checkpoint& ck, const Config& config) {
   return std::move(m.arch);
 }
 
-// Text-tower prefixes of multimodal checkpoints, as transformers writes them
-// today ("model.language_model.") and as the original releases did
-// ("language_model.model."), then a text-only model's "model." and none.
-const std::vector<std::string>& text_tower_prefixes() {
-  static const std::vector<std::string> prefixes = {"model.language_model.", "language_model.model.", "model.", ""};
-  return prefixes;
-}
-
-// Defaults of the nested text configs (transformers' Gemma3TextConfig and
-// Llama4TextConfig), for the keys save_pretrained leaves out when unchanged.
-std::map<std::string, json> gemma3_text_defaults() {
-  return {{"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
-          {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256}};
-}
-
-std::map<std::string, json> llama4_text_defaults() {
-  return {{"hidden_size", 5120},       {"intermediate_size", 8192},  {"intermediate_size_mlp", 16384},
-          {"num_hidden_layers", 48},   {"num_attention_heads", 40},  {"num_key_value_heads", 8},
-          {"head_dim", 128},           {"num_local_experts", 16},    {"interleave_moe_layer_step", 1}};
-}
-
-// The layer index of `name` when it is "<prefix><container>.<N>." or "<container>.<N>.", else -1.
-int64_t layer_index_of(const std::string& name, const std::string& prefix, const std::string& container) {
-  for (const std::string& start : {prefix + container + ".", container + "."}) {
+// The layer index of `name` when it is "<prefix><container>.<N>." for one of the family's prefixes, else -1.
+int64_t layer_index_of(const std::string& name, const ArchitectureFamily& family) {
+  for (const std::string& prefix : family.prefixes) {
+    const std::string start = prefix + family.layer_container + ".";
     if (name.compare(0, start.size(), start) != 0) continue;
     std::size_t i = start.size();
     int64_t index = 0;
@@ -681,13 +667,13 @@ int64_t layer_index_of(const std::string& name, const std::string& prefix, const
 
 // A warning when the weights hold layers config.json does not count: they are
 // silently left out of every comparison and construction otherwise.
-void note_uncounted_layers(const Checkpoint& checkpoint, Architecture& arch, const char* count_key) {
-  const bool gpt2 = arch.model_type == "gpt2";
+void note_uncounted_layers(const Checkpoint& checkpoint, const ModelConfig& config, const ArchitectureFamily& family,
+                           Architecture& arch) {
   int64_t highest = -1;
   int64_t uncounted = 0;
   std::string example;
   for (const std::string& name : checkpoint.tensor_names()) {
-    const int64_t layer = gpt2 ? layer_index_of(name, "transformer.", "h") : layer_index_of(name, "model.", "layers");
+    const int64_t layer = layer_index_of(name, family);
     if (layer < arch.num_layers) continue;
     ++uncounted;
     if (layer > highest) {
@@ -697,50 +683,105 @@ void note_uncounted_layers(const Checkpoint& checkpoint, Architecture& arch, con
   }
   if (uncounted == 0) return;
   std::ostringstream text;
-  text << checkpoint.folder() << "/config.json: \"" << count_key << "\" is " << arch.num_layers
+  text << config.path() << ": \"" << config.where() << family.layer_count_key << "\" is " << arch.num_layers
        << " but the weights hold layers up to " << highest << " (" << uncounted << " tensors, e.g. '"
        << detail::name_excerpt(example) << "'); only layers 0 to " << arch.num_layers - 1
        << " are read, the others are left out";
   arch.warnings.push_back(text.str());
 }
 
+// Name prefixes: a text model's ("model.", or none for a bare model), and a
+// multimodal checkpoint's text tower as transformers writes it today
+// ("model.language_model.") and as the original releases did
+// ("language_model.model."), then a text-only model's.
+const std::vector<std::string> kPlain = {"model.", ""};
+const std::vector<std::string> kTextTower = {"model.language_model.", "language_model.model.", "model.", ""};
+
+// The residual stream's tensors of the families lineage reads (llama-style, RMSNorm before each block).
+const LineageNames kLlamaLineage = {"model.embed_tokens.weight", "lm_head.weight", "input_layernorm",
+                                    "post_attention_layernorm", "RMSNorm"};
+
+ArchitectureFamily make_family(const char* model_type,
+                               Architecture (*map)(const Checkpoint&, const ModelConfig&, const ArchitectureFamily&),
+                               std::vector<std::string> prefixes = kPlain, LineageNames lineage = {}) {
+  ArchitectureFamily f;
+  f.model_type = model_type;
+  f.map = map;
+  f.prefixes = std::move(prefixes);
+  f.layer_container = "layers";
+  f.layer_count_key = "num_hidden_layers";
+  f.lineage = std::move(lineage);
+  return f;
+}
+
+// A multimodal family: the text model's config is `text_config`, with transformers' defaults.
+ArchitectureFamily multimodal(ArchitectureFamily f, std::vector<std::pair<std::string, int64_t>> text_defaults) {
+  f.text_config = "text_config";
+  f.text_config_defaults = std::move(text_defaults);
+  return f;
+}
+
 }  // namespace
 
+const std::vector<ArchitectureFamily>& architecture_families() {
+  // Defaults of the nested text configs: transformers' Gemma3TextConfig and Llama4TextConfig.
+  static const std::vector<ArchitectureFamily> table = [] {
+    ArchitectureFamily gpt2 = make_family("gpt2", map_gpt2, {"transformer.", ""});
+    gpt2.layer_container = "h";
+    gpt2.layer_count_key = "n_layer";
+    return std::vector<ArchitectureFamily>{
+        make_family("deepseek_v2", map_deepseek),
+        make_family("deepseek_v3", map_deepseek),
+        make_family("gemma2", map_llama_like),
+        multimodal(make_family("gemma3", map_llama_like, kTextTower),
+                   {{"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
+                    {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256}}),
+        make_family("gemma3_text", map_llama_like, kTextTower),
+        make_family("glm4_moe", map_glm4_moe),
+        gpt2,
+        make_family("gpt_oss", map_gpt_oss),
+        make_family("llama", map_llama_like, kPlain, kLlamaLineage),
+        multimodal(make_family("llama4", map_llama4, kTextTower),
+                   {{"hidden_size", 5120}, {"intermediate_size", 8192}, {"intermediate_size_mlp", 16384},
+                    {"num_hidden_layers", 48}, {"num_attention_heads", 40}, {"num_key_value_heads", 8},
+                    {"head_dim", 128}, {"num_local_experts", 16}, {"interleave_moe_layer_step", 1}}),
+        make_family("llama4_text", map_llama4, kTextTower),
+        make_family("mistral", map_llama_like, kPlain, kLlamaLineage),
+        make_family("mixtral", map_mixtral),
+        make_family("olmo2", map_llama_like),
+        make_family("olmo3", map_llama_like),
+        make_family("phi3", map_phi3),
+        make_family("qwen2", map_llama_like, kPlain, kLlamaLineage),
+        make_family("qwen2_moe", map_qwen_moe),
+        make_family("qwen3", map_llama_like, kPlain, kLlamaLineage),
+        make_family("qwen3_moe", map_qwen_moe),
+    };
+  }();
+  return table;
+}
+
+std::vector<std::string> supported_model_types() {
+  std::vector<std::string> types;
+  for (const ArchitectureFamily& f : architecture_families()) types.push_back(f.model_type);
+  return types;
+}
+
 Architecture detect_architecture(const Checkpoint& checkpoint) {
-  const Config config(checkpoint);
-  const std::string type = config.string("model_type");
-  const std::vector<std::string> plain = {"model.", ""};
-  Architecture arch;
-  if (type == "llama" || type == "qwen2" || type == "qwen3" || type == "mistral" || type == "gemma2" ||
-      type == "olmo2" || type == "olmo3" || type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe") {
-    arch = map_llama_like(checkpoint, config, type, plain);
-  } else if (type == "gemma3_text") {
-    arch = map_llama_like(checkpoint, config, type, text_tower_prefixes());
-  } else if (type == "gemma3") {
-    arch = map_llama_like(checkpoint, config.sub("text_config", gemma3_text_defaults()), type, text_tower_prefixes());
-  } else if (type == "llama4_text") {
-    arch = map_llama4(checkpoint, config, type, text_tower_prefixes());
-  } else if (type == "llama4") {
-    arch = map_llama4(checkpoint, config.sub("text_config", llama4_text_defaults()), type, text_tower_prefixes());
-  } else if (type == "deepseek_v2" || type == "deepseek_v3") {
-    arch = map_deepseek(checkpoint, config, type);
-  } else if (type == "glm4_moe") {
-    arch = map_glm4_moe(checkpoint, config);
-  } else if (type == "gpt_oss") {
-    arch = map_gpt_oss(checkpoint, config);
-  } else if (type == "phi3") {
-    arch = map_phi3(checkpoint, config);
-  } else if (type == "gpt2") {
-    arch = map_gpt2(checkpoint, config);
-  } else {
+  const ModelConfig top(checkpoint);
+  const std::string type = top.string("model_type");
+  const auto& families = architecture_families();
+  const auto row = std::find_if(families.begin(), families.end(),
+                                [&](const ArchitectureFamily& f) { return f.model_type == type; });
+  if (row == families.end()) {
     std::ostringstream list;
-    const auto types = supported_model_types();
-    for (std::size_t i = 0; i < types.size(); ++i) list << (i ? ", " : "") << types[i];
-    POSTSVD_THROW(BadCheckpoint, config.path() << ": unsupported model_type '" << type << "'; supported: "
-                                               << list.str());
+    for (std::size_t i = 0; i < families.size(); ++i) list << (i ? ", " : "") << families[i].model_type;
+    POSTSVD_THROW(BadCheckpoint, top.path() << ": unsupported model_type '" << type << "'; supported: "
+                                            << list.str());
   }
+  const ModelConfig config = row->text_config.empty() ? top : top.sub(row->text_config, row->text_config_defaults);
+  Architecture arch = row->map(checkpoint, config, *row);
   arch.model_type = type;
-  note_uncounted_layers(checkpoint, arch, type == "gpt2" ? "n_layer" : "num_hidden_layers");
+  note_uncounted_layers(checkpoint, config, *row, arch);
   return arch;
 }
 
@@ -789,7 +830,7 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
       const MatrixSource& s = *side.second;
       if (ck.contains(s.tensor) && !is_mxfp4(s) && !is_weight_dtype(ck.info(s.tensor).dtype)) {
         POSTSVD_THROW(BadCheckpoint, describe(ck, s) << " has dtype " << dtype_name(ck.info(s.tensor).dtype)
-                                                     << "; expected one of F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
+                                                     << "; expected one of " << dtype_names(is_weight_dtype));
       }
     }
     in_b.erase(it);

@@ -333,6 +333,7 @@ bool present_as_file(const fs::path& path, const char* what) {
 struct Checkpoint::Impl {
   std::string folder;
   std::string config_text;
+  nlohmann::ordered_json config;  // config_text parsed: a JSON object
   bool sharded = false;
   std::vector<SafetensorsFile> files;
   // name -> (file index, entry); entries live in the files' heap-allocated Impl.
@@ -352,10 +353,10 @@ Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>
     POSTSVD_THROW(BadCheckpoint, folder << ": no config.json; expected a Hugging Face model folder with config.json");
   }
   im.config_text = detail::read_bounded_text(config.string(), limits::kMaxConfigBytes, "config.json");
-  const auto parsed =
-      detail::parse_guarded<nlohmann::json>(im.config_text.data(), im.config_text.size(), config.string());
-  if (!parsed.is_object()) {
-    POSTSVD_THROW(BadCheckpoint, config.string() << ": is a JSON " << parsed.type_name() << "; expected an object");
+  im.config =
+      detail::parse_guarded<nlohmann::ordered_json>(im.config_text.data(), im.config_text.size(), config.string());
+  if (!im.config.is_object()) {
+    POSTSVD_THROW(BadCheckpoint, config.string() << ": is a JSON " << im.config.type_name() << "; expected an object");
   }
 
   const fs::path single = dir / "model.safetensors";
@@ -463,6 +464,8 @@ Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
 
 const std::string& Checkpoint::folder() const { return impl_->folder; }
 const std::string& Checkpoint::config_json() const { return impl_->config_text; }
+const nlohmann::ordered_json& Checkpoint::config() const { return impl_->config; }
+std::string Checkpoint::config_path() const { return impl_->folder + "/config.json"; }
 
 std::vector<std::string> Checkpoint::tensor_names() const {
   std::vector<std::string> names;

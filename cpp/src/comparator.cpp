@@ -70,8 +70,7 @@ std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indice
         POSTSVD_CHECK(std::isfinite(value), InvalidArgument,
                       "tensor '" << (sigma == &result[i].sigma_base ? pairs[i].base.name : pairs[i].post.name)
                                  << "': a singular value overflowed the working precision ("
-                                 << (precision_ == Precision::F32 ? "float32" : "float64")
-                                 << "): the weights' norm is too large"
+                                 << precision_name(precision_) << "): the weights' norm is too large"
                                  << (precision_ == Precision::F32 ? "; compare in float64 (dtype='float64')" : ""));
       }
     }

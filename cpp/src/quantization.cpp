@@ -14,7 +14,6 @@
 
 #include "detail/dequantize.h"
 #include "detail/half.h"
-#include "detail/json_guard.h"
 #include "detail/minifloat.h"
 #include "detail/shape_format.h"
 
@@ -70,9 +69,7 @@ double quantization_relative_bound(DType stored, QuantScheme scheme) {
 
 namespace {
 
-using nlohmann::json;
-
-std::string config_path(const Checkpoint& checkpoint) { return checkpoint.folder() + "/config.json"; }
+using json = nlohmann::ordered_json;
 
 std::vector<std::string> string_list(const json& parent, const char* key, const std::string& where) {
   std::vector<std::string> out;
@@ -100,11 +97,11 @@ void block_size(const json& v, const std::string& where, const std::string& key,
 }  // namespace
 
 QuantizationConfig quantization_config(const Checkpoint& checkpoint) {
-  const std::string where = config_path(checkpoint);
+  const std::string where = checkpoint.config_path();
   QuantizationConfig out;
-  const json config = detail::parse_guarded<json>(checkpoint.config_json().data(), checkpoint.config_json().size(), where);
+  const json& config = checkpoint.config();
   // Multimodal configs keep the text tower's settings in text_config; the quantization is top level.
-  if (!config.is_object() || !config.contains("quantization_config") || config["quantization_config"].is_null()) {
+  if (!config.contains("quantization_config") || config["quantization_config"].is_null()) {
     return out;
   }
   const json& q = config["quantization_config"];
@@ -289,7 +286,7 @@ void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, Ten
   const std::string& scale_file = checkpoint.file_of(name).path();
   POSTSVD_CHECK(is_scale_dtype(scale.dtype), BadCheckpoint,
                 scale_file << ": tensor '" << name << "' (scale of '" << source.tensor << "') has dtype "
-                           << dtype_name(scale.dtype) << "; expected F32, BF16 or F16");
+                           << dtype_name(scale.dtype) << "; expected one of " << dtype_names(is_scale_dtype));
   if (source.stacked > 0 && info.shape.size() == 3) {
     attach_stacked_scales(checkpoint, source, config, name, inverse, view);
     return;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <sstream>
 #include <type_traits>
 #include <vector>
 
@@ -15,69 +16,81 @@
 
 namespace postsvd {
 
-std::size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::BOOL:
-    case DType::U8:
-    case DType::I8:
-    case DType::F8_E4M3:
-    case DType::F8_E5M2:
-      return 1;
-    case DType::I16:
-    case DType::U16:
-    case DType::F16:
-    case DType::BF16:
-      return 2;
-    case DType::I32:
-    case DType::U32:
-    case DType::F32:
-      return 4;
-    case DType::F64:
-    case DType::I64:
-    case DType::U64:
-      return 8;
-  }
-  POSTSVD_THROW(InvalidArgument, "dtype_size: invalid DType value " << static_cast<int>(dtype));
-}
-
-const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::BOOL: return "BOOL";
-    case DType::U8: return "U8";
-    case DType::I8: return "I8";
-    case DType::I16: return "I16";
-    case DType::U16: return "U16";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I32: return "I32";
-    case DType::U32: return "U32";
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::I64: return "I64";
-    case DType::U64: return "U64";
-    case DType::F8_E4M3: return "F8_E4M3";
-    case DType::F8_E5M2: return "F8_E5M2";
-  }
-  POSTSVD_THROW(InvalidArgument, "dtype_name: invalid DType value " << static_cast<int>(dtype));
+const std::vector<DTypeInfo>& dtype_table() {
+  static const std::vector<DTypeInfo> table = {
+      {DType::BOOL, "BOOL", 1}, {DType::U8, "U8", 1},     {DType::I8, "I8", 1},
+      {DType::I16, "I16", 2},   {DType::U16, "U16", 2},   {DType::F16, "F16", 2},
+      {DType::BF16, "BF16", 2}, {DType::I32, "I32", 4},   {DType::U32, "U32", 4},
+      {DType::F32, "F32", 4},   {DType::F64, "F64", 8},   {DType::I64, "I64", 8},
+      {DType::U64, "U64", 8},   {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E5M2, "F8_E5M2", 1},
+  };
+  return table;
 }
 
 namespace {
-constexpr DType kAllDTypes[] = {DType::BOOL, DType::U8,  DType::I8,  DType::I16,  DType::U16,
-                                DType::F16,  DType::BF16, DType::I32, DType::U32,  DType::F32,
-                                DType::F64,  DType::I64, DType::U64, DType::F8_E4M3, DType::F8_E5M2};
+const DTypeInfo& dtype_info(DType dtype, const char* caller) {
+  for (const DTypeInfo& info : dtype_table()) {
+    if (info.dtype == dtype) return info;
+  }
+  POSTSVD_THROW(InvalidArgument, caller << ": invalid DType value " << static_cast<int>(dtype));
+}
 }  // namespace
 
+std::size_t dtype_size(DType dtype) { return dtype_info(dtype, "dtype_size").size; }
+
+const char* dtype_name(DType dtype) { return dtype_info(dtype, "dtype_name").name; }
+
 DType parse_dtype(const std::string& name, const std::string& context) {
-  for (DType d : kAllDTypes) {
-    if (name == dtype_name(d)) return d;
+  for (const DTypeInfo& info : dtype_table()) {
+    if (name == info.name) return info.dtype;
   }
-  std::ostringstream known;
-  for (DType d : kAllDTypes) known << (d == kAllDTypes[0] ? "" : ", ") << dtype_name(d);
-  POSTSVD_THROW(BadCheckpoint, context << ": unknown dtype '" << name << "'; expected one of " << known.str());
+  POSTSVD_THROW(BadCheckpoint, context << ": unknown dtype '" << name << "'; expected one of "
+                                       << dtype_names([](DType) { return true; }));
 }
 
 bool is_float_dtype(DType dtype) {
   return dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::F32 || dtype == DType::F64;
+}
+
+std::string dtype_names(bool (*accepts)(DType)) {
+  std::string names;
+  for (const DTypeInfo& info : dtype_table()) {
+    if (!accepts(info.dtype)) continue;
+    if (!names.empty()) names += ", ";
+    names += info.name;
+  }
+  return names;
+}
+
+const std::vector<PrecisionInfo>& precision_table() {
+  static const std::vector<PrecisionInfo> table = {
+      {Precision::F32, "float32", {"float32", "f32", "fp32", "single"}},
+      {Precision::F64, "float64", {"float64", "f64", "fp64", "double"}},
+  };
+  return table;
+}
+
+const char* precision_name(Precision precision) {
+  for (const PrecisionInfo& info : precision_table()) {
+    if (info.precision == precision) return info.name;
+  }
+  POSTSVD_THROW(InvalidArgument, "precision_name: invalid Precision value " << static_cast<int>(precision));
+}
+
+Precision parse_precision(const std::string& spelling) {
+  std::ostringstream names;
+  std::ostringstream spellings;
+  const auto& table = precision_table();
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    for (const char* s : table[i].spellings) {
+      if (spelling == s) return table[i].precision;
+    }
+    names << (i == 0 ? "" : i + 1 == table.size() ? " or " : ", ") << '"' << table[i].name << '"';
+    spellings << (i == 0 ? "" : "; ");
+    for (std::size_t j = 0; j < table[i].spellings.size(); ++j) spellings << (j ? ", " : "") << table[i].spellings[j];
+  }
+  POSTSVD_THROW(InvalidArgument, "precision: expected " << names.str() << ", got \"" << spelling
+                                                        << "\" (accepted spellings: " << spellings.str() << ")");
 }
 
 std::pair<int64_t, int64_t> TensorView::byte_span() const {
@@ -162,11 +175,11 @@ bool convert_into(const TensorView& view, Matrix<T>& out, Convert convert) {
 
 template <class T>
 Matrix<T> to_matrix(const TensorView& view) {
-  const char* target = std::is_same<T, float>::value ? "F32" : "F64";
+  const char* target = dtype_name(std::is_same<T, float>::value ? DType::F32 : DType::F64);
   if (!is_weight_dtype(view.dtype) && !view.quantized()) {
     POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': dtype " << dtype_name(view.dtype)
-                                              << " is not a float dtype; expected one of F16, BF16, F32, F64, "
-                                                 "F8_E4M3, F8_E5M2");
+                                              << " is not a float dtype; expected one of "
+                                              << dtype_names(is_weight_dtype));
   }
   if (view.rows < 0 || view.cols < 0) {
     POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': expected a non-negative shape, got ["

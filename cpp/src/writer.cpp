@@ -17,7 +17,6 @@
 #include <sstream>
 
 #include "detail/half.h"
-#include "detail/json_guard.h"
 #include "detail/shape_format.h"
 #include "postsvd/quantization.h"
 
@@ -316,7 +315,7 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
   const PlacedTensor& placed = impl_->placed.at(source.tensor);
   POSTSVD_CHECK(is_float_dtype(placed.dtype), BadCheckpoint,
                 source_path << ": tensor '" << source.tensor << "' has dtype " << dtype_name(info.dtype)
-                            << "; expected F16, BF16, F32 or F64");
+                            << "; expected one of " << dtype_names(is_float_dtype));
   POSTSVD_CHECK(w.rows() == source.in_features && w.cols() == source.out_features, InvalidArgument,
                 "CheckpointWriter::write: tensor '" << source.tensor << "' (layer " << source.layer << ", "
                     << kind_name(source.kind) << "): expected W of shape [" << source.in_features << ", "
@@ -400,8 +399,7 @@ std::vector<std::string> CheckpointWriter::finish() {
   }
   if (impl_->dequantizing) {
     // The copy holds BF16 weights: its config.json is the source's without quantization_config.
-    nlohmann::ordered_json config = detail::parse_guarded<nlohmann::ordered_json>(
-        checkpoint.config_json().data(), checkpoint.config_json().size(), checkpoint.folder() + "/config.json");
+    nlohmann::ordered_json config = checkpoint.config();
     config.erase("quantization_config");
     write_json(fs::path(impl_->out_folder) / "config.json", config);
     names.push_back("config.json");

@@ -22,13 +22,10 @@ KIND_GROUPS: Dict[str, Tuple[str, ...]] = {
     "all": KINDS}
 #: Other spellings of a group, accepted too.
 GROUP_ALIASES = {"attn": "attention"}
-#: Working precisions.
-DTYPES: Tuple[str, ...] = ("float32", "float64")
+#: Working precisions (the core's one table, with every spelling it accepts).
+DTYPES: Tuple[str, ...] = tuple(name for name, _ in _core.precisions())
 
-_DTYPE_ALIASES = {
-    "float32": "float32", "f32": "float32", "fp32": "float32", "single": "float32",
-    "float64": "float64", "f64": "float64", "fp64": "float64", "double": "float64",
-}
+_DTYPE_ALIASES = {spelling: name for name, spellings in _core.precisions() for spelling in spellings}
 
 GPU_BUILD_HINT = ("install the GPU wheel instead (pip install postsvd-cu13), or build the GPU variant with: "
                   "POSTSVD_ENABLE_CUDA=ON pip install --no-build-isolation -v . (needs the CUDA toolkit)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import os
 from typing import Any, Dict, List, Union
 
@@ -111,10 +110,7 @@ def describe(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
                                                   "out_features": source["out_features"],
                                                   "tensor": source["tensor"], "count": 0})
         entry["count"] += 1
-    try:
-        config = json.loads(cp.config_json)
-    except ValueError:
-        config = {}
+    config = cp.config
     return {
         "folder": cp.folder,
         "model_type": arch["model_type"],

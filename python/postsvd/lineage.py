@@ -58,8 +58,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: The significance level of the verdict unless the caller names another.
 DEFAULT_LEVEL = 0.01
-#: model_type values whose norms and embeddings lineage knows by name (RMSNorm before each block).
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+#: The rows of the core's architecture table whose residual-stream tensors lineage knows by name, with
+#: RMSNorm before each block (the row's `lineage` facts).
+_FAMILIES = {row["model_type"]: row for row in _core.architecture_families()
+             if row["lineage"] is not None and row["lineage"]["norm"] == "RMSNorm"}
+#: model_type values lineage reads.
+SUPPORTED_MODEL_TYPES = tuple(_FAMILIES)
+#: The stored dtypes lineage reads embeddings and norms in (the core's plain floats).
+_FLOAT_DTYPES = tuple(d["name"] for d in _core.dtypes() if d["float"])
 #: Eigenvalues of a probe Gram matrix below this fraction of the largest are raised to it (whitening ridge).
 WHITENING_RIDGE = 1e-3
 #: The files :meth:`Lineage.save` writes.
@@ -404,7 +410,9 @@ class _Model:
                 f"{label} '{printable(folder)}': lineage reads {', '.join(SUPPORTED_MODEL_TYPES)} models "
                 f"(RMSNorm before each block, norms and embeddings by their transformers names); got model_type "
                 f"{printable(self.model_type)!r}")
-        config = json.loads(self.checkpoint.config_json)
+        family = _FAMILIES[self.model_type]
+        names = family["lineage"]
+        config = self.checkpoint.config
         self.num_layers = self.arch["num_layers"]
         self.sources = {(s["layer"], s["kind"]): s for s in self.arch["matrices"] if s["expert"] == -1}
         q = self.sources[(0, "q")]
@@ -414,8 +422,10 @@ class _Model:
         self.head_dim = int(config.get("head_dim") or self.hidden // int(config["num_attention_heads"]))
         self.heads = q["out_features"] // self.head_dim
         self.kv_heads = k["out_features"] // self.head_dim
-        self.embedding_name = "model.embed_tokens.weight"
-        self.unembedding_name = "lm_head.weight" if "lm_head.weight" in self.checkpoint else self.embedding_name
+        self.embedding_name = names["embedding"]
+        self.unembedding_name = names["unembedding"] if names["unembedding"] in self.checkpoint else self.embedding_name
+        self.norm_before_attention, self.norm_before_mlp = names["norm_before_attention"], names["norm_before_mlp"]
+        self._layer_names = family["prefixes"][0] + family["layer_container"]  # "model.layers"
         self._require(self.embedding_name)
         self.vocab = int(self.checkpoint.info(self.embedding_name)["shape"][0])
 
@@ -424,9 +434,9 @@ class _Model:
             raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is missing "
                                        "(lineage reads the embeddings and the RMSNorm weights)")
         dtype = self.checkpoint.info(name)["dtype"]
-        if dtype.startswith("F8") or dtype in ("U8", "I8"):
+        if dtype not in _FLOAT_DTYPES:
             raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is stored as "
-                                       f"{dtype}; lineage reads embeddings and norms in BF16, F16 or F32")
+                                       f"{dtype}; lineage reads embeddings and norms in {', '.join(_FLOAT_DTYPES)}")
 
     def vector(self, name: str) -> np.ndarray:
         """A norm weight, float64."""
@@ -443,7 +453,7 @@ class _Model:
         return _core.read_matrix(self.checkpoint, self.sources[(layer, kind)], "float64").T
 
     def norm(self, layer: int, which: str) -> np.ndarray:
-        return self.vector(f"model.layers.{layer}.{which}.weight")
+        return self.vector(f"{self._layer_names}.{layer}.{which}.weight")
 
     def token_table(self) -> Optional[Dict[str, int]]:
         """tokenizer.json's token -> id table, or None where there is none."""
@@ -460,12 +470,12 @@ class _Model:
 
     def mlp_vectors(self, layer: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per hidden unit, its residual-stream vectors: gate and up rows (norm folded in), down column."""
-        norm = self.norm(layer, "post_attention_layernorm")
+        norm = self.norm(layer, self.norm_before_mlp)
         return (self.matrix(layer, "gate") * norm, self.matrix(layer, "up") * norm, self.matrix(layer, "down").T)
 
     def attention_vectors(self, layer: int) -> Dict[str, np.ndarray]:
         """q [heads, hd, d], k and v [kv_heads, hd, d] (norm folded in), o [heads, hd, d] (output directions)."""
-        norm = self.norm(layer, "input_layernorm")
+        norm = self.norm(layer, self.norm_before_attention)
         hd, d = self.head_dim, self.hidden
         return {"q": (self.matrix(layer, "q") * norm).reshape(self.heads, hd, d),
                 "k": (self.matrix(layer, "k") * norm).reshape(self.kv_heads, hd, d),

@@ -467,6 +467,109 @@ TEST_F(ArchitectureErrors, ViewOfRejectsInconsistentSource) {
   expect_error<BadCheckpoint>([&] { postsvd::view_of(ck, s); }, {folder, "'nope'"});
 }
 
+// ------------------------------------------------------------------ the architecture table
+
+// A config with every size any mapping reads (small values), the text sizes also under text_config.
+std::string superset_config(const std::string& type, int layers) {
+  const std::string sizes =
+      R"("hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+         "intermediate_size": 12, "intermediate_size_mlp": 12, "num_local_experts": 2, "num_experts": 2,
+         "moe_intermediate_size": 4, "qk_nope_head_dim": 2, "qk_rope_head_dim": 2, "v_head_dim": 2,
+         "kv_lora_rank": 4, "q_lora_rank": 4, "n_embd": 8, "n_layer": )" +
+      std::to_string(layers) + R"(, "num_hidden_layers": )" + std::to_string(layers);
+  return R"({"model_type": ")" + type + R"(", )" + sizes + R"(, "text_config": {)" + sizes + "}}";
+}
+
+TEST(ArchitectureTable, EveryRowDispatchesToItsMappingWithItsNames) {
+  const auto& families = postsvd::architecture_families();
+  std::vector<std::string> types;
+  for (const postsvd::ArchitectureFamily& f : families) types.push_back(f.model_type);
+  EXPECT_EQ(postsvd::supported_model_types(), types);
+  EXPECT_TRUE(std::is_sorted(types.begin(), types.end()));
+  EXPECT_EQ(std::set<std::string>(types.begin(), types.end()).size(), types.size());
+  TempDir dir;
+  for (const postsvd::ArchitectureFamily& f : families) {
+    SCOPED_TRACE(f.model_type);
+    ASSERT_NE(f.map, nullptr);
+    ASSERT_FALSE(f.prefixes.empty());
+    EXPECT_EQ(f.prefixes.back(), "");  // bare names always read
+    EXPECT_EQ(f.text_config.empty(), f.text_config_defaults.empty());
+    // No weights at all: the row's mapping runs and names the first tensor it expects, under the
+    // row's first prefix and layer container, for this model_type.
+    const std::string folder = dir.folder(f.model_type);
+    write_folder(folder, superset_config(f.model_type, 1), {{"unrelated.weight", {2}}});
+    Checkpoint ck(folder);
+    expect_error<BadCheckpoint>([&] { postsvd::detect_architecture(ck); },
+                                {"missing tensor '" + f.prefixes.front() + f.layer_container + ".0.",
+                                 "expected for model_type '" + f.model_type + "'"});
+  }
+  // Lineage's facts: filled for the families it reads today, RMSNorm before each block.
+  std::vector<std::string> lineage;
+  for (const postsvd::ArchitectureFamily& f : families) {
+    if (f.lineage.empty()) continue;
+    lineage.push_back(f.model_type);
+    EXPECT_EQ(f.lineage.embedding, "model.embed_tokens.weight");
+    EXPECT_EQ(f.lineage.norm_before_attention, "input_layernorm");
+    EXPECT_EQ(f.lineage.norm_before_mlp, "post_attention_layernorm");
+    EXPECT_EQ(f.lineage.norm, "RMSNorm");
+  }
+  EXPECT_EQ(lineage, (std::vector<std::string>{"llama", "mistral", "qwen2", "qwen3"}));
+}
+
+// Llama-style tensors under `prefix` with the MLP under `mlp` ("mlp." or Llama 4's "feed_forward.").
+TensorSpec text_tower_spec(const std::string& prefix, int layers, const std::string& mlp) {
+  TensorSpec spec = llama_spec(prefix, layers, 8, 8, 4, 12);
+  for (auto& entry : spec) {
+    const std::size_t at = entry.first.find(".mlp.");
+    if (at != std::string::npos) entry.first.replace(at + 1, 4, mlp);
+  }
+  // A vision tower whose encoder layers are numbered too: never counted as text layers.
+  spec.push_back({"model.vision_tower.vision_model.encoder.layers.7.mlp.fc1.weight", {4, 8}});
+  spec.push_back({"vision_model.model.layers.7.mlp.fc1.weight", {4, 8}});
+  return spec;
+}
+
+TEST(ArchitectureTable, TextTowerLayersBeyondTheTextConfigAreWarned) {
+  const std::string text = R"("hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+                               "intermediate_size": 12, "intermediate_size_mlp": 12, "num_local_experts": 2,
+                               "interleave_moe_layer_step": 4, "num_hidden_layers": 1)";
+  struct Case {
+    const char* type;
+    std::string config;
+    std::string prefix;
+    const char* mlp;
+    const char* count_key;
+  };
+  const Case cases[] = {
+      {"gemma3", R"({"model_type": "gemma3", "text_config": {)" + text + "}}", "model.language_model.", "mlp.",
+       "text_config.num_hidden_layers"},
+      {"llama4", R"({"model_type": "llama4", "text_config": {)" + text + "}}", "language_model.model.",
+       "feed_forward.", "text_config.num_hidden_layers"},
+      {"gemma3_text", R"({"model_type": "gemma3_text", )" + text + "}", "model.language_model.", "mlp.",
+       "num_hidden_layers"},
+  };
+  TempDir dir;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.type);
+    // The weights hold 3 text layers, the config counts 1.
+    const std::string folder = dir.folder(std::string(c.type) + "-more");
+    write_folder(folder, c.config, text_tower_spec(c.prefix, 3, c.mlp));
+    const Architecture arch = postsvd::detect_architecture(Checkpoint(folder));
+    EXPECT_EQ(arch.num_layers, 1);
+    EXPECT_EQ(arch.matrices.front().tensor, c.prefix + "layers.0.self_attn.q_proj.weight");
+    ASSERT_EQ(arch.warnings.size(), 1u);
+    const std::string& warning = arch.warnings[0];
+    for (const std::string& part : {folder + "/config.json: \"" + c.count_key + "\" is 1", std::string("layers up to 2"),
+                                    std::string("16 tensors"), c.prefix + "layers.2.", std::string("left out")}) {
+      EXPECT_NE(warning.find(part), std::string::npos) << part << " not in: " << warning;
+    }
+    // Exactly the counted layers (the vision layers numbered beyond them do not count).
+    const std::string exact = dir.folder(std::string(c.type) + "-exact");
+    write_folder(exact, c.config, text_tower_spec(c.prefix, 1, c.mlp));
+    EXPECT_TRUE(postsvd::detect_architecture(Checkpoint(exact)).warnings.empty());
+  }
+}
+
 TEST(Kinds, NamesRoundTrip) {
   for (Kind k : {Kind::Q, Kind::K, Kind::V, Kind::O, Kind::Gate, Kind::Up, Kind::Down, Kind::QA, Kind::QB, Kind::KVA,
                  Kind::KVBK, Kind::KVBV}) {

@@ -285,7 +285,7 @@ TEST(Quantization, MissingScaleAndBadScaleDtype) {
                               {"model.safetensors", "model.layers.0.self_attn.q_proj.weight", "F8_E4M3", "fp8",
                                "no scale", "model.layers.0.self_attn.q_proj.weight_scale_inv"});
   expect_error<BadCheckpoint>([&] { postsvd::view_of(ck, source_of(arch, "model.layers.0.self_attn.k_proj")); },
-                              {"model.layers.0.self_attn.k_proj.weight_scale_inv", "I32", "expected F32, BF16 or F16"});
+                              {"model.layers.0.self_attn.k_proj.weight_scale_inv", "I32", "expected one of F16, BF16, F32"});
 }
 
 TEST(Quantization, IgnoredModulesReadUnquantized) {

@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <set>
 
 #include "detail/half.h"
 #include "postsvd/checkpoint.h"
+#include "postsvd/quantization.h"
 #include "postsvd/types.h"
 #include "reader_test_util.h"
 #include "safetensors_test_util.h"
@@ -353,6 +355,43 @@ TEST(DTypes, NamesSizesAndParsing) {
                               {"file.safetensors: tensor 'x'", "'float32'"});
 }
 
+TEST(DTypes, OneTableGivesNamesSizesAndTheListsMessagesShow) {
+  std::set<std::string> names;
+  for (const postsvd::DTypeInfo& info : postsvd::dtype_table()) {
+    EXPECT_TRUE(names.insert(info.name).second) << info.name;
+    EXPECT_STREQ(postsvd::dtype_name(info.dtype), info.name);
+    EXPECT_EQ(postsvd::dtype_size(info.dtype), info.size);
+  }
+  EXPECT_EQ(names.size(), 15u);
+  EXPECT_EQ(postsvd::dtype_names(postsvd::is_float_dtype), "F16, BF16, F32, F64");
+  EXPECT_EQ(postsvd::dtype_names(postsvd::is_weight_dtype), "F16, BF16, F32, F64, F8_E4M3, F8_E5M2");
+  expect_error<BadCheckpoint>([] { postsvd::parse_dtype("F4", "ctx"); },
+                              {"'F4'", "BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2"});
+  // A weight of a dtype no weight may have: the message lists what the check accepts.
+  std::vector<int32_t> ints = {1, 2};
+  TensorView i32{ints.data(), DType::I32, 1, 2, 2, 1, "w.i32"};
+  expect_error<InvalidArgument>([&] { postsvd::to_matrix<float>(i32); },
+                                {"w.i32", "I32", postsvd::dtype_names(postsvd::is_weight_dtype)});
+}
+
+TEST(Precisions, EverySpellingParsesAndABadOneListsThemAll) {
+  std::vector<std::string> all;
+  for (const postsvd::PrecisionInfo& info : postsvd::precision_table()) {
+    ASSERT_FALSE(info.spellings.empty());
+    EXPECT_STREQ(info.spellings.front(), info.name);
+    EXPECT_STREQ(postsvd::precision_name(info.precision), info.name);
+    for (const char* spelling : info.spellings) {
+      EXPECT_EQ(postsvd::parse_precision(spelling), info.precision) << spelling;
+      all.push_back(spelling);
+    }
+  }
+  EXPECT_EQ(all, (std::vector<std::string>{"float32", "f32", "fp32", "single", "float64", "f64", "fp64", "double"}));
+  expect_error<InvalidArgument>([] { postsvd::parse_precision("half"); },
+                                {"precision: expected \"float32\" or \"float64\", got \"half\"",
+                                 "float32, f32, fp32, single; float64, f64, fp64, double"});
+  expect_error<InvalidArgument>([] { postsvd::parse_precision(""); }, {"got \"\""});
+}
+
 // ------------------------------------------------------------------ checkpoint folders
 
 class CheckpointFolder : public ::testing::Test {
@@ -382,6 +421,8 @@ TEST_F(CheckpointFolder, SingleFile) {
   EXPECT_EQ(ck.tensor_names(), (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(ck.files(), (std::vector<std::string>{folder_ + "/model.safetensors"}));
   EXPECT_EQ(ck.config_json(), R"({"model_type": "llama"})");
+  EXPECT_EQ(ck.config().at("model_type"), "llama");  // parsed once, when the folder opened
+  EXPECT_EQ(ck.config_path(), folder_ + "/config.json");
   EXPECT_TRUE(ck.contains("a"));
   EXPECT_EQ(ck.info("a").shape, (std::vector<int64_t>{2}));
   expect_error<BadCheckpoint>([&] { ck.info("zzz"); }, {folder_, "'zzz'"});

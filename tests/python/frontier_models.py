@@ -1,11 +1,11 @@
 """Tiny random models of the frontier architectures (qwen3, gemma3, olmo2/3, glm4_moe, gpt_oss, llama4,
-deepseek_v2/v3), built offline with the installed transformers, and the projection matrices their
+deepseek_v2/v3) and the Mixtral / Qwen MoE families (mixtral, qwen2_moe, qwen3_moe), built offline with the installed transformers, and the projection matrices their
 modules compute with, taken from the modules themselves (an independent reading of each layout)."""
 import numpy as np
 
 #: Text-only model types with a tiny config here.
 FRONTIER_TEXT_TYPES = ("qwen3", "gemma3_text", "olmo2", "olmo3", "glm4_moe", "gpt_oss", "llama4_text", "deepseek_v3",
-                       "deepseek_v2")
+                       "deepseek_v2", "mixtral", "qwen2_moe", "qwen3_moe")
 #: Multimodal checkpoints whose text tower postsvd reads.
 FRONTIER_MULTIMODAL_TYPES = ("gemma3", "llama4")
 #: Model types whose expert tensors transformers keeps fused [E, in, out] on disk and in memory.
@@ -47,6 +47,15 @@ def frontier_config(model_type):
         mla = {**_MLA, "q_lora_rank": None}
         moe = {key: value for key, value in _MOE.items() if key not in ("n_group", "topk_group")}
         return transformers.DeepseekV2Config(**{**_COMMON, "num_key_value_heads": 4}, **moe, **mla)
+    if model_type == "mixtral":
+        return transformers.MixtralConfig(**_COMMON, num_local_experts=3, num_experts_per_tok=2)
+    if model_type == "qwen2_moe":
+        # Layer 0 dense (mlp_only_layers), layer 1 routed experts and the shared expert (a width of its own).
+        return transformers.Qwen2MoeConfig(**_COMMON, num_experts=3, num_experts_per_tok=2, moe_intermediate_size=12,
+                                           shared_expert_intermediate_size=20, mlp_only_layers=[0])
+    if model_type == "qwen3_moe":
+        return transformers.Qwen3MoeConfig(**_COMMON, head_dim=8, num_experts=3, num_experts_per_tok=2,
+                                           moe_intermediate_size=12)
     if model_type == "gemma3":
         text = {**_COMMON, "head_dim": 8, "sliding_window": 16}
         vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -7,6 +7,7 @@ import string
 import pytest
 
 import postsvd
+from frontier_models import FRONTIER_MULTIMODAL_TYPES, FRONTIER_TEXT_TYPES, build_frontier_model
 
 #: Sizes of the synthetic pairs: small enough for a fast suite, big enough for distinct spectra.
 SYNTHETIC = dict(model_type="llama", layers=2, hidden=64, intermediate=96, heads=4, kv_heads=2)
@@ -70,6 +71,13 @@ def build_tiny_model(model_type, seed=0):
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(tiny_config(model_type))
     return model.eval()
+
+
+#: The test fixture of every supported model_type: model_type -> builder(model_type, seed=0) of its tiny random
+#: transformers model. test_architectures.py fails when a type of postsvd.supported_model_types() has none.
+MODEL_FIXTURES = {**{model_type: build_tiny_model for model_type in TINY_MODEL_TYPES},
+                  **{model_type: build_frontier_model
+                     for model_type in FRONTIER_TEXT_TYPES + FRONTIER_MULTIMODAL_TYPES}}
 
 
 def save_model(model, folder, dtype="bfloat16", max_shard_size=None):

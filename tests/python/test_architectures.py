@@ -5,10 +5,26 @@ import numpy as np
 import pytest
 
 import postsvd
-from helpers import TINY_MODEL_TYPES, build_tiny_model, save_model
+from helpers import MODEL_FIXTURES, TINY_MODEL_TYPES, build_tiny_model, save_model
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+
+
+def test_every_supported_model_type_has_a_fixture():
+    """A row of the core's architecture table needs a tiny model here: add its config to helpers.tiny_config or
+    frontier_models.frontier_config and its type to MODEL_FIXTURES."""
+    assert sorted(MODEL_FIXTURES) == sorted(postsvd.supported_model_types())
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_FIXTURES))
+def test_each_fixture_reads_as_its_model_type(tmp_path, model_type):
+    model = MODEL_FIXTURES[model_type](model_type)
+    model.save_pretrained(tmp_path)
+    arch = postsvd.architecture(str(tmp_path))
+    assert arch["model_type"] == model_type
+    assert arch["num_layers"] == 2 and arch["matrices"]
+    assert arch["warnings"] == []  # every tensor numbered as a text layer is one the config counts
 
 
 def expected_matrices(model, model_type):

@@ -118,25 +118,49 @@ def test_stub_function_parameters_match(node):
 # ---------------------------------------------------------------- one rule per conversion
 
 def _device_and_precision_callers(folder_pair, tmp_path):
-    """Each binding that takes a device and a precision, as f(device, precision)."""
-    w = np.eye(3)
+    """Each binding that takes a device and a precision, as f(device, precision) -> what it computed, in a form
+    that compares with == (numbers the working precision changes, and the dtype of returned arrays)."""
+    w = np.array([[3.0, 1.0, 0.5], [1.0, 2.0, 0.25], [0.5, 0.25, 1.0]]) + 1e-9  # 1e-9: lost in float32
     base, post = str(folder_pair.base), str(folder_pair.post)
+
+    def spectrum(factors):
+        return factors[1].dtype.name, factors[1].tolist()
+
+    def comparison(comparator):
+        return comparator.precision, [(r["sigma_base"].tolist(), r["sigma_post"].tolist())
+                                      for r in comparator.compare([0])]
+
+    def construction(d, p):
+        out = tmp_path / f"out-{d}-{p}"
+        out.mkdir(exist_ok=True)
+        report = _core.construct_checkpoint(14, base, post, str(out), layers=[0], kinds=["q"], precision=p, device=d)
+        return [row["relative_change"] for row in report["rows"]]
+
     return {
-        "svd": lambda d, p: _core.svd(w, precision=p, device=d),
-        "Backend": lambda d, p: _core.Backend(d).svd(w, p),
-        "Comparator": lambda d, p: _core.Comparator(base, post, device=d, precision=p).compare([0]),
-        "default_alpha": lambda d, p: _core.default_alpha(base, post, layers=[0], kinds=["q"], precision=p, device=d),
-        "construct_checkpoint": lambda d, p: _core.construct_checkpoint(
-            14, base, post, str(tmp_path / f"out-{d}-{p}"), layers=[0], kinds=["q"], precision=p, device=d),
+        "svd": lambda d, p: spectrum(_core.svd(w, precision=p, device=d)),
+        "Backend": lambda d, p: spectrum(_core.Backend(d).svd(w, p)),
+        "Comparator": lambda d, p: comparison(_core.Comparator(base, post, device=d, precision=p)),
+        "default_alpha": lambda d, p: _core.default_alpha(base, post, layers=[0], kinds=["q"], precision=p,
+                                                          device=d)["pooled_mean"],
+        "construct_checkpoint": construction,
     }
 
 
-@pytest.mark.parametrize("spelling", ["float32", "f32", "fp32", "float64", "f64", "fp64"])
-def test_every_binding_accepts_the_same_precision_spellings(related_pair, tmp_path, spelling):
-    for name, call in _device_and_precision_callers(related_pair, tmp_path).items():
-        if name == "construct_checkpoint":
-            (tmp_path / f"out-cpu-{spelling}").mkdir()
-        call("cpu", spelling)  # no error
+_PRECISIONS = dict(_core.precisions())
+
+
+@pytest.mark.parametrize("spelling", [s for spellings in _PRECISIONS.values() for s in spellings])
+def test_every_binding_computes_in_the_precision_each_spelling_names(related_pair, tmp_path, spelling):
+    """Each spelling gives exactly what its precision's name gives, and not what the other precision gives
+    (float32 and float64 differ in every result here: the arrays' dtype, the last bits of every value)."""
+    name = next(n for n, spellings in _PRECISIONS.items() if spelling in spellings)
+    other = next(n for n in _PRECISIONS if n != name)
+    for binding, call in _device_and_precision_callers(related_pair, tmp_path).items():
+        got = call("cpu", spelling)
+        assert got == call("cpu", name), binding
+        assert got != call("cpu", other), binding
+        if binding in ("svd", "Backend"):
+            assert got[0] == name, binding  # the singular values' dtype
 
 
 def test_every_binding_rejects_the_same_bad_device_and_precision(related_pair, tmp_path):
@@ -175,8 +199,6 @@ def test_without_a_device_every_cuda_request_fails_with_the_builds_error(related
     assert _core.has_cuda() is False
     expected = postsvd.BackendError if _core.built_with_cuda() else postsvd.NotBuiltWithCudaError
     for name, call in _device_and_precision_callers(related_pair, tmp_path).items():
-        if name == "construct_checkpoint":
-            (tmp_path / "out-cuda-float32").mkdir()
         with pytest.raises(expected) as info:
             call("cuda", "float32")
         assert type(info.value) is expected, name

@@ -155,6 +155,26 @@ def test_unknown_model_type_lists_supported(tmp_path):
     assert set(postsvd.supported_model_types()) >= {"llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2"}
 
 
+def test_config_is_parsed_once_into_python_data(tmp_path):
+    folder = make_pair(tmp_path / "base", tmp_path / "post", dtype="float32", **SYNTHETIC).base
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    config.update({"torch_dtype": "bfloat16", "rope_scaling": {"factor": 8.0, "type": None},
+                   "layer_types": ["full", "sliding"], "tie_word_embeddings": False, "vocab_size": 2 ** 40,
+                   "name": "caf\u00e9 \u2603"})
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    checkpoint = postsvd.open_checkpoint(folder)
+    assert checkpoint.config == config
+    assert list(checkpoint.config) == list(config)  # the file's key order
+    checkpoint.config["model_type"] = "changed"  # a copy: the checkpoint's config stays as read
+    assert checkpoint.config["model_type"] == "llama"
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "qwen2"}, f)
+    assert checkpoint.config == config  # read when the folder opened, not again
+    assert postsvd.describe(checkpoint)["torch_dtype"] == "bfloat16"
+
+
 def test_mismatched_models_name_the_tensors(tmp_path):
     a = make_pair(tmp_path / "a", tmp_path / "a_post", dtype="float32", **SYNTHETIC)
     sizes = dict(SYNTHETIC, hidden=32, heads=4)

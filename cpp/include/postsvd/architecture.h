@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "postsvd/checkpoint.h"
@@ -92,12 +93,60 @@ struct Architecture {
   std::vector<std::string> warnings;
 };
 
-/// Maps config.json's model_type and the tensor names to sources (the types of
-/// supported_model_types()); any other model_type is an error listing the
-/// supported ones. Every mapped tensor must exist with the expected shape.
+/// config.json as the mappings read it: typed fields with errors naming the file
+/// and the key; inside a nested text config, transformers' defaults for the keys
+/// save_pretrained leaves out (architecture.cpp).
+class ModelConfig;
+
+/// What lineage (python/postsvd/lineage.py) reads of a family besides its
+/// projections: the residual stream's tensors by name. Empty where lineage does
+/// not read the family.
+struct LineageNames {
+  std::string embedding;              // "model.embed_tokens.weight"
+  std::string unembedding;            // "lm_head.weight"; a folder without it ties it to the embedding
+  std::string norm_before_attention;  // the norm module of each layer, "input_layernorm"
+  std::string norm_before_mlp;        // "post_attention_layernorm"
+  std::string norm;                   // the norm's type, "RMSNorm"
+  bool empty() const { return embedding.empty(); }
+};
+
+/// One row of the architecture table: what postsvd knows of one config.json
+/// model_type. A new family is its mapping function and its row
+/// (architecture.cpp), plus its test fixture.
+struct ArchitectureFamily {
+  std::string model_type;
+  /// The projections: `config` is the text model's config (text_config below),
+  /// `family` this row. Every mapped tensor must exist with the expected shape.
+  Architecture (*map)(const Checkpoint& checkpoint, const ModelConfig& config, const ArchitectureFamily& family) =
+      nullptr;
+  /// Where the text model's config lives: "" for config.json itself, else the key of
+  /// the nested config ("text_config") and the values transformers' config class
+  /// assumes for the keys save_pretrained leaves out of it.
+  std::string text_config;
+  std::vector<std::pair<std::string, int64_t>> text_config_defaults;
+  /// Name prefixes of the text model's tensors, tried in order (the first holding
+  /// the mapping's first tensor wins; "" = bare names): "model.", gpt2's
+  /// "transformer.", or a multimodal folder's text tower "model.language_model."
+  /// and "language_model.model.".
+  std::vector<std::string> prefixes;
+  /// The decoder layers are <prefix><layer_container>.<N>.* ("layers", gpt2's "h"),
+  /// counted by the config key layer_count_key ("num_hidden_layers", gpt2's "n_layer").
+  std::string layer_container;
+  std::string layer_count_key;
+  /// Filled for the families lineage reads.
+  LineageNames lineage;
+};
+
+/// Every supported family, one row per model_type, sorted by model_type.
+const std::vector<ArchitectureFamily>& architecture_families();
+
+/// Maps config.json's model_type and the tensor names to sources through its
+/// row of architecture_families(); any other model_type is an error listing the
+/// supported ones. Warns (Architecture::warnings) about tensors of layers the
+/// config does not count.
 Architecture detect_architecture(const Checkpoint& checkpoint);
 
-/// The supported model_type strings.
+/// The model_type of every row of architecture_families().
 std::vector<std::string> supported_model_types();
 
 /// Checks two architectures match (model_type, layers, every source's shape and

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "postsvd/types.h"
 
 namespace postsvd {
@@ -64,6 +66,11 @@ class Checkpoint {
   const std::string& folder() const;
   /// Raw text of config.json.
   const std::string& config_json() const;
+  /// config.json, parsed once when the folder is opened (a JSON object): what every reader of the
+  /// config (architecture, quantization, writer, the Python package) takes.
+  const nlohmann::ordered_json& config() const;
+  /// The path of config.json, for messages about its fields.
+  std::string config_path() const;
   /// All tensor names, sorted.
   std::vector<std::string> tensor_names() const;
   bool contains(const std::string& name) const;

@@ -16,17 +16,43 @@ namespace postsvd {
 /// Element types a safetensors file may declare.
 enum class DType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2 };
 
+/// One row of the dtype table.
+struct DTypeInfo {
+  DType dtype;
+  const char* name;  // the safetensors spelling ("BF16", "F32", ...)
+  std::size_t size;  // bytes per element
+};
+/// Every dtype a safetensors file may declare, in DType's order: the one list of their names and sizes.
+const std::vector<DTypeInfo>& dtype_table();
+
 /// Size of one element in bytes.
 std::size_t dtype_size(DType dtype);
 /// The safetensors spelling ("BF16", "F32", ...).
 const char* dtype_name(DType dtype);
 /// Parses a safetensors dtype string; throws BadCheckpoint naming `context` when unknown.
 DType parse_dtype(const std::string& name, const std::string& context);
-/// True for F16, BF16, F32, F64 (the dtypes a weight matrix may have).
+/// True for F16, BF16, F32, F64 (plain floats; is_weight_dtype adds FP8).
 bool is_float_dtype(DType dtype);
+/// The names of the table's dtypes that `accepts` takes, in table order, joined by ", ": what a
+/// message lists beside the check it reports, e.g. dtype_names(is_float_dtype) is "F16, BF16, F32, F64".
+std::string dtype_names(bool (*accepts)(DType));
 
 /// Working precision of a decomposition.
 enum class Precision { F32, F64 };
+
+/// One row of the precision table.
+struct PrecisionInfo {
+  Precision precision;
+  const char* name;                    // "float32", "float64"
+  std::vector<const char*> spellings;  // every spelling parse_precision accepts, the name first
+};
+/// The working precisions and their spellings: the one list the core and the Python package read.
+const std::vector<PrecisionInfo>& precision_table();
+/// "float32" or "float64".
+const char* precision_name(Precision precision);
+/// Any spelling of precision_table(); throws InvalidArgument naming the argument "precision" and
+/// listing the names and every spelling otherwise.
+Precision parse_precision(const std::string& spelling);
 
 /// Where the work runs.
 enum class Device { CPU, CUDA };

@@ -54,8 +54,8 @@ void check_view(const TensorView& v, const std::string& role) {
   POSTSVD_CHECK(v.rows > 0 && v.cols > 0, InvalidArgument,
                 role << " '" << v.name << "': expected a non-empty matrix, got shape " << shape_of(v));
   POSTSVD_CHECK(is_float_dtype(v.dtype) || is_quantized_view(v), InvalidArgument,
-                role << " '" << v.name << "': expected dtype BF16, F16, F32, F64, F8_E4M3 or F8_E5M2 (or a quantized "
-                     << "view), got " << dtype_name(v.dtype));
+                role << " '" << v.name << "': expected a dtype of " << dtype_names(is_weight_dtype)
+                     << " (or a quantized view), got " << dtype_name(v.dtype));
 }
 
 }  // namespace

@@ -204,7 +204,7 @@ void with_loader(const void* stored, DType dtype, int64_t base_offset, const Dev
     case DType::F8_E5M2: return f(PlainLoad<StoredE5M2>{bytes, base_offset});
     default: break;
   }
-  POSTSVD_THROW(InvalidArgument, "expected BF16, F16, F32, F64, F8_E4M3 or F8_E5M2, got " << dtype_name(dtype));
+  POSTSVD_THROW(InvalidArgument, "expected one of " << dtype_names(is_weight_dtype) << ", got " << dtype_name(dtype));
 }
 
 }  // namespace cuda
