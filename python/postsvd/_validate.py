@@ -323,7 +323,7 @@ def normalize_matrix_pairs(pairs, layers: Sequence[int], kinds: Sequence[str], n
                                        f"{', '.join(str(x) for x in layers)}")
         try:
             names = normalize_kinds(item[1]) if isinstance(item[1], str) else []
-            expert = expert_label(expert_index(item[2])) if len(item) == 3 else None
+            expert = expert_label(expert_index(item[2])) if len(item) == 3 and item[2] is not None else None
         except InvalidArgumentError as error:
             raise InvalidArgumentError(f"{what}: {error}") from None
         if len(names) != 1:
