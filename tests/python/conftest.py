@@ -11,6 +11,16 @@ from helpers import ALPHA, SYNTHETIC, build_tiny_model, save_model, save_tiny_mo
 from postsvd.synthetic import make_pair
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+#: Marks that make a test slow as well (pyproject.toml's markers): `pytest -m "not slow"` leaves them out.
+SLOW_KINDS = ("ray", "notebook", "browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import postsvd
 from postsvd import distributed
 from postsvd.synthetic import make_pair
 
+pytestmark = pytest.mark.ray  # starts local Ray clusters: slow (conftest.py)
+
 
 FAMILY = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "models")
 BASE, INSTRUCT = os.path.join(FAMILY, "base"), os.path.join(FAMILY, "instruct")

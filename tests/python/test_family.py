@@ -169,6 +169,7 @@ def test_post_models_stay_closer_to_base_than_base_alt(record):
 
 # --- the training entry point ---------------------------------------------------------------
 
+@pytest.mark.slow  # trains the family's scripts for a few steps
 def test_training_smoke_run(tmp_path):
     assert train.main(["--tiny", "--jobs", "1", "--out", str(tmp_path)]) == 0
     written = json.loads((tmp_path / "family.json").read_text())

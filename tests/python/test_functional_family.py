@@ -16,6 +16,7 @@ from postsvd.functional.benchmarks import evaluate_models  # noqa: E402
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "models"
 
 
+@pytest.mark.slow  # builds a construction and evaluates three models
 def test_family_reasoning_and_its_ablation_table1(tmp_path):
     if not (MODELS / "reasoning" / "model.safetensors").exists():
         pytest.fail(f"bundled models missing under {MODELS}")

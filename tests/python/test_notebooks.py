@@ -21,6 +21,8 @@ FAMILY = ("base", "base_alt", "instruct", "reasoning")
 #: Seconds one cell may take before the run fails.
 CELL_TIMEOUT = int(os.environ.get("POSTSVD_NOTEBOOK_CELL_TIMEOUT", "600"))
 
+pytestmark = pytest.mark.notebook  # each notebook runs in a kernel: slow (conftest.py)
+
 nbclient = pytest.importorskip("nbclient", reason="needs nbclient, nbformat and ipykernel (requirements.txt)")
 nbformat = pytest.importorskip("nbformat")
 

@@ -333,6 +333,7 @@ def render_counts(page_path, tmp_path, extra=""):
     return int(images.group(1)), int(rendered.group(1))
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium; scripts/setup.sh installs it)")
 def test_report_renders_every_figure_in_chromium(page, tmp_path):
     path, _, _ = page
@@ -344,6 +345,7 @@ def test_report_renders_every_figure_in_chromium(page, tmp_path):
     assert render_counts(path, tmp_path, extra=broken) == (figures + 1, figures)
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium; scripts/setup.sh installs it)")
 def test_report_screenshot(page, tmp_path):
     """The page renders to a tall screenshot (kept in $POSTSVD_REPORT_SCREENSHOT when set, for a look)."""
