@@ -504,3 +504,24 @@ def test_environment_variables_reach_huggingface_hub(hub_env, tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert hub_env["server"].log == []
+
+
+def test_fp8_scales_are_named_and_fetched(hub_env, tmp_path, monkeypatch):
+    """A block-FP8 copy of the base served as a repo: a layer's sources name their weight_scale_inv tensors,
+    and fetching those names is enough to read the layer."""
+    import quantize
+
+    local = tmp_path / "fp8"
+    quantize.write_block_fp8(os.path.join(MODELS, "base"), str(local), block=(16, 16))
+    files = shard_model(str(local), str(tmp_path / "fp8-sharded"))
+    hub_env["server"].add_repo("org/base-fp8", files)
+    r = hub.resolve("org/base-fp8", "base")
+    sources, names = layer_tensors(r.folder, [1])
+    weights = [s["tensor"] for s in sources]
+    assert sorted(set(names) - set(weights)) == sorted(w + "_scale_inv" for w in set(weights))
+    monkeypatch.setattr(hub, "MERGE_GAP", 0)  # else the small scales between the weights come along
+    hub.fetch(r, weights)
+    with pytest.raises(BadCheckpointError, match="_scale_inv' was not fetched"):
+        postsvd.read_matrix(r.folder, 1, "q")
+    hub.fetch(r, names)
+    assert_same_matrices(str(tmp_path / "fp8-sharded"), r.folder, sources)
