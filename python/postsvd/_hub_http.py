@@ -120,12 +120,11 @@ def read_range(remote: Remote, begin: int, end: int, sink: Callable[[int, bytes]
                     received += len(data)
                 if offset < end:
                     raise httpx2.RemoteProtocolError("body ended early")
-        except (httpx2.TransportError, httpx2.StreamError) as error:  # dropped mid-body (or before)
+        except (httpx2.TransportError, httpx2.StreamError):  # dropped mid-body (or before)
             failures += 1
             if failures > BODY_RETRIES:
                 raise
             time.sleep(min(8.0, BODY_BACKOFF_S * 2 ** (failures - 1)))
-            del error
     return received
 
 

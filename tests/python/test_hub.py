@@ -3,7 +3,6 @@ sharded, the way the Hub serves huggingface_hub. Every test points huggingface_h
 temporary caches; a guard refuses any connection to another address."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -12,7 +11,6 @@ import sys
 import threading
 import warnings
 
-import numpy as np
 import pytest
 
 import postsvd
