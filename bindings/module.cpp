@@ -607,6 +607,14 @@ PYBIND11_MODULE(_core, m) {
       "A [rows, cols] matrix of an MXFP4 tensor pair, dequantized: element (r, c) is value first + r * row_stride + "
       "c * col_stride of the row-major dequantized tensor [..., G * 32].");
   m.def(
+      "source_tensors",
+      [](const postsvd::Checkpoint& cp, const py::dict& source_dict) {
+        return postsvd::source_tensors(cp, source_from_python(source_dict));
+      },
+      "checkpoint"_a, "source"_a,
+      "The stored tensors reading a source touches: its tensor, then its FP8 scale or MXFP4 *_scales (names and "
+      "headers only, no tensor data).");
+  m.def(
       "stored_format",
       [](const postsvd::Checkpoint& cp, const py::dict& source_dict) {
         const postsvd::TensorView view = postsvd::view_of(cp, source_from_python(source_dict));

@@ -78,6 +78,75 @@ bool as_u64(const nlohmann::json& v, uint64_t& out) {
   return false;
 }
 
+// ---------------------------------------------------------------- partial copies of Hub files
+
+// A folder that postsvd.hub filled with only some byte ranges of a repo's shards holds this
+// manifest (written by python/postsvd/_hub_cache.py): for each partial file its full size and
+// the [begin, end) byte ranges present; a file it lists as complete, or does not list, is whole.
+constexpr const char* kFetchManifest = ".postsvd-fetch.json";
+constexpr uint64_t kMaxFetchManifestBytes = 256u << 20;
+
+using ByteRanges = std::vector<std::pair<uint64_t, uint64_t>>;  // sorted, merged [begin, end)
+
+// The ranges present in `path` when its folder's manifest lists it as partial; false when the
+// file is whole. Checks the file's size against the manifest's.
+bool fetched_ranges(const std::string& path, uint64_t file_size, ByteRanges& present) {
+  const fs::path file(path);
+  const fs::path manifest = file.parent_path() / kFetchManifest;
+  std::error_code ec;
+  if (!fs::exists(manifest, ec)) return false;
+  const std::string where = manifest.string();
+  const std::string text = detail::read_bounded_text(where, kMaxFetchManifestBytes, "fetch manifest");
+  const auto root = detail::parse_guarded<nlohmann::json>(text.data(), text.size(), where);
+  const std::string name = file.filename().string();
+  if (!root.is_object() || !root.contains("files") || !root["files"].is_object()) {
+    POSTSVD_THROW(BadCheckpoint, where << ": expected a JSON object with a \"files\" object");
+  }
+  if (!root["files"].contains(name)) return false;
+  const auto& entry = root["files"][name];
+  if (!entry.is_object() || !entry.contains("complete") || !entry["complete"].is_boolean()) {
+    POSTSVD_THROW(BadCheckpoint, where << ": entry of '" << name << "' has no boolean \"complete\"");
+  }
+  if (entry["complete"].get<bool>()) return false;
+  uint64_t size = 0;
+  if (!entry.contains("size") || !as_u64(entry["size"], size) || size != file_size) {
+    POSTSVD_THROW(BadCheckpoint, path << ": a partial copy of " << file_size << " bytes, but " << where
+                                      << " gives its size as " << (entry.contains("size") ? json_excerpt(entry["size"]) : "nothing")
+                                      << "; fetch it again (postsvd cache clear)");
+  }
+  const nlohmann::json none = nlohmann::json::array();
+  const auto& ranges = entry.contains("ranges") ? entry["ranges"] : none;
+  if (!ranges.is_array()) POSTSVD_THROW(BadCheckpoint, where << ": \"ranges\" of '" << name << "' is not an array");
+  for (const auto& r : ranges) {
+    uint64_t begin = 0, end = 0;
+    if (!r.is_array() || r.size() < 2 || !as_u64(r[0], begin) || !as_u64(r[1], end) || end < begin || end > size) {
+      POSTSVD_THROW(BadCheckpoint, where << ": range " << json_excerpt(r) << " of '" << name
+                                         << "'; expected [begin, end, ...] within the file's " << size << " bytes");
+    }
+    present.emplace_back(begin, end);
+  }
+  std::sort(present.begin(), present.end());
+  ByteRanges merged;
+  for (const auto& r : present) {
+    if (!merged.empty() && r.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, r.second);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  present = std::move(merged);
+  return true;
+}
+
+// Whether [begin, end) lies inside one merged range of `present`.
+bool covered(const ByteRanges& present, uint64_t begin, uint64_t end) {
+  if (begin == end) return true;
+  auto it = std::upper_bound(present.begin(), present.end(), std::make_pair(begin, std::numeric_limits<uint64_t>::max()));
+  if (it == present.begin()) return false;
+  --it;
+  return it->first <= begin && end <= it->second;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- SafetensorsFile
@@ -89,6 +158,8 @@ struct SafetensorsFile::Impl {
   std::vector<TensorInfo> tensors;  // sorted by offsets
   std::unordered_map<std::string, std::size_t> by_name;
   std::map<std::string, std::string> metadata;
+  bool partial = false;  // a partial copy of a Hub file: only `present` may be read
+  ByteRanges present;
 
   const unsigned char* data_section() const { return mapping.data() + 8 + header_size; }
   uint64_t data_size() const { return mapping.size() - 8 - header_size; }
@@ -169,6 +240,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
     POSTSVD_THROW(BadCheckpoint, path << ": file is " << file_size
                                       << " bytes, shorter than the 8-byte header length; not a safetensors file");
   }
+  im.partial = fetched_ranges(path, file_size, im.present);
+  if (im.partial && !covered(im.present, 0, 8)) {
+    POSTSVD_THROW(BadCheckpoint, path << ": a partial copy of a Hub file whose header was not fetched (see "
+                                      << kFetchManifest << " beside it)");
+  }
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | im.mapping.data()[i];  // little-endian u64
   if (n > kMaxHeaderBytes) {
@@ -178,6 +254,10 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
   if (n > file_size - 8) {
     POSTSVD_THROW(BadCheckpoint, path << ": header length " << n << " is larger than the " << (file_size - 8)
                                       << " bytes that follow the length prefix (file size " << file_size << ")");
+  }
+  if (im.partial && !covered(im.present, 0, 8 + n)) {
+    POSTSVD_THROW(BadCheckpoint, path << ": a partial copy of a Hub file whose header was not fetched (see "
+                                      << kFetchManifest << " beside it)");
   }
   im.header_size = n;
   const unsigned char* header = im.mapping.data() + 8;
@@ -287,6 +367,13 @@ const void* SafetensorsFile::data(const TensorInfo& info) const {
   if (info.end > impl_->data_size() || info.begin > info.end) {
     POSTSVD_THROW(InvalidArgument, impl_->path << ": tensor '" << info.name << "': offsets [" << info.begin << ", "
                                                << info.end << "] lie outside this file's data buffer");
+  }
+  const uint64_t start = 8 + impl_->header_size;
+  if (impl_->partial && !covered(impl_->present, start + info.begin, start + info.end)) {
+    POSTSVD_THROW(BadCheckpoint, impl_->path << ": tensor '" << info.name << "' was not fetched: this file is a "
+                                             << "partial copy of a Hub file and bytes [" << start + info.begin << ", "
+                                             << start + info.end << ") are not in " << kFetchManifest
+                                             << "; fetch the tensor first (postsvd.hub.fetch)");
   }
   return impl_->data_section() + info.begin;
 }

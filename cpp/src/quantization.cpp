@@ -260,28 +260,66 @@ void attach_stacked_scales(const Checkpoint& checkpoint, const MatrixSource& sou
 
 }  // namespace
 
+namespace {
+
+// The names an FP8 weight's scale may have, and the one the checkpoint holds ("" when none).
+struct Fp8ScaleNames {
+  bool has_suffix = false;   // the weight's name ends in ".weight"
+  std::string inverse_name;  // block FP8: value = q * scale_inv
+  std::string scale_name;    // compressed-tensors: value = q * scale
+  std::string fused_name;    // fbgemm_fp8 fused experts: value = q * scale
+  std::string found;
+  bool inverse = false;
+};
+
+Fp8ScaleNames fp8_scale_names(const Checkpoint& checkpoint, const std::string& tensor) {
+  Fp8ScaleNames n;
+  const std::string suffix = ".weight";
+  n.has_suffix = tensor.size() > suffix.size() && tensor.compare(tensor.size() - suffix.size(), suffix.size(), suffix) == 0;
+  const std::string module = n.has_suffix ? tensor.substr(0, tensor.size() - suffix.size()) : tensor;
+  n.inverse_name = module + ".weight_scale_inv";
+  n.scale_name = module + ".weight_scale";
+  n.fused_name = tensor + "_scale";
+  n.inverse = checkpoint.contains(n.inverse_name);
+  if (n.inverse) {
+    n.found = n.inverse_name;
+  } else if (!n.has_suffix && checkpoint.contains(n.fused_name)) {
+    n.found = n.fused_name;
+  } else if (checkpoint.contains(n.scale_name)) {
+    n.found = n.scale_name;
+  }
+  return n;
+}
+
+}  // namespace
+
+std::vector<std::string> source_tensors(const Checkpoint& checkpoint, const MatrixSource& source) {
+  std::vector<std::string> names{source.tensor};
+  if (is_mxfp4(source)) {
+    names.push_back(source.mxfp4_scales);
+  } else if (is_fp8_dtype(checkpoint.info(source.tensor).dtype)) {
+    const Fp8ScaleNames scale = fp8_scale_names(checkpoint, source.tensor);
+    if (!scale.found.empty()) names.push_back(scale.found);
+  }
+  return names;
+}
+
 void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, TensorView& view) {
   const TensorInfo& info = checkpoint.info(source.tensor);
   if (!is_fp8_dtype(info.dtype)) return;
   const std::string& weight_file = checkpoint.file_of(source.tensor).path();
   const QuantizationConfig config = quantization_config(checkpoint);
-  const std::string suffix = ".weight";
-  const bool has_suffix = source.tensor.size() > suffix.size() &&
-                          source.tensor.compare(source.tensor.size() - suffix.size(), suffix.size(), suffix) == 0;
-  const std::string module = has_suffix ? source.tensor.substr(0, source.tensor.size() - suffix.size()) : source.tensor;
-  const std::string inverse_name = module + ".weight_scale_inv";  // block FP8: value = q * scale_inv
-  const std::string scale_name = module + ".weight_scale";        // compressed-tensors: value = q * scale
-  const std::string fused_name = source.tensor + "_scale";         // fbgemm_fp8 fused experts: value = q * scale
-  const bool inverse = checkpoint.contains(inverse_name);
-  const bool fused = !has_suffix && !inverse && checkpoint.contains(fused_name);
-  if (!inverse && !fused && !checkpoint.contains(scale_name)) {
+  const Fp8ScaleNames names = fp8_scale_names(checkpoint, source.tensor);
+  if (names.found.empty()) {
     if (config.method == QuantizationConfig::Method::None || module_not_converted(config, source.tensor)) return;
     POSTSVD_THROW(BadCheckpoint, weight_file << ": tensor '" << source.tensor << "' is " << dtype_name(info.dtype)
                                              << " in a checkpoint quantized with '" << config.quant_method
-                                             << "' but has no scale: expected '" << inverse_name << "' or '"
-                                             << scale_name << "'" << (has_suffix ? "" : " or '" + fused_name + "'"));
+                                             << "' but has no scale: expected '" << names.inverse_name << "' or '"
+                                             << names.scale_name << "'"
+                                             << (names.has_suffix ? "" : " or '" + names.fused_name + "'"));
   }
-  const std::string& name = inverse ? inverse_name : fused ? fused_name : scale_name;
+  const std::string& name = names.found;
+  const bool inverse = names.inverse;
   const TensorInfo& scale = checkpoint.info(name);
   const std::string& scale_file = checkpoint.file_of(name).path();
   POSTSVD_CHECK(is_scale_dtype(scale.dtype), BadCheckpoint,

@@ -454,6 +454,59 @@ def run_info(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- cache
+
+CACHE_EXAMPLES = """\
+examples:
+  postsvd cache list                 # postsvd's partial copies of Hub repos, by repo and commit
+  postsvd cache clear Qwen/Qwen2.5-0.5B
+  postsvd cache clear                # everything (the Hugging Face cache is left alone)"""
+
+
+def add_cache(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="list or clear postsvd's cache of tensors fetched from the Hub",
+        description="postsvd keeps the byte ranges it fetched from Hub repos in its own cache ($POSTSVD_HUB_CACHE, "
+                    "else HF_HOME/postsvd), one model folder per repo and commit. Files complete in the Hugging "
+                    "Face cache are only linked from there; `clear` never touches the Hugging Face cache.",
+        epilog=CACHE_EXAMPLES, formatter_class=HelpFormatter)
+    actions = parser.add_subparsers(dest="cache_action", metavar="ACTION")
+    actions.required = True
+    listing = actions.add_parser("list", help="list the cached repos and commits")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
+    clearing = actions.add_parser("clear", help="delete the cached copies of REPO, or all")
+    clearing.add_argument("repo", nargs="?", default=None, metavar="REPO", help="a repo id, org/name")
+    parser.set_defaults(func=run_cache)
+
+
+def run_cache(args) -> int:
+    from . import hub
+    from ._hub_cache import cache_limit, human_bytes
+
+    root = hub.cache_root()
+    if args.cache_action == "clear":
+        removed = hub.clear_cache(args.repo)
+        for entry in removed:
+            print(printable(f"removed {entry['repo_id']}@{entry['commit'][:12]} ({human_bytes(entry['disk_bytes'])})"))
+        if not removed:
+            print(printable(f"nothing cached{' for ' + args.repo if args.repo else ''} in {root}"))
+        return 0
+    entries = hub.cache_entries()
+    limit = cache_limit()
+    if args.json:
+        print(json.dumps({"root": root, "limit_bytes": limit, "entries": entries}, indent=1))
+        return 0
+    used = sum(e["disk_bytes"] for e in entries)
+    print(printable(f"{root}: {len(entries)} cached commit(s), {human_bytes(used)} on disk"
+                    + (f" (limit {human_bytes(limit)})" if limit else "")))
+    for e in entries:
+        revisions = ", ".join(e["revisions"]) or "-"
+        print(printable(f"  {e['repo_id']}@{e['commit'][:12]}  revisions: {revisions}  files: "
+                        f"{e['partial_files']} partial, {e['complete_files']} linked complete  "
+                        f"{human_bytes(e['bytes_present'])} fetched, {human_bytes(e['disk_bytes'])} on disk"))
+    return 0
+
+
 # ---------------------------------------------------------------------- make-example
 
 EXAMPLE_EXAMPLES = """\
@@ -531,6 +584,7 @@ SUBCOMMANDS: List[Tuple[str, Callable]] = [
     ("track", add_track),
     ("lineage", add_lineage),
     ("info", add_info),
+    ("cache", add_cache),
     ("make-example", add_make_example),
     ("build-info", add_build_info),
 ]

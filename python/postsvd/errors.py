@@ -11,6 +11,9 @@ builtin a caller would naturally catch:
   runtime reported a failure.
 * :class:`NotBuiltWithCudaError` (``RuntimeError``): CUDA was requested from a
   build without it.
+* :class:`HubError` (``OSError``): a model named by Hub repo id could not be
+  resolved or fetched (repo or revision not found, no access, offline with
+  nothing cached, the server failing, not enough disk); one line, no token.
 """
 from ._core import (
     BackendError,
@@ -20,10 +23,17 @@ from ._core import (
     PostsvdError,
 )
 
+
+
+class HubError(PostsvdError, OSError):
+    """A Hub repo id could not be resolved or its tensors fetched (postsvd.hub)."""
+
+
 __all__ = [
     "PostsvdError",
     "InvalidArgumentError",
     "BadCheckpointError",
     "BackendError",
     "NotBuiltWithCudaError",
+    "HubError",
 ]

@@ -525,4 +525,56 @@ TEST_F(CheckpointFolder, NoWeightsAtAll) {
   expect_error<BadCheckpoint>([&] { Checkpoint ck(folder_); }, {folder_, "no model.safetensors"});
 }
 
+// ---------------------------------------------------------------- partial copies of Hub files
+
+// A file of two F32 [2, 2] tensors "a" then "b" beside a .postsvd-fetch.json (postsvd.hub's manifest)
+// that lists `ranges` of it as present.
+class PartialHubFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.file("model.safetensors");
+    write_safetensors(path_, {postsvd_test::f32_blob("a", {2, 2}, {1, 2, 3, 4}),
+                              postsvd_test::f32_blob("b", {2, 2}, {5, 6, 7, 8})});
+    SafetensorsFile whole(path_);
+    start_ = 8 + whole.header_size();
+    size_ = whole.file_size();
+  }
+  void manifest(const std::string& ranges, uint64_t size, bool complete = false) {
+    write_text(dir_.file(".postsvd-fetch.json"),
+               R"({"format":1,"files":{"model.safetensors":{"size":)" + std::to_string(size) +
+                   R"(,"complete":)" + (complete ? "true" : "false") + R"(,"ranges":)" + ranges + "}}}");
+  }
+  std::string range(uint64_t begin, uint64_t end) {
+    return "[" + std::to_string(begin) + "," + std::to_string(end) + ",\"checksum\"]";
+  }
+  TempDir dir_;
+  std::string path_;
+  uint64_t start_ = 0, size_ = 0;
+};
+
+TEST_F(PartialHubFile, ReadsFetchedTensorsAndRefusesTheOthers) {
+  // the header in two ranges (as fetched: length, then header), tensor "a" in a third
+  manifest("[" + range(0, 8) + "," + range(8, start_) + "," + range(start_, start_ + 16) + "]", size_);
+  SafetensorsFile file(path_);
+  EXPECT_EQ(static_cast<const float*>(file.data(*file.find("a")))[3], 4.0f);
+  expect_error<BadCheckpoint>([&] { file.data(*file.find("b")); },
+                              {path_, "tensor 'b' was not fetched", ".postsvd-fetch.json"});
+}
+
+TEST_F(PartialHubFile, RefusesAMissingHeaderOrAWrongSize) {
+  manifest("[" + range(0, 8) + "]", size_);
+  expect_error<BadCheckpoint>([&] { SafetensorsFile file(path_); }, {path_, "header was not fetched"});
+  manifest("[" + range(0, start_) + "]", size_ + 1);
+  expect_error<BadCheckpoint>([&] { SafetensorsFile file(path_); }, {path_, "partial copy", "postsvd cache clear"});
+}
+
+TEST_F(PartialHubFile, CompleteOrUnlistedFilesAreWhole) {
+  manifest("[]", size_, /*complete=*/true);
+  SafetensorsFile complete(path_);
+  EXPECT_EQ(static_cast<const float*>(complete.data(*complete.find("b")))[0], 5.0f);
+  write_text(dir_.file(".postsvd-fetch.json"), R"({"format":1,"files":{"other.safetensors":{"complete":false}}})");
+  SafetensorsFile unlisted(path_);
+  EXPECT_EQ(static_cast<const float*>(unlisted.data(*unlisted.find("b")))[0], 5.0f);
+}
+
 }  // namespace

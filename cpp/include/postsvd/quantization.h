@@ -68,6 +68,12 @@ bool module_not_converted(const QuantizationConfig& config, const std::string& t
 /// misshapen or non-float scale, or a missing one in a quantized checkpoint.
 void attach_scales(const Checkpoint& checkpoint, const MatrixSource& source, TensorView& view);
 
+/// The stored tensors that reading `source` touches: its tensor, then the scale of
+/// an FP8 weight (the name attach_scales reads, when the checkpoint has one) or
+/// the `*_scales` of an MXFP4 pair. Reads names and headers only, no tensor data:
+/// what a partial copy of a Hub repo must fetch before the source can be read.
+std::vector<std::string> source_tensors(const Checkpoint& checkpoint, const MatrixSource& source);
+
 /// An MXFP4 matrix inside a packed tensor pair (gpt-oss experts):
 /// `blocks` [..., G, 16] uint8 and `scales` [..., G] uint8, which dequantize to
 /// a tensor [..., G * 32] (transformers' convert_moe_packed_tensors before its
