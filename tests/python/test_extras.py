@@ -95,7 +95,7 @@ def test_each_optional_module_is_brought_by_the_extra_named_for_it():
         assert distribution[module] in names, (module, extra, extras[extra])
     assert set(extras["all"][0].split("[", 1)[1].rstrip("]").split(",")) == {"functional", "notebooks", "ray"}
     core = {r.split(">")[0] for r in project["dependencies"]}
-    assert core == {"numpy", "pandas", "matplotlib", "tqdm", "safetensors", "scipy"}, core
+    assert core == {"numpy", "pandas", "matplotlib", "tqdm", "safetensors", "scipy", "huggingface_hub"}, core
 
 
 def _build_wheel_script():
