@@ -21,8 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core
-from ._names import short_name
+from . import _core, hub
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
 from ._validate import (
@@ -45,7 +44,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 ExpertArg = Union[None, int, str]
 
 #: The version of the files :meth:`Comparison.save` writes (run.json's ``schema_version``; CHANGELOG.md).
-OUTPUT_SCHEMA_VERSION = 2
+OUTPUT_SCHEMA_VERSION = 3
 #: The pooled series of a kind's routed experts (``expert='pooled'``).
 POOLED = "pooled"
 
@@ -100,7 +99,11 @@ class Comparison:
     (the factors are never kept).
 
     Attributes:
-        base, post: the two folders.
+        base, post: the two folders the core read (a Hub model's: its folder in postsvd's cache).
+        base_model, post_model: the two models as named (:class:`postsvd.hub.ResolvedModel`: the
+            name as written; for a Hub model its repo id, revision and the commit read).
+        base_name, post_name: how tables and summaries name them (a folder's last component, a Hub
+            model as written).
         model_type: config.json's model_type.
         num_layers: layers of the model (not only the compared ones).
         layers: the compared layers.
@@ -113,12 +116,16 @@ class Comparison:
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
                  kinds: Sequence[str], elapsed_seconds: float = 0.0, *, device: Optional[str] = None,
-                 decompositions: Optional[Dict[str, int]] = None):
+                 decompositions: Optional[Dict[str, int]] = None,
+                 models: Optional[Tuple[hub.ResolvedModel, hub.ResolvedModel]] = None):
         self._comparator = comparator
         self._records = records
         arch = comparator.architecture
         self.base: str = comparator.base.folder
         self.post: str = comparator.post.folder
+        self.base_model, self.post_model = models or (hub.resolve(self.base, "base"), hub.resolve(self.post, "post"))
+        self.base_name: str = self.base_model.label
+        self.post_name: str = self.post_model.label
         self.model_type: str = arch["model_type"]
         self.num_layers: int = arch["num_layers"]
         self.layers: List[int] = list(layers)
@@ -343,7 +350,7 @@ class Comparison:
 
         return plots.plot_svsm({s.label: self.svsm(s.kind, s.expert) for s in chosen},
                                {s.label: self.layers_of(s.kind, s.expert) for s in chosen},
-                               title=f"SVSM: {short_name(self.post)} / {short_name(self.base)}")
+                               title=f"SVSM: {self.post_name} / {self.base_name}")
 
     def plot_scaling_bands(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
         """Fig. 8: per-layer mean ± std (top 90 %) of the scaling factors, one band per series (pooled
@@ -353,7 +360,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_scaling_bands(
-            series, title=f"Scaling per layer: {short_name(self.post)} / {short_name(self.base)}")
+            series, title=f"Scaling per layer: {self.post_name} / {self.base_name}")
 
     def plot_nf(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
         """Fig. 3b: NF per layer, one line per series (pooled experts: their mean, with the band from
@@ -369,7 +376,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_nf(series, baseline,
-                             title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
+                             title=f"NF per layer: {self.post_name} vs {self.base_name}")
 
     def plot_expert_nf(self, kinds: KindsArg = None):
         """MoE models: a heatmap of NF per (layer, expert) for each kind that has experts.
@@ -381,7 +388,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_expert_nf({k: self.nf_by_expert(k) for k in chosen},
-                                    title=f"NF per expert: {short_name(self.post)} vs {short_name(self.base)}")
+                                    title=f"NF per expert: {self.post_name} vs {self.base_name}")
 
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25,
                       expert: Union[None, int, str] = None):
@@ -505,6 +512,7 @@ class Comparison:
     def run_info(self) -> Dict[str, Any]:
         """What run.json holds: the inputs, the selection and the settings of the run."""
         return {"schema_version": OUTPUT_SCHEMA_VERSION, "base": self.base, "post": self.post,
+                "base_model": self.base_model.record(), "post_model": self.post_model.record(),
                 "model_type": self.model_type, "num_layers": self.num_layers, "layers": self.layers,
                 "kinds": self.kinds, "device": self.device, "dtype": self.dtype, "backend": self.backend,
                 "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
@@ -528,7 +536,7 @@ class Comparison:
         NF against the unrelated-rotation baseline, and a one-line reading."""
         kinds = self.kind_table()
         lines = [
-            f"postsvd: base '{_display_name(self.base)}' -> post '{_display_name(self.post)}'; "
+            f"postsvd: base '{printable(self.base_name)}' -> post '{printable(self.post_name)}'; "
             f"{printable(self.model_type)}, "
             f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
             f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s" + self._cache_note(),
@@ -581,8 +589,8 @@ class Comparison:
                 f"({measured}): the weights changed beyond quantization.")
 
     def __repr__(self) -> str:
-        return (f"<postsvd.Comparison {printable(self.model_type)}: {_display_name(self.post)} vs "
-                f"{_display_name(self.base)}, "
+        return (f"<postsvd.Comparison {printable(self.model_type)}: {printable(self.post_name)} vs "
+                f"{printable(self.base_name)}, "
                 f"{len(self.layers)} layers x {len(self.kinds)} kinds, {self.device} {self.dtype}>")
 
     # ------------------------------------------------------------------ helpers
@@ -657,11 +665,6 @@ class Comparison:
                 raise InvalidArgumentError(f"{what}: {error}") from None
             out.append((layer, kind, None if record["expert"] == -1 else expert_label(record["expert"])))
         return out
-
-
-def _display_name(path: str) -> str:
-    """The folder's name, safe to print on a terminal."""
-    return printable(short_name(path))
 
 
 def _pooled_scaling(records: Sequence[Dict[str, Any]]) -> np.ndarray:
