@@ -53,11 +53,11 @@ KEPT = ("rows", "cols", "k", "sigma_base", "sigma_post", "scaling", "scaling_mea
         "scaling_count", "nf", "iorth_diag", "warm_sweeps")
 #: Matrix pairs per call into the backend.
 CHUNK = 64
-#: Hub models: units of pairs (a layer, or CHUNK pairs of a MoE layer) whose tensors are fetched ahead of the
-#: unit decomposing. While unit i decomposes, units i+1 .. i+FETCH_AHEAD may be fetched, never more: what is
-#: fetched and not yet decomposed stays bounded by FETCH_AHEAD units (on disk, in postsvd's Hub cache; the
-#: fetch itself holds one read buffer per file it reads, hub.PARALLEL_FILES at most).
-FETCH_AHEAD = 2
+#: Hub models: units of pairs whose tensors are fetched ahead of the unit decomposing (see run_local). While
+#: unit i decomposes, units i+1 .. i+FETCH_AHEAD may be fetched, never more: what is fetched and not yet
+#: decomposed stays bounded by FETCH_AHEAD units (on disk, in postsvd's Hub cache; the fetch itself holds
+#: one read buffer per file it reads, hub.PARALLEL_FILES at most).
+FETCH_AHEAD = 4
 
 
 def resolve_models(base: Union[PathLike, "hub.ResolvedModel"], posts: Sequence[Union[PathLike, "hub.ResolvedModel"]]
@@ -133,6 +133,12 @@ class Run:
         """The selected pairs, a list of indices per layer, in layer order."""
         return [self.batches[layer] for layer in sorted(self.batches)]
 
+    def local_units(self) -> List[Tuple[int, List[int]]]:
+        """(layer, pair indices) of each call into the backend of a local run (see run_local)."""
+        size = 1 if self.fetcher and self.comparator.device == "cpu" else CHUNK
+        return [(layer, self.batches[layer][start:start + size]) for layer in sorted(self.batches)
+                for start in range(0, len(self.batches[layer]), size)]
+
 
 def open_run(base: Union[PathLike, "hub.ResolvedModel"], post: Union[PathLike, "hub.ResolvedModel"], *,
              device: str = "cpu", dtype: str = "float32", layers: LayersArg = None, kinds: KindsArg = None,
@@ -183,13 +189,14 @@ def select_batches(arch: Dict[str, Any], layers: Sequence[int], kinds: Sequence[
 def run_local(run: Run, *, progress: bool = True, desc: str = "") -> Tuple[List[Dict[str, Any]], float]:
     """Decomposes and measures the selected pairs in this process: (records in layer order, seconds).
 
-    Hub models: a fetch thread fetches each unit's tensors at most FETCH_AHEAD units ahead of the unit
-    decomposing, so fetching overlaps the decompositions; the bar shows the bytes fetched."""
+    The pairs go to the backend in units: a layer, in chunks of CHUNK pairs (a MoE layer: the backend sees
+    a bounded batch). Hub models: a fetch thread fetches each unit's tensors at most FETCH_AHEAD units
+    ahead of the unit decomposing, so fetching overlaps the decompositions, and on the CPU a unit is one
+    pair (the CPU backend decomposes pair by pair anyway, and the first unit, whose fetch nothing can
+    hide, stays small); the bar shows the bytes fetched."""
     from tqdm.auto import tqdm
 
-    # A MoE layer goes in chunks: the backend sees a bounded batch, the bar moves per chunk.
-    units = [(layer, run.batches[layer][start:start + CHUNK]) for layer in sorted(run.batches)
-             for start in range(0, len(run.batches[layer]), CHUNK)]
+    units = run.local_units()
     records: List[Dict[str, Any]] = []
     started = time.perf_counter()
     with tqdm(total=run.total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:

@@ -350,40 +350,40 @@ def test_fetching_overlaps_decomposing_and_stays_bounded(hub_env, monkeypatch):
     events = []
     lock = threading.Lock()
 
-    def log(what):
+    def log(*event):
         with lock:
-            events.append(what)
+            events.append(event)
 
     real_fetch, real_pairs = _engine.Fetcher.fetch, _engine.pair_records
 
     def fetch(self, indices, on_bytes=None):
-        layer = postsvd.architecture("org/base")["matrices"][indices[0]]["layer"]
-        log(("fetch", layer, "start"))
+        log("fetch", tuple(indices), "start")
         try:
             return real_fetch(self, indices, on_bytes)
         finally:
-            log(("fetch", layer, "end"))
+            log("fetch", tuple(indices), "end")
 
     def pairs(comparator, indices):
-        layer = comparator.architecture["matrices"][indices[0]]["layer"]
-        log(("compute", layer, "start"))
-        time.sleep(0.4)  # slower than a loopback fetch: the next units are fetched meanwhile
+        log("compute", tuple(indices), "start")
+        time.sleep(0.15)  # slower than a loopback fetch: the next units are fetched meanwhile
         out = real_pairs(comparator, indices)
-        log(("compute", layer, "end"))
+        log("compute", tuple(indices), "end")
         return out
 
     monkeypatch.setattr(_engine.Fetcher, "fetch", fetch)
     monkeypatch.setattr(_engine, "pair_records", pairs)
-    monkeypatch.setattr(_engine, "FETCH_AHEAD", 1)
+    monkeypatch.setattr(_engine, "FETCH_AHEAD", 2)
     prepared("org/base", "org/instruct")
-    remote = postsvd.compare("org/base", "org/instruct", progress=False)
+    remote = postsvd.compare("org/base", "org/instruct", layers="0,1", progress=False)
+    units = [e[1] for e in events if e[0] == "compute" and e[2] == "start"]
+    assert len(units) == 14 and all(len(u) == 1 for u in units)  # on the CPU a unit is one pair
     at = {e: i for i, e in enumerate(events)}
-    for layer in range(4):
-        assert at[("fetch", layer, "end")] < at[("compute", layer, "start")]  # never a tensor not fetched
-        if layer >= 1:  # at most FETCH_AHEAD units ahead of the one decomposing
-            assert at[("fetch", layer, "start")] > at[("compute", layer - 1, "start")]
-    assert at[("fetch", 1, "end")] < at[("compute", 0, "end")]  # layer 1 fetched while layer 0 decomposed
-    local = postsvd.compare(hub_env["base"], hub_env["instruct"], progress=False)
+    for j, unit in enumerate(units):
+        assert at[("fetch", unit, "end")] < at[("compute", unit, "start")]  # never a tensor not fetched
+        if j >= 2:  # at most FETCH_AHEAD units ahead of the one decomposing
+            assert at[("fetch", unit, "start")] > at[("compute", units[j - 2], "start")]
+    assert at[("fetch", units[1], "end")] < at[("compute", units[0], "end")]  # fetched while unit 0 decomposed
+    local = postsvd.compare(hub_env["base"], hub_env["instruct"], layers="0,1", progress=False)
     pd.testing.assert_frame_equal(remote.table, local.table, check_exact=True)
 
 
