@@ -19,7 +19,7 @@ import sys
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ._names import unique_names
+from ._names import distinct, short_name
 from ._outputs import atomic_file
 from ._terminal import printable
 from ._validate import (DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, WARM_START_MODES, expert_label,
@@ -180,9 +180,15 @@ def add_compare(subparsers) -> None:
 
 
 def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
+    """One subfolder per post model: a folder's last component; a Hub model's name and revision
+    (org/name@refs/pr/1 -> name@refs-pr-1)."""
     if len(posts) == 1:
         return [out]
-    return [os.path.join(out, name) for name in unique_names(posts)]
+    from .hub import is_hub_name
+
+    names = [p.removeprefix("hf://").split("/", 1)[1].replace("/", "-")
+             if isinstance(p, str) and not os.path.lexists(p) and is_hub_name(p) else short_name(p) for p in posts]
+    return [os.path.join(out, name) for name in distinct(names)]
 
 
 def run_compare(args) -> int:

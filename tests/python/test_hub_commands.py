@@ -109,6 +109,9 @@ def test_compare_cli_by_repo_id_writes_the_local_results(hub_env, tmp_path, caps
     with np.load(out_hub / "spectra.npz") as a, np.load(out_local / "spectra.npz") as b:
         assert sorted(a.files) == sorted(b.files)
         assert all(a[k].tobytes() == b[k].tobytes() for k in a.files)
+    code, _, err = run_cli(["compare", "org/base", "org/instruct", "hf://org/reasoning@main", "--out",
+                            tmp_path / "two", "--layers", "0", "--kinds", "q", "--no-progress", "--no-plots"], capsys)
+    assert code == 0 and sorted(os.listdir(tmp_path / "two")) == ["instruct", "reasoning@main"], err
     run = json.loads((out_hub / "run.json").read_text())
     server = hub_env["server"]
     assert run["base_model"] == {"name": "hf://org/base", "repo_id": "org/base", "revision": "main",
