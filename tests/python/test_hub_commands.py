@@ -235,6 +235,7 @@ def _page_without_run_details(path: str, names) -> str:
     return text
 
 
+@pytest.mark.slow  # figures and pages of two runs each
 def test_report_by_repo_id(hub_env, tmp_path):
     server = hub_env["server"]
     prepared("org/base", "org/instruct", "org/reasoning")
@@ -252,6 +253,7 @@ def test_report_by_repo_id(hub_env, tmp_path):
     assert f"org/instruct (repo org/instruct, revision main, commit {commit})" in page
 
 
+@pytest.mark.slow  # figures and pages of two runs each
 def test_track_by_revisions(hub_env, tmp_path, capsys):
     server = hub_env["server"]
     code, _, err = run_cli(["track", "org/base", "org/run", "--revisions", "step-100,step-200", "--out",
@@ -274,6 +276,7 @@ def test_track_by_revisions(hub_env, tmp_path, capsys):
         postsvd.track("org/base", "org/run", revisions=[server.repos["org/run"].refs["step-100"]], progress=False)
 
 
+@pytest.mark.slow  # figures and pages of two runs each
 def test_lineage_by_repo_id(hub_env, tmp_path, capsys):
     server = hub_env["server"]
     prepared("org/base", "org/instruct")
