@@ -1,6 +1,7 @@
 """Hub fetch: bytes fetched against bytes needed, and fetching overlapped with decomposing (issue 21 item 7).
 
     python benchmarks/bench_hub.py [--layers 8] [--hidden 768] [--intermediate 2048] [--out FILE]
+                                   [--wait-load 1.5 --max-wait 3600]
 
 Writes a bf16 base and post (Gaussian weights, post = base + 1 % noise; llama shapes given by the
 options), re-saves each as one shard per layer and serves both from the Hub stand-in of the tests
@@ -83,6 +84,18 @@ def serve(files, conn) -> None:
         conn.send(sum(r["sent"] for r in server.requests() if r["path"].endswith(".safetensors")))
 
 
+def wait_for_quiet(load: float, max_wait: float) -> None:
+    """Returns once the 1-minute load average was under `load` at two checks 30 s apart; exits after `max_wait` s."""
+    deadline = time.monotonic() + max_wait
+    quiet = 0
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            sys.exit(f"bench_hub: the load average stayed over {load} for {max_wait:.0f} s; not measured")
+        quiet = quiet + 1 if os.getloadavg()[0] < load else 0
+        if quiet < 2:
+            time.sleep(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8)
@@ -91,7 +104,12 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--out", default=None, help="also write the Markdown block to this file")
+    parser.add_argument("--wait-load", type=float, default=None, metavar="L",
+                        help="first wait until the 1-minute load average stays under L for 30 s (a shared machine)")
+    parser.add_argument("--max-wait", type=float, default=3600, metavar="S", help="give up waiting after S seconds")
     args = parser.parse_args()
+    if args.wait_load is not None:
+        wait_for_quiet(args.wait_load, args.max_wait)
 
     root = tempfile.mkdtemp(prefix="postsvd-bench-hub-")
     home = os.path.join(root, "hf-home")
