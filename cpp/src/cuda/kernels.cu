@@ -108,40 +108,31 @@ __global__ void reverse_columns_kernel(T* a, int64_t rows, int64_t cols, int64_t
   }
 }
 
-template <class T>
-__device__ double block_sum(double value, double* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  if (lane == 0) scratch[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
-    if (lane == 0) scratch[0] = value;
-  }
-  __syncthreads();
-  const double total = scratch[0];
-  __syncthreads();
-  return total;
-}
+struct Add {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct Max {  // of non-negative values
+  __device__ double operator()(double a, double b) const { return fmax(a, b); }
+};
 
-// The largest of the block's non-negative values (every thread gets it); scratch holds 32 doubles.
-__device__ double block_max(double value, double* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) value = fmax(value, __shfl_down_sync(0xffffffffu, value, offset));
+// `op` over the block's values, 0 its identity (sums; maxima of non-negative values); every thread
+// gets the result. scratch holds 32 doubles and is free again when this returns.
+template <class Op>
+__device__ double block_reduce(double value, double* scratch, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   if (lane == 0) scratch[warp] = value;
   __syncthreads();
   if (warp == 0) {
     value = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset /= 2) value = fmax(value, __shfl_down_sync(0xffffffffu, value, offset));
+    for (int offset = 16; offset > 0; offset /= 2) value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
     if (lane == 0) scratch[0] = value;
   }
   __syncthreads();
-  const double largest = scratch[0];
+  const double result = scratch[0];
   __syncthreads();
-  return largest;
+  return result;
 }
 
 // One block per column: norm accumulated in double, then the column divided by it.
@@ -155,7 +146,7 @@ __global__ void normalize_columns_kernel(T* a, int64_t rows, int64_t cols, int64
       const double x = static_cast<double>(column[r]);
       sum += x * x;
     }
-    const double norm = sqrt(block_sum<T>(sum, scratch));
+    const double norm = sqrt(block_reduce(sum, scratch, Add{}));
     const T norm_t = static_cast<T>(norm);
     const T inverse = static_cast<T>(1.0 / norm);  // inf for a zero column: caught by the orthogonality check
     for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) column[r] *= inverse;
@@ -180,7 +171,7 @@ __global__ void max_deviation_kernel(const T* c, int64_t k, int64_t ld, double* 
     const double deviation = fabs(static_cast<double>(c[r + col * ld]) - (r == col ? 1.0 : 0.0));
     local = isnan(deviation) ? HUGE_VAL : fmax(local, deviation);
   }
-  const double largest = block_max(local, scratch);
+  const double largest = block_reduce(local, scratch, Max{});
   if (threadIdx.x == 0) atomic_max_nonnegative(result, largest);
 }
 
@@ -196,7 +187,7 @@ __global__ void squared_deviation_kernel(const T* c, int64_t k, int64_t ld, doub
     const double deviation = static_cast<double>(c[r + col * ld]) - (r == col ? 1.0 : 0.0);
     local += deviation * deviation;
   }
-  const double sum = block_sum<T>(local, scratch);
+  const double sum = block_reduce(local, scratch, Add{});
   if (threadIdx.x == 0) atomicAdd(result, sum);
 }
 
@@ -208,7 +199,7 @@ __global__ void column_max_abs_kernel(const T* a, int64_t rows, int64_t cols, in
     const T* column = a + j * ld;
     double local = 0;
     for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) local = fmax(local, fabs(static_cast<double>(column[r])));
-    const double largest = block_max(local, scratch);  // ends with a barrier: scratch is free for the next column
+    const double largest = block_reduce(local, scratch, Max{});  // ends with a barrier: scratch is free again
     if (threadIdx.x == 0) out[j] = largest;
   }
 }
