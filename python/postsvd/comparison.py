@@ -597,7 +597,8 @@ class Comparison:
 
     def summary(self) -> str:
         """A short text report: per kind the pooled scaling mean ± std, the mean
-        NF against the unrelated-rotation baseline, and a one-line reading."""
+        NF against the unrelated-rotation baseline, and a one-line reading; a line on the
+        intruder dimensions when there are any."""
         kinds = self.kind_table()
         lines = [
             f"postsvd: base '{_display_name(self.base)}' -> post '{_display_name(self.post)}'; "
