@@ -681,9 +681,10 @@ class Comparison:
         counts = self.decompositions
         return f" (factor cache: {counts['loaded']} decompositions loaded, {counts['computed']} computed)"
 
-    def overall(self) -> str:
-        """The one-sentence reading over every compared kind (the summary's "Overall:" line)."""
-        kinds = self.kind_table()
+    def overall(self, kinds: Optional[pd.DataFrame] = None) -> str:
+        """The one-sentence reading over every compared kind (the summary's "Overall:" line); `kinds`: the
+        :meth:`kind_table` where the caller has it already."""
+        kinds = self.kind_table() if kinds is None else kinds
         return overall_reading(kind_reading(r.scaling_mean, r.scaling_std, r.nf_mean, r.nf_random)
                                for r in kinds.itertuples())
 
@@ -702,7 +703,7 @@ class Comparison:
         for row in kinds.itertuples():
             lines.append(f"{row.kind:<5} {row.scaling_mean:>9.4f} ± {row.scaling_std:<6.4f} "
                          f"{row.nf_mean:>9.4f} {row.nf_random:>9.4f}  {row.reading}")
-        lines.append("Overall: " + self.overall())
+        lines.append("Overall: " + self.overall(kinds))
         intruders = self._intruder_line()
         if intruders:
             lines.append(intruders)
@@ -770,7 +771,7 @@ class Comparison:
             lines.append(f"  {row.kind:<{width}}  scaling {row.scaling_mean:.4f} ± {row.scaling_std:.4f}  NF "
                          f"{row.nf_mean:.4f} (unrelated {row.nf_random:.4f})"
                          + (f"  intruders {row.intruders}" if row.intruders else "") + f"  {row.reading}")
-        lines.append(f"  Overall: {self.overall()}>")
+        lines.append(f"  Overall: {self.overall(kinds)}>")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -784,7 +785,7 @@ class Comparison:
         rows = [[row.kind, row.layers, row.k, f"{row.scaling_mean:.4f} ± {row.scaling_std:.4f}", f"{row.nf_mean:.4f}",
                  f"{row.nf_random:.4f}", row.intruders] + ([row.experts or "–"] if moe else []) + [row.reading]
                 for row in kinds.itertuples()]
-        body = [f'<div class="pd-reading"><b>Overall:</b> {_html.escape(self.overall())}</div>']
+        body = [f'<div class="pd-reading"><b>Overall:</b> {_html.escape(self.overall(kinds))}</div>']
         notes = [line for line in (self._intruder_line(), self._quantization_note()) if line]
         body += [f'<p class="note">{_html.escape(line)}</p>' for line in notes]
         body.append(_html.small_table(header, rows))

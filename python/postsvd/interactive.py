@@ -140,11 +140,17 @@ def layers_figure(series: Sequence[Mapping[str, Any]], baseline: Optional[Mappin
         names = by_value.setdefault(round(float(value), 12), [])
         if kinds.get(label, label) not in names:
             names.append(kinds.get(label, label))
+    every = [layer for s in series for layer in s["layers"]]
+    span = [min(every), max(every)] if every else [0, 1]
     for value, names in by_value.items():
-        fig.add_hline(y=value, line=dict(color="#777777", width=1, dash="dash"), row=1, col=1,
-                      annotation_text=f"unrelated ({', '.join(names)})", annotation_font_size=10,
-                      annotation_position="top left")
-    fig.add_hline(y=1.0, line=dict(color="#999999", width=1, dash="dot"), row=2, col=1)
+        words = f"unrelated ({', '.join(names)})"
+        fig.add_trace(go.Scatter(x=span, y=[value, value], mode="lines+text", text=[words, ""],
+                                 textposition="top right", textfont=dict(size=10, color="#555555"),
+                                 line=dict(color="#777777", width=1, dash="dash"), showlegend=False,
+                                 hovertemplate=f"NF of unrelated random rotations, √(2/k), for {_text(', '.join(names))}:"
+                                               f" {value:.4g}<extra></extra>", meta={"baseline": True}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=span, y=[1.0, 1.0], mode="lines", line=dict(color="#999999", width=1, dash="dot"),
+                             showlegend=False, hoverinfo="skip", meta={"baseline": True}), row=2, col=1)
     fig.update_yaxes(title_text="NF", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="scaling", row=2, col=1)
     fig.update_xaxes(title_text="layer", row=2, col=1)
@@ -426,6 +432,7 @@ RUNTIME_JS = r"""
         div.on("plotly_click", function (event) {
           var held = JSON.parse(document.getElementById(heldId).textContent);
           var point = event.points[0], pick = keyOf(point), view = document.getElementById(viewId);
+          if (pick.kind === undefined) { return; }
           var caption = view.querySelector(".view-caption"), plot = view.querySelector(".view-plot");
           var where = "W_" + pick.kind + ", layer " + pick.layer;
           if (pick.expert === "pooled") {

@@ -295,7 +295,7 @@ def _live_figures(index: int, comparison: Comparison, name: str, pairs: Sequence
         _interactive.json_script(f"held-{index}", held),
         f'<div class="matrix-view" id="matrix-view-{index}" data-key="{_e(first)}"><p class="view-caption">'
         f"{held[first]['caption']}</p>"
-        f'<div class="view-plot" id="iplot-matrices-{index}"></div></div>',
+        f'<div class="iplot view-plot" id="iplot-matrices-{index}"></div></div>',
         f'<script>postsvd.draw("iplot-matrices-{index}", JSON.parse(document.getElementById("held-{index}")'
         f".textContent)[{json.dumps(first)}].figure);</script>",
         "<h3>Intruder dimensions (Shuttleworth et al. 2024)</h3>", _intruder_paragraph(comparison),

@@ -149,8 +149,11 @@ class Chromium:
                                                "clickCount": clicks})
 
     def hover(self, x, y):
+        """Moves the mouse onto (x, y); plotly throttles hover events, so each move waits a little."""
         self.mouse("mouseMoved", x - 3, y - 3)
+        time.sleep(0.15)
         self.mouse("mouseMoved", x, y)
+        time.sleep(0.15)
 
     def click(self, x, y):
         self.hover(x, y)
@@ -167,6 +170,15 @@ class Chromium:
             var xa = L[t.xaxis.replace('x', 'xaxis')], ya = L[t.yaxis.replace('y', 'yaxis')];
             var box = gd.getBoundingClientRect();
             return [box.left + xa._offset + xa.d2p(t.x[{x_index}]), box.top + ya._offset + ya.d2p(t.y[{y_index}])];
+        }})()""")
+
+    def element_center(self, selector, index=0):
+        """Page coordinates of the center of the `index`-th element matching a CSS selector (scrolled into view)."""
+        return self.evaluate(f"""(function () {{
+            var e = document.querySelectorAll({json.dumps(selector)})[{index}];
+            e.scrollIntoView({{block: 'center'}});
+            var box = e.getBoundingClientRect();
+            return [box.left + box.width / 2, box.top + box.height / 2];
         }})()""")
 
     def hover_text(self, div_id):
