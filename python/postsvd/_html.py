@@ -134,7 +134,7 @@ DISPLAY_CSS = """
   padding: 2px 8px; text-align: right; }
 .postsvd-display table.pd-table th { background: #f4f6fa; }
 .postsvd-display table.pd-table td:first-child, .postsvd-display table.pd-table th:first-child,
-.postsvd-display table.pd-table td:last-child { text-align: left; }
+.postsvd-display table.pd-table td:last-child, .postsvd-display table.pd-table th:last-child { text-align: left; }
 .postsvd-display figure { margin: 6px 0; }
 .postsvd-display img.plot { max-width: 100%; height: auto; }
 .postsvd-display figcaption, .postsvd-display .pd-hint, .postsvd-display .note { color: #5b6475; font-size: 12px; }

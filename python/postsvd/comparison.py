@@ -789,7 +789,7 @@ class Comparison:
         notes = [line for line in (self._intruder_line(), self._quantization_note()) if line]
         body += [f'<p class="note">{_html.escape(line)}</p>' for line in notes]
         body.append(_html.small_table(header, rows))
-        body.append(_display.display_figure(self.interactive_layers, self.plot_nf,
+        body.append(_display.display_figure(lambda: self.interactive_layers().update_layout(height=440), self.plot_nf,
                                             "NF and scaling per layer, one line per series (MoE: routed experts "
                                             "pooled, with their spread)"))
         hint = ("More: <code>.table</code> (a row per matrix), <code>.summary()</code>, "

@@ -145,7 +145,7 @@ def layers_figure(series: Sequence[Mapping[str, Any]], baseline: Optional[Mappin
     for value, names in by_value.items():
         words = f"unrelated ({', '.join(names)})"
         fig.add_trace(go.Scatter(x=span, y=[value, value], mode="lines+text", text=[words, ""],
-                                 textposition="top right", textfont=dict(size=10, color="#555555"),
+                                 textposition="bottom right", textfont=dict(size=10, color="#555555"),
                                  line=dict(color="#777777", width=1, dash="dash"), showlegend=False,
                                  hovertemplate=f"NF of unrelated random rotations, √(2/k), for {_text(', '.join(names))}:"
                                                f" {value:.4g}<extra></extra>", meta={"baseline": True}), row=1, col=1)

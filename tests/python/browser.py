@@ -186,8 +186,8 @@ class Chromium:
                              "var h = g.querySelector('.hoverlayer'); return h ? h.textContent : ''; })()")
 
     def screenshot(self, path, clip=None):
-        """A PNG of the viewport (or of `clip`: {x, y, width, height} in page coordinates)."""
-        params = {"format": "png", "captureBeyondViewport": clip is not None}
+        """A PNG of the viewport (or of `clip`: {x, y, width, height} in page coordinates, inside the viewport)."""
+        params = {"format": "png", "captureBeyondViewport": False}  # a resized viewport would redraw (no hover)
         if clip:
             params["clip"] = dict(clip, scale=1)
         data = self.call("Page.captureScreenshot", params)["data"]
