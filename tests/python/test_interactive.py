@@ -364,3 +364,20 @@ def test_notebook_displays_draw_in_chromium(related_comparison, tmp_path, monkey
     with Chromium() as browser:
         assert _open(browser, page) == 2
         assert browser.evaluate("document.querySelectorAll('.postsvd-display .main-svg').length") >= 2
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_the_readme_screenshot_script_draws_the_display(family, tmp_path):
+    """scripts/screenshot_display.py (the README's picture) runs: a PNG of the display with a point hovered."""
+    import struct
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "display.png"
+    done = subprocess.run([sys.executable, str(root / "scripts" / "screenshot_display.py"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    raw = out.read_bytes()
+    width, height = struct.unpack(">II", raw[16:24])
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and width > 900 and height > 600
