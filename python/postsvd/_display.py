@@ -7,6 +7,7 @@ ImportError naming the extra where it is missing); False keeps the static figure
 """
 from __future__ import annotations
 
+import uuid
 from typing import Callable, Optional
 
 from . import interactive as _interactive
@@ -33,4 +34,4 @@ def display_figure(interactive_figure: Callable[[], object], static_figure: Call
     one as a small PNG."""
     if use_interactive(None):
         return _interactive.notebook_html(interactive_figure(), caption)
-    return _static_figure(static_figure(), "display", caption, dpi=DISPLAY_DPI)
+    return _static_figure(static_figure(), f"display-{uuid.uuid4().hex[:12]}", caption, dpi=DISPLAY_DPI)

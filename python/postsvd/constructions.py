@@ -303,7 +303,7 @@ class ConstructionResult:
 
     def __repr__(self) -> str:
         """A few lines: the construction, where it was written, alpha', the size of the change (the summary)."""
-        return f"<postsvd.ConstructionResult " + "\n  ".join(self.summary().splitlines()) + ">"
+        return "<postsvd.ConstructionResult " + "\n  ".join(self.summary().splitlines()) + ">"
 
 
 def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref: Optional[PathLike] = None,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import postsvd
-from postsvd import _core, cli, interactive, reports
+from postsvd import cli, interactive, reports
 from postsvd.tracking import Trajectory
 
 from browser import CHROMIUM, SKIP_REASON, Chromium
