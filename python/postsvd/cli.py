@@ -286,7 +286,8 @@ examples:
   postsvd report base/ instruct/ reasoning/ base_alt/ --out report/ --title "What post-training did"
   postsvd report base/ post/ --out report/ --layers 0-3 --kinds attention --matrices 2:q --dtype float64
 
-output: DIR/report.html, one self-contained page (figures embedded as PNG, CSS inline, no network):
+output: DIR/report.html, one self-contained page (CSS inline, no network; interactive figures with hover
+values and a click that opens a matrix's sim/I_orth view where plotly is installed, PNG otherwise):
 an overview, per post model a plain-language summary, the per-kind table (Table 3), the figures
 (SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, intruder dimensions against epsilon,
 sim/I_orth matrices of one pair Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
@@ -302,25 +303,35 @@ def add_report(subparsers) -> None:
         epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
     add_models_and_out(parser, "posts", "POST", "post-trained model folder(s) of the same base")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
-    parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT]",
-                        help="the pair whose similarity matrices are drawn, e.g. 2:q or 3:gate:17 (default: middle "
-                             "layer, first kind)")
+    parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT][,...]",
+                        help="the pairs whose similarity matrices are drawn (and held in the page for a click), e.g. "
+                             "2:q or 2:q,3:gate:17 (default: middle layer, first kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
     add_intruder_options(parser)
+    add_static_option(parser)
     parser.set_defaults(func=run_report)
+
+
+def add_static_option(parser) -> None:
+    """--static: the page's figures as PNG only (no plotly.js; without plotly installed they are anyway)."""
+    parser.add_argument("--static", action="store_true",
+                        help="PNG figures only: no interactive figures and no embedded plotly.js (a smaller page; "
+                             "the default draws interactive figures where plotly, postsvd[interactive], is installed)")
+
+
+def _interactive_argument(args) -> Optional[bool]:
+    return False if args.static else None
 
 
 def run_report(args) -> int:
     from .reports import report
 
     pairs = parse_matrix_pairs(args.matrices)
-    if pairs is not None and len(pairs) != 1:
-        raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND[:EXPERT] item, got {args.matrices!r}")
     path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
-                  kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
-                  leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
-                  cache=args.cache, warm_start=args.warm_start, **_intruder_arguments(args))
+                  kinds=args.kinds, title=args.title, matrices=pairs, leading_k=args.leading_k,
+                  progress=not args.no_progress, num_threads=args.threads, cache=args.cache,
+                  warm_start=args.warm_start, interactive=_interactive_argument(args), **_intruder_arguments(args))
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
     return 0
@@ -354,6 +365,7 @@ def add_track(subparsers) -> None:
                         help="the step of each CKPT, e.g. 500,1000,1500 (default: from the folder names)")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd track: BASE')")
     add_ray_option(parser)
+    add_static_option(parser)
     parser.set_defaults(func=run_track)
 
 
@@ -372,7 +384,7 @@ def run_track(args) -> int:
     trajectory = track(args.base, args.checkpoints, steps=_parse_steps(args.steps), out=args.out,
                        device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
                        progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
-                       warm_start=args.warm_start, **_executor_options(args))
+                       warm_start=args.warm_start, interactive=_interactive_argument(args), **_executor_options(args))
     kinds = trajectory.kind_table()
     print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
           .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))
@@ -412,6 +424,7 @@ def add_lineage(subparsers) -> None:
     parser.add_argument("--level", type=float, default=0.01, help="significance level of the verdict")
     parser.add_argument("--no-paper-nf", action="store_true",
                         help="skip the paper's NF table (App. F's fingerprint, not robust to disguises)")
+    add_static_option(parser)
     parser.set_defaults(func=run_lineage)
 
 
@@ -426,7 +439,7 @@ def run_lineage(args) -> int:
     for line in result.summary().splitlines():  # names come from the files: escaped, one line each
         print(printable(line))
     if args.out is not None:
-        written = result.save(args.out)
+        written = result.save(args.out, interactive=_interactive_argument(args))
         print(printable(f"wrote {args.out}: {', '.join(os.path.basename(p) for p in written)}"))
     return 0
 

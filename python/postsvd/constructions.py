@@ -48,6 +48,9 @@ import numpy as np
 import pandas as pd
 
 from . import _core
+from . import interactive as _interactive
+from ._display import display_figure
+from ._html import display, escape as _e, small_table
 from .comparison import Comparison
 from ._outputs import FileSet, apply_umask, atomic_folder, cannot_replace
 from ._terminal import printable
@@ -241,11 +244,46 @@ class ConstructionResult:
         and dQ2, one panel per kind. Returns a matplotlib Figure."""
         from . import plots
 
+        return plots.plot_rotations(self._per_layer(kinds),
+                                    title=f"Eq. 13 residual rotations (construction {self.number})")
+
+    def _per_layer(self, kinds: Optional[Iterable[str]] = None) -> Dict[str, pd.DataFrame]:
+        """kind -> the table's means per layer (the layer's matrices: experts pooled)."""
         table = self.table
         chosen = [k for k in KINDS if k in set(table["kind"])] if kinds is None else normalize_kinds(
             kinds, sorted(set(table["kind"])))
-        per_layer = {kind: table[table["kind"] == kind].groupby("layer").mean(numeric_only=True) for kind in chosen}
-        return plots.plot_rotations(per_layer, title=f"Eq. 13 residual rotations (construction {self.number})")
+        return {kind: table[table["kind"] == kind].groupby("layer").mean(numeric_only=True) for kind in chosen}
+
+    def interactive_rotations(self, kinds: Optional[Iterable[str]] = None):
+        """Eq. 13 per layer with hover values (layer, kind, mean and max angles of dQ1 and dQ2, the relative
+        change). A plotly Figure (``postsvd[interactive]``)."""
+        return _interactive.rotations_figure(self._per_layer(kinds),
+                                             title=f"Eq. 13 residual rotations (construction {self.number})")
+
+    def _kind_rows(self) -> List[list]:
+        table = self.table
+        rows = []
+        for kind in [k for k in KINDS if k in set(table["kind"])]:
+            part = table[table["kind"] == kind]
+            rows.append([kind, len(part), f"{part['alpha'].iloc[0]:g}" if part["alpha"].nunique() == 1 else "varies",
+                         f"{part['relative_change'].mean():.4g}", f"{part['relative_change'].max():.4g}",
+                         f"{part['dq1_mean_deg'].mean():.3g} / {part['dq2_mean_deg'].mean():.3g}"])
+        return rows
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: what was built, per kind alpha' and the size of the change, and the Eq. 13
+        residual rotations per layer (interactive with ``postsvd[interactive]``, else a small PNG)."""
+        lines = self.summary().splitlines()
+        body = [f'<div class="pd-reading">{_e(lines[0])}; {_e(lines[1])}</div>']
+        if not self.table.empty:
+            body.append(small_table(["kind", "matrices", "α′", "relative change mean", "max",
+                                     "Eq. 13 angle dQ1 / dQ2 (deg)"], self._kind_rows()))
+            body.append(display_figure(self.interactive_rotations, self.plot_rotations,
+                                       "Eq. 13 residual rotations per layer"))
+        hint = ("More: <code>.table</code> (a row per matrix), <code>.summary()</code>; the model folder loads in "
+                "transformers as it is.")
+        return display("postsvd.ConstructionResult", f"construction {self.number} ({self.name}), "
+                       f"{len(self._rows)} matrices, {self.seconds:.1f} s on {self.backend}", body, hint)
 
     def summary(self) -> str:
         """A few lines for a person: construction, output folder, alpha' per kind, size of the change."""
@@ -264,8 +302,8 @@ class ConstructionResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"<postsvd.ConstructionResult {self.number} ({self.name}) -> '{printable(self.out)}', "
-                f"{len(self._rows)} matrices>")
+        """A few lines: the construction, where it was written, alpha', the size of the change (the summary)."""
+        return "<postsvd.ConstructionResult " + "\n  ".join(self.summary().splitlines()) + ">"
 
 
 def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref: Optional[PathLike] = None,

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._names import short_name
+from ._style import KIND_COLORS
 from ._validate import normalize_kinds
 from .errors import InvalidArgumentError
 from .readings import random_rotation_nf
@@ -23,13 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .comparison import Comparison
-
-#: One color per kind, stable across figures.
-KIND_COLORS = {
-    "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
-    "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
-    "q_a": "tab:cyan", "q_b": "tab:olive", "kv_a": "tab:gray", "kv_b_k": "gold", "kv_b_v": "teal",
-}
 
 
 #: Narrowest color range of the SVSM heatmaps.
