@@ -876,6 +876,7 @@ TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
                                  source.in_features, source.out_features, 1, source.out_step * source.in_features);
     view.name = source.tensor + "[" + std::to_string(source.stacked_index) + "]";
     if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
+    view.file = checkpoint.file_of(source.tensor).path();
     return view;
   }
   const auto element = static_cast<int64_t>(dtype_size(info.dtype));
@@ -898,6 +899,7 @@ TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
   view.name = source.tensor;
   if (source.stacked > 0) view.name += "[" + std::to_string(source.stacked_index) + "]";
   if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
+  view.file = checkpoint.file_of(source.tensor).path();
   attach_scales(checkpoint, source, view);  // FP8 weights: their scale grid (quantization.h)
   return view;
 }

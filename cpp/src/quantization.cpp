@@ -563,7 +563,7 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
       const int64_t j = (s.first + offset) % s.stored_cols;
       const int64_t index = grid.index_of(s.first + offset);
       POSTSVD_CHECK(index >= 0 && index < s.count, InvalidArgument,
-                    "tensor '" << view.name << "': element (" << r << ", " << c << ") needs scale " << index << " of '"
+                    tensor_label(view) << ": element (" << r << ", " << c << ") needs scale " << index << " of '"
                                << s.name << "', which holds " << s.count);
       const float scale = scale_value(scales, kind, index);
       // Along a stored row (row_stride 1), the rest of the block shares this scale; a run stays

@@ -391,6 +391,28 @@ TEST(Overflow, ComparatorRefusesAndFloat64Works) {
   EXPECT_NEAR(result[0].scaling_stats.mean, 1.0, 1e-12);
 }
 
+// ---------------------------------------------------------------- bad weights name their file
+
+TEST(BadWeights, NonFiniteWeightsNameTheFileOfTheirModel) {
+  TempDir dir;
+  const std::string base = dir.folder("base"), post = dir.folder("post");
+  write_tiny_llama(base, 1, 1);
+  write_tiny_llama(post, 1, 1, std::numeric_limits<float>::infinity());
+  postsvd::Comparator comparator(base, post, postsvd::BackendOptions{});
+  std::string message;
+  try {
+    comparator.compare({0});
+  } catch (const InvalidArgument& e) {
+    message = e.what();
+  }
+  for (const std::string part : {std::string("tensor 'model.layers.0.self_attn.q_proj.weight' in ") + post +
+                                     "/model.safetensors",
+                                 std::string("non-finite value inf")}) {
+    EXPECT_NE(message.find(part), std::string::npos) << part << " in: " << message;
+  }
+  EXPECT_EQ(message.find(base), std::string::npos) << message;
+}
+
 // ---------------------------------------------------------------- layers config.json does not count
 
 TEST(UncountedLayers, AreReportedInTheArchitectureAndWarnedByComparator) {
