@@ -5,6 +5,7 @@
 // error or warning, never a crash, a huge allocation or a silent wrong number.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -98,6 +99,42 @@ void write_tiny_llama(const std::string& folder, int config_layers, int layers, 
     add(p + "mlp.gate_proj.weight", {6, 4});
     add(p + "mlp.up_proj.weight", {6, 4});
     add(p + "mlp.down_proj.weight", {4, 6});
+  }
+  write_safetensors(folder + "/model.safetensors", blobs);
+}
+
+// A 2-layer qwen3_moe folder (hidden 4, MoE intermediate 2) whose config declares `config_experts` experts
+// and makes `dense_layer` (-1: none) a dense MLP; the weights hold `file_experts` experts in every layer
+// (and the dense layer's MLP too).
+void write_tiny_moe(const std::string& folder, int config_experts, int file_experts, int dense_layer = -1) {
+  write_text(folder + "/config.json",
+             R"({"model_type":"qwen3_moe","hidden_size":4,"num_attention_heads":2,"num_key_value_heads":1,)"
+             R"("intermediate_size":6,"moe_intermediate_size":2,"num_hidden_layers":2,"num_experts":)" +
+                 std::to_string(config_experts) + R"(,"mlp_only_layers":[)" +
+                 (dense_layer >= 0 ? std::to_string(dense_layer) : std::string()) + "]}");
+  std::vector<postsvd_test::TensorBlob> blobs;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    std::vector<float> values(static_cast<std::size_t>(shape[0] * shape[1]));
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * static_cast<float>((i * 7 + blobs.size()) % 5 + 1);
+    blobs.push_back(f32_blob(name, std::move(shape), values));
+  };
+  for (int i = 0; i < 2; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "self_attn.q_proj.weight", {4, 4});
+    add(p + "self_attn.k_proj.weight", {2, 4});
+    add(p + "self_attn.v_proj.weight", {2, 4});
+    add(p + "self_attn.o_proj.weight", {4, 4});
+    if (i == dense_layer) {
+      add(p + "mlp.gate_proj.weight", {6, 4});
+      add(p + "mlp.up_proj.weight", {6, 4});
+      add(p + "mlp.down_proj.weight", {4, 6});
+    }
+    for (int e = 0; e < file_experts; ++e) {
+      const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+      add(x + "gate_proj.weight", {2, 4});
+      add(x + "up_proj.weight", {2, 4});
+      add(x + "down_proj.weight", {4, 2});
+    }
   }
   write_safetensors(folder + "/model.safetensors", blobs);
 }
@@ -434,6 +471,42 @@ TEST(UncountedLayers, AreReportedInTheArchitectureAndWarnedByComparator) {
   const std::string exact = dir.folder("exact");
   write_tiny_llama(exact, 3, 3);
   EXPECT_TRUE(postsvd::detect_architecture(Checkpoint(exact)).warnings.empty());
+}
+
+// ---------------------------------------------------------------- experts config.json does not declare
+
+TEST(UncountedExperts, BeyondTheCountAreWarnedNamingThem) {
+  TempDir dir;
+  const std::string more = dir.folder("more"), post = dir.folder("post");
+  write_tiny_moe(more, 4, 8);
+  write_tiny_moe(post, 4, 8);
+  const postsvd::Architecture arch = postsvd::detect_architecture(Checkpoint(more));
+  int64_t read = 0;
+  for (const postsvd::MatrixSource& s : arch.matrices) read = std::max<int64_t>(read, s.expert + 1);
+  EXPECT_EQ(read, 4);
+  ASSERT_EQ(arch.warnings.size(), 1u);
+  for (const char* part : {"config.json", "\"num_experts\" is 4", "routed experts up to 7", "layers 0-1",
+                           "24 tensors", "model.layers.", ".mlp.experts.7.", "only experts 0 to 3", "left out"}) {
+    EXPECT_NE(arch.warnings[0].find(part), std::string::npos) << part << " in: " << arch.warnings[0];
+  }
+  WarningCapture warnings;
+  postsvd::Comparator comparator(more, post, postsvd::BackendOptions{});
+  EXPECT_EQ(warnings.messages().size(), 2u);  // base and post
+
+  const std::string exact = dir.folder("exact");
+  write_tiny_moe(exact, 8, 8);
+  EXPECT_TRUE(postsvd::detect_architecture(Checkpoint(exact)).warnings.empty());
+}
+
+TEST(UncountedExperts, InALayerTheConfigMakesDenseAreWarned) {
+  TempDir dir;
+  const std::string folder = dir.folder("dense");
+  write_tiny_moe(folder, 3, 3, 1);  // layer 1: dense by mlp_only_layers, with 3 experts' weights beside its MLP
+  const postsvd::Architecture arch = postsvd::detect_architecture(Checkpoint(folder));
+  ASSERT_EQ(arch.warnings.size(), 1u);
+  for (const char* part : {"layer 1 dense", "routed experts there", "9 tensors", "model.layers.1.mlp.experts.2."}) {
+    EXPECT_NE(arch.warnings[0].find(part), std::string::npos) << part << " in: " << arch.warnings[0];
+  }
 }
 
 }  // namespace
