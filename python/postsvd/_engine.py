@@ -37,7 +37,7 @@ from ._validate import (
     normalize_threads,
     normalize_warm_start,
 )
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -64,6 +64,7 @@ class Run:
     layers: List[int]
     kinds: List[str]
     batches: Dict[int, List[int]]  # layer -> indices into the architecture's matrices
+    models: Tuple[Tuple[str, Any, str], ...] = ()  # (role, as the caller wrote it, folder): errors.naming_models
 
     @property
     def architecture(self) -> Dict[str, Any]:
@@ -92,8 +93,10 @@ def open_run(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str 
         dtype, local_device or device, num_threads, memory_budget_bytes, cache)
     warm_mode = normalize_warm_start(warm_start)
     warm_from_path = normalize_folder(warm_from, "warm_from") if warm_from is not None else ""
-    comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
-                                  cache_path, warm_mode, warm_from_path)
+    models = (("base", base, base_path), ("post", post, post_path), ("warm_from", warm_from, warm_from_path))
+    with naming_models(*models):
+        comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
+                                      cache_path, warm_mode, warm_from_path)
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     chosen_experts = _check_experts(normalize_experts(experts), arch)
@@ -103,7 +106,7 @@ def open_run(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str 
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
     return Run(comparator, base_path, post_path, device, precision, budget, num_threads, cache_path, warm_mode,
-               warm_from_path, chosen_layers, chosen_kinds, batches)
+               warm_from_path, chosen_layers, chosen_kinds, batches, models)
 
 
 def select_batches(arch: Dict[str, Any], layers: Sequence[int], kinds: Sequence[str],
@@ -211,9 +214,10 @@ def check_compare_arguments(base: PathLike, posts: Sequence[PathLike], *, device
     normalize_leading_k(leading_k)
     for out in outs:
         normalize_output_folder(out)
-    for post_path in post_paths:
+    for post, post_path in zip(posts, post_paths):
         # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
-        arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "").architecture
+        with naming_models(("base", base, base_path), ("post", post, post_path)):
+            arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "").architecture
         chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
         chosen_experts = _check_experts(normalize_experts(experts), arch)
         sources = [arch["matrices"][i] for batch in select_batches(arch, chosen_layers, chosen_kinds,

@@ -61,8 +61,8 @@ def supported_model_types() -> List[str]:
 def find_source(arch: Dict[str, Any], layer: int, kind: str, expert: Union[int, str] = -1) -> Dict[str, Any]:
     """The source dict of (layer, kind[, expert]) in ``arch``; a clear error when absent.
     `expert`: a routed expert's index, 'shared', or -1 (not an expert)."""
-    layer = normalize_layers(layer, arch["num_layers"], arch["model_type"])[0]
-    kinds = normalize_kinds(kind)
+    layer = normalize_layers(layer, arch["num_layers"], arch["model_type"], what="layer")[0]
+    kinds = normalize_kinds(kind, what="kind")
     if len(kinds) != 1:
         raise InvalidArgumentError(f"kind: expected one kind, got {kind!r}")
     kind = kinds[0]

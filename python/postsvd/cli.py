@@ -187,10 +187,8 @@ def _shown_experts(text):
     """--show-experts as expert labels (checked against the comparison when it is saved)."""
     if text is None:
         return None
-    try:
-        return sorted((expert_label(e) for e in normalize_experts(text)), key=lambda e: (isinstance(e, str), str(e)))
-    except InvalidArgumentError as error:
-        raise InvalidArgumentError(f"--show-experts: {error}") from None
+    return sorted((expert_label(e) for e in normalize_experts(text, "--show-experts")),
+                  key=lambda e: (isinstance(e, str), str(e)))
 
 
 # ---------------------------------------------------------------------- construct

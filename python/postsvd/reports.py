@@ -286,7 +286,7 @@ def _chosen_pair(comparison: Comparison, matrices: Optional[Tuple]) -> Tuple[int
         return comparison.default_matrices(middle)
     if not isinstance(matrices, (tuple, list)) or len(matrices) not in (2, 3):
         raise InvalidArgumentError(f"matrices: expected (layer, kind) or (layer, kind, expert), got {matrices!r}")
-    layer = normalize_layers(int(matrices[0]), comparison.num_layers, comparison.model_type)[0]
+    layer = normalize_layers(int(matrices[0]), comparison.num_layers, comparison.model_type, what="matrices")[0]
     if layer not in comparison.layers:
         raise InvalidArgumentError(f"matrices: layer {layer} was not compared; compared layers: "
                                    f"{_layers_text(comparison.layers)}")

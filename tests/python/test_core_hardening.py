@@ -4,6 +4,8 @@ module; the Comparator binding is safe to construct and use from several
 threads at once (pybind11 issue 5473)."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -105,3 +107,85 @@ def test_comparators_from_several_threads_match_one_thread(pair):
         assert got is not None and len(got) == len(expected)
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- issue 24: constructions, experts, info, names
+
+
+@pytest.mark.parametrize("stored, working, alpha", [("float16", "float32", 1e7), ("bfloat16", "float64", 1e39)])
+def test_a_construction_past_the_stored_dtype_writes_no_folder(tmp_path, stored, working, alpha):
+    p = make_pair(tmp_path / "base", tmp_path / "post", alpha=0.9, dtype=stored, seed=7, **SIZES)
+    out = tmp_path / "out"
+    with pytest.raises(postsvd.InvalidArgumentError) as raised:
+        postsvd.construct(9, p.base, p.post, out, alpha={"q": alpha, "k": 1.0}, kinds="q,k", dtype=working,
+                          progress=False)
+    message = str(raised.value)
+    dtype = {"float16": "F16", "bfloat16": "BF16"}[stored]
+    for part in ("model.layers.0.self_attn.q_proj.weight", "model.safetensors", f"not finite as {dtype}",
+                 "construction 9", f"alpha' = {alpha:g}", "kind 'q'", "argument alpha"):
+        assert part in message, (part, message)
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["base", "post"]
+    # The same construction within the dtype's range writes a checkpoint that compares.
+    postsvd.construct(9, p.base, p.post, out, alpha={"q": 1.5, "k": 1.0}, kinds="q,k", dtype=working, progress=False)
+    postsvd.compare(p.base, str(out), kinds="q", progress=False)
+
+
+def _with_bad_weight(source, folder, tensor="model.layers.1.self_attn.o_proj.weight", value=np.inf):
+    """A copy of the model folder `source` whose `tensor` holds one `value`."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(source, folder)
+    tensors = load_file(os.path.join(folder, "model.safetensors"))
+    tensors[tensor] = tensors[tensor].copy()
+    tensors[tensor][3, 4] = value
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return str(folder)
+
+
+@pytest.mark.parametrize("role", ["base", "post"])
+def test_bad_data_names_the_model_as_written_the_file_and_the_tensor(pair, tmp_path, monkeypatch, role):
+    _with_bad_weight(pair.base if role == "base" else pair.post, tmp_path / "bad")
+    monkeypatch.chdir(tmp_path)  # the model as the caller wrote it: a relative path
+    models = {"base": pair.base, "post": pair.post, role: "bad"}
+    with pytest.raises(postsvd.InvalidArgumentError) as raised:
+        postsvd.compare(models["base"], models["post"], progress=False)
+    message = str(raised.value)
+    assert message.startswith(f"{role} 'bad': tensor 'model.layers.1.self_attn.o_proj.weight' in "
+                              f"bad{os.sep}model.safetensors: non-finite value inf"), message
+
+
+def test_a_bad_checkpoint_of_a_track_run_is_named(pair, tmp_path):
+    good = tmp_path / "run" / "checkpoint-100"
+    shutil.copytree(pair.post, good)
+    bad = _with_bad_weight(pair.post, tmp_path / "run" / "checkpoint-200", value=np.nan)
+    with pytest.raises(postsvd.InvalidArgumentError) as raised:
+        postsvd.track(pair.base, [str(good), bad], progress=False)
+    message = str(raised.value)
+    assert message.startswith(f"checkpoint '{bad}': tensor 'model.layers.1.self_attn.o_proj.weight' in {bad}"), \
+        message
+    # A header error of one checkpoint (found before anything is computed) names it too.
+    (tmp_path / "run" / "checkpoint-300").mkdir()
+    third = tmp_path / "run" / "checkpoint-300"
+    shutil.copy(os.path.join(pair.post, "config.json"), third / "config.json")
+    (third / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(postsvd.BadCheckpointError, match=rf"^checkpoint '{re.escape(str(third))}': "):
+        postsvd.track(pair.base, [str(good), str(third)], progress=False)
+
+
+@pytest.mark.parametrize("experts, expected", [
+    ("5-3", "experts: range '5-3' is empty"),
+    ("0-2,5-3", "experts: range '5-3' in '0-2,5-3' is empty"),
+    ("0,abc", "experts: expected expert indices like '0-7,shared', got '0,abc' (bad part 'abc')"),
+])
+def test_an_option_error_names_the_option_and_the_value_as_written(experts, expected):
+    with pytest.raises(postsvd.InvalidArgumentError) as raised:
+        postsvd._validate.normalize_experts(experts)
+    assert str(raised.value).startswith(expected) and "layers" not in str(raised.value)
+
+
+def test_cli_option_errors_name_the_option(pair, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "postsvd", "compare", pair.base, pair.post, "--out",
+                           str(tmp_path / "out"), "--experts", "0-2,5-3"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 1
+    assert "error: experts: range '5-3' in '0-2,5-3' is empty" in done.stderr, done.stderr
