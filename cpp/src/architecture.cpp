@@ -192,6 +192,10 @@ class ModelConfig {
 namespace {
 
 
+// Where the mappers list a missing or misshapen tensor instead of throwing: set by check_checkpoint
+// (this thread only) while it maps, null otherwise.
+thread_local std::vector<std::string>* problem_sink = nullptr;
+
 // Collects sources, resolving the family's name prefix ("model.", "transformer.",
 // a multimodal checkpoint's text tower "model.language_model." or
 // "language_model.model.", or none for a bare model) and checking each
@@ -226,11 +230,21 @@ class Mapper {
     add(std::move(s));
   }
 
-  // Any source; its tensor names are taken relative to the prefix.
+  // Any source; its tensor names are taken relative to the prefix. While check_checkpoint collects
+  // problems (problem_sink), a source that fails its check is listed there and left out.
   void add(MatrixSource s) {
     s.tensor = prefix_ + s.tensor;
     if (is_mxfp4(s)) s.mxfp4_scales = prefix_ + s.mxfp4_scales;
-    check(s);
+    if (problem_sink == nullptr) {
+      check(s);
+    } else {
+      try {
+        check(s);
+      } catch (const BadCheckpoint& e) {
+        problem_sink->push_back(e.what());
+        return;
+      }
+    }
     arch.matrices.push_back(std::move(s));
   }
 
@@ -867,6 +881,36 @@ Architecture detect_architecture(const Checkpoint& checkpoint) {
   note_uncounted_layers(checkpoint, config, *row, arch);
   note_uncounted_experts(checkpoint, config, *row, arch);
   return arch;
+}
+
+CheckpointCheck check_checkpoint(const Checkpoint& checkpoint, bool read_values) {
+  CheckpointCheck result;
+  std::vector<std::string> found;
+  struct Collecting {  // the mappers list problems in `found` while this lives
+    explicit Collecting(std::vector<std::string>* sink) { problem_sink = sink; }
+    ~Collecting() { problem_sink = nullptr; }
+  };
+  try {
+    const Collecting collecting(&found);
+    result.architecture = detect_architecture(checkpoint);
+    result.mapped = true;
+  } catch (const Error& e) {  // the config: an unsupported model_type, a missing or bad field
+    found.push_back(e.what());
+  }
+  // Each source as a comparison reads it: FP8 scales present and shaped, MXFP4 pairs, finite values.
+  for (const MatrixSource& source : result.architecture.matrices) {
+    try {
+      const TensorView view = view_of(checkpoint, source);
+      if (read_values) to_matrix<float>(view);
+    } catch (const Error& e) {
+      found.push_back(e.what());
+    }
+  }
+  std::set<std::string> seen;  // one line per problem: a scale shared by a tensor's parts is listed once
+  for (std::string& problem : found) {
+    if (seen.insert(problem).second) result.problems.push_back(std::move(problem));
+  }
+  return result;
 }
 
 void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, const Checkpoint& b,

@@ -509,4 +509,31 @@ TEST(UncountedExperts, InALayerTheConfigMakesDenseAreWarned) {
   }
 }
 
+// ---------------------------------------------------------------- info: every problem, not the first
+
+TEST(CheckCheckpoint, ListsEveryProblemThatDetectArchitectureStopsAt) {
+  TempDir dir;
+  const std::string folder = dir.folder("model");
+  write_tiny_llama(folder, 2, 2);
+  EXPECT_TRUE(postsvd::check_checkpoint(Checkpoint(folder)).problems.empty());
+  // config.json's MLP size no longer matches: gate, up and down of both layers are misshapen.
+  write_text(folder + "/config.json", R"({"model_type":"llama","hidden_size":4,"num_attention_heads":2,)"
+                                      R"("num_key_value_heads":1,"intermediate_size":5,"num_hidden_layers":2})");
+  const Checkpoint ck(folder);
+  EXPECT_THROW(postsvd::detect_architecture(ck), BadCheckpoint);
+  const postsvd::CheckpointCheck check = postsvd::check_checkpoint(ck);
+  EXPECT_TRUE(check.mapped);
+  EXPECT_EQ(check.architecture.matrices.size(), 8u);  // the attention sources
+  ASSERT_EQ(check.problems.size(), 6u);
+  EXPECT_NE(check.problems[0].find("model.layers.0.mlp.gate_proj.weight"), std::string::npos) << check.problems[0];
+  EXPECT_NE(check.problems[5].find("model.layers.1.mlp.down_proj.weight"), std::string::npos) << check.problems[5];
+  EXPECT_THROW(postsvd::detect_architecture(ck), BadCheckpoint);  // collecting stopped with check_checkpoint
+
+  write_text(folder + "/config.json", R"({"model_type":"nothing_known"})");
+  const postsvd::CheckpointCheck unmapped = postsvd::check_checkpoint(Checkpoint(folder));
+  EXPECT_FALSE(unmapped.mapped);
+  ASSERT_EQ(unmapped.problems.size(), 1u);
+  EXPECT_NE(unmapped.problems[0].find("unsupported model_type 'nothing_known'"), std::string::npos);
+}
+
 }  // namespace

@@ -189,3 +189,85 @@ def test_cli_option_errors_name_the_option(pair, tmp_path):
                           timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 1
     assert "error: experts: range '5-3' in '0-2,5-3' is empty" in done.stderr, done.stderr
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "postsvd", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def test_info_lists_each_problem_that_compare_refuses(tiny_models, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    from quantize import write_block_fp8
+
+    src, _ = tiny_models("llama", "bfloat16")
+    good = str(tmp_path / "fp8")
+    write_block_fp8(src, good, block=(16, 16))
+    assert postsvd.describe(good)["problems"] == []
+    assert _run_cli("info", good).returncode == 0
+    bad = str(tmp_path / "bad")
+    shutil.copytree(good, bad)
+    tensors = load_file(os.path.join(bad, "model.safetensors"))
+    del tensors["model.layers.0.self_attn.q_proj.weight_scale_inv"]  # missing
+    tensors["model.layers.1.mlp.down_proj.weight_scale_inv"] = torch.ones(3, 5)  # misshapen
+    save_file(tensors, os.path.join(bad, "model.safetensors"), metadata={"format": "pt"})
+
+    problems = postsvd.describe(bad)["problems"]
+    assert len(problems) == 2, problems
+    assert "model.layers.0.self_attn.q_proj.weight_scale_inv" in problems[0]
+    assert "model.layers.1.mlp.down_proj.weight_scale_inv" in problems[1] and "[3, 5]" in problems[1]
+    assert all("model.safetensors" in p for p in problems)
+    shown = _run_cli("info", bad)
+    assert shown.returncode == 1, shown.stderr
+    listed = [line for line in shown.stdout.splitlines() if line.startswith("problem:")]
+    assert len(listed) == 2 and "2 problems" in shown.stdout and "refuse" in shown.stdout
+    with pytest.raises(postsvd.BadCheckpointError, match="weight_scale_inv"):  # what info said compare refuses
+        postsvd.compare(good, bad, progress=False)
+
+
+def test_info_reads_the_values_unless_told_headers_only(pair, tmp_path):
+    bad = _with_bad_weight(pair.post, tmp_path / "bad", value=np.nan)
+    problems = postsvd.describe(bad)["problems"]
+    assert len(problems) == 1 and "non-finite value nan" in problems[0] and "o_proj" in problems[0]
+    assert postsvd.describe(bad, values=False)["problems"] == []
+    assert _run_cli("info", bad).returncode == 1
+    assert _run_cli("info", bad, "--headers-only").returncode == 0
+    as_json = _run_cli("info", bad, "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["problems"] == problems
+
+
+def _tiny_moe(folder, config_experts, file_experts, seed=0):
+    """A 2-layer qwen3_moe folder whose config declares `config_experts` routed experts and whose
+    weights hold `file_experts` in each layer."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder)
+    config = dict(model_type="qwen3_moe", hidden_size=8, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=12, moe_intermediate_size=4, num_hidden_layers=2, num_experts=config_experts)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    shapes = {"self_attn.q_proj": (8, 8), "self_attn.k_proj": (4, 8), "self_attn.v_proj": (4, 8),
+              "self_attn.o_proj": (8, 8)}
+    for e in range(file_experts):
+        shapes.update({f"mlp.experts.{e}.gate_proj": (4, 8), f"mlp.experts.{e}.up_proj": (4, 8),
+                       f"mlp.experts.{e}.down_proj": (8, 4)})
+    save_file({f"model.layers.{i}.{name}.weight": rng.standard_normal(shape).astype(np.float32)
+               for i in range(2) for name, shape in shapes.items()}, os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+    return str(folder)
+
+
+def test_experts_beyond_the_config_are_warned_in_compare_and_info(tmp_path):
+    base = _tiny_moe(tmp_path / "base", 2, 4)
+    post = _tiny_moe(tmp_path / "post", 2, 4, seed=1)
+    with pytest.warns(UserWarning, match=r"\"num_experts\" is 2 but the weights hold routed experts up to 3 in "
+                                         r"layers 0-1 \(12 tensors.*only experts 0 to 1 are read"):
+        comparison = postsvd.compare(base, post, progress=False)
+    assert sorted(set(comparison.table["expert"]) - {-1}) == [0, 1]
+    info = postsvd.describe(base)
+    assert len(info["warnings"]) == 1 and "up to 3" in info["warnings"][0] and info["problems"] == []
+    shown = _run_cli("info", base)
+    assert shown.returncode == 0 and "warning:      " in shown.stdout and "experts.3." in shown.stdout
+    assert postsvd.describe(_tiny_moe(tmp_path / "exact", 4, 4))["warnings"] == []
