@@ -23,6 +23,7 @@
 #include "postsvd/checkpoint.h"
 #include "postsvd/comparator.h"
 #include "postsvd/limits.h"
+#include "postsvd/quantization.h"
 #include "postsvd/warnings.h"
 #include "reader_test_util.h"
 #include "safetensors_test_util.h"
@@ -534,6 +535,32 @@ TEST(CheckCheckpoint, ListsEveryProblemThatDetectArchitectureStopsAt) {
   EXPECT_FALSE(unmapped.mapped);
   ASSERT_EQ(unmapped.problems.size(), 1u);
   EXPECT_NE(unmapped.problems[0].find("unsupported model_type 'nothing_known'"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- compressed-tensors ignore patterns
+
+TEST(IgnorePatterns, MatchInLinearTimeAndTooComplexOnesAreRefused) {
+  postsvd::QuantizationConfig config;
+  config.method = postsvd::QuantizationConfig::Method::CompressedTensors;
+  const std::string long_name = "model.layers." + std::string(300, 'a') + ".mlp.gate.weight";
+  const auto started = std::chrono::steady_clock::now();
+  // A backtracking matcher takes minutes (the first) to centuries on these.
+  for (const char* pattern : {"re:(.*)*x", "re:(a|a)*x", "re:(.*.*.*.*.*.*.*.*)*x", "re:(a*)*b"}) {
+    config.not_converted = {pattern};
+    EXPECT_FALSE(postsvd::module_not_converted(config, long_name)) << pattern;
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), 5.0);
+  config.not_converted = {"re:model\\.layers\\.a{1,300}\\.mlp\\.gate$"};
+  EXPECT_TRUE(postsvd::module_not_converted(config, long_name));
+  for (const std::string& pattern :
+       {"re:" + std::string(100, '(') + "a" + std::string(100, ')'), std::string("re:(a{200}){200}"),
+        "re:" + std::string(2000, 'a')}) {
+    config.not_converted = {pattern};
+    expect_error<BadCheckpoint>([&] { postsvd::module_not_converted(config, long_name); },
+                                {"quantization_config.ignore", "too complex"});
+  }
+  config.not_converted = {"re:(a"};
+  expect_error<BadCheckpoint>([&] { postsvd::module_not_converted(config, long_name); }, {"not a valid regular expression"});
 }
 
 }  // namespace
