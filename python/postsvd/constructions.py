@@ -389,7 +389,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                                               device_kind, device_ids, threads, cache_path)
             for kind in missing:
                 chosen = _core.table4_alpha(pooled[kind])
-                if not chosen > 0:
+                if not (math.isfinite(chosen) and chosen > 0):
                     raise InvalidArgumentError(
                         f"alpha: the Table 4 rule gives alpha' = {chosen} for kind {kind!r} (pooled mean scaling "
                         f"{pooled[kind]:.4g}); give alpha explicitly")

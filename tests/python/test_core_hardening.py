@@ -271,3 +271,19 @@ def test_experts_beyond_the_config_are_warned_in_compare_and_info(tmp_path):
     shown = _run_cli("info", base)
     assert shown.returncode == 0 and "warning:      " in shown.stdout and "experts.3." in shown.stdout
     assert postsvd.describe(_tiny_moe(tmp_path / "exact", 4, 4))["warnings"] == []
+
+
+def test_the_table4_alpha_of_a_zero_base_is_refused_by_name(pair, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(pair.base, base)
+
+    tensors = load_file(os.path.join(base, "model.safetensors"))
+    for layer in range(SIZES["layers"]):
+        tensors[f"model.layers.{layer}.self_attn.q_proj.weight"] = np.zeros_like(
+            tensors[f"model.layers.{layer}.self_attn.q_proj.weight"])
+    save_file(tensors, os.path.join(base, "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(postsvd.InvalidArgumentError, match=r"alpha: the Table 4 rule gives alpha' = inf for kind 'q'"):
+        postsvd.construct(9, str(base), pair.post, tmp_path / "out", kinds="q", progress=False)
+    assert not (tmp_path / "out").exists()
