@@ -39,7 +39,7 @@ from ._validate import (
     normalize_threads,
     normalize_warm_start,
 )
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -67,6 +67,7 @@ class Run:
     layers: List[int]
     kinds: List[str]
     batches: Dict[int, List[int]]  # layer -> indices into the architecture's matrices
+    models: Tuple[Tuple[str, Any, str], ...] = ()  # (role, as the caller wrote it, folder): errors.naming_models
 
     @property
     def architecture(self) -> Dict[str, Any]:
@@ -98,9 +99,11 @@ def open_run(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str 
     warm_mode = normalize_warm_start(warm_start)
     warm_from_path = normalize_folder(warm_from, "warm_from") if warm_from is not None else ""
     intruders = normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
-    comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
-                                  cache_path, warm_mode, warm_from_path, intruders["k"], intruders["epsilon"],
-                                  intruders["side"])
+    models = (("base", base, base_path), ("post", post, post_path), ("warm_from", warm_from, warm_from_path))
+    with naming_models(*models):
+        comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
+                                      cache_path, warm_mode, warm_from_path, intruders["k"], intruders["epsilon"],
+                                      intruders["side"])
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     chosen_experts = _check_experts(normalize_experts(experts), arch)
@@ -110,7 +113,7 @@ def open_run(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str 
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
     return Run(comparator, base_path, post_path, device, precision, budget, num_threads, cache_path, warm_mode,
-               warm_from_path, intruders, chosen_layers, chosen_kinds, batches)
+               warm_from_path, intruders, chosen_layers, chosen_kinds, batches, models)
 
 
 def select_batches(arch: Dict[str, Any], layers: Sequence[int], kinds: Sequence[str],
@@ -221,9 +224,10 @@ def check_compare_arguments(base: PathLike, posts: Sequence[PathLike], *, device
     normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
     for out in outs:
         normalize_output_folder(out)
-    for post_path in post_paths:
+    for post, post_path in zip(posts, post_paths):
         # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
-        arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "").architecture
+        with naming_models(("base", base, base_path), ("post", post, post_path)):
+            arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "").architecture
         chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
         chosen_experts = _check_experts(normalize_experts(experts), arch)
         sources = [arch["matrices"][i] for batch in select_batches(arch, chosen_layers, chosen_kinds,

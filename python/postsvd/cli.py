@@ -207,10 +207,8 @@ def _shown_experts(text):
     """--show-experts as expert labels (checked against the comparison when it is saved)."""
     if text is None:
         return None
-    try:
-        return sorted((expert_label(e) for e in normalize_experts(text)), key=lambda e: (isinstance(e, str), str(e)))
-    except InvalidArgumentError as error:
-        raise InvalidArgumentError(f"--show-experts: {error}") from None
+    return sorted((expert_label(e) for e in normalize_experts(text, "--show-experts")),
+                  key=lambda e: (isinstance(e, str), str(e)))
 
 
 # ---------------------------------------------------------------------- construct
@@ -454,28 +452,42 @@ examples:
 
 def add_info(subparsers) -> None:
     parser = subparsers.add_parser(
-        "info", help="describe a model folder (architecture, layers, files, dtypes, projection shapes)",
+        "info", help="describe and check a model folder (architecture, layers, files, dtypes, projection shapes)",
         description="Open and validate a Hugging Face model folder and print its architecture, layer count, "
-                    "files, stored dtypes and the shape of every projection kind (paper orientation [in, out]).",
+                    "files, stored dtypes and the shape of every projection kind (paper orientation [in, out]), "
+                    "then every problem for which compare would refuse it (the same checks, without decomposing: "
+                    "tensors and their shapes, quantization scales, NaN/Inf weights). Exit code 1 when there is one.",
         epilog=INFO_EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("folder", metavar="FOLDER", help="model folder (config.json + *.safetensors)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--headers-only", action="store_true",
+                        help="check names, shapes, dtypes and scales only, not the weights' values (reading every "
+                             "projection takes as long as reading the model once)")
     parser.set_defaults(func=run_info)
 
 
+#: Problems `postsvd info` prints as text (--json lists them all).
+INFO_PROBLEMS_SHOWN = 20
+
+
 def run_info(args) -> int:
+    """Exit code 0 when the folder compares, 1 when info found a problem (each listed)."""
     from .checkpoint import describe
 
-    info = describe(args.folder)
+    info = describe(args.folder, values=not args.headers_only)
+    problems = info["problems"]
     if args.json:
         print(json.dumps(info, indent=1))  # ensure_ascii: control characters come out as \uXXXX
-        return 0
+        return 1 if problems else 0
     files = sorted(info["files"])
     shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
     lines = [f"folder:       {info['folder']}",
              f"model_type:   {info['model_type']}",
              f"layers:       {info['num_layers']}",
              *(f"warning:      {warning}" for warning in info.get("warnings", [])),
+             *(f"problem:      {problem}" for problem in problems[:INFO_PROBLEMS_SHOWN]),
+             *([f"problem:      ... and {len(problems) - INFO_PROBLEMS_SHOWN} more (--json lists them all)"]
+               if len(problems) > INFO_PROBLEMS_SHOWN else []),
              f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})",
              f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)",
              f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}",
@@ -483,9 +495,12 @@ def run_info(args) -> int:
     for kind, entry in info["kinds"].items():
         lines.append(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
                      f"e.g. {entry['tensor']}")
+    lines.append(f"checks:       {len(problems)} problem{'s' if len(problems) != 1 else ''} "
+                 f"({'headers only' if args.headers_only else 'headers and values'}); "
+                 + ("analysis commands refuse this folder" if problems else "the folder compares"))
     for line in lines:  # names come from the files: escaped, one line each
         print(printable(line))
-    return 0
+    return 1 if problems else 0
 
 
 # ---------------------------------------------------------------------- cache

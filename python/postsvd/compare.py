@@ -15,7 +15,7 @@ from ._names import short_name
 from ._terminal import printable
 from ._validate import INTRUDER_DEFAULTS, ExpertsArg, KindsArg, LayersArg
 from .comparison import Comparison
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 from .readings import random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -100,7 +100,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             unsupported, or the models differ in architecture or shapes (the
             message names the first differing tensors).
         InvalidArgumentError: unknown kind, layer out of range, bad dtype; a NaN
-            or Inf weight (naming the tensor).
+            or Inf weight. An error about one model's data starts with that model
+            as written here (``post 'org/model': tensor '...' in FILE: ...``).
         NotBuiltWithCudaError: device 'cuda' in a CPU build.
     """
     if executor not in ("local", "ray"):
@@ -115,9 +116,10 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
                    warm_from=warm_from, local_device="cpu" if executor == "ray" else None, intruder_k=intruder_k,
                    intruder_epsilon=intruder_epsilon, intruder_side=intruder_side)
     desc = f"{printable(short_name(run.base))} vs {printable(short_name(run.post))}"
-    if executor == "ray":
-        result = distributed.compare_units(run, address=ray_address, progress=progress, desc=desc)
-        return Comparison(run.comparator, result.records, run.layers, run.kinds, result.elapsed_seconds,
-                          device=result.device, decompositions=result.decompositions)
-    records, elapsed = _engine.run_local(run, progress=progress, desc=desc)
+    with naming_models(*run.models):
+        if executor == "ray":
+            result = distributed.compare_units(run, address=ray_address, progress=progress, desc=desc)
+            return Comparison(run.comparator, result.records, run.layers, run.kinds, result.elapsed_seconds,
+                              device=result.device, decompositions=result.decompositions)
+        records, elapsed = _engine.run_local(run, progress=progress, desc=desc)
     return Comparison(run.comparator, records, run.layers, run.kinds, elapsed)

@@ -231,7 +231,7 @@ class Comparison:
         """The series of the figures, per kind in the paper's order: its dense matrices, then (MoE)
         its routed experts pooled and its shared expert, where the comparison has them, then each
         expert of `experts` (indices or 'shared') that the kind has."""
-        chosen = [] if experts is None else [expert_label(expert_index(e)) for e in experts]
+        chosen = [] if experts is None else [expert_label(expert_index(e, "experts")) for e in experts]
         out = []
         for kind in self._kinds_arg(kinds):
             present = {r["expert"] for r in self._records if r["kind"] == kind}
@@ -800,7 +800,7 @@ class Comparison:
     # ------------------------------------------------------------------ helpers
 
     def _check_kind(self, kind: str) -> str:
-        names = normalize_kinds(kind)
+        names = normalize_kinds(kind, what="kind")
         if len(names) != 1:
             raise InvalidArgumentError(f"kind: expected one kind, got {kind!r}")
         if names[0] not in self.kinds:
@@ -818,7 +818,7 @@ class Comparison:
         if experts is None:
             return None
         items = [experts] if isinstance(experts, (int, str)) else list(experts)
-        labels = [expert_label(expert_index(e)) for e in items]
+        labels = [expert_label(expert_index(e, "experts")) for e in items]
         present = {expert_label(r["expert"]) for r in self._records if r["expert"] != -1}
         missing = [str(label) for label in labels if label not in present]
         if missing:
@@ -841,7 +841,7 @@ class Comparison:
 
     def _record(self, layer: int, kind: str, expert: Union[None, int, str]) -> Dict[str, Any]:
         """The record of one compared pair; a clear error naming what was compared otherwise."""
-        layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
+        layer = normalize_layers(layer, self.num_layers, self.model_type, what="layer")[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
                    and (expert is None or r["expert"] == expert_index(expert))]

@@ -69,7 +69,7 @@ from ._validate import (
     normalize_warm_start,
 )
 from ._version import __version__
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 AlphaArg = Union[None, float, Mapping[str, float]]
@@ -393,8 +393,11 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     if not os.path.isdir(parent):
         raise InvalidArgumentError(f"out: the parent folder '{parent}' does not exist")
 
-    post_checkpoint = _core.Checkpoint(post_path)
-    arch = _core.detect_architecture(post_checkpoint)
+    # An error about one model's data names it as written here.
+    models = (("base", base, base_path), ("post", post, post_path), ("ref", ref, ref_path))
+    with naming_models(*models):
+        post_checkpoint = _core.Checkpoint(post_path)
+        arch = _core.detect_architecture(post_checkpoint)
     available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
     chosen_kinds = _select_kinds(kinds, group, available)
     chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
@@ -419,11 +422,12 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             given = {k: value for k in chosen_kinds}
         missing = [k for k in chosen_kinds if k not in given]
         if missing:
-            pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
-                                          device_kind, device_ids, threads, cache_path)
+            with naming_models(*models):
+                pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
+                                              device_kind, device_ids, threads, cache_path)
             for kind in missing:
                 chosen = _core.table4_alpha(pooled[kind])
-                if not chosen > 0:
+                if not (math.isfinite(chosen) and chosen > 0):
                     raise InvalidArgumentError(
                         f"alpha: the Table 4 rule gives alpha' = {chosen} for kind {kind!r} (pooled mean scaling "
                         f"{pooled[kind]:.4g}); give alpha explicitly")
@@ -452,11 +456,12 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                 bar.n = done
                 bar.set_postfix_str(what, refresh=True)
 
-            report = _core.construct_checkpoint(
-                number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
-                kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
-                num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
-                warm_start=normalize_warm_start(warm_start))
+            with naming_models(*models):
+                report = _core.construct_checkpoint(
+                    number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
+                    kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
+                    num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
+                    warm_start=normalize_warm_start(warm_start))
         sources = {"base": base_path, "post": post_path}
         if ref_path:
             sources["ref"] = ref_path

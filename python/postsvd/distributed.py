@@ -19,10 +19,19 @@ Ray (``max_retries``); a task that raises (a bad input: truncated shard, NaN
 weight) is not retried, and the run fails with that error (naming the tensor
 and file). Ctrl-C cancels the outstanding tasks and re-raises.
 
+A lost node: Ray notices it within its health check (seconds), marks the node's
+running tasks failed and retries them on the other nodes (``max_retries``); the
+run goes on and its tables are those of a run without the loss. Only when every
+retry of a unit is lost too does the run fail, with a BackendError naming the
+unit's tensors.
+
 Fault injection for tests: ``POSTSVD_RAY_FAULT=kill-once:MARKER`` (in the
 driver's environment, handed to every task, or in the workers' own): the
 first task that creates the file MARKER kills its own worker process
 (SIGKILL) before it computes anything; the retry finds MARKER and runs.
+``hold-once:MARKER``: that first task writes its process id and node id to
+MARKER and waits (up to :data:`HOLD_SECONDS`) before computing, so that a
+test can remove its node while it runs.
 
 Ray is optional: this module imports it only when a run asks for it
 (``pip install postsvd[ray]``).
@@ -46,6 +55,8 @@ UNIT_ELEMENTS = 1 << 25
 MAX_RETRIES = 3
 #: Environment variable of the fault injection (see the module's doc).
 FAULT_VARIABLE = "POSTSVD_RAY_FAULT"
+#: How long a ``hold-once`` task waits for its node to be removed.
+HOLD_SECONDS = 120
 #: What to install for executor='ray'.
 INSTALL_HINT = install_hint("ray")
 
@@ -133,15 +144,20 @@ def inject_fault(spec: Optional[str]) -> None:
     if not spec:
         return
     kind, _, marker = spec.partition(":")
-    if kind != "kill-once" or not marker:
-        raise InvalidArgumentError(f"{FAULT_VARIABLE}: expected 'kill-once:MARKER_FILE', got {spec!r}")
+    if kind not in ("kill-once", "hold-once") or not marker:
+        raise InvalidArgumentError(f"{FAULT_VARIABLE}: expected 'kill-once:MARKER_FILE' or "
+                                   f"'hold-once:MARKER_FILE', got {spec!r}")
     try:
         descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        return  # killed once already: this is a retry or another task
-    os.write(descriptor, f"{os.getpid()}\n".encode())
+        return  # done once already: this is a retry or another task
+    node = import_ray().get_runtime_context().get_node_id() if kind == "hold-once" else ""
+    os.write(descriptor, f"{os.getpid()}{' ' + node if node else ''}\n".encode())
     os.close(descriptor)
-    os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hold-once":
+        time.sleep(HOLD_SECONDS)  # the node goes away meanwhile (or the task goes on after the wait)
+    else:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[int], fault: Optional[str]):

@@ -53,7 +53,7 @@ from ._terminal import printable
 from ._validate import normalize_folder, normalize_layers, normalize_output_folder, normalize_threads
 from ._version import __version__
 from .compare import check_compare_arguments, compare
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 from .readings import random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -112,8 +112,13 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
 
 
 def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
-    model_a = _Model(normalize_folder(a, "a"), "a")
-    model_b = _Model(normalize_folder(b, "b"), "b")
+    # An error about one model's data names it as written here (the comparison calls them base and post).
+    folder_a, folder_b = normalize_folder(a, "a"), normalize_folder(b, "b")
+    with naming_models(("a", a, folder_a), ("b", b, folder_b)):
+        return _lineage_of(_Model(folder_a, "a"), _Model(folder_b, "b"), level, layers, paper_nf, compare_options)
+
+
+def _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options) -> "Lineage":
     reasons = out_of_scope(model_a, model_b)
     if reasons:
         return Lineage(model_a.folder, model_b.folder, level, reasons=reasons)

@@ -420,7 +420,7 @@ def _chosen_pairs(comparison: Comparison, matrices) -> List[Tuple[int, str, Opti
     items = _pair_list(matrices)
     for item in items:
         if isinstance(item, (tuple, list)) and item and isinstance(item[0], (int,)) and not isinstance(item[0], bool):
-            layer = normalize_layers(int(item[0]), comparison.num_layers, comparison.model_type)[0]
+            layer = normalize_layers(int(item[0]), comparison.num_layers, comparison.model_type, what="matrices")[0]
             if layer not in comparison.layers:
                 raise InvalidArgumentError(f"matrices: layer {layer} was not compared; compared layers: "
                                            f"{_layers_text(comparison.layers)}")

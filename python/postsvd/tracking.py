@@ -35,7 +35,7 @@ from ._validate import LayersArg, KindsArg, normalize_folder, normalize_output_f
 from ._version import __version__
 from .compare import check_compare_arguments, compare
 from .comparison import COMPARISON_FILES, OUTPUT_SCHEMA_VERSION, Comparison
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -97,19 +97,23 @@ def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Se
                                        f"got {len(step_list)}")
     if len(set(step_list)) != len(step_list):
         raise InvalidArgumentError(f"steps: expected distinct steps, got {step_list}")
-    check_compare_arguments(base, folders, device="cpu" if executor == "ray" else device, dtype=dtype,
-                            layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
-                            outs=[out] if out is not None else ())
+    # An error about one checkpoint's data names it as written here (compare calls it the post model).
+    models = [("checkpoint", c, f) for c, f in zip(checkpoints, folders)]
+    with naming_models(*models):
+        check_compare_arguments(base, folders, device="cpu" if executor == "ray" else device, dtype=dtype,
+                                layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
+                                outs=[out] if out is not None else ())
     use_interactive(interactive)
     order = sorted(range(len(folders)), key=lambda i: step_list[i])
     comparisons = []
     with _factor_cache(cache, executor) as cache_folder:
         previous = None
         for i in order:
-            comparisons.append(compare(base, folders[i], device=device, dtype=dtype, layers=layers, kinds=kinds,
-                                       progress=progress, num_threads=num_threads, cache=cache_folder,
-                                       executor=executor, ray_address=ray_address, warm_start=warm_start,
-                                       warm_from=previous if cache_folder else None))
+            with naming_models(models[i]):
+                comparisons.append(compare(base, folders[i], device=device, dtype=dtype, layers=layers,
+                                           kinds=kinds, progress=progress, num_threads=num_threads,
+                                           cache=cache_folder, executor=executor, ray_address=ray_address,
+                                           warm_start=warm_start, warm_from=previous if cache_folder else None))
             previous = folders[i]
     trajectory = Trajectory([step_list[i] for i in order], comparisons, title=title)
     if out is not None:
