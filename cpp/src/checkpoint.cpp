@@ -406,7 +406,7 @@ const void* SafetensorsFile::data(const TensorInfo& info) const {
   const uint64_t start = 8 + impl_->header_size;
   if (impl_->partial && !covered(impl_->present, start + info.begin, start + info.end)) impl_->refresh();
   if (impl_->partial && !covered(impl_->present, start + info.begin, start + info.end)) {
-    POSTSVD_THROW(BadCheckpoint, impl_->path << ": tensor '" << info.name << "' was not fetched: this file is a "
+    POSTSVD_THROW(NotFetched, impl_->path << ": tensor '" << info.name << "' was not fetched: this file is a "
                                              << "partial copy of a Hub file and bytes [" << start + info.begin << ", "
                                              << start + info.end << ") are not in " << kFetchManifest
                                              << "; fetch the tensor first (postsvd.hub.fetch)");

@@ -22,6 +22,11 @@ Comparator::Comparator(const std::string& base_folder, const std::string& post_f
   if (!factor_cache.empty()) cache_ = std::make_unique<FactorCache>(factor_cache);
 }
 
+void Comparator::set_intruder_options(const IntruderOptions& options) {
+  check_intruder_options(options);
+  intruders_ = options;
+}
+
 void Comparator::set_warm_from(const std::string& folder) {
   if (folder.empty()) {
     warm_from_.reset();
@@ -53,6 +58,7 @@ std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indice
   options.full_matrices = full_matrices;
   options.leading_k = leading_k;
   options.warm_start = warm_start_;
+  options.intruders = intruders_;
   std::vector<PairMeasures> result;
   if (!cache_) {
     result = backend_->compare(pairs, options);
@@ -68,8 +74,8 @@ std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indice
     for (const auto* sigma : {&result[i].sigma_base, &result[i].sigma_post}) {
       for (double value : *sigma) {
         POSTSVD_CHECK(std::isfinite(value), InvalidArgument,
-                      "tensor '" << (sigma == &result[i].sigma_base ? pairs[i].base.name : pairs[i].post.name)
-                                 << "': a singular value overflowed the working precision ("
+                      tensor_label(sigma == &result[i].sigma_base ? pairs[i].base : pairs[i].post)
+                                 << ": a singular value overflowed the working precision ("
                                  << precision_name(precision_) << "): the weights' norm is too large"
                                  << (precision_ == Precision::F32 ? "; compare in float64 (dtype='float64')" : ""));
       }

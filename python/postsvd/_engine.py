@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from . import _core, hub
 from ._hub_cache import human_bytes
 from ._validate import (
+    INTRUDER_DEFAULTS,
     KINDS,
     ExpertsArg,
     KindsArg,
@@ -36,6 +37,7 @@ from ._validate import (
     normalize_device,
     normalize_dtype,
     normalize_experts,
+    normalize_intruders,
     normalize_kinds,
     normalize_layers,
     normalize_leading_k,
@@ -44,13 +46,13 @@ from ._validate import (
     normalize_threads,
     normalize_warm_start,
 )
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Per-pair values kept after the factors are released (all O(k)).
+#: Per-pair values kept after the factors are released (all O(k); intruder_cosines O(intruder k)).
 KEPT = ("rows", "cols", "k", "sigma_base", "sigma_post", "scaling", "scaling_mean", "scaling_std",
-        "scaling_count", "nf", "iorth_diag", "warm_sweeps")
+        "scaling_count", "nf", "iorth_diag", "warm_sweeps", "intruders", "intruder_cosines")
 #: Matrix pairs per call into the backend.
 CHUNK = 64
 #: Hub models: units of pairs whose tensors are fetched ahead of the unit decomposing (see run_local). While
@@ -58,6 +60,13 @@ CHUNK = 64
 #: decomposed stays bounded by FETCH_AHEAD units (on disk, in postsvd's Hub cache; the fetch itself holds
 #: one read buffer per file it reads, hub.PARALLEL_FILES at most).
 FETCH_AHEAD = 4
+
+
+def named_models(*models: Tuple[str, Optional["hub.ResolvedModel"]]) -> Tuple[Tuple[str, str, str], ...]:
+    """(role, model) pairs as :func:`postsvd.errors.naming_models` takes them: the name as the caller wrote it
+    (a Hub id or a folder) names the model in errors, the resolved folder (what the core opens) is how an
+    error is matched to it. None (an absent warm_from) is left out."""
+    return tuple((role, model.name, model.folder) for role, model in models if model is not None)
 
 
 def resolve_models(base: Union[PathLike, "hub.ResolvedModel"], posts: Sequence[Union[PathLike, "hub.ResolvedModel"]]
@@ -114,6 +123,7 @@ class Run:
     cache: str  # '' = none
     warm_start: str
     warm_from: str
+    intruders: Dict[str, Any]  # {k, epsilon, side}
     layers: List[int]
     kinds: List[str]
     batches: Dict[int, List[int]]  # layer -> indices into the architecture's matrices
@@ -128,6 +138,11 @@ class Run:
     @property
     def total(self) -> int:
         return sum(len(b) for b in self.batches.values())
+
+    @property
+    def named(self) -> Tuple[Tuple[str, str, str], ...]:
+        """The models as :func:`postsvd.errors.naming_models` takes them (see :func:`named_models`)."""
+        return named_models(("base", self.models[0]), ("post", self.models[1]), ("warm_from", self.warm_model))
 
     def units(self) -> List[List[int]]:
         """The selected pairs, a list of indices per layer, in layer order."""
@@ -145,7 +160,9 @@ def open_run(base: Union[PathLike, "hub.ResolvedModel"], post: Union[PathLike, "
              num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
              cache: Optional[PathLike] = None, experts: ExpertsArg = None, warm_start: Union[bool, str] = True,
              warm_from: Optional[Union[PathLike, "hub.ResolvedModel"]] = None, local_device: Optional[str] = None,
-             whole_files: bool = False) -> Run:
+             whole_files: bool = False, intruder_k: int = INTRUDER_DEFAULTS["k"],
+             intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+             intruder_side: str = INTRUDER_DEFAULTS["side"]) -> Run:
     """Checks the options, opens both models and selects the pairs (see :func:`postsvd.compare`); a Hub
     model's tensors are not fetched yet (:attr:`Run.fetcher`).
 
@@ -156,8 +173,12 @@ def open_run(base: Union[PathLike, "hub.ResolvedModel"], post: Union[PathLike, "
     warm_mode = normalize_warm_start(warm_start)
     warm_model = hub.resolve(warm_from, "warm_from") if warm_from is not None else None
     warm_from_path = warm_model.folder if warm_model is not None else ""
-    comparator = _core.Comparator(base_model.folder, post_model.folder, device_kind, precision, device_ids, budget,
-                                  threads, cache_path, warm_mode, warm_from_path)
+    intruders = normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
+    named = named_models(("base", base_model), ("post", post_model), ("warm_from", warm_model))
+    with naming_models(*named):
+        comparator = _core.Comparator(base_model.folder, post_model.folder, device_kind, precision, device_ids,
+                                      budget, threads, cache_path, warm_mode, warm_from_path, intruders["k"],
+                                      intruders["epsilon"], intruders["side"])
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     chosen_experts = _check_experts(normalize_experts(experts), arch)
@@ -168,10 +189,11 @@ def open_run(base: Union[PathLike, "hub.ResolvedModel"], post: Union[PathLike, "
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
     models = [(base_model, comparator.base), (post_model, comparator.post)]
     if warm_model is not None and not warm_model.is_local:
-        models.append((warm_model, _core.Checkpoint(warm_model.folder)))
+        with naming_models(*named):
+            models.append((warm_model, _core.Checkpoint(warm_model.folder)))
     return Run(comparator, base_model.folder, post_model.folder, device, precision, budget, num_threads, cache_path,
-               warm_mode, warm_from_path, chosen_layers, chosen_kinds, batches, (base_model, post_model), warm_model,
-               Fetcher(models, whole_files))
+               warm_mode, warm_from_path, intruders, chosen_layers, chosen_kinds, batches, (base_model, post_model),
+               warm_model, Fetcher(models, whole_files))
 
 
 def select_batches(arch: Dict[str, Any], layers: Sequence[int], kinds: Sequence[str],
@@ -358,20 +380,24 @@ def check_compare_arguments(base: Union[PathLike, "hub.ResolvedModel"],
                             cache: Optional[PathLike] = None,
                             matrices_for: Optional[Iterable[Tuple[int, str]]] = None, leading_k: Optional[int] = 25,
                             outs: Sequence[PathLike] = (), experts: ExpertsArg = None,
-                            shown_experts: ExpertsArg = None) -> None:
+                            shown_experts: ExpertsArg = None, intruder_k: int = INTRUDER_DEFAULTS["k"],
+                            intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+                            intruder_side: str = INTRUDER_DEFAULTS["side"]) -> None:
     """Checks every argument of comparing `base` with each of `posts` and saving the results
     (:func:`compare`, :meth:`Comparison.save`) before anything is computed or written.
 
     Each post model is opened against the base (headers only: folders, files, architecture and
     shapes; a Hub model is resolved, nothing of its tensors fetched); the layer, kind and expert
     selection, the `matrices_for` items ((layer, kind[, expert])), the `shown_experts`
-    (:meth:`Comparison.save`'s `experts`), `leading_k` and the output folders `outs` are checked.
-    Raises what :func:`compare` and :meth:`Comparison.save` would raise later, naming the argument.
+    (:meth:`Comparison.save`'s `experts`), `leading_k`, the intruder options and the output folders
+    `outs` are checked. Raises what :func:`compare` and :meth:`Comparison.save` would raise later,
+    naming the argument.
     """
     _checked_selections(base, posts, device=device, dtype=dtype, layers=layers, kinds=kinds,
                         num_threads=num_threads, memory_budget_bytes=memory_budget_bytes, cache=cache,
                         matrices_for=matrices_for, leading_k=leading_k, outs=outs, experts=experts,
-                        shown_experts=shown_experts)
+                        shown_experts=shown_experts, intruder_k=intruder_k, intruder_epsilon=intruder_epsilon,
+                        intruder_side=intruder_side)
 
 
 def fetch_plans(base: Union[PathLike, "hub.ResolvedModel"], posts: Sequence[Union[PathLike, "hub.ResolvedModel"]],
@@ -397,7 +423,10 @@ def _checked_selections(base, posts, *, device: str = "cpu", dtype: str = "float
                         kinds: KindsArg = None, num_threads: Optional[int] = None,
                         memory_budget_bytes: Optional[int] = None, cache: Optional[PathLike] = None,
                         matrices_for: Optional[Iterable[Tuple[int, str]]] = None, leading_k: Optional[int] = 25,
-                        outs: Sequence[PathLike] = (), experts: ExpertsArg = None, shown_experts: ExpertsArg = None
+                        outs: Sequence[PathLike] = (), experts: ExpertsArg = None, shown_experts: ExpertsArg = None,
+                        intruder_k: int = INTRUDER_DEFAULTS["k"],
+                        intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+                        intruder_side: str = INTRUDER_DEFAULTS["side"]
                         ) -> List[Tuple["hub.ResolvedModel", "hub.ResolvedModel", "_core.Comparator", List[int]]]:
     """check_compare_arguments's checks; per post: (base, post, a comparator of both, the selected pairs)."""
     base_model, post_models = resolve_models(base, posts)
@@ -405,12 +434,15 @@ def _checked_selections(base, posts, *, device: str = "cpu", dtype: str = "float
         raise InvalidArgumentError("posts: expected at least one post-trained model folder, got none")
     precision, _, threads, _, _ = _options(dtype, device, num_threads, memory_budget_bytes, cache)
     normalize_leading_k(leading_k)
+    normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
     for out in outs:
         normalize_output_folder(out)
     selections = []
     for post_model in post_models:
         # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
-        comparator = _core.Comparator(base_model.folder, post_model.folder, "cpu", precision, [], 0, threads, "")
+        with naming_models(*named_models(("base", base_model), ("post", post_model))):
+            comparator = _core.Comparator(base_model.folder, post_model.folder, "cpu", precision, [], 0, threads,
+                                          "")
         arch = comparator.architecture
         chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
         chosen_experts = _check_experts(normalize_experts(experts), arch)

@@ -69,8 +69,8 @@ def supported_model_types() -> List[str]:
 def find_source(arch: Dict[str, Any], layer: int, kind: str, expert: Union[int, str] = -1) -> Dict[str, Any]:
     """The source dict of (layer, kind[, expert]) in ``arch``; a clear error when absent.
     `expert`: a routed expert's index, 'shared', or -1 (not an expert)."""
-    layer = normalize_layers(layer, arch["num_layers"], arch["model_type"])[0]
-    kinds = normalize_kinds(kind)
+    layer = normalize_layers(layer, arch["num_layers"], arch["model_type"], what="layer")[0]
+    kinds = normalize_kinds(kind, what="kind")
     if len(kinds) != 1:
         raise InvalidArgumentError(f"kind: expected one kind, got {kind!r}")
     kind = kinds[0]
@@ -108,17 +108,36 @@ def read_matrix(checkpoint: Union[Checkpoint, PathLike], layer: int, kind: str, 
     return _core.read_matrix(cp, source, precision)
 
 
-def describe(checkpoint: Union[Checkpoint, PathLike, "hub.ResolvedModel"]) -> Dict[str, Any]:
-    """A summary of a model: architecture, layers, files, dtypes and projection shapes. A Hub model is
-    described from its headers (nothing of its tensors is fetched); ``model`` says what was read (the name,
-    and for a Hub model the repo id, revision and commit)."""
+def describe(checkpoint: Union[Checkpoint, PathLike, "hub.ResolvedModel"], *, values: bool = True
+             ) -> Dict[str, Any]:
+    """A summary of a model: architecture, layers, files, dtypes and projection shapes, and every problem a
+    comparison would refuse it for; ``model`` says what was read (the name, and for a Hub model the repo id,
+    revision and commit).
+
+    The checks are those of :func:`postsvd.compare` on one model, without decomposing: every mapped tensor
+    present with the shape and dtype config.json gives, FP8 weights' scales present and shaped, MXFP4
+    blocks and scales that pair, and (with `values`, which reads every projection) weights finite once
+    dequantized. ``problems`` lists one line per problem, naming its file and tensor; empty means the
+    folder compares. ``warnings`` lists what the mapping leaves out (weight layers or routed experts
+    config.json does not count).
+
+    A Hub model is described from its headers: nothing of its tensors is fetched. The projections whose
+    bytes postsvd's cache lacks are checked from the headers (present, shaped) and counted in
+    ``not_fetched``; their scales and values are checked when a command fetches them.
+
+    Raises:
+        BadCheckpointError: the folder cannot be opened at all (no config.json, a malformed header).
+        HubError: a Hub model could not be resolved.
+    """
     if isinstance(checkpoint, _core.Checkpoint):
         model = hub.resolve(checkpoint.folder, "folder")
         cp = checkpoint
     else:
         model = hub.resolve(checkpoint, "folder")
         cp = _core.Checkpoint(model.folder)
-    arch = architecture(cp)
+    check = _core.check_checkpoint(cp, bool(values))
+    arch = check["architecture"] or {"model_type": cp.config.get("model_type"), "num_layers": None,
+                                     "matrices": [], "warnings": []}
     names = cp.tensor_names()
     dtype_counts: Dict[str, int] = collections.Counter()
     parameters = 0
@@ -146,4 +165,7 @@ def describe(checkpoint: Union[Checkpoint, PathLike, "hub.ResolvedModel"]) -> Di
         "torch_dtype": config.get("torch_dtype", config.get("dtype")),
         "kinds": kinds,
         "warnings": list(arch.get("warnings", [])),  # e.g. weight layers config.json does not count
+        "problems": list(check["problems"]),  # what compare would refuse; [] = the folder compares
+        "values_checked": bool(values),
+        "not_fetched": check["not_fetched"],  # a Hub model: projections checked from the headers only
     }

@@ -22,8 +22,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ._names import distinct, short_name
 from ._outputs import atomic_file
 from ._terminal import printable
-from ._validate import (DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, WARM_START_MODES, expert_label,
-                        normalize_experts, normalize_output_file, normalize_output_folder, parse_matrix_pairs)
+from ._validate import (DTYPES, GROUP_ALIASES, INTRUDER_DEFAULTS, INTRUDER_SIDES, KIND_GROUPS, KINDS,
+                        WARM_START_MODES, expert_label, normalize_experts, normalize_output_file,
+                        normalize_output_folder, parse_matrix_pairs)
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -96,6 +97,23 @@ def _print_plans(plans) -> int:
     return 0
 
 
+def add_intruder_options(parser: argparse.ArgumentParser) -> None:
+    """--intruder-k, --intruder-epsilon, --intruder-side of compare and report (Shuttleworth et al. 2024)."""
+    parser.add_argument("--intruder-k", type=int, default=INTRUDER_DEFAULTS["k"], metavar="K",
+                        help="intruder dimensions: the top K singular vectors of each post matrix examined")
+    parser.add_argument("--intruder-epsilon", type=float, default=INTRUDER_DEFAULTS["epsilon"], metavar="EPS",
+                        help="intruder dimensions: a vector whose largest |cosine| with every base singular "
+                             "vector is below EPS is one")
+    parser.add_argument("--intruder-side", default=INTRUDER_DEFAULTS["side"], choices=INTRUDER_SIDES,
+                        help="intruder dimensions: the singular vectors compared: output (the left singular vectors "
+                             "of the stored [out, in] weight, as the paper and peft count) or input")
+
+
+def _intruder_arguments(args) -> dict:
+    return dict(intruder_k=args.intruder_k, intruder_epsilon=args.intruder_epsilon,
+                intruder_side=args.intruder_side)
+
+
 def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str, *,
                        nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE",
                        base_help: str = f"the base model: {MODEL_HELP}") -> None:
@@ -144,6 +162,7 @@ examples:
   postsvd compare deepseek-ai/DeepSeek-V3-Base deepseek-ai/DeepSeek-R1 --out r/ --layers 10 --kinds attention --dry-run
   postsvd compare base/ instruct/ reasoning/ --out results/     # one subfolder per post model
   postsvd compare base/ post/ --out results/ --layers 0,1,20-27 --kinds q,k,o --dtype float64
+  postsvd compare base/ lora_merged/ --out results/ --intruder-k 20 --intruder-epsilon 0.4   # intruder dimensions
   postsvd compare base/ post/ --out results/ --device cuda --no-progress
   postsvd compare base/ instruct/ reasoning/ --out results/ --cache factors/   # base decomposed once
   postsvd construct 11 --base base/ --post instruct/ --out restored/ --cache factors/   # reuses them
@@ -151,7 +170,7 @@ examples:
 
 output (per post model): table.csv, table.json (a row per layer and kind), kinds.csv,
 kinds.json (pooled per kind, the paper's Table 3), spectra.npz, summary.txt, run.json,
-svsm.png (Fig. 2), scaling_bands.png (Fig. 8), nf.png (Fig. 3b),
+svsm.png (Fig. 2), scaling_bands.png (Fig. 8), nf.png (Fig. 3b), intruders.png,
 matrices_layer<L>_<kind>[_expert<E>].png (Fig. 3a); MoE models also nf_experts.png."""
 
 
@@ -175,6 +194,7 @@ def add_compare(subparsers) -> None:
                         help="MoE models: experts drawn and stored (spectra.npz) as their own series besides the "
                              "pooled routed experts and the shared one, e.g. 17 or 3,17,shared")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    add_intruder_options(parser)
     add_ray_option(parser)
     parser.set_defaults(func=run_compare)
 
@@ -202,7 +222,7 @@ def run_compare(args) -> int:
         return _print_plans(fetch_plans(base, posts, layers=args.layers, kinds=args.kinds, experts=args.experts,
                                         whole_files=args.whole_files, dtype=args.dtype))
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
-                   num_threads=args.threads, cache=args.cache, experts=args.experts)
+                   num_threads=args.threads, cache=args.cache, experts=args.experts, **_intruder_arguments(args))
     check_compare_arguments(base, posts, matrices_for=matrices_for, leading_k=args.leading_k,
                             outs=out_dirs, shown_experts=shown, **dict(options, device=_checked_device(args)))
     for post, out_dir in zip(posts, out_dirs):
@@ -221,10 +241,8 @@ def _shown_experts(text):
     """--show-experts as expert labels (checked against the comparison when it is saved)."""
     if text is None:
         return None
-    try:
-        return sorted((expert_label(e) for e in normalize_experts(text)), key=lambda e: (isinstance(e, str), str(e)))
-    except InvalidArgumentError as error:
-        raise InvalidArgumentError(f"--show-experts: {error}") from None
+    return sorted((expert_label(e) for e in normalize_experts(text, "--show-experts")),
+                  key=lambda e: (isinstance(e, str), str(e)))
 
 
 # ---------------------------------------------------------------------- construct
@@ -307,10 +325,11 @@ examples:
   postsvd report base/ instruct/ reasoning/ base_alt/ --out report/ --title "What post-training did"
   postsvd report base/ post/ --out report/ --layers 0-3 --kinds attention --matrices 2:q --dtype float64
 
-output: DIR/report.html, one self-contained page (figures embedded as PNG, CSS inline, no network):
+output: DIR/report.html, one self-contained page (CSS inline, no network; interactive figures with hover
+values and a click that opens a matrix's sim/I_orth view where plotly is installed, PNG otherwise):
 an overview, per post model a plain-language summary, the per-kind table (Table 3), the figures
-(SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, sim/I_orth matrices of one pair
-Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
+(SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, intruder dimensions against epsilon,
+sim/I_orth matrices of one pair Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
 metadata (version, backend, date, folders)."""
 
 
@@ -323,29 +342,41 @@ def add_report(subparsers) -> None:
         epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
     add_models_and_out(parser, "posts", "POST", "post-trained model(s) of the same base, named the same ways")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
-    parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT]",
-                        help="the pair whose similarity matrices are drawn, e.g. 2:q or 3:gate:17 (default: middle "
-                             "layer, first kind)")
+    parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT][,...]",
+                        help="the pairs whose similarity matrices are drawn (and held in the page for a click), e.g. "
+                             "2:q or 2:q,3:gate:17 (default: middle layer, first kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
+    add_intruder_options(parser)
+    add_static_option(parser)
     parser.set_defaults(func=run_report)
+
+
+def add_static_option(parser) -> None:
+    """--static: the page's figures as PNG only (no plotly.js; without plotly installed they are anyway)."""
+    parser.add_argument("--static", action="store_true",
+                        help="PNG figures only: no interactive figures and no embedded plotly.js (a smaller page; "
+                             "the default draws interactive figures where plotly, postsvd[interactive], is installed)")
+
+
+def _interactive_argument(args) -> Optional[bool]:
+    return False if args.static else None
 
 
 def run_report(args) -> int:
     from .reports import report
 
     pairs = parse_matrix_pairs(args.matrices)
-    if pairs is not None and len(pairs) != 1:
-        raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND[:EXPERT] item, got {args.matrices!r}")
     if args.dry_run:
         from .compare import fetch_plans
 
         return _print_plans(fetch_plans(args.base, args.posts, layers=args.layers, kinds=args.kinds,
                                         whole_files=args.whole_files, dtype=args.dtype))
     path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
-                  kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
-                  leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
-                  cache=args.cache, warm_start=args.warm_start, whole_files=args.whole_files)
+                  kinds=args.kinds, title=args.title, matrices=pairs, leading_k=args.leading_k,
+                  progress=not args.no_progress, num_threads=args.threads, cache=args.cache,
+                  warm_start=args.warm_start, whole_files=args.whole_files, interactive=_interactive_argument(args),
+                  **_intruder_arguments(args))
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
     return 0
@@ -386,6 +417,7 @@ def add_track(subparsers) -> None:
                              "revision names)")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd track: BASE')")
     add_ray_option(parser)
+    add_static_option(parser)
     parser.set_defaults(func=run_track)
 
 
@@ -415,7 +447,8 @@ def run_track(args) -> int:
     trajectory = track(args.base, args.checkpoints, revisions=revisions, steps=_parse_steps(args.steps),
                        out=args.out, device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
                        progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
-                       warm_start=args.warm_start, whole_files=args.whole_files, **_executor_options(args))
+                       warm_start=args.warm_start, whole_files=args.whole_files,
+                       interactive=_interactive_argument(args), **_executor_options(args))
     kinds = trajectory.kind_table()
     print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
           .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))
@@ -456,6 +489,7 @@ def add_lineage(subparsers) -> None:
     parser.add_argument("--level", type=float, default=0.01, help="significance level of the verdict")
     parser.add_argument("--no-paper-nf", action="store_true",
                         help="skip the paper's NF table (App. F's fingerprint, not robust to disguises)")
+    add_static_option(parser)
     parser.set_defaults(func=run_lineage)
 
 
@@ -474,7 +508,7 @@ def run_lineage(args) -> int:
     for line in result.summary().splitlines():  # names come from the files: escaped, one line each
         print(printable(line))
     if args.out is not None:
-        written = result.save(args.out)
+        written = result.save(args.out, interactive=_interactive_argument(args))
         print(printable(f"wrote {args.out}: {', '.join(os.path.basename(p) for p in written)}"))
     return 0
 
@@ -490,22 +524,33 @@ examples:
 
 def add_info(subparsers) -> None:
     parser = subparsers.add_parser(
-        "info", help="describe a model (architecture, layers, files, dtypes, projection shapes)",
+        "info", help="describe and check a model (architecture, layers, files, dtypes, projection shapes)",
         description="Open and validate a Hugging Face model folder and print its architecture, layer count, "
-                    "files, stored dtypes and the shape of every projection kind (paper orientation [in, out]).",
+                    "files, stored dtypes and the shape of every projection kind (paper orientation [in, out]), "
+                    "then every problem for which compare would refuse it (the same checks, without decomposing: "
+                    "tensors and their shapes, quantization scales, NaN/Inf weights). Exit code 1 when there is one.",
         epilog=INFO_EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("folder", metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--headers-only", action="store_true",
+                        help="check names, shapes, dtypes and scales only, not the weights' values (reading every "
+                             "projection takes as long as reading the model once)")
     parser.set_defaults(func=run_info)
 
 
+#: Problems `postsvd info` prints as text (--json lists them all).
+INFO_PROBLEMS_SHOWN = 20
+
+
 def run_info(args) -> int:
+    """Exit code 0 when the folder compares, 1 when info found a problem (each listed)."""
     from .checkpoint import describe
 
-    info = describe(args.folder)
+    info = describe(args.folder, values=not args.headers_only)
+    problems = info["problems"]
     if args.json:
         print(json.dumps(info, indent=1))  # ensure_ascii: control characters come out as \uXXXX
-        return 0
+        return 1 if problems else 0
     files = sorted(info["files"])
     shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
     model = info["model"]
@@ -517,6 +562,9 @@ def run_info(args) -> int:
              f"model_type:   {info['model_type']}",
              f"layers:       {info['num_layers']}",
              *(f"warning:      {warning}" for warning in info.get("warnings", [])),
+             *(f"problem:      {problem}" for problem in problems[:INFO_PROBLEMS_SHOWN]),
+             *([f"problem:      ... and {len(problems) - INFO_PROBLEMS_SHOWN} more (--json lists them all)"]
+               if len(problems) > INFO_PROBLEMS_SHOWN else []),
              f"files:        {len(files)} ({'sharded, ' if info['sharded'] else ''}{shown})",
              f"tensors:      {info['num_tensors']} ({info['parameters']:,} parameters)",
              f"dtypes:       {', '.join(f'{k} x{v}' for k, v in sorted(info['dtypes'].items()))}",
@@ -524,9 +572,14 @@ def run_info(args) -> int:
     for kind, entry in info["kinds"].items():
         lines.append(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
                      f"e.g. {entry['tensor']}")
+    not_fetched = (f"; {info['not_fetched']} projections not fetched (a Hub model): checked from the headers, "
+                   f"their scales and values when a command fetches them" if info["not_fetched"] else "")
+    lines.append(f"checks:       {len(problems)} problem{'s' if len(problems) != 1 else ''} "
+                 f"({'headers only' if args.headers_only else 'headers and values'}{not_fetched}); "
+                 + ("analysis commands refuse this folder" if problems else "the folder compares"))
     for line in lines:  # names come from the files: escaped, one line each
         print(printable(line))
-    return 0
+    return 1 if problems else 0
 
 
 # ---------------------------------------------------------------------- cache

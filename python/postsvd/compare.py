@@ -12,9 +12,9 @@ from typing import Optional, Union
 from . import _engine
 from ._engine import check_compare_arguments, fetch_plans, open_run, resolve_models
 from ._terminal import printable
-from ._validate import ExpertsArg, KindsArg, LayersArg
+from ._validate import INTRUDER_DEFAULTS, ExpertsArg, KindsArg, LayersArg
 from .comparison import Comparison
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 from .readings import random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -27,13 +27,15 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
             cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
             ray_address: Optional[str] = None, warm_start: Union[bool, str] = True,
-            warm_from: Optional[PathLike] = None, whole_files: bool = False) -> "Comparison":
+            warm_from: Optional[PathLike] = None, whole_files: bool = False,
+            intruder_k: int = INTRUDER_DEFAULTS["k"], intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+            intruder_side: str = INTRUDER_DEFAULTS["side"]) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
     orientation ``W = W_hf.T``) and measured: singular values, the SVSM column
-    ``sigma_post / sigma_base``, top-90 % scaling statistics, NF and the diagonal
-    of ``I_orth``. The pairs stream layer by layer, so memory stays bounded by one
+    ``sigma_post / sigma_base``, top-90 % scaling statistics, NF, the diagonal
+    of ``I_orth`` and the intruder dimensions of Shuttleworth et al. 2024. The pairs stream layer by layer, so memory stays bounded by one
     layer's factors.
 
     Args:
@@ -85,6 +87,15 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             the previous checkpoint). Same architecture as the base.
         whole_files: Hub models: fetch the shards holding the selected tensors
             complete (into the Hugging Face cache) instead of their byte ranges.
+        intruder_k, intruder_epsilon, intruder_side: the intruder dimensions
+            (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion
+            of Equivalence", Algorithm 1; docs/measures.md): among the top
+            `intruder_k` singular vectors of each post matrix, those whose
+            largest |cosine| with every base singular vector is below
+            `intruder_epsilon`. 'output' (the paper's and peft's: the left
+            singular vectors of the stored [out, in] weight, V here) or
+            'input' (U). The largest |cosines| are kept, so
+            :meth:`Comparison.intruders` recounts at any epsilon.
 
     Returns:
         A :class:`Comparison`.
@@ -96,7 +107,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         HubError: a Hub model could not be resolved or fetched (one line: repo
             or revision not found, no access, offline with data missing, ...).
         InvalidArgumentError: unknown kind, layer out of range, bad dtype; a NaN
-            or Inf weight (naming the tensor).
+            or Inf weight. An error about one model's data starts with that model
+            as written here (``post 'org/model': tensor '...' in FILE: ...``).
         NotBuiltWithCudaError: device 'cuda' in a CPU build.
     """
     if executor not in ("local", "ray"):
@@ -108,11 +120,13 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     # On Ray the tasks decompose; this process only reads the headers and recomputes single pairs (matrices()).
     run = open_run(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, num_threads=num_threads,
                    memory_budget_bytes=memory_budget_bytes, cache=cache, experts=experts, warm_start=warm_start,
-                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None, whole_files=whole_files)
+                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None, whole_files=whole_files,
+                   intruder_k=intruder_k, intruder_epsilon=intruder_epsilon, intruder_side=intruder_side)
     desc = f"{printable(run.models[0].label)} vs {printable(run.models[1].label)}"
-    if executor == "ray":
-        result = distributed.compare_units(run, address=ray_address, progress=progress, desc=desc)
-        return Comparison(run.comparator, result.records, run.layers, run.kinds, result.elapsed_seconds,
-                          device=result.device, decompositions=result.decompositions, models=run.models)
-    records, elapsed = _engine.run_local(run, progress=progress, desc=desc)
+    with naming_models(*run.named):
+        if executor == "ray":
+            result = distributed.compare_units(run, address=ray_address, progress=progress, desc=desc)
+            return Comparison(run.comparator, result.records, run.layers, run.kinds, result.elapsed_seconds,
+                              device=result.device, decompositions=result.decompositions, models=run.models)
+        records, elapsed = _engine.run_local(run, progress=progress, desc=desc)
     return Comparison(run.comparator, records, run.layers, run.kinds, elapsed, models=run.models)

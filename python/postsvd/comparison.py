@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core, hub
+from . import _core, _display, _html, hub
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
 from ._validate import (
@@ -31,6 +31,7 @@ from ._validate import (
     expert_index,
     expert_label,
     normalize_kinds,
+    normalize_intruders,
     normalize_layers,
     normalize_leading_k,
     normalize_matrix_pairs,
@@ -38,7 +39,7 @@ from ._validate import (
 )
 from ._version import __version__
 from .errors import InvalidArgumentError
-from .readings import kind_reading, overall_reading, random_rotation_nf
+from .readings import intruder_reading, intruder_setting, kind_reading, overall_reading, random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
 ExpertArg = Union[None, int, str]
@@ -53,12 +54,14 @@ _EXPERT_FIELD = rf"\d+|{SHARED_EXPERT}"
 COMPARISON_FILES = FileSet(
     "a comparison", [
         "table.csv", "table.json", "kinds.csv", "kinds.json", "spectra.npz", "summary.txt", "run.json",
-        "svsm.png", "scaling_bands.png", "nf.png", "nf_experts.png",
+        "svsm.png", "scaling_bands.png", "nf.png", "nf_experts.png", "intruders.png",
         "matrices_layer{layer}_{kind}.png", "matrices_layer{layer}_{kind}_expert{expert}.png",
     ],
     fields={"layer": r"\d+", "kind": "|".join(sorted(KINDS, key=len, reverse=True)), "expert": _EXPERT_FIELD})
 #: Resolution of the saved figures.
 SAVED_DPI = 110
+#: The epsilons of the intruder curves (:meth:`Comparison.intruder_curve`, intruders.png).
+INTRUDER_EPSILONS = np.linspace(0.0, 1.0, 101)
 
 MatrixPair = Tuple[int, str, ExpertArg]
 
@@ -112,6 +115,9 @@ class Comparison:
         backend: the backend's description.
         elapsed_seconds: time spent comparing.
         factor_cache: the factor cache folder, or None.
+        intruder_k, intruder_epsilon, intruder_side: the intruder count's settings (see
+            :func:`postsvd.compare`): the top k post singular vectors examined, the |cosine|
+            threshold and the side ('output' or 'input').
     """
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
@@ -135,6 +141,10 @@ class Comparison:
         self.backend: str = comparator.backend_name
         self.elapsed_seconds: float = elapsed_seconds
         self.factor_cache: Optional[str] = comparator.factor_cache or None
+        intruders = comparator.intruder_options
+        self.intruder_k: int = intruders["k"]
+        self.intruder_epsilon: float = intruders["epsilon"]
+        self.intruder_side: str = intruders["side"]
         self._has_experts = any(r["expert"] != -1 for r in records)
         self._task_decompositions = decompositions  # on Ray: the tasks' cache counts, summed
 
@@ -157,14 +167,17 @@ class Comparison:
     @property
     def records(self) -> List[Dict[str, Any]]:
         """One dict per pair: layer, kind, expert, tensor, rows, cols, k,
-        sigma_base, sigma_post, scaling, scaling_mean, scaling_std, nf, iorth_diag."""
+        sigma_base, sigma_post, scaling, scaling_mean, scaling_std, nf, iorth_diag, intruders and
+        intruder_cosines (for each of the top min(intruder_k, k) post singular vectors, its largest
+        |cosine| with any base singular vector on the intruder side)."""
         return self._records
 
     @property
     def table(self) -> pd.DataFrame:
         """A row per (layer, kind[, expert]): in_features, out_features, k,
         scaling_mean, scaling_std (top 90 %), nf, sigma_base_max, sigma_post_max,
-        iorth_diag_mean, tensor, warm_sweeps (Jacobi sweeps of the post's
+        iorth_diag_mean, intruders (the intruder dimensions at the run's
+        intruder_k, intruder_epsilon and side), tensor, warm_sweeps (Jacobi sweeps of the post's
         warm-started decomposition; -1 = decomposed cold). MoE models add the
         column ``expert``: the routed expert's index, ``'shared'`` for a shared
         expert, -1 for attention and dense MLP rows."""
@@ -177,20 +190,22 @@ class Comparison:
                 "in_features": r["rows"], "out_features": r["cols"], "k": r["k"],
                 "scaling_mean": r["scaling_mean"], "scaling_std": r["scaling_std"], "nf": r["nf"],
                 "sigma_base_max": float(r["sigma_base"][0]), "sigma_post_max": float(r["sigma_post"][0]),
-                "iorth_diag_mean": float(np.mean(r["iorth_diag"])), "tensor": r["tensor"],
+                "iorth_diag_mean": float(np.mean(r["iorth_diag"])), "intruders": int(r["intruders"]),
+                "tensor": r["tensor"],
                 "warm_sweeps": int(r.get("warm_sweeps", -1)),
             })
             rows.append(row)
         columns = ["layer", "kind"] + (["expert"] if self._has_experts else []) + [
             "in_features", "out_features", "k", "scaling_mean", "scaling_std", "nf", "sigma_base_max",
-            "sigma_post_max", "iorth_diag_mean", "tensor", "warm_sweeps"]
+            "sigma_post_max", "iorth_diag_mean", "intruders", "tensor", "warm_sweeps"]
         return pd.DataFrame(rows, columns=columns)
 
     def kind_table(self) -> pd.DataFrame:
         """Per kind (the paper's Table 3 row): the pooled mean and population std
         of the top-90 % scaling factors over all compared layers (and experts), the
         mean and max NF, the random-rotation NF baseline sqrt(2/k), alpha' (the
-        pooled mean rounded to one decimal, Table 4) and the ``reading`` of the
+        pooled mean rounded to one decimal, Table 4), ``intruders`` (the intruder dimensions of
+        all its matrices, summed, as the paper sums them) and the ``reading`` of the
         summary (:func:`postsvd.readings.kind_reading`). MoE models add, per kind,
         the number of experts and the population std over experts of each expert's
         own scaling mean and mean NF."""
@@ -204,14 +219,15 @@ class Comparison:
                 "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
                 "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
                 "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
-                "alpha": _core.table4_alpha(mean),
+                "alpha": _core.table4_alpha(mean), "intruders": sum(int(r["intruders"]) for r in records),
             }
             row["reading"] = kind_reading(row["scaling_mean"], row["scaling_std"], row["nf_mean"],
                                           row["nf_random"]).text
             if self._has_experts:
                 row.update(_expert_spread(records))
             rows.append(row)
-        columns = ["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean", "nf_max", "nf_random", "alpha"]
+        columns = ["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean", "nf_max", "nf_random", "alpha",
+                   "intruders"]
         if self._has_experts:
             columns += ["experts", "expert_scaling_mean_std", "expert_nf_mean_std"]
         return pd.DataFrame(rows, columns=columns + ["reading"])
@@ -222,7 +238,7 @@ class Comparison:
         """The series of the figures, per kind in the paper's order: its dense matrices, then (MoE)
         its routed experts pooled and its shared expert, where the comparison has them, then each
         expert of `experts` (indices or 'shared') that the kind has."""
-        chosen = [] if experts is None else [expert_label(expert_index(e)) for e in experts]
+        chosen = [] if experts is None else [expert_label(expert_index(e, "experts")) for e in experts]
         out = []
         for kind in self._kinds_arg(kinds):
             present = {r["expert"] for r in self._records if r["kind"] == kind}
@@ -307,17 +323,52 @@ class Comparison:
 
     def nf_by_expert(self, kind: str) -> pd.DataFrame:
         """MoE models: NF of `kind` per expert (rows: routed experts, then 'shared') and MoE layer (columns)."""
-        kind = self._check_kind(kind)
-        records = [r for r in self._records if r["kind"] == kind and r["expert"] != -1]
-        if not records:
-            raise InvalidArgumentError(f"kind {kind!r} has no expert matrices in this comparison")
-        experts = sorted({r["expert"] for r in records}, key=lambda e: (e < 0, e))
-        layers = sorted({r["layer"] for r in records})
-        grid = pd.DataFrame(np.nan, index=[expert_label(e) for e in experts], columns=layers)
-        for r in records:
-            grid.loc[expert_label(r["expert"]), r["layer"]] = r["nf"]
-        grid.index.name, grid.columns.name = "expert", "layer"
-        return grid
+        grid = self._expert_grid(kind)
+        frame = pd.DataFrame(grid["nf"], index=grid["experts"], columns=grid["layers"])
+        frame.index.name, frame.columns.name = "expert", "layer"
+        return frame
+
+    def intruders(self, epsilon: Optional[float] = None, k: Optional[int] = None) -> pd.DataFrame:
+        """The intruder dimensions of every pair recounted from the kept largest |cosines| (nothing is
+        decomposed again): a row per (layer, kind[, expert]) with ``intruders``, the number of the top `k`
+        post singular vectors whose largest |cosine| with every base singular vector is below `epsilon`.
+
+        Args:
+            epsilon: the |cosine| threshold in [0, 1] (None = the run's ``intruder_epsilon``).
+            k: the top singular vectors examined, at most the run's ``intruder_k`` (None = that).
+        """
+        epsilon, k = self._intruder_settings(epsilon, k)
+        rows = []
+        for r in self._records:
+            row = {"layer": r["layer"], "kind": r["kind"]}
+            if self._has_experts:
+                row["expert"] = expert_label(r["expert"])
+            row["intruders"] = _core.count_intruders(r["intruder_cosines"][:k], epsilon)
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["layer", "kind"] + (["expert"] if self._has_experts else []) + ["intruders"])
+
+    def intruder_curve(self, epsilons: Optional[Sequence[float]] = None, k: Optional[int] = None,
+                       kinds: KindsArg = None) -> pd.DataFrame:
+        """The intruder count against epsilon (the form of Shuttleworth et al.'s figures): a row per
+        epsilon (the index; default 0, 0.01, ..., 1), a column per kind with the intruder dimensions of all
+        its matrices summed, and ``all``, their sum. `k`: as in :meth:`intruders`."""
+        grid = INTRUDER_EPSILONS if epsilons is None else [self._intruder_settings(e, k)[0] for e in epsilons]
+        _, k = self._intruder_settings(None, k)
+        pooled = {kind: [float(c) for r in self._records if r["kind"] == kind for c in r["intruder_cosines"][:k]]
+                  for kind in self._kinds_arg(kinds)}
+        table = pd.DataFrame({kind: [_core.count_intruders(cosines, float(e)) for e in grid]
+                              for kind, cosines in pooled.items()}, index=pd.Index(grid, name="epsilon"))
+        table["all"] = table.sum(axis=1)
+        return table
+
+    def _intruder_settings(self, epsilon: Optional[float], k: Optional[int]) -> Tuple[float, int]:
+        """(epsilon, k) of a recount: the run's where None; k at most the run's intruder_k."""
+        checked = normalize_intruders(self.intruder_k if k is None else k,
+                                      self.intruder_epsilon if epsilon is None else epsilon, self.intruder_side)
+        if checked["k"] > self.intruder_k:
+            raise InvalidArgumentError(f"k: at most {self.intruder_k}, the top singular vectors this comparison "
+                                       f"examined, got {checked['k']}; compare again with intruder_k={checked['k']}")
+        return checked["epsilon"], checked["k"]
 
     def matrices(self, layer: int, kind: str, leading_k: Optional[int] = None,
                  expert: Union[None, int, str] = None) -> Dict[str, np.ndarray]:
@@ -378,13 +429,22 @@ class Comparison:
         return plots.plot_nf(series, baseline,
                              title=f"NF per layer: {self.post_name} vs {self.base_name}")
 
+    def plot_intruders(self, kinds: KindsArg = None, k: Optional[int] = None):
+        """Intruder dimensions against epsilon (the form of Shuttleworth et al. 2024's figures): per kind the
+        intruder dimensions of all its matrices summed, and their total; the run's epsilon marked.
+        Returns a matplotlib Figure."""
+        curve = self.intruder_curve(k=k, kinds=kinds)
+        from . import plots
+
+        k = self.intruder_k if k is None else k
+        return plots.plot_intruders(curve, self.intruder_epsilon,
+                                    title=f"Intruder dimensions: {self.post_name} vs {self.base_name}",
+                                    setting=intruder_setting(k, self.intruder_epsilon, self.intruder_side))
+
     def plot_expert_nf(self, kinds: KindsArg = None):
         """MoE models: a heatmap of NF per (layer, expert) for each kind that has experts.
         Returns a matplotlib Figure."""
-        chosen = [k for k in self._kinds_arg(kinds) if any(r["kind"] == k and r["expert"] != -1
-                                                            for r in self._records)]
-        if not chosen:
-            raise InvalidArgumentError("plot_expert_nf: no compared kind has expert matrices")
+        chosen = self._expert_kinds(kinds)
         from . import plots
 
         return plots.plot_expert_nf({k: self.nf_by_expert(k) for k in chosen},
@@ -394,15 +454,117 @@ class Comparison:
                       expert: Union[None, int, str] = None):
         """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
         `leading_k` vectors; None = all). Returns a matplotlib Figure."""
-        record = self._record(layer, kind, expert)
         result = self.matrices(layer, kind, leading_k=leading_k, expert=expert)
-        shown = result["sim_u"].shape[0]
-        which = "" if record["expert"] == -1 else f", expert {expert_label(record['expert'])}"
         from . import plots
 
-        return plots.plot_matrices(result, title=f"W_{record['kind']}, layer {record['layer']}{which}: leading "
-                                                 f"{shown} of k = {result['k']} singular vectors "
-                                                 f"(NF = {result['nf']:.3g})")
+        return plots.plot_matrices(result, title=self._matrices_title(layer, kind, expert, result))
+
+    # ------------------------------------------------------------------ interactive figures (plotly)
+
+    def interactive_layers(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
+        """NF (top) and the top-90 % scaling mean ± std (bottom) per layer, one line per series (pooled
+        experts: their mean, with the band from the smallest to the largest expert's NF), with hover values
+        (layer, kind, expert, NF, scaling mean ± std, intruders). A plotly Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        series = self._layer_series(kinds, experts)
+        return interactive.layers_figure(series, {s["label"]: s["nf_random"] for s in series},
+                                         title=f"NF and scaling per layer: {printable(self.post_name)} vs "
+                                               f"{printable(self.base_name)}")
+
+    def interactive_experts(self, kinds: KindsArg = None):
+        """MoE models: the layer x expert heatmaps of NF, one per kind with experts, with hover values (layer,
+        kind, expert, NF, scaling mean ± std, intruders). A plotly Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        return interactive.experts_figure({k: self._expert_grid(k) for k in self._expert_kinds(kinds)},
+                                          title=f"NF per (layer, expert): {printable(self.post_name)} vs "
+                                                f"{printable(self.base_name)}")
+
+    def interactive_intruders(self, kinds: KindsArg = None):
+        """Where the intruder dimensions are: per series and layer, the intruder dimensions of its matrices
+        summed, with in how many matrices they are. A plotly Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        series = self._layer_series(kinds)
+        layers = sorted({layer for s in series for layer in s["layers"]})
+        column = {layer: j for j, layer in enumerate(layers)}
+        grids = {key: np.full((len(series), len(layers)), np.nan) for key in ("intruders", "matrices", "hit")}
+        for i, s in enumerate(series):
+            for key in grids:
+                grids[key][i, [column[layer] for layer in s["layers"]]] = s[key]
+        return interactive.intruders_figure(
+            [s["label"] for s in series], layers, grids["intruders"], grids["matrices"], grids["hit"],
+            title=f"Intruder dimensions per layer ({intruder_setting(self.intruder_k, self.intruder_epsilon, self.intruder_side)})")
+
+    def interactive_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25,
+                             expert: Union[None, int, str] = None):
+        """Fig. 3a of one pair as heatmaps with hover values (recomputed, as :meth:`plot_matrices`). A plotly
+        Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        result = self.matrices(layer, kind, leading_k=leading_k, expert=expert)
+        return interactive.matrices_figure(result, title=self._matrices_title(layer, kind, expert, result))
+
+    def _matrices_title(self, layer: int, kind: str, expert, result: Dict[str, Any]) -> str:
+        record = self._record(layer, kind, expert)
+        which = "" if record["expert"] == -1 else f", expert {expert_label(record['expert'])}"
+        return (f"W_{record['kind']}, layer {record['layer']}{which}: leading {result['sim_u'].shape[0]} of k = "
+                f"{result['k']} singular vectors (NF = {result['nf']:.3g})")
+
+    def _layer_series(self, kinds: KindsArg = None,
+                      experts: Optional[Iterable[Union[int, str]]] = None) -> List[Dict[str, Any]]:
+        """Per series (:meth:`series`) the numbers of the per-layer figures: label, kind, expert, nf_random and
+        per layer: layers, nf (pooled: the experts' mean), scaling_mean and scaling_std (of the pooled top-90 %
+        factors), intruders (summed), matrices, hit (matrices with at least one intruder); pooled experts add
+        nf_low, nf_high and experts (their count)."""
+        out = []
+        for s in self.series(kinds, experts):
+            groups = self._by_layer(s.kind, s.expert)
+            pooled = [_pooled_scaling(rs) for rs in groups]
+            counts = [[int(r["intruders"]) for r in rs] for rs in groups]
+            entry = {"label": s.label, "kind": s.kind, "expert": s.expert,
+                     "nf_random": random_rotation_nf(groups[0][0]["k"]),
+                     "layers": [rs[0]["layer"] for rs in groups],
+                     "nf": [float(np.mean([r["nf"] for r in rs])) for rs in groups],
+                     "scaling_mean": [float(np.mean(p)) for p in pooled],
+                     "scaling_std": [float(np.std(p)) for p in pooled],
+                     "intruders": [sum(c) for c in counts], "matrices": [len(c) for c in counts],
+                     "hit": [sum(1 for x in c if x > 0) for c in counts]}
+            if s.expert == POOLED:
+                entry["nf_low"] = [min(r["nf"] for r in rs) for rs in groups]
+                entry["nf_high"] = [max(r["nf"] for r in rs) for rs in groups]
+                entry["experts"] = [len(rs) for rs in groups]
+            out.append(entry)
+        return out
+
+    def _expert_kinds(self, kinds: KindsArg) -> List[str]:
+        chosen = [k for k in self._kinds_arg(kinds) if any(r["kind"] == k and r["expert"] != -1
+                                                            for r in self._records)]
+        if not chosen:
+            raise InvalidArgumentError("no compared kind has expert matrices (not a MoE comparison, or its experts "
+                                       "were not compared)")
+        return chosen
+
+    def _expert_grid(self, kind: str) -> Dict[str, Any]:
+        """MoE: per (expert, layer) of `kind`, NF, scaling_mean, scaling_std and intruders ([E, L] arrays, NaN where
+        not compared), with the expert labels (routed by index, then 'shared') and the layers."""
+        kind = self._check_kind(kind)
+        records = [r for r in self._records if r["kind"] == kind and r["expert"] != -1]
+        if not records:
+            raise InvalidArgumentError(f"kind {kind!r} has no expert matrices in this comparison")
+        experts = sorted({r["expert"] for r in records}, key=lambda e: (e < 0, e))
+        layers = sorted({r["layer"] for r in records})
+        row = {e: i for i, e in enumerate(experts)}
+        col = {layer: j for j, layer in enumerate(layers)}
+        grid = {key: np.full((len(experts), len(layers)), np.nan) for key in ("nf", "scaling_mean", "scaling_std",
+                                                                               "intruders")}
+        for r in records:
+            i, j = row[r["expert"]], col[r["layer"]]
+            for key in grid:
+                grid[key][i, j] = r[key]
+        grid.update(experts=[expert_label(e) for e in experts], layers=layers)
+        return grid
 
     def default_matrices(self, layer: Optional[int] = None) -> MatrixPair:
         """The pair whose matrices a result draws unless told: the first compared kind in `layer` (default:
@@ -426,7 +588,7 @@ class Comparison:
         Files (:data:`COMPARISON_FILES`; docs/outputs.md): ``table.csv`` / ``table.json`` (a row
         per pair), ``kinds.csv`` / ``kinds.json`` (per kind), ``spectra.npz`` (:meth:`spectra`),
         ``summary.txt``, ``run.json`` (inputs, settings and ``schema_version``) and, with `plots`,
-        ``svsm.png``, ``scaling_bands.png``, ``nf.png``, ``nf_experts.png`` (MoE) and
+        ``svsm.png``, ``scaling_bands.png``, ``nf.png``, ``nf_experts.png`` (MoE), ``intruders.png`` and
         ``matrices_layer<L>_<kind>[_expert<E>].png`` for each pair in `matrices_for`, given as
         (layer, kind) or (layer, kind, expert) (default: :meth:`default_matrices`). `experts`: MoE
         experts (indices or 'shared') drawn and stored as their own series besides the pooled ones.
@@ -477,7 +639,8 @@ class Comparison:
         if plots:
             figures = [("svsm.png", {}, self.plot_svsm(experts=experts)),
                        ("scaling_bands.png", {}, self.plot_scaling_bands(experts=experts)),
-                       ("nf.png", {}, self.plot_nf(experts=experts))]
+                       ("nf.png", {}, self.plot_nf(experts=experts)),
+                       ("intruders.png", {}, self.plot_intruders())]
             if self._has_experts:
                 figures.append(("nf_experts.png", {}, self.plot_expert_nf()))
             for layer, kind, expert in pairs:
@@ -517,6 +680,7 @@ class Comparison:
                 "kinds": self.kinds, "device": self.device, "dtype": self.dtype, "backend": self.backend,
                 "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
                 "decompositions": self.decompositions if self.factor_cache else None,
+                "intruders": {"k": self.intruder_k, "epsilon": self.intruder_epsilon, "side": self.intruder_side},
                 "postsvd_version": __version__}
 
     def _cache_note(self) -> str:
@@ -525,15 +689,17 @@ class Comparison:
         counts = self.decompositions
         return f" (factor cache: {counts['loaded']} decompositions loaded, {counts['computed']} computed)"
 
-    def overall(self) -> str:
-        """The one-sentence reading over every compared kind (the summary's "Overall:" line)."""
-        kinds = self.kind_table()
+    def overall(self, kinds: Optional[pd.DataFrame] = None) -> str:
+        """The one-sentence reading over every compared kind (the summary's "Overall:" line); `kinds`: the
+        :meth:`kind_table` where the caller has it already."""
+        kinds = self.kind_table() if kinds is None else kinds
         return overall_reading(kind_reading(r.scaling_mean, r.scaling_std, r.nf_mean, r.nf_random)
                                for r in kinds.itertuples())
 
     def summary(self) -> str:
         """A short text report: per kind the pooled scaling mean ± std, the mean
-        NF against the unrelated-rotation baseline, and a one-line reading."""
+        NF against the unrelated-rotation baseline, and a one-line reading; a line on the
+        intruder dimensions when there are any."""
         kinds = self.kind_table()
         lines = [
             f"postsvd: base '{printable(self.base_name)}' -> post '{printable(self.post_name)}'; "
@@ -545,7 +711,10 @@ class Comparison:
         for row in kinds.itertuples():
             lines.append(f"{row.kind:<5} {row.scaling_mean:>9.4f} ± {row.scaling_std:<6.4f} "
                          f"{row.nf_mean:>9.4f} {row.nf_random:>9.4f}  {row.reading}")
-        lines.append("Overall: " + self.overall())
+        lines.append("Overall: " + self.overall(kinds))
+        intruders = self._intruder_line()
+        if intruders:
+            lines.append(intruders)
         quantization = self._quantization_note()
         if quantization:
             lines.append(quantization)
@@ -553,6 +722,14 @@ class Comparison:
                      "means one factor for all); NF = ||Q1^T Q2 - I||_F / k is 0 when the input side (U) and the "
                      "output side (V) rotate by the same Q, and about 'NF random' for unrelated models.")
         return "\n".join(lines)
+
+    def _intruder_line(self) -> Optional[str]:
+        """The summary's line on intruder dimensions, when there are any."""
+        per_kind = []
+        for kind in self.kinds:
+            counts = [int(r["intruders"]) for r in self._records if r["kind"] == kind]
+            per_kind.append((kind, sum(counts), sum(1 for c in counts if c > 0), len(counts)))
+        return intruder_reading(per_kind, self.intruder_k, self.intruder_epsilon, self.intruder_side)
 
     def _quantization_note(self) -> Optional[str]:
         """A line when base and post store some matrix in different formats (e.g. BF16 and FP8): whether
@@ -588,15 +765,50 @@ class Comparison:
         return (f"Quantization: {pairs}. The differences exceed what {coarse_name} rounding alone causes "
                 f"({measured}): the weights changed beyond quantization.")
 
+    def _headline(self) -> str:
+        return (f"{printable(self.post_name)} vs {printable(self.base_name)}: {printable(self.model_type)}, "
+                f"{len(self.layers)} of {self.num_layers} layers x {len(self.kinds)} kinds, {len(self._records)} "
+                f"matrices, {self.device} {self.dtype}")
+
     def __repr__(self) -> str:
-        return (f"<postsvd.Comparison {printable(self.model_type)}: {printable(self.post_name)} vs "
-                f"{printable(self.base_name)}, "
-                f"{len(self.layers)} layers x {len(self.kinds)} kinds, {self.device} {self.dtype}>")
+        """A few lines: what was compared, per kind the scaling, NF and reading, and the overall reading."""
+        kinds = self.kind_table()
+        lines = [f"<postsvd.Comparison {self._headline()}"]
+        width = max(len(k) for k in self.kinds)
+        for row in kinds.itertuples():
+            lines.append(f"  {row.kind:<{width}}  scaling {row.scaling_mean:.4f} ± {row.scaling_std:.4f}  NF "
+                         f"{row.nf_mean:.4f} (unrelated {row.nf_random:.4f})"
+                         + (f"  intruders {row.intruders}" if row.intruders else "") + f"  {row.reading}")
+        lines.append(f"  Overall: {self.overall(kinds)}>")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: the reading, the per-kind table and one figure (NF and scaling per
+        layer; interactive with ``postsvd[interactive]``, else a small PNG). Sized by kinds and layers, not by
+        experts."""
+        kinds = self.kind_table()
+        moe = "experts" in kinds.columns
+        header = ["kind", "layers", "k", "scaling mean ± std", "NF mean", "NF unrelated", "intruders"] + (
+            ["experts"] if moe else []) + ["reading"]
+        rows = [[row.kind, row.layers, row.k, f"{row.scaling_mean:.4f} ± {row.scaling_std:.4f}", f"{row.nf_mean:.4f}",
+                 f"{row.nf_random:.4f}", row.intruders] + ([row.experts or "–"] if moe else []) + [row.reading]
+                for row in kinds.itertuples()]
+        body = [f'<div class="pd-reading"><b>Overall:</b> {_html.escape(self.overall(kinds))}</div>']
+        notes = [line for line in (self._intruder_line(), self._quantization_note()) if line]
+        body += [f'<p class="note">{_html.escape(line)}</p>' for line in notes]
+        body.append(_html.small_table(header, rows))
+        body.append(_display.display_figure(lambda: self.interactive_layers().update_layout(height=440), self.plot_nf,
+                                            "NF and scaling per layer, one line per series (MoE: routed experts "
+                                            "pooled, with their spread)"))
+        hint = ("More: <code>.table</code> (a row per matrix), <code>.summary()</code>, "
+                + ("<code>.interactive_experts()</code> (NF per layer and expert), " if self._has_experts else "")
+                + "<code>.interactive_layers()</code>, <code>postsvd.write_report(c, DIR)</code> (an HTML page).")
+        return _html.display("postsvd.Comparison", self._headline(), body, hint)
 
     # ------------------------------------------------------------------ helpers
 
     def _check_kind(self, kind: str) -> str:
-        names = normalize_kinds(kind)
+        names = normalize_kinds(kind, what="kind")
         if len(names) != 1:
             raise InvalidArgumentError(f"kind: expected one kind, got {kind!r}")
         if names[0] not in self.kinds:
@@ -614,7 +826,7 @@ class Comparison:
         if experts is None:
             return None
         items = [experts] if isinstance(experts, (int, str)) else list(experts)
-        labels = [expert_label(expert_index(e)) for e in items]
+        labels = [expert_label(expert_index(e, "experts")) for e in items]
         present = {expert_label(r["expert"]) for r in self._records if r["expert"] != -1}
         missing = [str(label) for label in labels if label not in present]
         if missing:
@@ -637,7 +849,7 @@ class Comparison:
 
     def _record(self, layer: int, kind: str, expert: Union[None, int, str]) -> Dict[str, Any]:
         """The record of one compared pair; a clear error naming what was compared otherwise."""
-        layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
+        layer = normalize_layers(layer, self.num_layers, self.model_type, what="layer")[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
                    and (expert is None or r["expert"] == expert_index(expert))]

@@ -48,7 +48,10 @@ import numpy as np
 import pandas as pd
 
 from . import _core, hub
-from ._engine import Fetcher, select_batches
+from . import interactive as _interactive
+from ._display import display_figure
+from ._engine import Fetcher, named_models, select_batches
+from ._html import display, escape as _e, small_table
 from .comparison import Comparison
 from ._outputs import FileSet, apply_umask, atomic_folder, cannot_replace
 from ._terminal import printable
@@ -66,7 +69,7 @@ from ._validate import (
     normalize_warm_start,
 )
 from ._version import __version__
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 AlphaArg = Union[None, float, Mapping[str, float]]
@@ -249,11 +252,46 @@ class ConstructionResult:
         and dQ2, one panel per kind. Returns a matplotlib Figure."""
         from . import plots
 
+        return plots.plot_rotations(self._per_layer(kinds),
+                                    title=f"Eq. 13 residual rotations (construction {self.number})")
+
+    def _per_layer(self, kinds: Optional[Iterable[str]] = None) -> Dict[str, pd.DataFrame]:
+        """kind -> the table's means per layer (the layer's matrices: experts pooled)."""
         table = self.table
         chosen = [k for k in KINDS if k in set(table["kind"])] if kinds is None else normalize_kinds(
             kinds, sorted(set(table["kind"])))
-        per_layer = {kind: table[table["kind"] == kind].groupby("layer").mean(numeric_only=True) for kind in chosen}
-        return plots.plot_rotations(per_layer, title=f"Eq. 13 residual rotations (construction {self.number})")
+        return {kind: table[table["kind"] == kind].groupby("layer").mean(numeric_only=True) for kind in chosen}
+
+    def interactive_rotations(self, kinds: Optional[Iterable[str]] = None):
+        """Eq. 13 per layer with hover values (layer, kind, mean and max angles of dQ1 and dQ2, the relative
+        change). A plotly Figure (``postsvd[interactive]``)."""
+        return _interactive.rotations_figure(self._per_layer(kinds),
+                                             title=f"Eq. 13 residual rotations (construction {self.number})")
+
+    def _kind_rows(self) -> List[list]:
+        table = self.table
+        rows = []
+        for kind in [k for k in KINDS if k in set(table["kind"])]:
+            part = table[table["kind"] == kind]
+            rows.append([kind, len(part), f"{part['alpha'].iloc[0]:g}" if part["alpha"].nunique() == 1 else "varies",
+                         f"{part['relative_change'].mean():.4g}", f"{part['relative_change'].max():.4g}",
+                         f"{part['dq1_mean_deg'].mean():.3g} / {part['dq2_mean_deg'].mean():.3g}"])
+        return rows
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: what was built, per kind alpha' and the size of the change, and the Eq. 13
+        residual rotations per layer (interactive with ``postsvd[interactive]``, else a small PNG)."""
+        lines = self.summary().splitlines()
+        body = [f'<div class="pd-reading">{_e(lines[0])}; {_e(lines[1])}</div>']
+        if not self.table.empty:
+            body.append(small_table(["kind", "matrices", "α′", "relative change mean", "max",
+                                     "Eq. 13 angle dQ1 / dQ2 (deg)"], self._kind_rows()))
+            body.append(display_figure(self.interactive_rotations, self.plot_rotations,
+                                       "Eq. 13 residual rotations per layer"))
+        hint = ("More: <code>.table</code> (a row per matrix), <code>.summary()</code>; the model folder loads in "
+                "transformers as it is.")
+        return display("postsvd.ConstructionResult", f"construction {self.number} ({self.name}), "
+                       f"{len(self._rows)} matrices, {self.seconds:.1f} s on {self.backend}", body, hint)
 
     def summary(self) -> str:
         """A few lines for a person: construction, output folder, alpha' per kind, size of the change."""
@@ -272,8 +310,8 @@ class ConstructionResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"<postsvd.ConstructionResult {self.number} ({self.name}) -> '{printable(self.out)}', "
-                f"{len(self._rows)} matrices>")
+        """A few lines: the construction, where it was written, alpha', the size of the change (the summary)."""
+        return "<postsvd.ConstructionResult " + "\n  ".join(self.summary().splitlines()) + ">"
 
 
 def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref: Optional[PathLike] = None,
@@ -360,8 +398,11 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     if not os.path.isdir(parent):
         raise InvalidArgumentError(f"out: the parent folder '{parent}' does not exist")
 
-    post_checkpoint = _core.Checkpoint(post_path)
-    arch = _core.detect_architecture(post_checkpoint)
+    # An error about one model's data names it as written here (a Hub id or a folder).
+    models = named_models(("base", base_model), ("post", post_model), ("ref", ref_model))
+    with naming_models(*models):
+        post_checkpoint = _core.Checkpoint(post_path)
+        arch = _core.detect_architecture(post_checkpoint)
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
     available = _kinds_of(arch)
     cache_path = normalize_cache(cache)
@@ -386,17 +427,19 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     # Hub models: every tensor of post (the new folder holds them all), the selected matrices of base and ref.
     hub.fetch(post_model, None, whole_files=whole_files, progress=progress or None)
     selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
-    Fetcher([(m, _core.Checkpoint(m.folder)) for m in (base_model, ref_model) if m is not None],
-            whole_files).fetch(selected)
+    with naming_models(*models):
+        Fetcher([(m, _core.Checkpoint(m.folder)) for m in (base_model, ref_model) if m is not None],
+                whole_files).fetch(selected)
     others = hub.other_files(post_model)
     if info["uses_alpha"]:
         missing = [k for k in chosen_kinds if k not in given]
         if missing:
-            pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
-                                          device_kind, device_ids, threads, cache_path)
+            with naming_models(*models):
+                pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
+                                              device_kind, device_ids, threads, cache_path)
             for kind in missing:
                 chosen = _core.table4_alpha(pooled[kind])
-                if not chosen > 0:
+                if not (math.isfinite(chosen) and chosen > 0):
                     raise InvalidArgumentError(
                         f"alpha: the Table 4 rule gives alpha' = {chosen} for kind {kind!r} (pooled mean scaling "
                         f"{pooled[kind]:.4g}); give alpha explicitly")
@@ -425,11 +468,12 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                 bar.n = done
                 bar.set_postfix_str(what, refresh=True)
 
-            report = _core.construct_checkpoint(
-                number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
-                kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
-                num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
-                warm_start=normalize_warm_start(warm_start))
+            with naming_models(*models):
+                report = _core.construct_checkpoint(
+                    number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
+                    kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
+                    num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
+                    warm_start=normalize_warm_start(warm_start))
         sources = {"base": base_model, "post": post_model}
         if ref_model is not None:
             sources["ref"] = ref_model

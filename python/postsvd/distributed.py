@@ -22,10 +22,19 @@ Ray (``max_retries``); a task that raises (a bad input: truncated shard, NaN
 weight) is not retried, and the run fails with that error (naming the tensor
 and file). Ctrl-C cancels the outstanding tasks and re-raises.
 
+A lost node: Ray notices it within its health check (seconds), marks the node's
+running tasks failed and retries them on the other nodes (``max_retries``); the
+run goes on and its tables are those of a run without the loss. Only when every
+retry of a unit is lost too does the run fail, with a BackendError naming the
+unit's tensors.
+
 Fault injection for tests: ``POSTSVD_RAY_FAULT=kill-once:MARKER`` (in the
 driver's environment, handed to every task, or in the workers' own): the
 first task that creates the file MARKER kills its own worker process
 (SIGKILL) before it computes anything; the retry finds MARKER and runs.
+``hold-once:MARKER``: that first task writes its process id and node id to
+MARKER and waits (up to :data:`HOLD_SECONDS`) before computing, so that a
+test can remove its node while it runs.
 
 Tokens: a task finds the Hub token the way huggingface_hub does (``HF_TOKEN`` in
 the job's runtime environment, or a stored login on each node); no token is
@@ -54,6 +63,8 @@ UNIT_ELEMENTS = 1 << 25
 MAX_RETRIES = 3
 #: Environment variable of the fault injection (see the module's doc).
 FAULT_VARIABLE = "POSTSVD_RAY_FAULT"
+#: How long a ``hold-once`` task waits for its node to be removed.
+HOLD_SECONDS = 120
 #: What to install for executor='ray'.
 INSTALL_HINT = install_hint("ray")
 
@@ -72,6 +83,7 @@ class RunOptions:
     cache: str  # '' = none
     warm_start: str = "auto"  # 'auto', 'always', 'off'
     warm_from: str = ""  # '' = the base's factors
+    intruders: Optional[Dict[str, Any]] = None  # {k, epsilon, side}; None = the core's defaults
     base_model: Optional[hub.ResolvedModel] = None  # as named; a Hub model's tensors are fetched by the task
     post_model: Optional[hub.ResolvedModel] = None
     warm_model: Optional[hub.ResolvedModel] = None
@@ -144,15 +156,20 @@ def inject_fault(spec: Optional[str]) -> None:
     if not spec:
         return
     kind, _, marker = spec.partition(":")
-    if kind != "kill-once" or not marker:
-        raise InvalidArgumentError(f"{FAULT_VARIABLE}: expected 'kill-once:MARKER_FILE', got {spec!r}")
+    if kind not in ("kill-once", "hold-once") or not marker:
+        raise InvalidArgumentError(f"{FAULT_VARIABLE}: expected 'kill-once:MARKER_FILE' or "
+                                   f"'hold-once:MARKER_FILE', got {spec!r}")
     try:
         descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        return  # killed once already: this is a retry or another task
-    os.write(descriptor, f"{os.getpid()}\n".encode())
+        return  # done once already: this is a retry or another task
+    node = import_ray().get_runtime_context().get_node_id() if kind == "hold-once" else ""
+    os.write(descriptor, f"{os.getpid()}{' ' + node if node else ''}\n".encode())
     os.close(descriptor)
-    os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hold-once":
+        time.sleep(HOLD_SECONDS)  # the node goes away meanwhile (or the task goes on after the wait)
+    else:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[int], fault: Optional[str]):
@@ -161,9 +178,11 @@ def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[i
     inject_fault(fault or os.environ.get(FAULT_VARIABLE))
     base, post, warm = (hub.on_this_machine(m, what) if m is not None else None for m, what in (
         (options.base_model, "base"), (options.post_model, "post"), (options.warm_model, "warm_from")))
+    intruders = options.intruders or _core.intruder_options()
     comparator = _core.Comparator(base.folder if base else options.base, post.folder if post else options.post,
                                   device, options.precision, [], options.memory_budget_bytes, num_threads,
-                                  options.cache, options.warm_start, warm.folder if warm else options.warm_from)
+                                  options.cache, options.warm_start, warm.folder if warm else options.warm_from,
+                                  intruders["k"], intruders["epsilon"], intruders["side"])
     models = [(m, checkpoint) for m, checkpoint in ((base, comparator.base), (post, comparator.post)) if m is not None]
     if warm is not None and not warm.is_local:
         models.append((warm, _core.Checkpoint(warm.folder)))
@@ -175,8 +194,8 @@ def compare_units(run: Run, *, address: Optional[str] = None, progress: bool = T
     """Runs the selected pairs of `run` as Ray tasks; the records come back in the local run's order."""
     global _task
     options = RunOptions(run.base, run.post, run.device, run.precision, run.budget, run.num_threads, run.cache,
-                         run.warm_start, run.warm_from, run.models[0], run.models[1], run.warm_model,
-                         run.fetcher.whole_files)
+                         run.warm_start, run.warm_from, dict(run.intruders), run.models[0], run.models[1],
+                         run.warm_model, run.fetcher.whole_files)
     batches, arch = run.units(), run.architecture
     ray = connect(address)
     if _task is None:

@@ -44,13 +44,16 @@ import numpy as np
 import pandas as pd
 
 from . import _core, hub
-from ._html import data_table, escape as _e, figure as _figure, model_row, page, run_metadata
+from . import interactive as _interactive
+from ._display import display_figure, use_interactive
+from ._engine import named_models
+from ._html import data_table, display, escape as _e, figure as _figure, model_row, page, run_metadata, small_table
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
 from ._validate import normalize_layers, normalize_output_folder, normalize_threads
 from ._version import __version__
 from .compare import check_compare_arguments, compare
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 from .readings import random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -135,8 +138,14 @@ def fetch_plans(a: PathLike, b: PathLike, *, layers=None, whole_files: bool = Fa
 
 
 def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
-    model_a = _Model(hub.resolve(a, "a"), "a")
-    model_b = _Model(hub.resolve(b, "b"), "b")
+    # An error about one model's data names it as written here (the comparison calls them base and post).
+    resolved_a, resolved_b = hub.resolve(a, "a"), hub.resolve(b, "b")
+    with naming_models(*named_models(("a", resolved_a), ("b", resolved_b))):
+        return _lineage_of(_Model(resolved_a, "a"), _Model(resolved_b, "b"), level, layers, paper_nf,
+                           compare_options)
+
+
+def _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options) -> "Lineage":
     models = (model_a.model, model_b.model)
     reasons = out_of_scope(model_a, model_b)
     if reasons:
@@ -280,24 +289,30 @@ class Lineage:
                 "nf_table": None if self.nf_table is None else json.loads(self.nf_table.to_json(orient="records")),
                 "reading": verdict_reading(self.verdict), "postsvd_version": __version__}
 
-    def to_html(self, title: Optional[str] = None) -> str:
-        """One self-contained HTML page in the style of ``postsvd report``."""
+    def to_html(self, title: Optional[str] = None, interactive: Optional[bool] = None) -> str:
+        """One self-contained HTML page in the style of ``postsvd report`` (`interactive`: as there)."""
         title = title or f"postsvd lineage: {self.b_model.label} from {self.a_model.label}?"
         subtitle = f"A <code>{_e(self.a_model.label)}</code>, B <code>{_e(self.b_model.label)}</code>"
         nav = [("verdict", "verdict"), ("tests", "tests"), ("alignments", "alignments"), ("paper-nf", "paper NF"),
                ("how-to-read", "how to read"), ("metadata", "run")]
-        return page(title, self._sections(), subtitle=subtitle, nav=nav)
+        live = use_interactive(interactive) and len(self.table) > 0
+        if not live:
+            return page(title, self._sections(False), subtitle=subtitle, nav=nav)
+        return page(title, self._sections(True), subtitle=subtitle, nav=nav, head=_interactive.runtime_script(),
+                    tail=_interactive.page_scripts())
 
-    def save(self, out: PathLike) -> List[str]:
-        """Writes lineage.json, lineage.csv and lineage.html into `out` (built aside, moved in whole)."""
+    def save(self, out: PathLike, interactive: Optional[bool] = None) -> List[str]:
+        """Writes lineage.json, lineage.csv and lineage.html into `out` (built aside, moved in whole;
+        `interactive`: the page's figure, as in :func:`postsvd.report`)."""
         target = normalize_output_folder(out)
+        use_interactive(interactive)
         names = [LINEAGE_FILES.name(n) for n in ("lineage.json", "lineage.csv", "lineage.html")]
         with atomic_folder(target, files=LINEAGE_FILES) as temp:
             with open(os.path.join(temp, names[0]), "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f, indent=1)
             self.table.to_csv(os.path.join(temp, names[1]), index=False)
             with open(os.path.join(temp, names[2]), "w", encoding="utf-8") as f:
-                f.write(self.to_html())
+                f.write(self.to_html(interactive=interactive))
         return [os.path.join(os.fspath(out), name) for name in names]
 
     def plot(self):
@@ -308,13 +323,53 @@ class Lineage:
             raise InvalidArgumentError(f"nothing to plot: the pair is out of scope ({'; '.join(self.reasons)})")
         return plot_lineage(self.table, self.level)
 
+    def interactive_plot(self):
+        """The tests per layer with hover values (layer, block, agreeing matchings of units, null rate, p-value,
+        similarity). A plotly Figure (``postsvd[interactive]``)."""
+        if not len(self.table):
+            raise InvalidArgumentError(f"nothing to plot: the pair is out of scope ({'; '.join(self.reasons)})")
+        return _interactive.lineage_figure(self.table, self.level)
+
+    def _headline(self) -> str:
+        p = "" if self.p_value is None else f"; combined p-value {_p_text(self.p_value, self.log10_p)}"
+        return (f"is {self.b_model.label} derived from {self.a_model.label}? {self.verdict} at level "
+                f"{self.level:g}{p}")
+
+    def _block_rows(self) -> List[list]:
+        """Per block: layers tested, layers significant at the level, the smallest p-value, mean similarity."""
+        rows = []
+        for block, part in self.table.groupby("block", sort=False):
+            low = part.loc[part["log_p"].idxmin()]
+            rows.append([block, len(part), int(part["supports"].sum()),
+                         _p_text(float(low["p_value"]), float(low["log_p"]) / math.log(10)),
+                         f"{part['similarity'].mean():.3f}"])
+        return rows
+
     def __repr__(self) -> str:
-        p = "" if self.p_value is None else f", p={_p_text(self.p_value, self.log10_p)}"
-        return f"Lineage({self.b_model.label!r} from {self.a_model.label!r}: {self.verdict}{p})"
+        """A few lines: the verdict with its p-value, what it rests on per block, the reading."""
+        lines = [f"<postsvd.Lineage {printable(self._headline())}"]
+        lines += [f"  {r[0]:<9} {r[1]} layers, {r[2]} significant, smallest p {r[3]}, similarity {r[4]}"
+                  for r in (self._block_rows() if len(self.table) else [])]
+        lines += [f"  inconclusive: {reason}" for reason in self.reasons]
+        lines.append(f"  {verdict_reading(self.verdict)}>")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: the verdict, per block what it rests on, and the tests per layer
+        (interactive with ``postsvd[interactive]``, else a small PNG)."""
+        warn = " pd-warn" if self.verdict != "derived" else ""
+        body = [f'<div class="pd-reading{warn}"><b>{_e(self.verdict)}</b>: {_e(verdict_reading(self.verdict))}</div>']
+        body += [f'<p class="note">inconclusive: {_e(reason)}</p>' for reason in self.reasons]
+        if len(self.table):
+            body.append(small_table(["block", "layers", f"significant at {self.level:g}", "smallest p-value",
+                                     "mean similarity"], self._block_rows()))
+            body.append(display_figure(self.interactive_plot, self.plot, "the tests per layer (−log10 p)"))
+        hint = "More: <code>.table</code>, <code>.summary()</code>, <code>.save(DIR)</code> (lineage.html, .json, .csv)."
+        return display("postsvd.Lineage", self._headline(), body, hint)
 
     # ------------------------------------------------------------------ page
 
-    def _sections(self) -> List[str]:
+    def _sections(self, live: bool) -> List[str]:
         verdict = [f'<section id="verdict"><h2>Verdict</h2><div class="verdict"><p><b>{_e(self.verdict)}</b> at '
                    f"level {self.level:g}"]
         if self.p_value is not None:
@@ -335,7 +390,9 @@ class Lineage:
                 "</sup> and W<sub>V</sub>W<sub>O</sub> (exact null; evidence only, not in the verdict). "
                 "<i>similarity</i>: mean |cosine| of matched units or heads after alignment (1 = identical "
                 "directions). Rows marked <i>supports</i> are significant at the level.</p>"
-                + _figure(self.plot(), "lineage-layers", "the MLP unit test per layer")
+                + (_interactive.figure_html(self.interactive_plot(), "lineage-layers",
+                                            "the tests per layer (hover for the values)") if live else
+                   _figure(self.plot(), "lineage-layers", "the MLP unit test per layer"))
                 + data_table(shown) + "</section>")
         if self.alignments:
             rows = "".join(f"<tr><td>{_e(a['alignment'])}</td><td>{_e(a['measure'])}</td>"

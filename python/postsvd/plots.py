@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ._names import short_name
+from ._style import KIND_COLORS
 from ._validate import normalize_kinds
 from .errors import InvalidArgumentError
 from .readings import random_rotation_nf
@@ -23,13 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .comparison import Comparison
-
-#: One color per kind, stable across figures.
-KIND_COLORS = {
-    "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
-    "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
-    "q_a": "tab:cyan", "q_b": "tab:olive", "kv_a": "tab:gray", "kv_b_k": "gold", "kv_b_v": "teal",
-}
 
 
 #: Narrowest color range of the SVSM heatmaps.
@@ -176,6 +169,38 @@ def plot_nf(per_layer: Mapping[str, Dict[str, np.ndarray]], baseline: Optional[M
     return fig
 
 
+def plot_intruders(curve: "pd.DataFrame", epsilon: Optional[float] = None, title: str = "",
+                   setting: str = "") -> Figure:
+    """Intruder dimensions against the |cosine| threshold epsilon, the form of Shuttleworth et al. 2024's
+    figures: one step line per kind (its matrices' counts summed) and a black one for all kinds.
+
+    Args:
+        curve: index epsilon, a column per kind and optionally ``all`` (:meth:`Comparison.intruder_curve`).
+        epsilon: the threshold the tables use, marked by a dotted vertical line.
+        setting: what was counted, in words (shown under the title).
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    epsilons = np.asarray(curve.index, dtype=float)
+    kinds = [c for c in curve.columns if c != "all"]
+    for kind in kinds:
+        ax.step(epsilons, curve[kind], where="post", color=KIND_COLORS.get(kind), label=f"W_{kind}")
+    if "all" in curve.columns and len(kinds) > 1:
+        ax.step(epsilons, curve["all"], where="post", color="black", linewidth=1.6, label="all kinds")
+    if epsilon is not None:
+        ax.axvline(epsilon, color="0.45", linewidth=0.9, linestyle=":")
+        ax.annotate(f"ε = {epsilon:g}", (epsilon, 0.0), xycoords=("data", "axes fraction"), textcoords="offset points",
+                    xytext=(3, 3), fontsize="x-small", color="0.35")
+    ax.set_xlim(epsilons.min() if epsilons.size else 0.0, epsilons.max() if epsilons.size else 1.0)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("ε: largest |cosine| with every base singular vector below this")
+    ax.set_ylabel("intruder dimensions (summed over matrices)")
+    _legend(ax, len(kinds) + 1, loc="center right")
+    ax.set_title((title or "Intruder dimensions") + (f"\n{setting}" if setting else ""), fontsize="medium")
+    return fig
+
+
 def plot_matrices(matrices: Mapping[str, np.ndarray], title: str = "") -> Figure:
     """Fig. 3a: sim_U, sim_V, their difference and I_orth as heatmaps.
 
@@ -270,7 +295,7 @@ def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figur
         axes[row * cols].set_ylabel("NF")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(items), 5), fontsize="small")
-    fig.suptitle(f"NF per layer against {short_name(items[0][1].base)} (dashed: unrelated rotations)")
+    fig.suptitle(f"NF per layer against {items[0][1].base_name} (dashed: unrelated rotations)")
     return fig
 
 

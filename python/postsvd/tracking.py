@@ -27,15 +27,19 @@ from typing import Any, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from ._html import escape as _e, figure as _figure, page
+from . import interactive as _interactive
+from ._display import display_figure, use_interactive
+from ._engine import named_models
+from ._html import display, escape as _e, figure as _figure, page, small_table
 from ._names import short_name
 from ._outputs import FileSet, atomic_folder
+from ._terminal import printable
 from ._validate import LayersArg, KindsArg, normalize_output_folder, normalize_warm_start
 from ._version import __version__
-from .compare import check_compare_arguments, compare, resolve_models
+from .compare import check_compare_arguments, compare
 from .comparison import COMPARISON_FILES, OUTPUT_SCHEMA_VERSION, Comparison
-from .errors import InvalidArgumentError
-from .hub import ResolvedModel, is_hub_name
+from .errors import InvalidArgumentError, naming_models
+from .hub import ResolvedModel, is_hub_name, resolve
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -93,8 +97,8 @@ def track(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (),
           out: Optional[PathLike] = None, device: str = "cpu", dtype: str = "float32", layers: LayersArg = None,
           kinds: KindsArg = None, progress: bool = True, num_threads: Optional[int] = None,
           cache: Optional[PathLike] = None, executor: str = "local", ray_address: Optional[str] = None,
-          title: Optional[str] = None, warm_start: Union[bool, str] = True, whole_files: bool = False
-          ) -> "Trajectory":
+          title: Optional[str] = None, warm_start: Union[bool, str] = True, whole_files: bool = False,
+          interactive: Optional[bool] = None) -> "Trajectory":
     """Compares `base` with each checkpoint of a training run; returns a :class:`Trajectory`.
 
     Args:
@@ -115,9 +119,11 @@ def track(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (),
         title: the page's title.
         warm_start: as in :func:`postsvd.compare`; with a cache, each checkpoint starts from
             the previous checkpoint's factors (the first from the base's).
+        interactive: the page's figures, as in :func:`postsvd.report` (None: plotly where installed).
     """
     warm_start = normalize_warm_start(warm_start)
-    base_model, models = resolve_models(base, checkpoint_list(base, checkpoints, revisions))
+    base_model = resolve(base, "base")
+    models = [resolve(c, "checkpoint") for c in checkpoint_list(base, checkpoints, revisions)]
     if steps is None:
         step_list = [step_of(m) for m in models]
     else:
@@ -127,22 +133,28 @@ def track(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (),
                                        f"got {len(step_list)}")
     if len(set(step_list)) != len(step_list):
         raise InvalidArgumentError(f"steps: expected distinct steps, got {step_list}")
-    check_compare_arguments(base_model, models, device="cpu" if executor == "ray" else device, dtype=dtype,
-                            layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
-                            outs=[out] if out is not None else ())
+    # An error about one checkpoint's data names it as written here (compare calls it the post model).
+    named = named_models(*(("checkpoint", model) for model in models))
+    with naming_models(*named):
+        check_compare_arguments(base_model, models, device="cpu" if executor == "ray" else device, dtype=dtype,
+                                layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
+                                outs=[out] if out is not None else ())
+    use_interactive(interactive)
     order = sorted(range(len(models)), key=lambda i: step_list[i])
     comparisons = []
     with _factor_cache(cache, executor) as cache_folder:
         previous = None
         for i in order:
-            comparisons.append(compare(base_model, models[i], device=device, dtype=dtype, layers=layers,
-                                       kinds=kinds, progress=progress, num_threads=num_threads, cache=cache_folder,
-                                       executor=executor, ray_address=ray_address, warm_start=warm_start,
-                                       warm_from=previous if cache_folder else None, whole_files=whole_files))
+            with naming_models(named[i]):
+                comparisons.append(compare(base_model, models[i], device=device, dtype=dtype, layers=layers,
+                                           kinds=kinds, progress=progress, num_threads=num_threads,
+                                           cache=cache_folder, executor=executor, ray_address=ray_address,
+                                           warm_start=warm_start, warm_from=previous if cache_folder else None,
+                                           whole_files=whole_files))
             previous = models[i]
     trajectory = Trajectory([step_list[i] for i in order], comparisons, title=title)
     if out is not None:
-        trajectory.save(out)
+        trajectory.save(out, interactive=interactive)
     return trajectory
 
 
@@ -234,21 +246,48 @@ class Trajectory:
         return plots.plot_nf_heatmap(self.steps, {s.label: self.nf_by_layer(s.kind, s.expert) for s in chosen},
                                      {s.label: first.layers_of(s.kind, s.expert) for s in chosen})
 
+    # ------------------------------------------------------------------ interactive figures (plotly)
+
+    def _per_kind(self) -> dict:
+        kinds = self.kind_table()
+        return {k: {column: kinds.loc[kinds["kind"] == k, column].tolist()
+                    for column in ("nf_mean", "nf_max", "scaling_mean", "scaling_std", "intruders", "nf_random")}
+                for k in self.kinds}
+
+    def interactive_steps(self):
+        """The mean NF (top) and pooled scaling mean ± std (bottom) per kind against the step, with hover values
+        (step, kind, NF mean and max, scaling, intruders). A plotly Figure (``postsvd[interactive]``)."""
+        per_kind = self._per_kind()
+        return _interactive.trajectory_figure(self.steps, per_kind,
+                                              {k: v["nf_random"][0] for k, v in per_kind.items()},
+                                              title=f"Along the run: {self.base_model.label} against "
+                                                    f"{len(self.steps)} checkpoints")
+
+    def interactive_heatmap(self):
+        """Per-layer NF over the steps, one heatmap per series of the first comparison, with hover values.
+        A plotly Figure (``postsvd[interactive]``)."""
+        first = self.comparisons[0]
+        chosen = first.series()
+        return _interactive.steps_heatmap(self.steps, {s.label: self.nf_by_layer(s.kind, s.expert) for s in chosen},
+                                          {s.label: first.layers_of(s.kind, s.expert) for s in chosen})
+
     # ------------------------------------------------------------------ output
 
-    def save(self, out_dir: PathLike) -> List[str]:
+    def save(self, out_dir: PathLike, interactive: Optional[bool] = None) -> List[str]:
         """Writes the run into `out_dir` (built beside it and moved in when complete); returns the paths.
 
         Files (:data:`TRACK_FILES`): ``step-<N>/`` per checkpoint (the tables of :meth:`Comparison.save`,
         no plots), ``trajectory.csv`` / ``.json`` (:meth:`kind_table`), ``table.csv`` (:attr:`table`),
         ``nf_trajectory.png``, ``scaling_trajectory.png``, ``nf_heatmap.png``, ``track.html`` and ``run.json``.
+        `interactive`: the page's figures, as in :func:`postsvd.report`.
         """
         out = os.fspath(out_dir)
         target = normalize_output_folder(out, "out")
+        live = use_interactive(interactive)
         with atomic_folder(target, files=TRACK_FILES) as temp:
-            return self._write_files(temp, out)
+            return self._write_files(temp, out, live)
 
-    def _write_files(self, folder: str, out: str) -> List[str]:
+    def _write_files(self, folder: str, out: str, live: bool) -> List[str]:
         written: List[str] = []
 
         def path(template: str, **values) -> str:
@@ -267,7 +306,7 @@ class Trajectory:
         for name, figure in self._figures():
             figure.savefig(path(name), dpi=110)
         with open(path(TRACK_PAGE), "w", encoding="utf-8") as f:
-            f.write(self.render_html())
+            f.write(self.render_html(interactive=live))
         with open(path("run.json"), "w") as f:
             json.dump({"schema_version": OUTPUT_SCHEMA_VERSION, "base": self.base, "steps": self.steps,
                        "checkpoints": [c.post for c in self.comparisons],
@@ -280,8 +319,10 @@ class Trajectory:
         return [("nf_trajectory.png", self.plot_nf()), ("scaling_trajectory.png", self.plot_scaling()),
                 ("nf_heatmap.png", self.plot_nf_heatmap())]
 
-    def render_html(self) -> str:
-        """The page of the run as one self-contained HTML string (figures embedded, CSS inline)."""
+    def render_html(self, interactive: Optional[bool] = None) -> str:
+        """The page of the run as one self-contained HTML string (figures embedded, CSS inline; `interactive`:
+        as in :func:`postsvd.report`)."""
+        live = use_interactive(interactive)
         kinds = self.kind_table()
         rows = "".join(
             f"<tr><td>{row.step}</td><td>{_e(row.kind)}</td><td>{row.scaling_mean:.4f}</td>"
@@ -290,9 +331,17 @@ class Trajectory:
         checkpoints = "".join(f"<tr><td>{s}</td><td>{_e(c.post_model.description)}</td>"
                               f"<td>{c.elapsed_seconds:.1f} s</td></tr>" for s, c in zip(self.steps, self.comparisons))
         first = self.comparisons[0]
-        figures = [_figure(self.plot_nf(), "nf-trajectory", "mean NF per kind against the step"),
-                   _figure(self.plot_scaling(), "scaling-trajectory", "scaling mean ± std per kind against the step"),
-                   _figure(self.plot_nf_heatmap(), "nf-heatmap", "NF per layer over the steps")]
+        if live:
+            figures = [_interactive.figure_html(self.interactive_steps(), "trajectory",
+                                                "mean NF and scaling mean ± std per kind against the step (hover for "
+                                                "the values)"),
+                       _interactive.figure_html(self.interactive_heatmap(), "nf-heatmap",
+                                                "NF per layer over the steps (hover for the values)")]
+        else:
+            figures = [_figure(self.plot_nf(), "nf-trajectory", "mean NF per kind against the step"),
+                       _figure(self.plot_scaling(), "scaling-trajectory",
+                               "scaling mean ± std per kind against the step"),
+                       _figure(self.plot_nf_heatmap(), "nf-heatmap", "NF per layer over the steps")]
         subtitle = (f"base <code>{_e(self.base_model.description)}</code> against {len(self.steps)} checkpoints "
                     f"(steps {self.steps[0]} to {self.steps[-1]}); {_e(first.model_type)}, {len(first.layers)} of "
                     f"{first.num_layers} layers, {first.device} {first.dtype}")
@@ -307,7 +356,47 @@ class Trajectory:
             '<section id="metadata"><h2>Checkpoints</h2><table class="data"><thead><tr><th>step</th>'
             f"<th>checkpoint</th><th>compare time</th></tr></thead><tbody>{checkpoints}</tbody></table>"
             f"<p>postsvd {_e(__version__)}</p></section>"]
-        return page(self.title, sections, subtitle=subtitle)
+        if not live:
+            return page(self.title, sections, subtitle=subtitle)
+        return page(self.title, sections, subtitle=subtitle, head=_interactive.runtime_script(),
+                    tail=_interactive.page_scripts())
+
+    # ------------------------------------------------------------------ display
+
+    def _headline(self) -> str:
+        first = self.comparisons[0]
+        return (f"{self.base_model.label} against {len(self.steps)} checkpoints (steps {self.steps[0]}..{self.steps[-1]})"
+                f": {first.model_type}, {len(first.layers)} of {first.num_layers} layers x {len(self.kinds)} kinds")
+
+    def _kind_rows(self) -> List[list]:
+        """Per kind: NF mean at the first and the last step, scaling there, the last step's reading."""
+        kinds = self.kind_table()
+        rows = []
+        for kind in self.kinds:
+            part = kinds[kinds["kind"] == kind]
+            first, last = part.iloc[0], part.iloc[-1]
+            rows.append([kind, f"{first.nf_mean:.4f} → {last.nf_mean:.4f}", f"{last.nf_random:.4f}",
+                         f"{first.scaling_mean:.4f} → {last.scaling_mean:.4f} ± {last.scaling_std:.4f}",
+                         int(last.intruders), last.reading])
+        return rows
 
     def __repr__(self) -> str:
-        return f"<postsvd.Trajectory {len(self.steps)} steps ({self.steps[0]}..{self.steps[-1]}), {len(self.kinds)} kinds>"
+        """A few lines: the run, per kind NF and scaling from the first to the last step, the last step's reading."""
+        rows = self._kind_rows()
+        width = max(len(k) for k in self.kinds)
+        lines = [f"<postsvd.Trajectory {printable(self._headline())}"]
+        lines += [f"  {r[0]:<{width}}  NF {r[1]} (unrelated {r[2]})  scaling {r[3]}  {r[5]}" for r in rows]
+        lines.append(f"  At step {self.steps[-1]}: {self.comparisons[-1].overall()}>")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: the last step's reading, per kind NF and scaling from the first to the
+        last step, and the trajectory figure (interactive with ``postsvd[interactive]``, else a small PNG)."""
+        body = [f'<div class="pd-reading"><b>At step {self.steps[-1]}:</b> {_e(self.comparisons[-1].overall())}</div>',
+                small_table(["kind", f"NF mean (step {self.steps[0]} → {self.steps[-1]})", "NF unrelated",
+                             "scaling mean (→ ± std at the end)", "intruders (end)", "reading (end)"],
+                            self._kind_rows()),
+                display_figure(self.interactive_steps, self.plot_nf, "mean NF and scaling per kind against the step")]
+        hint = ("More: <code>.kind_table()</code>, <code>.table</code>, <code>.interactive_heatmap()</code> (NF per "
+                "layer over the steps), <code>.save(DIR)</code> (track.html and the tables).")
+        return display("postsvd.Trajectory", self._headline(), body, hint)

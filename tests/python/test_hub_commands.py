@@ -199,6 +199,35 @@ def test_gated_repo_with_a_token(hub_env, monkeypatch):
 # ---------------------------------------------------------------- info and reading
 
 
+def _with_inf(files, tensor: str):
+    """`files` (a sharded model's, by name) with one BF16 element of `tensor` set to +inf."""
+    for name, blob in files.items():
+        if not name.endswith(".safetensors"):
+            continue
+        n = int.from_bytes(blob[:8], "little")
+        entry = json.loads(blob[8:8 + n]).get(tensor)
+        if entry is not None:
+            assert entry["dtype"] == "BF16"
+            at = 8 + n + entry["data_offsets"][0] + (3 * entry["shape"][1] + 4) * 2
+            return {**files, name: blob[:at] + b"\x80\x7f" + blob[at + 2:]}, name
+    raise AssertionError(tensor)
+
+
+def test_bad_data_of_a_hub_model_names_it_as_written(hub_env):
+    """One rule with local folders (errors.naming_models): the model as the caller wrote it, here its Hub id,
+    then the file in postsvd's cache and the tensor."""
+    tensor = "model.layers.1.self_attn.o_proj.weight"
+    files, shard = _with_inf(hub_env["files"], tensor)
+    hub_env["server"].add_repo("org/broken", files)
+    with pytest.raises(postsvd.InvalidArgumentError) as raised:
+        postsvd.compare("org/base", "org/broken@main", layers=1, kinds="o", progress=False)
+    message = str(raised.value)
+    assert message.startswith(f"post 'org/broken@main': tensor '{tensor}' in "), message
+    assert f"{shard}: non-finite value inf" in message, message
+    info = postsvd.describe("hf://org/broken")  # fetched now: info reads its values and lists the problem
+    assert len(info["problems"]) == 1 and tensor in info["problems"][0] and info["not_fetched"] > 0
+
+
 def test_info_and_read_matrix_by_repo_id(hub_env, capsys):
     server = hub_env["server"]
     code, out, err = run_cli(["info", "org/base@v1"], capsys)
@@ -206,12 +235,22 @@ def test_info_and_read_matrix_by_repo_id(hub_env, capsys):
     commit = hub_env["first_commit"]
     assert f"model:        org/base@v1 (repo org/base, revision v1, commit {commit})" in out
     code, local_out, _ = run_cli(["info", hub_env["base"]], capsys)
-    strip = lambda text: [line for line in text.splitlines() if not line.startswith(("model:", "folder:"))]
+    strip = lambda text: [line for line in text.splitlines() if not line.startswith(("model:", "folder:", "checks:"))]
     assert strip(out) == strip(local_out)
-    assert json.loads(run_cli(["info", "org/base@v1", "--json"], capsys)[1])["model"] == {
-        "name": "org/base@v1", "repo_id": "org/base", "revision": "v1", "commit": commit}
+    # The checks: what the headers show; the projections not fetched are counted, not problems.
+    projections = len(postsvd.architecture(hub_env["base"])["matrices"])
+    assert (f"checks:       0 problems (headers and values; {projections} projections not fetched (a Hub model)"
+            in out)
+    assert "checks:       0 problems (headers and values); the folder compares" in local_out
+    info = json.loads(run_cli(["info", "org/base@v1", "--json"], capsys)[1])
+    assert info["model"] == {"name": "org/base@v1", "repo_id": "org/base", "revision": "v1", "commit": commit}
+    assert info["problems"] == [] and info["not_fetched"] == projections
     assert tensor_requests(server, hub_env["files"]) == []  # headers describe it
     assert postsvd.describe("org/base@v1")["model"]["commit"] == commit
+    assert postsvd.describe(hub_env["base"])["not_fetched"] == 0
+    postsvd.read_matrix("org/base@v1", 1, "q")  # fetches that one projection: now its values are read too
+    fetched = postsvd.describe("org/base@v1")
+    assert fetched["not_fetched"] == projections - 1 and fetched["problems"] == []
     server.reset()
     w = postsvd.read_matrix("org/base", 2, "down")
     assert w.tobytes() == postsvd.read_matrix(hub_env["base"], 2, "down").tobytes()
@@ -225,9 +264,12 @@ def test_info_and_read_matrix_by_repo_id(hub_env, capsys):
 
 def _page_without_run_details(path: str, names) -> str:
     """The report page without what differs between two runs of the same comparison: the names, the figures
-    (their titles name the models), times and the run's metadata."""
+    (their titles name the models), times, the command a click names (the models as written) and the run's
+    metadata."""
     text = open(path, encoding="utf-8").read()
     text = text.split('<section id="metadata">')[0]
+    text = re.sub(r'"postsvd compare [^"]* --out DIR --matrices PAIR"', '"postsvd compare MODELS"', text)
+    text = text.replace("\\u002f", "/")  # the interactive figures' JSON writes '/' so
     text = re.sub(r"<img [^>]*>", "<img>", text)
     text = re.sub(r"\d+\.\d s", "T s", text)
     for name in names:
@@ -251,6 +293,8 @@ def test_report_by_repo_id(hub_env, tmp_path):
     page = open(remote, encoding="utf-8").read()
     commit = server.repos["org/instruct"].refs["main"]
     assert f"org/instruct (repo org/instruct, revision main, commit {commit})" in page
+    if "postsvd.pick(" in page:  # interactive: a click on a matrix the page does not hold names the command
+        assert '"postsvd compare org/base org/instruct --out DIR --matrices PAIR"' in page
 
 
 @pytest.mark.slow  # figures and pages of two runs each
@@ -421,6 +465,7 @@ def test_compare_by_repo_id_on_ray(hub_env, monkeypatch):
     import pickle
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    intruders = dict(intruder_k=3, intruder_epsilon=0.4, intruder_side="input")
     env = {k: os.environ[k] for k in ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
                                       "HF_HUB_DISABLE_XET", "HF_TOKEN")}
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": env})
@@ -429,14 +474,15 @@ def test_compare_by_repo_id_on_ray(hub_env, monkeypatch):
         server = hub_env["server"]
         server.reset()
         remote = postsvd.compare("org/gated", "org/instruct", layers="1,2", executor="ray", device="cpu",
-                                 progress=False)
+                                 progress=False, **intruders)  # the tasks take the Hub models and the options
         assert all(r["authorized"] for r in server.requests(contains="/resolve/"))
         needed = sum(tensor_bytes(hub_env[m], [1, 2]) for m in ("base", "instruct"))
         assert needed <= shard_bytes(server) <= 1.05 * needed  # each task fetched its own unit
     finally:
         ray.shutdown()
-    local = postsvd.compare(hub_env["base"], hub_env["instruct"], layers="1,2", progress=False)
+    local = postsvd.compare(hub_env["base"], hub_env["instruct"], layers="1,2", progress=False, **intruders)
     pd.testing.assert_frame_equal(remote.table, local.table, check_exact=True)
+    assert [len(r["intruder_cosines"]) for r in remote.records] == [3] * len(remote.table)
     assert TOKEN.encode() not in pickle.dumps(hub.resolve("org/gated"))
 
 

@@ -17,8 +17,8 @@ from postsvd.synthetic import make_pair
 
 from helpers import ALPHA, SYNTHETIC
 
-#: Figures per post model: SVSM, scaling bands, NF per layer, matrices of one pair.
-FIGURES_PER_POST = 4
+#: Figures per post model: SVSM, scaling bands, NF per layer, intruder dimensions, matrices of one pair.
+FIGURES_PER_POST = 5
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -99,7 +99,7 @@ def pairs(tmp_path_factory):
 def page(pairs, tmp_path_factory):
     related, unrelated = pairs
     out = tmp_path_factory.mktemp("report_out") / "report"
-    path = postsvd.report(related.base, [related.post, unrelated.post], out, progress=False)
+    path = postsvd.report(related.base, [related.post, unrelated.post], out, progress=False, interactive=False)
     return path, related, unrelated
 
 
@@ -112,7 +112,7 @@ def test_report_has_every_section_and_figure(page):
         assert section in doc.ids, f"section {section!r} missing; ids: {sorted(doc.ids)}"
     figure_ids = {i for i in doc.ids if i.startswith("fig-")}
     expected = {"fig-nf-models"} | {f"fig-{name}-{i}" for i in (0, 1)
-                                    for name in ("svsm", "bands", "nf", "matrices")}
+                                    for name in ("svsm", "bands", "nf", "intruders", "matrices")}
     assert figure_ids == expected
     assert len(doc.images) == 1 + 2 * FIGURES_PER_POST
     for image in doc.images:
@@ -205,7 +205,7 @@ def test_report_options_and_cli(pairs, tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli.main(["report", related.base, related.post, "--out", str(out), "--no-progress", "--layers", "1",
                      "--kinds", "attn", "--matrices", "1:k", "--leading-k", "8", "--title", "Attention <only>",
-                     "--dtype", "float64"])
+                     "--dtype", "float64", "--static"])
     assert code == 0
     assert "report.html" in capsys.readouterr().out
     doc = parse(out / "report.html")
@@ -235,9 +235,9 @@ def test_report_bad_input(pairs, tmp_path, capsys):
     with pytest.raises(postsvd.InvalidArgumentError, match="expected postsvd.Comparison"):
         reports.render_html(["not a comparison"])
     code = cli.main(["report", related.base, related.post, "--out", str(tmp_path / "z"), "--no-progress",
-                     "--matrices", "0:q,1:k"])
+                     "--matrices", "0:q,7:k"])
     assert code == 1
-    assert "expected one LAYER:KIND[:EXPERT] item" in capsys.readouterr().err
+    assert "layer 7" in capsys.readouterr().err
     assert not (tmp_path / "z").exists()
 
 
@@ -262,13 +262,14 @@ def test_report_of_a_moe_model_has_the_expert_heatmap_and_spread(tmp_path):
                         p.add_(1e-3 * torch.randn_like(p))
                     layer.mlp.experts.gate_up_proj[1].add_(0.05 * torch.randn_like(layer.mlp.experts.gate_up_proj[1]))
         model.save_pretrained(tmp_path / name)
-    path = postsvd.report(tmp_path / "moe_base", tmp_path / "moe_post", tmp_path / "out", progress=False)
+    path = postsvd.report(tmp_path / "moe_base", tmp_path / "moe_post", tmp_path / "out", progress=False,
+                          interactive=False)
     doc = parse(path)
     assert "has experts (MoE)" in doc.text and "expert" in doc.table_cells
     # Every figure of a dense model (routed experts pooled per layer), and the per-expert heatmap.
     assert {i for i in doc.ids if i.startswith("fig-")} == {f"fig-{name}-0" for name in (
-        "svsm", "bands", "nf", "experts", "matrices")}
-    assert len(doc.images) == 5 and all(png_size(image["src"])[0] > 100 for image in doc.images)
+        "svsm", "bands", "nf", "experts", "intruders", "matrices")}
+    assert len(doc.images) == 6 and all(png_size(image["src"])[0] > 100 for image in doc.images)
     rows = 2 * (4 + 3 * 3)  # layers x (attention kinds + MLP kinds x experts)
     assert f"Per layer ({rows} matrices)" in doc.text
     # The spread columns: the population std over experts of each expert's mean NF, from the table.
@@ -279,7 +280,7 @@ def test_report_of_a_moe_model_has_the_expert_heatmap_and_spread(tmp_path):
         spread = float(np.std(of_kind.groupby("expert")["nf"].mean().to_numpy()))
         assert f"{spread:.4f}" in doc.table_cells, kind
         assert spread > 1e-4, kind  # expert 1 stands out
-    attention = doc.table_cells[doc.table_cells.index("Wq"):][:11]
+    attention = doc.table_cells[doc.table_cells.index("Wq"):][:12]  # kind .. alpha, intruders, 3 expert cells
     assert attention[-3:] == ["–", "–", "–"]  # no experts: no spread
     # The heatmap shows NF per (expert, layer) as the table has it.
     figure = comparison.plot_expert_nf()

@@ -112,6 +112,7 @@ struct TensorView {
   int64_t row_group_skip = 0;  // extra elements between consecutive row groups
   int64_t col_group = 0;       // 0 = no groups along columns
   int64_t col_group_skip = 0;  // extra elements between consecutive column groups
+  std::string file;  // the safetensors file holding the tensor (view_of sets it), for error messages; "" = none
 
   /// Element offset of row r and of column c: element (r, c) is at row_offset(r) + col_offset(c).
   int64_t row_offset(int64_t r) const { return r * row_stride + (row_group > 0 ? (r / row_group) * row_group_skip : 0); }
@@ -125,6 +126,10 @@ struct TensorView {
   /// only what is needed to a device.
   std::pair<int64_t, int64_t> byte_span() const;
 };
+
+/// How every message names a view's tensor: "tensor 'NAME' in FILE", or "tensor 'NAME'" when the view
+/// names no file. With the file, the message says which model (folder) holds the bad tensor.
+std::string tensor_label(const TensorView& view);
 
 /// Owning column-major matrix, move-only.
 template <class T>
