@@ -639,11 +639,12 @@ PYBIND11_MODULE(_core, m) {
         return py::dict("mapped"_a = check.mapped,
                         "architecture"_a = check.mapped ? py::object(architecture_to_python(check.architecture))
                                                         : py::object(py::none()),
-                        "problems"_a = check.problems);
+                        "problems"_a = check.problems, "not_fetched"_a = check.not_fetched);
       },
       "checkpoint"_a, "read_values"_a = true,
       "The checks a comparison runs on one model, without decomposing: {mapped, architecture (None when "
-      "config.json does not map), problems: [one line each, naming file and tensor]}.");
+      "config.json does not map), problems: [one line each, naming file and tensor], not_fetched: sources "
+      "a partial Hub copy lacks the bytes of}.");
   m.def(
       "read_matrix",
       [](const postsvd::Checkpoint& cp, const py::dict& source_dict, const std::string& precision) -> py::object {

@@ -1,4 +1,9 @@
-"""Opening Hugging Face model folders and reading their projection matrices."""
+"""Opening Hugging Face model folders and reading their projection matrices.
+
+Every function here also takes a model named by Hub repo id (``org/name[@revision]``,
+``hf://org/name[@revision]``; an existing folder wins): it is resolved through
+:mod:`postsvd.hub` (config, index and shard headers), and :func:`read_matrix` fetches
+the one matrix it reads."""
 from __future__ import annotations
 
 import collections
@@ -7,26 +12,29 @@ from typing import Any, Dict, List, Union
 
 import numpy as np
 
-from . import _core
-from ._validate import expert_index, normalize_dtype, normalize_folder, normalize_kinds, normalize_layers
+from . import _core, hub
+from ._validate import expert_index, normalize_dtype, normalize_kinds, normalize_layers
 from .errors import InvalidArgumentError
 
 Checkpoint = _core.Checkpoint
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def open_checkpoint(folder: PathLike) -> Checkpoint:
+def open_checkpoint(folder: Union[PathLike, "hub.ResolvedModel"]) -> Checkpoint:
     """Opens and validates a model folder (config.json plus model.safetensors, or
-    the shards named in model.safetensors.index.json), memory-mapped.
+    the shards named in model.safetensors.index.json), memory-mapped. A Hub model
+    opens from postsvd's cache with its headers only: reading a tensor not fetched
+    (:func:`postsvd.hub.fetch`) raises BadCheckpointError.
 
     Raises:
         BadCheckpointError: the folder or a file in it is missing or malformed;
             the message names the file and the tensor.
+        HubError: a Hub model could not be resolved.
     """
-    return _core.Checkpoint(normalize_folder(folder, "folder"))
+    return _core.Checkpoint(hub.resolve(folder, "folder").folder)
 
 
-def _as_checkpoint(checkpoint: Union[Checkpoint, PathLike]) -> Checkpoint:
+def _as_checkpoint(checkpoint: Union[Checkpoint, PathLike, "hub.ResolvedModel"]) -> Checkpoint:
     return checkpoint if isinstance(checkpoint, _core.Checkpoint) else open_checkpoint(checkpoint)
 
 
@@ -88,14 +96,23 @@ def read_matrix(checkpoint: Union[Checkpoint, PathLike], layer: int, kind: str, 
     Raises:
         InvalidArgumentError: unknown kind, layer out of range, NaN/Inf weight.
     """
-    cp = _as_checkpoint(checkpoint)
+    if isinstance(checkpoint, _core.Checkpoint):
+        model, cp = None, checkpoint
+    else:
+        model = hub.resolve(checkpoint, "folder")
+        cp = _core.Checkpoint(model.folder)
     source = find_source(architecture(cp), layer, kind, expert)
-    return _core.read_matrix(cp, source, normalize_dtype(dtype))
+    precision = normalize_dtype(dtype)
+    if model is not None and not model.is_local:
+        hub.fetch(model, hub.source_tensors(cp, [source]))  # a Hub model: this matrix's bytes, once
+    return _core.read_matrix(cp, source, precision)
 
 
-def describe(checkpoint: Union[Checkpoint, PathLike], *, values: bool = True) -> Dict[str, Any]:
-    """A summary of a model folder: architecture, layers, files, dtypes and projection shapes, and every
-    problem a comparison would refuse the folder for.
+def describe(checkpoint: Union[Checkpoint, PathLike, "hub.ResolvedModel"], *, values: bool = True
+             ) -> Dict[str, Any]:
+    """A summary of a model: architecture, layers, files, dtypes and projection shapes, and every problem a
+    comparison would refuse it for; ``model`` says what was read (the name, and for a Hub model the repo id,
+    revision and commit).
 
     The checks are those of :func:`postsvd.compare` on one model, without decomposing: every mapped tensor
     present with the shape and dtype config.json gives, FP8 weights' scales present and shaped, MXFP4
@@ -104,10 +121,20 @@ def describe(checkpoint: Union[Checkpoint, PathLike], *, values: bool = True) ->
     folder compares. ``warnings`` lists what the mapping leaves out (weight layers or routed experts
     config.json does not count).
 
+    A Hub model is described from its headers: nothing of its tensors is fetched. The projections whose
+    bytes postsvd's cache lacks are checked from the headers (present, shaped) and counted in
+    ``not_fetched``; their scales and values are checked when a command fetches them.
+
     Raises:
         BadCheckpointError: the folder cannot be opened at all (no config.json, a malformed header).
+        HubError: a Hub model could not be resolved.
     """
-    cp = _as_checkpoint(checkpoint)
+    if isinstance(checkpoint, _core.Checkpoint):
+        model = hub.resolve(checkpoint.folder, "folder")
+        cp = checkpoint
+    else:
+        model = hub.resolve(checkpoint, "folder")
+        cp = _core.Checkpoint(model.folder)
     check = _core.check_checkpoint(cp, bool(values))
     arch = check["architecture"] or {"model_type": cp.config.get("model_type"), "num_layers": None,
                                      "matrices": [], "warnings": []}
@@ -127,6 +154,7 @@ def describe(checkpoint: Union[Checkpoint, PathLike], *, values: bool = True) ->
     config = cp.config
     return {
         "folder": cp.folder,
+        "model": model.record(),
         "model_type": arch["model_type"],
         "num_layers": arch["num_layers"],
         "files": [os.path.basename(f) for f in cp.files()],
@@ -139,4 +167,5 @@ def describe(checkpoint: Union[Checkpoint, PathLike], *, values: bool = True) ->
         "warnings": list(arch.get("warnings", [])),  # e.g. weight layers config.json does not count
         "problems": list(check["problems"]),  # what compare would refuse; [] = the folder compares
         "values_checked": bool(values),
+        "not_fetched": check["not_fetched"],  # a Hub model: projections checked from the headers only
     }

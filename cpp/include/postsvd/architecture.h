@@ -156,6 +156,9 @@ struct CheckpointCheck {
   /// missing or of the wrong shape or dtype, FP8 scales missing or misshapen, an MXFP4 pair that does not
   /// match, a weight that is not finite once dequantized to float32 (read_values only).
   std::vector<std::string> problems;
+  /// Sources not opened because a partial Hub copy lacks their bytes (NotFetched): checked by the mapping
+  /// only (present, shaped); their scales and values are checked once fetched. 0 for a local folder.
+  int64_t not_fetched = 0;
 };
 
 /// Maps `checkpoint` as detect_architecture does, but lists every problem instead of throwing at the
