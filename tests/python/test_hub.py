@@ -415,8 +415,10 @@ def test_environment_variables_reach_huggingface_hub(hub_env, tmp_path):
               "s, n = [x for x in postsvd.architecture(r.folder)['matrices'] if x['layer'] == 0], None\n"
               "hub.fetch(r, hub.source_tensors(r.folder, s))\nprint(r.commit, hub.cache_root())\n")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "..", "python"),
-                                         env.get("PYTHONPATH", "")])
+    # The postsvd under test (a source tree with its core copied in, or an installed wheel), not the
+    # repository's python/ folder, which holds no compiled core where the suite runs against a wheel.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(postsvd.__file__)),
+                                                    env.get("PYTHONPATH")] if p)
     out = subprocess.run([sys.executable, "-c", script, "org/base@dev"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
