@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import _core
+from . import _core, adapters
 from ._validate import (
     KINDS,
     ExpertsArg,
@@ -61,6 +61,7 @@ class Run:
     cache: str  # '' = none
     warm_start: str
     warm_from: str
+    residual_base: bool  # an adapter post's base is the residual model of its initialization
     layers: List[int]
     kinds: List[str]
     batches: Dict[int, List[int]]  # layer -> indices into the architecture's matrices
@@ -78,32 +79,36 @@ class Run:
         return [self.batches[layer] for layer in sorted(self.batches)]
 
 
-def open_run(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
+def open_run(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", dtype: str = "float32",
              layers: LayersArg = None, kinds: KindsArg = None, num_threads: Optional[int] = None,
              memory_budget_bytes: Optional[int] = None, cache: Optional[PathLike] = None,
              experts: ExpertsArg = None, warm_start: Union[bool, str] = True,
-             warm_from: Optional[PathLike] = None, local_device: Optional[str] = None) -> Run:
+             warm_from: Optional[PathLike] = None, local_device: Optional[str] = None,
+             residual_base: bool = False) -> Run:
     """Checks the options, opens both folders and selects the pairs (see :func:`postsvd.compare`).
 
-    `local_device`: the device of this process's comparator when the pairs run elsewhere (Ray: 'cpu')."""
-    base_path = normalize_folder(base, "base")
+    `local_device`: the device of this process's comparator when the pairs run elsewhere (Ray: 'cpu').
+    `base` None: the base a PEFT adapter `post` names (postsvd.adapters.resolve_base)."""
     post_path = normalize_folder(post, "post")
+    base_model = adapters.resolve_base(base, post_path)
+    base_path = base_model.folder
     precision, (device_kind, device_ids), threads, budget, cache_path = _options(
         dtype, local_device or device, num_threads, memory_budget_bytes, cache)
     warm_mode = normalize_warm_start(warm_start)
     warm_from_path = normalize_folder(warm_from, "warm_from") if warm_from is not None else ""
     comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
-                                  cache_path, warm_mode, warm_from_path)
+                                  cache_path, warm_mode, warm_from_path, bool(residual_base))
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     chosen_experts = _check_experts(normalize_experts(experts), arch)
     batches = select_batches(arch, chosen_layers, chosen_kinds, chosen_experts)
     if not batches:
         raise InvalidArgumentError(f"no matrix selected: layers {layers!r}, kinds {kinds!r}, experts {experts!r}")
+    adapters.fetch_base(base_model, [arch["matrices"][i] for b in batches.values() for i in b])
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
     return Run(comparator, base_path, post_path, device, precision, budget, num_threads, cache_path, warm_mode,
-               warm_from_path, chosen_layers, chosen_kinds, batches)
+               warm_from_path, bool(residual_base), chosen_layers, chosen_kinds, batches)
 
 
 def select_batches(arch: Dict[str, Any], layers: Sequence[int], kinds: Sequence[str],
@@ -187,13 +192,13 @@ def _selection(arch: Dict[str, Any], layers: LayersArg, kinds: KindsArg) -> Tupl
     return normalize_layers(layers, arch["num_layers"], arch["model_type"]), chosen_kinds
 
 
-def check_compare_arguments(base: PathLike, posts: Sequence[PathLike], *, device: str = "cpu",
+def check_compare_arguments(base: Optional[PathLike], posts: Sequence[PathLike], *, device: str = "cpu",
                             dtype: str = "float32", layers: LayersArg = None, kinds: KindsArg = None,
                             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
                             cache: Optional[PathLike] = None,
                             matrices_for: Optional[Iterable[Tuple[int, str]]] = None, leading_k: Optional[int] = 25,
                             outs: Sequence[PathLike] = (), experts: ExpertsArg = None,
-                            shown_experts: ExpertsArg = None) -> None:
+                            shown_experts: ExpertsArg = None, residual_base: bool = False) -> None:
     """Checks every argument of comparing `base` with each of `posts` and saving the results
     (:func:`compare`, :meth:`Comparison.save`) before anything is computed or written.
 
@@ -203,17 +208,18 @@ def check_compare_arguments(base: PathLike, posts: Sequence[PathLike], *, device
     `outs` are checked. Raises what :func:`compare` and :meth:`Comparison.save` would
     raise later, naming the argument.
     """
-    base_path = normalize_folder(base, "base")
     post_paths = [normalize_folder(post, "post") for post in posts]
     if not post_paths:
         raise InvalidArgumentError("posts: expected at least one post-trained model folder, got none")
+    base_paths = [adapters.resolve_base(base, post).folder for post in post_paths]
     precision, _, threads, _, _ = _options(dtype, device, num_threads, memory_budget_bytes, cache)
     normalize_leading_k(leading_k)
     for out in outs:
         normalize_output_folder(out)
-    for post_path in post_paths:
+    for base_path, post_path in zip(base_paths, post_paths):
         # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
-        arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "").architecture
+        arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "", "auto", "",
+                                bool(residual_base)).architecture
         chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
         chosen_experts = _check_experts(normalize_experts(experts), arch)
         sources = [arch["matrices"][i] for batch in select_batches(arch, chosen_layers, chosen_kinds,

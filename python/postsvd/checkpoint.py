@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -15,15 +15,24 @@ Checkpoint = _core.Checkpoint
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def open_checkpoint(folder: PathLike) -> Checkpoint:
+def open_checkpoint(folder: PathLike, base: Optional[PathLike] = None, *, residual_base: bool = False) -> Checkpoint:
     """Opens and validates a model folder (config.json plus model.safetensors, or
     the shards named in model.safetensors.index.json), memory-mapped.
+
+    A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) opens
+    applied to the model folder `base` (None: the folder its base_model_name_or_path
+    names): its projections read as W + ΔW (:func:`read_matrix`), the rest as the base's
+    (docs/adapters.md). `residual_base`: `base` is the residual model an initialization
+    that changed the base weights left (PiSSA, OLoRA, ...). `base` is ignored for a
+    model folder.
 
     Raises:
         BadCheckpointError: the folder or a file in it is missing or malformed;
             the message names the file and the tensor.
+        InvalidArgumentError: an adapter option postsvd does not merge (naming it).
     """
-    return _core.Checkpoint(normalize_folder(folder, "folder"))
+    base_path = normalize_folder(base, "base") if base is not None else ""
+    return _core.Checkpoint(normalize_folder(folder, "folder"), base_path, bool(residual_base))
 
 
 def _as_checkpoint(checkpoint: Union[Checkpoint, PathLike]) -> Checkpoint:
@@ -94,7 +103,8 @@ def read_matrix(checkpoint: Union[Checkpoint, PathLike], layer: int, kind: str, 
 
 
 def describe(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
-    """A summary of a model folder: architecture, layers, files, dtypes and projection shapes."""
+    """A summary of a model folder: architecture, layers, files, dtypes and projection shapes (an adapter
+    folder: its base's, and under ``adapter`` what the adapter applies)."""
     cp = _as_checkpoint(checkpoint)
     arch = architecture(cp)
     names = cp.tensor_names()
@@ -123,4 +133,5 @@ def describe(checkpoint: Union[Checkpoint, PathLike]) -> Dict[str, Any]:
         "torch_dtype": config.get("torch_dtype", config.get("dtype")),
         "kinds": kinds,
         "warnings": list(arch.get("warnings", [])),  # e.g. weight layers config.json does not count
+        "adapter": cp.adapter,  # a PEFT adapter folder: what it applies (None for a model folder)
     }

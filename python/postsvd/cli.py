@@ -71,16 +71,24 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
                              "it faster; today neither backend does), always, or off (default: auto)")
     parent.add_argument("--no-warm-start", dest="warm_start", action="store_const", const="off",
                         help="the same as --warm-start off")
+    parent.add_argument("--residual-base", action="store_true",
+                        help="PEFT adapters whose initialization changed the base (init_lora_weights pissa, olora, "
+                             "corda, loftq, lora_ga): the base named is the residual model they apply to")
     return parent
+
+
+ADAPTER_BASE_HELP = ("base model folder (config.json + *.safetensors); left out when the POST folders are PEFT "
+                     "adapters whose adapter_config.json names their base")
 
 
 def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str, *,
                        nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE",
-                       base_help: str = "base model folder (config.json + *.safetensors)") -> None:
+                       base_help: str = ADAPTER_BASE_HELP) -> None:
     """BASE, then one or more model folders (`dest`), and --out DIR: the arguments of compare, report and track
-    (lineage: A and one model B, --out optional)."""
+    (lineage: A and one model B, --out optional). With nargs '+', BASE may be left out before PEFT adapter
+    folders (models_of() sorts them out)."""
     parser.add_argument("base", metavar=base_metavar, help=base_help)
-    parser.add_argument(dest, metavar=metavar, nargs=nargs, help=help_text)
+    parser.add_argument(dest, metavar=metavar, nargs="*" if nargs == "+" else nargs, help=help_text)
     parser.add_argument("--out", "-o", required=out_required, metavar="DIR",
                         help="output folder (created)" if out_required else "also write the results to this folder")
 
@@ -155,6 +163,19 @@ def add_compare(subparsers) -> None:
     parser.set_defaults(func=run_compare)
 
 
+def models_of(base: str, posts: Sequence[str], metavar: str = "POST") -> Tuple[Optional[str], List[str]]:
+    """(base, posts) of compare, report and track: one folder alone is a PEFT adapter naming its base."""
+    if posts:
+        return base, list(posts)
+    from .adapters import CONFIG, is_adapter
+
+    if os.path.isdir(base) and is_adapter(base):
+        return None, [base]
+    raise InvalidArgumentError(f"{metavar}: expected BASE and at least one {metavar} folder; a single folder must be a "
+                               f"PEFT adapter ({CONFIG}) whose base_model_name_or_path names its base, and "
+                               f"'{base}' is none")
+
+
 def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
     if len(posts) == 1:
         return [out]
@@ -166,19 +187,20 @@ def run_compare(args) -> int:
 
     matrices_for = parse_matrix_pairs(args.matrices)
     shown = _shown_experts(args.show_experts)
-    out_dirs = _output_dirs(args.out, args.posts)
+    base, posts = models_of(args.base, args.posts)
+    out_dirs = _output_dirs(args.out, posts)
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
-                   num_threads=args.threads, cache=args.cache, experts=args.experts)
-    check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
+                   num_threads=args.threads, cache=args.cache, experts=args.experts, residual_base=args.residual_base)
+    check_compare_arguments(base, posts, matrices_for=matrices_for, leading_k=args.leading_k,
                             outs=out_dirs, shown_experts=shown, **dict(options, device=_checked_device(args)))
-    for post, out_dir in zip(args.posts, out_dirs):
-        result = compare(args.base, post, progress=not args.no_progress, warm_start=args.warm_start, **options,
+    for post, out_dir in zip(posts, out_dirs):
+        result = compare(base, post, progress=not args.no_progress, warm_start=args.warm_start, **options,
                          **_executor_options(args))
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k,
                               experts=shown)
         print(result.summary())
         print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
-        if len(args.posts) > 1:
+        if len(posts) > 1:
             print()
     return 0
 
@@ -226,7 +248,8 @@ def add_construct(subparsers) -> None:
         epilog=CONSTRUCT_EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("number", metavar="NUMBER", type=int, help="construction: 9, 10, 11, 12, 14, 15 or 16")
     parser.add_argument("--base", required=True, metavar="B", help="base model folder")
-    parser.add_argument("--post", required=True, metavar="P", help="post-trained model folder (the one modified)")
+    parser.add_argument("--post", required=True, metavar="P",
+                        help="post-trained model folder (the one modified), or a PEFT adapter folder applied to B")
     parser.add_argument("--ref", default=None, metavar="R", help="construction 12: another post model of the base")
     parser.add_argument("--alpha", default=None, metavar="A",
                         help="construction 9: alpha' for all kinds (0.9) or per kind (q=0.9,o=1.4); "
@@ -247,7 +270,7 @@ def run_construct(args) -> int:
     result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=args.layers,
                        kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
                        progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
-                       num_threads=args.threads, warm_start=args.warm_start)
+                       num_threads=args.threads, warm_start=args.warm_start, residual_base=args.residual_base)
     if result.alpha:
         print("alpha' per kind (" + result.alpha_source + "): " +
               ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
@@ -296,10 +319,11 @@ def run_report(args) -> int:
     pairs = parse_matrix_pairs(args.matrices)
     if pairs is not None and len(pairs) != 1:
         raise InvalidArgumentError(f"--matrices: expected one LAYER:KIND[:EXPERT] item, got {args.matrices!r}")
-    path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
+    base, posts = models_of(args.base, args.posts)
+    path = report(base, posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
                   kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
                   leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
-                  cache=args.cache, warm_start=args.warm_start)
+                  cache=args.cache, warm_start=args.warm_start, residual_base=args.residual_base)
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
     return 0
@@ -348,10 +372,11 @@ def _parse_steps(text: Optional[str]) -> Optional[List[int]]:
 def run_track(args) -> int:
     from .tracking import TRACK_PAGE, track
 
-    trajectory = track(args.base, args.checkpoints, steps=_parse_steps(args.steps), out=args.out,
+    base, checkpoints = models_of(args.base, args.checkpoints, "CKPT")
+    trajectory = track(base, checkpoints, steps=_parse_steps(args.steps), out=args.out,
                        device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
                        progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
-                       warm_start=args.warm_start, **_executor_options(args))
+                       warm_start=args.warm_start, residual_base=args.residual_base, **_executor_options(args))
     kinds = trajectory.kind_table()
     print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
           .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))
@@ -386,7 +411,8 @@ def add_lineage(subparsers) -> None:
                     "agree beyond chance only in a derived pair; p-values per layer, Fisher's method over layers. "
                     "--device, --dtype, --kinds and --cache apply to the paper's NF table.",
         epilog=LINEAGE_EXAMPLES, formatter_class=HelpFormatter)
-    add_models_and_out(parser, "model", "B", "the model that may derive from A", nargs=None, out_required=False,
+    add_models_and_out(parser, "model", "B", "the model that may derive from A (a PEFT adapter folder: applied to A)",
+                       nargs=None, out_required=False,
                        base_metavar="A", base_help="the possible ancestor's folder (config.json + *.safetensors)")
     parser.add_argument("--level", type=float, default=0.01, help="significance level of the verdict")
     parser.add_argument("--no-paper-nf", action="store_true",
@@ -401,7 +427,7 @@ def run_lineage(args) -> int:
         normalize_output_folder(args.out, "--out")  # a bad --out fails before anything is computed
     result = lineage(args.base, args.model, level=args.level, layers=args.layers, paper_nf=not args.no_paper_nf,
                      device=args.device, dtype=args.dtype, kinds=args.kinds, num_threads=args.threads,
-                     cache=args.cache, progress=not args.no_progress)
+                     cache=args.cache, progress=not args.no_progress, residual_base=args.residual_base)
     for line in result.summary().splitlines():  # names come from the files: escaped, one line each
         print(printable(line))
     if args.out is not None:
@@ -424,7 +450,10 @@ def add_info(subparsers) -> None:
         description="Open and validate a Hugging Face model folder and print its architecture, layer count, "
                     "files, stored dtypes and the shape of every projection kind (paper orientation [in, out]).",
         epilog=INFO_EXAMPLES, formatter_class=HelpFormatter)
-    parser.add_argument("folder", metavar="FOLDER", help="model folder (config.json + *.safetensors)")
+    parser.add_argument("folder", metavar="FOLDER",
+                        help="model folder (config.json + *.safetensors), or a PEFT adapter folder")
+    parser.add_argument("--base", default=None, metavar="B",
+                        help="with an adapter FOLDER: the base it applies to (default: its base_model_name_or_path)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run_info)
 
@@ -432,7 +461,9 @@ def add_info(subparsers) -> None:
 def run_info(args) -> int:
     from .checkpoint import describe
 
-    info = describe(args.folder)
+    from .checkpoint import open_checkpoint
+
+    info = describe(open_checkpoint(args.folder, args.base))
     if args.json:
         print(json.dumps(info, indent=1))  # ensure_ascii: control characters come out as \uXXXX
         return 0
@@ -449,6 +480,11 @@ def run_info(args) -> int:
     for kind, entry in info["kinds"].items():
         lines.append(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
                      f"e.g. {entry['tensor']}")
+    adapter = info.get("adapter")
+    if adapter:
+        lines.append(f"adapter:      PEFT LoRA r {adapter['r']}, alpha {adapter['lora_alpha']:g} on base "
+                     f"{adapter['base_folder']}: {adapter['adapted']} projections adapted, {adapter['replaced']} "
+                     f"replaced, {len(adapter['skipped'])} tensors not projections")
     for line in lines:  # names come from the files: escaped, one line each
         print(printable(line))
     return 0

@@ -23,12 +23,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["compare", "Comparison", "check_compare_arguments", "random_rotation_nf"]
 
 
-def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
+def compare(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", dtype: str = "float32",
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
             cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
             ray_address: Optional[str] = None, warm_start: Union[bool, str] = True,
-            warm_from: Optional[PathLike] = None) -> "Comparison":
+            warm_from: Optional[PathLike] = None, residual_base: bool = False) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -38,8 +38,12 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     layer's factors.
 
     Args:
-        base: folder of the base model (config.json + safetensors, single or sharded).
-        post: folder of the post-trained model; same architecture and shapes.
+        base: folder of the base model (config.json + safetensors, single or sharded); None when
+            `post` is a PEFT adapter whose adapter_config.json names its base (base_model_name_or_path:
+            a folder or a Hub repo id).
+        post: folder of the post-trained model; same architecture and shapes. Or a PEFT LoRA adapter
+            folder (adapter_config.json + adapter_model.safetensors): each projection it changes is
+            compared as W + ΔW, formed one matrix at a time (docs/adapters.md).
         device: 'cpu', or 'cuda' / 'cuda:N' / 'cuda:0,1' in a CUDA build.
         dtype: working precision, 'float32' (the paper's) or 'float64'.
         layers: None (all), an int, a list of ints, or text like '0,1,5-9';
@@ -80,6 +84,9 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         warm_from: with ``cache``, a checkpoint whose cached factors start the
             post matrices instead of the base's (:func:`postsvd.track` passes
             the previous checkpoint). Same architecture as the base.
+        residual_base: `base` is the residual model that an adapter's initialization left
+            (init_lora_weights 'pissa', 'olora', 'corda', 'loftq', 'lora_ga'); such adapters are
+            refused without it.
 
     Returns:
         A :class:`Comparison`.
@@ -101,7 +108,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     # On Ray the tasks decompose; this process only reads the headers and recomputes single pairs (matrices()).
     run = open_run(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, num_threads=num_threads,
                    memory_budget_bytes=memory_budget_bytes, cache=cache, experts=experts, warm_start=warm_start,
-                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None)
+                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None,
+                   residual_base=residual_base)
     desc = f"{printable(short_name(run.base))} vs {printable(short_name(run.post))}"
     if executor == "ray":
         result = distributed.compare_units(run, address=ray_address, progress=progress, desc=desc)

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core
+from . import _core, adapters
 from ._names import short_name
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
@@ -109,6 +109,7 @@ class Comparison:
         backend: the backend's description.
         elapsed_seconds: time spent comparing.
         factor_cache: the factor cache folder, or None.
+        adapter: with a PEFT adapter as the post model, what it applies (run.json's ``adapter``); else None.
     """
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
@@ -130,6 +131,7 @@ class Comparison:
         self.factor_cache: Optional[str] = comparator.factor_cache or None
         self._has_experts = any(r["expert"] != -1 for r in records)
         self._task_decompositions = decompositions  # on Ray: the tasks' cache counts, summed
+        self.adapter: Optional[Dict[str, Any]] = adapters.record(comparator.post)
 
     # ------------------------------------------------------------------ data
 
@@ -509,7 +511,7 @@ class Comparison:
                 "kinds": self.kinds, "device": self.device, "dtype": self.dtype, "backend": self.backend,
                 "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
                 "decompositions": self.decompositions if self.factor_cache else None,
-                "postsvd_version": __version__}
+                "adapter": self.adapter, "postsvd_version": __version__}
 
     def _cache_note(self) -> str:
         if not self.factor_cache:
@@ -538,6 +540,7 @@ class Comparison:
             lines.append(f"{row.kind:<5} {row.scaling_mean:>9.4f} ± {row.scaling_std:<6.4f} "
                          f"{row.nf_mean:>9.4f} {row.nf_random:>9.4f}  {row.reading}")
         lines.append("Overall: " + self.overall())
+        lines += adapters.notes(self._comparator.post)
         quantization = self._quantization_note()
         if quantization:
             lines.append(quantization)

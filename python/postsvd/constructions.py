@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import _core
+from . import _core, adapters
 from .comparison import Comparison
 from ._outputs import FileSet, apply_umask, atomic_folder, cannot_replace
 from ._terminal import printable
@@ -167,6 +167,13 @@ def _weight_file_names(checkpoint) -> List[str]:
     return names
 
 
+def _weight_files(folder: str) -> List[str]:
+    """The safetensors files of a model folder, or an adapter folder's own weights file."""
+    if adapters.is_adapter(folder):
+        return [os.path.join(folder, "adapter_model.safetensors")]
+    return list(_core.Checkpoint(folder).files())
+
+
 def _copy_other_files(source: str, target: str, skip: Iterable[str]) -> List[str]:
     """Copies every entry of `source` except `skip` (the weights) bit for bit; links are followed.
     Modes are the source's less the umask, as `cp` makes them."""
@@ -272,12 +279,16 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
               alpha: AlphaArg = None, layers=None, kinds=None, group: Optional[str] = None, device: str = "cpu",
               dtype: str = "float32", force: bool = False, progress: bool = True, comparison=None,
               cache: Optional[PathLike] = None, rotations: bool = True,
-              num_threads: Optional[int] = None, warm_start: Union[bool, str] = True) -> ConstructionResult:
+              num_threads: Optional[int] = None, warm_start: Union[bool, str] = True,
+              residual_base: bool = False) -> ConstructionResult:
     """Builds construction `number` of `post` (relative to `base`) as a new model folder `out`.
 
     Args:
         number: 9, 10, 11, 12, 14, 15 or 16 (see the module docstring).
-        base, post: model folders of one architecture (config.json + safetensors).
+        base, post: model folders of one architecture (config.json + safetensors). `post` (and `ref`)
+            may be a PEFT LoRA adapter folder applied to `base`: the output holds W + ΔW for every
+            projection the adapter changes and the construction leaves, and the base's other files;
+            an adapter that changes other tensors (embeddings, lm_head, biases) is refused.
         out: the folder to write; it must not exist unless ``force=True`` (then
             the old folder is replaced only once the new one is complete).
         ref: another post model of the same base; construction 12 only.
@@ -300,6 +311,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         warm_start: as in :func:`postsvd.compare`: a post decomposition not in the
             cache starts from the base's factors (True/'auto', 'always', False/'off').
+        residual_base: as in :func:`postsvd.compare`: `base` is the residual model an adapter's
+            initialization left (PiSSA, OLoRA, ...).
 
     Returns:
         A :class:`ConstructionResult` (``.table``, ``.alpha``, ``.plot_rotations()``).
@@ -355,8 +368,9 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     if not os.path.isdir(parent):
         raise InvalidArgumentError(f"out: the parent folder '{parent}' does not exist")
 
-    post_checkpoint = _core.Checkpoint(post_path)
+    post_checkpoint = _core.Checkpoint(post_path, base_path, bool(residual_base))
     arch = _core.detect_architecture(post_checkpoint)
+    files_from = post_checkpoint.weights_folder  # an adapter's: its base's config, tokenizer and other files
     available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
     chosen_kinds = _select_kinds(kinds, group, available)
     chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
@@ -382,7 +396,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         missing = [k for k in chosen_kinds if k not in given]
         if missing:
             pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
-                                          device_kind, device_ids, threads, cache_path)
+                                          device_kind, device_ids, threads, cache_path, bool(residual_base))
             for kind in missing:
                 chosen = _core.table4_alpha(pooled[kind])
                 if not chosen > 0:
@@ -402,10 +416,10 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
 
     # Built in a hidden folder beside out (normal permissions), swapped into place when complete. What it may
     # hold: the post folder's entries (its weights rewritten, the rest copied) and the record.
-    entries = [e + "/" if os.path.isdir(os.path.join(post_path, e)) else e for e in sorted(os.listdir(post_path))]
+    entries = [e + "/" if os.path.isdir(os.path.join(files_from, e)) else e for e in sorted(os.listdir(files_from))]
     files = FileSet("a construction", [*entries, *_weight_file_names(post_checkpoint), RECORD_NAME], literal=True)
     with atomic_folder(out_path, files=files, replace_all=True) as temp:
-        copied = _copy_other_files(post_path, temp, _weight_file_names(post_checkpoint))
+        copied = _copy_other_files(files_from, temp, _weight_file_names(post_checkpoint))
         with tqdm(total=None, desc=f"construction {number}", unit="matrix", disable=not progress,
                   leave=True) as bar:
             def on_progress(done: int, total: int, what: str) -> None:
@@ -418,7 +432,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                 number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
                 kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
                 num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
-                warm_start=normalize_warm_start(warm_start))
+                warm_start=normalize_warm_start(warm_start), residual_base=bool(residual_base))
         sources = {"base": base_path, "post": post_path}
         if ref_path:
             sources["ref"] = ref_path
@@ -433,8 +447,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             "kinds": chosen_kinds,
             "sources": {
                 role: {"folder": os.path.abspath(folder),
-                       "safetensors_sha256": {os.path.basename(p): _sha256(p)
-                                              for p in _core.Checkpoint(folder).files()}}
+                       "safetensors_sha256": {os.path.basename(p): _sha256(p) for p in _weight_files(folder)}}
                 for role, folder in sources.items()},
             "postsvd_version": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -479,7 +492,7 @@ def _check_comparison(comparison, base_path: str, post_path: str) -> None:
 
 def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List[str], layers: List[int],
                          precision: str, device: str, device_ids: List[int], threads: int,
-                         cache_path: str) -> Dict[str, float]:
+                         cache_path: str, residual_base: bool = False) -> Dict[str, float]:
     """Pooled mean top-90 % scaling per kind: from a Comparison when given, else decomposed here."""
     if comparison is not None:
         kind_table = comparison.kind_table()
@@ -494,5 +507,5 @@ def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List
                 f"comparison: it covers layers {sorted(compared_layers)}, the construction selects {layers}")
         return {k: float(kind_table.loc[kind_table["kind"] == k, "scaling_mean"].iloc[0]) for k in kinds}
     choice = _core.default_alpha(base_path, post_path, layers, kinds, precision, device, device_ids, threads,
-                                 cache_path)
+                                 cache_path, residual_base)
     return {k: float(choice["pooled_mean"][k]) for k in kinds}

@@ -79,12 +79,14 @@ _PROBE_CHUNK = 16384
 
 def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=None, paper_nf: bool = True,
             device: str = "cpu", dtype: str = "float32", kinds=None, num_threads: Optional[int] = None,
-            cache: Optional[PathLike] = None, progress: bool = False) -> "Lineage":
+            cache: Optional[PathLike] = None, progress: bool = False, residual_base: bool = False) -> "Lineage":
     """Tests whether model `b` is derived from model `a` (fine-tuned, post-trained, possibly disguised).
 
     Args:
         a, b: model folders (config.json + safetensors) of a llama, mistral, qwen2 or qwen3 model;
-            any stored format postsvd reads (BF16, FP8, ...); the two may differ in format.
+            any stored format postsvd reads (BF16, FP8, ...); the two may differ in format. `b` may be a
+            PEFT LoRA adapter folder: it is applied to `a` (docs/adapters.md; `residual_base` as in
+            :func:`postsvd.compare`).
         level: significance level of the verdict (0 < level < 1).
         layers: the layers to test (None = all), as in :func:`postsvd.compare`.
         paper_nf: also compute the paper's NF per (layer, kind) (App. F's fingerprint, not robust to
@@ -106,12 +108,13 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
         normalize_threads(num_threads)
     with _blas_threads(num_threads):
         return _lineage(a, b, level, layers, paper_nf, dict(device=device, dtype=dtype, kinds=kinds,
-                                                            num_threads=num_threads, cache=cache, progress=progress))
+                                                            num_threads=num_threads, cache=cache, progress=progress,
+                                                            residual_base=residual_base))
 
 
 def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
     model_a = _Model(normalize_folder(a, "a"), "a")
-    model_b = _Model(normalize_folder(b, "b"), "b")
+    model_b = _Model(normalize_folder(b, "b"), "b", model_a.folder, compare_options["residual_base"])
     reasons = out_of_scope(model_a, model_b)
     if reasons:
         return Lineage(model_a.folder, model_b.folder, level, reasons=reasons)
@@ -398,11 +401,11 @@ def match_units(similarity: np.ndarray) -> np.ndarray:
 class _Model:
     """One folder: its checkpoint, sizes and the residual-stream tensors lineage reads."""
 
-    def __init__(self, folder: str, label: str):
+    def __init__(self, folder: str, label: str, base: Optional[str] = None, residual_base: bool = False):
         from .checkpoint import architecture, open_checkpoint
 
         self.folder, self.label = folder, label
-        self.checkpoint = open_checkpoint(folder)
+        self.checkpoint = open_checkpoint(folder, base, residual_base=residual_base)  # an adapter: on `base`
         self.arch = architecture(self.checkpoint)
         self.model_type = self.arch["model_type"]
         if self.model_type not in SUPPORTED_MODEL_TYPES:

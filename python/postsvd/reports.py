@@ -42,18 +42,19 @@ REPORT_FILES = FileSet("a report", [REPORT_NAME])
 
 # ---------------------------------------------------------------------- public API
 
-def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
+def report(base: Optional[PathLike], posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
            dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
            matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25, progress: bool = True,
            num_threads: Optional[int] = None, cache: Optional[PathLike] = None,
-           warm_start: Union[bool, str] = True) -> str:
+           warm_start: Union[bool, str] = True, residual_base: bool = False) -> str:
     """Compares `base` with each post model and writes one HTML page; returns its path.
 
     Args:
-        base: the base model folder.
-        posts: one post-trained model folder or a list of them (same architecture).
+        base: the base model folder; None when the posts are PEFT adapters naming their base.
+        posts: one post-trained model folder or a list of them (same architecture); PEFT LoRA
+            adapter folders too (docs/adapters.md).
         out: output folder (created); the page is ``out/report.html``.
-        device, dtype, layers, kinds, num_threads, cache: as in :func:`postsvd.compare`.
+        device, dtype, layers, kinds, num_threads, cache, residual_base: as in :func:`postsvd.compare`.
         title: the page's title (default: "postsvd report: <base>").
         matrices: the (layer, kind) whose sim_U / sim_V / difference / I_orth
             are drawn (default: the middle compared layer, first compared kind).
@@ -68,9 +69,11 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
     post_list = _post_list(posts)
     check_compare_arguments(base, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
                             num_threads=num_threads, cache=cache,
-                            matrices_for=None if matrices is None else [matrices], leading_k=leading_k, outs=[out])
+                            matrices_for=None if matrices is None else [matrices], leading_k=leading_k, outs=[out],
+                            residual_base=residual_base)
     comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
-                           num_threads=num_threads, cache=cache, warm_start=warm_start) for post in post_list]
+                           num_threads=num_threads, cache=cache, warm_start=warm_start, residual_base=residual_base)
+                   for post in post_list]
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
 
 

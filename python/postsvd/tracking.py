@@ -56,17 +56,20 @@ def step_of(folder: PathLike) -> int:
     return int(match.group(1) or match.group(2))
 
 
-def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Sequence[int]] = None,
+def track(base: Optional[PathLike], checkpoints: Sequence[PathLike], *, steps: Optional[Sequence[int]] = None,
           out: Optional[PathLike] = None, device: str = "cpu", dtype: str = "float32", layers: LayersArg = None,
           kinds: KindsArg = None, progress: bool = True, num_threads: Optional[int] = None,
           cache: Optional[PathLike] = None, executor: str = "local", ray_address: Optional[str] = None,
-          title: Optional[str] = None, warm_start: Union[bool, str] = True) -> "Trajectory":
+          title: Optional[str] = None, warm_start: Union[bool, str] = True,
+          residual_base: bool = False) -> "Trajectory":
     """Compares `base` with each checkpoint of a training run; returns a :class:`Trajectory`.
 
     Args:
-        base: the base model folder.
+        base: the base model folder; None when the checkpoints are PEFT adapters naming their base.
         checkpoints: the checkpoint folders (same architecture as the base), in any order;
-            the trajectory is ordered by step.
+            the trajectory is ordered by step. PEFT LoRA adapter checkpoints (a LoRA run's
+            checkpoint-N folders) are applied to the base (docs/adapters.md; `residual_base` as
+            in :func:`postsvd.compare`).
         steps: the step of each checkpoint (None: read from the folder names).
         out: when given, :meth:`Trajectory.save` writes everything there (tables per step,
             trajectory tables, figures and ``track.html``).
@@ -94,7 +97,7 @@ def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Se
         raise InvalidArgumentError(f"steps: expected distinct steps, got {step_list}")
     check_compare_arguments(base, folders, device="cpu" if executor == "ray" else device, dtype=dtype,
                             layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
-                            outs=[out] if out is not None else ())
+                            outs=[out] if out is not None else (), residual_base=residual_base)
     order = sorted(range(len(folders)), key=lambda i: step_list[i])
     comparisons = []
     with _factor_cache(cache, executor) as cache_folder:
@@ -103,7 +106,7 @@ def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Se
             comparisons.append(compare(base, folders[i], device=device, dtype=dtype, layers=layers, kinds=kinds,
                                        progress=progress, num_threads=num_threads, cache=cache_folder,
                                        executor=executor, ray_address=ray_address, warm_start=warm_start,
-                                       warm_from=previous if cache_folder else None))
+                                       warm_from=previous if cache_folder else None, residual_base=residual_base))
             previous = folders[i]
     trajectory = Trajectory([step_list[i] for i in order], comparisons, title=title)
     if out is not None:
