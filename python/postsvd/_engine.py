@@ -96,15 +96,21 @@ def open_run(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", d
         dtype, local_device or device, num_threads, memory_budget_bytes, cache)
     warm_mode = normalize_warm_start(warm_start)
     warm_from_path = normalize_folder(warm_from, "warm_from") if warm_from is not None else ""
-    comparator = _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
-                                  cache_path, warm_mode, warm_from_path, bool(residual_base))
+    def open_comparator() -> "_core.Comparator":
+        return _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
+                                cache_path, warm_mode, warm_from_path, bool(residual_base))
+
+    comparator = open_comparator()
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     chosen_experts = _check_experts(normalize_experts(experts), arch)
     batches = select_batches(arch, chosen_layers, chosen_kinds, chosen_experts)
     if not batches:
         raise InvalidArgumentError(f"no matrix selected: layers {layers!r}, kinds {kinds!r}, experts {experts!r}")
-    adapters.fetch_base(base_model, [arch["matrices"][i] for b in batches.values() for i in b])
+    if not base_model.is_local:  # a Hub base an adapter names: fetch what the run reads, then reopen (the
+        # reader takes a partial copy's present ranges when it opens the folder)
+        adapters.fetch_base(base_model, [arch["matrices"][i] for b in batches.values() for i in b])
+        comparator = open_comparator()
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
     return Run(comparator, base_path, post_path, device, precision, budget, num_threads, cache_path, warm_mode,
