@@ -83,9 +83,12 @@ def resolve_base(base: Optional[PathLike], post: PathLike, what: str = "base") -
         raise InvalidArgumentError(f"{what}: missing, and {os.path.join(post_path, CONFIG)} names no "
                                    f"base_model_name_or_path: name the base model")
     source = f"{what} (base_model_name_or_path of {os.path.join(post_path, CONFIG)})"
-    if os.path.isdir(name):
-        return hub.ResolvedModel(name=name, folder=name)
-    return hub.resolve(name, source)
+    resolved = hub.ResolvedModel(name=name, folder=name) if os.path.isdir(name) else hub.resolve(name, source)
+    quantization = _quantization(os.path.join(resolved.folder, "config.json"))
+    if quantization:
+        raise InvalidArgumentError(f"{source}: '{printable(name)}' is a quantized model ({quantization}), whose "
+                                   f"weights postsvd does not read: a QLoRA adapter; name its unquantized base")
+    return resolved
 
 
 def fetch_base(base: hub.ResolvedModel, sources: Iterable[Dict[str, Any]]) -> None:
@@ -173,8 +176,13 @@ def _quantized_training_base(adapter: Dict[str, Any]) -> Optional[tuple]:
             config_path = cached if isinstance(cached, str) else None
         except Exception:  # a name the cache cannot look up: nothing known
             config_path = None
-    if not config_path or not os.path.isfile(config_path):
-        return None
+    quantization = _quantization(config_path) if config_path else None
+    return (name, quantization) if quantization else None
+
+
+def _quantization(config_path: str) -> Optional[str]:
+    """'bitsandbytes 4-bit', 'gptq 4-bit', ...: the quantization of a config.json whose weights postsvd cannot
+    read (what QLoRA-style adapters are trained on); None for others, or when the file cannot be read."""
     try:
         with open(config_path, encoding="utf-8") as f:
             quantization = json.load(f).get("quantization_config") or {}
@@ -185,4 +193,4 @@ def _quantized_training_base(adapter: Dict[str, Any]) -> Optional[tuple]:
         return None
     bits = ("4-bit" if quantization.get("load_in_4bit") else "8-bit" if quantization.get("load_in_8bit")
             else f"{quantization['bits']}-bit" if "bits" in quantization else "")
-    return name, f"{method} {bits}".strip()
+    return f"{method} {bits}".strip()

@@ -181,6 +181,8 @@ def test_skipped_tensors_and_qlora_are_said(tmp_path, variants):
     assert f"QLoRA: the adapter was trained on the quantized model '{quantized}' (bitsandbytes 4-bit)" in summary
     assert result.adapter["qlora"] == {"trained_on": str(quantized), "quantization": "bitsandbytes 4-bit"}
     assert any(name.endswith("lora_embedding_A") for name in result.adapter["skipped"])
+    with pytest.raises(InvalidArgumentError, match="bitsandbytes 4-bit.*QLoRA adapter; name its unquantized base"):
+        postsvd.compare(None, adapter, progress=False)  # the base it names cannot be read
     assert result.adapter["adapted"] == 2  # q_proj of both layers; lm_head and the embedding are not projections
 
 
