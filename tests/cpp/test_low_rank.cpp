@@ -167,4 +167,27 @@ TEST(LowRankBackend, TheCpuBackendDecomposesTheMergedMatrix) {
   for (std::size_t j = 0; j < adapted.S.size(); ++j) EXPECT_NEAR(adapted.S[j], reference.S[j], 1e-5 * reference.S[0]);
 }
 
+// A GPU case (the suite name holds "Cuda": `ctest -L gpu`): the CUDA backend merges an adapted view on the
+// host and measures the pair as the CPU backend does.
+TEST(CudaLowRank, ComparingAnAdaptedPairMatchesTheCpuBackend) {
+  if (postsvd::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device here (or built without CUDA)";
+  std::mt19937_64 rng(45);
+  const Matrix<double> w = gaussian(48, 32, rng);
+  auto base = store_linear<float>(w, "base");
+  auto post = store_linear<float>(w, "post");
+  Term t = make_term(48, 32, true, rng);
+  post.view.delta = delta_of(t, 0.5);
+  postsvd::MeasureOptions options;
+  auto cpu = postsvd::make_backend(postsvd::BackendOptions{});
+  postsvd::BackendOptions on_gpu;
+  on_gpu.device = postsvd::Device::CUDA;
+  auto gpu = postsvd::make_backend(on_gpu);
+  const auto expected = cpu->compare({{base.view, post.view}}, options);
+  const auto got = gpu->compare({{base.view, post.view}}, options);
+  EXPECT_NEAR(got[0].nf, expected[0].nf, 1e-4);
+  for (std::size_t j = 0; j < expected[0].sigma_post.size(); ++j) {
+    EXPECT_NEAR(got[0].sigma_post[j], expected[0].sigma_post[j], 1e-4 * expected[0].sigma_post[0]);
+  }
+}
+
 }  // namespace
