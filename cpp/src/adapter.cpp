@@ -263,6 +263,12 @@ struct Adapter::Impl {
 
 void Adapter::Impl::read_options(const json& config, const AdapterOptions& options) {
   const std::string& path = config_path;
+  POSTSVD_CHECK(config.contains("peft_type") && config["peft_type"].is_string(), BadCheckpoint,
+                path << ": no \"peft_type\" string; expected a PEFT adapter config with \"peft_type\": \"LORA\"");
+  const std::string peft_type = config["peft_type"].get<std::string>();
+  POSTSVD_CHECK(peft_type == "LORA", InvalidArgument,
+                path << ": peft_type '" << detail::name_excerpt(peft_type)
+                     << "' is not supported; postsvd reads LoRA adapters (peft_type 'LORA', with rsLoRA and DoRA)");
   // Every option that changes the merge and is not formed here, and every key peft 0.21 does not know.
   for (const auto& item : config.items()) {
     const auto rule = std::find_if(key_rules().begin(), key_rules().end(),
@@ -278,12 +284,6 @@ void Adapter::Impl::read_options(const json& config, const AdapterOptions& optio
                          << "; postsvd does not form this merge, so the adapter is refused");
     }
   }
-  POSTSVD_CHECK(config.contains("peft_type") && config["peft_type"].is_string(), BadCheckpoint,
-                path << ": no \"peft_type\" string; expected a PEFT adapter config with \"peft_type\": \"LORA\"");
-  const std::string peft_type = config["peft_type"].get<std::string>();
-  POSTSVD_CHECK(peft_type == "LORA", InvalidArgument,
-                path << ": peft_type '" << detail::name_excerpt(peft_type)
-                     << "' is not supported; postsvd reads LoRA adapters (peft_type 'LORA', with rsLoRA and DoRA)");
   auto flag = [&](const char* key) {
     if (!config.contains(key) || config[key].is_null()) return false;
     POSTSVD_CHECK(config[key].is_boolean(), BadCheckpoint,
