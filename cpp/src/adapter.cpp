@@ -145,6 +145,37 @@ bool ends_with(const std::string& text, const std::string& tail) {
 
 bool starts_with(const std::string& text, const std::string& head) { return text.compare(0, head.size(), head) == 0; }
 
+// rank_pattern / alpha_pattern keys are regular expressions from the adapter's config: bounded in size, and
+// refused where a repeated group itself repeats or alternates ("(a*)*", "(a|aa)+"), whose backtracking
+// match takes exponential time in the module name's length.
+constexpr std::size_t kMaxPatternChars = 512;
+
+bool backtracks(const std::string& pattern) {
+  std::vector<bool> risky{false};  // per open group: it holds a quantifier or an alternation
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\') {
+      ++i;
+    } else if (c == '[') {
+      while (i + 1 < pattern.size() && pattern[++i] != ']') {
+        if (pattern[i] == '\\') ++i;
+      }
+    } else if (c == '(') {
+      risky.push_back(false);
+    } else if (c == ')' && risky.size() > 1) {
+      const bool inner = risky.back();
+      risky.pop_back();
+      const char next = i + 1 < pattern.size() ? pattern[i + 1] : '\0';
+      const bool repeated = next == '*' || next == '+' || next == '{' || next == '?';
+      if (inner && repeated && next != '?') return true;
+      risky.back() = risky.back() || inner || repeated;
+    } else if (c == '*' || c == '+' || c == '{' || c == '|') {
+      risky.back() = true;
+    }
+  }
+  return false;
+}
+
 // What a tensor of the adapter file is, by its name's ending.
 enum class Role { A, B, BBias, Magnitude, EmbeddingA, EmbeddingB, BaseCopy, TrainableTokens, Whole, Unknown };
 
@@ -316,6 +347,13 @@ void Adapter::Impl::read_options(const json& config, const AdapterOptions& optio
       POSTSVD_CHECK(!rank || entry.value().get<int64_t>() >= 1, InvalidArgument,
                     path << ": \"rank_pattern\" gives '" << detail::name_excerpt(entry.key()) << "' rank "
                          << entry.value().get<int64_t>() << "; expected a rank >= 1 (rank 0 has no LoRA factors)");
+      POSTSVD_CHECK(entry.key().size() <= kMaxPatternChars && !backtracks(entry.key()), InvalidArgument,
+                    path << ": \"" << key << "\" key '" << detail::name_excerpt(entry.key()) << "' "
+                         << (entry.key().size() > kMaxPatternChars
+                                 ? "is longer than " + std::to_string(kMaxPatternChars) + " characters"
+                                 : std::string("repeats a group that itself repeats or alternates, which can take "
+                                               "exponential time to match"))
+                         << "; postsvd refuses it");
       try {
         // peft's get_pattern_key: re.match(rf"(.*\.)?({key})$", name), the first key that matches wins.
         std::regex pattern("(.*\\.)?(" + entry.key() + ")");

@@ -293,6 +293,8 @@ def test_a_base_of_another_architecture(variants, tmp_path):
     (dict(init_lora_weights="something_new"), InvalidArgumentError, ["'something_new'", "does not know"]),
     (dict(fan_in_fan_out=True), InvalidArgumentError, ['"fan_in_fan_out" is true', "nn.Linear"]),
     (dict(use_dora=True), BadCheckpointError, ["use_dora", "lora_magnitude_vector"]),
+    (dict(rank_pattern={"(a*)*q_proj": 2}), InvalidArgumentError, ["'(a*)*q_proj'", "exponential time"]),
+    (dict(alpha_pattern={"((q|k)_proj)+": 2}), InvalidArgumentError, ["alpha_pattern", "exponential time"]),
 ])
 def test_options_that_change_the_merge_are_refused(variants, tmp_path, changes, error, fragments):
     base, adapter = adapter_copy(variants, tmp_path)
