@@ -154,6 +154,8 @@ py::dict measures_to_python(postsvd::PairMeasures&& m, bool full_matrices) {
   out["nf"] = m.nf;
   out["iorth_diag"] = to_numpy(std::move(m.iorth_diag));
   out["warm_sweeps"] = m.warm_sweeps;
+  out["intruders"] = m.intruders;
+  out["intruder_cosines"] = to_numpy(std::move(m.intruder_cosines));
   if (full_matrices) {
     out["sim_u"] = to_numpy(std::move(m.sim_u));
     out["sim_v"] = to_numpy(std::move(m.sim_v));
@@ -164,14 +166,31 @@ py::dict measures_to_python(postsvd::PairMeasures&& m, bool full_matrices) {
   return out;
 }
 
+postsvd::IntruderOptions intruder_options(int64_t k, double epsilon, const std::string& side) {
+  postsvd::IntruderOptions options;
+  options.k = k;
+  options.epsilon = epsilon;
+  options.side = postsvd::parse_intruder_side(side);
+  postsvd::check_intruder_options(options);
+  return options;
+}
+
+const postsvd::IntruderOptions kIntruderDefaults{};
+
+py::dict intruder_options_to_python(const postsvd::IntruderOptions& options) {
+  return py::dict("k"_a = options.k, "epsilon"_a = options.epsilon,
+                  "side"_a = postsvd::intruder_side_name(options.side));
+}
+
 postsvd::MeasureOptions measure_options(const std::string& precision, bool full_matrices, int64_t leading_k,
-                                        const std::string& warm_start) {
+                                        const std::string& warm_start, const postsvd::IntruderOptions& intruders) {
   POSTSVD_CHECK(leading_k >= 0, InvalidArgument, "leading_k: expected >= 0 (0 = all), got " << leading_k);
   postsvd::MeasureOptions options;
   options.warm_start = postsvd::parse_warm_start_mode(warm_start);
   options.precision = parse_precision(precision);
   options.full_matrices = full_matrices;
   options.leading_k = leading_k;
+  options.intruders = intruders;
   return options;
 }
 
@@ -373,8 +392,10 @@ class PyBackend {
   }
 
   py::dict measures(py::array base, py::array post, const std::string& precision, bool full_matrices,
-                    int64_t leading_k, const std::string& warm_start) {
-    const postsvd::MeasureOptions options = measure_options(precision, full_matrices, leading_k, warm_start);
+                    int64_t leading_k, const std::string& warm_start, int64_t intruder_k, double intruder_epsilon,
+                    const std::string& intruder_side) {
+    const postsvd::MeasureOptions options = measure_options(
+        precision, full_matrices, leading_k, warm_start, intruder_options(intruder_k, intruder_epsilon, intruder_side));
     std::vector<postsvd::PairInput> pairs(1);
     pairs[0].base = view_of_array(base, "base");
     pairs[0].post = view_of_array(post, "post");
@@ -531,6 +552,25 @@ PYBIND11_MODULE(_core, m) {
         return out;
       },
       "The warm-start modes by name, the default first (the core's one list).");
+  m.def(
+      "intruder_sides",
+      [] {
+        std::vector<std::string> out;
+        for (postsvd::IntruderSide side : postsvd::intruder_sides()) out.push_back(postsvd::intruder_side_name(side));
+        return out;
+      },
+      "The sides the intruder count reads, by name, the default first: 'output' (V, |Q2|), 'input' (U, |Q1|).");
+  m.def("count_intruders", &postsvd::count_intruders, "cosines"_a, "epsilon"_a,
+        "How many of the largest |cosines| are below epsilon (the intruder rule of the core, in one place).");
+  m.def(
+      "intruder_options",
+      [](int64_t k, double epsilon, const std::string& side) {
+        return intruder_options_to_python(intruder_options(k, epsilon, side));
+      },
+      "k"_a = kIntruderDefaults.k, "epsilon"_a = kIntruderDefaults.epsilon,
+      "side"_a = postsvd::intruder_side_name(kIntruderDefaults.side),
+      "The intruder options {k, epsilon, side} checked by the core (InvalidArgumentError naming the option); "
+      "called without arguments, the defaults (the paper's k = 10, epsilon = 0.5, the output side).");
   m.attr("SHARED_EXPERT") = postsvd::kSharedExpert;
   m.def(
       "svd",
@@ -555,7 +595,9 @@ PYBIND11_MODULE(_core, m) {
            "Reduced SVD of W started from the factors (U, S, V) of a close matrix of its shape -> (U, S, V, "
            "{sweeps, fell_back, initial_off}); the cold SVD when W is not close (sweeps = -1).")
       .def("measures", &PyBackend::measures, "base"_a, "post"_a, "precision"_a = "float32",
-           "full_matrices"_a = false, "leading_k"_a = 0, "warm_start"_a = "auto",
+           "full_matrices"_a = false, "leading_k"_a = 0, "warm_start"_a = "auto", "intruder_k"_a = kIntruderDefaults.k,
+           "intruder_epsilon"_a = kIntruderDefaults.epsilon,
+           "intruder_side"_a = postsvd::intruder_side_name(kIntruderDefaults.side),
            "Measures of one pair of equal-shape arrays (paper orientation [in, out]) as a dict.");
 
   py::class_<postsvd::Checkpoint>(m, "Checkpoint",
@@ -663,27 +705,35 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const std::string& base, const std::string& post, const std::string& device,
                        const std::string& precision, const std::vector<int>& device_ids,
                        std::size_t memory_budget_bytes, int num_threads, const std::string& factor_cache,
-                       const std::string& warm_start, const std::string& warm_from, bool residual_base) {
+                       const std::string& warm_start, const std::string& warm_from, int64_t intruder_k,
+                       double intruder_epsilon, const std::string& intruder_side, bool residual_base) {
              // The GIL is released around the C++ work only: pybind11 registers the
              // returned instance after this returns, which must run with the GIL held
              // (a call_guard would release it there too; pybind11 issue 5473).
              const postsvd::BackendOptions options = backend_options(device, device_ids, memory_budget_bytes, num_threads);
              const postsvd::Precision p = parse_precision(precision);
              const postsvd::WarmStartMode warm = postsvd::parse_warm_start_mode(warm_start);
+             const postsvd::IntruderOptions intruders = intruder_options(intruder_k, intruder_epsilon, intruder_side);
              postsvd::AdapterOptions adapter;
              adapter.residual_base = residual_base;
              py::gil_scoped_release release;
              auto comparator = std::make_unique<postsvd::Comparator>(base, post, options, p, factor_cache, adapter);
              comparator->set_warm_start(warm);
              comparator->set_warm_from(warm_from);
+             comparator->set_intruder_options(intruders);
              return comparator;
            }),
            "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
            "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "", "warm_start"_a = "auto",
-           "warm_from"_a = "", "residual_base"_a = false)
+           "warm_from"_a = "", "intruder_k"_a = kIntruderDefaults.k, "intruder_epsilon"_a = kIntruderDefaults.epsilon,
+           "intruder_side"_a = postsvd::intruder_side_name(kIntruderDefaults.side), "residual_base"_a = false)
       .def_property_readonly(
           "warm_start", [](const postsvd::Comparator& c) { return postsvd::warm_start_mode_name(c.warm_start()); },
           "'off', 'auto' or 'always': when post matrices start from the base's (or warm_from's cached) factors.")
+      .def_property_readonly(
+          "intruder_options",
+          [](const postsvd::Comparator& c) { return intruder_options_to_python(c.intruder_options()); },
+          "{k, epsilon, side}: the intruder count of every compared pair.")
       .def_property_readonly(
           "architecture", [](const postsvd::Comparator& c) { return architecture_to_python(c.architecture()); },
           "The base model's {model_type, num_layers, matrices: [dict]} (the post model matches it).")

@@ -68,6 +68,7 @@ WarmStartMode parse_warm_start_mode(const std::string& name, const std::string& 
 void check_compare_arguments(const std::vector<PairInput>& pairs, const MeasureOptions& options) {
   POSTSVD_CHECK(options.leading_k >= 0, InvalidArgument,
                 "compare: leading_k: expected >= 0 (0 = all), got " << options.leading_k);
+  check_intruder_options(options.intruders);
   for (std::size_t i = 0; i < pairs.size(); ++i) {
     const TensorView& a = pairs[i].base;
     const TensorView& b = pairs[i].post;

@@ -23,6 +23,11 @@ Comparator::Comparator(const std::string& base_folder, const std::string& post_f
   if (!factor_cache.empty()) cache_ = std::make_unique<FactorCache>(factor_cache);
 }
 
+void Comparator::set_intruder_options(const IntruderOptions& options) {
+  check_intruder_options(options);
+  intruders_ = options;
+}
+
 void Comparator::set_warm_from(const std::string& folder) {
   if (folder.empty()) {
     warm_from_.reset();
@@ -54,6 +59,7 @@ std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indice
   options.full_matrices = full_matrices;
   options.leading_k = leading_k;
   options.warm_start = warm_start_;
+  options.intruders = intruders_;
   std::vector<PairMeasures> result;
   if (!cache_) {
     result = backend_->compare(pairs, options);

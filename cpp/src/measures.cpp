@@ -12,8 +12,14 @@
 // leading block of Q1), Q2_kk likewise, and I_orth_kk = Q1_kk^T Q2_kk, which is
 // the I_orth of the truncated factors (not the leading block of the full
 // I_orth unless kk = k).
-#include <cmath>
+//
+// Intruder dimensions (Shuttleworth et al. 2024, Algorithm 1): for the leading min(k_i, k) post
+// singular vectors on the chosen side, the largest |cosine| with every base singular vector is the
+// largest |entry| of that column of Q2 (output side) or Q1 (input side), the matrices NF already
+// needs; an intruder is a vector whose largest |cosine| is below epsilon.
+#include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
 
@@ -78,6 +84,18 @@ Matrix<double> leading_block(const Matrix<T>& m, int64_t kk) {
   return out;
 }
 
+/// max_i |m(i, j)| for each column j < count of a column-major [rows, cols] matrix.
+template <class T>
+std::vector<double> column_max_abs(const Matrix<T>& m, int64_t count) {
+  std::vector<double> out(static_cast<std::size_t>(count));
+  for (int64_t j = 0; j < count; ++j) {
+    double largest = 0;
+    for (int64_t i = 0; i < m.rows(); ++i) largest = std::max(largest, std::abs(static_cast<double>(m(i, j))));
+    out[static_cast<std::size_t>(j)] = largest;
+  }
+  return out;
+}
+
 Matrix<double> absolute(const Matrix<double>& m) {
   Matrix<double> out(m.rows(), m.cols());
   for (int64_t i = 0; i < m.size(); ++i) out.data()[i] = std::abs(m.data()[i]);
@@ -85,6 +103,37 @@ Matrix<double> absolute(const Matrix<double>& m) {
 }
 
 }  // namespace
+
+int64_t count_intruders(const std::vector<double>& cosines, double epsilon) {
+  int64_t count = 0;
+  for (double c : cosines) count += c < epsilon ? 1 : 0;
+  return count;
+}
+
+int64_t intruder_vectors(const IntruderOptions& options, int64_t k) { return std::min(options.k, k); }
+
+void check_intruder_options(const IntruderOptions& options) {
+  POSTSVD_CHECK(options.k >= 1, InvalidArgument,
+                "intruder_k: expected >= 1 (the leading post singular vectors examined), got " << options.k);
+  POSTSVD_CHECK(options.epsilon >= 0.0 && options.epsilon <= 1.0, InvalidArgument,
+                "intruder_epsilon: expected a |cosine| threshold in [0, 1], got " << options.epsilon);
+}
+
+const char* intruder_side_name(IntruderSide side) { return side == IntruderSide::Output ? "output" : "input"; }
+
+const std::vector<IntruderSide>& intruder_sides() {
+  static const std::vector<IntruderSide> sides = {IntruderSide::Output, IntruderSide::Input};
+  return sides;
+}
+
+IntruderSide parse_intruder_side(const std::string& name, const std::string& argument) {
+  std::string expected;
+  for (IntruderSide side : intruder_sides()) {
+    if (name == intruder_side_name(side)) return side;
+    expected += std::string(expected.empty() ? "'" : ", '") + intruder_side_name(side) + "'";
+  }
+  POSTSVD_THROW(InvalidArgument, argument << ": expected one of " << expected << ", got '" << name << "'");
+}
 
 int64_t scaling_top_count(int64_t k) {
   if (k < 0) POSTSVD_THROW(InvalidArgument, "scaling_top_count: expected k >= 0, got " << k);
@@ -127,6 +176,7 @@ PairMeasures measures_from(const Decomposition<T>& base, const Decomposition<T>&
   if (options.leading_k < 0) {
     POSTSVD_THROW(InvalidArgument, "measures_from: leading_k: expected >= 0 (0 = all), got " << options.leading_k);
   }
+  check_intruder_options(options.intruders);
   const int64_t m = base.U.rows();
   const int64_t n = base.V.rows();
   const int64_t k = static_cast<int64_t>(base.S.size());
@@ -158,6 +208,9 @@ PairMeasures measures_from(const Decomposition<T>& base, const Decomposition<T>&
     out.iorth_diag[static_cast<std::size_t>(c)] = static_cast<double>(iorth(c, c));
   }
   out.nf = std::sqrt(squares) / static_cast<double>(k);
+  out.intruder_cosines =
+      column_max_abs(options.intruders.side == IntruderSide::Output ? q2 : q1, intruder_vectors(options.intruders, k));
+  out.intruders = count_intruders(out.intruder_cosines, options.intruders.epsilon);
 
   if (options.full_matrices) {
     const int64_t kk = options.leading_k > 0 ? std::min(options.leading_k, k) : k;

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _core, adapters
 from ._validate import (
+    INTRUDER_DEFAULTS,
     KINDS,
     ExpertsArg,
     KindsArg,
@@ -29,6 +30,7 @@ from ._validate import (
     normalize_dtype,
     normalize_experts,
     normalize_folder,
+    normalize_intruders,
     normalize_kinds,
     normalize_layers,
     normalize_leading_k,
@@ -41,9 +43,9 @@ from .errors import InvalidArgumentError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Per-pair values kept after the factors are released (all O(k)).
+#: Per-pair values kept after the factors are released (all O(k); intruder_cosines O(intruder k)).
 KEPT = ("rows", "cols", "k", "sigma_base", "sigma_post", "scaling", "scaling_mean", "scaling_std",
-        "scaling_count", "nf", "iorth_diag", "warm_sweeps")
+        "scaling_count", "nf", "iorth_diag", "warm_sweeps", "intruders", "intruder_cosines")
 #: Matrix pairs per call into the backend.
 CHUNK = 64
 
@@ -61,6 +63,7 @@ class Run:
     cache: str  # '' = none
     warm_start: str
     warm_from: str
+    intruders: Dict[str, Any]  # {k, epsilon, side}
     residual_base: bool  # an adapter post's base is the residual model of its initialization
     layers: List[int]
     kinds: List[str]
@@ -84,7 +87,8 @@ def open_run(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", d
              memory_budget_bytes: Optional[int] = None, cache: Optional[PathLike] = None,
              experts: ExpertsArg = None, warm_start: Union[bool, str] = True,
              warm_from: Optional[PathLike] = None, local_device: Optional[str] = None,
-             residual_base: bool = False) -> Run:
+             intruder_k: int = INTRUDER_DEFAULTS["k"], intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+             intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> Run:
     """Checks the options, opens both folders and selects the pairs (see :func:`postsvd.compare`).
 
     `local_device`: the device of this process's comparator when the pairs run elsewhere (Ray: 'cpu').
@@ -96,9 +100,12 @@ def open_run(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", d
         dtype, local_device or device, num_threads, memory_budget_bytes, cache)
     warm_mode = normalize_warm_start(warm_start)
     warm_from_path = normalize_folder(warm_from, "warm_from") if warm_from is not None else ""
+    intruders = normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
+
     def open_comparator() -> "_core.Comparator":
         return _core.Comparator(base_path, post_path, device_kind, precision, device_ids, budget, threads,
-                                cache_path, warm_mode, warm_from_path, bool(residual_base))
+                                cache_path, warm_mode, warm_from_path, intruders["k"], intruders["epsilon"],
+                                intruders["side"], bool(residual_base))
 
     comparator = open_comparator()
     arch = comparator.architecture
@@ -114,7 +121,7 @@ def open_run(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", d
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
     return Run(comparator, base_path, post_path, device, precision, budget, num_threads, cache_path, warm_mode,
-               warm_from_path, bool(residual_base), chosen_layers, chosen_kinds, batches)
+               warm_from_path, intruders, bool(residual_base), chosen_layers, chosen_kinds, batches)
 
 
 def select_batches(arch: Dict[str, Any], layers: Sequence[int], kinds: Sequence[str],
@@ -204,14 +211,16 @@ def check_compare_arguments(base: Optional[PathLike], posts: Sequence[PathLike],
                             cache: Optional[PathLike] = None,
                             matrices_for: Optional[Iterable[Tuple[int, str]]] = None, leading_k: Optional[int] = 25,
                             outs: Sequence[PathLike] = (), experts: ExpertsArg = None,
-                            shown_experts: ExpertsArg = None, residual_base: bool = False) -> None:
+                            shown_experts: ExpertsArg = None, intruder_k: int = INTRUDER_DEFAULTS["k"],
+                            intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+                            intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> None:
     """Checks every argument of comparing `base` with each of `posts` and saving the results
     (:func:`compare`, :meth:`Comparison.save`) before anything is computed or written.
 
     Each post model is opened against the base (headers only: folders, files, architecture and
     shapes); the layer, kind and expert selection, the `matrices_for` items ((layer, kind[, expert])),
-    the `shown_experts` (:meth:`Comparison.save`'s `experts`), `leading_k` and the output folders
-    `outs` are checked. Raises what :func:`compare` and :meth:`Comparison.save` would
+    the `shown_experts` (:meth:`Comparison.save`'s `experts`), `leading_k`, the intruder options and the
+    output folders `outs` are checked. Raises what :func:`compare` and :meth:`Comparison.save` would
     raise later, naming the argument.
     """
     post_paths = [normalize_folder(post, "post") for post in posts]
@@ -220,12 +229,13 @@ def check_compare_arguments(base: Optional[PathLike], posts: Sequence[PathLike],
     base_paths = [adapters.resolve_base(base, post).folder for post in post_paths]
     precision, _, threads, _, _ = _options(dtype, device, num_threads, memory_budget_bytes, cache)
     normalize_leading_k(leading_k)
+    normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
     for out in outs:
         normalize_output_folder(out)
     for base_path, post_path in zip(base_paths, post_paths):
         # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
-        arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "", "auto", "",
-                                bool(residual_base)).architecture
+        arch = _core.Comparator(base_path, post_path, "cpu", precision, [], 0, threads, "",
+                                residual_base=bool(residual_base)).architecture
         chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
         chosen_experts = _check_experts(normalize_experts(experts), arch)
         sources = [arch["matrices"][i] for batch in select_batches(arch, chosen_layers, chosen_kinds,

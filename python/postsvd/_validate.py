@@ -51,6 +51,24 @@ def normalize_warm_start(warm_start) -> str:
                                f"got {warm_start!r}")
 
 
+#: The sides the intruder count reads ('output': V, the paper's; 'input': U), the default first, and the
+#: defaults of the count (the paper's k = 10, epsilon = 0.5): the core's one list and defaults.
+INTRUDER_SIDES: Tuple[str, ...] = tuple(_core.intruder_sides())
+INTRUDER_DEFAULTS: Dict[str, object] = dict(_core.intruder_options())
+
+
+def normalize_intruders(k, epsilon, side) -> Dict[str, object]:
+    """{k, epsilon, side} of the intruder count: k a positive int, epsilon a number in [0, 1], side
+    'output' or 'input' in any case (values checked by the core, which names the option)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidArgumentError(f"intruder_k: expected a positive integer, got {k!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"intruder_epsilon: expected a number in [0, 1], got {epsilon!r}")
+    if not isinstance(side, str):
+        raise InvalidArgumentError(f"intruder_side: expected one of {', '.join(INTRUDER_SIDES)}, got {side!r}")
+    return dict(_core.intruder_options(int(k), float(epsilon), side.strip().lower()))
+
+
 def normalize_dtype(dtype) -> str:
     """'float32' / 'float64' from a string or numpy dtype; anything else raises."""
     if dtype is None:

@@ -22,8 +22,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ._names import unique_names
 from ._outputs import atomic_file
 from ._terminal import printable
-from ._validate import (DTYPES, GROUP_ALIASES, KIND_GROUPS, KINDS, WARM_START_MODES, expert_label,
-                        normalize_experts, normalize_output_file, normalize_output_folder, parse_matrix_pairs)
+from ._validate import (DTYPES, GROUP_ALIASES, INTRUDER_DEFAULTS, INTRUDER_SIDES, KIND_GROUPS, KINDS,
+                        WARM_START_MODES, expert_label, normalize_experts, normalize_output_file,
+                        normalize_output_folder, parse_matrix_pairs)
 from .errors import InvalidArgumentError, PostsvdError
 
 PROG = "postsvd"
@@ -81,6 +82,23 @@ ADAPTER_BASE_HELP = ("base model folder (config.json + *.safetensors); left out 
                      "adapters whose adapter_config.json names their base")
 
 
+def add_intruder_options(parser: argparse.ArgumentParser) -> None:
+    """--intruder-k, --intruder-epsilon, --intruder-side of compare and report (Shuttleworth et al. 2024)."""
+    parser.add_argument("--intruder-k", type=int, default=INTRUDER_DEFAULTS["k"], metavar="K",
+                        help="intruder dimensions: the top K singular vectors of each post matrix examined")
+    parser.add_argument("--intruder-epsilon", type=float, default=INTRUDER_DEFAULTS["epsilon"], metavar="EPS",
+                        help="intruder dimensions: a vector whose largest |cosine| with every base singular "
+                             "vector is below EPS is one")
+    parser.add_argument("--intruder-side", default=INTRUDER_DEFAULTS["side"], choices=INTRUDER_SIDES,
+                        help="intruder dimensions: the singular vectors compared: output (the left singular vectors "
+                             "of the stored [out, in] weight, as the paper and peft count) or input")
+
+
+def _intruder_arguments(args) -> dict:
+    return dict(intruder_k=args.intruder_k, intruder_epsilon=args.intruder_epsilon,
+                intruder_side=args.intruder_side)
+
+
 def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str, *,
                        nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE",
                        base_help: str = ADAPTER_BASE_HELP) -> None:
@@ -128,6 +146,7 @@ examples:
   postsvd compare Qwen2.5-Math-1.5B/ Qwen2.5-Math-1.5B-Instruct/ --out results/
   postsvd compare base/ instruct/ reasoning/ --out results/     # one subfolder per post model
   postsvd compare base/ post/ --out results/ --layers 0,1,20-27 --kinds q,k,o --dtype float64
+  postsvd compare base/ lora_merged/ --out results/ --intruder-k 20 --intruder-epsilon 0.4   # intruder dimensions
   postsvd compare base/ post/ --out results/ --device cuda --no-progress
   postsvd compare base/ instruct/ reasoning/ --out results/ --cache factors/   # base decomposed once
   postsvd construct 11 --base base/ --post instruct/ --out restored/ --cache factors/   # reuses them
@@ -135,7 +154,7 @@ examples:
 
 output (per post model): table.csv, table.json (a row per layer and kind), kinds.csv,
 kinds.json (pooled per kind, the paper's Table 3), spectra.npz, summary.txt, run.json,
-svsm.png (Fig. 2), scaling_bands.png (Fig. 8), nf.png (Fig. 3b),
+svsm.png (Fig. 2), scaling_bands.png (Fig. 8), nf.png (Fig. 3b), intruders.png,
 matrices_layer<L>_<kind>[_expert<E>].png (Fig. 3a); MoE models also nf_experts.png."""
 
 
@@ -159,6 +178,7 @@ def add_compare(subparsers) -> None:
                         help="MoE models: experts drawn and stored (spectra.npz) as their own series besides the "
                              "pooled routed experts and the shared one, e.g. 17 or 3,17,shared")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    add_intruder_options(parser)
     add_ray_option(parser)
     parser.set_defaults(func=run_compare)
 
@@ -190,7 +210,8 @@ def run_compare(args) -> int:
     base, posts = models_of(args.base, args.posts)
     out_dirs = _output_dirs(args.out, posts)
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
-                   num_threads=args.threads, cache=args.cache, experts=args.experts, residual_base=args.residual_base)
+                   num_threads=args.threads, cache=args.cache, experts=args.experts, residual_base=args.residual_base,
+                   **_intruder_arguments(args))
     check_compare_arguments(base, posts, matrices_for=matrices_for, leading_k=args.leading_k,
                             outs=out_dirs, shown_experts=shown, **dict(options, device=_checked_device(args)))
     for post, out_dir in zip(posts, out_dirs):
@@ -291,8 +312,8 @@ examples:
 
 output: DIR/report.html, one self-contained page (figures embedded as PNG, CSS inline, no network):
 an overview, per post model a plain-language summary, the per-kind table (Table 3), the figures
-(SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, sim/I_orth matrices of one pair
-Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
+(SVSM heatmaps Fig. 2, scaling bands Fig. 8, NF per layer Fig. 3b, intruder dimensions against epsilon,
+sim/I_orth matrices of one pair Fig. 3a), the per-layer table; with several post models their NF side by side (Fig. 9); the run's
 metadata (version, backend, date, folders)."""
 
 
@@ -310,6 +331,7 @@ def add_report(subparsers) -> None:
                              "layer, first kind)")
     parser.add_argument("--leading-k", type=int, default=25, metavar="K",
                         help="leading singular vectors shown in the matrix heatmaps")
+    add_intruder_options(parser)
     parser.set_defaults(func=run_report)
 
 
@@ -323,7 +345,8 @@ def run_report(args) -> int:
     path = report(base, posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
                   kinds=args.kinds, title=args.title, matrices=pairs[0] if pairs else None,
                   leading_k=args.leading_k, progress=not args.no_progress, num_threads=args.threads,
-                  cache=args.cache, warm_start=args.warm_start, residual_base=args.residual_base)
+                  cache=args.cache, warm_start=args.warm_start, residual_base=args.residual_base,
+                  **_intruder_arguments(args))
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
     return 0

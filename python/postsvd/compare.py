@@ -13,7 +13,7 @@ from . import _engine
 from ._engine import check_compare_arguments, open_run
 from ._names import short_name
 from ._terminal import printable
-from ._validate import ExpertsArg, KindsArg, LayersArg
+from ._validate import INTRUDER_DEFAULTS, ExpertsArg, KindsArg, LayersArg
 from .comparison import Comparison
 from .errors import InvalidArgumentError
 from .readings import random_rotation_nf
@@ -28,13 +28,15 @@ def compare(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", dt
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
             cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
             ray_address: Optional[str] = None, warm_start: Union[bool, str] = True,
-            warm_from: Optional[PathLike] = None, residual_base: bool = False) -> "Comparison":
+            warm_from: Optional[PathLike] = None, intruder_k: int = INTRUDER_DEFAULTS["k"],
+            intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+            intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
     orientation ``W = W_hf.T``) and measured: singular values, the SVSM column
-    ``sigma_post / sigma_base``, top-90 % scaling statistics, NF and the diagonal
-    of ``I_orth``. The pairs stream layer by layer, so memory stays bounded by one
+    ``sigma_post / sigma_base``, top-90 % scaling statistics, NF, the diagonal
+    of ``I_orth`` and the intruder dimensions of Shuttleworth et al. 2024. The pairs stream layer by layer, so memory stays bounded by one
     layer's factors.
 
     Args:
@@ -84,6 +86,15 @@ def compare(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", dt
         warm_from: with ``cache``, a checkpoint whose cached factors start the
             post matrices instead of the base's (:func:`postsvd.track` passes
             the previous checkpoint). Same architecture as the base.
+        intruder_k, intruder_epsilon, intruder_side: the intruder dimensions
+            (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion
+            of Equivalence", Algorithm 1; docs/measures.md): among the top
+            `intruder_k` singular vectors of each post matrix, those whose
+            largest |cosine| with every base singular vector is below
+            `intruder_epsilon`. 'output' (the paper's and peft's: the left
+            singular vectors of the stored [out, in] weight, V here) or
+            'input' (U). The largest |cosines| are kept, so
+            :meth:`Comparison.intruders` recounts at any epsilon.
         residual_base: `base` is the residual model that an adapter's initialization left
             (init_lora_weights 'pissa', 'olora', 'corda', 'loftq', 'lora_ga'); such adapters are
             refused without it.
@@ -108,8 +119,8 @@ def compare(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", dt
     # On Ray the tasks decompose; this process only reads the headers and recomputes single pairs (matrices()).
     run = open_run(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, num_threads=num_threads,
                    memory_budget_bytes=memory_budget_bytes, cache=cache, experts=experts, warm_start=warm_start,
-                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None,
-                   residual_base=residual_base)
+                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None, intruder_k=intruder_k,
+                   intruder_epsilon=intruder_epsilon, intruder_side=intruder_side, residual_base=residual_base)
     desc = f"{printable(short_name(run.base))} vs {printable(short_name(run.post))}"
     if executor == "ray":
         result = distributed.compare_units(run, address=ray_address, progress=progress, desc=desc)

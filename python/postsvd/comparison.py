@@ -32,6 +32,7 @@ from ._validate import (
     expert_index,
     expert_label,
     normalize_kinds,
+    normalize_intruders,
     normalize_layers,
     normalize_leading_k,
     normalize_matrix_pairs,
@@ -39,7 +40,7 @@ from ._validate import (
 )
 from ._version import __version__
 from .errors import InvalidArgumentError
-from .readings import kind_reading, overall_reading, random_rotation_nf
+from .readings import intruder_reading, intruder_setting, kind_reading, overall_reading, random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
 ExpertArg = Union[None, int, str]
@@ -54,12 +55,14 @@ _EXPERT_FIELD = rf"\d+|{SHARED_EXPERT}"
 COMPARISON_FILES = FileSet(
     "a comparison", [
         "table.csv", "table.json", "kinds.csv", "kinds.json", "spectra.npz", "summary.txt", "run.json",
-        "svsm.png", "scaling_bands.png", "nf.png", "nf_experts.png",
+        "svsm.png", "scaling_bands.png", "nf.png", "nf_experts.png", "intruders.png",
         "matrices_layer{layer}_{kind}.png", "matrices_layer{layer}_{kind}_expert{expert}.png",
     ],
     fields={"layer": r"\d+", "kind": "|".join(sorted(KINDS, key=len, reverse=True)), "expert": _EXPERT_FIELD})
 #: Resolution of the saved figures.
 SAVED_DPI = 110
+#: The epsilons of the intruder curves (:meth:`Comparison.intruder_curve`, intruders.png).
+INTRUDER_EPSILONS = np.linspace(0.0, 1.0, 101)
 
 MatrixPair = Tuple[int, str, ExpertArg]
 
@@ -109,6 +112,9 @@ class Comparison:
         backend: the backend's description.
         elapsed_seconds: time spent comparing.
         factor_cache: the factor cache folder, or None.
+        intruder_k, intruder_epsilon, intruder_side: the intruder count's settings (see
+            :func:`postsvd.compare`): the top k post singular vectors examined, the |cosine|
+            threshold and the side ('output' or 'input').
         adapter: with a PEFT adapter as the post model, what it applies (run.json's ``adapter``); else None.
     """
 
@@ -129,6 +135,10 @@ class Comparison:
         self.backend: str = comparator.backend_name
         self.elapsed_seconds: float = elapsed_seconds
         self.factor_cache: Optional[str] = comparator.factor_cache or None
+        intruders = comparator.intruder_options
+        self.intruder_k: int = intruders["k"]
+        self.intruder_epsilon: float = intruders["epsilon"]
+        self.intruder_side: str = intruders["side"]
         self._has_experts = any(r["expert"] != -1 for r in records)
         self._task_decompositions = decompositions  # on Ray: the tasks' cache counts, summed
         self.adapter: Optional[Dict[str, Any]] = adapters.record(comparator.post)
@@ -152,14 +162,17 @@ class Comparison:
     @property
     def records(self) -> List[Dict[str, Any]]:
         """One dict per pair: layer, kind, expert, tensor, rows, cols, k,
-        sigma_base, sigma_post, scaling, scaling_mean, scaling_std, nf, iorth_diag."""
+        sigma_base, sigma_post, scaling, scaling_mean, scaling_std, nf, iorth_diag, intruders and
+        intruder_cosines (for each of the top min(intruder_k, k) post singular vectors, its largest
+        |cosine| with any base singular vector on the intruder side)."""
         return self._records
 
     @property
     def table(self) -> pd.DataFrame:
         """A row per (layer, kind[, expert]): in_features, out_features, k,
         scaling_mean, scaling_std (top 90 %), nf, sigma_base_max, sigma_post_max,
-        iorth_diag_mean, tensor, warm_sweeps (Jacobi sweeps of the post's
+        iorth_diag_mean, intruders (the intruder dimensions at the run's
+        intruder_k, intruder_epsilon and side), tensor, warm_sweeps (Jacobi sweeps of the post's
         warm-started decomposition; -1 = decomposed cold). MoE models add the
         column ``expert``: the routed expert's index, ``'shared'`` for a shared
         expert, -1 for attention and dense MLP rows."""
@@ -172,20 +185,22 @@ class Comparison:
                 "in_features": r["rows"], "out_features": r["cols"], "k": r["k"],
                 "scaling_mean": r["scaling_mean"], "scaling_std": r["scaling_std"], "nf": r["nf"],
                 "sigma_base_max": float(r["sigma_base"][0]), "sigma_post_max": float(r["sigma_post"][0]),
-                "iorth_diag_mean": float(np.mean(r["iorth_diag"])), "tensor": r["tensor"],
+                "iorth_diag_mean": float(np.mean(r["iorth_diag"])), "intruders": int(r["intruders"]),
+                "tensor": r["tensor"],
                 "warm_sweeps": int(r.get("warm_sweeps", -1)),
             })
             rows.append(row)
         columns = ["layer", "kind"] + (["expert"] if self._has_experts else []) + [
             "in_features", "out_features", "k", "scaling_mean", "scaling_std", "nf", "sigma_base_max",
-            "sigma_post_max", "iorth_diag_mean", "tensor", "warm_sweeps"]
+            "sigma_post_max", "iorth_diag_mean", "intruders", "tensor", "warm_sweeps"]
         return pd.DataFrame(rows, columns=columns)
 
     def kind_table(self) -> pd.DataFrame:
         """Per kind (the paper's Table 3 row): the pooled mean and population std
         of the top-90 % scaling factors over all compared layers (and experts), the
         mean and max NF, the random-rotation NF baseline sqrt(2/k), alpha' (the
-        pooled mean rounded to one decimal, Table 4) and the ``reading`` of the
+        pooled mean rounded to one decimal, Table 4), ``intruders`` (the intruder dimensions of
+        all its matrices, summed, as the paper sums them) and the ``reading`` of the
         summary (:func:`postsvd.readings.kind_reading`). MoE models add, per kind,
         the number of experts and the population std over experts of each expert's
         own scaling mean and mean NF."""
@@ -199,14 +214,15 @@ class Comparison:
                 "kind": kind, "layers": len({r["layer"] for r in records}), "k": records[0]["k"],
                 "scaling_mean": mean, "scaling_std": float(np.std(pooled)), "nf_mean": float(nf.mean()),
                 "nf_max": float(nf.max()), "nf_random": random_rotation_nf(records[0]["k"]),
-                "alpha": _core.table4_alpha(mean),
+                "alpha": _core.table4_alpha(mean), "intruders": sum(int(r["intruders"]) for r in records),
             }
             row["reading"] = kind_reading(row["scaling_mean"], row["scaling_std"], row["nf_mean"],
                                           row["nf_random"]).text
             if self._has_experts:
                 row.update(_expert_spread(records))
             rows.append(row)
-        columns = ["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean", "nf_max", "nf_random", "alpha"]
+        columns = ["kind", "layers", "k", "scaling_mean", "scaling_std", "nf_mean", "nf_max", "nf_random", "alpha",
+                   "intruders"]
         if self._has_experts:
             columns += ["experts", "expert_scaling_mean_std", "expert_nf_mean_std"]
         return pd.DataFrame(rows, columns=columns + ["reading"])
@@ -314,6 +330,48 @@ class Comparison:
         grid.index.name, grid.columns.name = "expert", "layer"
         return grid
 
+    def intruders(self, epsilon: Optional[float] = None, k: Optional[int] = None) -> pd.DataFrame:
+        """The intruder dimensions of every pair recounted from the kept largest |cosines| (nothing is
+        decomposed again): a row per (layer, kind[, expert]) with ``intruders``, the number of the top `k`
+        post singular vectors whose largest |cosine| with every base singular vector is below `epsilon`.
+
+        Args:
+            epsilon: the |cosine| threshold in [0, 1] (None = the run's ``intruder_epsilon``).
+            k: the top singular vectors examined, at most the run's ``intruder_k`` (None = that).
+        """
+        epsilon, k = self._intruder_settings(epsilon, k)
+        rows = []
+        for r in self._records:
+            row = {"layer": r["layer"], "kind": r["kind"]}
+            if self._has_experts:
+                row["expert"] = expert_label(r["expert"])
+            row["intruders"] = _core.count_intruders(r["intruder_cosines"][:k], epsilon)
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["layer", "kind"] + (["expert"] if self._has_experts else []) + ["intruders"])
+
+    def intruder_curve(self, epsilons: Optional[Sequence[float]] = None, k: Optional[int] = None,
+                       kinds: KindsArg = None) -> pd.DataFrame:
+        """The intruder count against epsilon (the form of Shuttleworth et al.'s figures): a row per
+        epsilon (the index; default 0, 0.01, ..., 1), a column per kind with the intruder dimensions of all
+        its matrices summed, and ``all``, their sum. `k`: as in :meth:`intruders`."""
+        grid = INTRUDER_EPSILONS if epsilons is None else [self._intruder_settings(e, k)[0] for e in epsilons]
+        _, k = self._intruder_settings(None, k)
+        pooled = {kind: [float(c) for r in self._records if r["kind"] == kind for c in r["intruder_cosines"][:k]]
+                  for kind in self._kinds_arg(kinds)}
+        table = pd.DataFrame({kind: [_core.count_intruders(cosines, float(e)) for e in grid]
+                              for kind, cosines in pooled.items()}, index=pd.Index(grid, name="epsilon"))
+        table["all"] = table.sum(axis=1)
+        return table
+
+    def _intruder_settings(self, epsilon: Optional[float], k: Optional[int]) -> Tuple[float, int]:
+        """(epsilon, k) of a recount: the run's where None; k at most the run's intruder_k."""
+        checked = normalize_intruders(self.intruder_k if k is None else k,
+                                      self.intruder_epsilon if epsilon is None else epsilon, self.intruder_side)
+        if checked["k"] > self.intruder_k:
+            raise InvalidArgumentError(f"k: at most {self.intruder_k}, the top singular vectors this comparison "
+                                       f"examined, got {checked['k']}; compare again with intruder_k={checked['k']}")
+        return checked["epsilon"], checked["k"]
+
     def matrices(self, layer: int, kind: str, leading_k: Optional[int] = None,
                  expert: Union[None, int, str] = None) -> Dict[str, np.ndarray]:
         """Recomputes one pair with its full matrices (Fig. 3a, Eq. 5-7).
@@ -373,6 +431,18 @@ class Comparison:
         return plots.plot_nf(series, baseline,
                              title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
 
+    def plot_intruders(self, kinds: KindsArg = None, k: Optional[int] = None):
+        """Intruder dimensions against epsilon (the form of Shuttleworth et al. 2024's figures): per kind the
+        intruder dimensions of all its matrices summed, and their total; the run's epsilon marked.
+        Returns a matplotlib Figure."""
+        curve = self.intruder_curve(k=k, kinds=kinds)
+        from . import plots
+
+        k = self.intruder_k if k is None else k
+        return plots.plot_intruders(curve, self.intruder_epsilon,
+                                    title=f"Intruder dimensions: {short_name(self.post)} vs {short_name(self.base)}",
+                                    setting=intruder_setting(k, self.intruder_epsilon, self.intruder_side))
+
     def plot_expert_nf(self, kinds: KindsArg = None):
         """MoE models: a heatmap of NF per (layer, expert) for each kind that has experts.
         Returns a matplotlib Figure."""
@@ -421,7 +491,7 @@ class Comparison:
         Files (:data:`COMPARISON_FILES`; docs/outputs.md): ``table.csv`` / ``table.json`` (a row
         per pair), ``kinds.csv`` / ``kinds.json`` (per kind), ``spectra.npz`` (:meth:`spectra`),
         ``summary.txt``, ``run.json`` (inputs, settings and ``schema_version``) and, with `plots`,
-        ``svsm.png``, ``scaling_bands.png``, ``nf.png``, ``nf_experts.png`` (MoE) and
+        ``svsm.png``, ``scaling_bands.png``, ``nf.png``, ``nf_experts.png`` (MoE), ``intruders.png`` and
         ``matrices_layer<L>_<kind>[_expert<E>].png`` for each pair in `matrices_for`, given as
         (layer, kind) or (layer, kind, expert) (default: :meth:`default_matrices`). `experts`: MoE
         experts (indices or 'shared') drawn and stored as their own series besides the pooled ones.
@@ -472,7 +542,8 @@ class Comparison:
         if plots:
             figures = [("svsm.png", {}, self.plot_svsm(experts=experts)),
                        ("scaling_bands.png", {}, self.plot_scaling_bands(experts=experts)),
-                       ("nf.png", {}, self.plot_nf(experts=experts))]
+                       ("nf.png", {}, self.plot_nf(experts=experts)),
+                       ("intruders.png", {}, self.plot_intruders())]
             if self._has_experts:
                 figures.append(("nf_experts.png", {}, self.plot_expert_nf()))
             for layer, kind, expert in pairs:
@@ -511,6 +582,7 @@ class Comparison:
                 "kinds": self.kinds, "device": self.device, "dtype": self.dtype, "backend": self.backend,
                 "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
                 "decompositions": self.decompositions if self.factor_cache else None,
+                "intruders": {"k": self.intruder_k, "epsilon": self.intruder_epsilon, "side": self.intruder_side},
                 "adapter": self.adapter, "postsvd_version": __version__}
 
     def _cache_note(self) -> str:
@@ -527,7 +599,8 @@ class Comparison:
 
     def summary(self) -> str:
         """A short text report: per kind the pooled scaling mean ± std, the mean
-        NF against the unrelated-rotation baseline, and a one-line reading."""
+        NF against the unrelated-rotation baseline, and a one-line reading; a line on the
+        intruder dimensions when there are any."""
         kinds = self.kind_table()
         lines = [
             f"postsvd: base '{_display_name(self.base)}' -> post '{_display_name(self.post)}'; "
@@ -540,6 +613,9 @@ class Comparison:
             lines.append(f"{row.kind:<5} {row.scaling_mean:>9.4f} ± {row.scaling_std:<6.4f} "
                          f"{row.nf_mean:>9.4f} {row.nf_random:>9.4f}  {row.reading}")
         lines.append("Overall: " + self.overall())
+        intruders = self._intruder_line()
+        if intruders:
+            lines.append(intruders)
         lines += adapters.notes(self._comparator.post)
         quantization = self._quantization_note()
         if quantization:
@@ -548,6 +624,14 @@ class Comparison:
                      "means one factor for all); NF = ||Q1^T Q2 - I||_F / k is 0 when the input side (U) and the "
                      "output side (V) rotate by the same Q, and about 'NF random' for unrelated models.")
         return "\n".join(lines)
+
+    def _intruder_line(self) -> Optional[str]:
+        """The summary's line on intruder dimensions, when there are any."""
+        per_kind = []
+        for kind in self.kinds:
+            counts = [int(r["intruders"]) for r in self._records if r["kind"] == kind]
+            per_kind.append((kind, sum(counts), sum(1 for c in counts if c > 0), len(counts)))
+        return intruder_reading(per_kind, self.intruder_k, self.intruder_epsilon, self.intruder_side)
 
     def _quantization_note(self) -> Optional[str]:
         """A line when base and post store some matrix in different formats (e.g. BF16 and FP8): whether

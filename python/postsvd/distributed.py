@@ -64,6 +64,7 @@ class RunOptions:
     cache: str  # '' = none
     warm_start: str = "auto"  # 'auto', 'always', 'off'
     warm_from: str = ""  # '' = the base's factors
+    intruders: Optional[Dict[str, Any]] = None  # {k, epsilon, side}; None = the core's defaults
     residual_base: bool = False  # an adapter post applies to the base as its residual model
 
 
@@ -147,9 +148,11 @@ def inject_fault(spec: Optional[str]) -> None:
 def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[int], fault: Optional[str]):
     """One task: opens both folders, compares the pairs at `indices`; returns (records, cache counts)."""
     inject_fault(fault or os.environ.get(FAULT_VARIABLE))
+    intruders = options.intruders or _core.intruder_options()
     comparator = _core.Comparator(options.base, options.post, device, options.precision, [],
                                   options.memory_budget_bytes, num_threads, options.cache, options.warm_start,
-                                  options.warm_from, options.residual_base)
+                                  options.warm_from, intruders["k"], intruders["epsilon"], intruders["side"],
+                                  options.residual_base)
     return pair_records(comparator, indices), dict(comparator.cache_counts)
 
 
@@ -157,7 +160,7 @@ def compare_units(run: Run, *, address: Optional[str] = None, progress: bool = T
     """Runs the selected pairs of `run` as Ray tasks; the records come back in the local run's order."""
     global _task
     options = RunOptions(run.base, run.post, run.device, run.precision, run.budget, run.num_threads, run.cache,
-                         run.warm_start, run.warm_from, run.residual_base)
+                         run.warm_start, run.warm_from, dict(run.intruders), run.residual_base)
     batches, arch = run.units(), run.architecture
     ray = connect(address)
     if _task is None:

@@ -7,7 +7,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._validate import normalize_device, normalize_dtype, normalize_leading_k
+from ._validate import INTRUDER_DEFAULTS, normalize_device, normalize_dtype, normalize_intruders, normalize_leading_k
 from .errors import InvalidArgumentError
 
 _backends: Dict[Tuple[str, Tuple[int, ...]], _core.Backend] = {}
@@ -82,12 +82,15 @@ def svd(array, dtype: Optional[str] = None, device: str = "cpu") -> Tuple[np.nda
 
 
 def pair_measures(base, post, dtype: str = "float32", device: str = "cpu", full_matrices: bool = False,
-                  leading_k: Optional[int] = None) -> dict:
+                  leading_k: Optional[int] = None, intruder_k: int = INTRUDER_DEFAULTS["k"],
+                  intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+                  intruder_side: str = INTRUDER_DEFAULTS["side"]) -> dict:
     """The paper's measures of one pair of equal-shape matrices (paper orientation ``[in, out]``).
 
     Returns a dict with ``sigma_base``, ``sigma_post``, ``scaling``,
     ``scaling_mean``, ``scaling_std`` (top 90 %), ``nf``, ``iorth_diag``,
-    ``rows``, ``cols``, ``k`` and, with ``full_matrices``, ``sim_u``,
+    ``rows``, ``cols``, ``k``, ``intruders`` and ``intruder_cosines`` (the intruder dimensions,
+    as in :func:`postsvd.compare`) and, with ``full_matrices``, ``sim_u``,
     ``sim_v``, ``difference``, ``q1``, ``q2``, ``iorth`` (leading ``leading_k``).
     """
     base_matrix = _as_float_matrix(base, "base")
@@ -95,10 +98,12 @@ def pair_measures(base, post, dtype: str = "float32", device: str = "cpu", full_
     if base_matrix.shape != post_matrix.shape:
         raise InvalidArgumentError(
             f"post: expected the shape of base {list(base_matrix.shape)}, got {list(post_matrix.shape)}")
+    intruders = normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
     backend = get_backend(device)
     with _call_lock:
         result = backend.measures(base_matrix, post_matrix, normalize_dtype(dtype), bool(full_matrices),
-                                  normalize_leading_k(leading_k))
+                                  normalize_leading_k(leading_k), intruder_k=intruders["k"],
+                                  intruder_epsilon=intruders["epsilon"], intruder_side=intruders["side"])
     return with_difference(result) if full_matrices else result
 
 

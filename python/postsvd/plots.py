@@ -176,6 +176,38 @@ def plot_nf(per_layer: Mapping[str, Dict[str, np.ndarray]], baseline: Optional[M
     return fig
 
 
+def plot_intruders(curve: "pd.DataFrame", epsilon: Optional[float] = None, title: str = "",
+                   setting: str = "") -> Figure:
+    """Intruder dimensions against the |cosine| threshold epsilon, the form of Shuttleworth et al. 2024's
+    figures: one step line per kind (its matrices' counts summed) and a black one for all kinds.
+
+    Args:
+        curve: index epsilon, a column per kind and optionally ``all`` (:meth:`Comparison.intruder_curve`).
+        epsilon: the threshold the tables use, marked by a dotted vertical line.
+        setting: what was counted, in words (shown under the title).
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    epsilons = np.asarray(curve.index, dtype=float)
+    kinds = [c for c in curve.columns if c != "all"]
+    for kind in kinds:
+        ax.step(epsilons, curve[kind], where="post", color=KIND_COLORS.get(kind), label=f"W_{kind}")
+    if "all" in curve.columns and len(kinds) > 1:
+        ax.step(epsilons, curve["all"], where="post", color="black", linewidth=1.6, label="all kinds")
+    if epsilon is not None:
+        ax.axvline(epsilon, color="0.45", linewidth=0.9, linestyle=":")
+        ax.annotate(f"ε = {epsilon:g}", (epsilon, 0.0), xycoords=("data", "axes fraction"), textcoords="offset points",
+                    xytext=(3, 3), fontsize="x-small", color="0.35")
+    ax.set_xlim(epsilons.min() if epsilons.size else 0.0, epsilons.max() if epsilons.size else 1.0)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("ε: largest |cosine| with every base singular vector below this")
+    ax.set_ylabel("intruder dimensions (summed over matrices)")
+    _legend(ax, len(kinds) + 1, loc="center right")
+    ax.set_title((title or "Intruder dimensions") + (f"\n{setting}" if setting else ""), fontsize="medium")
+    return fig
+
+
 def plot_matrices(matrices: Mapping[str, np.ndarray], title: str = "") -> Figure:
     """Fig. 3a: sim_U, sim_V, their difference and I_orth as heatmaps.
 

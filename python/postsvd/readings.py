@@ -12,12 +12,14 @@ functions here, so a threshold or a wording changes in one place.
   output singular vectors rotated together (*consistent rotation*, the paper's finding for
   post-training); below :data:`PARTIAL_NF_RATIO`, *partly consistent*; above, *no consistent
   rotation* (what independently trained models show).
+* Intruder dimensions (Shuttleworth et al. 2024): top post singular vectors nearly orthogonal to
+  every base one; :func:`intruder_reading` says per kind how many and in how many matrices.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional, Sequence, Tuple
 
 #: NF / random_rotation_nf(k) below this: the two sides rotate together.
 CONSISTENT_NF_RATIO = 0.25
@@ -114,3 +116,28 @@ def nf_comparison(nf: float, nf_random: float) -> str:
     if ratio < 0.01:
         return "below 1 % of the value for unrelated models"
     return f"{ratio:.2f}× the value for unrelated models"
+
+
+def intruder_setting(k: int, epsilon: float, side: str) -> str:
+    """What the intruder count counted, in words: "top 10 output-side singular vectors with |cos| < 0.5 to
+    every base one"."""
+    return f"top {k} {side}-side singular vectors with |cos| < {epsilon:g} to every base one"
+
+
+def intruder_reading(per_kind: Sequence[Tuple[str, int, int, int]], k: int, epsilon: float,
+                     side: str) -> Optional[str]:
+    """The summary's line on intruder dimensions (Shuttleworth et al. 2024), or None when there are none.
+
+    Args:
+        per_kind: (kind, intruders in total, matrices with at least one, matrices compared) per kind.
+    """
+    found = [(kind, total, hit, count) for kind, total, hit, count in per_kind if total > 0]
+    if not found:
+        return None
+    parts = [f"{kind} {total} in {hit} of {count} matrices" for kind, total, hit, count in found]
+    clean = [kind for kind, total, _, _ in per_kind if total == 0]
+    if clean:
+        parts.append(f"none in {', '.join(clean)}")
+    return (f"Intruder dimensions ({intruder_setting(k, epsilon, side)}; Shuttleworth et al. 2024): "
+            + "; ".join(parts) + ". These are new high-ranking directions the base lacks; the paper finds that "
+            "LoRA brings them in and full fine-tuning mostly does not (see intruders.png).")

@@ -4,7 +4,8 @@
 model and writes ``out_dir/report.html``: per post model a plain-language
 summary, the per-kind table (the paper's Table 3), the per-layer table and the
 figures (SVSM heatmaps, Fig. 2; scaling bands, Fig. 8; NF per layer, Fig. 3b;
-the similarity / I_orth matrices of one pair, Fig. 3a), with several post
+the intruder dimensions against epsilon, after Shuttleworth et al. 2024; the
+similarity / I_orth matrices of one pair, Fig. 3a), with several post
 models also their NF side by side (Fig. 9), and the run's metadata. Figures
 are embedded as base64 PNG and the CSS is inline, so the page reads offline,
 from a mail attachment or a CI artifact. Every argument is checked before
@@ -26,11 +27,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 from ._html import data_table, escape as _e, figure as _figure, page, run_metadata, section
 from ._names import short_name, unique_names
 from ._outputs import FileSet, atomic_folder
-from ._validate import normalize_layers, normalize_output_folder
+from ._validate import INTRUDER_DEFAULTS, normalize_layers, normalize_output_folder
 from .compare import check_compare_arguments, compare
 from .comparison import Comparison
 from .errors import InvalidArgumentError
-from .readings import kind_reading, nf_comparison
+from .readings import intruder_setting, kind_reading, nf_comparison
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -46,7 +47,9 @@ def report(base: Optional[PathLike], posts: Union[PathLike, Sequence[PathLike]],
            dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
            matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25, progress: bool = True,
            num_threads: Optional[int] = None, cache: Optional[PathLike] = None,
-           warm_start: Union[bool, str] = True, residual_base: bool = False) -> str:
+           warm_start: Union[bool, str] = True, intruder_k: int = INTRUDER_DEFAULTS["k"],
+           intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+           intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> str:
     """Compares `base` with each post model and writes one HTML page; returns its path.
 
     Args:
@@ -54,7 +57,8 @@ def report(base: Optional[PathLike], posts: Union[PathLike, Sequence[PathLike]],
         posts: one post-trained model folder or a list of them (same architecture); PEFT LoRA
             adapter folders too (docs/adapters.md).
         out: output folder (created); the page is ``out/report.html``.
-        device, dtype, layers, kinds, num_threads, cache, residual_base: as in :func:`postsvd.compare`.
+        device, dtype, layers, kinds, num_threads, cache, warm_start, intruder_k, intruder_epsilon,
+            intruder_side, residual_base: as in :func:`postsvd.compare`.
         title: the page's title (default: "postsvd report: <base>").
         matrices: the (layer, kind) whose sim_U / sim_V / difference / I_orth
             are drawn (default: the middle compared layer, first compared kind).
@@ -67,12 +71,14 @@ def report(base: Optional[PathLike], posts: Union[PathLike, Sequence[PathLike]],
         BadCheckpointError: a folder is missing or malformed, or shapes differ.
     """
     post_list = _post_list(posts)
+    intruders = dict(intruder_k=intruder_k, intruder_epsilon=intruder_epsilon, intruder_side=intruder_side)
     check_compare_arguments(base, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
                             num_threads=num_threads, cache=cache,
                             matrices_for=None if matrices is None else [matrices], leading_k=leading_k, outs=[out],
-                            residual_base=residual_base)
+                            residual_base=residual_base, **intruders)
     comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
-                           num_threads=num_threads, cache=cache, warm_start=warm_start, residual_base=residual_base)
+                           num_threads=num_threads, cache=cache, warm_start=warm_start, residual_base=residual_base,
+                           **intruders)
                    for post in post_list]
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
 
@@ -124,14 +130,17 @@ def _overview_section(comparisons: Sequence[Comparison], names: Sequence[str]) -
             f'<tr><td><a href="#post-{index}">{_e(name)}</a></td>'
             f"<td>{kinds['scaling_mean'].min():.3f} – {kinds['scaling_mean'].max():.3f}</td>"
             f"<td>{kinds['nf_mean'].mean():.4f}</td><td>{kinds['nf_random'].mean():.4f}</td>"
-            f"<td>{_e(comparison.overall())}</td></tr>")
+            f"<td>{int(kinds['intruders'].sum())}</td><td>{_e(comparison.overall())}</td></tr>")
     return section("overview", "Overview",
                    "<p>One row per post-trained model. <b>Scaling</b> is σ<sub>post</sub>/σ<sub>base</sub> per singular "
                    "value (range of the per-kind means); <b>NF</b> measures whether the input side and the output side "
                    "of each matrix rotated together (0 = exactly together; about the <i>unrelated</i> value for two "
-                   "independently trained models).</p>"
+                   "independently trained models). <b>Intruders</b> counts the intruder dimensions of all matrices: "
+                   "top singular vectors of the post model nearly orthogonal to every base one (Shuttleworth et al. "
+                   "2024).</p>"
                    '<table class="data"><thead><tr><th>post model</th><th>mean scaling per kind</th><th>NF mean</th>'
-                   "<th>NF unrelated</th><th>reading</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+                   "<th>NF unrelated</th><th>intruders</th><th>reading</th></tr></thead><tbody>" + "".join(rows)
+                   + "</tbody></table>")
 
 
 def _all_models_section(comparisons: Sequence[Comparison], names: Sequence[str]) -> str:
@@ -154,7 +163,8 @@ def _post_section(index: int, comparison: Comparison, name: str, matrices: Optio
              "<h3>Per kind (Table 3)</h3>",
              "<p>Pooled over the compared layers (and experts): the mean ± population std of the top-90 % scaling "
              "factors, the mean and largest NF, the NF of unrelated random rotations (√(2/k)) and α′, the pooled mean "
-             "rounded to one decimal (the paper's Table 4, used by Construction 9). MoE models add, per kind, the "
+             "rounded to one decimal (the paper's Table 4, used by Construction 9) and the intruder dimensions of "
+             "the kind's matrices, summed (below). MoE models add, per kind, the "
              "number of experts and how much the experts differ: the population std over experts of each expert's "
              "own scaling mean and mean NF.</p>",
              _kind_table_html(comparison)]
@@ -188,6 +198,13 @@ def _post_section(index: int, comparison: Comparison, name: str, matrices: Optio
             _figure(comparison.plot_expert_nf(), f"experts-{index}", f"NF per layer and expert of {name}"),
         ]
     parts += [
+        "<h3>Intruder dimensions (Shuttleworth et al. 2024)</h3>",
+        f"<p>Per matrix, the {_e(_intruder_words(comparison))} are <i>intruder dimensions</i>: new high-ranking "
+        "directions the base lacks (the output side is that of the left singular vectors of the stored [out, in] "
+        "weight, as the paper counts: V in this page's orientation; the input side is U). Summed over each kind's "
+        "matrices against the threshold ε; the tables count at the dotted line. The paper finds that LoRA brings "
+        "them in and full fine-tuning mostly does not; unrelated models show them everywhere.</p>",
+        _figure(comparison.plot_intruders(), f"intruders-{index}", f"intruder dimensions against epsilon of {name}"),
         f"<h3>Singular vector similarity of W<sub>{_e(kind)}</sub>, layer {layer}{_e(which)} (Fig. 3a)</h3>",
         "<p>sim<sub>U</sub> = |U<sub>base</sub><sup>T</sup>U<sub>post</sub>| and sim<sub>V</sub> = "
         "|V<sub>base</sub><sup>T</sup>V<sub>post</sub>| (the same pattern on both sides means one rotation), "
@@ -221,6 +238,10 @@ def _summary_html(comparison: Comparison) -> str:
             f"<ul>{''.join(items)}</ul></div>")
 
 
+def _intruder_words(comparison: Comparison) -> str:
+    return intruder_setting(comparison.intruder_k, comparison.intruder_epsilon, comparison.intruder_side)
+
+
 def _kind_table_html(comparison: Comparison) -> str:
     kinds = comparison.kind_table()
     moe = "experts" in kinds.columns
@@ -235,12 +256,13 @@ def _kind_table_html(comparison: Comparison) -> str:
     rows = "".join(
         f"<tr><td>W<sub>{_e(r.kind)}</sub></td><td>{r.layers}</td><td>{r.k}</td>"
         f"<td>{r.scaling_mean:.4f} ± {r.scaling_std:.4f}</td><td>{r.nf_mean:.4f}</td><td>{r.nf_max:.4f}</td>"
-        f"<td>{r.nf_random:.4f}</td><td>{r.alpha:.1f}</td>{expert_cells(r)}</tr>" for r in kinds.itertuples())
+        f"<td>{r.nf_random:.4f}</td><td>{r.alpha:.1f}</td><td>{r.intruders}</td>{expert_cells(r)}</tr>"
+        for r in kinds.itertuples())
     expert_heads = ("<th>experts</th><th>per-expert scaling mean: spread (std)</th>"
                     "<th>per-expert NF mean: spread (std)</th>" if moe else "")
     return ('<table class="data kinds"><thead><tr><th>kind</th><th>layers</th><th>k</th>'
             "<th>scaling (top 90 %) mean ± std</th><th>NF mean</th><th>NF max</th><th>NF unrelated √(2/k)</th>"
-            f"<th>α′</th>{expert_heads}</tr></thead><tbody>" + rows + "</tbody></table>")
+            f"<th>α′</th><th>intruders</th>{expert_heads}</tr></thead><tbody>" + rows + "</tbody></table>")
 
 
 def _how_to_read_section() -> str:
@@ -254,6 +276,9 @@ def _how_to_read_section() -> str:
             "Q<sub>2</sub> = V<sub>base</sub><sup>T</sup>V<sub>post</sub> (output side). If both sides rotate by "
             "the same orthogonal Q, I<sub>orth</sub> = Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> = I and NF = "
             "‖I<sub>orth</sub> − I‖<sub>F</sub>/k = 0. Two unrelated models give NF ≈ √(2/k).</li>"
+            "<li><b>Intruder dimensions</b>: a top singular vector of the post matrix whose largest |cosine| with "
+            "every base singular vector is below ε (Shuttleworth et al., <i>LoRA vs Full Fine-tuning: An Illusion "
+            "of Equivalence</i>, arXiv 2410.21228, Algorithm 1).</li>"
             "<li>Paper: He and Cao, <i>Understanding Post-Training Structural Changes in Large Language Models</i>, "
             "arXiv 2509.17866 (Fig. 2, 3, 8, 9 and Table 3 correspond to the sections above).</li>"
             "<li>The same numbers as files: <code>postsvd compare BASE POST --out DIR</code> (CSV, JSON, PNG).</li>"

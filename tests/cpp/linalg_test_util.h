@@ -219,4 +219,61 @@ void expect_valid_svd(const postsvd::Decomposition<T>& d, const Matrix<double>& 
   }
 }
 
+/// A^T.
+inline Matrix<double> transposed(const Matrix<double>& a) {
+  Matrix<double> t(a.cols(), a.rows());
+  for (int64_t j = 0; j < a.cols(); ++j) {
+    for (int64_t i = 0; i < a.rows(); ++i) t(j, i) = a(i, j);
+  }
+  return t;
+}
+
+/// A rotation [k, k] near the identity: Givens rotations of each adjacent pair of axes by angles
+/// drawn from [-angle, angle].
+inline Matrix<double> small_rotation(int64_t k, double angle, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> draw(-angle, angle);
+  Matrix<double> r(k, k);
+  for (int64_t i = 0; i < k; ++i) r(i, i) = 1.0;
+  for (int64_t p = 0; p + 1 < k; ++p) {
+    const double t = draw(rng), c = std::cos(t), s = std::sin(t);
+    for (int64_t i = 0; i < k; ++i) {  // columns p and p + 1 of R G
+      const double x = r(i, p), y = r(i, p + 1);
+      r(i, p) = c * x - s * y;
+      r(i, p + 1) = s * x + c * y;
+    }
+  }
+  return r;
+}
+
+/// A pair with a known intruder count (docs/measures.md, "Intruder dimensions"), paper orientation:
+/// base W = U0 S V0^T [m, n] with m < n, post = W + sum_i s_i u_(m-1-i) b_i^T where the b_i are
+/// orthonormal and orthogonal to every base right singular vector (the longer, output side has room)
+/// and s_i exceeds sigma_1. The top `added` output-side post singular vectors are then intruders
+/// (largest |cosine| with the base's about sigma_(m-1-i) / s_i), the following ones stay close to base
+/// vectors. With `input`, the transposed pair: [n, m], the intruders on the input side.
+struct IntruderPair {
+  Matrix<double> base, post;
+};
+
+inline IntruderPair intruder_pair(int64_t m, int64_t n, int64_t added, bool input, std::mt19937_64& rng) {
+  EXPECT_LE(m + added, n);
+  const Matrix<double> u0 = random_orthonormal(m, m, rng);
+  const Matrix<double> v_all = random_orthonormal(n, m + added, rng);  // V0, then the b_i
+  Matrix<double> v0(n, m);
+  for (int64_t j = 0; j < m; ++j) {
+    for (int64_t i = 0; i < n; ++i) v0(i, j) = v_all(i, j);
+  }
+  const std::vector<double> spectrum = decaying_spectrum(m, 8.0, 0.9);
+  IntruderPair pair{compose(u0, spectrum, v0), {}};
+  pair.post = pair.base.clone();
+  for (int64_t a = 0; a < added; ++a) {
+    const double strength = 20.0 + 5.0 * static_cast<double>(a);
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t i = 0; i < m; ++i) pair.post(i, j) += strength * u0(i, m - 1 - a) * v_all(j, m + a);
+    }
+  }
+  if (input) pair = {transposed(pair.base), transposed(pair.post)};
+  return pair;
+}
+
 }  // namespace postsvd_test

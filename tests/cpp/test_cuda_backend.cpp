@@ -255,6 +255,9 @@ void expect_measures_near(const PairMeasures& gpu, const PairMeasures& cpu, doub
   expect_matrix_near(gpu.iorth, cpu.iorth, tol, "I_orth");
   expect_matrix_near(gpu.sim_u, cpu.sim_u, tol, "sim_U");
   expect_matrix_near(gpu.sim_v, cpu.sim_v, tol, "sim_V");
+  // Separated spectra: each vector's largest |cosine| is an invariant too.
+  expect_vector_near(gpu.intruder_cosines, cpu.intruder_cosines, tol, "intruder_cosines");
+  EXPECT_EQ(gpu.intruders, cpu.intruders);
 }
 
 // ---------- checks that hold in every build ----------
@@ -502,6 +505,36 @@ TYPED_TEST(CudaParity, CompareWithoutFullMatricesReturnsOnlyVectors) {
   EXPECT_EQ(g[0].iorth_diag.size(), static_cast<std::size_t>(n));
   EXPECT_TRUE(g[0].q1.empty());
   EXPECT_TRUE(g[0].sim_u.empty());
+}
+
+TYPED_TEST(CudaParity, IntrudersMatchTheCpuOnBothSides) {
+  POSTSVD_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  auto gpu = cuda_backend();
+  auto cpu = cpu_backend();
+  std::mt19937_64 rng(2410);
+  for (const bool input : {false, true}) {
+    const postsvd_test::IntruderPair pair = postsvd_test::intruder_pair(30, 50, 3, input, rng);
+    const auto base = postsvd_test::store_linear<T>(pair.base, "mlp.up_proj (base)");
+    const auto post = postsvd_test::store_linear<T>(pair.post, "mlp.up_proj (post)");
+    for (const IntruderSide side : intruder_sides()) {
+      for (const int64_t k : {int64_t{2}, int64_t{10}, int64_t{64}}) {
+        SCOPED_TRACE(std::string(input ? "input" : "output") + " intruders, " + intruder_side_name(side) +
+                     " side, k " + std::to_string(k));
+        MeasureOptions options;
+        options.precision = precision_of<T>();
+        options.intruders.k = k;
+        options.intruders.epsilon = 0.5;
+        options.intruders.side = side;
+        const auto g = gpu->compare({{base.view, post.view}}, options);
+        const auto h = cpu->compare({{base.view, post.view}}, options);
+        ASSERT_EQ(g[0].intruder_cosines.size(), static_cast<std::size_t>(std::min<int64_t>(k, 30)));
+        expect_vector_near(g[0].intruder_cosines, h[0].intruder_cosines, Tol<T>::measure, "intruder_cosines");
+        EXPECT_EQ(g[0].intruders, h[0].intruders);
+        EXPECT_EQ(g[0].intruders, (side == IntruderSide::Input) == input ? std::min<int64_t>(k, 3) : 0);
+      }
+    }
+  }
 }
 
 // ---------- errors ----------

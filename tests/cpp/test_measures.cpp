@@ -3,12 +3,15 @@
 //   B = (U Q) S (V R)^T        -> I_orth = Q^T R (up to one diagonal sign matrix), NF = ||Q^T R - I||_F / k;
 //   B = A                      -> Q1 = Q2 = I;
 //   B unrelated                -> NF near sqrt(2 / k), far from 0.
+// Intruder dimensions (Shuttleworth et al. 2024): B = A + a few strong rank-1 terms orthogonal to every
+// base singular vector on one side -> exactly that many intruders on that side; B = A slightly rotated -> none.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/cpu_backend.h"
@@ -347,6 +350,115 @@ TEST(Measures, ComparePrecisionsAgree) {
   EXPECT_DOUBLE_EQ(r32[0].nf, r32[1].nf);
   for (std::size_t j = 0; j < r64[0].scaling.size(); ++j) {
     EXPECT_NEAR(r32[0].scaling[j], r64[0].scaling[j], 1e-4 * r64[0].scaling[j]);
+  }
+}
+
+
+// ---------- intruder dimensions ----------
+
+template <class T>
+class Intruders : public ::testing::Test {};
+TYPED_TEST_SUITE(Intruders, Precisions);
+
+template <class T>
+MeasureOptions intruder_options(int64_t k, double epsilon, postsvd::IntruderSide side) {
+  MeasureOptions options = options_for<T>(true);
+  options.intruders.k = k;
+  options.intruders.epsilon = epsilon;
+  options.intruders.side = side;
+  return options;
+}
+
+TYPED_TEST(Intruders, AddedOrthogonalDirectionsAreCountedOnTheirSide) {
+  using T = TypeParam;
+  std::mt19937_64 rng(2410);
+  const int64_t added = 3;
+  for (const bool input : {false, true}) {
+    const postsvd::IntruderSide side = input ? postsvd::IntruderSide::Input : postsvd::IntruderSide::Output;
+    const postsvd::IntruderSide other = input ? postsvd::IntruderSide::Output : postsvd::IntruderSide::Input;
+    SCOPED_TRACE(std::string("intruders on the ") + postsvd::intruder_side_name(side) + " side");
+    const IntruderPair pair = intruder_pair(30, 50, added, input, rng);
+    // Stored as nn.Linear and as Conv1D: the side is the model's, not the storage's.
+    const auto base_linear = store_linear<T>(pair.base, "base.w");
+    const auto post_linear = store_linear<T>(pair.post, "post.w");
+    const auto base_conv = store_conv1d<T>(pair.base, "base.c");
+    const auto post_conv = store_conv1d<T>(pair.post, "post.c");
+    for (const auto* views : {&base_linear.view, &base_conv.view}) {
+      const postsvd::TensorView& post_view = views == &base_linear.view ? post_linear.view : post_conv.view;
+      for (const int64_t k : {int64_t{1}, int64_t{2}, int64_t{10}, int64_t{100}}) {
+        for (const double epsilon : {0.2, 0.5, 0.9}) {
+          SCOPED_TRACE("k " + std::to_string(k) + ", epsilon " + std::to_string(epsilon));
+          const PairMeasures r = compare_one(*views, post_view, intruder_options<T>(k, epsilon, side));
+          const int64_t examined = std::min<int64_t>(k, 30);
+          ASSERT_EQ(r.intruder_cosines.size(), static_cast<std::size_t>(examined));
+          EXPECT_EQ(r.intruders, std::min(k, added));
+          for (int64_t j = 0; j < examined; ++j) {
+            // The added directions: |cosine| sigma_(m-1-i) / sqrt(sigma_(m-1-i)^2 + s_i^2) < 0.02; the others
+            // are base singular triplets left as they were.
+            if (j < added) EXPECT_LT(r.intruder_cosines[j], 0.02) << "j = " << j;
+            if (j >= added) EXPECT_GT(r.intruder_cosines[j], 0.999) << "j = " << j;
+          }
+          // The cosines are the column maxima of the similarity matrix the comparison computed.
+          const Matrix<double>& similarity = input ? r.sim_u : r.sim_v;
+          for (int64_t j = 0; j < examined; ++j) {
+            double largest = 0;
+            for (int64_t i = 0; i < similarity.rows(); ++i) largest = std::max(largest, similarity(i, j));
+            EXPECT_DOUBLE_EQ(r.intruder_cosines[j], largest) << "j = " << j;
+          }
+        }
+      }
+      // The other side has no room for a new direction: its top vectors all stay close to base ones.
+      const PairMeasures r = compare_one(*views, post_view, intruder_options<T>(10, 0.5, other));
+      EXPECT_EQ(r.intruders, 0);
+    }
+  }
+}
+
+TYPED_TEST(Intruders, SlightRotationHasNone) {
+  using T = TypeParam;
+  std::mt19937_64 rng(1228);
+  for (const auto& [m, n] : std::vector<std::pair<int64_t, int64_t>>{{40, 40}, {60, 24}, {24, 60}}) {
+    SCOPED_TRACE("shape [" + std::to_string(m) + ", " + std::to_string(n) + "]");
+    const int64_t k = std::min(m, n);
+    const KnownPair a = known_base(m, n, rng);
+    const Matrix<double> post = compose(multiply(a.u0, false, small_rotation(k, 0.03, rng), false), a.spectrum,
+                                        multiply(a.v0, false, small_rotation(k, 0.03, rng), false));
+    const auto base_stored = store_linear<T>(a.base, "base.w");
+    const auto post_stored = store_linear<T>(post, "post.w");
+    for (const auto side : postsvd::intruder_sides()) {
+      const PairMeasures r = compare_one(base_stored.view, post_stored.view, intruder_options<T>(10, 0.5, side));
+      EXPECT_EQ(r.intruders, 0) << postsvd::intruder_side_name(side);
+      for (double c : r.intruder_cosines) EXPECT_GT(c, 0.9);
+      // epsilon = 1 counts every vector that is not exactly a base one (in double: no cosine rounds to 1).
+      if (std::is_same<T, double>::value) {
+        EXPECT_EQ(compare_one(base_stored.view, post_stored.view, intruder_options<T>(10, 1.0, side)).intruders, 10);
+      }
+    }
+  }
+}
+
+TEST(Intruders, CountRuleAndOptions) {
+  EXPECT_EQ(postsvd::count_intruders({}, 0.5), 0);
+  EXPECT_EQ(postsvd::count_intruders({0.1, 0.5, 0.49, 0.9}, 0.5), 2);  // strictly below
+  EXPECT_EQ(postsvd::count_intruders({0.1, 0.5}, 0.0), 0);
+  EXPECT_EQ(postsvd::intruder_vectors(postsvd::IntruderOptions{}, 4), 4);
+  EXPECT_EQ(postsvd::intruder_vectors(postsvd::IntruderOptions{}, 4096), 10);
+  EXPECT_EQ(postsvd::parse_intruder_side("input"), postsvd::IntruderSide::Input);
+  EXPECT_STREQ(postsvd::intruder_side_name(postsvd::intruder_sides().front()), "output");
+  expect_error<postsvd::InvalidArgument>([] { postsvd::parse_intruder_side("left", "--intruder-side"); },
+                                         {"--intruder-side", "'output', 'input'", "'left'"});
+  const auto base = axis_decomposition<double>(4, 3, {1.0, 1.0, 1.0});
+  for (const auto& [k, epsilon, words] : std::vector<std::tuple<int64_t, double, std::string>>{
+           {0, 0.5, "intruder_k"}, {10, -0.1, "intruder_epsilon"}, {10, 1.5, "intruder_epsilon"},
+           {10, std::nan(""), "intruder_epsilon"}}) {
+    MeasureOptions options;
+    options.intruders.k = k;
+    options.intruders.epsilon = epsilon;
+    expect_error<postsvd::InvalidArgument>([&] { postsvd::measures_from(base, base, options); }, {words});
+    std::mt19937_64 rng(3);
+    const auto stored = store_linear<float>(gaussian(6, 4, rng), "w");
+    expect_error<postsvd::InvalidArgument>(
+        [&] { cpu_backend()->compare({PairInput{stored.view, stored.view}}, options); }, {words});
   }
 }
 

@@ -95,3 +95,17 @@ def construction_weight(number, w_base, w_post, w_ref=None, alpha=1.0):
     if number == 16:
         return ((ub @ (vb.T @ vp)) * sp) @ vp.T
     raise ValueError(number)
+
+
+def intruders(w_base, w_post, k=10, epsilon=0.5, side="output"):
+    """Algorithm 1 of Shuttleworth et al. 2024 as their code runs it, in float64: the SVD of each stored
+    weight W_hf = w.T ([out, in]; w in paper orientation), then for each of the top k left singular vectors of
+    the post weight (the output side; 'input': the right singular vectors) its largest |cosine| with every
+    base one; the intruders are those below epsilon. Returns (count, cosines [min(k, rank)])."""
+    def vectors(w):
+        u, _, vt = np.linalg.svd(np.asarray(w, dtype=np.float64).T, full_matrices=False)
+        return u if side == "output" else vt.T
+
+    base, post = vectors(w_base), vectors(w_post)
+    cosines = np.abs(post.T @ base).max(axis=1)[:k]
+    return int(np.sum(cosines < epsilon)), cosines

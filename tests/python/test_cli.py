@@ -24,14 +24,15 @@ def test_compare_writes_tables_plots_and_summary(related_pair, tmp_path, capsys)
                                 "--matrices", "1:down,0:q", "--leading-k", "10"], capsys)
     assert code == 0, stderr
     for name in ("table.csv", "table.json", "kinds.csv", "kinds.json", "spectra.npz", "summary.txt", "run.json",
-                 "svsm.png", "scaling_bands.png", "nf.png", "matrices_layer1_down.png", "matrices_layer0_q.png"):
+                 "svsm.png", "scaling_bands.png", "nf.png", "intruders.png", "matrices_layer1_down.png",
+                 "matrices_layer0_q.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "table.csv")
     assert len(table) == 14 and abs(table["scaling_mean"] - 0.9).max() < 1e-4
     rows = json.loads((out / "table.json").read_text())
     assert len(rows) == 14 and rows[0]["kind"] == "q"
     assert (out / "svsm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "consistent rotation" in stdout and "wrote 12 files" in stdout
+    assert "consistent rotation" in stdout and "wrote 13 files" in stdout
     assert json.loads((out / "run.json").read_text())["layers"] == [0, 1]
 
 

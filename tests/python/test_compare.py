@@ -154,7 +154,7 @@ def test_pair_measures_on_arrays_match_reference(rng):
 
 def test_table_columns_and_repr(related_comparison):
     expected = ["layer", "kind", "in_features", "out_features", "k", "scaling_mean", "scaling_std", "nf",
-                "sigma_base_max", "sigma_post_max", "iorth_diag_mean", "tensor", "warm_sweeps"]
+                "sigma_base_max", "sigma_post_max", "iorth_diag_mean", "intruders", "tensor", "warm_sweeps"]
     assert list(related_comparison.table.columns) == expected
     row = related_comparison.table.iloc[6]  # layer 0, down: [in = intermediate, out = hidden]
     assert (row["kind"], row["in_features"], row["out_features"]) == ("down", SYNTHETIC["intermediate"],

@@ -17,8 +17,8 @@ from postsvd.synthetic import make_pair
 
 from helpers import ALPHA, SYNTHETIC
 
-#: Figures per post model: SVSM, scaling bands, NF per layer, matrices of one pair.
-FIGURES_PER_POST = 4
+#: Figures per post model: SVSM, scaling bands, NF per layer, intruder dimensions, matrices of one pair.
+FIGURES_PER_POST = 5
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -112,7 +112,7 @@ def test_report_has_every_section_and_figure(page):
         assert section in doc.ids, f"section {section!r} missing; ids: {sorted(doc.ids)}"
     figure_ids = {i for i in doc.ids if i.startswith("fig-")}
     expected = {"fig-nf-models"} | {f"fig-{name}-{i}" for i in (0, 1)
-                                    for name in ("svsm", "bands", "nf", "matrices")}
+                                    for name in ("svsm", "bands", "nf", "intruders", "matrices")}
     assert figure_ids == expected
     assert len(doc.images) == 1 + 2 * FIGURES_PER_POST
     for image in doc.images:
@@ -267,8 +267,8 @@ def test_report_of_a_moe_model_has_the_expert_heatmap_and_spread(tmp_path):
     assert "has experts (MoE)" in doc.text and "expert" in doc.table_cells
     # Every figure of a dense model (routed experts pooled per layer), and the per-expert heatmap.
     assert {i for i in doc.ids if i.startswith("fig-")} == {f"fig-{name}-0" for name in (
-        "svsm", "bands", "nf", "experts", "matrices")}
-    assert len(doc.images) == 5 and all(png_size(image["src"])[0] > 100 for image in doc.images)
+        "svsm", "bands", "nf", "experts", "intruders", "matrices")}
+    assert len(doc.images) == 6 and all(png_size(image["src"])[0] > 100 for image in doc.images)
     rows = 2 * (4 + 3 * 3)  # layers x (attention kinds + MLP kinds x experts)
     assert f"Per layer ({rows} matrices)" in doc.text
     # The spread columns: the population std over experts of each expert's mean NF, from the table.
@@ -279,7 +279,7 @@ def test_report_of_a_moe_model_has_the_expert_heatmap_and_spread(tmp_path):
         spread = float(np.std(of_kind.groupby("expert")["nf"].mean().to_numpy()))
         assert f"{spread:.4f}" in doc.table_cells, kind
         assert spread > 1e-4, kind  # expert 1 stands out
-    attention = doc.table_cells[doc.table_cells.index("Wq"):][:11]
+    attention = doc.table_cells[doc.table_cells.index("Wq"):][:12]  # kind .. alpha, intruders, 3 expert cells
     assert attention[-3:] == ["–", "–", "–"]  # no experts: no spread
     # The heatmap shows NF per (expert, layer) as the table has it.
     figure = comparison.plot_expert_nf()

@@ -90,8 +90,9 @@ const std::vector<WarmStartMode>& warm_start_modes();
 const char* warm_start_mode_name(WarmStartMode mode);
 WarmStartMode parse_warm_start_mode(const std::string& name, const std::string& argument = "warm_start");
 
-/// The checks every compare starts with, before any work: leading_k >= 0, and
-/// equal shapes in each pair (InvalidArgument naming both tensors and shapes).
+/// The checks every compare starts with, before any work: leading_k >= 0, the intruder options
+/// (check_intruder_options), and equal shapes in each pair (InvalidArgument naming both tensors
+/// and shapes).
 void check_compare_arguments(const std::vector<PairInput>& pairs, const MeasureOptions& options);
 
 /// Creates the backend for options.device; throws NotBuiltWithCuda for CUDA in a CPU build.

@@ -46,6 +46,10 @@ class Comparator {
   /// that checkpoint's cached factors instead (the previous checkpoint of a training run).
   void set_warm_start(WarmStartMode mode) { warm_start_ = mode; }
   WarmStartMode warm_start() const { return warm_start_; }
+  /// The intruder count of every pair compared from now on (k, epsilon, side; checked here).
+  void set_intruder_options(const IntruderOptions& options);
+  const IntruderOptions& intruder_options() const { return intruders_; }
+
   /// "" = from the base. The folder must hold the same architecture (BadCheckpoint otherwise);
   /// an adapter folder applies to the base, as the post model does.
   void set_warm_from(const std::string& folder);
@@ -63,6 +67,7 @@ class Comparator {
   Architecture arch_post_;
   std::unique_ptr<FactorCache> cache_;
   WarmStartMode warm_start_ = WarmStartMode::Auto;
+  IntruderOptions intruders_;
   std::unique_ptr<Checkpoint> warm_from_;
   Architecture arch_warm_from_;
   CacheCounts counts_;

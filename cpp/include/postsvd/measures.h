@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "postsvd/types.h"
@@ -15,6 +16,21 @@ enum class WarmStartMode {
   Always,  // wherever a start is known (still cold when the pair is not close)
 };
 
+/// Which singular vectors the intruder count reads (docs/measures.md, "Intruder dimensions").
+enum class IntruderSide {
+  Output,  // V (paper orientation [in, out]), the left singular vectors of W_hf [out, in]: |Q2|
+  Input,   // U: |Q1|
+};
+
+/// The intruder dimensions of Shuttleworth et al. 2024 (arXiv 2410.21228, Algorithm 1): among the
+/// top `k` singular vectors of the post matrix on `side`, those whose largest |cosine| with every
+/// base singular vector on that side is below `epsilon`.
+struct IntruderOptions {
+  int64_t k = 10;        // >= 1; a matrix with fewer singular vectors examines all of them
+  double epsilon = 0.5;  // in [0, 1]
+  IntruderSide side = IntruderSide::Output;
+};
+
 /// What to compute for a pair beyond the always-on scalars and vectors.
 struct MeasureOptions {
   Precision precision = Precision::F32;
@@ -25,6 +41,8 @@ struct MeasureOptions {
   /// Decompose the post matrix starting from the base's factors (Backend::decompose_warm_*),
   /// falling back to the cold SVD when the pair is not close.
   WarmStartMode warm_start = WarmStartMode::Auto;
+  /// The intruder count (always computed: O(k) from Q1 or Q2).
+  IntruderOptions intruders;
 };
 
 /// Mean and population std (ddof = 0) of the scaling factors over the top 90 %
@@ -49,6 +67,11 @@ struct PairMeasures {
   /// Jacobi sweeps of the post's warm-started decomposition; -1 = decomposed cold
   /// (warm start off or not available, the pair not close, or loaded from a factor cache).
   int64_t warm_sweeps = -1;
+  /// [min(intruders.k, k)]: for each leading post singular vector j on the chosen side, its largest
+  /// |cosine| with any base singular vector, max_i |Q(i, j)| (Q = Q2 on the output side, Q1 on the input).
+  std::vector<double> intruder_cosines;
+  /// How many of intruder_cosines are below intruders.epsilon (count_intruders).
+  int64_t intruders = 0;
   // Present when MeasureOptions::full_matrices; [kk, kk] column-major.
   Matrix<double> sim_u;  // |U_A^T U_B|
   Matrix<double> sim_v;  // |V_A^T V_B|
@@ -69,6 +92,21 @@ int64_t scaling_top_count(int64_t k);
 /// Pooled statistics of a kind: mean and population std over the concatenation
 /// of every column's top-90 % ratios (each column cut at its own ceil(0.9 k)).
 ScalingStats pooled_scaling_statistics(const std::vector<std::vector<double>>& columns);
+
+/// The intruder rule, in one place: how many of `cosines` are below `epsilon` (strictly).
+int64_t count_intruders(const std::vector<double>& cosines, double epsilon);
+
+/// How many leading post singular vectors a matrix with k of them examines: min(options.k, k).
+int64_t intruder_vectors(const IntruderOptions& options, int64_t k);
+
+/// InvalidArgument naming the option unless k >= 1 and 0 <= epsilon <= 1.
+void check_intruder_options(const IntruderOptions& options);
+
+/// "output" / "input"; the sides by name, the default first; InvalidArgument naming `argument`
+/// and the choices for another name.
+const char* intruder_side_name(IntruderSide side);
+const std::vector<IntruderSide>& intruder_sides();
+IntruderSide parse_intruder_side(const std::string& name, const std::string& argument = "intruder_side");
 
 /// Host reference path: every measure from two decompositions of equal shape.
 /// Used by the CPU backend; the CUDA backend computes the same on the device.

@@ -251,7 +251,7 @@ class CudaBackendImpl final : public CudaBackend {
     lane.reset_scalars();
     pipe.sign_rule(pair.base, 0);
     pipe.sign_rule(pair.post, 1);
-    pipe.measure(shape);
+    pipe.measure(shape, options.intruders);
     lane.finish_round();
     const double* host = lane.host_results.get<double>();
     PairMeasures m;
@@ -270,7 +270,10 @@ class CudaBackendImpl final : public CudaBackend {
     m.scaling_stats = scaling_statistics(m.scaling);
     m.nf = std::sqrt(lane.readback()->nf_squared) / static_cast<double>(k);
     m.warm_sweeps = warm && !redone_slots[1] ? sweeps : -1;
-    std::size_t back = static_cast<std::size_t>(3 * k) * sizeof(double);
+    const int64_t examined = intruder_vectors(options.intruders, k);
+    m.intruder_cosines.assign(host + 3 * k, host + 3 * k + examined);
+    m.intruders = count_intruders(m.intruder_cosines, options.intruders.epsilon);
+    std::size_t back = static_cast<std::size_t>(3 * k + examined) * sizeof(double);
     if (options.full_matrices) {
       const int64_t kk = options.leading_k > 0 ? std::min(options.leading_k, k) : k;
       m.q1 = pipe.leading_block(0, k, kk);

@@ -108,22 +108,31 @@ __global__ void reverse_columns_kernel(T* a, int64_t rows, int64_t cols, int64_t
   }
 }
 
-template <class T>
-__device__ double block_sum(double value, double* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+struct Add {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct Max {  // of non-negative values
+  __device__ double operator()(double a, double b) const { return fmax(a, b); }
+};
+
+// `op` over the block's values, 0 its identity (sums; maxima of non-negative values); every thread
+// gets the result. scratch holds 32 doubles and is free again when this returns.
+template <class Op>
+__device__ double block_reduce(double value, double* scratch, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   if (lane == 0) scratch[warp] = value;
   __syncthreads();
   if (warp == 0) {
     value = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+    for (int offset = 16; offset > 0; offset /= 2) value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
     if (lane == 0) scratch[0] = value;
   }
   __syncthreads();
-  const double total = scratch[0];
+  const double result = scratch[0];
   __syncthreads();
-  return total;
+  return result;
 }
 
 // One block per column: norm accumulated in double, then the column divided by it.
@@ -137,7 +146,7 @@ __global__ void normalize_columns_kernel(T* a, int64_t rows, int64_t cols, int64
       const double x = static_cast<double>(column[r]);
       sum += x * x;
     }
-    const double norm = sqrt(block_sum<T>(sum, scratch));
+    const double norm = sqrt(block_reduce(sum, scratch, Add{}));
     const T norm_t = static_cast<T>(norm);
     const T inverse = static_cast<T>(1.0 / norm);  // inf for a zero column: caught by the orthogonality check
     for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) column[r] *= inverse;
@@ -152,7 +161,7 @@ __device__ __forceinline__ void atomic_max_nonnegative(double* target, double va
 
 template <class T>
 __global__ void max_deviation_kernel(const T* c, int64_t k, int64_t ld, double* result) {
-  __shared__ double scratch[kThreads / 32];
+  __shared__ double scratch[32];
   double local = 0;
   const int64_t total = k * k;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -162,14 +171,8 @@ __global__ void max_deviation_kernel(const T* c, int64_t k, int64_t ld, double* 
     const double deviation = fabs(static_cast<double>(c[r + col * ld]) - (r == col ? 1.0 : 0.0));
     local = isnan(deviation) ? HUGE_VAL : fmax(local, deviation);
   }
-  for (int offset = 16; offset > 0; offset /= 2) local = fmax(local, __shfl_down_sync(0xffffffffu, local, offset));
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = local;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double block_max = 0;
-    for (int w = 0; w < kThreads / 32; ++w) block_max = fmax(block_max, scratch[w]);
-    atomic_max_nonnegative(result, block_max);
-  }
+  const double largest = block_reduce(local, scratch, Max{});
+  if (threadIdx.x == 0) atomic_max_nonnegative(result, largest);
 }
 
 template <class T>
@@ -184,8 +187,21 @@ __global__ void squared_deviation_kernel(const T* c, int64_t k, int64_t ld, doub
     const double deviation = static_cast<double>(c[r + col * ld]) - (r == col ? 1.0 : 0.0);
     local += deviation * deviation;
   }
-  const double sum = block_sum<T>(local, scratch);
+  const double sum = block_reduce(local, scratch, Add{});
   if (threadIdx.x == 0) atomicAdd(result, sum);
+}
+
+// One block per column: the largest |a(i, j)| in double.
+template <class T>
+__global__ void column_max_abs_kernel(const T* a, int64_t rows, int64_t cols, int64_t ld, double* out) {
+  __shared__ double scratch[32];
+  for (int64_t j = blockIdx.x; j < cols; j += gridDim.x) {
+    const T* column = a + j * ld;
+    double local = 0;
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) local = fmax(local, fabs(static_cast<double>(column[r])));
+    const double largest = block_reduce(local, scratch, Max{});  // ends with a barrier: scratch is free again
+    if (threadIdx.x == 0) out[j] = largest;
+  }
 }
 
 template <class T>
@@ -291,6 +307,13 @@ void squared_deviation_from_identity(const T* c, int64_t k, int64_t ld, double* 
 }
 
 template <class T>
+void column_max_abs(const T* a, int64_t rows, int64_t cols, int64_t ld, double* out, cudaStream_t stream) {
+  if (cols <= 0) return;
+  column_max_abs_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(cols, 1 << 20)), kThreads, 0, stream>>>(a, rows, cols, ld, out);
+  POSTSVD_CUDA_CHECK_LAUNCH("column_max_abs_kernel");
+}
+
+template <class T>
 void apply_sign_rule(T* u, int64_t m, int64_t ldu, T* v, int64_t n, int64_t ldv, int64_t k, cudaStream_t stream) {
   if (k <= 0) return;
   sign_rule_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(k, 1 << 20)), kThreads, 0, stream>>>(u, m, ldu, v, n, ldv, k);
@@ -320,6 +343,7 @@ void cast_matrix(const S* src, int64_t rows, int64_t cols, int64_t ld_src, D* ds
   template void normalize_columns<T>(T*, int64_t, int64_t, int64_t, T*, cudaStream_t);                        \
   template void max_deviation_from_identity<T>(const T*, int64_t, int64_t, double*, cudaStream_t);            \
   template void squared_deviation_from_identity<T>(const T*, int64_t, int64_t, double*, cudaStream_t);        \
+  template void column_max_abs<T>(const T*, int64_t, int64_t, int64_t, double*, cudaStream_t);                \
   template void apply_sign_rule<T>(T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t, cudaStream_t);        \
   template void gather_to_double<T>(const T*, int64_t, int64_t, double*, cudaStream_t);
 POSTSVD_INSTANTIATE(float)

@@ -44,6 +44,10 @@ void max_deviation_from_identity(const T* c, int64_t k, int64_t ld, double* resu
 template <class T>
 void squared_deviation_from_identity(const T* c, int64_t k, int64_t ld, double* result, cudaStream_t stream);
 
+/// out[j] = max_i |a(i, j)| (in double) for each column j < cols of a [rows, cols] matrix.
+template <class T>
+void column_max_abs(const T* a, int64_t rows, int64_t cols, int64_t ld, double* out, cudaStream_t stream);
+
 /// Sign rule: for each column j < k of u [m, k], when its largest-|.| entry
 /// (the first one on ties) is negative, negate u[:, j] and v[:, j] (v [n, k]).
 template <class T>

@@ -60,14 +60,14 @@ struct Lane {
 
   PinnedBuffer staging;       // stored bytes of base and post
   PinnedBuffer host_scalars;  // LaneScalars
-  PinnedBuffer host_results;  // sigma_base, sigma_post, iorth_diag
+  PinnedBuffer host_results;  // sigma_base, sigma_post, iorth_diag, intruder cosines
   DeviceBuffer raw;           // the same bytes on the device
   DeviceBuffer work;          // the matrix in the working precision
   DeviceBuffer u[2], v[2], s[2];
   DeviceBuffer square;        // 3 [k, k]: Gram / check / Q1, Q2, I_orth
   DeviceBuffer solver_ws;
   DeviceBuffer scalars;       // LaneScalars
-  DeviceBuffer results;       // [3k] doubles
+  DeviceBuffer results;       // [4k] doubles
   std::vector<char> host_ws;
   std::vector<InfoSlot> slots;
 

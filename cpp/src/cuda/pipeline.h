@@ -20,6 +20,7 @@
 #include "cuda/solver.h"
 #include "detail/int_range.h"
 #include "postsvd/error.h"
+#include "postsvd/measures.h"
 #include "postsvd/types.h"
 
 namespace postsvd {
@@ -152,8 +153,10 @@ class Pipeline {
     apply_sign_rule<C>(lane_.u[slot].get<C>(), v.rows, v.rows, lane_.v[slot].get<C>(), v.cols, v.cols, k, lane_.stream);
   }
 
-  // Q1, Q2, I_orth, NF and the vectors into lane.results; returns after the device-to-host copy is queued.
-  void measure(const Shape& shape) {
+  // Q1, Q2, I_orth, NF and the vectors into lane.results: sigma_base, sigma_post, iorth_diag ([k] each),
+  // then the intruder cosines ([intruder_vectors(intruders, k)], max_i |Q(i, j)| of Q2 or Q1 as `intruders` says);
+  // returns after the device-to-host copy is queued.
+  void measure(const Shape& shape, const IntruderOptions& intruders) {
     const int64_t m = shape.m, n = shape.n, k = shape.k();
     C* q1 = square(0);
     C* q2 = square(1);
@@ -170,7 +173,10 @@ class Pipeline {
     gather_to_double<C>(lane_.s[0].get<C>(), k, 1, results, lane_.stream);
     gather_to_double<C>(lane_.s[1].get<C>(), k, 1, results + k, lane_.stream);
     gather_to_double<C>(iorth, k, k + 1, results + 2 * k, lane_.stream);
-    POSTSVD_CUDA_TRY(cudaMemcpyAsync(lane_.host_results.get(), results, static_cast<std::size_t>(3 * k) * sizeof(double),
+    const int64_t examined = intruder_vectors(intruders, k);
+    column_max_abs<C>(intruders.side == IntruderSide::Output ? q2 : q1, k, examined, k, results + 3 * k, lane_.stream);
+    POSTSVD_CUDA_TRY(cudaMemcpyAsync(lane_.host_results.get(), results,
+                                     static_cast<std::size_t>(3 * k + examined) * sizeof(double),
                                      cudaMemcpyDeviceToHost, lane_.stream));
   }
 

@@ -68,7 +68,7 @@ LanePlan plan_for(Lane& lane, const Shape& shape, std::size_t raw_bytes, SvdMeth
   p.v = align_up(static_cast<std::size_t>(shape.n * k) * e);
   p.s = align_up(static_cast<std::size_t>(k) * e);
   p.square = 3 * align_up(static_cast<std::size_t>(k * k) * e);
-  p.results = align_up(static_cast<std::size_t>(3 * k) * sizeof(double));
+  p.results = align_up(static_cast<std::size_t>(4 * k) * sizeof(double));  // 3 [k] vectors, <= k intruder cosines
   const cudaDataType_t type = e == sizeof(double) ? CUDA_R_64F : CUDA_R_32F;
   p.solver_ws = direct_workspace(lane, method, type, e, tall, k, &p.host_ws);
   if (method == SvdMethod::Gram64)  // the float64 gesvd fallback
