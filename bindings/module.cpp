@@ -661,6 +661,23 @@ PYBIND11_MODULE(_core, m) {
       [](const postsvd::Checkpoint& cp) { return architecture_to_python(postsvd::detect_architecture(cp)); },
       "checkpoint"_a, "The (layer, kind) -> tensor map of a checkpoint: {model_type, num_layers, matrices: [dict]}.");
   m.def(
+      "check_checkpoint",
+      [](const postsvd::Checkpoint& cp, bool read_values) {
+        postsvd::CheckpointCheck check;
+        {
+          py::gil_scoped_release release;  // reads every projection with read_values
+          check = postsvd::check_checkpoint(cp, read_values);
+        }
+        return py::dict("mapped"_a = check.mapped,
+                        "architecture"_a = check.mapped ? py::object(architecture_to_python(check.architecture))
+                                                        : py::object(py::none()),
+                        "problems"_a = check.problems, "not_fetched"_a = check.not_fetched);
+      },
+      "checkpoint"_a, "read_values"_a = true,
+      "The checks a comparison runs on one model, without decomposing: {mapped, architecture (None when "
+      "config.json does not map), problems: [one line each, naming file and tensor], not_fetched: sources "
+      "a partial Hub copy lacks the bytes of}.");
+  m.def(
       "read_matrix",
       [](const postsvd::Checkpoint& cp, const py::dict& source_dict, const std::string& precision) -> py::object {
         const postsvd::MatrixSource source = source_from_python(source_dict);

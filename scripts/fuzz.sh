@@ -2,7 +2,7 @@
 # Builds the libFuzzer harnesses (clang, ASan + UBSan) and runs each for a
 # bounded time; fails on the first crash, sanitizer report, leak, timeout or
 # out-of-memory. Usage: scripts/fuzz.sh [SECONDS per target, default 60] [TARGET ...]
-# Targets: safetensors_header config_architecture shard_index factor_cache.
+# Targets: safetensors_header config_architecture shard_index factor_cache quantized_checkpoint.
 # Seeds come from tests/fuzz/corpus/<target>/ (read only); what a run finds goes
 # to build/fuzz/corpus/<target>/ and a crashing input to build/fuzz/crash-<target>-*.
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors_header config_architecture shard_index factor_cache)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors_header config_architecture shard_index factor_cache quantized_checkpoint)
 JOBS=${JOBS:-$(nproc)}
 CLANG=${CLANG:-clang++}
 BUILD=build/fuzz

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <iterator>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <tuple>
@@ -192,6 +193,10 @@ class ModelConfig {
 namespace {
 
 
+// Where the mappers list a missing or misshapen tensor instead of throwing: set by check_checkpoint
+// (this thread only) while it maps, null otherwise.
+thread_local std::vector<std::string>* problem_sink = nullptr;
+
 // Collects sources, resolving the family's name prefix ("model.", "transformer.",
 // a multimodal checkpoint's text tower "model.language_model." or
 // "language_model.model.", or none for a bare model) and checking each
@@ -226,11 +231,21 @@ class Mapper {
     add(std::move(s));
   }
 
-  // Any source; its tensor names are taken relative to the prefix.
+  // Any source; its tensor names are taken relative to the prefix. While check_checkpoint collects
+  // problems (problem_sink), a source that fails its check is listed there and left out.
   void add(MatrixSource s) {
     s.tensor = prefix_ + s.tensor;
     if (is_mxfp4(s)) s.mxfp4_scales = prefix_ + s.mxfp4_scales;
-    check(s);
+    if (problem_sink == nullptr) {
+      check(s);
+    } else {
+      try {
+        check(s);
+      } catch (const BadCheckpoint& e) {
+        problem_sink->push_back(e.what());
+        return;
+      }
+    }
     arch.matrices.push_back(std::move(s));
   }
 
@@ -652,16 +667,21 @@ Architecture map_gpt2(const Checkpoint& ck, const ModelConfig& config, const Arc
   return std::move(m.arch);
 }
 
+// The number N when `name` continues at `at` with "<N>." (at most 9 digits), else -1.
+int64_t index_at(const std::string& name, std::size_t at) {
+  std::size_t i = at;
+  int64_t index = 0;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9' && i - at < 9) index = index * 10 + (name[i++] - '0');
+  return i > at && i < name.size() && name[i] == '.' ? index : -1;
+}
+
 // The layer index of `name` when it is "<prefix><container>.<N>." for one of the family's prefixes, else -1.
 int64_t layer_index_of(const std::string& name, const ArchitectureFamily& family) {
   for (const std::string& prefix : family.prefixes) {
     const std::string start = prefix + family.layer_container + ".";
     if (name.compare(0, start.size(), start) != 0) continue;
-    std::size_t i = start.size();
-    int64_t index = 0;
-    const std::size_t first_digit = i;
-    while (i < name.size() && name[i] >= '0' && name[i] <= '9' && i - first_digit < 9) index = index * 10 + (name[i++] - '0');
-    if (i > first_digit && i < name.size() && name[i] == '.') return index;
+    const int64_t index = index_at(name, start.size());
+    if (index >= 0) return index;
   }
   return -1;
 }
@@ -689,6 +709,83 @@ void note_uncounted_layers(const Checkpoint& checkpoint, const ModelConfig& conf
        << detail::name_excerpt(example) << "'); only layers 0 to " << arch.num_layers - 1
        << " are read, the others are left out";
   arch.warnings.push_back(text.str());
+}
+
+// The routed expert of a per-expert tensor name ("...experts.<N>.gate_proj.weight"), else -1. Shared
+// experts ("shared_experts.", "shared_expert.") and fused 3-D experts ("experts.gate_up_proj") hold no index.
+int64_t expert_index_of(const std::string& name) {
+  static const std::string key = ".experts.";
+  for (std::size_t at = name.find(key); at != std::string::npos; at = name.find(key, at + 1)) {
+    const int64_t index = index_at(name, at + key.size());
+    if (index >= 0) return index;
+  }
+  return -1;
+}
+
+// "0-3, 5, 7" from sorted layer indices.
+std::string index_ranges(const std::set<int64_t>& indices) {
+  std::ostringstream text;
+  for (auto it = indices.begin(); it != indices.end();) {
+    const int64_t first = *it;
+    int64_t last = first;
+    while (++it != indices.end() && *it == last + 1) last = *it;
+    text << (text.tellp() > 0 ? ", " : "") << first;
+    if (last > first) text << "-" << last;
+  }
+  return text.str();
+}
+
+// Warnings when the weights hold routed experts config.json does not declare (experts past its count in
+// a MoE layer, or experts in a layer it makes dense): like uncounted layers, they are silently left out of
+// every comparison and construction otherwise. Layers beyond the count are note_uncounted_layers' to report.
+void note_uncounted_experts(const Checkpoint& checkpoint, const ModelConfig& config, const ArchitectureFamily& family,
+                            Architecture& arch) {
+  std::vector<int64_t> mapped(static_cast<std::size_t>(arch.num_layers), 0);  // routed experts read per layer
+  for (const MatrixSource& s : arch.matrices) {
+    if (s.expert >= 0) mapped[static_cast<std::size_t>(s.layer)] = std::max<int64_t>(mapped[static_cast<std::size_t>(s.layer)], s.expert + 1);
+  }
+  struct Stray {
+    std::set<int64_t> layers;
+    int64_t tensors = 0;
+    int64_t highest = -1;
+    std::string example;
+  } beyond, in_dense;
+  int64_t declared = 0;
+  for (const std::string& name : checkpoint.tensor_names()) {
+    const int64_t layer = layer_index_of(name, family);
+    if (layer < 0 || layer >= arch.num_layers) continue;
+    const int64_t expert = expert_index_of(name);
+    const int64_t read = mapped[static_cast<std::size_t>(layer)];
+    if (expert < read) continue;  // -1 (not a routed expert) or one that is read
+    Stray& stray = read > 0 ? beyond : in_dense;
+    declared = std::max(declared, read);
+    stray.layers.insert(layer);
+    ++stray.tensors;
+    if (expert > stray.highest) {
+      stray.highest = expert;
+      stray.example = name;
+    }
+  }
+  if (beyond.tensors > 0) {
+    const char* key = config.has("num_experts")         ? "num_experts"
+                      : config.has("num_local_experts") ? "num_local_experts"
+                                                        : "n_routed_experts";
+    std::ostringstream text;
+    text << config.path() << ": \"" << config.where() << key << "\" is " << declared
+         << " but the weights hold routed experts up to " << beyond.highest << " in layer"
+         << (beyond.layers.size() > 1 ? "s " : " ") << index_ranges(beyond.layers) << " (" << beyond.tensors
+         << " tensors, e.g. '" << detail::name_excerpt(beyond.example) << "'); only experts 0 to " << declared - 1
+         << " are read, the others are left out";
+    arch.warnings.push_back(text.str());
+  }
+  if (in_dense.tensors > 0) {
+    std::ostringstream text;
+    text << config.path() << ": config.json makes layer" << (in_dense.layers.size() > 1 ? "s " : " ")
+         << index_ranges(in_dense.layers) << " dense (one MLP, no routed experts) but the weights hold routed "
+         << "experts there (" << in_dense.tensors << " tensors, e.g. '" << detail::name_excerpt(in_dense.example)
+         << "'); they are left out";
+    arch.warnings.push_back(text.str());
+  }
 }
 
 // Name prefixes: a text model's ("model.", or none for a bare model), and a
@@ -785,7 +882,40 @@ Architecture detect_architecture(const Checkpoint& checkpoint) {
   Architecture arch = row->map(checkpoint, config, *row);
   arch.model_type = type;
   note_uncounted_layers(checkpoint, config, *row, arch);
+  note_uncounted_experts(checkpoint, config, *row, arch);
   return arch;
+}
+
+CheckpointCheck check_checkpoint(const Checkpoint& checkpoint, bool read_values) {
+  CheckpointCheck result;
+  std::vector<std::string> found;
+  struct Collecting {  // the mappers list problems in `found` while this lives
+    explicit Collecting(std::vector<std::string>* sink) { problem_sink = sink; }
+    ~Collecting() { problem_sink = nullptr; }
+  };
+  try {
+    const Collecting collecting(&found);
+    result.architecture = detect_architecture(checkpoint);
+    result.mapped = true;
+  } catch (const Error& e) {  // the config: an unsupported model_type, a missing or bad field
+    found.push_back(e.what());
+  }
+  // Each source as a comparison reads it: FP8 scales present and shaped, MXFP4 pairs, finite values.
+  for (const MatrixSource& source : result.architecture.matrices) {
+    try {
+      const TensorView view = view_of(checkpoint, source);
+      if (read_values) to_matrix<float>(view);
+    } catch (const NotFetched&) {  // a Hub model's tensor not fetched: not a problem of the model
+      ++result.not_fetched;
+    } catch (const Error& e) {
+      found.push_back(e.what());
+    }
+  }
+  std::set<std::string> seen;  // one line per problem: a scale shared by a tensor's parts is listed once
+  for (std::string& problem : found) {
+    if (seen.insert(problem).second) result.problems.push_back(std::move(problem));
+  }
+  return result;
 }
 
 void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, const Checkpoint& b,
@@ -882,6 +1012,7 @@ TensorView stored_view(const Checkpoint& checkpoint, const MatrixSource& source)
                                  source.in_features, source.out_features, 1, source.out_step * source.in_features);
     view.name = source.tensor + "[" + std::to_string(source.stacked_index) + "]";
     if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
+    view.file = checkpoint.file_of(source.tensor).path();
     return view;
   }
   const auto element = static_cast<int64_t>(dtype_size(info.dtype));
@@ -904,6 +1035,7 @@ TensorView stored_view(const Checkpoint& checkpoint, const MatrixSource& source)
   view.name = source.tensor;
   if (source.stacked > 0) view.name += "[" + std::to_string(source.stacked_index) + "]";
   if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
+  view.file = checkpoint.file_of(source.tensor).path();
   attach_scales(checkpoint, source, view);  // FP8 weights: their scale grid (quantization.h)
   return view;
 }

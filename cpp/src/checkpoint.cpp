@@ -6,9 +6,11 @@
 #include "postsvd/checkpoint.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -156,18 +158,47 @@ bool covered(const ByteRanges& present, uint64_t begin, uint64_t end) {
 struct SafetensorsFile::Impl {
   std::string path;
   detail::MappedFile mapping;
+  uint64_t size = 0;  // the file's size, fixed (a partial copy has its full size)
   uint64_t header_size = 0;
   std::vector<TensorInfo> tensors;  // sorted by offsets
   std::unordered_map<std::string, std::size_t> by_name;
   std::map<std::string, std::string> metadata;
-  bool partial = false;  // a partial copy of a Hub file: only `present` may be read
+  // A partial copy of a Hub file (opened so): only `present` may be read. postsvd.hub fetches more ranges
+  // while the file is open (the next matrices while the current ones decompose), so a tensor not in
+  // `present` makes the reader read the manifest again (refresh) before it refuses. Under `mutex`.
+  bool opened_partial = false;
+  bool partial = false;
   ByteRanges present;
+  std::vector<detail::MappedFile> retired;  // mappings replaced by refresh; pointers into them stay valid
+  std::mutex mutex;
 
   const unsigned char* data_section() const { return mapping.data() + 8 + header_size; }
-  uint64_t data_size() const { return mapping.size() - 8 - header_size; }
+  uint64_t data_size() const { return size - 8 - header_size; }
 
   void parse_entry(const std::string& name, const nlohmann::json& entry);
+  void refresh();
 };
+
+// The manifest as it is now: ranges fetched since the file was opened, or the file now complete (a
+// whole-file fetch replaced the partial copy by a link to the complete file: mapped anew, the old mapping
+// kept alive for pointers handed out before).
+void SafetensorsFile::Impl::refresh() {
+  ByteRanges now;
+  if (fetched_ranges(path, size, now)) {
+    present = std::move(now);
+    return;
+  }
+  detail::MappedFile whole(path);
+  const uint64_t header_end = 8 + header_size;
+  if (whole.size() != size || std::memcmp(whole.data(), mapping.data(), static_cast<std::size_t>(header_end)) != 0) {
+    POSTSVD_THROW(BadCheckpoint, path << ": the file was replaced by another one (size " << whole.size()
+                                      << ", was " << size << ") since it was opened; open the checkpoint again");
+  }
+  retired.push_back(std::move(mapping));
+  mapping = std::move(whole);
+  partial = false;
+  present.clear();
+}
 
 void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::json& entry) {
   const std::string where = path + ": tensor '" + name + "'";
@@ -238,11 +269,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
   im.path = path;
   im.mapping = detail::MappedFile(path);
   const uint64_t file_size = im.mapping.size();
+  im.size = file_size;
   if (file_size < 8) {
     POSTSVD_THROW(BadCheckpoint, path << ": file is " << file_size
                                       << " bytes, shorter than the 8-byte header length; not a safetensors file");
   }
   im.partial = fetched_ranges(path, file_size, im.present);
+  im.opened_partial = im.partial;
   if (im.partial && !covered(im.present, 0, 8)) {
     POSTSVD_THROW(BadCheckpoint, path << ": a partial copy of a Hub file whose header was not fetched (see "
                                       << kFetchManifest << " beside it)");
@@ -370,9 +403,12 @@ const void* SafetensorsFile::data(const TensorInfo& info) const {
     POSTSVD_THROW(InvalidArgument, impl_->path << ": tensor '" << info.name << "': offsets [" << info.begin << ", "
                                                << info.end << "] lie outside this file's data buffer");
   }
+  if (!impl_->opened_partial) return impl_->data_section() + info.begin;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
   const uint64_t start = 8 + impl_->header_size;
+  if (impl_->partial && !covered(impl_->present, start + info.begin, start + info.end)) impl_->refresh();
   if (impl_->partial && !covered(impl_->present, start + info.begin, start + info.end)) {
-    POSTSVD_THROW(BadCheckpoint, impl_->path << ": tensor '" << info.name << "' was not fetched: this file is a "
+    POSTSVD_THROW(NotFetched, impl_->path << ": tensor '" << info.name << "' was not fetched: this file is a "
                                              << "partial copy of a Hub file and bytes [" << start + info.begin << ", "
                                              << start + info.end << ") are not in " << kFetchManifest
                                              << "; fetch the tensor first (postsvd.hub.fetch)");
@@ -381,7 +417,7 @@ const void* SafetensorsFile::data(const TensorInfo& info) const {
 }
 
 uint64_t SafetensorsFile::header_size() const { return impl_->header_size; }
-uint64_t SafetensorsFile::file_size() const { return impl_->mapping.size(); }
+uint64_t SafetensorsFile::file_size() const { return impl_->size; }
 
 // ---------------------------------------------------------------- Checkpoint
 

@@ -75,8 +75,8 @@ std::vector<PairMeasures> Comparator::compare(const std::vector<int64_t>& indice
     for (const auto* sigma : {&result[i].sigma_base, &result[i].sigma_post}) {
       for (double value : *sigma) {
         POSTSVD_CHECK(std::isfinite(value), InvalidArgument,
-                      "tensor '" << (sigma == &result[i].sigma_base ? pairs[i].base.name : pairs[i].post.name)
-                                 << "': a singular value overflowed the working precision ("
+                      tensor_label(sigma == &result[i].sigma_base ? pairs[i].base : pairs[i].post)
+                                 << ": a singular value overflowed the working precision ("
                                  << precision_name(precision_) << "): the weights' norm is too large"
                                  << (precision_ == Precision::F32 ? "; compare in float64 (dtype='float64')" : ""));
       }

@@ -428,12 +428,12 @@ std::vector<T> singular_values_only(const TensorView& view) {
   lapack_int info = 0;
   T query = 0, dummy = 0;
   detail::gesdd('N', m, n, a.data(), m, s.data(), &dummy, 1, &dummy, 1, &query, -1, iwork.data(), &info);
-  POSTSVD_CHECK(info == 0, BackendError, view.name << ": gesdd workspace query failed, info = " << info);
+  POSTSVD_CHECK(info == 0, BackendError, tensor_label(view) << ": gesdd workspace query failed, info = " << info);
   std::vector<T> work(static_cast<std::size_t>(detail::workspace_size(query)));
   detail::gesdd('N', m, n, a.data(), m, s.data(), &dummy, 1, &dummy, 1, work.data(),
                 static_cast<lapack_int>(work.size()), iwork.data(), &info);
   POSTSVD_CHECK(info == 0, BackendError,
-                view.name << ": singular values of [" << m << ", " << n << "]: gesdd failed, info = " << info);
+                tensor_label(view) << ": singular values of [" << m << ", " << n << "]: gesdd failed, info = " << info);
   return s;
 }
 
@@ -472,6 +472,25 @@ AlphaChoice default_alpha_impl(const std::string& base, const std::string& post,
     choice.alpha[item.first] = table4_alpha(mean);
   }
   return choice;
+}
+
+// What made a construction's new weights, for the writer's error when one does not fit the stored dtype:
+// the argument to change (alpha' of construction 9; otherwise the models whose singular values it uses).
+std::string produced_by(Construction construction, const ConstructionRequest& request, const std::string& kind,
+                        double alpha) {
+  std::ostringstream text;
+  text << "construction " << static_cast<int>(construction) << " (" << construction_formula(construction) << ")";
+  if (construction_uses_alpha(construction)) {
+    text << " with alpha' = " << alpha << " for kind '" << kind << "' (argument alpha); a smaller alpha' keeps the "
+         << "weights in range";
+  } else if (construction == Construction::Replace) {
+    text << ": the singular values of the base model " << request.base << " are too large for the post model's dtype";
+  } else {
+    text << ": the post model " << request.post << " rotated by the "
+         << (construction == Construction::RestoreFromRef ? "reference model " + request.ref : "base model " + request.base)
+         << " has entries too large for its dtype";
+  }
+  return text.str();
 }
 
 template <class T>
@@ -557,7 +576,7 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
     report.seconds_construct += seconds_since(t0);
 
     t0 = clock::now();
-    writer.write(*s, w);
+    writer.write(*s, w, produced_by(construction, request, row.kind, row.alpha));
     report.seconds_write += seconds_since(t0);
     report.rows.push_back(std::move(row));
     ++done;

@@ -14,8 +14,10 @@
 
 #include "detail/dequantize.h"
 #include "detail/half.h"
+#include "detail/json_guard.h"
 #include "detail/minifloat.h"
 #include "detail/shape_format.h"
+#include "postsvd/limits.h"
 
 namespace postsvd {
 
@@ -149,6 +151,81 @@ QuantizationConfig quantization_config(const Checkpoint& checkpoint) {
   return out;
 }
 
+namespace {
+
+// An upper bound on the states of `pattern`'s automaton from `at` to the closing ')' of the current group
+// (or the end): an atom (a character, an escape, a class) counts 1, a group the states of its parts,
+// {m,n} multiplies the item before it by n (m without n). `depth` counts the open groups; past the
+// limits the bound is +inf.
+double pattern_states(const std::string& pattern, std::size_t& at, int depth) {
+  if (depth > limits::kMaxPatternDepth) return std::numeric_limits<double>::infinity();
+  double total = 0, last = 0;
+  while (at < pattern.size()) {
+    const char c = pattern[at++];
+    if (c == ')') break;
+    if (c == '(') {
+      last = pattern_states(pattern, at, depth + 1);
+    } else if (c == '\\') {
+      ++at;
+      last = 1;
+    } else if (c == '[') {
+      if (at < pattern.size() && pattern[at] == '^') ++at;
+      if (at < pattern.size() && pattern[at] == ']') ++at;
+      while (at < pattern.size() && pattern[at] != ']') at += pattern[at] == '\\' ? 2 : 1;
+      ++at;
+      last = 1;
+    } else if (c == '{') {
+      double low = 0, high = 0;
+      bool comma = false;
+      for (; at < pattern.size() && pattern[at] != '}'; ++at) {
+        const char d = pattern[at];
+        if (d == ',') comma = true;
+        if (d < '0' || d > '9') continue;
+        double& bound = comma ? high : low;
+        bound = std::min(bound * 10 + (d - '0'), limits::kMaxPatternStates + 1);
+      }
+      ++at;
+      const double copies = !comma ? low : high > 0 ? high : low + 1;  // "{m,}": one copy past m, starred
+      total += last * (std::max(copies, 1.0) - 1);  // the item counted once already
+      continue;
+    } else {
+      last = 1;
+    }
+    total += last;
+  }
+  return total;
+}
+
+// A compressed-tensors "re:" pattern, compiled to match in polynomial time (libstdc++'s breadth-first
+// executor; Python's re and a backtracking std::regex take exponential time on patterns like "(.*)*x").
+// Refused past the limits of limits.h: its characters, group nesting and automaton size.
+std::regex ignore_pattern(const std::string& entry) {
+  const std::string pattern = entry.substr(3);
+  std::size_t at = 0;
+  const double states = pattern.size() <= limits::kMaxPatternChars ? pattern_states(pattern, at, 0)
+                                                                   : std::numeric_limits<double>::infinity();
+  POSTSVD_CHECK(states <= limits::kMaxPatternStates, BadCheckpoint,
+                "quantization_config.ignore: the pattern '" << detail::name_excerpt(entry) << "' is too complex ("
+                    << pattern.size() << " characters; postsvd reads patterns of at most "
+                    << limits::kMaxPatternChars << " characters, " << limits::kMaxPatternDepth
+                    << " nested groups and " << limits::kMaxPatternStates << " states with {m,n} expanded)");
+#ifdef __GLIBCXX__
+  constexpr auto flags = std::regex::ECMAScript | std::regex_constants::__polynomial;
+#else
+  constexpr auto flags = std::regex::ECMAScript;
+#endif
+  try {
+    return std::regex(pattern, flags);
+  } catch (const std::regex_error& e) {
+    POSTSVD_THROW(BadCheckpoint, "quantization_config.ignore: the pattern '" << detail::name_excerpt(entry)
+                                                                              << "' is not a valid regular expression "
+                                                                                 "(or uses back-references): "
+                                                                              << e.what());
+  }
+}
+
+}  // namespace
+
 bool module_not_converted(const QuantizationConfig& config, const std::string& tensor) {
   const std::string suffix = ".weight";
   const std::string module = tensor.size() > suffix.size() && tensor.compare(tensor.size() - suffix.size(), suffix.size(), suffix) == 0
@@ -157,12 +234,7 @@ bool module_not_converted(const QuantizationConfig& config, const std::string& t
   for (const std::string& entry : config.not_converted) {
     if (config.method == QuantizationConfig::Method::CompressedTensors) {
       if (entry.rfind("re:", 0) == 0) {
-        try {
-          if (std::regex_search(module, std::regex(entry.substr(3)), std::regex_constants::match_continuous)) return true;
-        } catch (const std::regex_error& e) {
-          POSTSVD_THROW(BadCheckpoint, "quantization_config.ignore: the pattern '" << entry << "' is not a valid regular "
-                                                                                      "expression: " << e.what());
-        }
+        if (std::regex_search(module, ignore_pattern(entry), std::regex_constants::match_continuous)) return true;
       } else if (module == entry) {
         return true;
       }
@@ -563,7 +635,7 @@ bool dequantize_fp8(const TensorView& view, Matrix<T>& out) {
       const int64_t j = (s.first + offset) % s.stored_cols;
       const int64_t index = grid.index_of(s.first + offset);
       POSTSVD_CHECK(index >= 0 && index < s.count, InvalidArgument,
-                    "tensor '" << view.name << "': element (" << r << ", " << c << ") needs scale " << index << " of '"
+                    tensor_label(view) << ": element (" << r << ", " << c << ") needs scale " << index << " of '"
                                << s.name << "', which holds " << s.count);
       const float scale = scale_value(scales, kind, index);
       // Along a stored row (row_stride 1), the rest of the block shares this scale; a run stays

@@ -110,6 +110,10 @@ std::pair<int64_t, int64_t> TensorView::byte_span() const {
   return {lo * size, (hi + 1) * size};
 }
 
+std::string tensor_label(const TensorView& view) {
+  return "tensor '" + view.name + "'" + (view.file.empty() ? std::string() : " in " + view.file);
+}
+
 TensorView TensorView::transposed() const {
   TensorView t = *this;
   t.rows = cols;
@@ -188,18 +192,18 @@ template <class T>
 Matrix<T> to_matrix(const TensorView& view) {
   const char* target = dtype_name(std::is_same<T, float>::value ? DType::F32 : DType::F64);
   if (!is_weight_dtype(view.dtype) && !view.quantized()) {
-    POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': dtype " << dtype_name(view.dtype)
+    POSTSVD_THROW(InvalidArgument, tensor_label(view) << ": dtype " << dtype_name(view.dtype)
                                               << " is not a float dtype; expected one of "
                                               << dtype_names(is_weight_dtype));
   }
   if (view.rows < 0 || view.cols < 0) {
-    POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': expected a non-negative shape, got ["
+    POSTSVD_THROW(InvalidArgument, tensor_label(view) << ": expected a non-negative shape, got ["
                                               << view.rows << ", " << view.cols << "]");
   }
   Matrix<T> out(view.rows, view.cols);
   if (out.size() == 0) return out;
   if (view.data == nullptr) {
-    POSTSVD_THROW(InvalidArgument, "tensor '" << view.name << "': view of shape [" << view.rows << ", "
+    POSTSVD_THROW(InvalidArgument, tensor_label(view) << ": view of shape [" << view.rows << ", "
                                               << view.cols << "] has a null data pointer");
   }
   bool all_finite = true;
@@ -234,7 +238,7 @@ Matrix<T> to_matrix(const TensorView& view) {
         const T v = out(r, c);
         if (!std::isfinite(v)) {
           POSTSVD_THROW(InvalidArgument,
-                        "tensor '" << view.name << "': non-finite value " << v << " at (row " << r << ", col " << c
+                        tensor_label(view) << ": non-finite value " << v << " at (row " << r << ", col " << c
                                    << ") of the [" << view.rows << ", " << view.cols << "] matrix (stored "
                                    << dtype_name(view.dtype)
                                    << (view.quantized() ? ", scaled by '" + view.scales.name + "'" : std::string())

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <nlohmann/json.hpp>
@@ -68,33 +69,45 @@ float round_to_odd_float(double value) {
 
 }  // namespace
 
+double largest_finite(DType dtype) {
+  switch (dtype) {
+    case DType::F16: return 65504.0;
+    case DType::BF16: return static_cast<double>(detail::bf16_to_float(0x7f7fu));
+    case DType::F32: return static_cast<double>(std::numeric_limits<float>::max());
+    case DType::F64: return std::numeric_limits<double>::max();
+    default: return 0;
+  }
+}
+
 uint16_t double_to_bf16_rne(double value) { return detail::float_to_bf16(round_to_odd_float(value)); }
 uint16_t double_to_f16_rne(double value) { return float_to_f16_rne(round_to_odd_float(value)); }
 
 namespace {
 
+// Stores `value` in `dtype` (round to nearest even); false when the stored value is not finite
+// (an infinite or NaN input, or a finite one past the dtype's range: 1e5 in F16, 3.4e38 in BF16).
 template <class T>
-void store_element(unsigned char* dst, DType dtype, T value);
+bool store_element(unsigned char* dst, DType dtype, T value);
 
 template <>
-void store_element<float>(unsigned char* dst, DType dtype, float value) {
+bool store_element<float>(unsigned char* dst, DType dtype, float value) {
   switch (dtype) {
-    case DType::F32: std::memcpy(dst, &value, 4); return;
-    case DType::F64: { const double d = value; std::memcpy(dst, &d, 8); return; }
-    case DType::BF16: { const uint16_t h = detail::float_to_bf16(value); std::memcpy(dst, &h, 2); return; }
-    case DType::F16: { const uint16_t h = float_to_f16_rne(value); std::memcpy(dst, &h, 2); return; }
-    default: return;
+    case DType::F32: std::memcpy(dst, &value, 4); return std::isfinite(value);
+    case DType::F64: { const double d = value; std::memcpy(dst, &d, 8); return std::isfinite(d); }
+    case DType::BF16: { const uint16_t h = detail::float_to_bf16(value); std::memcpy(dst, &h, 2); return (h & 0x7f80u) != 0x7f80u; }
+    case DType::F16: { const uint16_t h = float_to_f16_rne(value); std::memcpy(dst, &h, 2); return (h & 0x7c00u) != 0x7c00u; }
+    default: return true;
   }
 }
 
 template <>
-void store_element<double>(unsigned char* dst, DType dtype, double value) {
+bool store_element<double>(unsigned char* dst, DType dtype, double value) {
   switch (dtype) {
-    case DType::F32: { const float f = static_cast<float>(value); std::memcpy(dst, &f, 4); return; }
-    case DType::F64: std::memcpy(dst, &value, 8); return;
-    case DType::BF16: { const uint16_t h = double_to_bf16_rne(value); std::memcpy(dst, &h, 2); return; }
-    case DType::F16: { const uint16_t h = double_to_f16_rne(value); std::memcpy(dst, &h, 2); return; }
-    default: return;
+    case DType::F32: { const float f = static_cast<float>(value); std::memcpy(dst, &f, 4); return std::isfinite(f); }
+    case DType::F64: std::memcpy(dst, &value, 8); return std::isfinite(value);
+    case DType::BF16: { const uint16_t h = double_to_bf16_rne(value); std::memcpy(dst, &h, 2); return (h & 0x7f80u) != 0x7f80u; }
+    case DType::F16: { const uint16_t h = double_to_f16_rne(value); std::memcpy(dst, &h, 2); return (h & 0x7c00u) != 0x7c00u; }
+    default: return true;
   }
 }
 
@@ -274,9 +287,17 @@ CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& 
           continue;
         }
         // Dequantized in float32 (the values every comparison sees), rounded once to BF16.
+        // (to_matrix refused non-finite values; a float32 value past BF16's range is refused here.)
         auto write_bf16 = [&](const Matrix<float>& w) {
           std::vector<uint16_t> bf16(static_cast<std::size_t>(w.size()));
-          for (std::size_t i = 0; i < bf16.size(); ++i) bf16[i] = detail::float_to_bf16(w.data()[i]);
+          for (std::size_t i = 0; i < bf16.size(); ++i) {
+            bf16[i] = detail::float_to_bf16(w.data()[i]);
+            POSTSVD_CHECK((bf16[i] & 0x7f80u) != 0x7f80u, BadCheckpoint,
+                          source.file_of(t.input->name).path()
+                              << ": tensor '" << t.input->name << "' dequantizes to " << w.data()[i]
+                              << ", past the range of BF16 (largest finite value " << largest_finite(DType::BF16)
+                              << "), the dtype of its copy");
+          }
           write_all(f.fd, bf16.data(), bf16.size() * 2, f.path);
         };
         if (t.copy == CopyAs::BF16) {
@@ -302,7 +323,7 @@ CheckpointWriter::CheckpointWriter(CheckpointWriter&&) noexcept = default;
 CheckpointWriter& CheckpointWriter::operator=(CheckpointWriter&&) noexcept = default;
 
 template <class T>
-void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
+void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w, const std::string& produced_by) {
   POSTSVD_CHECK(impl_ && !impl_->finished, InvalidArgument,
                 "CheckpointWriter::write: the writer is finished; tensor '" << source.tensor << "'");
   const Checkpoint& checkpoint = *impl_->source;
@@ -337,14 +358,22 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
   const int64_t in = source.in_features;
   unsigned char* base = f.map + f.data_start + placed.begin +
                         static_cast<std::size_t>(source.stacked_index * in * source.fused_out) * element;
+  // The first element (i, o) of W that is not finite once stored; every element is stored either way
+  // (the file is the caller's to remove).
+  int64_t bad_i = -1, bad_o = -1;
+  auto store = [&](unsigned char* dst, int64_t i, int64_t o) {
+    if (!store_element<T>(dst, placed.dtype, w(i, o)) && bad_i < 0) {
+      bad_i = i;
+      bad_o = o;
+    }
+  };
   // MXFP4 blocks [E, fused_out, in / 32, 16] are written back as X [E, in, fused_out] (unpacked_mxfp4).
   const bool stored_in_out = source.conv1d || placed.copy == CopyAs::MXFP4ToBF16;
   if (!stored_in_out) {
     // [fused_out, in] row-major: row fused_column(o) is column o of W, contiguous.
     for (int64_t o = 0; o < source.out_features; ++o) {
       unsigned char* row = base + static_cast<std::size_t>(fused_column(source, o) * in) * element;
-      const T* column = w.data() + o * in;
-      for (int64_t i = 0; i < in; ++i) store_element<T>(row + static_cast<std::size_t>(i) * element, placed.dtype, column[i]);
+      for (int64_t i = 0; i < in; ++i) store(row + static_cast<std::size_t>(i) * element, i, o);
     }
   } else {
     // [in, fused_out] row-major: W(i, o) at i * fused_out + fused_column(o).
@@ -353,10 +382,15 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w) {
     for (int64_t i = 0; i < in; ++i) {
       unsigned char* row = base + static_cast<std::size_t>(i * source.fused_out) * element;
       for (int64_t o = 0; o < source.out_features; ++o)
-        store_element<T>(row + static_cast<std::size_t>(columns[static_cast<std::size_t>(o)]) * element, placed.dtype,
-                         w(i, o));
+        store(row + static_cast<std::size_t>(columns[static_cast<std::size_t>(o)]) * element, i, o);
     }
   }
+  POSTSVD_CHECK(bad_i < 0, InvalidArgument,
+                source_path << ": tensor '" << source.tensor << "' " << source_label(source) << ": the new weight W["
+                            << bad_i << ", " << bad_o << "] = " << static_cast<double>(w(bad_i, bad_o))
+                            << " (paper orientation [in, out]) is not finite as " << dtype_name(placed.dtype)
+                            << ", the tensor's stored dtype (largest finite value " << largest_finite(placed.dtype)
+                            << ")" << (produced_by.empty() ? std::string() : "; it comes from " + produced_by));
 }
 
 std::vector<std::string> CheckpointWriter::finish() {
@@ -373,7 +407,7 @@ std::vector<std::string> CheckpointWriter::finish() {
   }
   const Checkpoint& checkpoint = *impl_->source;
   if (checkpoint.sharded()) {
-    const fs::path source_index = fs::path(checkpoint.folder()) / "model.safetensors.index.json";
+    const fs::path source_index = fs::path(checkpoint.weights_folder()) / "model.safetensors.index.json";
     std::ifstream in(source_index);
     POSTSVD_CHECK(in.good(), BadCheckpoint, source_index.string() << ": cannot read the index");
     std::stringstream text;
@@ -408,7 +442,7 @@ std::vector<std::string> CheckpointWriter::finish() {
   return names;
 }
 
-template void CheckpointWriter::write<float>(const MatrixSource&, const Matrix<float>&);
-template void CheckpointWriter::write<double>(const MatrixSource&, const Matrix<double>&);
+template void CheckpointWriter::write<float>(const MatrixSource&, const Matrix<float>&, const std::string&);
+template void CheckpointWriter::write<double>(const MatrixSource&, const Matrix<double>&, const std::string&);
 
 }  // namespace postsvd

@@ -39,6 +39,7 @@ from .checkpoint import (
     read_matrix,
     supported_model_types,
 )
+from . import interactive  # noqa: F401  (plotly figures, postsvd[interactive]; postsvd.interactive.available())
 from .compare import compare
 from .comparison import Comparison
 from .constructions import ConstructionResult, construct

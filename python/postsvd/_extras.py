@@ -4,7 +4,8 @@
 The core install (``pip install postsvd``) has numpy, pandas, matplotlib, tqdm, safetensors and scipy
 (:func:`postsvd.lineage` matches units with scipy.optimize.linear_sum_assignment);
 ``postsvd[functional]`` adds torch, transformers, lm-eval and accelerate (the functional
-experiments, :mod:`postsvd.functional`); ``postsvd[ray]`` adds Ray (``executor="ray"``);
+experiments, :mod:`postsvd.functional`); ``postsvd[ray]`` adds Ray (``executor="ray"``); ``postsvd[interactive]`` adds plotly (the
+interactive figures of :mod:`postsvd.interactive`, in notebooks and the HTML pages);
 ``postsvd[notebooks]`` what the example notebooks run with; ``postsvd[all]`` all of them.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ EXTRA_OF_MODULE = {
     "lm_eval": "functional",
     "accelerate": "functional",
     "ray": "ray",
+    "plotly": "interactive",
 }
 
 

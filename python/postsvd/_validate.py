@@ -116,8 +116,9 @@ def group_name(name) -> Optional[str]:
     return text if text in KIND_GROUPS else None
 
 
-def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[str]:
-    """Kinds in the paper's order from None (all), 'q,k', 'attention' or a list; unknown names raise."""
+def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS, what: str = "kinds") -> List[str]:
+    """Kinds in the paper's order from None (all), 'q,k', 'attention' or a list; unknown names raise
+    (naming the option `what`)."""
     if kinds is None:
         return [k for k in KINDS if k in available]
     if isinstance(kinds, str):
@@ -125,7 +126,7 @@ def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[s
     else:
         items = [str(part).strip() for part in kinds]
     if not items:
-        raise InvalidArgumentError(f"kinds: expected at least one of {', '.join(KINDS)}, got {kinds!r}")
+        raise InvalidArgumentError(f"{what}: expected at least one of {', '.join(KINDS)}, got {kinds!r}")
     chosen = set()
     for item in items:
         name = item.lower()
@@ -134,66 +135,70 @@ def normalize_kinds(kinds: KindsArg, available: Sequence[str] = KINDS) -> List[s
             present = [k for k in KIND_GROUPS[group] if k in available]
             if not present:
                 raise InvalidArgumentError(
-                    f"kinds: the group {item!r} ({', '.join(KIND_GROUPS[group])}) has no kind in this model; "
+                    f"{what}: the group {item!r} ({', '.join(KIND_GROUPS[group])}) has no kind in this model; "
                     f"it has {', '.join(available)}")
             chosen.update(present)
         elif name in KINDS:
             chosen.add(name)
         else:
             raise InvalidArgumentError(
-                f"kinds: unknown kind {item!r}; valid kinds are {', '.join(KINDS)} "
+                f"{what}: unknown kind {item!r}; valid kinds are {', '.join(KINDS)} "
                 f"(or the groups {', '.join(KIND_GROUPS)})")
     missing = [k for k in KINDS if k in chosen and k not in available]
     if missing:
         raise InvalidArgumentError(
-            f"kinds: {', '.join(missing)} not present in this model; it has {', '.join(available)}")
+            f"{what}: {', '.join(missing)} not present in this model; it has {', '.join(available)}")
     return [k for k in KINDS if k in chosen]
 
 
-def parse_layers_text(text: str) -> List[int]:
-    """'0,1,5-9' -> [0, 1, 5, 6, 7, 8, 9]."""
+def parse_layers_text(text: str, what: str = "layers") -> List[int]:
+    """'0,1,5-9' -> [0, 1, 5, 6, 7, 8, 9]; errors name the option `what` and the text as written."""
     layers: List[int] = []
     for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        match = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)|(-?\d+)", part)
-        if match is None:
-            raise InvalidArgumentError(f"layers: expected a list like '0,1,5-9', got {text!r} (bad part {part!r})")
-        if match.group(3) is not None:
-            layers.append(int(match.group(3)))
-        else:
-            first, last = int(match.group(1)), int(match.group(2))
-            if last < first:
-                raise InvalidArgumentError(f"layers: range {part!r} is empty; write it low-high, e.g. '5-9'")
-            layers.extend(range(first, last + 1))
+        if part.strip():
+            layers += _index_range(part.strip(), text, what)
     if not layers:
-        raise InvalidArgumentError(f"layers: expected a list like '0,1,5-9', got {text!r}")
+        raise InvalidArgumentError(f"{what}: expected a list like '0,1,5-9', got {text!r}")
     return layers
 
 
-def normalize_layers(layers: LayersArg, num_layers: int, model_type: str = "model") -> List[int]:
+def _index_range(part: str, text: str, what: str) -> List[int]:
+    """'5-9' -> [5, ..., 9], '3' -> [3]: one part of the list `text` given as option `what`."""
+    match = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)|(-?\d+)", part)
+    if match is None:
+        raise InvalidArgumentError(f"{what}: expected a list like '0,1,5-9', got {text!r} (bad part {part!r})")
+    if match.group(3) is not None:
+        return [int(match.group(3))]
+    first, last = int(match.group(1)), int(match.group(2))
+    if last < first:
+        where = f" in {text!r}" if part != text.strip() else ""
+        raise InvalidArgumentError(f"{what}: range {part!r}{where} is empty; write it low-high, e.g. "
+                                   f"'{last}-{first}'")
+    return list(range(first, last + 1))
+
+
+def normalize_layers(layers: LayersArg, num_layers: int, model_type: str = "model", what: str = "layers") -> List[int]:
     """Sorted unique layer indices from None (all), an int, '0,1,5-9' or a list;
-    negative indices count from the end; out of range raises naming the range."""
+    negative indices count from the end; out of range raises naming the range (and the option `what`)."""
     if layers is None:
         return list(range(num_layers))
     if isinstance(layers, str):
-        items = parse_layers_text(layers)
+        items = parse_layers_text(layers, what)
     elif isinstance(layers, (int, np.integer)):
         items = [int(layers)]
     else:
         items = []
         for item in layers:
             if not isinstance(item, (int, np.integer)) or isinstance(item, bool):
-                raise InvalidArgumentError(f"layers: expected integers, got {item!r} in {layers!r}")
+                raise InvalidArgumentError(f"{what}: expected integers, got {item!r} in {layers!r}")
             items.append(int(item))
     if not items:
-        raise InvalidArgumentError("layers: expected at least one layer, got an empty list")
+        raise InvalidArgumentError(f"{what}: expected at least one layer, got an empty list")
     result = set()
     for layer in items:
         if not -num_layers <= layer < num_layers:
             raise InvalidArgumentError(
-                f"layers: layer {layer} is out of range; this {model_type} model has layers 0..{num_layers - 1}")
+                f"{what}: layer {layer} is out of range; this {model_type} model has layers 0..{num_layers - 1}")
         result.add(layer % num_layers)
     return sorted(result)
 
@@ -225,7 +230,7 @@ def broken_link(path: str) -> Optional[str]:
 
 def normalize_folder(folder, what: str) -> str:
     """A path string for an existing directory; a clear error otherwise."""
-    path = _path_text(folder, what, "a folder path")
+    path = path_text(folder, what, "a folder path")
     broken = broken_link(path)
     if broken:
         raise BadCheckpointError(f"{what}: '{path}' {broken}; expected a model folder")
@@ -265,22 +270,24 @@ def expert_label(expert: int) -> Union[int, str]:
     return SHARED_EXPERT if expert == _core.SHARED_EXPERT else int(expert)
 
 
-def expert_index(expert: Union[int, str]) -> int:
-    """The core's expert index of 'shared' or a routed expert's index (-1: not an expert)."""
+def expert_index(expert: Union[int, str], what: str = "expert") -> int:
+    """The core's expert index of 'shared' or a routed expert's index (-1: not an expert); errors name
+    the option `what`."""
     if isinstance(expert, str):
         text = expert.strip().lower()
         if text == SHARED_EXPERT:
             return _core.SHARED_EXPERT
         if not re.fullmatch(r"-?\d+", text):
-            raise InvalidArgumentError(f"expert: expected an expert index or 'shared', got {expert!r}")
+            raise InvalidArgumentError(f"{what}: expected an expert index or 'shared', got {expert!r}")
         return int(text)
     if isinstance(expert, bool) or not isinstance(expert, (int, np.integer)):
-        raise InvalidArgumentError(f"expert: expected an expert index or 'shared', got {expert!r}")
+        raise InvalidArgumentError(f"{what}: expected an expert index or 'shared', got {expert!r}")
     return int(expert)
 
 
-def normalize_experts(experts: ExpertsArg) -> Optional[set]:
+def normalize_experts(experts: ExpertsArg, what: str = "experts") -> Optional[set]:
     """The core's expert indices from None (all), an int, 'shared', text like '0-7,shared' or a list.
+    Errors name the option `what` and the value as written.
 
     The selection applies to MoE expert matrices only; attention and dense MLP matrices are always kept."""
     if experts is None:
@@ -293,16 +300,23 @@ def normalize_experts(experts: ExpertsArg) -> Optional[set]:
             part = part.strip()
             if part.lower() == SHARED_EXPERT:
                 items.append(SHARED_EXPERT)
+            elif re.fullmatch(r"\d+\s*-\s*\d+|\d+", part):
+                items.extend(_index_range(part, experts, what))
             elif part:
-                items.extend(parse_layers_text(part) if re.fullmatch(r"\d+\s*-\s*\d+|\d+", part) else [part])
+                raise InvalidArgumentError(f"{what}: expected expert indices like '0-7,shared', got {experts!r} "
+                                           f"(bad part {part!r})")
     else:
-        items = list(experts)
-    chosen = {expert_index(item) for item in items}
+        try:
+            items = list(experts)
+        except TypeError:
+            raise InvalidArgumentError(f"{what}: expected expert indices like '0-7' or 'shared', "
+                                       f"got {experts!r}") from None
+    chosen = {expert_index(item, what) for item in items}
     if not chosen:
-        raise InvalidArgumentError(f"experts: expected expert indices like '0-7' or 'shared', got {experts!r}")
+        raise InvalidArgumentError(f"{what}: expected expert indices like '0-7' or 'shared', got {experts!r}")
     bad = [e for e in chosen if e < 0 and e != _core.SHARED_EXPERT]
     if bad:
-        raise InvalidArgumentError(f"experts: expected expert indices >= 0 or 'shared', got {experts!r}")
+        raise InvalidArgumentError(f"{what}: expected expert indices >= 0 or 'shared', got {experts!r}")
     return chosen
 
 
@@ -371,7 +385,7 @@ def parse_matrix_pairs(text: Optional[str], what: str = "--matrices") -> Optiona
     return pairs
 
 
-def _path_text(path, what: str, expected: str = "a path") -> str:
+def path_text(path, what: str, expected: str = "a path") -> str:
     """The text of a str, bytes or os.PathLike path; InvalidArgumentError naming `what` otherwise."""
     try:
         text = os.fspath(path)
@@ -398,7 +412,7 @@ def _check_creatable(path: str, what: str) -> None:
 def normalize_output_folder(out, what: str = "out") -> str:
     """The absolute path of an output folder: an existing folder, or one that can be created
     (its missing parents too). Raises InvalidArgumentError for a file, or a place it cannot go."""
-    path = _path_text(out, what)
+    path = path_text(out, what)
     broken = broken_link(path)
     if broken:
         raise InvalidArgumentError(f"{what}: '{path}' {broken}; expected a folder (created if missing)")
@@ -413,7 +427,7 @@ def normalize_output_folder(out, what: str = "out") -> str:
 
 def normalize_output_file(path, what: str) -> str:
     """The absolute path of a file to write: not a folder; its folder exists."""
-    text = _path_text(path, what)
+    text = path_text(path, what)
     if os.path.isdir(text):
         raise InvalidArgumentError(f"{what}: '{text}' is a folder; expected a file name")
     folder = os.path.dirname(os.path.abspath(text))

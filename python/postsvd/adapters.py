@@ -6,23 +6,25 @@ opens as :class:`postsvd.Checkpoint` on its base, and every projection it change
 ``W + scaling * B A`` (DoRA: scaled to its magnitude), one matrix at a time, without a merged copy being
 written (``cpp/src/adapter.cpp``). Here: the base an adapter names when none is given
 (``base_model_name_or_path``: a folder, or a Hub repo id through :mod:`postsvd.hub`), and the lines a
-comparison prints about the adapter (what it changes, what it leaves out, QLoRA).
+comparison prints about the adapter (what it changes, what it leaves out, QLoRA). An adapter named by Hub
+repo id is resolved by :func:`postsvd.hub.resolve` like any model (its two files come whole: they are small,
+and the reader checks every factor when it opens the adapter); its base's tensors are fetched as the base's.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from . import _core, hub
 from ._terminal import printable
-from ._validate import normalize_folder
 from .errors import BadCheckpointError, InvalidArgumentError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: The file that makes a folder a PEFT adapter.
-CONFIG = "adapter_config.json"
+#: The file that makes a folder a PEFT adapter, and its weights.
+CONFIG = hub.ADAPTER_CONFIG
+WEIGHTS = hub.ADAPTER_WEIGHTS
 #: quantization_config methods of checkpoints whose weights postsvd cannot read (an adapter trained on one is QLoRA-like).
 _QUANTIZED_FOR_TRAINING = ("bitsandbytes", "gptq", "awq", "aqlm", "hqq", "eetq", "quanto", "torchao", "bitnet")
 
@@ -62,28 +64,29 @@ def recorded_base(folder: PathLike) -> Optional[str]:
     return name
 
 
-def resolve_base(base: Optional[PathLike], post: PathLike, what: str = "base") -> hub.ResolvedModel:
-    """The base model of a comparison: `base` when given (a folder); otherwise the base the adapter folder
-    `post` names (``base_model_name_or_path``): a folder, or a Hub repo id resolved through
-    :func:`postsvd.hub.resolve` (headers only; :func:`fetch_base` fetches the tensors a run reads).
+def resolve_base(post: Union[PathLike, hub.ResolvedModel], what: str = "base") -> hub.ResolvedModel:
+    """The base the adapter `post` (a model as :func:`postsvd.hub.resolve` takes it: a folder or a Hub repo id)
+    names when none is given: its ``base_model_name_or_path``, a folder or a Hub repo id, resolved through
+    :func:`postsvd.hub.resolve` like any model argument (headers only; a run fetches the tensors it reads).
+    The name as the config writes it names the base in tables and errors.
 
     Raises:
-        InvalidArgumentError: no base and `post` is not an adapter, or its config names none.
+        InvalidArgumentError: `post` is not an adapter, or its config names no base, or a quantized one.
+        BadCheckpointError: the folder it names does not exist.
         HubError: the Hub id cannot be resolved (offline with nothing cached, not found, no access).
     """
-    if base is not None:
-        path = normalize_folder(base, what)
-        return hub.ResolvedModel(name=path, folder=path)
-    post_path = normalize_folder(post, "post")
-    if not is_adapter(post_path):
-        raise InvalidArgumentError(f"{what}: missing; only a PEFT adapter folder ({CONFIG}) names its base, and "
-                                   f"'{printable(post_path)}' is none: name the base model")
-    name = recorded_base(post_path)
+    post_model = hub.resolve(post, "post")
+    if not is_adapter(post_model.folder):
+        raise InvalidArgumentError(f"{what}: missing; only a PEFT adapter ({CONFIG}) names its base, and "
+                                   f"'{printable(post_model.name)}' is none: name the base model")
+    config = (os.path.join(post_model.name, CONFIG) if post_model.is_local
+              else f"{CONFIG} of {post_model.name}")
+    name = recorded_base(post_model.folder)
     if name is None:
-        raise InvalidArgumentError(f"{what}: missing, and {os.path.join(post_path, CONFIG)} names no "
-                                   f"base_model_name_or_path: name the base model")
-    source = f"{what} (base_model_name_or_path of {os.path.join(post_path, CONFIG)})"
-    resolved = hub.ResolvedModel(name=name, folder=name) if os.path.isdir(name) else hub.resolve(name, source)
+        raise InvalidArgumentError(f"{what}: missing, and {printable(config)} names no base_model_name_or_path: "
+                                   f"name the base model")
+    source = f"{what} (base_model_name_or_path of {printable(config)})"
+    resolved = hub.resolve(name, source)
     quantization = _quantization(os.path.join(resolved.folder, "config.json"))
     if quantization:
         raise InvalidArgumentError(f"{source}: '{printable(name)}' is a quantized model ({quantization}), whose "
@@ -91,24 +94,32 @@ def resolve_base(base: Optional[PathLike], post: PathLike, what: str = "base") -
     return resolved
 
 
-def fetch_base(base: hub.ResolvedModel, sources: Iterable[Dict[str, Any]]) -> None:
-    """Fetches the tensors of `sources` (dicts of the architecture's matrices) of a base resolved from the Hub;
-    nothing for a local folder."""
-    if not base.is_local:
-        hub.fetch(base, hub.source_tensors(base.folder, list(sources)))
+def common_base(posts: Sequence[hub.ResolvedModel], what: str = "base") -> hub.ResolvedModel:
+    """The one base that the adapters `posts` name (:func:`resolve_base`): a comparison of several posts has
+    one base, so adapters naming different bases are refused."""
+    bases = [resolve_base(post, what) for post in posts]
+    differ = [(post, base) for post, base in zip(posts, bases) if base.folder != bases[0].folder]
+    if differ:
+        post, base = differ[0]
+        raise InvalidArgumentError(f"{what}: missing, and the adapters name different bases: "
+                                   f"'{printable(bases[0].name)}' ({printable(posts[0].name)}) and "
+                                   f"'{printable(base.name)}' ({printable(post.name)}); name the base model")
+    return bases[0]
 
 
-def notes(post: "_core.Checkpoint") -> List[str]:
+def notes(post: "_core.Checkpoint", post_name: Optional[str] = None, base_name: Optional[str] = None) -> List[str]:
     """What a comparison's output says about an adapter post model (empty for a model folder): what the
     adapter is and changes, the tensors it leaves out, the declared residual base, and QLoRA (an adapter
-    trained on a quantized model, compared against the unquantized base named)."""
+    trained on a quantized model, compared against the unquantized base named). `post_name`, `base_name`:
+    the models as named (a Hub repo id rather than its folder in the cache); default: the folders."""
     adapter = post.adapter
     if adapter is None:
         return []
     variant = ", ".join(v for v, on in (("rsLoRA", adapter["use_rslora"]), ("DoRA", adapter["use_dora"]),
                                         ("fan_in_fan_out", adapter["fan_in_fan_out"])) if on)
-    line = (f"Adapter: PEFT LoRA '{printable(adapter['folder'])}' (r {adapter['r']}, alpha {adapter['lora_alpha']:g}"
-            f"{', ' + variant if variant else ''}) applied to the base '{printable(adapter['base_folder'])}': "
+    line = (f"Adapter: PEFT LoRA '{printable(post_name or adapter['folder'])}' (r {adapter['r']}, alpha "
+            f"{adapter['lora_alpha']:g}{', ' + variant if variant else ''}) applied to the base "
+            f"'{printable(base_name or adapter['base_folder'])}': "
             f"{adapter['adapted']} projections W + scaling * B A")
     if adapter["replaced"]:
         line += f", {adapter['replaced']} replaced (modules_to_save)"

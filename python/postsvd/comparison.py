@@ -21,8 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core, adapters
-from ._names import short_name
+from . import _core, _display, _html, adapters, hub
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
 from ._validate import (
@@ -46,7 +45,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 ExpertArg = Union[None, int, str]
 
 #: The version of the files :meth:`Comparison.save` writes (run.json's ``schema_version``; CHANGELOG.md).
-OUTPUT_SCHEMA_VERSION = 2
+OUTPUT_SCHEMA_VERSION = 3
 #: The pooled series of a kind's routed experts (``expert='pooled'``).
 POOLED = "pooled"
 
@@ -103,7 +102,11 @@ class Comparison:
     (the factors are never kept).
 
     Attributes:
-        base, post: the two folders.
+        base, post: the two folders the core read (a Hub model's: its folder in postsvd's cache).
+        base_model, post_model: the two models as named (:class:`postsvd.hub.ResolvedModel`: the
+            name as written; for a Hub model its repo id, revision and the commit read).
+        base_name, post_name: how tables and summaries name them (a folder's last component, a Hub
+            model as written).
         model_type: config.json's model_type.
         num_layers: layers of the model (not only the compared ones).
         layers: the compared layers.
@@ -120,12 +123,16 @@ class Comparison:
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
                  kinds: Sequence[str], elapsed_seconds: float = 0.0, *, device: Optional[str] = None,
-                 decompositions: Optional[Dict[str, int]] = None):
+                 decompositions: Optional[Dict[str, int]] = None,
+                 models: Optional[Tuple[hub.ResolvedModel, hub.ResolvedModel]] = None):
         self._comparator = comparator
         self._records = records
         arch = comparator.architecture
         self.base: str = comparator.base.folder
         self.post: str = comparator.post.folder
+        self.base_model, self.post_model = models or (hub.resolve(self.base, "base"), hub.resolve(self.post, "post"))
+        self.base_name: str = self.base_model.label
+        self.post_name: str = self.post_model.label
         self.model_type: str = arch["model_type"]
         self.num_layers: int = arch["num_layers"]
         self.layers: List[int] = list(layers)
@@ -233,7 +240,7 @@ class Comparison:
         """The series of the figures, per kind in the paper's order: its dense matrices, then (MoE)
         its routed experts pooled and its shared expert, where the comparison has them, then each
         expert of `experts` (indices or 'shared') that the kind has."""
-        chosen = [] if experts is None else [expert_label(expert_index(e)) for e in experts]
+        chosen = [] if experts is None else [expert_label(expert_index(e, "experts")) for e in experts]
         out = []
         for kind in self._kinds_arg(kinds):
             present = {r["expert"] for r in self._records if r["kind"] == kind}
@@ -318,17 +325,10 @@ class Comparison:
 
     def nf_by_expert(self, kind: str) -> pd.DataFrame:
         """MoE models: NF of `kind` per expert (rows: routed experts, then 'shared') and MoE layer (columns)."""
-        kind = self._check_kind(kind)
-        records = [r for r in self._records if r["kind"] == kind and r["expert"] != -1]
-        if not records:
-            raise InvalidArgumentError(f"kind {kind!r} has no expert matrices in this comparison")
-        experts = sorted({r["expert"] for r in records}, key=lambda e: (e < 0, e))
-        layers = sorted({r["layer"] for r in records})
-        grid = pd.DataFrame(np.nan, index=[expert_label(e) for e in experts], columns=layers)
-        for r in records:
-            grid.loc[expert_label(r["expert"]), r["layer"]] = r["nf"]
-        grid.index.name, grid.columns.name = "expert", "layer"
-        return grid
+        grid = self._expert_grid(kind)
+        frame = pd.DataFrame(grid["nf"], index=grid["experts"], columns=grid["layers"])
+        frame.index.name, frame.columns.name = "expert", "layer"
+        return frame
 
     def intruders(self, epsilon: Optional[float] = None, k: Optional[int] = None) -> pd.DataFrame:
         """The intruder dimensions of every pair recounted from the kept largest |cosines| (nothing is
@@ -403,7 +403,7 @@ class Comparison:
 
         return plots.plot_svsm({s.label: self.svsm(s.kind, s.expert) for s in chosen},
                                {s.label: self.layers_of(s.kind, s.expert) for s in chosen},
-                               title=f"SVSM: {short_name(self.post)} / {short_name(self.base)}")
+                               title=f"SVSM: {self.post_name} / {self.base_name}")
 
     def plot_scaling_bands(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
         """Fig. 8: per-layer mean ± std (top 90 %) of the scaling factors, one band per series (pooled
@@ -413,7 +413,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_scaling_bands(
-            series, title=f"Scaling per layer: {short_name(self.post)} / {short_name(self.base)}")
+            series, title=f"Scaling per layer: {self.post_name} / {self.base_name}")
 
     def plot_nf(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
         """Fig. 3b: NF per layer, one line per series (pooled experts: their mean, with the band from
@@ -429,7 +429,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_nf(series, baseline,
-                             title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
+                             title=f"NF per layer: {self.post_name} vs {self.base_name}")
 
     def plot_intruders(self, kinds: KindsArg = None, k: Optional[int] = None):
         """Intruder dimensions against epsilon (the form of Shuttleworth et al. 2024's figures): per kind the
@@ -440,34 +440,133 @@ class Comparison:
 
         k = self.intruder_k if k is None else k
         return plots.plot_intruders(curve, self.intruder_epsilon,
-                                    title=f"Intruder dimensions: {short_name(self.post)} vs {short_name(self.base)}",
+                                    title=f"Intruder dimensions: {self.post_name} vs {self.base_name}",
                                     setting=intruder_setting(k, self.intruder_epsilon, self.intruder_side))
 
     def plot_expert_nf(self, kinds: KindsArg = None):
         """MoE models: a heatmap of NF per (layer, expert) for each kind that has experts.
         Returns a matplotlib Figure."""
-        chosen = [k for k in self._kinds_arg(kinds) if any(r["kind"] == k and r["expert"] != -1
-                                                            for r in self._records)]
-        if not chosen:
-            raise InvalidArgumentError("plot_expert_nf: no compared kind has expert matrices")
+        chosen = self._expert_kinds(kinds)
         from . import plots
 
         return plots.plot_expert_nf({k: self.nf_by_expert(k) for k in chosen},
-                                    title=f"NF per expert: {short_name(self.post)} vs {short_name(self.base)}")
+                                    title=f"NF per expert: {self.post_name} vs {self.base_name}")
 
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25,
                       expert: Union[None, int, str] = None):
         """Fig. 3a: sim_U, sim_V, difference and I_orth of one pair (leading
         `leading_k` vectors; None = all). Returns a matplotlib Figure."""
-        record = self._record(layer, kind, expert)
         result = self.matrices(layer, kind, leading_k=leading_k, expert=expert)
-        shown = result["sim_u"].shape[0]
-        which = "" if record["expert"] == -1 else f", expert {expert_label(record['expert'])}"
         from . import plots
 
-        return plots.plot_matrices(result, title=f"W_{record['kind']}, layer {record['layer']}{which}: leading "
-                                                 f"{shown} of k = {result['k']} singular vectors "
-                                                 f"(NF = {result['nf']:.3g})")
+        return plots.plot_matrices(result, title=self._matrices_title(layer, kind, expert, result))
+
+    # ------------------------------------------------------------------ interactive figures (plotly)
+
+    def interactive_layers(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
+        """NF (top) and the top-90 % scaling mean ± std (bottom) per layer, one line per series (pooled
+        experts: their mean, with the band from the smallest to the largest expert's NF), with hover values
+        (layer, kind, expert, NF, scaling mean ± std, intruders). A plotly Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        series = self._layer_series(kinds, experts)
+        return interactive.layers_figure(series, {s["label"]: s["nf_random"] for s in series},
+                                         title=f"NF and scaling per layer: {printable(self.post_name)} vs "
+                                               f"{printable(self.base_name)}")
+
+    def interactive_experts(self, kinds: KindsArg = None):
+        """MoE models: the layer x expert heatmaps of NF, one per kind with experts, with hover values (layer,
+        kind, expert, NF, scaling mean ± std, intruders). A plotly Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        return interactive.experts_figure({k: self._expert_grid(k) for k in self._expert_kinds(kinds)},
+                                          title=f"NF per (layer, expert): {printable(self.post_name)} vs "
+                                                f"{printable(self.base_name)}")
+
+    def interactive_intruders(self, kinds: KindsArg = None):
+        """Where the intruder dimensions are: per series and layer, the intruder dimensions of its matrices
+        summed, with in how many matrices they are. A plotly Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        series = self._layer_series(kinds)
+        layers = sorted({layer for s in series for layer in s["layers"]})
+        column = {layer: j for j, layer in enumerate(layers)}
+        grids = {key: np.full((len(series), len(layers)), np.nan) for key in ("intruders", "matrices", "hit")}
+        for i, s in enumerate(series):
+            for key in grids:
+                grids[key][i, [column[layer] for layer in s["layers"]]] = s[key]
+        return interactive.intruders_figure(
+            [s["label"] for s in series], layers, grids["intruders"], grids["matrices"], grids["hit"],
+            title=f"Intruder dimensions per layer ({intruder_setting(self.intruder_k, self.intruder_epsilon, self.intruder_side)})")
+
+    def interactive_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25,
+                             expert: Union[None, int, str] = None):
+        """Fig. 3a of one pair as heatmaps with hover values (recomputed, as :meth:`plot_matrices`). A plotly
+        Figure (``postsvd[interactive]``)."""
+        from . import interactive
+
+        result = self.matrices(layer, kind, leading_k=leading_k, expert=expert)
+        return interactive.matrices_figure(result, title=self._matrices_title(layer, kind, expert, result))
+
+    def _matrices_title(self, layer: int, kind: str, expert, result: Dict[str, Any]) -> str:
+        record = self._record(layer, kind, expert)
+        which = "" if record["expert"] == -1 else f", expert {expert_label(record['expert'])}"
+        return (f"W_{record['kind']}, layer {record['layer']}{which}: leading {result['sim_u'].shape[0]} of k = "
+                f"{result['k']} singular vectors (NF = {result['nf']:.3g})")
+
+    def _layer_series(self, kinds: KindsArg = None,
+                      experts: Optional[Iterable[Union[int, str]]] = None) -> List[Dict[str, Any]]:
+        """Per series (:meth:`series`) the numbers of the per-layer figures: label, kind, expert, nf_random and
+        per layer: layers, nf (pooled: the experts' mean), scaling_mean and scaling_std (of the pooled top-90 %
+        factors), intruders (summed), matrices, hit (matrices with at least one intruder); pooled experts add
+        nf_low, nf_high and experts (their count)."""
+        out = []
+        for s in self.series(kinds, experts):
+            groups = self._by_layer(s.kind, s.expert)
+            pooled = [_pooled_scaling(rs) for rs in groups]
+            counts = [[int(r["intruders"]) for r in rs] for rs in groups]
+            entry = {"label": s.label, "kind": s.kind, "expert": s.expert,
+                     "nf_random": random_rotation_nf(groups[0][0]["k"]),
+                     "layers": [rs[0]["layer"] for rs in groups],
+                     "nf": [float(np.mean([r["nf"] for r in rs])) for rs in groups],
+                     "scaling_mean": [float(np.mean(p)) for p in pooled],
+                     "scaling_std": [float(np.std(p)) for p in pooled],
+                     "intruders": [sum(c) for c in counts], "matrices": [len(c) for c in counts],
+                     "hit": [sum(1 for x in c if x > 0) for c in counts]}
+            if s.expert == POOLED:
+                entry["nf_low"] = [min(r["nf"] for r in rs) for rs in groups]
+                entry["nf_high"] = [max(r["nf"] for r in rs) for rs in groups]
+                entry["experts"] = [len(rs) for rs in groups]
+            out.append(entry)
+        return out
+
+    def _expert_kinds(self, kinds: KindsArg) -> List[str]:
+        chosen = [k for k in self._kinds_arg(kinds) if any(r["kind"] == k and r["expert"] != -1
+                                                            for r in self._records)]
+        if not chosen:
+            raise InvalidArgumentError("no compared kind has expert matrices (not a MoE comparison, or its experts "
+                                       "were not compared)")
+        return chosen
+
+    def _expert_grid(self, kind: str) -> Dict[str, Any]:
+        """MoE: per (expert, layer) of `kind`, NF, scaling_mean, scaling_std and intruders ([E, L] arrays, NaN where
+        not compared), with the expert labels (routed by index, then 'shared') and the layers."""
+        kind = self._check_kind(kind)
+        records = [r for r in self._records if r["kind"] == kind and r["expert"] != -1]
+        if not records:
+            raise InvalidArgumentError(f"kind {kind!r} has no expert matrices in this comparison")
+        experts = sorted({r["expert"] for r in records}, key=lambda e: (e < 0, e))
+        layers = sorted({r["layer"] for r in records})
+        row = {e: i for i, e in enumerate(experts)}
+        col = {layer: j for j, layer in enumerate(layers)}
+        grid = {key: np.full((len(experts), len(layers)), np.nan) for key in ("nf", "scaling_mean", "scaling_std",
+                                                                               "intruders")}
+        for r in records:
+            i, j = row[r["expert"]], col[r["layer"]]
+            for key in grid:
+                grid[key][i, j] = r[key]
+        grid.update(experts=[expert_label(e) for e in experts], layers=layers)
+        return grid
 
     def default_matrices(self, layer: Optional[int] = None) -> MatrixPair:
         """The pair whose matrices a result draws unless told: the first compared kind in `layer` (default:
@@ -578,6 +677,7 @@ class Comparison:
     def run_info(self) -> Dict[str, Any]:
         """What run.json holds: the inputs, the selection and the settings of the run."""
         return {"schema_version": OUTPUT_SCHEMA_VERSION, "base": self.base, "post": self.post,
+                "base_model": self.base_model.record(), "post_model": self.post_model.record(),
                 "model_type": self.model_type, "num_layers": self.num_layers, "layers": self.layers,
                 "kinds": self.kinds, "device": self.device, "dtype": self.dtype, "backend": self.backend,
                 "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
@@ -591,9 +691,10 @@ class Comparison:
         counts = self.decompositions
         return f" (factor cache: {counts['loaded']} decompositions loaded, {counts['computed']} computed)"
 
-    def overall(self) -> str:
-        """The one-sentence reading over every compared kind (the summary's "Overall:" line)."""
-        kinds = self.kind_table()
+    def overall(self, kinds: Optional[pd.DataFrame] = None) -> str:
+        """The one-sentence reading over every compared kind (the summary's "Overall:" line); `kinds`: the
+        :meth:`kind_table` where the caller has it already."""
+        kinds = self.kind_table() if kinds is None else kinds
         return overall_reading(kind_reading(r.scaling_mean, r.scaling_std, r.nf_mean, r.nf_random)
                                for r in kinds.itertuples())
 
@@ -603,7 +704,7 @@ class Comparison:
         intruder dimensions when there are any."""
         kinds = self.kind_table()
         lines = [
-            f"postsvd: base '{_display_name(self.base)}' -> post '{_display_name(self.post)}'; "
+            f"postsvd: base '{printable(self.base_name)}' -> post '{printable(self.post_name)}'; "
             f"{printable(self.model_type)}, "
             f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
             f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s" + self._cache_note(),
@@ -612,11 +713,11 @@ class Comparison:
         for row in kinds.itertuples():
             lines.append(f"{row.kind:<5} {row.scaling_mean:>9.4f} ± {row.scaling_std:<6.4f} "
                          f"{row.nf_mean:>9.4f} {row.nf_random:>9.4f}  {row.reading}")
-        lines.append("Overall: " + self.overall())
+        lines.append("Overall: " + self.overall(kinds))
         intruders = self._intruder_line()
         if intruders:
             lines.append(intruders)
-        lines += adapters.notes(self._comparator.post)
+        lines += self._adapter_notes()
         quantization = self._quantization_note()
         if quantization:
             lines.append(quantization)
@@ -624,6 +725,10 @@ class Comparison:
                      "means one factor for all); NF = ||Q1^T Q2 - I||_F / k is 0 when the input side (U) and the "
                      "output side (V) rotate by the same Q, and about 'NF random' for unrelated models.")
         return "\n".join(lines)
+
+    def _adapter_notes(self) -> List[str]:
+        """What the summary says about an adapter post model (nothing for a model folder)."""
+        return adapters.notes(self._comparator.post, self.post_model.name, self.base_model.name)
 
     def _intruder_line(self) -> Optional[str]:
         """The summary's line on intruder dimensions, when there are any."""
@@ -667,15 +772,50 @@ class Comparison:
         return (f"Quantization: {pairs}. The differences exceed what {coarse_name} rounding alone causes "
                 f"({measured}): the weights changed beyond quantization.")
 
+    def _headline(self) -> str:
+        return (f"{printable(self.post_name)} vs {printable(self.base_name)}: {printable(self.model_type)}, "
+                f"{len(self.layers)} of {self.num_layers} layers x {len(self.kinds)} kinds, {len(self._records)} "
+                f"matrices, {self.device} {self.dtype}")
+
     def __repr__(self) -> str:
-        return (f"<postsvd.Comparison {printable(self.model_type)}: {_display_name(self.post)} vs "
-                f"{_display_name(self.base)}, "
-                f"{len(self.layers)} layers x {len(self.kinds)} kinds, {self.device} {self.dtype}>")
+        """A few lines: what was compared, per kind the scaling, NF and reading, and the overall reading."""
+        kinds = self.kind_table()
+        lines = [f"<postsvd.Comparison {self._headline()}"]
+        width = max(len(k) for k in self.kinds)
+        for row in kinds.itertuples():
+            lines.append(f"  {row.kind:<{width}}  scaling {row.scaling_mean:.4f} ± {row.scaling_std:.4f}  NF "
+                         f"{row.nf_mean:.4f} (unrelated {row.nf_random:.4f})"
+                         + (f"  intruders {row.intruders}" if row.intruders else "") + f"  {row.reading}")
+        lines.append(f"  Overall: {self.overall(kinds)}>")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: the reading, the per-kind table and one figure (NF and scaling per
+        layer; interactive with ``postsvd[interactive]``, else a small PNG). Sized by kinds and layers, not by
+        experts."""
+        kinds = self.kind_table()
+        moe = "experts" in kinds.columns
+        header = ["kind", "layers", "k", "scaling mean ± std", "NF mean", "NF unrelated", "intruders"] + (
+            ["experts"] if moe else []) + ["reading"]
+        rows = [[row.kind, row.layers, row.k, f"{row.scaling_mean:.4f} ± {row.scaling_std:.4f}", f"{row.nf_mean:.4f}",
+                 f"{row.nf_random:.4f}", row.intruders] + ([row.experts or "–"] if moe else []) + [row.reading]
+                for row in kinds.itertuples()]
+        body = [f'<div class="pd-reading"><b>Overall:</b> {_html.escape(self.overall(kinds))}</div>']
+        notes = [line for line in (self._intruder_line(), *self._adapter_notes(), self._quantization_note()) if line]
+        body += [f'<p class="note">{_html.escape(line)}</p>' for line in notes]
+        body.append(_html.small_table(header, rows))
+        body.append(_display.display_figure(lambda: self.interactive_layers().update_layout(height=440), self.plot_nf,
+                                            "NF and scaling per layer, one line per series (MoE: routed experts "
+                                            "pooled, with their spread)"))
+        hint = ("More: <code>.table</code> (a row per matrix), <code>.summary()</code>, "
+                + ("<code>.interactive_experts()</code> (NF per layer and expert), " if self._has_experts else "")
+                + "<code>.interactive_layers()</code>, <code>postsvd.write_report(c, DIR)</code> (an HTML page).")
+        return _html.display("postsvd.Comparison", self._headline(), body, hint)
 
     # ------------------------------------------------------------------ helpers
 
     def _check_kind(self, kind: str) -> str:
-        names = normalize_kinds(kind)
+        names = normalize_kinds(kind, what="kind")
         if len(names) != 1:
             raise InvalidArgumentError(f"kind: expected one kind, got {kind!r}")
         if names[0] not in self.kinds:
@@ -693,7 +833,7 @@ class Comparison:
         if experts is None:
             return None
         items = [experts] if isinstance(experts, (int, str)) else list(experts)
-        labels = [expert_label(expert_index(e)) for e in items]
+        labels = [expert_label(expert_index(e, "experts")) for e in items]
         present = {expert_label(r["expert"]) for r in self._records if r["expert"] != -1}
         missing = [str(label) for label in labels if label not in present]
         if missing:
@@ -716,7 +856,7 @@ class Comparison:
 
     def _record(self, layer: int, kind: str, expert: Union[None, int, str]) -> Dict[str, Any]:
         """The record of one compared pair; a clear error naming what was compared otherwise."""
-        layer = normalize_layers(layer, self.num_layers, self.model_type)[0]
+        layer = normalize_layers(layer, self.num_layers, self.model_type, what="layer")[0]
         kind = self._check_kind(kind)
         matches = [r for r in self._records if r["layer"] == layer and r["kind"] == kind
                    and (expert is None or r["expert"] == expert_index(expert))]
@@ -744,11 +884,6 @@ class Comparison:
                 raise InvalidArgumentError(f"{what}: {error}") from None
             out.append((layer, kind, None if record["expert"] == -1 else expert_label(record["expert"])))
         return out
-
-
-def _display_name(path: str) -> str:
-    """The folder's name, safe to print on a terminal."""
-    return printable(short_name(path))
 
 
 def _pooled_scaling(records: Sequence[Dict[str, Any]]) -> np.ndarray:

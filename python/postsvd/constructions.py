@@ -47,7 +47,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import _core, adapters
+from . import _core, adapters, hub
+from . import interactive as _interactive
+from ._display import display_figure
+from ._engine import Fetcher, named_models, select_batches
+from ._html import display, escape as _e, small_table
 from .comparison import Comparison
 from ._outputs import FileSet, apply_umask, atomic_folder, cannot_replace
 from ._terminal import printable
@@ -59,14 +63,13 @@ from ._validate import (
     normalize_cache,
     normalize_device,
     normalize_dtype,
-    normalize_folder,
     normalize_kinds,
     normalize_layers,
     normalize_threads,
     normalize_warm_start,
 )
 from ._version import __version__
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 AlphaArg = Union[None, float, Mapping[str, float]]
@@ -167,22 +170,13 @@ def _weight_file_names(checkpoint) -> List[str]:
     return names
 
 
-def _weight_files(folder: str) -> List[str]:
-    """The safetensors files of a model folder, or an adapter folder's own weights file."""
-    if adapters.is_adapter(folder):
-        return [os.path.join(folder, "adapter_model.safetensors")]
-    return list(_core.Checkpoint(folder).files())
-
-
-def _copy_other_files(source: str, target: str, skip: Iterable[str]) -> List[str]:
-    """Copies every entry of `source` except `skip` (the weights) bit for bit; links are followed.
-    Modes are the source's less the umask, as `cp` makes them."""
-    skipped = set(skip)
+def _copy_other_files(files: Mapping[str, str], target: str) -> List[str]:
+    """Copies the model's files besides its weights (hub.other_files: name -> path) bit for bit; links are
+    followed. Modes are the source's less the umask, as `cp` makes them."""
     copied = []
-    for entry in sorted(os.listdir(source)):
-        if entry in skipped or entry == RECORD_NAME:
+    for entry, src in files.items():
+        if entry == RECORD_NAME:
             continue
-        src = os.path.join(source, entry)
         dst = os.path.join(target, entry)
         if os.path.isdir(src):
             shutil.copytree(src, dst)
@@ -192,6 +186,19 @@ def _copy_other_files(source: str, target: str, skip: Iterable[str]) -> List[str
         apply_umask(dst)
         copied.append(entry)
     return copied
+
+
+def _source_record(model: "hub.ResolvedModel") -> Dict[str, Any]:
+    """What the record says about a model read: its name (a Hub model's repo id, revision, commit), its folder,
+    and the sha256 of each weight file (a Hub model's as the Hub lists them, without reading partial files; a
+    PEFT adapter's own weights file)."""
+    if model.is_local and adapters.is_adapter(model.folder):
+        digests = {adapters.WEIGHTS: _sha256(os.path.join(model.folder, adapters.WEIGHTS))}
+    elif model.is_local:
+        digests = {os.path.basename(p): _sha256(p) for p in _core.Checkpoint(model.folder).files()}
+    else:
+        digests = hub.weight_sha256(model)
+    return {"folder": os.path.abspath(model.folder), "model": model.record(), "safetensors_sha256": digests}
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -248,11 +255,46 @@ class ConstructionResult:
         and dQ2, one panel per kind. Returns a matplotlib Figure."""
         from . import plots
 
+        return plots.plot_rotations(self._per_layer(kinds),
+                                    title=f"Eq. 13 residual rotations (construction {self.number})")
+
+    def _per_layer(self, kinds: Optional[Iterable[str]] = None) -> Dict[str, pd.DataFrame]:
+        """kind -> the table's means per layer (the layer's matrices: experts pooled)."""
         table = self.table
         chosen = [k for k in KINDS if k in set(table["kind"])] if kinds is None else normalize_kinds(
             kinds, sorted(set(table["kind"])))
-        per_layer = {kind: table[table["kind"] == kind].groupby("layer").mean(numeric_only=True) for kind in chosen}
-        return plots.plot_rotations(per_layer, title=f"Eq. 13 residual rotations (construction {self.number})")
+        return {kind: table[table["kind"] == kind].groupby("layer").mean(numeric_only=True) for kind in chosen}
+
+    def interactive_rotations(self, kinds: Optional[Iterable[str]] = None):
+        """Eq. 13 per layer with hover values (layer, kind, mean and max angles of dQ1 and dQ2, the relative
+        change). A plotly Figure (``postsvd[interactive]``)."""
+        return _interactive.rotations_figure(self._per_layer(kinds),
+                                             title=f"Eq. 13 residual rotations (construction {self.number})")
+
+    def _kind_rows(self) -> List[list]:
+        table = self.table
+        rows = []
+        for kind in [k for k in KINDS if k in set(table["kind"])]:
+            part = table[table["kind"] == kind]
+            rows.append([kind, len(part), f"{part['alpha'].iloc[0]:g}" if part["alpha"].nunique() == 1 else "varies",
+                         f"{part['relative_change'].mean():.4g}", f"{part['relative_change'].max():.4g}",
+                         f"{part['dq1_mean_deg'].mean():.3g} / {part['dq2_mean_deg'].mean():.3g}"])
+        return rows
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: what was built, per kind alpha' and the size of the change, and the Eq. 13
+        residual rotations per layer (interactive with ``postsvd[interactive]``, else a small PNG)."""
+        lines = self.summary().splitlines()
+        body = [f'<div class="pd-reading">{_e(lines[0])}; {_e(lines[1])}</div>']
+        if not self.table.empty:
+            body.append(small_table(["kind", "matrices", "α′", "relative change mean", "max",
+                                     "Eq. 13 angle dQ1 / dQ2 (deg)"], self._kind_rows()))
+            body.append(display_figure(self.interactive_rotations, self.plot_rotations,
+                                       "Eq. 13 residual rotations per layer"))
+        hint = ("More: <code>.table</code> (a row per matrix), <code>.summary()</code>; the model folder loads in "
+                "transformers as it is.")
+        return display("postsvd.ConstructionResult", f"construction {self.number} ({self.name}), "
+                       f"{len(self._rows)} matrices, {self.seconds:.1f} s on {self.backend}", body, hint)
 
     def summary(self) -> str:
         """A few lines for a person: construction, output folder, alpha' per kind, size of the change."""
@@ -271,8 +313,8 @@ class ConstructionResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"<postsvd.ConstructionResult {self.number} ({self.name}) -> '{printable(self.out)}', "
-                f"{len(self._rows)} matrices>")
+        """A few lines: the construction, where it was written, alpha', the size of the change (the summary)."""
+        return "<postsvd.ConstructionResult " + "\n  ".join(self.summary().splitlines()) + ">"
 
 
 def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref: Optional[PathLike] = None,
@@ -280,15 +322,19 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
               dtype: str = "float32", force: bool = False, progress: bool = True, comparison=None,
               cache: Optional[PathLike] = None, rotations: bool = True,
               num_threads: Optional[int] = None, warm_start: Union[bool, str] = True,
-              residual_base: bool = False) -> ConstructionResult:
+              whole_files: bool = False, residual_base: bool = False) -> ConstructionResult:
     """Builds construction `number` of `post` (relative to `base`) as a new model folder `out`.
 
     Args:
         number: 9, 10, 11, 12, 14, 15 or 16 (see the module docstring).
-        base, post: model folders of one architecture (config.json + safetensors). `post` (and `ref`)
-            may be a PEFT LoRA adapter folder applied to `base`: the output holds W + ΔW for every
-            projection the adapter changes and the construction leaves, and the base's other files;
-            an adapter that changes other tensors (embeddings, lm_head, biases) is refused.
+        base, post: models of one architecture: folders (config.json + safetensors) or Hub repo
+            ids (``org/name[@revision]``). Of a Hub post model every tensor is fetched (the
+            new folder holds all of them) with its other files (tokenizer, ...); of a Hub base
+            (and ref) only the selected matrices. `post` (and `ref`) may be a PEFT LoRA adapter
+            (a folder or a Hub repo) applied to `base`: the output holds W + ΔW for every
+            projection the adapter changes and the construction leaves, and the base's other
+            files (so every tensor of a Hub base is fetched); an adapter that changes other
+            tensors (embeddings, lm_head, biases) is refused.
         out: the folder to write; it must not exist unless ``force=True`` (then
             the old folder is replaced only once the new one is complete).
         ref: another post model of the same base; construction 12 only.
@@ -311,6 +357,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         warm_start: as in :func:`postsvd.compare`: a post decomposition not in the
             cache starts from the base's factors (True/'auto', 'always', False/'off').
+        whole_files: Hub models: fetch whole shards instead of the tensors' byte ranges.
         residual_base: as in :func:`postsvd.compare`: `base` is the residual model an adapter's
             initialization left (PiSSA, OLoRA, ...).
 
@@ -326,17 +373,9 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     started = time.perf_counter()
     number = _check_number(number)
     info = _core.construction_info(number)
-    base_path = normalize_folder(base, "base")
-    post_path = normalize_folder(post, "post")
-    ref_path = ""
-    if info["needs_ref"]:
-        if ref is None:
-            raise InvalidArgumentError(
-                "construction 12 needs ref: another post model of the same base (--ref in the CLI)")
-        ref_path = normalize_folder(ref, "ref")
-    elif ref is not None:
-        raise InvalidArgumentError(f"ref: only construction 12 uses a reference model; construction {number} "
-                                   f"does not")
+    base_model, post_model, ref_model = _models(number, base, post, ref)
+    base_path, post_path = base_model.folder, post_model.folder
+    ref_path = ref_model.folder if ref_model is not None else ""
     if alpha is not None and not info["uses_alpha"]:
         raise InvalidArgumentError(
             f"alpha: only construction 9 takes alpha'; construction {number} does not"
@@ -368,20 +407,21 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     if not os.path.isdir(parent):
         raise InvalidArgumentError(f"out: the parent folder '{parent}' does not exist")
 
-    post_checkpoint = _core.Checkpoint(post_path, base_path, bool(residual_base))
-    arch = _core.detect_architecture(post_checkpoint)
-    files_from = post_checkpoint.weights_folder  # an adapter's: its base's config, tokenizer and other files
-    available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
-    chosen_kinds = _select_kinds(kinds, group, available)
-    chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
+    # An error about one model's data names it as written here (a Hub id or a folder).
+    models = named_models(("base", base_model), ("post", post_model), ("ref", ref_model))
+    with naming_models(*models):
+        post_checkpoint = _core.Checkpoint(post_path, base_path, bool(residual_base))
+        arch = _core.detect_architecture(post_checkpoint)
+    chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
+    available = _kinds_of(arch)
     cache_path = normalize_cache(cache)
 
-    # alpha' (construction 9 only).
+    # alpha' (construction 9 only): the given values are checked first, then the models fetched, then the rest.
     alphas: Dict[str, float] = {}
     pooled: Dict[str, float] = {}
     alpha_source = ""
+    given: Dict[str, float] = {}
     if info["uses_alpha"]:
-        given: Dict[str, float] = {}
         if isinstance(alpha, Mapping):
             for kind, value in alpha.items():
                 if kind not in KINDS:
@@ -393,13 +433,23 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         elif alpha is not None:
             value = _check_alpha_value("all", alpha)
             given = {k: value for k in chosen_kinds}
+    # Hub models: every tensor of post (the new folder holds them all; an adapter's: its base's), the selected
+    # matrices of base and ref.
+    written = base_model if post_checkpoint.adapter is not None else post_model
+    hub.fetch(written, None, whole_files=whole_files, progress=progress or None)
+    selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
+    with naming_models(*models):
+        _fetcher(base_model, ref_model, residual_base, whole_files).fetch(selected)
+    others = hub.other_files(written)
+    if info["uses_alpha"]:
         missing = [k for k in chosen_kinds if k not in given]
         if missing:
-            pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
-                                          device_kind, device_ids, threads, cache_path, bool(residual_base))
+            with naming_models(*models):
+                pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
+                                              device_kind, device_ids, threads, cache_path, bool(residual_base))
             for kind in missing:
                 chosen = _core.table4_alpha(pooled[kind])
-                if not chosen > 0:
+                if not (math.isfinite(chosen) and chosen > 0):
                     raise InvalidArgumentError(
                         f"alpha: the Table 4 rule gives alpha' = {chosen} for kind {kind!r} (pooled mean scaling "
                         f"{pooled[kind]:.4g}); give alpha explicitly")
@@ -416,10 +466,10 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
 
     # Built in a hidden folder beside out (normal permissions), swapped into place when complete. What it may
     # hold: the post folder's entries (its weights rewritten, the rest copied) and the record.
-    entries = [e + "/" if os.path.isdir(os.path.join(files_from, e)) else e for e in sorted(os.listdir(files_from))]
+    entries = [e + "/" if os.path.isdir(path) else e for e, path in others.items()]
     files = FileSet("a construction", [*entries, *_weight_file_names(post_checkpoint), RECORD_NAME], literal=True)
     with atomic_folder(out_path, files=files, replace_all=True) as temp:
-        copied = _copy_other_files(files_from, temp, _weight_file_names(post_checkpoint))
+        copied = _copy_other_files(others, temp)
         with tqdm(total=None, desc=f"construction {number}", unit="matrix", disable=not progress,
                   leave=True) as bar:
             def on_progress(done: int, total: int, what: str) -> None:
@@ -428,14 +478,15 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                 bar.n = done
                 bar.set_postfix_str(what, refresh=True)
 
-            report = _core.construct_checkpoint(
-                number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
-                kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
-                num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
-                warm_start=normalize_warm_start(warm_start), residual_base=bool(residual_base))
-        sources = {"base": base_path, "post": post_path}
-        if ref_path:
-            sources["ref"] = ref_path
+            with naming_models(*models):
+                report = _core.construct_checkpoint(
+                    number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
+                    kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
+                    num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
+                    warm_start=normalize_warm_start(warm_start), residual_base=bool(residual_base))
+        sources = {"base": base_model, "post": post_model}
+        if ref_model is not None:
+            sources["ref"] = ref_model
         record = {
             "construction": number,
             "name": info["name"],
@@ -445,10 +496,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             "pooled_mean_scaling": pooled,
             "layers": chosen_layers,
             "kinds": chosen_kinds,
-            "sources": {
-                role: {"folder": os.path.abspath(folder),
-                       "safetensors_sha256": {os.path.basename(p): _sha256(p) for p in _weight_files(folder)}}
-                for role, folder in sources.items()},
+            "sources": {role: _source_record(model) for role, model in sources.items()},
             "postsvd_version": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "backend": report["backend"],
@@ -466,6 +514,57 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                                 report, time.perf_counter() - started)
     logger.info("construction %d written to %s", number, out_path)
     return result
+
+
+def _models(number: int, base, post, ref):
+    """base, post and ref (None unless construction 12) as models (hub.resolve); ref checked against the number."""
+    info = _core.construction_info(number)
+    base_model, post_model = hub.resolve(base, "base"), hub.resolve(post, "post")
+    if info["needs_ref"]:
+        if ref is None:
+            raise InvalidArgumentError(
+                "construction 12 needs ref: another post model of the same base (--ref in the CLI)")
+        return base_model, post_model, hub.resolve(ref, "ref")
+    if ref is not None:
+        raise InvalidArgumentError(f"ref: only construction 12 uses a reference model; construction {number} "
+                                   f"does not")
+    return base_model, post_model, None
+
+
+def _kinds_of(arch: Dict[str, Any]) -> List[str]:
+    """The kinds the model has, in the paper's order."""
+    return [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
+
+
+def _selection(arch: Dict[str, Any], layers, kinds, group):
+    """The selected layers and kinds of the post model's architecture."""
+    chosen_kinds = _select_kinds(kinds, group, _kinds_of(arch))
+    return normalize_layers(layers, arch["num_layers"], arch["model_type"]), chosen_kinds
+
+
+def _fetcher(base: "hub.ResolvedModel", ref: Optional["hub.ResolvedModel"], residual_base: bool,
+             whole_files: bool = False) -> Fetcher:
+    """The Fetcher of a construction's base and ref (an adapter ref applies to the base: nothing of it to fetch)."""
+    return Fetcher([(m, _core.Checkpoint(m.folder, base.folder, bool(residual_base)))
+                    for m in (base, ref) if m is not None], whole_files)
+
+
+def fetch_plans(number: int, base: PathLike, post: PathLike, *, ref: Optional[PathLike] = None, layers=None,
+                kinds=None, group: Optional[str] = None, whole_files: bool = False,
+                residual_base: bool = False) -> List["hub.FetchPlan"]:
+    """What :func:`construct` would fetch (its dry run): a :class:`postsvd.hub.FetchPlan` per model, every
+    tensor of post (a PEFT adapter post: every tensor of base), the selected matrices of base (and ref); empty
+    for local folders."""
+    number = _check_number(number)
+    models = _models(number, base, post, ref)
+    post_checkpoint = _core.Checkpoint(models[1].folder, models[0].folder, bool(residual_base))
+    arch = _core.detect_architecture(post_checkpoint)
+    chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
+    selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
+    written = models[0] if post_checkpoint.adapter is not None else models[1]
+    wanted = {m.folder: names for m, names in _fetcher(models[0], models[2], residual_base).tensors(selected)}
+    return [hub.plan(m, None if m is written else wanted.get(m.folder, []), whole_files=whole_files)
+            for m in models if m is not None]
 
 
 def _record_row(row: Dict[str, Any], rotations: bool) -> Dict[str, Any]:

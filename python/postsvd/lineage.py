@@ -43,15 +43,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core
-from ._html import data_table, escape as _e, figure as _figure, page, run_metadata
-from ._names import short_name
+from . import _core, hub
+from . import interactive as _interactive
+from ._display import display_figure, use_interactive
+from ._engine import named_models
+from ._html import data_table, display, escape as _e, figure as _figure, model_row, page, run_metadata, small_table
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
-from ._validate import normalize_folder, normalize_layers, normalize_output_folder, normalize_threads
+from ._validate import normalize_layers, normalize_output_folder, normalize_threads
 from ._version import __version__
 from .compare import check_compare_arguments, compare
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, naming_models
 from .readings import random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -73,20 +75,26 @@ LINEAGE_FILES = FileSet("a lineage result", ["lineage.json", "lineage.csv", "lin
 VERDICTS = ("derived", "independent", "inconclusive")
 #: Probe rows read at a time (the embedding matrices of large vocabularies are read in slices).
 _PROBE_CHUNK = 16384
+#: The final norm, folded into the unembedding probes.
+FINAL_NORM = "model.norm.weight"
+#: The projections the test reads per layer.
+_LINEAGE_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 # ---------------------------------------------------------------------- public API
 
 def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=None, paper_nf: bool = True,
             device: str = "cpu", dtype: str = "float32", kinds=None, num_threads: Optional[int] = None,
-            cache: Optional[PathLike] = None, progress: bool = False, residual_base: bool = False) -> "Lineage":
+            cache: Optional[PathLike] = None, progress: bool = False, whole_files: bool = False,
+            residual_base: bool = False) -> "Lineage":
     """Tests whether model `b` is derived from model `a` (fine-tuned, post-trained, possibly disguised).
 
     Args:
-        a, b: model folders (config.json + safetensors) of a llama, mistral, qwen2 or qwen3 model;
+        a, b: models (a folder with config.json + safetensors, or a Hub repo id ``org/name[@revision]``:
+            only the tensors the test reads are fetched) of a llama, mistral, qwen2 or qwen3 model;
             any stored format postsvd reads (BF16, FP8, ...); the two may differ in format. `b` may be a
-            PEFT LoRA adapter folder: it is applied to `a` (docs/adapters.md; `residual_base` as in
-            :func:`postsvd.compare`).
+            PEFT LoRA adapter (a folder or a Hub repo): it is applied to `a` (docs/adapters.md;
+            `residual_base` as in :func:`postsvd.compare`).
         level: significance level of the verdict (0 < level < 1).
         layers: the layers to test (None = all), as in :func:`postsvd.compare`.
         paper_nf: also compute the paper's NF per (layer, kind) (App. F's fingerprint, not robust to
@@ -94,6 +102,7 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
             comparison (checked before anything is computed).
         num_threads: CPU threads of the comparison and, where threadpoolctl is installed, of numpy's BLAS.
         progress: show progress bars (one per layer of the test, and the comparison's).
+        whole_files: Hub models: fetch whole shards instead of the tensors' byte ranges.
 
     Returns:
         A :class:`Lineage`: ``verdict``, ``p_value``, ``table`` (a row per layer and block),
@@ -109,20 +118,55 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
     with _blas_threads(num_threads):
         return _lineage(a, b, level, layers, paper_nf, dict(device=device, dtype=dtype, kinds=kinds,
                                                             num_threads=num_threads, cache=cache, progress=progress,
-                                                            residual_base=residual_base))
+                                                            whole_files=whole_files, residual_base=residual_base))
+
+
+def tested_layers(model_a: "_Model", model_b: "_Model", layers) -> Dict[str, List[int]]:
+    """The layers the test reads of each model: the chosen ones, and of B also each one's successor (the
+    control pairs: layer l of A against layer l+1 of B)."""
+    chosen = normalize_layers(layers, model_a.num_layers, model_a.model_type) if layers is not None else \
+        list(range(model_a.num_layers))
+    controls = {(layer + 1) % model_a.num_layers for layer in chosen} if model_a.num_layers > 1 else set()
+    return {"a": chosen, "b": sorted(set(chosen) | controls)}
+
+
+def fetch_plans(a: PathLike, b: PathLike, *, layers=None, whole_files: bool = False,
+                residual_base: bool = False) -> List["hub.FetchPlan"]:
+    """What :func:`lineage` would fetch of each model (its dry run): a :class:`postsvd.hub.FetchPlan` per
+    model (empty for a local folder; a PEFT adapter B reads A's weights, in A's plan)."""
+    model_a = _Model(hub.resolve(a, "a"), "a")
+    model_b = _Model(hub.resolve(b, "b"), "b", model_a.model, residual_base)
+    if out_of_scope(model_a, model_b):
+        return [hub.plan(model_a.model, []), hub.plan(model_b.model, [])]
+    read = tested_layers(model_a, model_b, layers)
+    wanted: Dict[str, List[str]] = {}
+    for m in (model_a, model_b):
+        wanted.setdefault(m.weights.folder, []).extend(m.tensors(read[m.label]))
+    return [hub.plan(m.model, wanted.get(m.model.folder, []), whole_files=whole_files) for m in (model_a, model_b)]
 
 
 def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
-    model_a = _Model(normalize_folder(a, "a"), "a")
-    model_b = _Model(normalize_folder(b, "b"), "b", model_a.folder, compare_options["residual_base"])
+    # An error about one model's data names it as written here (the comparison calls them base and post).
+    resolved_a, resolved_b = hub.resolve(a, "a"), hub.resolve(b, "b")
+    with naming_models(*named_models(("a", resolved_a), ("b", resolved_b))):
+        model_a = _Model(resolved_a, "a")
+        model_b = _Model(resolved_b, "b", resolved_a, compare_options["residual_base"])  # an adapter: on A
+        return _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options)
+
+
+def _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options) -> "Lineage":
+    models = (model_a.model, model_b.model)
     reasons = out_of_scope(model_a, model_b)
     if reasons:
-        return Lineage(model_a.folder, model_b.folder, level, reasons=reasons)
-    chosen = normalize_layers(layers, model_a.num_layers, model_a.model_type) if layers is not None else \
-        list(range(model_a.num_layers))
+        return Lineage(model_a.folder, model_b.folder, level, reasons=reasons, models=models)
+    read = tested_layers(model_a, model_b, layers)
+    chosen = read["a"]
     if paper_nf:  # the comparison's options fail now, not after the test
-        check_compare_arguments(model_a.folder, [model_b.folder], layers=chosen,
-                                **{k: v for k, v in compare_options.items() if k != "progress"})
+        check_compare_arguments(model_a.model, [model_b.model], layers=chosen,
+                                **{k: v for k, v in compare_options.items() if k not in ("progress", "whole_files")})
+    for model in (model_a, model_b):  # a Hub model: what the test reads (the comparison fetches its own)
+        hub.fetch(model.weights, model.tensors(read[model.label]), whole_files=compare_options["whole_files"],
+                  progress=compare_options["progress"] or None)
     from tqdm.auto import tqdm
 
     probes = _ProbePair(model_a, model_b)
@@ -136,11 +180,11 @@ def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
     table = _with_p_values(pd.DataFrame(rows), controls)
     nf_table = None
     if paper_nf:
-        nf_table = compare(model_a.folder, model_b.folder, layers=chosen, **compare_options).table
+        nf_table = compare(model_a.model, model_b.model, layers=chosen, **compare_options).table
         nf_table = nf_table[["layer", "kind", "k", "nf"]].copy()
         nf_table["nf_random"] = [random_rotation_nf(int(k)) for k in nf_table["k"]]
     return Lineage(model_a.folder, model_b.folder, level, table=table,
-                   alignments=_alignments(model_a, model_b, probes, moves), nf_table=nf_table)
+                   alignments=_alignments(model_a, model_b, probes, moves), nf_table=nf_table, models=models)
 
 
 def out_of_scope(model_a: "_Model", model_b: "_Model") -> List[str]:
@@ -170,7 +214,8 @@ class Lineage:
     """The answer of :func:`lineage`: a verdict with the figures behind it.
 
     Attributes:
-        a, b: the two folders.
+        a, b: the two folders the core read (a Hub model's: its folder in postsvd's cache).
+        a_model, b_model: the two models as named (:class:`postsvd.hub.ResolvedModel`).
         level: the significance level.
         verdict: 'derived', 'independent' or 'inconclusive'.
         p_value: the combined p-value of the MLP unit tests (Fisher's method over layers); None when
@@ -186,8 +231,10 @@ class Lineage:
 
     def __init__(self, a: str, b: str, level: float, *, reasons: Sequence[str] = (),
                  table: Optional[pd.DataFrame] = None, alignments: Sequence[Dict[str, Any]] = (),
-                 nf_table: Optional[pd.DataFrame] = None):
+                 nf_table: Optional[pd.DataFrame] = None,
+                 models: Optional[Tuple["hub.ResolvedModel", "hub.ResolvedModel"]] = None):
         self.a, self.b, self.level = a, b, level
+        self.a_model, self.b_model = models or (hub.resolve(a, "a"), hub.resolve(b, "b"))
         self.reasons: List[str] = list(reasons)
         self.table: pd.DataFrame = table if table is not None else pd.DataFrame(columns=_COLUMNS)
         self.alignments: List[Dict[str, Any]] = list(alignments)
@@ -222,8 +269,8 @@ class Lineage:
 
     def summary(self) -> str:
         """A short text report: the verdict, the p-value and what it rests on."""
-        lines = [f"postsvd lineage: is '{_display(self.b)}' derived from '{_display(self.a)}'? "
-                 f"{self.verdict.upper()} (level {self.level:g})"]
+        lines = [f"postsvd lineage: is '{printable(self.b_model.label)}' derived from "
+                 f"'{printable(self.a_model.label)}'? {self.verdict.upper()} (level {self.level:g})"]
         if self.p_value is not None:
             lines.append(f"combined p-value {_p_text(self.p_value, self.log10_p)} (Fisher over "
                          f"{int((self.table['block'] == 'mlp').sum())} MLP layers; null: independently trained "
@@ -244,30 +291,37 @@ class Lineage:
 
     def to_dict(self) -> Dict[str, Any]:
         """Everything as plain data (what lineage.json holds)."""
-        return {"a": self.a, "b": self.b, "verdict": self.verdict, "level": self.level,
+        return {"a": self.a, "b": self.b, "a_model": self.a_model.record(), "b_model": self.b_model.record(),
+                "verdict": self.verdict, "level": self.level,
                 "p_value": self.p_value, "log10_p": self.log10_p, "reasons": self.reasons,
                 "alignments": self.alignments, "table": json.loads(self.table.to_json(orient="records")),
                 "nf_table": None if self.nf_table is None else json.loads(self.nf_table.to_json(orient="records")),
                 "reading": verdict_reading(self.verdict), "postsvd_version": __version__}
 
-    def to_html(self, title: Optional[str] = None) -> str:
-        """One self-contained HTML page in the style of ``postsvd report``."""
-        title = title or f"postsvd lineage: {short_name(self.b)} from {short_name(self.a)}?"
-        subtitle = f"A <code>{_e(short_name(self.a))}</code>, B <code>{_e(short_name(self.b))}</code>"
+    def to_html(self, title: Optional[str] = None, interactive: Optional[bool] = None) -> str:
+        """One self-contained HTML page in the style of ``postsvd report`` (`interactive`: as there)."""
+        title = title or f"postsvd lineage: {self.b_model.label} from {self.a_model.label}?"
+        subtitle = f"A <code>{_e(self.a_model.label)}</code>, B <code>{_e(self.b_model.label)}</code>"
         nav = [("verdict", "verdict"), ("tests", "tests"), ("alignments", "alignments"), ("paper-nf", "paper NF"),
                ("how-to-read", "how to read"), ("metadata", "run")]
-        return page(title, self._sections(), subtitle=subtitle, nav=nav)
+        live = use_interactive(interactive) and len(self.table) > 0
+        if not live:
+            return page(title, self._sections(False), subtitle=subtitle, nav=nav)
+        return page(title, self._sections(True), subtitle=subtitle, nav=nav, head=_interactive.runtime_script(),
+                    tail=_interactive.page_scripts())
 
-    def save(self, out: PathLike) -> List[str]:
-        """Writes lineage.json, lineage.csv and lineage.html into `out` (built aside, moved in whole)."""
+    def save(self, out: PathLike, interactive: Optional[bool] = None) -> List[str]:
+        """Writes lineage.json, lineage.csv and lineage.html into `out` (built aside, moved in whole;
+        `interactive`: the page's figure, as in :func:`postsvd.report`)."""
         target = normalize_output_folder(out)
+        use_interactive(interactive)
         names = [LINEAGE_FILES.name(n) for n in ("lineage.json", "lineage.csv", "lineage.html")]
         with atomic_folder(target, files=LINEAGE_FILES) as temp:
             with open(os.path.join(temp, names[0]), "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f, indent=1)
             self.table.to_csv(os.path.join(temp, names[1]), index=False)
             with open(os.path.join(temp, names[2]), "w", encoding="utf-8") as f:
-                f.write(self.to_html())
+                f.write(self.to_html(interactive=interactive))
         return [os.path.join(os.fspath(out), name) for name in names]
 
     def plot(self):
@@ -278,13 +332,53 @@ class Lineage:
             raise InvalidArgumentError(f"nothing to plot: the pair is out of scope ({'; '.join(self.reasons)})")
         return plot_lineage(self.table, self.level)
 
+    def interactive_plot(self):
+        """The tests per layer with hover values (layer, block, agreeing matchings of units, null rate, p-value,
+        similarity). A plotly Figure (``postsvd[interactive]``)."""
+        if not len(self.table):
+            raise InvalidArgumentError(f"nothing to plot: the pair is out of scope ({'; '.join(self.reasons)})")
+        return _interactive.lineage_figure(self.table, self.level)
+
+    def _headline(self) -> str:
+        p = "" if self.p_value is None else f"; combined p-value {_p_text(self.p_value, self.log10_p)}"
+        return (f"is {self.b_model.label} derived from {self.a_model.label}? {self.verdict} at level "
+                f"{self.level:g}{p}")
+
+    def _block_rows(self) -> List[list]:
+        """Per block: layers tested, layers significant at the level, the smallest p-value, mean similarity."""
+        rows = []
+        for block, part in self.table.groupby("block", sort=False):
+            low = part.loc[part["log_p"].idxmin()]
+            rows.append([block, len(part), int(part["supports"].sum()),
+                         _p_text(float(low["p_value"]), float(low["log_p"]) / math.log(10)),
+                         f"{part['similarity'].mean():.3f}"])
+        return rows
+
     def __repr__(self) -> str:
-        p = "" if self.p_value is None else f", p={_p_text(self.p_value, self.log10_p)}"
-        return f"Lineage({short_name(self.b)!r} from {short_name(self.a)!r}: {self.verdict}{p})"
+        """A few lines: the verdict with its p-value, what it rests on per block, the reading."""
+        lines = [f"<postsvd.Lineage {printable(self._headline())}"]
+        lines += [f"  {r[0]:<9} {r[1]} layers, {r[2]} significant, smallest p {r[3]}, similarity {r[4]}"
+                  for r in (self._block_rows() if len(self.table) else [])]
+        lines += [f"  inconclusive: {reason}" for reason in self.reasons]
+        lines.append(f"  {verdict_reading(self.verdict)}>")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The rich display in Jupyter: the verdict, per block what it rests on, and the tests per layer
+        (interactive with ``postsvd[interactive]``, else a small PNG)."""
+        warn = " pd-warn" if self.verdict != "derived" else ""
+        body = [f'<div class="pd-reading{warn}"><b>{_e(self.verdict)}</b>: {_e(verdict_reading(self.verdict))}</div>']
+        body += [f'<p class="note">inconclusive: {_e(reason)}</p>' for reason in self.reasons]
+        if len(self.table):
+            body.append(small_table(["block", "layers", f"significant at {self.level:g}", "smallest p-value",
+                                     "mean similarity"], self._block_rows()))
+            body.append(display_figure(self.interactive_plot, self.plot, "the tests per layer (−log10 p)"))
+        hint = "More: <code>.table</code>, <code>.summary()</code>, <code>.save(DIR)</code> (lineage.html, .json, .csv)."
+        return display("postsvd.Lineage", self._headline(), body, hint)
 
     # ------------------------------------------------------------------ page
 
-    def _sections(self) -> List[str]:
+    def _sections(self, live: bool) -> List[str]:
         verdict = [f'<section id="verdict"><h2>Verdict</h2><div class="verdict"><p><b>{_e(self.verdict)}</b> at '
                    f"level {self.level:g}"]
         if self.p_value is not None:
@@ -305,7 +399,9 @@ class Lineage:
                 "</sup> and W<sub>V</sub>W<sub>O</sub> (exact null; evidence only, not in the verdict). "
                 "<i>similarity</i>: mean |cosine| of matched units or heads after alignment (1 = identical "
                 "directions). Rows marked <i>supports</i> are significant at the level.</p>"
-                + _figure(self.plot(), "lineage-layers", "the MLP unit test per layer")
+                + (_interactive.figure_html(self.interactive_plot(), "lineage-layers",
+                                            "the tests per layer (hover for the values)") if live else
+                   _figure(self.plot(), "lineage-layers", "the MLP unit test per layer"))
                 + data_table(shown) + "</section>")
         if self.alignments:
             rows = "".join(f"<tr><td>{_e(a['alignment'])}</td><td>{_e(a['measure'])}</td>"
@@ -326,8 +422,7 @@ class Lineage:
         return sections
 
     def _metadata_html(self) -> str:
-        return run_metadata([("model A", os.path.abspath(self.a)), ("model B", os.path.abspath(self.b)),
-                             ("level", f"{self.level:g}")])
+        return run_metadata([model_row("A", self.a_model), model_row("B", self.b_model), ("level", f"{self.level:g}")])
 
 
 def verdict_reading(verdict: str) -> str:
@@ -401,16 +496,19 @@ def match_units(similarity: np.ndarray) -> np.ndarray:
 class _Model:
     """One folder: its checkpoint, sizes and the residual-stream tensors lineage reads."""
 
-    def __init__(self, folder: str, label: str, base: Optional[str] = None, residual_base: bool = False):
+    def __init__(self, model: "hub.ResolvedModel", label: str, base: Optional["hub.ResolvedModel"] = None,
+                 residual_base: bool = False):
         from .checkpoint import architecture, open_checkpoint
 
-        self.folder, self.label = folder, label
-        self.checkpoint = open_checkpoint(folder, base, residual_base=residual_base)  # an adapter: on `base`
+        self.model, self.folder, self.label = model, model.folder, label
+        self.checkpoint = open_checkpoint(model, base, residual_base=residual_base)  # an adapter: on `base`
+        # The model whose weight files the test reads: an adapter's base (the adapter's own file came whole).
+        self.weights = base if base is not None and self.checkpoint.adapter is not None else model
         self.arch = architecture(self.checkpoint)
         self.model_type = self.arch["model_type"]
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise InvalidArgumentError(
-                f"{label} '{printable(folder)}': lineage reads {', '.join(SUPPORTED_MODEL_TYPES)} models "
+                f"{label} '{printable(model.name)}': lineage reads {', '.join(SUPPORTED_MODEL_TYPES)} models "
                 f"(RMSNorm before each block, norms and embeddings by their transformers names); got model_type "
                 f"{printable(self.model_type)!r}")
         family = _FAMILIES[self.model_type]
@@ -434,11 +532,11 @@ class _Model:
 
     def _require(self, name: str) -> None:
         if name not in self.checkpoint:
-            raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is missing "
+            raise InvalidArgumentError(f"{self.label} '{printable(self.model.name)}': tensor {name} is missing "
                                        "(lineage reads the embeddings and the RMSNorm weights)")
         dtype = self.checkpoint.info(name)["dtype"]
         if dtype not in _FLOAT_DTYPES:
-            raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is stored as "
+            raise InvalidArgumentError(f"{self.label} '{printable(self.model.name)}': tensor {name} is stored as "
                                        f"{dtype}; lineage reads embeddings and norms in {', '.join(_FLOAT_DTYPES)}")
 
     def vector(self, name: str) -> np.ndarray:
@@ -456,14 +554,29 @@ class _Model:
         return _core.read_matrix(self.checkpoint, self.sources[(layer, kind)], "float64").T
 
     def norm(self, layer: int, which: str) -> np.ndarray:
-        return self.vector(f"{self._layer_names}.{layer}.{which}.weight")
+        return self.vector(self._norm_name(layer, which))
+
+    def _norm_name(self, layer: int, which: str) -> str:
+        return f"{self._layer_names}.{layer}.{which}.weight"
+
+    def tensors(self, layers: Sequence[int]) -> List[str]:
+        """The stored tensors the test reads at `layers` (what to fetch of a Hub model): the embeddings, the
+        final norm, and per layer both norms and the projections (with their scales)."""
+        names = [self.embedding_name, self.unembedding_name, FINAL_NORM]
+        sources = []
+        for layer in layers:
+            names += [self._norm_name(layer, self.norm_before_attention), self._norm_name(layer, self.norm_before_mlp)]
+            sources += [self.sources[(layer, kind)] for kind in _LINEAGE_KINDS]
+        return list(dict.fromkeys(names + hub.source_tensors(self.checkpoint, sources)))
 
     def token_table(self) -> Optional[Dict[str, int]]:
         """tokenizer.json's token -> id table, or None where there is none."""
         if not hasattr(self, "_tokens"):
             self._tokens = None
-            path = os.path.join(self.folder, "tokenizer.json")
+            path = hub.repo_file(self.model, "tokenizer.json")
             try:
+                if path is None:
+                    raise FileNotFoundError("tokenizer.json")
                 with open(path, encoding="utf-8") as f:
                     vocab = json.load(f).get("model", {}).get("vocab")
                 self._tokens = vocab if isinstance(vocab, dict) else None
@@ -502,8 +615,8 @@ class _ProbePair:
         for name_a, name_b, final in ((model_a.embedding_name, model_b.embedding_name, False),
                                       (model_a.unembedding_name, model_b.unembedding_name, True)):
             rows_a, rows_b = model_a.rows(name_a), model_b.rows(name_b)
-            scale_a = model_a.vector("model.norm.weight") if final else np.ones(d)
-            scale_b = model_b.vector("model.norm.weight") if final else np.ones(d)
+            scale_a = model_a.vector(FINAL_NORM) if final else np.ones(d)
+            scale_b = model_b.vector(FINAL_NORM) if final else np.ones(d)
             for start in range(0, len(rows_a), _PROBE_CHUNK):
                 chunk_a = rows_a[start:start + _PROBE_CHUNK].astype(np.float64) * scale_a
                 chunk_b = rows_b[start:start + _PROBE_CHUNK].astype(np.float64) * scale_b
@@ -706,10 +819,6 @@ def _p_text(p: float, log10_p: Optional[float]) -> str:
     if p > 0 and p >= 1e-300:
         return f"{p:.3g}"
     return f"1e{log10_p:.0f}" if log10_p is not None else "0"
-
-
-def _display(path: str) -> str:
-    return printable(short_name(path))
 
 
 _HOW_TO_READ = (

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ._names import short_name
+from ._style import KIND_COLORS
 from ._validate import normalize_kinds
 from .errors import InvalidArgumentError
 from .readings import random_rotation_nf
@@ -23,13 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .comparison import Comparison
-
-#: One color per kind, stable across figures.
-KIND_COLORS = {
-    "q": "tab:blue", "k": "tab:orange", "v": "tab:green", "o": "tab:red",
-    "gate": "tab:purple", "up": "tab:brown", "down": "tab:pink",
-    "q_a": "tab:cyan", "q_b": "tab:olive", "kv_a": "tab:gray", "kv_b_k": "gold", "kv_b_v": "teal",
-}
 
 
 #: Narrowest color range of the SVSM heatmaps.
@@ -302,7 +295,7 @@ def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figur
         axes[row * cols].set_ylabel("NF")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(items), 5), fontsize="small")
-    fig.suptitle(f"NF per layer against {short_name(items[0][1].base)} (dashed: unrelated rotations)")
+    fig.suptitle(f"NF per layer against {items[0][1].base_name} (dashed: unrelated rotations)")
     return fig
 
 

@@ -21,16 +21,21 @@ not shadow it.)
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import List, Optional, Sequence, Tuple, Union
+import shlex
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ._html import data_table, escape as _e, figure as _figure, page, run_metadata, section
-from ._names import short_name, unique_names
+from . import interactive as _interactive
+from ._display import use_interactive
+from ._html import data_table, escape as _e, figure as _figure, model_row, page, run_metadata, section
+from ._names import distinct
 from ._outputs import FileSet, atomic_folder
 from ._validate import INTRUDER_DEFAULTS, normalize_layers, normalize_output_folder
-from .compare import check_compare_arguments, compare
+from .compare import check_compare_arguments, compare, resolve_models
 from .comparison import Comparison
 from .errors import InvalidArgumentError
+from .hub import ResolvedModel
 from .readings import intruder_setting, kind_reading, nf_comparison
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,58 +44,71 @@ PathLike = Union[str, "os.PathLike[str]"]
 REPORT_NAME = "report.html"
 #: What :func:`write_report` writes into its folder.
 REPORT_FILES = FileSet("a report", [REPORT_NAME])
+#: Above this many rows the page's per-layer table leaves out the routed experts' rows (a DeepSeek-V3
+#: comparison has about 45,000); their numbers stay in the expert heatmap's hover and in table.csv.
+PAGE_TABLE_ROWS = 2000
+MatricesArg = Union[None, Tuple[Any, ...], Sequence[Tuple[Any, ...]]]
 
 
 # ---------------------------------------------------------------------- public API
 
 def report(base: Optional[PathLike], posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
            dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
-           matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25, progress: bool = True,
+           matrices: MatricesArg = None, leading_k: int = 25, progress: bool = True,
            num_threads: Optional[int] = None, cache: Optional[PathLike] = None,
-           warm_start: Union[bool, str] = True, intruder_k: int = INTRUDER_DEFAULTS["k"],
+           warm_start: Union[bool, str] = True, whole_files: bool = False, intruder_k: int = INTRUDER_DEFAULTS["k"],
            intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-           intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> str:
+           intruder_side: str = INTRUDER_DEFAULTS["side"], interactive: Optional[bool] = None,
+           residual_base: bool = False) -> str:
     """Compares `base` with each post model and writes one HTML page; returns its path.
 
     Args:
-        base: the base model folder; None when the posts are PEFT adapters naming their base.
-        posts: one post-trained model folder or a list of them (same architecture); PEFT LoRA
-            adapter folders too (docs/adapters.md).
+        base: the base model: a folder or a Hub repo id (``org/name[@revision]``), as in
+            :func:`postsvd.compare`; None when the posts are PEFT adapters naming their base.
+        posts: one post-trained model or a list of them (same architecture), named the same ways;
+            PEFT LoRA adapters too (docs/adapters.md).
         out: output folder (created); the page is ``out/report.html``.
         device, dtype, layers, kinds, num_threads, cache, warm_start, intruder_k, intruder_epsilon,
             intruder_side, residual_base: as in :func:`postsvd.compare`.
         title: the page's title (default: "postsvd report: <base>").
-        matrices: the (layer, kind) whose sim_U / sim_V / difference / I_orth
-            are drawn (default: the middle compared layer, first compared kind).
+        matrices: the (layer, kind) or (layer, kind, expert) whose sim_U / sim_V / difference / I_orth
+            are drawn, or a list of them (default: the middle compared layer, first compared kind);
+            an interactive page holds their leading blocks, and a click on one of them opens it.
         leading_k: leading singular vectors shown in those matrices.
         progress: show a progress bar per comparison.
+        whole_files: Hub models: fetch whole shards instead of the tensors' byte ranges.
+        interactive: plotly figures with hover values and click views (plotly.js embedded once, no
+            request anywhere); None: where plotly (``postsvd[interactive]``) is installed; False: the
+            static PNG figures only (a page of a few hundred KB).
 
     Raises:
         InvalidArgumentError: no post model, a bad option (as in compare), or
             `out` is an existing file.
         BadCheckpointError: a folder is missing or malformed, or shapes differ.
     """
-    post_list = _post_list(posts)
+    base_model, post_list = resolve_models(base, _post_list(posts))
     intruders = dict(intruder_k=intruder_k, intruder_epsilon=intruder_epsilon, intruder_side=intruder_side)
-    check_compare_arguments(base, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
+    check_compare_arguments(base_model, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
                             num_threads=num_threads, cache=cache,
-                            matrices_for=None if matrices is None else [matrices], leading_k=leading_k, outs=[out],
-                            residual_base=residual_base, **intruders)
-    comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
-                           num_threads=num_threads, cache=cache, warm_start=warm_start, residual_base=residual_base,
-                           **intruders)
-                   for post in post_list]
-    return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k)
+                            matrices_for=None if matrices is None else _pair_list(matrices), leading_k=leading_k,
+                            outs=[out], residual_base=residual_base, **intruders)
+    use_interactive(interactive)  # a missing plotly fails now, not after the comparisons
+    comparisons = [compare(base_model, post, device=device, dtype=dtype, layers=layers, kinds=kinds,
+                           progress=progress, num_threads=num_threads, cache=cache, warm_start=warm_start,
+                           whole_files=whole_files, residual_base=residual_base, **intruders) for post in post_list]
+    return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k,
+                        interactive=interactive)
 
 
 def write_report(comparisons: Union[Comparison, Sequence[Comparison]], out: PathLike, *,
-                 title: Optional[str] = None, matrices: Optional[Tuple[int, str]] = None,
-                 leading_k: int = 25) -> str:
+                 title: Optional[str] = None, matrices: MatricesArg = None,
+                 leading_k: int = 25, interactive: Optional[bool] = None) -> str:
     """Writes the HTML page of comparisons already computed (one base, one or
     more post models) into ``out/report.html``; returns its path."""
     comparison_list = _comparison_list(comparisons)
     target = normalize_output_folder(out)
-    text = render_html(comparison_list, title=title, matrices=matrices, leading_k=leading_k)
+    text = render_html(comparison_list, title=title, matrices=matrices, leading_k=leading_k,
+                       interactive=interactive)
     with atomic_folder(target, files=REPORT_FILES) as temp:
         with open(os.path.join(temp, REPORT_FILES.name(REPORT_NAME)), "w", encoding="utf-8") as f:
             f.write(text)
@@ -98,26 +116,30 @@ def write_report(comparisons: Union[Comparison, Sequence[Comparison]], out: Path
 
 
 def render_html(comparisons: Union[Comparison, Sequence[Comparison]], *, title: Optional[str] = None,
-                matrices: Optional[Tuple[int, str]] = None, leading_k: int = 25) -> str:
+                matrices: MatricesArg = None, leading_k: int = 25, interactive: Optional[bool] = None) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
     comparison_list = _comparison_list(comparisons)
+    live = use_interactive(interactive)
     if leading_k is not None and int(leading_k) < 1:
         raise InvalidArgumentError(f"leading_k: expected >= 1 or None, got {leading_k!r}")
-    base_name = short_name(comparison_list[0].base)
+    base_name = comparison_list[0].base_name
     title = title or f"postsvd report: {base_name}"
-    names = unique_names([c.post for c in comparison_list])
+    names = distinct([c.post_name for c in comparison_list])
     sections = [_overview_section(comparison_list, names)]
     if len(comparison_list) > 1:
         sections.append(_all_models_section(comparison_list, names))
     for index, (comparison, name) in enumerate(zip(comparison_list, names)):
-        sections.append(_post_section(index, comparison, name, matrices, leading_k))
+        sections.append(_post_section(index, comparison, name, _chosen_pairs(comparison, matrices), leading_k, live))
     sections.append(_how_to_read_section())
     sections.append(_metadata_section(comparison_list, names))
     subtitle = (f"base <code>{_e(base_name)}</code> compared with {len(names)} post-trained "
                 f"model{'s' if len(names) > 1 else ''}: {', '.join(f'<code>{_e(n)}</code>' for n in names)}")
     nav = [("overview", "overview"), *((f"post-{i}", n) for i, n in enumerate(names)),
            ("how-to-read", "how to read"), ("metadata", "run")]
-    return page(title, sections, subtitle=subtitle, nav=nav)
+    if not live:
+        return page(title, sections, subtitle=subtitle, nav=nav)
+    return page(title, sections, subtitle=subtitle, nav=nav, head=_interactive.runtime_script(),
+                tail=_interactive.page_scripts())
 
 
 # ---------------------------------------------------------------------- sections
@@ -154,11 +176,9 @@ def _all_models_section(comparisons: Sequence[Comparison], names: Sequence[str])
                    + _figure(figure, "nf-models", "NF per layer of every post model against the base"))
 
 
-def _post_section(index: int, comparison: Comparison, name: str, matrices: Optional[Tuple],
-                  leading_k: Optional[int]) -> str:
-    layer, kind, expert = _chosen_pair(comparison, matrices)
-    which = "" if expert is None else f", expert {expert}"
-    parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(short_name(comparison.base))}</h2>',
+def _post_section(index: int, comparison: Comparison, name: str, pairs: Sequence[Tuple], leading_k: Optional[int],
+                  live: bool) -> str:
+    parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(comparison.base_name)}</h2>',
              _summary_html(comparison),
              "<h3>Per kind (Table 3)</h3>",
              "<p>Pooled over the compared layers (and experts): the mean ± population std of the top-90 % scaling "
@@ -179,48 +199,129 @@ def _post_section(index: int, comparison: Comparison, name: str, matrices: Optio
         "factor; stripes in the bottom rows are the small, noisy tail (excluded from the top-90 % statistics)."
         "</p>",
         _figure(comparison.plot_svsm(), f"svsm-{index}", f"SVSM heatmaps of {name}"),
+    ]
+    parts += (_live_figures if live else _static_figures)(index, comparison, name, pairs, leading_k)
+    table = comparison.table
+    shown, note = _page_table(table)
+    parts += [f"<h3>Per layer ({len(table)} matrices)</h3>", note,
+              f"<details><summary>show the table: a row per (layer, kind)</summary>"
+              f"{data_table(shown.drop(columns=['tensor']))}</details>",
+              "<h3>Text summary</h3>",
+              f'<pre class="summary">{_e(comparison.summary())}</pre>',
+              "</section>"]
+    return "".join(parts)
+
+
+_NF_WORDS = ("NF = ‖Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> − I‖<sub>F</sub>/k per layer; dashed: unrelated random "
+             "rotations. Far below the dashed line = the left and right singular vectors were rotated by the same "
+             "orthogonal matrix.")
+_MATRICES_WORDS = ("sim<sub>U</sub> = |U<sub>base</sub><sup>T</sup>U<sub>post</sub>| and sim<sub>V</sub> = "
+                   "|V<sub>base</sub><sup>T</sup>V<sub>post</sub>| (the same pattern on both sides means one rotation), "
+                   "their difference (dark = equal) and I<sub>orth</sub> = Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> "
+                   "(near the identity = consistent rotation), for the leading singular vectors.")
+_EXPERTS_WORDS = ("One heatmap per kind with experts: column = MoE layer, row = expert (routed experts by index, then "
+                  "<code>shared</code>), color = NF. A uniform dark map means every expert rotated consistently; a "
+                  "bright row or cell singles out an expert that changed differently.")
+
+
+def _intruder_paragraph(comparison: Comparison) -> str:
+    return (f"<p>Per matrix, the {_e(_intruder_words(comparison))} are <i>intruder dimensions</i>: new high-ranking "
+            "directions the base lacks (the output side is that of the left singular vectors of the stored [out, in] "
+            "weight, as the paper counts: V in this page's orientation; the input side is U). Summed over each "
+            "kind's matrices against the threshold ε; the tables count at the dotted line. The paper finds that LoRA "
+            "brings them in and full fine-tuning mostly does not; unrelated models show them everywhere.</p>")
+
+
+def _pair_words(pair: Tuple) -> str:
+    layer, kind, expert = pair
+    return f"W_{kind}, layer {layer}" + ("" if expert is None else f", expert {expert}")
+
+
+def _static_figures(index: int, comparison: Comparison, name: str, pairs: Sequence[Tuple],
+                    leading_k: Optional[int]) -> List[str]:
+    """The PNG figures of a post model's section (the page without plotly)."""
+    parts = [
         "<h3>Scaling per layer (Fig. 8)</h3>",
         "<p>Per layer the mean (line) and ± std (band) of the top-90 % scaling factors, one color per kind. A "
         "thin band means near-uniform scaling.</p>",
         _figure(comparison.plot_scaling_bands(), f"bands-{index}", f"scaling bands of {name}"),
         "<h3>Orthogonal consistency per layer (Fig. 3b)</h3>",
-        "<p>NF = ‖Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> − I‖<sub>F</sub>/k per layer; dashed: unrelated random "
-        "rotations. Far below the dashed line = the left and right singular vectors were rotated by the same "
-        "orthogonal matrix.</p>",
+        f"<p>{_NF_WORDS}</p>",
         _figure(comparison.plot_nf(), f"nf-{index}", f"NF per layer of {name}"),
     ]
     if comparison.has_experts:
-        parts += [
-            "<h3>Orthogonal consistency per expert</h3>",
-            "<p>One heatmap per kind with experts: column = MoE layer, row = expert (routed experts by index, then "
-            "<code>shared</code>), color = NF. A uniform dark map means every expert rotated consistently; a bright "
-            "row or cell singles out an expert that changed differently.</p>",
-            _figure(comparison.plot_expert_nf(), f"experts-{index}", f"NF per layer and expert of {name}"),
-        ]
-    parts += [
-        "<h3>Intruder dimensions (Shuttleworth et al. 2024)</h3>",
-        f"<p>Per matrix, the {_e(_intruder_words(comparison))} are <i>intruder dimensions</i>: new high-ranking "
-        "directions the base lacks (the output side is that of the left singular vectors of the stored [out, in] "
-        "weight, as the paper counts: V in this page's orientation; the input side is U). Summed over each kind's "
-        "matrices against the threshold ε; the tables count at the dotted line. The paper finds that LoRA brings "
-        "them in and full fine-tuning mostly does not; unrelated models show them everywhere.</p>",
-        _figure(comparison.plot_intruders(), f"intruders-{index}", f"intruder dimensions against epsilon of {name}"),
-        f"<h3>Singular vector similarity of W<sub>{_e(kind)}</sub>, layer {layer}{_e(which)} (Fig. 3a)</h3>",
-        "<p>sim<sub>U</sub> = |U<sub>base</sub><sup>T</sup>U<sub>post</sub>| and sim<sub>V</sub> = "
-        "|V<sub>base</sub><sup>T</sup>V<sub>post</sub>| (the same pattern on both sides means one rotation), "
-        "their difference (dark = equal) and I<sub>orth</sub> = Q<sub>1</sub><sup>T</sup>Q<sub>2</sub> "
-        "(near the identity = consistent rotation), for the leading singular vectors.</p>",
-        _figure(comparison.plot_matrices(layer, kind, leading_k, expert), f"matrices-{index}",
-                f"similarity matrices of W_{kind}, layer {layer}{which}, {name}"),
+        parts += ["<h3>Orthogonal consistency per expert</h3>", f"<p>{_EXPERTS_WORDS}</p>",
+                  _figure(comparison.plot_expert_nf(), f"experts-{index}", f"NF per layer and expert of {name}")]
+    parts += ["<h3>Intruder dimensions (Shuttleworth et al. 2024)</h3>", _intruder_paragraph(comparison),
+              _figure(comparison.plot_intruders(), f"intruders-{index}",
+                      f"intruder dimensions against epsilon of {name}")]
+    for position, (layer, kind, expert) in enumerate(pairs):
+        which = "" if expert is None else f", expert {expert}"
+        suffix = "" if position == 0 else f"-{position}"
+        parts += [f"<h3>Singular vector similarity of W<sub>{_e(kind)}</sub>, layer {layer}{_e(which)} (Fig. 3a)</h3>",
+                  f"<p>{_MATRICES_WORDS}</p>",
+                  _figure(comparison.plot_matrices(layer, kind, leading_k, expert), f"matrices-{index}{suffix}",
+                          f"similarity matrices of W_{kind}, layer {layer}{which}, {name}")]
+    return parts
+
+
+def _live_figures(index: int, comparison: Comparison, name: str, pairs: Sequence[Tuple],
+                  leading_k: Optional[int]) -> List[str]:
+    """The interactive figures of a post model's section: NF and scaling per layer, the expert heatmaps (MoE),
+    where the intruders are, and the matrix view a click opens (holding the chosen pairs' leading blocks)."""
+    held: Dict[str, Any] = {}
+    for layer, kind, expert in pairs:
+        figure = comparison.interactive_matrices(layer, kind, leading_k, expert)
+        key = f"{layer}:{kind}" + ("" if expert is None else f":{expert}")
+        held[key] = {"caption": figure.layout.title.text, "figure": json.loads(_interactive.figure_json(figure))}
+    command = (f"postsvd compare {shlex.quote(comparison.base_model.name)} {shlex.quote(comparison.post_model.name)} "
+               f"--out DIR --matrices PAIR")  # the models as written: a Hub id runs again as it is
+    pick = (f'postsvd.pick("iplot-layers-{index}", "matrix-view-{index}", "held-{index}", '
+            f"{json.dumps(command)})")
+    first = next(iter(held))
+    parts = [
+        "<h3>NF and scaling per layer (Fig. 3b, Fig. 8)</h3>",
+        f"<p>Top: {_NF_WORDS} Bottom: per layer the mean (line) and ± std (band) of the top-90 % scaling factors; "
+        "a thin band means near-uniform scaling. Hover a point for its layer, kind, NF, scaling and intruders; "
+        "click it to open its matrices below; click a legend entry to hide a series.</p>",
+        _interactive.figure_html(comparison.interactive_layers(), f"layers-{index}",
+                                 f"NF and scaling per layer of {name}", then=pick),
     ]
-    table = comparison.table
-    parts += [f"<h3>Per layer ({len(table)} matrices)</h3>",
-              f"<details><summary>show the table: a row per (layer, kind)</summary>"
-              f"{data_table(table.drop(columns=['tensor']))}</details>",
-              "<h3>Text summary</h3>",
-              f'<pre class="summary">{_e(comparison.summary())}</pre>',
-              "</section>"]
-    return "".join(parts)
+    if comparison.has_experts:
+        parts += ["<h3>Orthogonal consistency per expert</h3>", f"<p>{_EXPERTS_WORDS} Hover a cell for its values; "
+                  "click it to open its matrices below.</p>",
+                  _interactive.figure_html(comparison.interactive_experts(), f"experts-{index}",
+                                           f"NF per layer and expert of {name}",
+                                           then=pick.replace(f"iplot-layers-{index}", f"iplot-experts-{index}"))]
+    parts += [
+        "<h3>Singular vector similarity (Fig. 3a)</h3>",
+        f"<p>{_MATRICES_WORDS} This page holds them for "
+        + ", ".join(f"<code>{_e(_pair_words(p))}</code>" for p in pairs)
+        + "; a click on another point says which command draws its matrices.</p>",
+        _interactive.json_script(f"held-{index}", held),
+        f'<div class="matrix-view" id="matrix-view-{index}" data-key="{_e(first)}"><p class="view-caption">'
+        f"{held[first]['caption']}</p>"
+        f'<div class="iplot view-plot" id="iplot-matrices-{index}"></div></div>',
+        f'<script>postsvd.draw("iplot-matrices-{index}", JSON.parse(document.getElementById("held-{index}")'
+        f".textContent)[{json.dumps(first)}].figure);</script>",
+        "<h3>Intruder dimensions (Shuttleworth et al. 2024)</h3>", _intruder_paragraph(comparison),
+        _figure(comparison.plot_intruders(), f"intruders-{index}", f"intruder dimensions against epsilon of {name}"),
+    ]
+    if int(comparison.table["intruders"].sum()) > 0:
+        parts.append(_interactive.figure_html(comparison.interactive_intruders(), f"intruders-layers-{index}",
+                                              f"where the intruder dimensions of {name} are, per layer and series"))
+    return parts
+
+
+def _page_table(table) -> Tuple[Any, str]:
+    """The rows of the page's per-layer table and a note on what was left out (above PAGE_TABLE_ROWS rows:
+    the routed experts' rows)."""
+    if len(table) <= PAGE_TABLE_ROWS or "expert" not in table.columns:
+        return table, ""
+    routed = table["expert"].map(lambda e: e != "shared" and int(e) >= 0)
+    return table[~routed], (f'<p class="note">The table below leaves out the {int(routed.sum())} rows of routed '
+                            "experts (the expert heatmap shows each one's values on hover; "
+                            "<code>postsvd compare BASE POST --out DIR</code> writes every row to table.csv).</p>")
 
 
 def _summary_html(comparison: Comparison) -> str:
@@ -290,10 +391,10 @@ def _metadata_section(comparisons: Sequence[Comparison], names: Sequence[str]) -
     rows = [
         ("backend", "; ".join(sorted({c.backend for c in comparisons}))),
         ("device, dtype", "; ".join(sorted({f"{c.device}, {c.dtype}" for c in comparisons}))),
-        ("base folder", os.path.abspath(first.base)),
+        model_row("base", first.base_model),
     ]
     for name, comparison in zip(names, comparisons):
-        rows.append((f"post folder ({name})", os.path.abspath(comparison.post)))
+        rows.append(model_row(f"post ({name})", comparison.post_model))
     rows += [
         ("model type, layers", f"{first.model_type}, {first.num_layers} layers"),
         ("compared layers", _layers_text(first.layers)),
@@ -305,20 +406,31 @@ def _metadata_section(comparisons: Sequence[Comparison], names: Sequence[str]) -
 
 # ---------------------------------------------------------------------- helpers
 
-def _chosen_pair(comparison: Comparison, matrices: Optional[Tuple]) -> Tuple[int, str, Optional[Union[int, str]]]:
-    """The (layer, kind, expert) whose matrices the page draws: `matrices` ((layer, kind) or (layer, kind,
-    expert)) or, by default, the middle compared layer and the first kind (its first routed expert where
-    that layer has only experts of it)."""
+def _pair_list(matrices) -> List[Tuple]:
+    """`matrices` as a list of items: one (layer, kind[, expert]) or a list of them."""
+    if isinstance(matrices, (tuple, list)) and len(matrices) in (2, 3) and isinstance(matrices[1], str):
+        return [tuple(matrices)]
+    if not isinstance(matrices, (tuple, list)) or not matrices:
+        raise InvalidArgumentError(f"matrices: expected (layer, kind), (layer, kind, expert) or a list of them, "
+                                   f"got {matrices!r}")
+    return list(matrices)
+
+
+def _chosen_pairs(comparison: Comparison, matrices) -> List[Tuple[int, str, Optional[Union[int, str]]]]:
+    """The (layer, kind, expert) items whose matrices the page draws: `matrices` ((layer, kind) or (layer, kind,
+    expert), or a list of them) or, by default, the middle compared layer and the first kind (its first routed
+    expert where that layer has only experts of it)."""
     if matrices is None:
         middle = comparison.layers[len(comparison.layers) // 2]
-        return comparison.default_matrices(middle)
-    if not isinstance(matrices, (tuple, list)) or len(matrices) not in (2, 3):
-        raise InvalidArgumentError(f"matrices: expected (layer, kind) or (layer, kind, expert), got {matrices!r}")
-    layer = normalize_layers(int(matrices[0]), comparison.num_layers, comparison.model_type)[0]
-    if layer not in comparison.layers:
-        raise InvalidArgumentError(f"matrices: layer {layer} was not compared; compared layers: "
-                                   f"{_layers_text(comparison.layers)}")
-    return comparison.matrix_pairs([matrices], "matrices")[0]
+        return [comparison.default_matrices(middle)]
+    items = _pair_list(matrices)
+    for item in items:
+        if isinstance(item, (tuple, list)) and item and isinstance(item[0], (int,)) and not isinstance(item[0], bool):
+            layer = normalize_layers(int(item[0]), comparison.num_layers, comparison.model_type, what="matrices")[0]
+            if layer not in comparison.layers:
+                raise InvalidArgumentError(f"matrices: layer {layer} was not compared; compared layers: "
+                                           f"{_layers_text(comparison.layers)}")
+    return comparison.matrix_pairs(items, "matrices")
 
 
 def _layers_text(layers: Sequence[int]) -> str:
@@ -336,11 +448,11 @@ def _layers_text(layers: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def _post_list(posts) -> List[str]:
-    if isinstance(posts, (str, bytes, os.PathLike)):
-        post_list = [os.fspath(posts)]
+def _post_list(posts) -> List:
+    if isinstance(posts, (str, bytes, os.PathLike, ResolvedModel)):
+        post_list = [posts]
     else:
-        post_list = [os.fspath(p) for p in posts]
+        post_list = list(posts)
     if not post_list:
         raise InvalidArgumentError("posts: expected at least one post-trained model folder, got none")
     return post_list

@@ -5,6 +5,7 @@
 // error or warning, never a crash, a huge allocation or a silent wrong number.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include "postsvd/checkpoint.h"
 #include "postsvd/comparator.h"
 #include "postsvd/limits.h"
+#include "postsvd/quantization.h"
 #include "postsvd/warnings.h"
 #include "reader_test_util.h"
 #include "safetensors_test_util.h"
@@ -98,6 +100,42 @@ void write_tiny_llama(const std::string& folder, int config_layers, int layers, 
     add(p + "mlp.gate_proj.weight", {6, 4});
     add(p + "mlp.up_proj.weight", {6, 4});
     add(p + "mlp.down_proj.weight", {4, 6});
+  }
+  write_safetensors(folder + "/model.safetensors", blobs);
+}
+
+// A 2-layer qwen3_moe folder (hidden 4, MoE intermediate 2) whose config declares `config_experts` experts
+// and makes `dense_layer` (-1: none) a dense MLP; the weights hold `file_experts` experts in every layer
+// (and the dense layer's MLP too).
+void write_tiny_moe(const std::string& folder, int config_experts, int file_experts, int dense_layer = -1) {
+  write_text(folder + "/config.json",
+             R"({"model_type":"qwen3_moe","hidden_size":4,"num_attention_heads":2,"num_key_value_heads":1,)"
+             R"("intermediate_size":6,"moe_intermediate_size":2,"num_hidden_layers":2,"num_experts":)" +
+                 std::to_string(config_experts) + R"(,"mlp_only_layers":[)" +
+                 (dense_layer >= 0 ? std::to_string(dense_layer) : std::string()) + "]}");
+  std::vector<postsvd_test::TensorBlob> blobs;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    std::vector<float> values(static_cast<std::size_t>(shape[0] * shape[1]));
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * static_cast<float>((i * 7 + blobs.size()) % 5 + 1);
+    blobs.push_back(f32_blob(name, std::move(shape), values));
+  };
+  for (int i = 0; i < 2; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "self_attn.q_proj.weight", {4, 4});
+    add(p + "self_attn.k_proj.weight", {2, 4});
+    add(p + "self_attn.v_proj.weight", {2, 4});
+    add(p + "self_attn.o_proj.weight", {4, 4});
+    if (i == dense_layer) {
+      add(p + "mlp.gate_proj.weight", {6, 4});
+      add(p + "mlp.up_proj.weight", {6, 4});
+      add(p + "mlp.down_proj.weight", {4, 6});
+    }
+    for (int e = 0; e < file_experts; ++e) {
+      const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+      add(x + "gate_proj.weight", {2, 4});
+      add(x + "up_proj.weight", {2, 4});
+      add(x + "down_proj.weight", {4, 2});
+    }
   }
   write_safetensors(folder + "/model.safetensors", blobs);
 }
@@ -391,6 +429,28 @@ TEST(Overflow, ComparatorRefusesAndFloat64Works) {
   EXPECT_NEAR(result[0].scaling_stats.mean, 1.0, 1e-12);
 }
 
+// ---------------------------------------------------------------- bad weights name their file
+
+TEST(BadWeights, NonFiniteWeightsNameTheFileOfTheirModel) {
+  TempDir dir;
+  const std::string base = dir.folder("base"), post = dir.folder("post");
+  write_tiny_llama(base, 1, 1);
+  write_tiny_llama(post, 1, 1, std::numeric_limits<float>::infinity());
+  postsvd::Comparator comparator(base, post, postsvd::BackendOptions{});
+  std::string message;
+  try {
+    comparator.compare({0});
+  } catch (const InvalidArgument& e) {
+    message = e.what();
+  }
+  for (const std::string part : {std::string("tensor 'model.layers.0.self_attn.q_proj.weight' in ") + post +
+                                     "/model.safetensors",
+                                 std::string("non-finite value inf")}) {
+    EXPECT_NE(message.find(part), std::string::npos) << part << " in: " << message;
+  }
+  EXPECT_EQ(message.find(base), std::string::npos) << message;
+}
+
 // ---------------------------------------------------------------- layers config.json does not count
 
 TEST(UncountedLayers, AreReportedInTheArchitectureAndWarnedByComparator) {
@@ -412,6 +472,95 @@ TEST(UncountedLayers, AreReportedInTheArchitectureAndWarnedByComparator) {
   const std::string exact = dir.folder("exact");
   write_tiny_llama(exact, 3, 3);
   EXPECT_TRUE(postsvd::detect_architecture(Checkpoint(exact)).warnings.empty());
+}
+
+// ---------------------------------------------------------------- experts config.json does not declare
+
+TEST(UncountedExperts, BeyondTheCountAreWarnedNamingThem) {
+  TempDir dir;
+  const std::string more = dir.folder("more"), post = dir.folder("post");
+  write_tiny_moe(more, 4, 8);
+  write_tiny_moe(post, 4, 8);
+  const postsvd::Architecture arch = postsvd::detect_architecture(Checkpoint(more));
+  int64_t read = 0;
+  for (const postsvd::MatrixSource& s : arch.matrices) read = std::max<int64_t>(read, s.expert + 1);
+  EXPECT_EQ(read, 4);
+  ASSERT_EQ(arch.warnings.size(), 1u);
+  for (const char* part : {"config.json", "\"num_experts\" is 4", "routed experts up to 7", "layers 0-1",
+                           "24 tensors", "model.layers.", ".mlp.experts.7.", "only experts 0 to 3", "left out"}) {
+    EXPECT_NE(arch.warnings[0].find(part), std::string::npos) << part << " in: " << arch.warnings[0];
+  }
+  WarningCapture warnings;
+  postsvd::Comparator comparator(more, post, postsvd::BackendOptions{});
+  EXPECT_EQ(warnings.messages().size(), 2u);  // base and post
+
+  const std::string exact = dir.folder("exact");
+  write_tiny_moe(exact, 8, 8);
+  EXPECT_TRUE(postsvd::detect_architecture(Checkpoint(exact)).warnings.empty());
+}
+
+TEST(UncountedExperts, InALayerTheConfigMakesDenseAreWarned) {
+  TempDir dir;
+  const std::string folder = dir.folder("dense");
+  write_tiny_moe(folder, 3, 3, 1);  // layer 1: dense by mlp_only_layers, with 3 experts' weights beside its MLP
+  const postsvd::Architecture arch = postsvd::detect_architecture(Checkpoint(folder));
+  ASSERT_EQ(arch.warnings.size(), 1u);
+  for (const char* part : {"layer 1 dense", "routed experts there", "9 tensors", "model.layers.1.mlp.experts.2."}) {
+    EXPECT_NE(arch.warnings[0].find(part), std::string::npos) << part << " in: " << arch.warnings[0];
+  }
+}
+
+// ---------------------------------------------------------------- info: every problem, not the first
+
+TEST(CheckCheckpoint, ListsEveryProblemThatDetectArchitectureStopsAt) {
+  TempDir dir;
+  const std::string folder = dir.folder("model");
+  write_tiny_llama(folder, 2, 2);
+  EXPECT_TRUE(postsvd::check_checkpoint(Checkpoint(folder)).problems.empty());
+  // config.json's MLP size no longer matches: gate, up and down of both layers are misshapen.
+  write_text(folder + "/config.json", R"({"model_type":"llama","hidden_size":4,"num_attention_heads":2,)"
+                                      R"("num_key_value_heads":1,"intermediate_size":5,"num_hidden_layers":2})");
+  const Checkpoint ck(folder);
+  EXPECT_THROW(postsvd::detect_architecture(ck), BadCheckpoint);
+  const postsvd::CheckpointCheck check = postsvd::check_checkpoint(ck);
+  EXPECT_TRUE(check.mapped);
+  EXPECT_EQ(check.architecture.matrices.size(), 8u);  // the attention sources
+  ASSERT_EQ(check.problems.size(), 6u);
+  EXPECT_NE(check.problems[0].find("model.layers.0.mlp.gate_proj.weight"), std::string::npos) << check.problems[0];
+  EXPECT_NE(check.problems[5].find("model.layers.1.mlp.down_proj.weight"), std::string::npos) << check.problems[5];
+  EXPECT_THROW(postsvd::detect_architecture(ck), BadCheckpoint);  // collecting stopped with check_checkpoint
+
+  write_text(folder + "/config.json", R"({"model_type":"nothing_known"})");
+  const postsvd::CheckpointCheck unmapped = postsvd::check_checkpoint(Checkpoint(folder));
+  EXPECT_FALSE(unmapped.mapped);
+  ASSERT_EQ(unmapped.problems.size(), 1u);
+  EXPECT_NE(unmapped.problems[0].find("unsupported model_type 'nothing_known'"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- compressed-tensors ignore patterns
+
+TEST(IgnorePatterns, MatchInLinearTimeAndTooComplexOnesAreRefused) {
+  postsvd::QuantizationConfig config;
+  config.method = postsvd::QuantizationConfig::Method::CompressedTensors;
+  const std::string long_name = "model.layers." + std::string(300, 'a') + ".mlp.gate.weight";
+  const auto started = std::chrono::steady_clock::now();
+  // A backtracking matcher takes minutes (the first) to centuries on these.
+  for (const char* pattern : {"re:(.*)*x", "re:(a|a)*x", "re:(.*.*.*.*.*.*.*.*)*x", "re:(a*)*b"}) {
+    config.not_converted = {pattern};
+    EXPECT_FALSE(postsvd::module_not_converted(config, long_name)) << pattern;
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), 5.0);
+  config.not_converted = {"re:model\\.layers\\.a{1,300}\\.mlp\\.gate$"};
+  EXPECT_TRUE(postsvd::module_not_converted(config, long_name));
+  for (const std::string& pattern :
+       {"re:" + std::string(100, '(') + "a" + std::string(100, ')'), std::string("re:(a{200}){200}"),
+        "re:" + std::string(2000, 'a')}) {
+    config.not_converted = {pattern};
+    expect_error<BadCheckpoint>([&] { postsvd::module_not_converted(config, long_name); },
+                                {"quantization_config.ignore", "too complex"});
+  }
+  config.not_converted = {"re:(a"};
+  expect_error<BadCheckpoint>([&] { postsvd::module_not_converted(config, long_name); }, {"not a valid regular expression"});
 }
 
 }  // namespace

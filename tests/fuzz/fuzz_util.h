@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -93,6 +94,44 @@ inline std::vector<std::pair<std::string, std::vector<int64_t>>> tiny_llama_mlp(
   return {{"model.layers.0.mlp.gate_proj.weight", {6, 4}},
           {"model.layers.0.mlp.up_proj.weight", {6, 4}},
           {"model.layers.0.mlp.down_proj.weight", {4, 6}}};
+}
+
+/// Two layers of every family's projection tensors at once, so that a config.json of any MoE or MLA
+/// family maps (the seeds in corpus/config_architecture/ match these sizes): hidden 4, 2 heads of dim 2,
+/// 1 KV head, MLP 6, 2 routed experts of 2 (Mixtral's and the fused ones' of 6), a shared expert of 2;
+/// DeepSeek MLA with q_lora_rank 2, kv_lora_rank 2, qk_nope 1, qk_rope 1, v_head 2.
+inline std::vector<std::pair<std::string, std::vector<int64_t>>> every_family_tensors() {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t;
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    for (const char* name : {"q_proj", "o_proj"}) t.push_back({p + "self_attn." + name + ".weight", {4, 4}});
+    for (const char* name : {"k_proj", "v_proj"}) t.push_back({p + "self_attn." + name + ".weight", {2, 4}});
+    t.push_back({p + "self_attn.q_a_proj.weight", {2, 4}});
+    t.push_back({p + "self_attn.q_b_proj.weight", {4, 2}});
+    t.push_back({p + "self_attn.kv_a_proj_with_mqa.weight", {3, 4}});
+    t.push_back({p + "self_attn.kv_b_proj.weight", {6, 2}});
+    for (const std::string module : {"mlp.", "feed_forward.", "feed_forward.shared_expert."}) {
+      t.push_back({p + module + "gate_proj.weight", {6, 4}});
+      t.push_back({p + module + "up_proj.weight", {6, 4}});
+      t.push_back({p + module + "down_proj.weight", {4, 6}});
+    }
+    for (const std::string module : {"mlp.shared_experts.", "mlp.shared_expert.", "mlp.experts.0.", "mlp.experts.1."}) {
+      t.push_back({p + module + "gate_proj.weight", {2, 4}});
+      t.push_back({p + module + "up_proj.weight", {2, 4}});
+      t.push_back({p + module + "down_proj.weight", {4, 2}});
+    }
+    for (int e = 0; e < 2; ++e) {
+      const std::string x = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+      t.push_back({x + "w1.weight", {6, 4}});
+      t.push_back({x + "w3.weight", {6, 4}});
+      t.push_back({x + "w2.weight", {4, 6}});
+    }
+    for (const std::string module : {"feed_forward.experts.", "mlp.experts."}) {  // Llama 4, gpt-oss
+      t.push_back({p + module + "gate_up_proj", {2, 4, 12}});
+      t.push_back({p + module + "down_proj", {2, 6, 4}});
+    }
+  }
+  return t;
 }
 
 }  // namespace postsvd_fuzz

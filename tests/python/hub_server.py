@@ -28,6 +28,10 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin")
+#: The bundled models the server serves (sharded by shard_model).
+MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "models")
+#: The token the gated repo accepts.
+TOKEN = "hf_test_valid_token"
 
 
 def shard_model(src: str, dst: str) -> Dict[str, bytes]:
@@ -88,9 +92,10 @@ class FakeHub:
     """The server. `add_repo` / `add_commit` fill it; `faults` are applied to matching requests in order;
     `log` holds (method, path, range, status, body bytes sent) for every request."""
 
-    def __init__(self, tokens=("hf_test_valid_token",)):
+    def __init__(self, tokens=(TOKEN,), rate: Optional[float] = None):
         self.repos: Dict[str, Repo] = {}
         self.tokens = set(tokens)
+        self.rate = rate  # bytes per second per response body (a throttled link, for benchmarks/bench_hub.py)
         self.faults: List[Dict[str, Any]] = []
         self.log: List[Dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -212,6 +217,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body[i:i + step])
                 self.wfile.flush()
                 record["sent"] += len(body[i:i + step])
+            return
+        if self.fake.rate:
+            started, step = time.monotonic(), 64 << 10
+            for i in range(0, len(body), step):
+                self.wfile.write(body[i:i + step])
+                record["sent"] += len(body[i:i + step])
+                ahead = started + record["sent"] / self.fake.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             return
         self.wfile.write(body)
         record["sent"] += len(body)
@@ -340,3 +354,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(206, headers, data[begin:end + 1], method, record, fault)
             return
         self._send(200, headers, data, method, record, fault)
+
+
+def set_offline(monkeypatch, offline: bool) -> None:
+    """HF_HUB_OFFLINE on or off, in the environment and in what huggingface_hub read of it at import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+

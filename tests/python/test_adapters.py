@@ -107,7 +107,7 @@ def test_cli_compare_report_and_info_take_an_adapter(variants, tmp_path, capsys)
     assert cli.main(["info", adapter]) == 0
     assert "adapter:      PEFT LoRA r 4" in capsys.readouterr().out
     assert cli.main(["compare", merged, "--out", str(tmp_path / "x")]) == 1  # one folder must be an adapter
-    assert "a single folder must be a PEFT adapter" in capsys.readouterr().err
+    assert "a single model must be a PEFT adapter" in capsys.readouterr().err
 
 
 def test_track_over_adapter_checkpoints(variants, tmp_path):

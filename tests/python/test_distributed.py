@@ -11,12 +11,11 @@ import ray  # a test requirement (requirements.txt): these tests run, never skip
 import postsvd
 from postsvd import distributed
 from postsvd.synthetic import make_pair
+from distributed_helpers import BASE, INSTRUCT, assert_same_results
 
 pytestmark = pytest.mark.ray  # starts local Ray clusters: slow (conftest.py)
 
 
-FAMILY = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "models")
-BASE, INSTRUCT = os.path.join(FAMILY, "base"), os.path.join(FAMILY, "instruct")
 SIZES = dict(model_type="llama", layers=3, hidden=48, intermediate=80, heads=4, kv_heads=2)
 
 
@@ -30,14 +29,6 @@ def cluster():
 @pytest.fixture(scope="module")
 def local_float64():
     return postsvd.compare(BASE, INSTRUCT, dtype="float64", progress=False)
-
-
-def assert_same_results(local, remote):
-    pd.testing.assert_frame_equal(local.table, remote.table, check_exact=True)
-    pd.testing.assert_frame_equal(local.kind_table(), remote.kind_table(), check_exact=True)
-    for kind in local.kinds:
-        np.testing.assert_array_equal(local.svsm(kind), remote.svsm(kind))
-        np.testing.assert_array_equal(local.sigma(kind, "post"), remote.sigma(kind, "post"))
 
 
 def test_tables_equal_a_local_run_to_the_last_digit(local_float64, tmp_path):

@@ -88,12 +88,13 @@ def test_each_optional_module_is_brought_by_the_extra_named_for_it():
     project = _pyproject()[0]["project"]
     extras = project["optional-dependencies"]
     distribution = {"torch": "torch", "transformers": "transformers", "lm_eval": "lm-eval",
-                    "accelerate": "accelerate", "ray": "ray"}
+                    "accelerate": "accelerate", "ray": "ray", "plotly": "plotly"}
     assert set(distribution) == set(_extras.EXTRA_OF_MODULE)
     for module, extra in _extras.EXTRA_OF_MODULE.items():
         names = [r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for r in extras[extra]]
         assert distribution[module] in names, (module, extra, extras[extra])
-    assert set(extras["all"][0].split("[", 1)[1].rstrip("]").split(",")) == {"functional", "notebooks", "ray"}
+    assert set(extras["all"][0].split("[", 1)[1].rstrip("]").split(",")) == {"functional", "notebooks", "ray",
+                                                                                   "interactive"}
     core = {r.split(">")[0] for r in project["dependencies"]}
     assert core == {"numpy", "pandas", "matplotlib", "tqdm", "safetensors", "scipy", "huggingface_hub"}, core
 
@@ -119,7 +120,7 @@ def test_the_gpu_wheel_metadata_names_postsvd_cu13_and_pins_the_toolkit_librarie
     project = generated["project"]
     assert project["name"] == "postsvd-cu13"
     assert set(requirements) <= set(project["dependencies"]) and "numpy>=1.24" in project["dependencies"]
-    assert project["optional-dependencies"]["all"] == ["postsvd-cu13[functional,notebooks,ray]"]
+    assert project["optional-dependencies"]["all"] == ["postsvd-cu13[functional,notebooks,ray,interactive]"]
     assert generated["tool"]["scikit-build"]["cmake"]["define"]["POSTSVD_ENABLE_CUDA"] == "ON"
 
 

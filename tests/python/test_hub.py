@@ -1,11 +1,11 @@
 """postsvd.hub against a real HTTP server on 127.0.0.1 (hub_server.py) that serves the bundled models,
 sharded, the way the Hub serves huggingface_hub. Every test points huggingface_hub at that server and at
-temporary caches; a guard refuses any connection to another address."""
+temporary caches; a guard refuses any connection to another address (the fixtures `served` and `hub_env`
+live in conftest.py)."""
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,82 +17,9 @@ import postsvd
 from postsvd import hub
 from postsvd.errors import BadCheckpointError, HubError, InvalidArgumentError
 
-from hub_server import FakeHub, shard_model
+from hub_server import MODELS, TOKEN, set_offline, shard_model
 
-MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "models")
-TOKEN = "hf_test_valid_token"
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The server, with org/base (branch main, a tag v1 on its first commit, a branch dev), org/instruct,
-    org/gated (needs TOKEN), org/bin-only and org/nested; and the local sharded folders."""
-    root = tmp_path_factory.mktemp("hub-models")
-    base_files = shard_model(os.path.join(MODELS, "base"), str(root / "base"))
-    instruct_files = shard_model(os.path.join(MODELS, "instruct"), str(root / "instruct"))
-    server = FakeHub().start()
-    first = server.add_repo("org/base", base_files)
-    server.tag("org/base", "v1", first)
-    readme = {**base_files, "README.md": b"second commit\n"}
-    server.add_commit("org/base", readme)
-    server.add_commit("org/base", base_files, branch="dev")
-    server.add_repo("org/instruct", instruct_files)
-    server.add_repo("org/gated", base_files, gated=True)
-    server.add_repo("org/bin-only", {"config.json": base_files["config.json"], "pytorch_model.bin": b"\0" * 64})
-    server.add_repo("org/nested", {"config.json": base_files["config.json"],
-                                   "sub/model.safetensors": base_files["model-00001-of-00006.safetensors"]})
-    try:
-        yield {"server": server, "base": str(root / "base"), "instruct": str(root / "instruct"),
-               "first_commit": first, "files": base_files}
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def hub_env(served, tmp_path, monkeypatch):
-    """huggingface_hub pointed at the server (HF_ENDPOINT) and at empty caches (HF_HOME, HF_HUB_CACHE), no
-    token, online; connections to anything but 127.0.0.1 fail."""
-    from huggingface_hub import constants
-
-    server = served["server"]
-    server.reset()
-    home = tmp_path / "hf-home"
-    values = {"HF_ENDPOINT": server.endpoint, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-              "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("POSTSVD_HUB_CACHE", raising=False)
-    monkeypatch.delenv("POSTSVD_HUB_CACHE_LIMIT", raising=False)
-    # huggingface_hub reads its environment once, at import: set what it read
-    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(hub, "CHUNK_BYTES", 64 << 10)  # several chunks per layer: resumes are testable
-
-    real_connect = socket.socket.connect
-
-    def loopback_only(sock, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
-            raise AssertionError(f"test tried to reach {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", loopback_only)
-    return served
-
-
-def set_offline(monkeypatch, offline: bool) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
 def layer_tensors(folder: str, layers, kinds=KINDS):

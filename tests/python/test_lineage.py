@@ -231,7 +231,7 @@ def test_bad_inputs_name_the_folder(tmp_path):
 
 def test_cli_writes_json_csv_and_html(tmp_path, capsys):
     out = tmp_path / "lineage"
-    code = cli.main(["lineage", BASE, REASONING, "--out", str(out), "--threads", "1", "--no-progress"])
+    code = cli.main(["lineage", BASE, REASONING, "--out", str(out), "--threads", "1", "--no-progress", "--static"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "DERIVED" in captured.out and "wrote" in captured.out
@@ -242,7 +242,9 @@ def test_cli_writes_json_csv_and_html(tmp_path, capsys):
     assert (out / "lineage.csv").read_text().splitlines()[0].startswith("layer,block,kinds,units,statistic")
     page = (out / "lineage.html").read_text()
     assert "<b>derived</b>" in page and "Alignments applied" in page and "Zhu, Ahmed" in page
+    # --static: the PNG figure, no script (the interactive page is checked in a browser: test_interactive.py)
     assert page.count('src="data:image/png;base64,') == 1 and "http" not in page.split("<body>")[1]
+    assert "<script" not in page
 
 
 def test_cli_bad_folder_exits_1_before_writing(tmp_path, capsys):

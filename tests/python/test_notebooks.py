@@ -22,6 +22,10 @@ ADAPTERS = ("instruct_lora",)  # PEFT adapter folders of base (adapter_config.js
 #: Seconds one cell may take before the run fails.
 CELL_TIMEOUT = int(os.environ.get("POSTSVD_NOTEBOOK_CELL_TIMEOUT", "600"))
 
+#: Notebooks that show results through their rich display (``_repr_html_``), and at least how many times.
+RICH_DISPLAYS = {"00_getting_started.ipynb": 1, "01_compare.ipynb": 1, "02_constructions.ipynb": 1,
+                 "05_frontier_interactive.ipynb": 2}
+
 pytestmark = pytest.mark.notebook  # each notebook runs in a kernel: slow (conftest.py)
 
 nbclient = pytest.importorskip("nbclient", reason="needs nbclient, nbformat and ipykernel (requirements.txt)")
@@ -31,7 +35,8 @@ nbformat = pytest.importorskip("nbformat")
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
     assert {"00_getting_started.ipynb", "01_compare.ipynb", "02_constructions.ipynb",
-            "03_attention_entropy.ipynb", "04_cka.ipynb", "06_lora_vs_full.ipynb"} <= names
+            "03_attention_entropy.ipynb", "04_cka.ipynb", "05_frontier_interactive.ipynb",
+            "06_lora_vs_full.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -55,6 +60,8 @@ def test_notebook_runs(path, tmp_path):
     shutil.copy(path, tmp_path / path.name)
     (tmp_path / "models").symlink_to(MODELS.resolve(), target_is_directory=True)
     (tmp_path / "postsvd_family").symlink_to(EXAMPLES / "postsvd_family", target_is_directory=True)
+    # The frontier notebook builds the tests' tiny DeepSeek-V3 (it finds them beside itself or in tests/python).
+    (tmp_path / "frontier_models.py").symlink_to(REPO / "tests" / "python" / "frontier_models.py")
     nb = nbformat.read(tmp_path / path.name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
@@ -67,6 +74,10 @@ def test_notebook_runs(path, tmp_path):
     figures = sum("image/png" in output.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
                   for output in cell.get("outputs", []))
     assert figures >= 1, f"{path.name} showed no figure"
+    displays = [output["data"]["text/html"] for cell in nb.cells if cell.cell_type == "code"
+                for output in cell.get("outputs", []) if "postsvd-display" in output.get("data", {}).get("text/html", "")]
+    if path.name in RICH_DISPLAYS:  # the notebooks show results through their rich display
+        assert len(displays) >= RICH_DISPLAYS[path.name], f"{path.name}: {len(displays)} rich displays"
     # Nothing was written beside the models.
     assert not any(p.name.startswith(("c1", "work")) for p in MODELS.iterdir())
     record = os.environ.get("POSTSVD_NOTEBOOK_TIMES")

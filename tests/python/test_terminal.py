@@ -70,9 +70,10 @@ def test_model_type_in_errors_is_escaped(tmp_path, capsys):
     (folder / "config.json").write_text(json.dumps({"model_type": "llama" + SPOOF, "num_hidden_layers": 1}))
     write_safetensors(folder / "model.safetensors", {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
                       b"\0" * 4)
-    code, stdout, stderr = run(["info", folder], capsys)
-    assert code == 1 and stderr.count("\n") == 1 and "\x1b" not in stderr, stderr
-    assert "llama\\x1b[2J" in stderr and "\\npostsvd: all good" in stderr
+    code, stdout, stderr = run(["info", folder], capsys)  # info lists the problem, one line, and exits 1
+    problems = [line for line in stdout.splitlines() if line.startswith("problem:")]
+    assert code == 1 and len(problems) == 1 and "\x1b" not in stdout + stderr, stdout
+    assert "llama\\x1b[2J" in problems[0] and "\\npostsvd: all good" in problems[0]
 
 
 def test_folder_names_in_summaries_are_escaped(tmp_path, capsys):
@@ -86,7 +87,7 @@ def test_folder_names_in_summaries_are_escaped(tmp_path, capsys):
     assert "post\\x1b[2J\\x1b[H\\npostsvd: all good" in stdout
     assert not any(line.startswith("postsvd: all good") for line in stdout.splitlines())
     code, stdout, _ = run(["info", pair.base], capsys)
-    assert code == 0 and stdout.count("\n") == 8 + 7 - 1  # seven header lines, one per kind
+    assert code == 0 and stdout.count("\n") == 9 + 7 - 1  # seven header lines, one per kind, the checks
     assert_safe(stdout)
     code, stdout, _ = run(["info", pair.base, "--json"], capsys)
     assert_safe(stdout) and json.loads(stdout)["folder"].endswith(SPOOF)

@@ -53,7 +53,11 @@ def test_the_output_folder(run):
         "scaling_trajectory.png", "nf_heatmap.png"])
     assert "table.csv" in os.listdir(out / "step-600") and "kinds.csv" in os.listdir(out / "step-600")
     page = (out / "track.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<td>800</td>" in page
+    assert "<td>800</td>" in page
+    if postsvd.interactive.available():  # the default: interactive figures where plotly is installed
+        assert page.count('<div class="iplot"') == 2 and page.count("<img") == 0
+    static = trajectory.render_html(interactive=False)
+    assert static.count('<img class="plot" alt=') == 3 and "<script" not in static
     import pandas as pd
 
     table = pd.read_csv(out / "table.csv")

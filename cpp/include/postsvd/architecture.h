@@ -151,6 +151,26 @@ const std::vector<ArchitectureFamily>& architecture_families();
 /// config does not count.
 Architecture detect_architecture(const Checkpoint& checkpoint);
 
+/// The checks a comparison runs on one model, without decomposing: what `postsvd info` reports.
+struct CheckpointCheck {
+  /// False when config.json could not be mapped at all (the first problem says why).
+  bool mapped = false;
+  /// The mapping, less the sources whose tensors are missing or misshapen (each one a problem).
+  Architecture architecture;
+  /// One line per problem found, in the order found, each naming its file and tensor: a mapped tensor
+  /// missing or of the wrong shape or dtype, FP8 scales missing or misshapen, an MXFP4 pair that does not
+  /// match, a weight that is not finite once dequantized to float32 (read_values only).
+  std::vector<std::string> problems;
+  /// Sources not opened because a partial Hub copy lacks their bytes (NotFetched): checked by the mapping
+  /// only (present, shaped); their scales and values are checked once fetched. 0 for a local folder.
+  int64_t not_fetched = 0;
+};
+
+/// Maps `checkpoint` as detect_architecture does, but lists every problem instead of throwing at the
+/// first, then opens every source as a comparison would (view_of: scales, MXFP4 pairs) and, with
+/// `read_values`, reads it (to_matrix: finite values). A folder with no problem compares.
+CheckpointCheck check_checkpoint(const Checkpoint& checkpoint, bool read_values = true);
+
 /// The model_type of every row of architecture_families().
 std::vector<std::string> supported_model_types();
 

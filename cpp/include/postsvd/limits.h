@@ -54,6 +54,14 @@ constexpr std::size_t kMaxQuotedChars = 200;
 /// Characters of an error message (postsvd::Error cuts the middle beyond this).
 constexpr std::size_t kMaxErrorMessageChars = 8192;
 
+/// A compressed-tensors `ignore` pattern ("re:..."): its characters, its group nesting and the states
+/// its automaton may have once {m,n} repetitions are expanded (real patterns: under 100 characters,
+/// 2 groups deep, a few dozen states). Past them the pattern is refused; within them it matches in
+/// time linear in the module name (quantization.cpp).
+constexpr std::size_t kMaxPatternChars = 1024;
+constexpr int kMaxPatternDepth = 16;
+constexpr double kMaxPatternStates = 10000;
+
 /// Rows or columns of a factor-cache entry (a matrix dimension; LAPACK's
 /// 32-bit bound).
 constexpr int64_t kMaxFactorDim = 2147483647;

@@ -115,6 +115,7 @@ struct TensorView {
   int64_t row_group_skip = 0;  // extra elements between consecutive row groups
   int64_t col_group = 0;       // 0 = no groups along columns
   int64_t col_group_skip = 0;  // extra elements between consecutive column groups
+  std::string file;  // the safetensors file holding the tensor (view_of sets it), for error messages; "" = none
   /// A PEFT adapter's term on these weights (adapter.h): the matrix is W + ΔW, formed
   /// when the view is converted (to_matrix). Null for plain weights.
   std::shared_ptr<const LowRankDelta> delta;
@@ -146,6 +147,10 @@ struct LowRankDelta {
   /// W' as W^T's term: left and right swapped and transposed, the magnitude on the other side.
   LowRankDelta transposed() const;
 };
+
+/// How every message names a view's tensor: "tensor 'NAME' in FILE", or "tensor 'NAME'" when the view
+/// names no file. With the file, the message says which model (folder) holds the bad tensor.
+std::string tensor_label(const TensorView& view);
 
 /// Owning column-major matrix, move-only.
 template <class T>

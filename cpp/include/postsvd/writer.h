@@ -46,11 +46,16 @@ class CheckpointWriter {
   /// into [out, in] storage (rows out_offset.. of a fused tensor), or as is
   /// into Conv1D [in, out] storage (columns out_offset..), as the latter into
   /// the BF16 X [E, in, out] of an MXFP4 source's X_blocks. Converts to the
-  /// stored dtype with round-to-nearest-even (F32 -> BF16 / F16; NaN stays
-  /// NaN; F64 -> 16-bit rounds once, correctly). Throws InvalidArgument when
-  /// shapes do not match the source, BadCheckpoint for non-float tensors.
+  /// stored dtype with round-to-nearest-even (F32 -> BF16 / F16; F64 ->
+  /// 16-bit rounds once, correctly). Throws InvalidArgument when shapes do not
+  /// match the source, or when an element is not finite once stored (inf or
+  /// NaN in W, or a finite value past the dtype's range, largest_finite): the
+  /// message names the file, the tensor, the element and `produced_by` (what
+  /// made W, e.g. "construction 9 with alpha' = 40 for kind 'q'"); the file
+  /// then holds the rounded values and is the caller's to remove.
+  /// BadCheckpoint for non-float tensors.
   template <class T>
-  void write(const MatrixSource& source, const Matrix<T>& w);
+  void write(const MatrixSource& source, const Matrix<T>& w, const std::string& produced_by = "");
 
   /// Flushes and closes the files, writes the index when sharded; returns the
   /// file names written (relative to out_folder). No write() after finish().
@@ -64,6 +69,9 @@ class CheckpointWriter {
 /// float32 -> IEEE binary16, round-to-nearest-even; overflow gives +-inf,
 /// NaN stays NaN (payload's top bits kept, quiet bit set).
 uint16_t float_to_f16_rne(float value);
+/// The largest finite value of a float dtype: 65504 (F16), 3.3895e38 (BF16),
+/// FLT_MAX, DBL_MAX; 0 for other dtypes.
+double largest_finite(DType dtype);
 /// float64 -> bfloat16 / binary16 rounding once (via round-to-odd to float32).
 uint16_t double_to_bf16_rne(double value);
 uint16_t double_to_f16_rne(double value);

@@ -58,7 +58,7 @@ struct TallSvd {
 template <class T>
 [[noreturn]] void throw_lapack_failure(const char* routine, lapack_int info, const TensorView& view, bool transposed_input) {
   std::ostringstream text;
-  text << lapack_prefix<T>() << routine << " failed on tensor '" << view.name << "' of shape "
+  text << lapack_prefix<T>() << routine << " failed on " << tensor_label(view) << " of shape "
        << shape_text(view.rows, view.cols) << (transposed_input ? " (decomposed as its transpose)" : "")
        << ": info = " << info;
   if (info < 0) {
@@ -71,7 +71,7 @@ template <class T>
 
 lapack_int checked_workspace(double padded_size, const TensorView& view) {
   if (padded_size > static_cast<double>(INT_MAX)) {
-    POSTSVD_THROW(BackendError, "LAPACK workspace for tensor '" << view.name << "' of shape "
+    POSTSVD_THROW(BackendError, "LAPACK workspace for " << tensor_label(view) << " of shape "
                                     << shape_text(view.rows, view.cols) << " exceeds the 32-bit LAPACK limit");
   }
   return static_cast<lapack_int>(padded_size);
@@ -95,7 +95,7 @@ void check_norm_fits(const Matrix<Stored>& x, const TensorView& original) {
   }
   const double norm = largest * std::sqrt(sum);
   if (!(norm <= static_cast<double>(std::numeric_limits<T>::max()))) {
-    POSTSVD_THROW(InvalidArgument, "tensor '" << original.name << "' of shape " << shape_text(original.rows, original.cols)
+    POSTSVD_THROW(InvalidArgument, tensor_label(original) << " of shape " << shape_text(original.rows, original.cols)
                                               << ": Frobenius norm " << norm << " exceeds the largest "
                                               << (sizeof(T) == 4 ? "float32" : "float64") << " value "
                                               << std::numeric_limits<T>::max()
@@ -165,11 +165,11 @@ TallSvd<T> tall_svd(const TensorView& tall_view, const TensorView& original, boo
 template <class T>
 Decomposition<T> reduced_svd(const TensorView& view) {
   if (view.rows <= 0 || view.cols <= 0) {
-    POSTSVD_THROW(InvalidArgument, "reduced_svd: tensor '" << view.name << "': expected a non-empty matrix, got shape "
+    POSTSVD_THROW(InvalidArgument, "reduced_svd: " << tensor_label(view) << ": expected a non-empty matrix, got shape "
                                                            << shape_text(view.rows, view.cols));
   }
   if (view.rows > INT_MAX || view.cols > INT_MAX) {
-    POSTSVD_THROW(InvalidArgument, "reduced_svd: tensor '" << view.name << "' of shape "
+    POSTSVD_THROW(InvalidArgument, "reduced_svd: " << tensor_label(view) << " of shape "
                                                            << shape_text(view.rows, view.cols)
                                                            << " exceeds LAPACK's 32-bit dimension limit");
   }

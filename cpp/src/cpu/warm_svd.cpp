@@ -266,7 +266,7 @@ void check_start(const TensorView& view, const Decomposition<T>& start) {
   POSTSVD_CHECK(start.U.rows() == view.rows && start.U.cols() == k && start.V.rows() == view.cols &&
                     start.V.cols() == k && static_cast<int64_t>(start.S.size()) == k,
                 InvalidArgument,
-                "warm start of tensor '" << view.name << "' " << shape_text(view.rows, view.cols)
+                "warm start of " << tensor_label(view) << " " << shape_text(view.rows, view.cols)
                                          << ": expected start factors U " << shape_text(view.rows, k) << ", V "
                                          << shape_text(view.cols, k) << ", got U "
                                          << shape_text(start.U.rows(), start.U.cols()) << ", V "
@@ -293,7 +293,7 @@ Decomposition<T> warm_svd(const TensorView& view, const Decomposition<T>& start,
                           WarmReport* report) {
   check_start(view, start);
   POSTSVD_CHECK(view.rows <= INT_MAX && view.cols <= INT_MAX, InvalidArgument,
-                "warm start: tensor '" << view.name << "' of shape " << shape_text(view.rows, view.cols)
+                "warm start: " << tensor_label(view) << " of shape " << shape_text(view.rows, view.cols)
                                        << " exceeds LAPACK's 32-bit dimension limit");
   WarmReport local;
   const bool use_transpose = view.rows < view.cols;

@@ -113,7 +113,7 @@ class Pipeline {
       if (r->first_bad[i] != kNoBadElement) {
         const TensorView& v = *views[i];
         const int64_t index = static_cast<int64_t>(r->first_bad[i]);
-        POSTSVD_THROW(InvalidArgument, "tensor '" << v.name << "' " << shape_of(v) << ": element (" << index % v.rows << ", "
+        POSTSVD_THROW(InvalidArgument, tensor_label(v) << " " << shape_of(v) << ": element (" << index % v.rows << ", "
                                                   << index / v.rows << ") is NaN or Inf (or overflows the working precision)");
       }
     }
