@@ -12,6 +12,7 @@
 
 #include "detail/json_guard.h"
 #include "detail/shape_format.h"
+#include "postsvd/adapter.h"
 #include "postsvd/limits.h"
 #include "postsvd/architecture.h"
 #include "postsvd/quantization.h"
@@ -826,6 +827,8 @@ const std::vector<ArchitectureFamily>& architecture_families() {
     ArchitectureFamily gpt2 = make_family("gpt2", map_gpt2, {"transformer.", ""});
     gpt2.layer_container = "h";
     gpt2.layer_count_key = "n_layer";
+    ArchitectureFamily gpt_oss = make_family("gpt_oss", map_gpt_oss);
+    gpt_oss.experts_is_transposed = true;
     return std::vector<ArchitectureFamily>{
         make_family("deepseek_v2", map_deepseek),
         make_family("deepseek_v3", map_deepseek),
@@ -836,7 +839,7 @@ const std::vector<ArchitectureFamily>& architecture_families() {
         make_family("gemma3_text", map_llama_like, kTextTower),
         make_family("glm4_moe", map_glm4_moe),
         gpt2,
-        make_family("gpt_oss", map_gpt_oss),
+        gpt_oss,
         make_family("llama", map_llama_like, kPlain, kLlamaLineage),
         multimodal(make_family("llama4", map_llama4, kTextTower),
                    {{"hidden_size", 5120}, {"intermediate_size", 8192}, {"intermediate_size_mlp", 16384},
@@ -972,7 +975,10 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
   }
 }
 
-TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
+namespace {
+
+// The stored weights of `source`, as view_of gives them before an adapter term.
+TensorView stored_view(const Checkpoint& checkpoint, const MatrixSource& source) {
   const TensorInfo& info = checkpoint.info(source.tensor);
   const std::vector<int64_t> expected = stored_shape(source);
   if (info.shape != expected) {
@@ -1031,6 +1037,18 @@ TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
   if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
   view.file = checkpoint.file_of(source.tensor).path();
   attach_scales(checkpoint, source, view);  // FP8 weights: their scale grid (quantization.h)
+  return view;
+}
+
+}  // namespace
+
+TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
+  TensorView view = stored_view(checkpoint, source);
+  if (const Adapter* adapter = checkpoint.adapter()) {
+    // A PEFT adapter's term (adapter.h): to_matrix forms W + ΔW when the view is converted.
+    view.delta = adapter->delta(source);
+    if (view.delta) view.name += " + LoRA of " + adapter->file().path();
+  }
   return view;
 }
 

@@ -19,6 +19,8 @@
 #include "detail/json_guard.h"
 #include "detail/mapped_file.h"
 #include "detail/shape_format.h"
+#include "postsvd/adapter.h"
+#include "postsvd/architecture.h"
 #include "postsvd/limits.h"
 
 namespace postsvd {
@@ -455,6 +457,8 @@ bool present_as_file(const fs::path& path, const char* what) {
 
 struct Checkpoint::Impl {
   std::string folder;
+  std::string weights_folder;
+  std::unique_ptr<Adapter> adapter;  // an adapter folder's; null for a model folder
   std::string config_text;
   nlohmann::ordered_json config;  // config_text parsed: a JSON object
   bool sharded = false;
@@ -463,15 +467,41 @@ struct Checkpoint::Impl {
   std::map<std::string, std::pair<std::size_t, const TensorInfo*>> tensors;
 };
 
+Checkpoint::Checkpoint(const std::string& adapter_folder, const std::string& base_folder,
+                       const AdapterOptions& options) {
+  std::string base = base_folder.empty() ? adapter_base_name(adapter_folder) : base_folder;
+  std::error_code ec;
+  if (base_folder.empty() && (base.empty() || !fs::is_directory(base, ec))) {
+    POSTSVD_THROW(BadCheckpoint, adapter_folder << ": a PEFT adapter whose adapter_config.json names "
+                                                << (base.empty() ? std::string("no base (base_model_name_or_path)")
+                                                                 : "the base '" + base + "', not a local folder")
+                                                << "; name its base model folder");
+  }
+  if (is_adapter_folder(base) && !fs::exists(fs::path(base) / "config.json", ec)) {
+    POSTSVD_THROW(BadCheckpoint, adapter_folder << ": the base '" << base << "' is itself a PEFT adapter folder; "
+                                                << "name the base model folder it applies to");
+  }
+  Checkpoint weights(base);
+  impl_ = std::move(weights.impl_);
+  impl_->folder = adapter_folder;
+  const Architecture arch = detect_architecture(*this);
+  impl_->adapter = std::make_unique<Adapter>(adapter_folder, *this, arch, options);
+}
+
 Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>()) {
   Impl& im = *impl_;
   im.folder = folder;
+  im.weights_folder = folder;
   const fs::path dir(folder);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     POSTSVD_THROW(BadCheckpoint, folder << ": checkpoint folder does not exist or is not a directory");
   }
   const fs::path config = dir / "config.json";
+  if (!present_as_file(config, "config.json") && is_adapter_folder(folder)) {
+    *this = Checkpoint(folder, "", AdapterOptions{});
+    return;
+  }
   if (!present_as_file(config, "config.json")) {
     POSTSVD_THROW(BadCheckpoint, folder << ": no config.json; expected a Hugging Face model folder with config.json");
   }
@@ -586,9 +616,11 @@ Checkpoint::Checkpoint(Checkpoint&&) noexcept = default;
 Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
 
 const std::string& Checkpoint::folder() const { return impl_->folder; }
+const std::string& Checkpoint::weights_folder() const { return impl_->weights_folder; }
+const Adapter* Checkpoint::adapter() const { return impl_->adapter.get(); }
 const std::string& Checkpoint::config_json() const { return impl_->config_text; }
 const nlohmann::ordered_json& Checkpoint::config() const { return impl_->config; }
-std::string Checkpoint::config_path() const { return impl_->folder + "/config.json"; }
+std::string Checkpoint::config_path() const { return impl_->weights_folder + "/config.json"; }
 
 std::vector<std::string> Checkpoint::tensor_names() const {
   std::vector<std::string> names;
@@ -600,6 +632,9 @@ std::vector<std::string> Checkpoint::tensor_names() const {
 bool Checkpoint::contains(const std::string& name) const { return impl_->tensors.count(name) != 0; }
 
 const TensorInfo& Checkpoint::info(const std::string& name) const {
+  if (impl_->adapter) {
+    if (const TensorInfo* replaced = impl_->adapter->replacement(name)) return *replaced;
+  }
   const auto it = impl_->tensors.find(name);
   if (it == impl_->tensors.end()) {
     POSTSVD_THROW(BadCheckpoint, impl_->folder << ": no tensor '" << name << "' in this checkpoint");
@@ -608,6 +643,7 @@ const TensorInfo& Checkpoint::info(const std::string& name) const {
 }
 
 const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
+  if (impl_->adapter && impl_->adapter->replacement(name) != nullptr) return impl_->adapter->file();
   const auto it = impl_->tensors.find(name);
   if (it == impl_->tensors.end()) {
     POSTSVD_THROW(BadCheckpoint, impl_->folder << ": no tensor '" << name << "' in this checkpoint");

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import _core, hub
+from . import _core, adapters, hub
 from ._hub_cache import human_bytes
 from ._validate import (
     INTRUDER_DEFAULTS,
@@ -69,11 +69,30 @@ def named_models(*models: Tuple[str, Optional["hub.ResolvedModel"]]) -> Tuple[Tu
     return tuple((role, model.name, model.folder) for role, model in models if model is not None)
 
 
-def resolve_models(base: Union[PathLike, "hub.ResolvedModel"], posts: Sequence[Union[PathLike, "hub.ResolvedModel"]]
+def resolve_models(base: Optional[Union[PathLike, "hub.ResolvedModel"]],
+                   posts: Sequence[Union[PathLike, "hub.ResolvedModel"]], what: str = "post"
                    ) -> Tuple["hub.ResolvedModel", List["hub.ResolvedModel"]]:
     """The base and post arguments as models: local folders checked, Hub names resolved (headers only; see
-    :func:`postsvd.hub.resolve`), ResolvedModels as they are. The one resolution of every comparison."""
-    return hub.resolve(base, "base"), [hub.resolve(post, "post") for post in posts]
+    :func:`postsvd.hub.resolve`; a PEFT adapter on the Hub comes with its two small files), ResolvedModels as
+    they are. The one resolution of every comparison. `base` None: the base the adapters among `posts` name
+    (:func:`postsvd.adapters.resolve_base`, resolved the same way); `what` names the posts in errors."""
+    post_models = [hub.resolve(post, what) for post in posts]
+    if base is not None:
+        return hub.resolve(base, "base"), post_models
+    if not post_models:
+        raise InvalidArgumentError(f"base: missing, and no {what} model names one")
+    return adapters.common_base(post_models), post_models
+
+
+def opened_models(comparator: "_core.Comparator", base: Optional["hub.ResolvedModel"],
+                  post: Optional["hub.ResolvedModel"], warm: Optional["hub.ResolvedModel"]
+                  ) -> List[Tuple["hub.ResolvedModel", "_core.Checkpoint"]]:
+    """The models of a comparator with their open checkpoints, as :class:`Fetcher` takes them (None: a model the
+    caller has not named). A Hub warm_from is opened here, unless it is an adapter (nothing of it to fetch)."""
+    models = [(m, checkpoint) for m, checkpoint in ((base, comparator.base), (post, comparator.post)) if m is not None]
+    if warm is not None and not warm.is_local and not adapters.is_adapter(warm.folder):
+        models.append((warm, _core.Checkpoint(warm.folder)))
+    return models
 
 
 class Fetcher:
@@ -82,8 +101,10 @@ class Fetcher:
 
     def __init__(self, models: Sequence[Tuple["hub.ResolvedModel", "_core.Checkpoint"]], whole_files: bool = False):
         self.whole_files = whole_files
+        # A PEFT adapter reads the comparison base's weights (fetched as the base's) and its own file, which came
+        # whole when it was resolved: nothing of it to fetch here.
         self._remote = [(model, checkpoint, _core.detect_architecture(checkpoint)["matrices"])
-                        for model, checkpoint in models if not model.is_local]
+                        for model, checkpoint in models if not model.is_local and checkpoint.adapter is None]
 
     def __bool__(self) -> bool:
         return bool(self._remote)
@@ -124,6 +145,7 @@ class Run:
     warm_start: str
     warm_from: str
     intruders: Dict[str, Any]  # {k, epsilon, side}
+    residual_base: bool  # an adapter post's base is the residual model of its initialization
     layers: List[int]
     kinds: List[str]
     batches: Dict[int, List[int]]  # layer -> indices into the architecture's matrices
@@ -155,18 +177,19 @@ class Run:
                 for start in range(0, len(self.batches[layer]), size)]
 
 
-def open_run(base: Union[PathLike, "hub.ResolvedModel"], post: Union[PathLike, "hub.ResolvedModel"], *,
+def open_run(base: Optional[Union[PathLike, "hub.ResolvedModel"]], post: Union[PathLike, "hub.ResolvedModel"], *,
              device: str = "cpu", dtype: str = "float32", layers: LayersArg = None, kinds: KindsArg = None,
              num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
              cache: Optional[PathLike] = None, experts: ExpertsArg = None, warm_start: Union[bool, str] = True,
              warm_from: Optional[Union[PathLike, "hub.ResolvedModel"]] = None, local_device: Optional[str] = None,
              whole_files: bool = False, intruder_k: int = INTRUDER_DEFAULTS["k"],
              intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-             intruder_side: str = INTRUDER_DEFAULTS["side"]) -> Run:
+             intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> Run:
     """Checks the options, opens both models and selects the pairs (see :func:`postsvd.compare`); a Hub
     model's tensors are not fetched yet (:attr:`Run.fetcher`).
 
-    `local_device`: the device of this process's comparator when the pairs run elsewhere (Ray: 'cpu')."""
+    `local_device`: the device of this process's comparator when the pairs run elsewhere (Ray: 'cpu').
+    `base` None: the base a PEFT adapter `post` names (see :func:`resolve_models`)."""
     base_model, (post_model,) = resolve_models(base, [post])
     precision, (device_kind, device_ids), threads, budget, cache_path = _options(
         dtype, local_device or device, num_threads, memory_budget_bytes, cache)
@@ -178,7 +201,7 @@ def open_run(base: Union[PathLike, "hub.ResolvedModel"], post: Union[PathLike, "
     with naming_models(*named):
         comparator = _core.Comparator(base_model.folder, post_model.folder, device_kind, precision, device_ids,
                                       budget, threads, cache_path, warm_mode, warm_from_path, intruders["k"],
-                                      intruders["epsilon"], intruders["side"])
+                                      intruders["epsilon"], intruders["side"], bool(residual_base))
     arch = comparator.architecture
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
     chosen_experts = _check_experts(normalize_experts(experts), arch)
@@ -187,13 +210,11 @@ def open_run(base: Union[PathLike, "hub.ResolvedModel"], post: Union[PathLike, "
         raise InvalidArgumentError(f"no matrix selected: layers {layers!r}, kinds {kinds!r}, experts {experts!r}")
     if cache_path:
         _warn_if_cache_may_not_fit(cache_path, [arch["matrices"][i] for b in batches.values() for i in b], precision)
-    models = [(base_model, comparator.base), (post_model, comparator.post)]
-    if warm_model is not None and not warm_model.is_local:
-        with naming_models(*named):
-            models.append((warm_model, _core.Checkpoint(warm_model.folder)))
+    with naming_models(*named):
+        models = opened_models(comparator, base_model, post_model, warm_model)
     return Run(comparator, base_model.folder, post_model.folder, device, precision, budget, num_threads, cache_path,
-               warm_mode, warm_from_path, intruders, chosen_layers, chosen_kinds, batches, (base_model, post_model),
-               warm_model, Fetcher(models, whole_files))
+               warm_mode, warm_from_path, intruders, bool(residual_base), chosen_layers, chosen_kinds, batches,
+               (base_model, post_model), warm_model, Fetcher(models, whole_files))
 
 
 def select_batches(arch: Dict[str, Any], layers: Sequence[int], kinds: Sequence[str],
@@ -373,7 +394,7 @@ def _selection(arch: Dict[str, Any], layers: LayersArg, kinds: KindsArg) -> Tupl
     return normalize_layers(layers, arch["num_layers"], arch["model_type"]), chosen_kinds
 
 
-def check_compare_arguments(base: Union[PathLike, "hub.ResolvedModel"],
+def check_compare_arguments(base: Optional[Union[PathLike, "hub.ResolvedModel"]],
                             posts: Sequence[Union[PathLike, "hub.ResolvedModel"]], *, device: str = "cpu",
                             dtype: str = "float32", layers: LayersArg = None, kinds: KindsArg = None,
                             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
@@ -382,7 +403,7 @@ def check_compare_arguments(base: Union[PathLike, "hub.ResolvedModel"],
                             outs: Sequence[PathLike] = (), experts: ExpertsArg = None,
                             shown_experts: ExpertsArg = None, intruder_k: int = INTRUDER_DEFAULTS["k"],
                             intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-                            intruder_side: str = INTRUDER_DEFAULTS["side"]) -> None:
+                            intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> None:
     """Checks every argument of comparing `base` with each of `posts` and saving the results
     (:func:`compare`, :meth:`Comparison.save`) before anything is computed or written.
 
@@ -397,16 +418,20 @@ def check_compare_arguments(base: Union[PathLike, "hub.ResolvedModel"],
                         num_threads=num_threads, memory_budget_bytes=memory_budget_bytes, cache=cache,
                         matrices_for=matrices_for, leading_k=leading_k, outs=outs, experts=experts,
                         shown_experts=shown_experts, intruder_k=intruder_k, intruder_epsilon=intruder_epsilon,
-                        intruder_side=intruder_side)
+                        intruder_side=intruder_side, residual_base=residual_base)
 
 
-def fetch_plans(base: Union[PathLike, "hub.ResolvedModel"], posts: Sequence[Union[PathLike, "hub.ResolvedModel"]],
-                *, layers: LayersArg = None, kinds: KindsArg = None, experts: ExpertsArg = None,
-                whole_files: bool = False, dtype: str = "float32") -> List["hub.FetchPlan"]:
+def fetch_plans(base: Optional[Union[PathLike, "hub.ResolvedModel"]],
+                posts: Sequence[Union[PathLike, "hub.ResolvedModel"]], *, layers: LayersArg = None,
+                kinds: KindsArg = None, experts: ExpertsArg = None, whole_files: bool = False, dtype: str = "float32",
+                residual_base: bool = False) -> List["hub.FetchPlan"]:
     """What comparing `base` with each of `posts` would fetch (the dry run of compare, report and track): a
     :class:`postsvd.hub.FetchPlan` per model, the base's covering every comparison; local folders' plans
-    are empty. The arguments are checked as :func:`check_compare_arguments` checks them."""
-    selections = _checked_selections(base, posts, layers=layers, kinds=kinds, experts=experts, dtype=dtype)
+    are empty, and so are PEFT adapters' (an adapter on the Hub comes whole when it is resolved; the base's
+    tensors it reads are the base's plan). The arguments are checked as :func:`check_compare_arguments`
+    checks them."""
+    selections = _checked_selections(base, posts, layers=layers, kinds=kinds, experts=experts, dtype=dtype,
+                                     residual_base=residual_base)
     wanted: Dict[str, Tuple["hub.ResolvedModel", List[str]]] = {}
     for base_model, post_model, comparator, indices in selections:
         fetcher = Fetcher([(base_model, comparator.base), (post_model, comparator.post)])
@@ -426,12 +451,13 @@ def _checked_selections(base, posts, *, device: str = "cpu", dtype: str = "float
                         outs: Sequence[PathLike] = (), experts: ExpertsArg = None, shown_experts: ExpertsArg = None,
                         intruder_k: int = INTRUDER_DEFAULTS["k"],
                         intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-                        intruder_side: str = INTRUDER_DEFAULTS["side"]
+                        intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False
                         ) -> List[Tuple["hub.ResolvedModel", "hub.ResolvedModel", "_core.Comparator", List[int]]]:
     """check_compare_arguments's checks; per post: (base, post, a comparator of both, the selected pairs)."""
-    base_model, post_models = resolve_models(base, posts)
-    if not post_models:
+    posts = list(posts)
+    if not posts:
         raise InvalidArgumentError("posts: expected at least one post-trained model folder, got none")
+    base_model, post_models = resolve_models(base, posts)
     precision, _, threads, _, _ = _options(dtype, device, num_threads, memory_budget_bytes, cache)
     normalize_leading_k(leading_k)
     normalize_intruders(intruder_k, intruder_epsilon, intruder_side)
@@ -442,7 +468,7 @@ def _checked_selections(base, posts, *, device: str = "cpu", dtype: str = "float
         # A CPU comparator without a cache opens both folders and checks that they match; it decomposes nothing.
         with naming_models(*named_models(("base", base_model), ("post", post_model))):
             comparator = _core.Comparator(base_model.folder, post_model.folder, "cpu", precision, [], 0, threads,
-                                          "")
+                                          "", residual_base=bool(residual_base))
         arch = comparator.architecture
         chosen_layers, chosen_kinds = _selection(arch, layers, kinds)
         chosen_experts = _check_experts(normalize_experts(experts), arch)

@@ -78,11 +78,17 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
     parent.add_argument("--whole-files", action="store_true",
                         help="Hub models: fetch the shards holding the needed tensors complete (into the Hugging "
                              "Face cache) instead of only the tensors' byte ranges")
+    parent.add_argument("--residual-base", action="store_true",
+                        help="PEFT adapters whose initialization changed the base (init_lora_weights pissa, olora, "
+                             "corda, loftq, lora_ga): the base named is the residual model they apply to")
     return parent
 
 
 #: How a model argument may be written (the help of every model argument).
 MODEL_HELP = "a folder (config.json + *.safetensors) or a Hub repo id: org/name, org/name@revision, hf://org/name"
+#: The base of compare, report and track: it may be left out before one PEFT adapter.
+ADAPTER_BASE_HELP = (f"the base model: {MODEL_HELP}; left out before a single PEFT adapter (a folder or a Hub repo "
+                     f"with adapter_config.json) that names its base")
 
 
 def _print_plans(plans) -> int:
@@ -116,11 +122,12 @@ def _intruder_arguments(args) -> dict:
 
 def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str, *,
                        nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE",
-                       base_help: str = f"the base model: {MODEL_HELP}") -> None:
+                       base_help: str = ADAPTER_BASE_HELP) -> None:
     """BASE, then one or more model folders (`dest`), and --out DIR: the arguments of compare, report and track
-    (lineage: A and one model B, --out optional)."""
+    (lineage: A and one model B, --out optional). With nargs '+', BASE may be left out before a PEFT adapter
+    (models_of() sorts them out)."""
     parser.add_argument("base", metavar=base_metavar, help=base_help)
-    parser.add_argument(dest, metavar=metavar, nargs=nargs, help=help_text)
+    parser.add_argument(dest, metavar=metavar, nargs="*" if nargs == "+" else nargs, help=help_text)
     parser.add_argument("--out", "-o", required=out_required, metavar="DIR",
                         help="output folder (created)" if out_required else "also write the results to this folder")
 
@@ -161,6 +168,7 @@ examples:
   postsvd compare Qwen/Qwen2.5-0.5B Qwen/Qwen2.5-0.5B-Instruct --out results/ --layers 10   # Hub: one layer fetched
   postsvd compare deepseek-ai/DeepSeek-V3-Base deepseek-ai/DeepSeek-R1 --out r/ --layers 10 --kinds attention --dry-run
   postsvd compare base/ instruct/ reasoning/ --out results/     # one subfolder per post model
+  postsvd compare examples/models/instruct_lora --out results/  # a PEFT adapter on the base it names
   postsvd compare base/ post/ --out results/ --layers 0,1,20-27 --kinds q,k,o --dtype float64
   postsvd compare base/ lora_merged/ --out results/ --intruder-k 20 --intruder-epsilon 0.4   # intruder dimensions
   postsvd compare base/ post/ --out results/ --device cuda --no-progress
@@ -199,6 +207,22 @@ def add_compare(subparsers) -> None:
     parser.set_defaults(func=run_compare)
 
 
+def models_of(base: str, posts: Sequence[str], metavar: str = "POST", alternative: str = ""
+              ) -> Tuple[Optional[str], List[str]]:
+    """(base, posts) of compare, report and track as written: one model alone is a PEFT adapter naming its base
+    (a folder or a Hub repo; resolved here to tell). `alternative`: what else the command takes instead."""
+    if posts:
+        return base, list(posts)
+    from .adapters import CONFIG, is_adapter
+    from .hub import resolve
+
+    if is_adapter(resolve(base, metavar).folder):
+        return None, [base]
+    raise InvalidArgumentError(f"{metavar}: expected BASE and at least one {metavar}{alternative}; a single model "
+                               f"must be a PEFT adapter ({CONFIG}) whose base_model_name_or_path names its base, and "
+                               f"'{printable(base)}' is none")
+
+
 def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
     """One subfolder per post model: a folder's last component; a Hub model's name and revision
     (org/name@refs/pr/1 -> name@refs-pr-1)."""
@@ -216,13 +240,16 @@ def run_compare(args) -> int:
 
     matrices_for = parse_matrix_pairs(args.matrices)
     shown = _shown_experts(args.show_experts)
-    out_dirs = _output_dirs(args.out, args.posts)
-    base, posts = resolve_models(args.base, args.posts)
+    base, posts = models_of(args.base, args.posts)
+    out_dirs = _output_dirs(args.out, posts)
+    base, posts = resolve_models(base, posts)
     if args.dry_run:
         return _print_plans(fetch_plans(base, posts, layers=args.layers, kinds=args.kinds, experts=args.experts,
-                                        whole_files=args.whole_files, dtype=args.dtype))
+                                        whole_files=args.whole_files, dtype=args.dtype,
+                                        residual_base=args.residual_base))
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
-                   num_threads=args.threads, cache=args.cache, experts=args.experts, **_intruder_arguments(args))
+                   num_threads=args.threads, cache=args.cache, experts=args.experts, residual_base=args.residual_base,
+                   **_intruder_arguments(args))
     check_compare_arguments(base, posts, matrices_for=matrices_for, leading_k=args.leading_k,
                             outs=out_dirs, shown_experts=shown, **dict(options, device=_checked_device(args)))
     for post, out_dir in zip(posts, out_dirs):
@@ -232,7 +259,7 @@ def run_compare(args) -> int:
                               experts=shown)
         print(result.summary())
         print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
-        if len(args.posts) > 1:
+        if len(posts) > 1:
             print()
     return 0
 
@@ -279,8 +306,8 @@ def add_construct(subparsers) -> None:
     parser.add_argument("number", metavar="NUMBER", type=int, help="construction: 9, 10, 11, 12, 14, 15 or 16")
     parser.add_argument("--base", required=True, metavar="B", help=f"the base model: {MODEL_HELP}")
     parser.add_argument("--post", required=True, metavar="P",
-                        help="the post-trained model (the one modified), named the same ways; of a Hub model every "
-                             "tensor is fetched (the new folder holds them all)")
+                        help="the post-trained model (the one modified), named the same ways, or a PEFT adapter "
+                             "applied to B; of a Hub model every tensor is fetched (the new folder holds them all)")
     parser.add_argument("--ref", default=None, metavar="R", help="construction 12: another post model of the base")
     parser.add_argument("--alpha", default=None, metavar="A",
                         help="construction 9: alpha' for all kinds (0.9) or per kind (q=0.9,o=1.4); "
@@ -302,11 +329,13 @@ def run_construct(args) -> int:
         from .constructions import fetch_plans
 
         return _print_plans(fetch_plans(args.number, args.base, args.post, ref=args.ref, layers=args.layers,
-                                        kinds=args.kinds, group=args.group, whole_files=args.whole_files))
+                                        kinds=args.kinds, group=args.group, whole_files=args.whole_files,
+                                        residual_base=args.residual_base))
     result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=args.layers,
                        kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
                        progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
-                       num_threads=args.threads, warm_start=args.warm_start, whole_files=args.whole_files)
+                       num_threads=args.threads, warm_start=args.warm_start, whole_files=args.whole_files,
+                       residual_base=args.residual_base)
     if result.alpha:
         print("alpha' per kind (" + result.alpha_source + "): " +
               ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
@@ -367,16 +396,18 @@ def run_report(args) -> int:
     from .reports import report
 
     pairs = parse_matrix_pairs(args.matrices)
+    base, posts = models_of(args.base, args.posts)
     if args.dry_run:
         from .compare import fetch_plans
 
-        return _print_plans(fetch_plans(args.base, args.posts, layers=args.layers, kinds=args.kinds,
-                                        whole_files=args.whole_files, dtype=args.dtype))
-    path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
+        return _print_plans(fetch_plans(base, posts, layers=args.layers, kinds=args.kinds,
+                                        whole_files=args.whole_files, dtype=args.dtype,
+                                        residual_base=args.residual_base))
+    path = report(base, posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
                   kinds=args.kinds, title=args.title, matrices=pairs, leading_k=args.leading_k,
                   progress=not args.no_progress, num_threads=args.threads, cache=args.cache,
                   warm_start=args.warm_start, whole_files=args.whole_files, interactive=_interactive_argument(args),
-                  **_intruder_arguments(args))
+                  residual_base=args.residual_base, **_intruder_arguments(args))
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
     return 0
@@ -434,21 +465,23 @@ def run_track(args) -> int:
     from .tracking import TRACK_PAGE, checkpoint_list, track
 
     revisions = None
+    base, checkpoints = args.base, args.checkpoints
     if args.revisions is not None:
         revisions = [part.strip() for part in args.revisions.split(",")]
-    elif not args.checkpoints:
-        raise InvalidArgumentError("track: expected at least one CKPT, or --revisions")
+    else:
+        base, checkpoints = models_of(args.base, args.checkpoints, "CKPT", alternative=" (or --revisions)")
     if args.dry_run:
         from .compare import fetch_plans
 
-        checkpoints = checkpoint_list(args.base, args.checkpoints, revisions)
-        return _print_plans(fetch_plans(args.base, checkpoints, layers=args.layers, kinds=args.kinds,
-                                        whole_files=args.whole_files, dtype=args.dtype))
-    trajectory = track(args.base, args.checkpoints, revisions=revisions, steps=_parse_steps(args.steps),
+        return _print_plans(fetch_plans(base, checkpoint_list(base, checkpoints, revisions), layers=args.layers,
+                                        kinds=args.kinds, whole_files=args.whole_files, dtype=args.dtype,
+                                        residual_base=args.residual_base))
+    trajectory = track(base, checkpoints, revisions=revisions, steps=_parse_steps(args.steps),
                        out=args.out, device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
                        progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
                        warm_start=args.warm_start, whole_files=args.whole_files,
-                       interactive=_interactive_argument(args), **_executor_options(args))
+                       interactive=_interactive_argument(args), residual_base=args.residual_base,
+                       **_executor_options(args))
     kinds = trajectory.kind_table()
     print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
           .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))
@@ -484,7 +517,8 @@ def add_lineage(subparsers) -> None:
                     "agree beyond chance only in a derived pair; p-values per layer, Fisher's method over layers. "
                     "--device, --dtype, --kinds and --cache apply to the paper's NF table.",
         epilog=LINEAGE_EXAMPLES, formatter_class=HelpFormatter)
-    add_models_and_out(parser, "model", "B", "the model that may derive from A", nargs=None, out_required=False,
+    add_models_and_out(parser, "model", "B", "the model that may derive from A (a PEFT adapter: applied to A)",
+                       nargs=None, out_required=False,
                        base_metavar="A", base_help=f"the possible ancestor: {MODEL_HELP}")
     parser.add_argument("--level", type=float, default=0.01, help="significance level of the verdict")
     parser.add_argument("--no-paper-nf", action="store_true",
@@ -499,12 +533,14 @@ def run_lineage(args) -> int:
     if args.dry_run:
         from .lineage import fetch_plans
 
-        return _print_plans(fetch_plans(args.base, args.model, layers=args.layers, whole_files=args.whole_files))
+        return _print_plans(fetch_plans(args.base, args.model, layers=args.layers, whole_files=args.whole_files,
+                                        residual_base=args.residual_base))
     if args.out is not None:
         normalize_output_folder(args.out, "--out")  # a bad --out fails before anything is computed
     result = lineage(args.base, args.model, level=args.level, layers=args.layers, paper_nf=not args.no_paper_nf,
                      device=args.device, dtype=args.dtype, kinds=args.kinds, num_threads=args.threads,
-                     cache=args.cache, progress=not args.no_progress, whole_files=args.whole_files)
+                     cache=args.cache, progress=not args.no_progress, whole_files=args.whole_files,
+                     residual_base=args.residual_base)
     for line in result.summary().splitlines():  # names come from the files: escaped, one line each
         print(printable(line))
     if args.out is not None:
@@ -519,7 +555,8 @@ INFO_EXAMPLES = """\
 examples:
   postsvd info Qwen2.5-Math-1.5B/
   postsvd info Qwen/Qwen2.5-0.5B@main      # a Hub model: config, index and shard headers only
-  postsvd info base/ --json"""
+  postsvd info base/ --json
+  postsvd info examples/models/instruct_lora   # a PEFT adapter, applied to the base its config names"""
 
 
 def add_info(subparsers) -> None:
@@ -530,7 +567,9 @@ def add_info(subparsers) -> None:
                     "then every problem for which compare would refuse it (the same checks, without decomposing: "
                     "tensors and their shapes, quantization scales, NaN/Inf weights). Exit code 1 when there is one.",
         epilog=INFO_EXAMPLES, formatter_class=HelpFormatter)
-    parser.add_argument("folder", metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("folder", metavar="MODEL", help=f"{MODEL_HELP}; or a PEFT adapter (adapter_config.json)")
+    parser.add_argument("--base", default=None, metavar="B",
+                        help="with an adapter MODEL: the base it applies to (default: its base_model_name_or_path)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--headers-only", action="store_true",
                         help="check names, shapes, dtypes and scales only, not the weights' values (reading every "
@@ -546,7 +585,7 @@ def run_info(args) -> int:
     """Exit code 0 when the folder compares, 1 when info found a problem (each listed)."""
     from .checkpoint import describe
 
-    info = describe(args.folder, values=not args.headers_only)
+    info = describe(args.folder, values=not args.headers_only, base=args.base)
     problems = info["problems"]
     if args.json:
         print(json.dumps(info, indent=1))  # ensure_ascii: control characters come out as \uXXXX
@@ -572,6 +611,12 @@ def run_info(args) -> int:
     for kind, entry in info["kinds"].items():
         lines.append(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
                      f"e.g. {entry['tensor']}")
+    adapter = info["adapter"]
+    if adapter:
+        base = info["base_model"]["name"] if info["base_model"] else adapter["base_folder"]
+        lines.append(f"adapter:      PEFT LoRA r {adapter['r']}, alpha {adapter['lora_alpha']:g} on base {base}: "
+                     f"{adapter['adapted']} projections adapted, {adapter['replaced']} replaced, "
+                     f"{len(adapter['skipped'])} tensors not projections")
     not_fetched = (f"; {info['not_fetched']} projections not fetched (a Hub model): checked from the headers, "
                    f"their scales and values when a command fetches them" if info["not_fetched"] else "")
     lines.append(f"checks:       {len(problems)} problem{'s' if len(problems) != 1 else ''} "

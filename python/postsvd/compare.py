@@ -22,14 +22,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["compare", "Comparison", "check_compare_arguments", "fetch_plans", "resolve_models", "random_rotation_nf"]
 
 
-def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
+def compare(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", dtype: str = "float32",
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
             cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
             ray_address: Optional[str] = None, warm_start: Union[bool, str] = True,
             warm_from: Optional[PathLike] = None, whole_files: bool = False,
             intruder_k: int = INTRUDER_DEFAULTS["k"], intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-            intruder_side: str = INTRUDER_DEFAULTS["side"]) -> "Comparison":
+            intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -43,8 +43,13 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             Hub repo id ``org/name``, ``org/name@revision``, ``hf://org/name[@revision]``
             (an existing folder wins; see :mod:`postsvd.hub` and docs/hub.md). Of a Hub
             model only the tensors of the selected pairs are fetched, into postsvd's
-            cache, as the run goes (overlapping the decompositions).
-        post: the post-trained model, named the same ways; same architecture and shapes.
+            cache, as the run goes (overlapping the decompositions). None when `post` is a PEFT
+            adapter whose adapter_config.json names its base (base_model_name_or_path: a folder
+            or a Hub repo id, resolved the same way).
+        post: the post-trained model, named the same ways; same architecture and shapes. Or a
+            PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors; a folder or a Hub
+            repo): each projection it changes is compared as W + ΔW, formed one matrix at a time
+            (docs/adapters.md).
         device: 'cpu', or 'cuda' / 'cuda:N' / 'cuda:0,1' in a CUDA build.
         dtype: working precision, 'float32' (the paper's) or 'float64'.
         layers: None (all), an int, a list of ints, or text like '0,1,5-9';
@@ -96,6 +101,9 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             singular vectors of the stored [out, in] weight, V here) or
             'input' (U). The largest |cosines| are kept, so
             :meth:`Comparison.intruders` recounts at any epsilon.
+        residual_base: `base` is the residual model that an adapter's initialization left
+            (init_lora_weights 'pissa', 'olora', 'corda', 'loftq', 'lora_ga'); such adapters are
+            refused without it.
 
     Returns:
         A :class:`Comparison`.
@@ -121,7 +129,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     run = open_run(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, num_threads=num_threads,
                    memory_budget_bytes=memory_budget_bytes, cache=cache, experts=experts, warm_start=warm_start,
                    warm_from=warm_from, local_device="cpu" if executor == "ray" else None, whole_files=whole_files,
-                   intruder_k=intruder_k, intruder_epsilon=intruder_epsilon, intruder_side=intruder_side)
+                   intruder_k=intruder_k, intruder_epsilon=intruder_epsilon, intruder_side=intruder_side,
+                   residual_base=residual_base)
     desc = f"{printable(run.models[0].label)} vs {printable(run.models[1].label)}"
     with naming_models(*run.named):
         if executor == "ray":

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core, _display, _html, hub
+from . import _core, _display, _html, adapters, hub
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
 from ._validate import (
@@ -118,6 +118,7 @@ class Comparison:
         intruder_k, intruder_epsilon, intruder_side: the intruder count's settings (see
             :func:`postsvd.compare`): the top k post singular vectors examined, the |cosine|
             threshold and the side ('output' or 'input').
+        adapter: with a PEFT adapter as the post model, what it applies (run.json's ``adapter``); else None.
     """
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
@@ -147,6 +148,7 @@ class Comparison:
         self.intruder_side: str = intruders["side"]
         self._has_experts = any(r["expert"] != -1 for r in records)
         self._task_decompositions = decompositions  # on Ray: the tasks' cache counts, summed
+        self.adapter: Optional[Dict[str, Any]] = adapters.record(comparator.post)
 
     # ------------------------------------------------------------------ data
 
@@ -681,7 +683,7 @@ class Comparison:
                 "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
                 "decompositions": self.decompositions if self.factor_cache else None,
                 "intruders": {"k": self.intruder_k, "epsilon": self.intruder_epsilon, "side": self.intruder_side},
-                "postsvd_version": __version__}
+                "adapter": self.adapter, "postsvd_version": __version__}
 
     def _cache_note(self) -> str:
         if not self.factor_cache:
@@ -715,6 +717,7 @@ class Comparison:
         intruders = self._intruder_line()
         if intruders:
             lines.append(intruders)
+        lines += self._adapter_notes()
         quantization = self._quantization_note()
         if quantization:
             lines.append(quantization)
@@ -722,6 +725,10 @@ class Comparison:
                      "means one factor for all); NF = ||Q1^T Q2 - I||_F / k is 0 when the input side (U) and the "
                      "output side (V) rotate by the same Q, and about 'NF random' for unrelated models.")
         return "\n".join(lines)
+
+    def _adapter_notes(self) -> List[str]:
+        """What the summary says about an adapter post model (nothing for a model folder)."""
+        return adapters.notes(self._comparator.post, self.post_model.name, self.base_model.name)
 
     def _intruder_line(self) -> Optional[str]:
         """The summary's line on intruder dimensions, when there are any."""
@@ -794,7 +801,7 @@ class Comparison:
                  f"{row.nf_random:.4f}", row.intruders] + ([row.experts or "–"] if moe else []) + [row.reading]
                 for row in kinds.itertuples()]
         body = [f'<div class="pd-reading"><b>Overall:</b> {_html.escape(self.overall(kinds))}</div>']
-        notes = [line for line in (self._intruder_line(), self._quantization_note()) if line]
+        notes = [line for line in (self._intruder_line(), *self._adapter_notes(), self._quantization_note()) if line]
         body += [f'<p class="note">{_html.escape(line)}</p>' for line in notes]
         body.append(_html.small_table(header, rows))
         body.append(_display.display_figure(lambda: self.interactive_layers().update_layout(height=440), self.plot_nf,

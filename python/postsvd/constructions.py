@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import _core, hub
+from . import _core, adapters, hub
 from . import interactive as _interactive
 from ._display import display_figure
 from ._engine import Fetcher, named_models, select_batches
@@ -190,8 +190,11 @@ def _copy_other_files(files: Mapping[str, str], target: str) -> List[str]:
 
 def _source_record(model: "hub.ResolvedModel") -> Dict[str, Any]:
     """What the record says about a model read: its name (a Hub model's repo id, revision, commit), its folder,
-    and the sha256 of each weight file (a Hub model's as the Hub lists them, without reading partial files)."""
-    if model.is_local:
+    and the sha256 of each weight file (a Hub model's as the Hub lists them, without reading partial files; a
+    PEFT adapter's own weights file)."""
+    if model.is_local and adapters.is_adapter(model.folder):
+        digests = {adapters.WEIGHTS: _sha256(os.path.join(model.folder, adapters.WEIGHTS))}
+    elif model.is_local:
         digests = {os.path.basename(p): _sha256(p) for p in _core.Checkpoint(model.folder).files()}
     else:
         digests = hub.weight_sha256(model)
@@ -319,7 +322,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
               dtype: str = "float32", force: bool = False, progress: bool = True, comparison=None,
               cache: Optional[PathLike] = None, rotations: bool = True,
               num_threads: Optional[int] = None, warm_start: Union[bool, str] = True,
-              whole_files: bool = False) -> ConstructionResult:
+              whole_files: bool = False, residual_base: bool = False) -> ConstructionResult:
     """Builds construction `number` of `post` (relative to `base`) as a new model folder `out`.
 
     Args:
@@ -327,7 +330,11 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         base, post: models of one architecture: folders (config.json + safetensors) or Hub repo
             ids (``org/name[@revision]``). Of a Hub post model every tensor is fetched (the
             new folder holds all of them) with its other files (tokenizer, ...); of a Hub base
-            (and ref) only the selected matrices.
+            (and ref) only the selected matrices. `post` (and `ref`) may be a PEFT LoRA adapter
+            (a folder or a Hub repo) applied to `base`: the output holds W + ΔW for every
+            projection the adapter changes and the construction leaves, and the base's other
+            files (so every tensor of a Hub base is fetched); an adapter that changes other
+            tensors (embeddings, lm_head, biases) is refused.
         out: the folder to write; it must not exist unless ``force=True`` (then
             the old folder is replaced only once the new one is complete).
         ref: another post model of the same base; construction 12 only.
@@ -351,6 +358,8 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         warm_start: as in :func:`postsvd.compare`: a post decomposition not in the
             cache starts from the base's factors (True/'auto', 'always', False/'off').
         whole_files: Hub models: fetch whole shards instead of the tensors' byte ranges.
+        residual_base: as in :func:`postsvd.compare`: `base` is the residual model an adapter's
+            initialization left (PiSSA, OLoRA, ...).
 
     Returns:
         A :class:`ConstructionResult` (``.table``, ``.alpha``, ``.plot_rotations()``).
@@ -401,7 +410,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     # An error about one model's data names it as written here (a Hub id or a folder).
     models = named_models(("base", base_model), ("post", post_model), ("ref", ref_model))
     with naming_models(*models):
-        post_checkpoint = _core.Checkpoint(post_path)
+        post_checkpoint = _core.Checkpoint(post_path, base_path, bool(residual_base))
         arch = _core.detect_architecture(post_checkpoint)
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
     available = _kinds_of(arch)
@@ -424,19 +433,20 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         elif alpha is not None:
             value = _check_alpha_value("all", alpha)
             given = {k: value for k in chosen_kinds}
-    # Hub models: every tensor of post (the new folder holds them all), the selected matrices of base and ref.
-    hub.fetch(post_model, None, whole_files=whole_files, progress=progress or None)
+    # Hub models: every tensor of post (the new folder holds them all; an adapter's: its base's), the selected
+    # matrices of base and ref.
+    written = base_model if post_checkpoint.adapter is not None else post_model
+    hub.fetch(written, None, whole_files=whole_files, progress=progress or None)
     selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
     with naming_models(*models):
-        Fetcher([(m, _core.Checkpoint(m.folder)) for m in (base_model, ref_model) if m is not None],
-                whole_files).fetch(selected)
-    others = hub.other_files(post_model)
+        _fetcher(base_model, ref_model, residual_base, whole_files).fetch(selected)
+    others = hub.other_files(written)
     if info["uses_alpha"]:
         missing = [k for k in chosen_kinds if k not in given]
         if missing:
             with naming_models(*models):
                 pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
-                                              device_kind, device_ids, threads, cache_path)
+                                              device_kind, device_ids, threads, cache_path, bool(residual_base))
             for kind in missing:
                 chosen = _core.table4_alpha(pooled[kind])
                 if not (math.isfinite(chosen) and chosen > 0):
@@ -473,7 +483,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                     number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
                     kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
                     num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
-                    warm_start=normalize_warm_start(warm_start))
+                    warm_start=normalize_warm_start(warm_start), residual_base=bool(residual_base))
         sources = {"base": base_model, "post": post_model}
         if ref_model is not None:
             sources["ref"] = ref_model
@@ -532,19 +542,28 @@ def _selection(arch: Dict[str, Any], layers, kinds, group):
     return normalize_layers(layers, arch["num_layers"], arch["model_type"]), chosen_kinds
 
 
+def _fetcher(base: "hub.ResolvedModel", ref: Optional["hub.ResolvedModel"], residual_base: bool,
+             whole_files: bool = False) -> Fetcher:
+    """The Fetcher of a construction's base and ref (an adapter ref applies to the base: nothing of it to fetch)."""
+    return Fetcher([(m, _core.Checkpoint(m.folder, base.folder, bool(residual_base)))
+                    for m in (base, ref) if m is not None], whole_files)
+
+
 def fetch_plans(number: int, base: PathLike, post: PathLike, *, ref: Optional[PathLike] = None, layers=None,
-                kinds=None, group: Optional[str] = None, whole_files: bool = False) -> List["hub.FetchPlan"]:
+                kinds=None, group: Optional[str] = None, whole_files: bool = False,
+                residual_base: bool = False) -> List["hub.FetchPlan"]:
     """What :func:`construct` would fetch (its dry run): a :class:`postsvd.hub.FetchPlan` per model, every
-    tensor of post, the selected matrices of base (and ref); empty for local folders."""
+    tensor of post (a PEFT adapter post: every tensor of base), the selected matrices of base (and ref); empty
+    for local folders."""
     number = _check_number(number)
     models = _models(number, base, post, ref)
-    post_checkpoint = _core.Checkpoint(models[1].folder)
+    post_checkpoint = _core.Checkpoint(models[1].folder, models[0].folder, bool(residual_base))
     arch = _core.detect_architecture(post_checkpoint)
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
     selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
-    others = [(m, _core.Checkpoint(m.folder)) for m in (models[0], models[2]) if m is not None]
-    wanted = {m.folder: names for m, names in Fetcher(others).tensors(selected)}
-    return [hub.plan(m, None if m is models[1] else wanted.get(m.folder, []), whole_files=whole_files)
+    written = models[0] if post_checkpoint.adapter is not None else models[1]
+    wanted = {m.folder: names for m, names in _fetcher(models[0], models[2], residual_base).tensors(selected)}
+    return [hub.plan(m, None if m is written else wanted.get(m.folder, []), whole_files=whole_files)
             for m in models if m is not None]
 
 
@@ -572,7 +591,7 @@ def _check_comparison(comparison, base_path: str, post_path: str) -> None:
 
 def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List[str], layers: List[int],
                          precision: str, device: str, device_ids: List[int], threads: int,
-                         cache_path: str) -> Dict[str, float]:
+                         cache_path: str, residual_base: bool = False) -> Dict[str, float]:
     """Pooled mean top-90 % scaling per kind: from a Comparison when given, else decomposed here."""
     if comparison is not None:
         kind_table = comparison.kind_table()
@@ -587,5 +606,5 @@ def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List
                 f"comparison: it covers layers {sorted(compared_layers)}, the construction selects {layers}")
         return {k: float(kind_table.loc[kind_table["kind"] == k, "scaling_mean"].iloc[0]) for k in kinds}
     choice = _core.default_alpha(base_path, post_path, layers, kinds, precision, device, device_ids, threads,
-                                 cache_path)
+                                 cache_path, residual_base)
     return {k: float(choice["pooled_mean"][k]) for k in kinds}

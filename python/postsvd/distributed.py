@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import _core, hub
-from ._engine import Fetcher, Run, pair_records
+from ._engine import Fetcher, Run, opened_models, pair_records
 from ._extras import install_hint, require
 from ._hub_cache import human_bytes
 from .errors import BackendError, InvalidArgumentError
@@ -88,6 +88,7 @@ class RunOptions:
     post_model: Optional[hub.ResolvedModel] = None
     warm_model: Optional[hub.ResolvedModel] = None
     whole_files: bool = False
+    residual_base: bool = False  # an adapter post applies to the base as its residual model
 
 
 @dataclass
@@ -182,11 +183,8 @@ def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[i
     comparator = _core.Comparator(base.folder if base else options.base, post.folder if post else options.post,
                                   device, options.precision, [], options.memory_budget_bytes, num_threads,
                                   options.cache, options.warm_start, warm.folder if warm else options.warm_from,
-                                  intruders["k"], intruders["epsilon"], intruders["side"])
-    models = [(m, checkpoint) for m, checkpoint in ((base, comparator.base), (post, comparator.post)) if m is not None]
-    if warm is not None and not warm.is_local:
-        models.append((warm, _core.Checkpoint(warm.folder)))
-    fetched = Fetcher(models, options.whole_files).fetch(indices)
+                                  intruders["k"], intruders["epsilon"], intruders["side"], options.residual_base)
+    fetched = Fetcher(opened_models(comparator, base, post, warm), options.whole_files).fetch(indices)
     return pair_records(comparator, indices), {**dict(comparator.cache_counts), "fetched_bytes": fetched}
 
 
@@ -195,7 +193,7 @@ def compare_units(run: Run, *, address: Optional[str] = None, progress: bool = T
     global _task
     options = RunOptions(run.base, run.post, run.device, run.precision, run.budget, run.num_threads, run.cache,
                          run.warm_start, run.warm_from, dict(run.intruders), run.models[0], run.models[1],
-                         run.warm_model, run.fetcher.whole_files)
+                         run.warm_model, run.fetcher.whole_files, run.residual_base)
     batches, arch = run.units(), run.architecture
     ray = connect(address)
     if _task is None:

@@ -45,6 +45,10 @@ __all__ = ["ModelName", "ResolvedModel", "FetchPlan", "FileFetch", "FetchReport"
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 CONFIG = "config.json"
+#: A PEFT adapter repo (docs/adapters.md): its config, and its weights, fetched whole when it is resolved (they are
+#: small next to a model's, and the reader checks every factor when it opens the adapter).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: Largest safetensors header read (the C++ reader's limit, cpp/include/postsvd/limits.h kMaxHeaderBytes).
 MAX_HEADER_BYTES = 100_000_000
 #: Missing ranges of one file closer than this are fetched as one request (the gap's bytes come along).
@@ -394,11 +398,15 @@ def _prepare(entry: Entry, parsed: ModelName, what: str) -> None:
             _build_manifest(entry, parsed, what)
         _link_complete_files(entry, entry.read_manifest() or {})
         manifest = entry.read_manifest() or {}
-        headers = [name for name, f in manifest.get("files", {}).items()
+        missing = [name for name, f in manifest.get("files", {}).items()
                    if not f.get("complete") and not f.get("header_end")]
-        if headers and _offline():
-            _missing_offline(parsed, what, [f"the header of {name}" for name in headers[:3]])
-        _run_parallel([lambda name=name: _fetch_header(entry, name, parsed, what) for name in headers])
+        if missing and _offline():
+            _missing_offline(parsed, what, [name if manifest.get("adapter") else f"the header of {name}"
+                                            for name in missing[:3]])
+        if manifest.get("adapter"):  # a PEFT adapter: its weights whole (ADAPTER_WEIGHTS)
+            _run_parallel([lambda name=name: _whole_file(entry, name, parsed, what, reason="") for name in missing])
+        else:
+            _run_parallel([lambda name=name: _fetch_header(entry, name, parsed, what) for name in missing])
 
         def ready(m: Dict[str, Any]) -> None:
             m["ready"] = True
@@ -436,10 +444,11 @@ def _build_manifest(entry: Entry, parsed: ModelName, what: str) -> None:
         os.replace(target + ".tmp", target)
         return target
 
-    if small_file(CONFIG) is None:
+    adapter = small_file(CONFIG) is None
+    if adapter and small_file(ADAPTER_CONFIG) is None:
         _missing_offline(parsed, what, [CONFIG])
-    index = small_file(INDEX)
-    shards = _shards_of_index(index, repo_id, what) if index is not None else [SINGLE]
+    index = None if adapter else small_file(INDEX)
+    shards = [ADAPTER_WEIGHTS] if adapter else _shards_of_index(index, repo_id, what) if index is not None else [SINGLE]
     files: Dict[str, Dict[str, Any]] = {}
     for shard in shards:
         if offline:
@@ -458,6 +467,7 @@ def _build_manifest(entry: Entry, parsed: ModelName, what: str) -> None:
 
     def record(m: Dict[str, Any]) -> None:
         m["files"] = files
+        m["adapter"] = adapter
         if others is not None:
             m["other_files"] = others
 
@@ -471,7 +481,7 @@ _OTHER_WEIGHTS = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".gguf", ".h5"
 
 def _other_file(name: str, shards: Dict[str, Any]) -> bool:
     """A file at the repo's root besides the weights and the index (tokenizer, generation config, ...)."""
-    return (not name.endswith("/") and name not in shards and name not in (INDEX, CONFIG, ".gitattributes")
+    return (not name.endswith("/") and name not in shards and name not in (INDEX, CONFIG, ADAPTER_CONFIG, ".gitattributes")
             and not name.lower().endswith(_OTHER_WEIGHTS))
 
 
@@ -500,9 +510,15 @@ def _list_root(repo_id: str, commit: str) -> Dict[str, Tuple[int, Optional[str]]
 
 def _check_weights(listing: Dict[str, Any], repo_id: str, commit: str, parsed: ModelName, what: str) -> None:
     """One clear line for a repo whose weights postsvd cannot read at its root."""
+    if CONFIG not in listing and ADAPTER_CONFIG in listing:  # a PEFT adapter (docs/adapters.md)
+        if ADAPTER_WEIGHTS in listing:
+            return
+        pickle = " (adapter_model.bin, a pickle, is not read)" if "adapter_model.bin" in listing else ""
+        raise HubError(f"{what}: {parsed.text}: a PEFT adapter repo without {ADAPTER_WEIGHTS}{pickle} at its root "
+                       f"(commit {commit[:12]}); postsvd reads adapters saved as safetensors")
     if CONFIG not in listing:
         raise HubError(f"{what}: {parsed.text}: the repo has no config.json at its root (commit {commit[:12]}); "
-                       f"postsvd reads Hugging Face model folders")
+                       f"postsvd reads Hugging Face model folders and PEFT adapters ({ADAPTER_CONFIG})")
     if INDEX in listing or SINGLE in listing:
         return
     at_root = sorted(name for name in listing if name.endswith(".safetensors"))
@@ -835,7 +851,7 @@ def _needed(resolved: ResolvedModel, tensor_names: Optional[Iterable[str]]
     for tensor in names:
         if not isinstance(tensor, str):
             raise InvalidArgumentError(f"tensor names: expected strings, got {type(tensor).__name__}")
-        file = weight_map.get(tensor, SINGLE if not weight_map else None)
+        file = weight_map.get(tensor, files[0] if not weight_map and len(files) == 1 else None)
         if file is None or file not in manifest["files"]:
             raise InvalidArgumentError(f"{resolved.name}: no tensor '{tensor}' in {resolved.repo_id} at commit "
                                        f"{resolved.commit[:12]}")

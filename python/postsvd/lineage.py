@@ -85,13 +85,16 @@ _LINEAGE_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 
 def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=None, paper_nf: bool = True,
             device: str = "cpu", dtype: str = "float32", kinds=None, num_threads: Optional[int] = None,
-            cache: Optional[PathLike] = None, progress: bool = False, whole_files: bool = False) -> "Lineage":
+            cache: Optional[PathLike] = None, progress: bool = False, whole_files: bool = False,
+            residual_base: bool = False) -> "Lineage":
     """Tests whether model `b` is derived from model `a` (fine-tuned, post-trained, possibly disguised).
 
     Args:
         a, b: models (a folder with config.json + safetensors, or a Hub repo id ``org/name[@revision]``:
             only the tensors the test reads are fetched) of a llama, mistral, qwen2 or qwen3 model;
-            any stored format postsvd reads (BF16, FP8, ...); the two may differ in format.
+            any stored format postsvd reads (BF16, FP8, ...); the two may differ in format. `b` may be a
+            PEFT LoRA adapter (a folder or a Hub repo): it is applied to `a` (docs/adapters.md;
+            `residual_base` as in :func:`postsvd.compare`).
         level: significance level of the verdict (0 < level < 1).
         layers: the layers to test (None = all), as in :func:`postsvd.compare`.
         paper_nf: also compute the paper's NF per (layer, kind) (App. F's fingerprint, not robust to
@@ -115,7 +118,7 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
     with _blas_threads(num_threads):
         return _lineage(a, b, level, layers, paper_nf, dict(device=device, dtype=dtype, kinds=kinds,
                                                             num_threads=num_threads, cache=cache, progress=progress,
-                                                            whole_files=whole_files))
+                                                            whole_files=whole_files, residual_base=residual_base))
 
 
 def tested_layers(model_a: "_Model", model_b: "_Model", layers) -> Dict[str, List[int]]:
@@ -127,22 +130,28 @@ def tested_layers(model_a: "_Model", model_b: "_Model", layers) -> Dict[str, Lis
     return {"a": chosen, "b": sorted(set(chosen) | controls)}
 
 
-def fetch_plans(a: PathLike, b: PathLike, *, layers=None, whole_files: bool = False) -> List["hub.FetchPlan"]:
+def fetch_plans(a: PathLike, b: PathLike, *, layers=None, whole_files: bool = False,
+                residual_base: bool = False) -> List["hub.FetchPlan"]:
     """What :func:`lineage` would fetch of each model (its dry run): a :class:`postsvd.hub.FetchPlan` per
-    model (empty for a local folder)."""
-    model_a, model_b = _Model(hub.resolve(a, "a"), "a"), _Model(hub.resolve(b, "b"), "b")
+    model (empty for a local folder; a PEFT adapter B reads A's weights, in A's plan)."""
+    model_a = _Model(hub.resolve(a, "a"), "a")
+    model_b = _Model(hub.resolve(b, "b"), "b", model_a.model, residual_base)
     if out_of_scope(model_a, model_b):
         return [hub.plan(model_a.model, []), hub.plan(model_b.model, [])]
     read = tested_layers(model_a, model_b, layers)
-    return [hub.plan(m.model, m.tensors(read[m.label]), whole_files=whole_files) for m in (model_a, model_b)]
+    wanted: Dict[str, List[str]] = {}
+    for m in (model_a, model_b):
+        wanted.setdefault(m.weights.folder, []).extend(m.tensors(read[m.label]))
+    return [hub.plan(m.model, wanted.get(m.model.folder, []), whole_files=whole_files) for m in (model_a, model_b)]
 
 
 def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
     # An error about one model's data names it as written here (the comparison calls them base and post).
     resolved_a, resolved_b = hub.resolve(a, "a"), hub.resolve(b, "b")
     with naming_models(*named_models(("a", resolved_a), ("b", resolved_b))):
-        return _lineage_of(_Model(resolved_a, "a"), _Model(resolved_b, "b"), level, layers, paper_nf,
-                           compare_options)
+        model_a = _Model(resolved_a, "a")
+        model_b = _Model(resolved_b, "b", resolved_a, compare_options["residual_base"])  # an adapter: on A
+        return _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options)
 
 
 def _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options) -> "Lineage":
@@ -156,7 +165,7 @@ def _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options) -> "
         check_compare_arguments(model_a.model, [model_b.model], layers=chosen,
                                 **{k: v for k, v in compare_options.items() if k not in ("progress", "whole_files")})
     for model in (model_a, model_b):  # a Hub model: what the test reads (the comparison fetches its own)
-        hub.fetch(model.model, model.tensors(read[model.label]), whole_files=compare_options["whole_files"],
+        hub.fetch(model.weights, model.tensors(read[model.label]), whole_files=compare_options["whole_files"],
                   progress=compare_options["progress"] or None)
     from tqdm.auto import tqdm
 
@@ -487,11 +496,14 @@ def match_units(similarity: np.ndarray) -> np.ndarray:
 class _Model:
     """One folder: its checkpoint, sizes and the residual-stream tensors lineage reads."""
 
-    def __init__(self, model: "hub.ResolvedModel", label: str):
+    def __init__(self, model: "hub.ResolvedModel", label: str, base: Optional["hub.ResolvedModel"] = None,
+                 residual_base: bool = False):
         from .checkpoint import architecture, open_checkpoint
 
         self.model, self.folder, self.label = model, model.folder, label
-        self.checkpoint = open_checkpoint(model.folder)
+        self.checkpoint = open_checkpoint(model, base, residual_base=residual_base)  # an adapter: on `base`
+        # The model whose weight files the test reads: an adapter's base (the adapter's own file came whole).
+        self.weights = base if base is not None and self.checkpoint.adapter is not None else model
         self.arch = architecture(self.checkpoint)
         self.model_type = self.arch["model_type"]
         if self.model_type not in SUPPORTED_MODEL_TYPES:

@@ -52,22 +52,24 @@ MatricesArg = Union[None, Tuple[Any, ...], Sequence[Tuple[Any, ...]]]
 
 # ---------------------------------------------------------------------- public API
 
-def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
+def report(base: Optional[PathLike], posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
            dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
            matrices: MatricesArg = None, leading_k: int = 25, progress: bool = True,
            num_threads: Optional[int] = None, cache: Optional[PathLike] = None,
            warm_start: Union[bool, str] = True, whole_files: bool = False, intruder_k: int = INTRUDER_DEFAULTS["k"],
            intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-           intruder_side: str = INTRUDER_DEFAULTS["side"], interactive: Optional[bool] = None) -> str:
+           intruder_side: str = INTRUDER_DEFAULTS["side"], interactive: Optional[bool] = None,
+           residual_base: bool = False) -> str:
     """Compares `base` with each post model and writes one HTML page; returns its path.
 
     Args:
         base: the base model: a folder or a Hub repo id (``org/name[@revision]``), as in
-            :func:`postsvd.compare`.
-        posts: one post-trained model or a list of them (same architecture), named the same ways.
+            :func:`postsvd.compare`; None when the posts are PEFT adapters naming their base.
+        posts: one post-trained model or a list of them (same architecture), named the same ways;
+            PEFT LoRA adapters too (docs/adapters.md).
         out: output folder (created); the page is ``out/report.html``.
         device, dtype, layers, kinds, num_threads, cache, warm_start, intruder_k, intruder_epsilon,
-            intruder_side: as in :func:`postsvd.compare`.
+            intruder_side, residual_base: as in :func:`postsvd.compare`.
         title: the page's title (default: "postsvd report: <base>").
         matrices: the (layer, kind) or (layer, kind, expert) whose sim_U / sim_V / difference / I_orth
             are drawn, or a list of them (default: the middle compared layer, first compared kind);
@@ -89,11 +91,11 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
     check_compare_arguments(base_model, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
                             num_threads=num_threads, cache=cache,
                             matrices_for=None if matrices is None else _pair_list(matrices), leading_k=leading_k,
-                            outs=[out], **intruders)
+                            outs=[out], residual_base=residual_base, **intruders)
     use_interactive(interactive)  # a missing plotly fails now, not after the comparisons
     comparisons = [compare(base_model, post, device=device, dtype=dtype, layers=layers, kinds=kinds,
                            progress=progress, num_threads=num_threads, cache=cache, warm_start=warm_start,
-                           whole_files=whole_files, **intruders) for post in post_list]
+                           whole_files=whole_files, residual_base=residual_base, **intruders) for post in post_list]
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k,
                         interactive=interactive)
 

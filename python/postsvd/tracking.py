@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import interactive as _interactive
 from ._display import display_figure, use_interactive
-from ._engine import named_models
+from ._engine import named_models, resolve_models
 from ._html import display, escape as _e, figure as _figure, page, small_table
 from ._names import short_name
 from ._outputs import FileSet, atomic_folder
@@ -39,7 +39,7 @@ from ._version import __version__
 from .compare import check_compare_arguments, compare
 from .comparison import COMPARISON_FILES, OUTPUT_SCHEMA_VERSION, Comparison
 from .errors import InvalidArgumentError, naming_models
-from .hub import ResolvedModel, is_hub_name, resolve
+from .hub import ResolvedModel, is_hub_name
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -69,7 +69,7 @@ def step_of(folder: Union[PathLike, ResolvedModel]) -> int:
     return int(match.group(1) or match.group(2))
 
 
-def checkpoint_list(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (),
+def checkpoint_list(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLike]] = (),
                     revisions: Optional[Sequence[str]] = None) -> List[Any]:
     """The checkpoints of :func:`track`: as given, or with `revisions` ``repo@revision`` for each revision of
     the run's repo (`checkpoints`: that repo, ``org/name``; empty: the base's repo)."""
@@ -82,6 +82,8 @@ def checkpoint_list(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLi
         raise InvalidArgumentError(f"checkpoints: with revisions, expected at most the run's repo, got "
                                    f"{len(given)} checkpoints")
     run = given[0] if given else base
+    if run is None:
+        raise InvalidArgumentError("revisions: expected the run as a Hub repo id (org/name), got none")
     repo = run.repo_id if isinstance(run, ResolvedModel) else os.fspath(run)
     repo = (repo or "").removeprefix("hf://").split("@", 1)[0]
     if not isinstance(repo, str) or not is_hub_name(repo) or os.path.lexists(repo):
@@ -92,26 +94,29 @@ def checkpoint_list(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLi
     return [f"{repo}@{r}" for r in items]
 
 
-def track(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (), *,
+def track(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLike]] = (), *,
           revisions: Optional[Sequence[str]] = None, steps: Optional[Sequence[int]] = None,
           out: Optional[PathLike] = None, device: str = "cpu", dtype: str = "float32", layers: LayersArg = None,
           kinds: KindsArg = None, progress: bool = True, num_threads: Optional[int] = None,
           cache: Optional[PathLike] = None, executor: str = "local", ray_address: Optional[str] = None,
           title: Optional[str] = None, warm_start: Union[bool, str] = True, whole_files: bool = False,
-          interactive: Optional[bool] = None) -> "Trajectory":
+          interactive: Optional[bool] = None, residual_base: bool = False) -> "Trajectory":
     """Compares `base` with each checkpoint of a training run; returns a :class:`Trajectory`.
 
     Args:
-        base: the base model: a folder or a Hub repo id (``org/name[@revision]``).
+        base: the base model: a folder or a Hub repo id (``org/name[@revision]``); None when the
+            checkpoints are PEFT adapters naming their base.
         checkpoints: the checkpoints (same architecture as the base), folders or Hub names
             (``org/run@step-1200``), in any order; the trajectory is ordered by step. With
-            `revisions`: the run's repo (``org/run``), or nothing for the base's repo.
+            `revisions`: the run's repo (``org/run``), or nothing for the base's repo. PEFT LoRA
+            adapter checkpoints (a LoRA run's checkpoint-N folders) are applied to the base
+            (docs/adapters.md; `residual_base` as in :func:`postsvd.compare`).
         revisions: a run kept as revisions (branches, tags) of one Hub repo, e.g.
             ``["step-100", "step-200"]``: the checkpoints are ``repo@revision``.
         steps: the step of each checkpoint (None: read from the folder or revision names).
         out: when given, :meth:`Trajectory.save` writes everything there (tables per step,
             trajectory tables, figures and ``track.html``).
-        device, dtype, layers, kinds, num_threads, executor, ray_address, whole_files: as in
+        device, dtype, layers, kinds, num_threads, executor, ray_address, whole_files, residual_base: as in
             :func:`postsvd.compare` (``executor='ray'`` runs each comparison on a Ray cluster).
         cache: a factor cache folder; the base is decomposed once and loaded for every
             other checkpoint. None: a temporary cache, removed at the end (locally; on Ray,
@@ -122,8 +127,7 @@ def track(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (),
         interactive: the page's figures, as in :func:`postsvd.report` (None: plotly where installed).
     """
     warm_start = normalize_warm_start(warm_start)
-    base_model = resolve(base, "base")
-    models = [resolve(c, "checkpoint") for c in checkpoint_list(base, checkpoints, revisions)]
+    base_model, models = resolve_models(base, checkpoint_list(base, checkpoints, revisions), "checkpoint")
     if steps is None:
         step_list = [step_of(m) for m in models]
     else:
@@ -138,7 +142,7 @@ def track(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (),
     with naming_models(*named):
         check_compare_arguments(base_model, models, device="cpu" if executor == "ray" else device, dtype=dtype,
                                 layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
-                                outs=[out] if out is not None else ())
+                                outs=[out] if out is not None else (), residual_base=residual_base)
     use_interactive(interactive)
     order = sorted(range(len(models)), key=lambda i: step_list[i])
     comparisons = []
@@ -150,7 +154,7 @@ def track(base: PathLike, checkpoints: Union[PathLike, Sequence[PathLike]] = (),
                                            kinds=kinds, progress=progress, num_threads=num_threads,
                                            cache=cache_folder, executor=executor, ray_address=ray_address,
                                            warm_start=warm_start, warm_from=previous if cache_folder else None,
-                                           whole_files=whole_files))
+                                           whole_files=whole_files, residual_base=residual_base))
             previous = models[i]
     trajectory = Trajectory([step_list[i] for i in order], comparisons, title=title)
     if out is not None:

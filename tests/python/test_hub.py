@@ -452,3 +452,29 @@ def test_fp8_scales_are_named_and_fetched(hub_env, tmp_path, monkeypatch):
         postsvd.read_matrix(r.folder, 1, "q")
     hub.fetch(r, names)
     assert_same_matrices(str(tmp_path / "fp8-sharded"), r.folder, sources)
+
+
+def test_an_adapter_names_its_base_by_repo_id(hub_env, tmp_path):
+    """A PEFT adapter whose base_model_name_or_path is a Hub repo id: compare(None, adapter) resolves the base,
+    fetches the tensors of the layers compared, and compares as with the local base (docs/adapters.md)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    local = hub_env["base"]
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    q = next(s for s in postsvd.architecture(local)["matrices"] if s["layer"] == 1 and s["kind"] == "q")
+    generator = torch.Generator().manual_seed(5)
+    module = "base_model.model." + q["tensor"][:-len(".weight")]
+    save_file({f"{module}.lora_A.weight": torch.randn(4, q["in_features"], generator=generator),
+               f"{module}.lora_B.weight": 0.1 * torch.randn(q["out_features"], 4, generator=generator)},
+              str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+         "base_model_name_or_path": "org/base", "revision": "v1"}))
+    remote = postsvd.compare(None, adapter, layers=[1], kinds="q", progress=False)
+    reference = postsvd.compare(local, adapter, layers=[1], kinds="q", progress=False)
+    np.testing.assert_array_equal(remote.table["nf"], reference.table["nf"])
+    assert remote.table["nf"].iloc[0] > 1e-3 and remote.adapter["adapted"] == 1
+    assert "/models--org--base/" in remote.base  # postsvd's cache copy of the v1 commit

@@ -490,3 +490,119 @@ def test_sha256_of_the_manifest_is_the_files(hub_env):
     r = hub.resolve("org/instruct")
     for name, digest in hub.weight_sha256(r).items():
         assert digest == hashlib.sha256(open(os.path.join(hub_env["instruct"], name), "rb").read()).hexdigest()
+
+
+# ---------------------------------------------------------------- PEFT adapters (docs/adapters.md)
+
+
+def _serve_adapter(server, repo: str, **config_changes) -> str:
+    """The bundled adapter examples/models/instruct_lora served as `repo`, its base_model_name_or_path 'org/base'
+    (and `config_changes`); returns the local folder."""
+    from hub_server import MODELS
+
+    folder = os.path.join(MODELS, "instruct_lora")
+    with open(os.path.join(folder, "adapter_config.json")) as f:
+        config = {**json.load(f), "base_model_name_or_path": "org/base", **config_changes}
+    files = {"adapter_config.json": json.dumps(config).encode(), "README.md": b"a LoRA adapter\n"}
+    for name in ("adapter_model.safetensors", "tokenizer.json"):
+        with open(os.path.join(folder, name), "rb") as f:
+            files[name] = f.read()
+    if repo not in server.repos:
+        server.add_repo(repo, files)
+    return folder
+
+
+def test_an_adapter_by_repo_id_on_the_hub_base_it_names(hub_env, tmp_path, capsys):
+    """`postsvd compare org/lora`: the adapter resolved like any model (its two files whole), its base from
+    base_model_name_or_path resolved and fetched selectively; the local results, the names as written."""
+    server = hub_env["server"]
+    adapter = _serve_adapter(server, "org/lora")
+    weights = os.path.getsize(os.path.join(adapter, "adapter_model.safetensors"))
+    prepared("org/base")
+    server.reset()
+    code, out, err = run_cli(["compare", "org/lora", "--out", tmp_path / "plan", "--layers", "2", "--dry-run"],
+                             capsys)
+    assert code == 0 and not (tmp_path / "plan").exists(), err
+    assert [r for r in tensor_requests(server, hub_env["files"]) if "/org/base/" in r["path"]] == []
+    assert "org/lora (org/lora at commit" in out and "nothing to fetch" in out  # came whole when resolved
+    assert shard_bytes(server, "org/lora/") == weights
+    total = int(re.search(r"dry run: .* \(([0-9,]+) bytes\) to fetch in all", out).group(1).replace(",", ""))
+    needed = tensor_bytes(hub_env["base"], [2])
+    assert needed <= total <= 1.05 * needed
+    server.reset()
+    code, out, err = run_cli(["compare", "org/lora", "--out", tmp_path / "hub", "--layers", "2", "--no-progress",
+                              "--no-plots"], capsys)
+    assert code == 0, err
+    assert "base 'org/base' -> post 'org/lora'" in out
+    assert "Adapter: PEFT LoRA 'org/lora' (r 8, alpha 16) applied to the base 'org/base'" in out
+    assert shard_bytes(server, "org/lora/") == 0  # resolved by the dry run, in the Hugging Face cache
+    # What the dry run said, less at most the small gaps between the run's units (a layer's attention, then its
+    # MLP: the norm weights between them), which the plan of the whole run merges (docs/hub.md).
+    assert needed <= shard_bytes(server, "org/base/") <= total
+    assert run_cli(["compare", hub_env["base"], adapter, "--out", tmp_path / "local", "--layers", "2",
+                    "--no-progress", "--no-plots"], capsys)[0] == 0
+    for name in ("table.csv", "kinds.csv"):
+        assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    run = json.loads((tmp_path / "hub" / "run.json").read_text())
+    assert run["schema_version"] == 3
+    assert run["post_model"] == {"name": "org/lora", "repo_id": "org/lora", "revision": "main",
+                                 "commit": server.repos["org/lora"].refs["main"]}
+    assert run["base_model"]["name"] == "org/base" and run["base_model"]["repo_id"] == "org/base"
+    assert run["adapter"]["adapted"] == 28 and run["adapter"]["r"] == 8
+    # A fresh cache: resolving the adapter fetches its weights whole, once.
+    server.reset()
+    code, out, err = run_cli(["info", "org/lora", "--headers-only"], capsys)
+    assert code == 0, err
+    assert "adapter:      PEFT LoRA r 8, alpha 16 on base org/base: 28 projections adapted" in out
+
+
+def test_an_adapter_by_repo_id_resolves_its_weights_whole(hub_env):
+    server = hub_env["server"]
+    adapter = _serve_adapter(server, "org/lora")
+    server.reset()
+    resolved = hub.resolve("org/lora", "post")
+    assert shard_bytes(server, "org/lora/") == os.path.getsize(os.path.join(adapter, "adapter_model.safetensors"))
+    assert sorted(f for f in os.listdir(resolved.folder) if not f.startswith(".")) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    # Given a base, the adapter applies to it (a folder here); Python takes the adapter's ResolvedModel too.
+    remote = postsvd.compare(hub_env["base"], resolved, layers=1, kinds="q,down", progress=False)
+    local = postsvd.compare(hub_env["base"], adapter, layers=1, kinds="q,down", progress=False)
+    pd.testing.assert_frame_equal(remote.table, local.table, check_exact=True)
+    assert remote.post_name == "org/lora" and remote.adapter["adapted"] == local.adapter["adapted"]
+    w = postsvd.read_matrix(postsvd.open_checkpoint("org/lora", hub_env["base"]), 1, "q")
+    assert w.tobytes() == postsvd.read_matrix(postsvd.open_checkpoint(adapter, hub_env["base"]), 1, "q").tobytes()
+
+
+def test_a_bad_adapter_by_repo_id_is_named_as_written(hub_env):
+    _serve_adapter(hub_env["server"], "org/lora-r0", r=0)
+    with pytest.raises(postsvd.InvalidArgumentError) as info:
+        postsvd.compare(None, "org/lora-r0", layers=1, progress=False)
+    message = str(info.value)
+    assert message.startswith("post 'org/lora-r0': ") and '"r" is 0' in message and "\n" not in message
+    hub_env["server"].add_repo("org/lora-pickle", {"adapter_config.json": b"{}", "adapter_model.bin": b"\0" * 8})
+    with pytest.raises(HubError, match="a PEFT adapter repo without adapter_model.safetensors .adapter_model.bin"):
+        postsvd.compare(None, "org/lora-pickle", progress=False)
+
+
+def test_construct_from_an_adapter_by_repo_id(hub_env, tmp_path, capsys):
+    """construct with a Hub adapter as post writes the base's tensors (every one fetched) with the adapter merged:
+    the folder construct writes from the local base and adapter."""
+    server = hub_env["server"]
+    adapter = _serve_adapter(server, "org/lora")
+    prepared("org/base@v1", "org/lora")
+    server.reset()
+    code, _, err = run_cli(["construct", "11", "--base", "org/base@v1", "--post", "org/lora", "--out",
+                            tmp_path / "hub", "--layers", "1", "--kinds", "q,k", "--no-progress"], capsys)
+    assert code == 0, err
+    base_data = sum(len(data) - end for data, end in ((hub_env["files"][f], e)
+                                                       for f, e in header_ends(hub_env["files"]).items()))
+    assert shard_bytes(server, "org/base/") == base_data  # every tensor of the base (the headers came before)
+    postsvd.construct(11, hub_env["base"], adapter, tmp_path / "local", layers="1", kinds="q,k", progress=False)
+    names = sorted(os.listdir(tmp_path / "hub"))
+    assert names == sorted(os.listdir(tmp_path / "local"))
+    for name in names:
+        if name != "postsvd_construction.json":
+            assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    record = json.loads((tmp_path / "hub" / "postsvd_construction.json").read_text())
+    assert record["sources"]["post"]["model"]["repo_id"] == "org/lora"
+    assert list(record["sources"]["post"]["safetensors_sha256"]) == ["adapter_model.safetensors"]

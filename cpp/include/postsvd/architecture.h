@@ -135,6 +135,11 @@ struct ArchitectureFamily {
   std::string layer_count_key;
   /// Filled for the families lineage reads.
   LineageNames lineage;
+  /// transformers' experts module of the family is marked is_transposed (its fused expert parameters
+  /// [experts, in, out], gpt_oss). peft's target_parameters take the other fused parameters as
+  /// [experts, out, in] (adapter.cpp): llama4's, stored [experts, in, out], get their LoRA factors
+  /// the other way round; the families stored one tensor per expert are [experts, out, in] in memory.
+  bool experts_is_transposed = false;
 };
 
 /// Every supported family, one row per model_type, sorted by model_type.
