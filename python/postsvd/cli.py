@@ -104,7 +104,7 @@ def _print_plans(plans) -> int:
 
 
 def add_intruder_options(parser: argparse.ArgumentParser) -> None:
-    """--intruder-k, --intruder-epsilon, --intruder-side of compare and report (Shuttleworth et al. 2024)."""
+    """--intruder-k, --intruder-epsilon, --intruder-side of compare, report and track (Shuttleworth et al. 2024)."""
     parser.add_argument("--intruder-k", type=int, default=INTRUDER_DEFAULTS["k"], metavar="K",
                         help="intruder dimensions: the top K singular vectors of each post matrix examined")
     parser.add_argument("--intruder-epsilon", type=float, default=INTRUDER_DEFAULTS["epsilon"], metavar="EPS",
@@ -447,6 +447,7 @@ def add_track(subparsers) -> None:
                         help="the step of each checkpoint, e.g. 500,1000,1500 (default: from the folder or "
                              "revision names)")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd track: BASE')")
+    add_intruder_options(parser)
     add_ray_option(parser)
     add_static_option(parser)
     parser.set_defaults(func=run_track)
@@ -481,7 +482,7 @@ def run_track(args) -> int:
                        progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
                        warm_start=args.warm_start, whole_files=args.whole_files,
                        interactive=_interactive_argument(args), residual_base=args.residual_base,
-                       **_executor_options(args))
+                       **_intruder_arguments(args), **_executor_options(args))
     kinds = trajectory.kind_table()
     print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
           .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))

@@ -34,7 +34,7 @@ from ._html import display, escape as _e, figure as _figure, page, small_table
 from ._names import short_name
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
-from ._validate import LayersArg, KindsArg, normalize_output_folder, normalize_warm_start
+from ._validate import INTRUDER_DEFAULTS, LayersArg, KindsArg, normalize_output_folder, normalize_warm_start
 from ._version import __version__
 from .compare import check_compare_arguments, compare
 from .comparison import COMPARISON_FILES, OUTPUT_SCHEMA_VERSION, Comparison
@@ -100,7 +100,9 @@ def track(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLi
           kinds: KindsArg = None, progress: bool = True, num_threads: Optional[int] = None,
           cache: Optional[PathLike] = None, executor: str = "local", ray_address: Optional[str] = None,
           title: Optional[str] = None, warm_start: Union[bool, str] = True, whole_files: bool = False,
-          interactive: Optional[bool] = None, residual_base: bool = False) -> "Trajectory":
+          interactive: Optional[bool] = None, residual_base: bool = False,
+          intruder_k: int = INTRUDER_DEFAULTS["k"], intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+          intruder_side: str = INTRUDER_DEFAULTS["side"]) -> "Trajectory":
     """Compares `base` with each checkpoint of a training run; returns a :class:`Trajectory`.
 
     Args:
@@ -116,8 +118,10 @@ def track(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLi
         steps: the step of each checkpoint (None: read from the folder or revision names).
         out: when given, :meth:`Trajectory.save` writes everything there (tables per step,
             trajectory tables, figures and ``track.html``).
-        device, dtype, layers, kinds, num_threads, executor, ray_address, whole_files, residual_base: as in
-            :func:`postsvd.compare` (``executor='ray'`` runs each comparison on a Ray cluster).
+        device, dtype, layers, kinds, num_threads, executor, ray_address, whole_files, residual_base,
+            intruder_k, intruder_epsilon, intruder_side: as in :func:`postsvd.compare` (``executor='ray'``
+            runs each comparison on a Ray cluster; every checkpoint's intruder dimensions are counted
+            with the same k, epsilon and side).
         cache: a factor cache folder; the base is decomposed once and loaded for every
             other checkpoint. None: a temporary cache, removed at the end (locally; on Ray,
             pass a folder every node sees, or each checkpoint decomposes the base again).
@@ -142,7 +146,9 @@ def track(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLi
     with naming_models(*named):
         check_compare_arguments(base_model, models, device="cpu" if executor == "ray" else device, dtype=dtype,
                                 layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
-                                outs=[out] if out is not None else (), residual_base=residual_base)
+                                outs=[out] if out is not None else (), residual_base=residual_base,
+                                intruder_k=intruder_k, intruder_epsilon=intruder_epsilon,
+                                intruder_side=intruder_side)
     use_interactive(interactive)
     order = sorted(range(len(models)), key=lambda i: step_list[i])
     comparisons = []
@@ -154,7 +160,9 @@ def track(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLi
                                            kinds=kinds, progress=progress, num_threads=num_threads,
                                            cache=cache_folder, executor=executor, ray_address=ray_address,
                                            warm_start=warm_start, warm_from=previous if cache_folder else None,
-                                           whole_files=whole_files, residual_base=residual_base))
+                                           whole_files=whole_files, residual_base=residual_base,
+                                           intruder_k=intruder_k, intruder_epsilon=intruder_epsilon,
+                                           intruder_side=intruder_side))
             previous = models[i]
     trajectory = Trajectory([step_list[i] for i in order], comparisons, title=title)
     if out is not None:
