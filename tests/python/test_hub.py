@@ -291,6 +291,35 @@ def test_server_ignoring_ranges_gets_the_whole_shard(hub_env):
     assert_same_matrices(hub_env["base"], r.folder, sources)
 
 
+def test_xet_stored_files_are_read_by_range_through_the_bridge(hub_env, monkeypatch):
+    """A repo whose LFS files are stored with Xet: every range goes to the resolve URL, whose redirect is signed
+    for that range only (a redirect reused for another range is refused), so only the needed bytes come; where the
+    bridge ignores the range, the whole shard comes instead, said in a warning, and the result is the same."""
+    server = hub_env["server"]
+    if "org/base-xet" not in server.repos:
+        server.add_repo("org/base-xet", hub_env["files"], xet=True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # a logged-in user: the token goes to the Hub, never to the bridge
+    r = hub.resolve("org/base-xet", "base")
+    sources, names = layer_tensors(r.folder, [2])
+    needed = tensor_bytes(r.folder, names)
+    server.reset()
+    report = hub.fetch(r, names)
+    bridge = server.requests("GET", "/xet-bridge/")
+    assert bridge and all(q["status"] == 206 for q in bridge)  # none refused: each range resolved anew
+    resolves = [q for q in server.requests("GET", "/resolve/") if q["range"]]
+    assert [q["status"] for q in resolves] == [302] * len(bridge)
+    assert needed <= report.bytes_fetched == server.sent("/xet-bridge/") <= needed * 1.05
+    assert all(q["authorized"] for q in resolves) and not any(q["authorized"] for q in bridge)
+    assert_same_matrices(hub_env["base"], r.folder, sources)
+    # A bridge that answers a range with the whole file: that shard whole, with a warning.
+    sources, names = layer_tensors(r.folder, [0])
+    server.faults.append({"kind": "no_range", "contains": "/xet-bridge/", "ranged": True})
+    with pytest.warns(UserWarning, match="the server ignored the range request; fetching the whole file"):
+        report = hub.fetch(r, names)
+    assert report.whole_files == ["model-00002-of-00006.safetensors"]
+    assert_same_matrices(hub_env["base"], r.folder, sources)
+
+
 def test_a_file_changed_on_the_server_is_refused(hub_env):
     server = hub_env["server"]
     r = hub.resolve("org/base", "base")
