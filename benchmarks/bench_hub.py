@@ -17,6 +17,19 @@ options), re-saves each as one shard per layer and serves both from the Hub stan
 4. overlapped: postsvd.compare of every layer by repo id on an empty cache (T_wall), against
    max(T_fetch, T_compute); its table checked equal to the local one.
 
+Then construct (construction 11 of every layer, --construct-kinds: attention by default, so that the
+rest of post, which the new folder copies, is most of it):
+
+5. compute alone: postsvd.construct on the local folders (C_compute, the second of two runs); the throttle is
+   then set so that fetching what construct fetches takes about as long (rate = its bytes / C_compute /
+   PARALLEL_FILES: a fetch reads that many files at a time);
+6. fetch alone: the selected pairs' tensors of both models, then the rest of post (as construct fetches
+   them, on an empty cache; C_fetch, and C_selected of it);
+7. overlapped: postsvd.construct by repo id on an empty cache (C_wall: the selection fetched first, the
+   rest of post in a thread while the pairs decompose), against max(C_fetch, C_compute) and against
+   C_selected + max(C_fetch - C_selected, C_compute), the bound of a design that fetches the selection
+   before it decomposes; its folder checked equal, byte for byte, to the local one.
+
 Prints (and with --out writes) a Markdown block for benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -84,6 +97,23 @@ def serve(files, conn) -> None:
         conn.send(sum(r["sent"] for r in server.requests() if r["path"].endswith(".safetensors")))
 
 
+def needed_construct(sharded, arch, selected) -> int:
+    """Bytes construct 11 of `selected` (indices of the architecture's matrices) fetches: the selected pairs'
+    tensors of base, every tensor of post."""
+    from postsvd import _core, hub
+
+    base = _core.Checkpoint(sharded["base"])
+    names = hub.source_tensors(base, [arch["matrices"][i] for i in selected])
+    total = sum(base.info(n)["end"] - base.info(n)["begin"] for n in names)
+    post = _core.Checkpoint(sharded["post"])
+    return total + sum(post.info(n)["end"] - post.info(n)["begin"] for n in post.tensor_names())
+
+
+def _same_file(a: str, b: str) -> bool:
+    with open(a, "rb") as f, open(b, "rb") as g:
+        return f.read() == g.read()
+
+
 def wait_for_quiet(load: float, max_wait: float) -> None:
     """Returns once the 1-minute load average was under `load` at two checks 30 s apart; exits after `max_wait` s."""
     deadline = time.monotonic() + max_wait
@@ -103,6 +133,7 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=2048)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--construct-kinds", default="q,k,v,o", help="the kinds construct selects (steps 5-7)")
     parser.add_argument("--out", default=None, help="also write the Markdown block to this file")
     parser.add_argument("--wait-load", type=float, default=None, metavar="L",
                         help="first wait until the 1-minute load average stays under L for 30 s (a shared machine)")
@@ -187,6 +218,39 @@ def main() -> None:
     t_wall = time.perf_counter() - started
     overlap_sent = ask("sent")
     same = remote.table.equals(local.table)
+
+    # 5. construct: compute alone, on the local folders
+    from postsvd import constructions
+
+    kinds = args.construct_kinds.split(",")
+    for _ in range(2):  # the second, warm (the first also pays first calls: imports, allocator, page cache)
+        started = time.perf_counter()
+        postsvd.construct(11, sharded["base"], sharded["post"], os.path.join(root, "construct-local"), kinds=kinds,
+                          progress=False, force=True)
+        c_compute = time.perf_counter() - started
+    arch = postsvd.architecture(sharded["post"])
+    selected = sorted(i for batch in _engine.select_batches(arch, every, kinds, None).values() for i in batch)
+    c_needed = needed_construct(sharded, arch, selected)
+    c_rate = c_needed / c_compute / hub.PARALLEL_FILES  # a fetch reads PARALLEL_FILES files at a time
+    ask("rate", c_rate)
+
+    # 6. fetch alone: the selection (both models), then the rest of post
+    base, post = fresh_cache("construct-fetch")
+    started = time.perf_counter()
+    constructions._fetcher(base, post, None, False).fetch(selected)
+    c_selected = time.perf_counter() - started
+    hub.fetch(post, None)
+    c_fetch = time.perf_counter() - started
+    c_fetch_sent = ask("sent")
+
+    # 7. overlapped
+    fresh_cache("construct-overlap")
+    started = time.perf_counter()
+    postsvd.construct(11, "org/base", "org/post", os.path.join(root, "construct-hub"), kinds=kinds, progress=False)
+    c_wall = time.perf_counter() - started
+    c_sent = ask("sent")
+    c_same = all(_same_file(os.path.join(root, "construct-local", name), os.path.join(root, "construct-hub", name))
+                 for name in os.listdir(os.path.join(root, "construct-local")) if name != constructions.RECORD_NAME)
     ask("stop")
     process.join()
     load_end = os.getloadavg()[0]
@@ -215,6 +279,25 @@ def main() -> None:
         f"| overlapped / max(fetch, compute) | {t_wall / bound:.3f} | <= 1.15 |",
         "",
         f"Tables of the overlapped run equal to the local run's: {same}.",
+        "",
+        f"construct 11, {args.layers} layers, kinds {args.construct_kinds}; throttle {c_rate / 1e6:.1f} MB/s per "
+        f"response body",
+        "",
+        "| measure | value | goal |",
+        "|---|---:|---:|",
+        f"| construct: bytes sent / bytes needed ({c_needed:,} needed: the selection of both, all of post) "
+        f"| {c_sent / c_needed:.4f} | <= 1.05 |",
+        f"| fetch alone: bytes sent / bytes needed | {c_fetch_sent / c_needed:.4f} | <= 1.05 |",
+        f"| compute alone (construct on the local folders), s | {c_compute:.2f} | |",
+        f"| fetch alone (throttled: the selection, then the rest of post), s | {c_fetch:.2f} | |",
+        f"| of which the selection, s | {c_selected:.2f} | |",
+        f"| fetch then compute (sum), s | {c_fetch + c_compute:.2f} | |",
+        f"| construct by repo id, s | {c_wall:.2f} | |",
+        f"| construct by repo id / max(fetch, compute) | {c_wall / max(c_fetch, c_compute):.3f} | <= 1.15 |",
+        f"| construct by repo id / (selection + max(rest, compute)) | "
+        f"{c_wall / (c_selected + max(c_fetch - c_selected, c_compute)):.3f} | |",
+        "",
+        f"Files of the construction by repo id equal to the local one's, byte for byte: {c_same}.",
     ]
     text = "\n".join(lines)
     print(text)

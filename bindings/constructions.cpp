@@ -84,7 +84,8 @@ void bind_constructions(py::module_& m) {
          const std::string& ref, const std::map<std::string, double>& alpha, const std::vector<int>& layers,
          const std::vector<std::string>& kinds, const std::string& precision, const std::string& device,
          const std::vector<int>& device_ids, int num_threads, const std::string& factor_cache, bool rotations,
-         const py::object& progress, const std::string& warm_start, bool residual_base) {
+         const py::object& progress, const std::string& warm_start, bool residual_base,
+         const py::object& before_copy) {
         postsvd::ConstructionRequest request;
         request.number = number;
         request.base = base;
@@ -107,6 +108,14 @@ void bind_constructions(py::module_& m) {
           if (PyErr_CheckSignals() != 0) throw py::error_already_set();
           if (!progress.is_none()) progress(done, total, what);
         };
+        // Called once with the GIL held, before the untouched tensors are read: the caller waits there for
+        // its fetch of them (an exception it raises stops the construction, and is raised here).
+        if (!before_copy.is_none()) {
+          request.before_copy = [&before_copy] {
+            py::gil_scoped_acquire acquire;
+            before_copy();
+          };
+        }
         postsvd::ConstructionReport report;
         {
           py::gil_scoped_release release;
@@ -130,7 +139,10 @@ void bind_constructions(py::module_& m) {
       "layers"_a = std::vector<int>{}, "kinds"_a = std::vector<std::string>{}, "precision"_a = "float32",
       "device"_a = "cpu", "device_ids"_a = std::vector<int>{}, "num_threads"_a = 0, "factor_cache"_a = "",
       "rotations"_a = true, "progress"_a = py::none(), "warm_start"_a = "auto", "residual_base"_a = false,
-      "Builds a construction's safetensors files (and index) into an existing folder; returns the table rows.");
+      "before_copy"_a = py::none(),
+      "Builds a construction's safetensors files (and index) into an existing folder; returns the table rows.\n"
+      "before_copy(): called once after the selected matrices are written, before the untouched tensors are "
+      "read.");
 }
 
 }  // namespace postsvd_bindings

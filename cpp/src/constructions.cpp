@@ -581,6 +581,7 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
     report.rows.push_back(std::move(row));
     ++done;
   }
+  if (request.before_copy) request.before_copy();
   if (p.checkpoint.adapter() != nullptr) {
     // The projections an adapter changes that the construction left: W + ΔW, as the merged model holds them.
     const Adapter& adapter = *p.checkpoint.adapter();
@@ -593,6 +594,7 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
     report.seconds_write += seconds_since(t0);
   }
   t0 = clock::now();
+  writer.copy_unchanged();
   report.written_files = writer.finish();
   report.seconds_write += seconds_since(t0);
   if (progress) progress(total, total, "written");

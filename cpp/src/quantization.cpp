@@ -514,8 +514,12 @@ Matrix<float> dequantized_tensor(const Checkpoint& checkpoint, const std::string
 
 // ---------------------------------------------------------------- MXFP4
 
-TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, const std::string& scales, int64_t first,
-                      int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+namespace {
+
+// mxfp4_view's checks, from the headers only (nothing read): the pair's dtypes and shapes, and the view
+// inside the blocks. Returns the number of values the blocks hold.
+int64_t check_mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, const std::string& scales,
+                         int64_t first, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
   const TensorInfo& b = checkpoint.info(blocks);
   const TensorInfo& s = checkpoint.info(scales);
   const std::string& blocks_file = checkpoint.file_of(blocks).path();
@@ -539,6 +543,16 @@ TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, c
                 blocks_file << ": tensor '" << blocks << "' " << detail::shape_string(b.shape) << " holds " << values
                             << " values; a [" << rows << ", " << cols << "] matrix at " << first << " with strides ("
                             << row_stride << ", " << col_stride << ") reaches value " << last);
+  return values;
+}
+
+}  // namespace
+
+TensorView mxfp4_view(const Checkpoint& checkpoint, const std::string& blocks, const std::string& scales, int64_t first,
+                      int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+  const int64_t values = check_mxfp4_view(checkpoint, blocks, scales, first, rows, cols, row_stride, col_stride);
+  const TensorInfo& b = checkpoint.info(blocks);
+  const TensorInfo& s = checkpoint.info(scales);
   TensorView view;
   view.data = checkpoint.file_of(blocks).data(b);
   view.dtype = DType::U8;
@@ -576,7 +590,7 @@ UnpackedMXFP4 unpacked_mxfp4(const Checkpoint& checkpoint, const std::string& bl
                                                     << "' in " << blocks_file
                                                     << "; the BF16 copy would hold two tensors of that name");
   out.shape = {b.shape[0], b.shape[2] * 32, b.shape[1]};
-  mxfp4_view(checkpoint, blocks, out.scales, 0, 1, 1, 1, 1);  // checks the pair: dtypes and shapes
+  check_mxfp4_view(checkpoint, blocks, out.scales, 0, 1, 1, 1, 1);  // the pair's dtypes and shapes (headers only)
   return out;
 }
 

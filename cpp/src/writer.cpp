@@ -113,24 +113,6 @@ bool store_element<double>(unsigned char* dst, DType dtype, double value) {
 
 std::string errno_text() { return std::strerror(errno); }
 
-// One output file: a writable shared mapping of the whole file.
-struct OutputFile {
-  std::string name;  // file name inside the output folder
-  std::string path;
-  int fd = -1;
-  unsigned char* map = nullptr;
-  uint64_t size = 0;
-  uint64_t data_start = 0;  // 8 + header length
-  uint64_t data_size = 0;
-
-  void close_file() noexcept {
-    if (map != nullptr) munmap(map, size);
-    map = nullptr;
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-};
-
 // One tensor of an output file: where it lands and how it is produced (CopyAs).
 struct PlacedTensor {
   const TensorInfo* input = nullptr;
@@ -140,6 +122,25 @@ struct PlacedTensor {
   DType dtype = DType::F32;
   uint64_t begin = 0;  // offsets in the output's data section
   uint64_t end = 0;
+};
+
+// One output file: a writable shared mapping of the whole file.
+struct OutputFile {
+  std::string name;  // file name inside the output folder
+  std::string path;
+  int fd = -1;
+  unsigned char* map = nullptr;
+  uint64_t size = 0;
+  uint64_t data_start = 0;  // 8 + header length
+  uint64_t data_size = 0;
+  std::vector<PlacedTensor> tensors;  // in the order of their offsets
+
+  void close_file() noexcept {
+    if (map != nullptr) munmap(map, size);
+    map = nullptr;
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
 };
 
 // The tensors of a copy of `file`, in the order of their offsets, FP8 weights of a quantized
@@ -214,6 +215,22 @@ void write_all(int fd, const void* data, uint64_t size, const std::string& path)
   }
 }
 
+// write_all at `offset` (pwrite): the copies land in place, in any order, beside the mapping's writes.
+void write_all_at(int fd, const void* data, uint64_t size, uint64_t offset, const std::string& path) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  while (size > 0) {
+    const std::size_t chunk = static_cast<std::size_t>(std::min<uint64_t>(size, uint64_t{1} << 26));
+    const ssize_t n = ::pwrite(fd, p, chunk, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      POSTSVD_THROW(Error, path << ": write failed: " << errno_text());
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    size -= static_cast<uint64_t>(n);
+  }
+}
+
 }  // namespace
 
 struct CheckpointWriter::Impl {
@@ -225,7 +242,11 @@ struct CheckpointWriter::Impl {
   std::string out_folder;
   std::vector<OutputFile> files;
   std::map<std::string, std::size_t> file_of_path;  // source path -> index into files
+  std::set<std::string> copied;                     // tensors (source names) whose copy is in place
   bool finished = false;
+
+  // Copies the source's tensor `t` of `f` into place (its bytes, or dequantized to BF16).
+  void copy_tensor(const OutputFile& f, const PlacedTensor& t);
 
   ~Impl() {
     for (OutputFile& f : files) f.close_file();
@@ -280,40 +301,65 @@ CheckpointWriter::CheckpointWriter(const Checkpoint& source, const std::string& 
     for (int b = 0; b < 8; ++b) prefix[b] = static_cast<unsigned char>((header_len >> (8 * b)) & 0xffu);
     write_all(f.fd, prefix, 8, f.path);
     write_all(f.fd, header.data(), header.size(), f.path);
+    f.tensors = tensors;
     if (f.data_size > 0) {
-      for (const PlacedTensor& t : tensors) {
-        if (t.copy == CopyAs::Same) {
-          write_all(f.fd, source.file_of(t.input->name).data(*t.input), t.end - t.begin, f.path);
-          continue;
-        }
-        // Dequantized in float32 (the values every comparison sees), rounded once to BF16.
-        // (to_matrix refused non-finite values; a float32 value past BF16's range is refused here.)
-        auto write_bf16 = [&](const Matrix<float>& w) {
-          std::vector<uint16_t> bf16(static_cast<std::size_t>(w.size()));
-          for (std::size_t i = 0; i < bf16.size(); ++i) {
-            bf16[i] = detail::float_to_bf16(w.data()[i]);
-            POSTSVD_CHECK((bf16[i] & 0x7f80u) != 0x7f80u, BadCheckpoint,
-                          source.file_of(t.input->name).path()
-                              << ": tensor '" << t.input->name << "' dequantizes to " << w.data()[i]
-                              << ", past the range of BF16 (largest finite value " << largest_finite(DType::BF16)
-                              << "), the dtype of its copy");
-          }
-          write_all(f.fd, bf16.data(), bf16.size() * 2, f.path);
-        };
-        if (t.copy == CopyAs::BF16) {
-          write_bf16(dequantized_tensor(source, t.input->name));  // holds the whole FP8 tensor in float32
-          continue;
-        }
-        // MXFP4 -> BF16 X [E, G * 32, R], one slice at a time: holds one expert's [G * 32, R] in float32
-        // (twice while dequantize_into transposes it) and in BF16.
-        const UnpackedMXFP4 unpacked = unpacked_mxfp4(source, t.input->name);  // the pair checked once
-        for (int64_t e = 0; e < t.shape[0]; ++e) write_bf16(dequantized_mxfp4_slice(source, unpacked, e));
-      }
+      // The data section at its full size, its disk reserved now (a full disk stops the run before any
+      // work); the tensors are copied in later (copy_tensor), a written one before its first write.
+      POSTSVD_CHECK(::ftruncate(f.fd, static_cast<off_t>(f.size)) == 0, Error,
+                    f.path << ": cannot extend to " << f.size << " bytes: " << errno_text());
+      const int reserved = ::posix_fallocate(f.fd, static_cast<off_t>(f.data_start), static_cast<off_t>(f.data_size));
+      POSTSVD_CHECK(reserved == 0 || reserved == EINVAL || reserved == EOPNOTSUPP, Error,
+                    f.path << ": cannot reserve " << f.data_size << " bytes of disk: " << std::strerror(reserved));
       f.map = static_cast<unsigned char*>(mmap(nullptr, f.size, PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, 0));
       if (f.map == MAP_FAILED) {
         f.map = nullptr;
         POSTSVD_THROW(Error, f.path << ": mmap for writing failed: " << errno_text());
       }
+    }
+  }
+}
+
+void CheckpointWriter::Impl::copy_tensor(const OutputFile& f, const PlacedTensor& t) {
+  const Checkpoint& checkpoint = *source;
+  uint64_t at = f.data_start + t.begin;
+  if (t.end == t.begin) {
+    // An empty tensor: nothing to read or write.
+  } else if (t.copy == CopyAs::Same) {
+    write_all_at(f.fd, checkpoint.file_of(t.input->name).data(*t.input), t.end - t.begin, at, f.path);
+  } else {
+    // Dequantized in float32 (the values every comparison sees), rounded once to BF16.
+    // (to_matrix refused non-finite values; a float32 value past BF16's range is refused here.)
+    auto write_bf16 = [&](const Matrix<float>& w) {
+      std::vector<uint16_t> bf16(static_cast<std::size_t>(w.size()));
+      for (std::size_t i = 0; i < bf16.size(); ++i) {
+        bf16[i] = detail::float_to_bf16(w.data()[i]);
+        POSTSVD_CHECK((bf16[i] & 0x7f80u) != 0x7f80u, BadCheckpoint,
+                      checkpoint.file_of(t.input->name).path()
+                          << ": tensor '" << t.input->name << "' dequantizes to " << w.data()[i]
+                          << ", past the range of BF16 (largest finite value " << largest_finite(DType::BF16)
+                          << "), the dtype of its copy");
+      }
+      write_all_at(f.fd, bf16.data(), bf16.size() * 2, at, f.path);
+      at += bf16.size() * 2;
+    };
+    if (t.copy == CopyAs::BF16) {
+      write_bf16(dequantized_tensor(checkpoint, t.input->name));  // holds the whole FP8 tensor in float32
+    } else {
+      // MXFP4 -> BF16 X [E, G * 32, R], one slice at a time: holds one expert's [G * 32, R] in float32
+      // (twice while dequantize_into transposes it) and in BF16.
+      const UnpackedMXFP4 unpacked = unpacked_mxfp4(checkpoint, t.input->name);  // the pair checked once
+      for (int64_t e = 0; e < t.shape[0]; ++e) write_bf16(dequantized_mxfp4_slice(checkpoint, unpacked, e));
+    }
+  }
+  copied.insert(t.input->name);
+}
+
+void CheckpointWriter::copy_unchanged() {
+  POSTSVD_CHECK(impl_ && !impl_->finished, InvalidArgument,
+                "CheckpointWriter::copy_unchanged: the writer is finished");
+  for (const OutputFile& f : impl_->files) {
+    for (const PlacedTensor& t : f.tensors) {
+      if (impl_->copied.count(t.input->name) == 0) impl_->copy_tensor(f, t);
     }
   }
 }
@@ -354,6 +400,8 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w, con
                 "CheckpointWriter::write: tensor '" << source.tensor << "': the part's " << source.out_features
                     << " columns from " << source.out_offset << " do not fit in the fused output dim "
                     << source.fused_out);
+  // The stored tensor first (a write may replace part of it: a fused or stacked tensor's part).
+  if (impl_->copied.count(source.tensor) == 0) impl_->copy_tensor(f, placed);
   const std::size_t element = dtype_size(placed.dtype);
   const int64_t in = source.in_features;
   unsigned char* base = f.map + f.data_start + placed.begin +
@@ -395,6 +443,7 @@ void CheckpointWriter::write(const MatrixSource& source, const Matrix<T>& w, con
 
 std::vector<std::string> CheckpointWriter::finish() {
   POSTSVD_CHECK(impl_ && !impl_->finished, InvalidArgument, "CheckpointWriter::finish: called twice");
+  copy_unchanged();  // nothing left when the caller copied them
   std::vector<std::string> names;
   uint64_t total_size = 0;
   for (OutputFile& f : impl_->files) {

@@ -108,4 +108,5 @@ def construct_checkpoint(number: int, base: str, post: str, out_folder: str, ref
                          precision: str = "float32", device: str = "cpu", device_ids: Sequence[int] = ...,
                          num_threads: int = 0, factor_cache: str = "", rotations: bool = True,
                          progress: Optional[Callable[[int, int, str], Any]] = None,
-                         warm_start: str = "auto", residual_base: bool = False) -> Dict[str, Any]: ...
+                         warm_start: str = "auto", residual_base: bool = False,
+                         before_copy: Optional[Callable[[], Any]] = None) -> Dict[str, Any]: ...

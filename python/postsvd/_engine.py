@@ -118,17 +118,21 @@ class Fetcher:
     def fetch(self, indices: Iterable[int], on_bytes: Optional[Callable[[int], Any]] = None) -> int:
         """Fetches what the pairs at `indices` read that the cache lacks; returns the bytes received.
         `on_bytes(n)` is called as bytes arrive (from the fetch's threads)."""
-        total = 0
-        for model, names in self.tensors(indices):
-            seen = [0]
+        return sum(fetch_counted(model, names, self.whole_files, on_bytes) for model, names in self.tensors(indices))
 
-            def progress(done: int, _total: int) -> None:
-                if on_bytes is not None:
-                    on_bytes(done - seen[0])
-                seen[0] = done
 
-            total += hub.fetch(model, names, whole_files=self.whole_files, progress=progress).bytes_fetched
-        return total
+def fetch_counted(model: "hub.ResolvedModel", names: Optional[Iterable[str]], whole_files: bool,
+                  on_bytes: Optional[Callable[[int], Any]] = None) -> int:
+    """hub.fetch(model, names) (None: every tensor), `on_bytes(n)` called as bytes arrive (from the fetch's
+    threads); returns the bytes received."""
+    seen = [0]
+
+    def progress(done: int, _total: int) -> None:
+        if on_bytes is not None:
+            on_bytes(done - seen[0])
+        seen[0] = done
+
+    return hub.fetch(model, names, whole_files=whole_files, progress=progress).bytes_fetched
 
 
 @dataclass
@@ -243,7 +247,7 @@ def run_local(run: Run, *, progress: bool = True, desc: str = "") -> Tuple[List[
     records: List[Dict[str, Any]] = []
     started = time.perf_counter()
     with tqdm(total=run.total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
-        fetched = _FetchedBytes(bar)
+        fetched = FetchedBytes(bar)
         prefetch: Optional[_Prefetcher] = None
 
         def on_bytes(n: int) -> None:
@@ -255,7 +259,7 @@ def run_local(run: Run, *, progress: bool = True, desc: str = "") -> Tuple[List[
             prefetch = _Prefetcher(lambda i: run.fetcher.fetch(units[i][1], on_bytes), len(units), FETCH_AHEAD)
         try:
             for i, (layer, indices) in enumerate(units):
-                fetched.layer = layer
+                fetched.label = f"layer {layer}"
                 fetched.show()
                 if prefetch is not None:
                     prefetch.ready(i)
@@ -268,11 +272,12 @@ def run_local(run: Run, *, progress: bool = True, desc: str = "") -> Tuple[List[
     return records, time.perf_counter() - started
 
 
-class _FetchedBytes:
-    """The bar's postfix: the layer decomposing and the bytes fetched so far (counted from the fetch's threads)."""
+class FetchedBytes:
+    """A bar's postfix: what is being done (`label`: the layer decomposing, the matrix constructed) and the
+    bytes fetched so far (counted from the fetch's threads). `bar` may be set later (None: nothing shown)."""
 
-    def __init__(self, bar):
-        self.bar, self.layer, self.bytes = bar, None, 0
+    def __init__(self, bar=None):
+        self.bar, self.label, self.bytes = bar, "", 0
         self._lock = threading.Lock()
         self._shown = 0.0
 
@@ -284,7 +289,9 @@ class _FetchedBytes:
 
     def show(self) -> None:
         self._shown = time.monotonic()
-        text = f"layer {self.layer}" + (f", fetched {human_bytes(self.bytes)}" if self.bytes else "")
+        if self.bar is None:
+            return
+        text = ", ".join(t for t in (self.label, f"fetched {human_bytes(self.bytes)}" if self.bytes else "") if t)
         self.bar.set_postfix_str(text)
 
 
@@ -340,6 +347,31 @@ class _Prefetcher:
             self._stop = True
             self._cond.notify_all()
         self._thread.join()
+
+
+class BackgroundFetch:
+    """One fetch in a thread while the caller works (construct: the written model's tensors the selected pairs
+    do not read, while those decompose). `fetch(on_bytes)` runs in the thread and calls `on_bytes(n)` as bytes
+    arrive, which the caller's `on_bytes` sees too. wait() waits for the fetch, raising its error; close() stops
+    a fetch in progress at its next bytes and joins the thread (call it on every way out)."""
+
+    def __init__(self, fetch: Callable[[Callable[[int], None]], Any], on_bytes: Optional[Callable[[int], Any]] = None):
+        self._on_bytes_given = on_bytes
+        self._stop = threading.Event()
+        self._prefetch = _Prefetcher(lambda _: fetch(self._on_bytes), 1, 0)
+
+    def _on_bytes(self, n: int) -> None:
+        if self._stop.is_set():
+            raise _Stopped()  # the caller no longer waits for it
+        if self._on_bytes_given is not None:
+            self._on_bytes_given(n)
+
+    def wait(self) -> None:
+        self._prefetch.ready(0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._prefetch.close()
 
 
 def pair_records(comparator: "_core.Comparator", indices: Sequence[int]) -> List[Dict[str, Any]]:

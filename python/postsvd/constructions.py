@@ -50,7 +50,7 @@ import pandas as pd
 from . import _core, adapters, hub
 from . import interactive as _interactive
 from ._display import display_figure
-from ._engine import Fetcher, named_models, select_batches
+from ._engine import BackgroundFetch, FetchedBytes, Fetcher, fetch_counted, named_models, select_batches
 from ._html import display, escape as _e, small_table
 from .comparison import Comparison
 from ._outputs import FileSet, apply_umask, atomic_folder, cannot_replace
@@ -329,8 +329,9 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         number: 9, 10, 11, 12, 14, 15 or 16 (see the module docstring).
         base, post: models of one architecture: folders (config.json + safetensors) or Hub repo
             ids (``org/name[@revision]``). Of a Hub post model every tensor is fetched (the
-            new folder holds all of them) with its other files (tokenizer, ...); of a Hub base
-            (and ref) only the selected matrices. `post` (and `ref`) may be a PEFT LoRA adapter
+            new folder holds all of them) with its other files (tokenizer, ...): the selected
+            matrices first, the rest in a thread while they decompose; of a Hub base (and ref)
+            only the selected matrices. `post` (and `ref`) may be a PEFT LoRA adapter
             (a folder or a Hub repo) applied to `base`: the output holds W + ΔW for every
             projection the adapter changes and the construction leaves, and the base's other
             files (so every tensor of a Hub base is fetched); an adapter that changes other
@@ -433,83 +434,104 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         elif alpha is not None:
             value = _check_alpha_value("all", alpha)
             given = {k: value for k in chosen_kinds}
-    # Hub models: every tensor of post (the new folder holds them all; an adapter's: its base's), the selected
-    # matrices of base and ref.
+    # Hub models: first what the selected pairs read (post, base, ref), then, in a thread while they decompose,
+    # the rest of the model the new folder copies (post; an adapter post's: its base), which the construction
+    # waits for before it copies those tensors (before_copy). A fetch that cannot be (offline, disk, cache limit)
+    # is refused before any.
     written = base_model if post_checkpoint.adapter is not None else post_model
-    hub.fetch(written, None, whole_files=whole_files, progress=progress or None)
+    hub.check_fetch(written, None, whole_files=whole_files)
     selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
     with naming_models(*models):
-        _fetcher(base_model, ref_model, residual_base, whole_files).fetch(selected)
+        _fetcher(base_model, post_model, ref_model, residual_base, whole_files).fetch(selected)
     others = hub.other_files(written)
-    if info["uses_alpha"]:
-        missing = [k for k in chosen_kinds if k not in given]
-        if missing:
-            with naming_models(*models):
-                pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
-                                              device_kind, device_ids, threads, cache_path, bool(residual_base))
-            for kind in missing:
-                chosen = _core.table4_alpha(pooled[kind])
-                if not (math.isfinite(chosen) and chosen > 0):
-                    raise InvalidArgumentError(
-                        f"alpha: the Table 4 rule gives alpha' = {chosen} for kind {kind!r} (pooled mean scaling "
-                        f"{pooled[kind]:.4g}); give alpha explicitly")
-                given[kind] = chosen
-        alphas = {k: given[k] for k in chosen_kinds}
-        alpha_source = "given" if not missing else ("Table 4 rule" if len(missing) == len(chosen_kinds)
-                                                    else "given + Table 4 rule")
-        message = "alpha' per kind (" + alpha_source + "): " + ", ".join(f"{k}={v:g}" for k, v in alphas.items())
-        logger.info(message)
-        if progress:
-            print(f"postsvd construct {number}: {message}", file=sys.stderr)
+    fetched = FetchedBytes()
+    rest = None if written.is_local else BackgroundFetch(
+        lambda on_bytes: fetch_counted(written, None, whole_files, on_bytes), fetched.add)
+    try:
+        if info["uses_alpha"]:
+            missing = [k for k in chosen_kinds if k not in given]
+            if missing:
+                with naming_models(*models):
+                    pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers,
+                                                  precision, device_kind, device_ids, threads, cache_path,
+                                                  bool(residual_base))
+                for kind in missing:
+                    chosen = _core.table4_alpha(pooled[kind])
+                    if not (math.isfinite(chosen) and chosen > 0):
+                        raise InvalidArgumentError(
+                            f"alpha: the Table 4 rule gives alpha' = {chosen} for kind {kind!r} (pooled mean "
+                            f"scaling {pooled[kind]:.4g}); give alpha explicitly")
+                    given[kind] = chosen
+            alphas = {k: given[k] for k in chosen_kinds}
+            alpha_source = "given" if not missing else ("Table 4 rule" if len(missing) == len(chosen_kinds)
+                                                        else "given + Table 4 rule")
+            message = "alpha' per kind (" + alpha_source + "): " + ", ".join(
+                f"{k}={v:g}" for k, v in alphas.items())
+            logger.info(message)
+            if progress:
+                print(f"postsvd construct {number}: {message}", file=sys.stderr)
 
-    from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-    # Built in a hidden folder beside out (normal permissions), swapped into place when complete. What it may
-    # hold: the post folder's entries (its weights rewritten, the rest copied) and the record.
-    entries = [e + "/" if os.path.isdir(path) else e for e, path in others.items()]
-    files = FileSet("a construction", [*entries, *_weight_file_names(post_checkpoint), RECORD_NAME], literal=True)
-    with atomic_folder(out_path, files=files, replace_all=True) as temp:
-        copied = _copy_other_files(others, temp)
-        with tqdm(total=None, desc=f"construction {number}", unit="matrix", disable=not progress,
-                  leave=True) as bar:
-            def on_progress(done: int, total: int, what: str) -> None:
-                if bar.total != total:
-                    bar.total = total
-                bar.n = done
-                bar.set_postfix_str(what, refresh=True)
+        # Built in a hidden folder beside out (normal permissions), swapped into place when complete. What it
+        # may hold: the post folder's entries (its weights rewritten, the rest copied) and the record.
+        entries = [e + "/" if os.path.isdir(path) else e for e, path in others.items()]
+        files = FileSet("a construction", [*entries, *_weight_file_names(post_checkpoint), RECORD_NAME],
+                        literal=True)
+        with atomic_folder(out_path, files=files, replace_all=True) as temp:
+            copied = _copy_other_files(others, temp)
+            with tqdm(total=None, desc=f"construction {number}", unit="matrix", disable=not progress,
+                      leave=True) as bar:
+                fetched.bar = bar
 
-            with naming_models(*models):
-                report = _core.construct_checkpoint(
-                    number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
-                    kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
-                    num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
-                    warm_start=normalize_warm_start(warm_start), residual_base=bool(residual_base))
-        sources = {"base": base_model, "post": post_model}
-        if ref_model is not None:
-            sources["ref"] = ref_model
-        record = {
-            "construction": number,
-            "name": info["name"],
-            "formula": info["formula"],
-            "alpha": alphas,
-            "alpha_source": alpha_source or None,
-            "pooled_mean_scaling": pooled,
-            "layers": chosen_layers,
-            "kinds": chosen_kinds,
-            "sources": {role: _source_record(model) for role, model in sources.items()},
-            "postsvd_version": __version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "backend": report["backend"],
-            "device": device_kind,
-            "dtype": precision,
-            "eq13": EQ13_DEFINITION,
-            "copied_files": copied,
-            "written_files": list(report["written_files"]),
-            "table": [_record_row(row, rotations) for row in report["rows"]],
-        }
-        with open(os.path.join(temp, RECORD_NAME), "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
+                def on_progress(done: int, total: int, what: str) -> None:
+                    if bar.total != total:
+                        bar.total = total
+                    bar.n = done
+                    fetched.label = what
+                    fetched.show()
+
+                def before_copy() -> None:  # the selected matrices are written: the rest must be here now
+                    fetched.label = f"fetching the rest of {written.name}"
+                    fetched.show()
+                    rest.wait()
+
+                with naming_models(*models):
+                    report = _core.construct_checkpoint(
+                        number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
+                        kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
+                        num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
+                        warm_start=normalize_warm_start(warm_start), residual_base=bool(residual_base),
+                        before_copy=None if rest is None else before_copy)
+            sources = {"base": base_model, "post": post_model}
+            if ref_model is not None:
+                sources["ref"] = ref_model
+            record = {
+                "construction": number,
+                "name": info["name"],
+                "formula": info["formula"],
+                "alpha": alphas,
+                "alpha_source": alpha_source or None,
+                "pooled_mean_scaling": pooled,
+                "layers": chosen_layers,
+                "kinds": chosen_kinds,
+                "sources": {role: _source_record(model) for role, model in sources.items()},
+                "postsvd_version": __version__,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "backend": report["backend"],
+                "device": device_kind,
+                "dtype": precision,
+                "eq13": EQ13_DEFINITION,
+                "copied_files": copied,
+                "written_files": list(report["written_files"]),
+                "table": [_record_row(row, rotations) for row in report["rows"]],
+            }
+            with open(os.path.join(temp, RECORD_NAME), "w") as f:
+                json.dump(record, f, indent=2)
+                f.write("\n")
+    finally:
+        if rest is not None:
+            rest.close()
     result = ConstructionResult(number, out_path, alphas, alpha_source, pooled, list(report["rows"]), record,
                                 report, time.perf_counter() - started)
     logger.info("construction %d written to %s", number, out_path)
@@ -542,11 +564,12 @@ def _selection(arch: Dict[str, Any], layers, kinds, group):
     return normalize_layers(layers, arch["num_layers"], arch["model_type"]), chosen_kinds
 
 
-def _fetcher(base: "hub.ResolvedModel", ref: Optional["hub.ResolvedModel"], residual_base: bool,
-             whole_files: bool = False) -> Fetcher:
-    """The Fetcher of a construction's base and ref (an adapter ref applies to the base: nothing of it to fetch)."""
+def _fetcher(base: "hub.ResolvedModel", post: "hub.ResolvedModel", ref: Optional["hub.ResolvedModel"],
+             residual_base: bool, whole_files: bool = False) -> Fetcher:
+    """The Fetcher of a construction's models: what the selected pairs read of base, post and ref (an adapter
+    post or ref applies to the base: nothing of it to fetch)."""
     return Fetcher([(m, _core.Checkpoint(m.folder, base.folder, bool(residual_base)))
-                    for m in (base, ref) if m is not None], whole_files)
+                    for m in (base, post, ref) if m is not None], whole_files)
 
 
 def fetch_plans(number: int, base: PathLike, post: PathLike, *, ref: Optional[PathLike] = None, layers=None,
@@ -562,7 +585,7 @@ def fetch_plans(number: int, base: PathLike, post: PathLike, *, ref: Optional[Pa
     chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
     selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
     written = models[0] if post_checkpoint.adapter is not None else models[1]
-    wanted = {m.folder: names for m, names in _fetcher(models[0], models[2], residual_base).tensors(selected)}
+    wanted = {m.folder: names for m, names in _fetcher(*models, residual_base).tensors(selected)}
     return [hub.plan(m, None if m is written else wanted.get(m.folder, []), whole_files=whole_files)
             for m in models if m is not None]
 

@@ -38,9 +38,8 @@ from ._validate import normalize_folder, path_text
 from .errors import BadCheckpointError, HubError, InvalidArgumentError
 
 __all__ = ["ModelName", "ResolvedModel", "FetchPlan", "FileFetch", "FetchReport", "parse_name", "is_hub_name", "resolve", "commit_of",
-           "on_this_machine", "plan", "fetch", "source_tensors", "repo_file", "other_files", "weight_sha256",
-           "cache_entries",
-           "clear_cache", "cache_root"]
+           "on_this_machine", "plan", "check_fetch", "fetch", "source_tensors", "repo_file", "other_files",
+           "weight_sha256", "cache_entries", "clear_cache", "cache_root"]
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -982,6 +981,40 @@ def _verify(entry: Entry, manifest: Dict[str, Any], wanted: Dict[str, List[Tuple
     return dropped
 
 
+def check_fetch(resolved: ResolvedModel, tensor_names: Optional[Iterable[str]] = None, *,
+                whole_files: bool = False) -> None:
+    """Raises the HubError that :func:`fetch` with these arguments would raise before it starts (HF_HUB_OFFLINE
+    with data missing, a disk or POSTSVD_HUB_CACHE_LIMIT that cannot hold it); fetches nothing. For a caller
+    that fetches part first and the rest later (construct), so that it stops before any work."""
+    if resolved.is_local:
+        return
+    the_plan = plan(resolved, tensor_names, whole_files=whole_files)
+    if the_plan.files:
+        _refuse_impossible(resolved, _entry_of(resolved), the_plan, whole_files)
+
+
+def _refuse_impossible(resolved: ResolvedModel, entry: Entry, the_plan: "FetchPlan", whole_files: bool) -> None:
+    """fetch's refusals before it starts: offline with data missing, no room on the disk or under the limit."""
+    what = resolved.name
+    if _offline():
+        first = the_plan.files[0]
+        raise HubError(f"{what}: HF_HUB_OFFLINE is set and {human_bytes(the_plan.bytes)} of {resolved.repo_id} "
+                       f"(commit {resolved.commit[:12]}) are not in the cache (e.g. from {first.filename}); unset "
+                       f"HF_HUB_OFFLINE to fetch them")
+    if not the_plan.fits:
+        raise HubError(f"{what}: fetching {human_bytes(the_plan.bytes)} of {resolved.repo_id} needs "
+                       f"{human_bytes(the_plan.disk_needed)} of disk but {the_plan.cache_folder} has "
+                       f"{human_bytes(the_plan.disk_free)} free; nothing was fetched")
+    limit = _hub_cache.cache_limit()
+    if limit is not None and not whole_files:
+        used = _hub_cache.disk_use(entry.root) if os.path.isdir(entry.root) else 0
+        if used + the_plan.disk_needed > limit:
+            raise HubError(f"{what}: fetching {human_bytes(the_plan.disk_needed)} would take postsvd's Hub cache "
+                           f"({entry.root}, {human_bytes(used)} used) over its limit of {human_bytes(limit)} "
+                           f"({_hub_cache.ENV_LIMIT}); free space with `postsvd cache clear [REPO]` or raise the "
+                           f"limit; nothing was fetched")
+
+
 def fetch(resolved: ResolvedModel, tensor_names: Optional[Iterable[str]] = None, *, whole_files: bool = False,
           progress: Union[None, bool, Callable[[int, int], Any]] = None) -> FetchReport:
     """Fetches the byte ranges of `tensor_names` (None: every tensor) that postsvd's cache lacks.
@@ -1003,23 +1036,7 @@ def fetch(resolved: ResolvedModel, tensor_names: Optional[Iterable[str]] = None,
         entry.touch()
         return report
     what = resolved.name
-    if _offline():
-        first = the_plan.files[0]
-        raise HubError(f"{what}: HF_HUB_OFFLINE is set and {human_bytes(the_plan.bytes)} of {resolved.repo_id} "
-                       f"(commit {resolved.commit[:12]}) are not in the cache (e.g. from {first.filename}); unset "
-                       f"HF_HUB_OFFLINE to fetch them")
-    if not the_plan.fits:
-        raise HubError(f"{what}: fetching {human_bytes(the_plan.bytes)} of {resolved.repo_id} needs "
-                       f"{human_bytes(the_plan.disk_needed)} of disk but {the_plan.cache_folder} has "
-                       f"{human_bytes(the_plan.disk_free)} free; nothing was fetched")
-    limit = _hub_cache.cache_limit()
-    if limit is not None and not whole_files:
-        used = _hub_cache.disk_use(entry.root) if os.path.isdir(entry.root) else 0
-        if used + the_plan.disk_needed > limit:
-            raise HubError(f"{what}: fetching {human_bytes(the_plan.disk_needed)} would take postsvd's Hub cache "
-                           f"({entry.root}, {human_bytes(used)} used) over its limit of {human_bytes(limit)} "
-                           f"({_hub_cache.ENV_LIMIT}); free space with `postsvd cache clear [REPO]` or raise the "
-                           f"limit; nothing was fetched")
+    _refuse_impossible(resolved, entry, the_plan, whole_files)
     total = the_plan.bytes
     done = [0]
     lock = threading.Lock()

@@ -1,12 +1,13 @@
 // Helpers shared by the tests that read or write files (reader, architecture,
 // comparator, factor cache): a self-removing temporary folder, a small file
-// writer and an error-message check. Test data is generated, never committed.
+// writer and reader and an error-message check. Test data is generated, never committed.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 
@@ -50,6 +51,11 @@ class TempDir {
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;
+}
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 /// Runs `body`, expects a `Error` of type E whose message contains every string in `parts`.

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -93,6 +94,20 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorB
   std::vector<unsigned char> data;
   for (const TensorBlob& b : blobs) data.insert(data.end(), b.bytes.begin(), b.bytes.end());
   write_raw_safetensors(path, header, data);
+}
+
+/// Writes `folder`/.postsvd-fetch.json (postsvd.hub's manifest) listing each file as a partial copy of a Hub
+/// file holding the byte ranges [begin, end) given (its header: [0, 8 + header length)).
+inline void write_fetch_manifest(const std::string& folder,
+                                 const std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>>& ranges) {
+  nlohmann::json files = nlohmann::json::object();
+  for (const auto& item : ranges) {
+    std::ifstream in(folder + "/" + item.first, std::ios::binary | std::ios::ate);
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& r : item.second) list.push_back({r.first, r.second, "checksum"});
+    files[item.first] = {{"size", static_cast<uint64_t>(in.tellg())}, {"complete", false}, {"ranges", list}};
+  }
+  std::ofstream(folder + "/.postsvd-fetch.json") << nlohmann::json{{"format", 1}, {"files", files}}.dump();
 }
 
 }  // namespace postsvd_test

@@ -534,6 +534,36 @@ TEST(Quantization, WriterUnpacksMxfp4AsBf16InTheUnquantizedLayout) {
   EXPECT_EQ(std::vector<float>(norm, norm + 4), (std::vector<float>{1.f, 2.f, 3.f, 4.f}));
 }
 
+TEST(Quantization, WriterLaysOutAnMxfp4PairFromItsHeadersAlone) {
+  // A partial Hub copy whose headers alone are fetched: the writer lays out the BF16 copy (the pair checked
+  // from the headers) and reads the pair only when it copies it, then writes what it writes from the whole.
+  TempDir dir;
+  const std::string in = dir.folder("in"), whole_out = dir.folder("whole-out"), out = dir.folder("out");
+  std::vector<uint8_t> blocks, scales;
+  write_mxfp4_pair(in, {2, 3, 2, 16}, {2, 3, 2}, blocks, scales);
+  {
+    const Checkpoint whole(in);
+    postsvd::CheckpointWriter writer(whole, whole_out);
+    writer.finish();
+  }
+  const std::vector<std::string> files = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+  std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> headers, everything;
+  for (const std::string& name : files) {
+    const postsvd::SafetensorsFile file(in + "/" + name);
+    headers[name] = {{0, 8 + file.header_size()}};
+    everything[name] = {{0, file.file_size()}};
+  }
+  postsvd_test::write_fetch_manifest(in, headers);
+  const Checkpoint partial(in);
+  postsvd::CheckpointWriter writer(partial, out);
+  expect_error<postsvd::NotFetched>([&] { writer.copy_unchanged(); }, {"down_proj_blocks", "was not fetched"});
+  postsvd_test::write_fetch_manifest(in, everything);
+  writer.finish();
+  for (const std::string& name : {files[0], files[1], std::string("model.safetensors.index.json"),
+                                  std::string("config.json")})
+    EXPECT_EQ(postsvd_test::read_bytes(out + "/" + name), postsvd_test::read_bytes(whole_out + "/" + name)) << name;
+}
+
 TEST(Quantization, WriterNamesAMalformedMxfp4Pair) {
   TempDir dir;
   std::vector<uint8_t> blocks, scales;

@@ -11,6 +11,7 @@
 #include "detail/half.h"
 #include "postsvd/architecture.h"
 #include "postsvd/writer.h"
+#include "reader_test_util.h"
 #include "safetensors_test_util.h"
 
 namespace postsvd {
@@ -268,6 +269,50 @@ TEST_F(WriterTest, RefusesWeightsThatAreNotFiniteInTheStoredDtype) {
             std::string::npos);
   EXPECT_DOUBLE_EQ(largest_finite(DType::F16), 65504.0);
   EXPECT_EQ(double_to_bf16_rne(largest_finite(DType::BF16)), 0x7f7fu);
+}
+
+// The writer reads the source's headers only until it copies: from a partial Hub copy that holds the headers
+// and the tensor written (fused: its other part copied before the write), it writes what it writes from the
+// whole source once the rest is fetched; copy_unchanged before that names the first tensor missing.
+TEST_F(WriterTest, ReadsTheUntouchedTensorsOnlyWhenItCopiesThem) {
+  const std::vector<postsvd_test::TensorBlob> blobs = {
+      postsvd_test::f32_blob("keep", {5}, values(5, 1)),
+      {"fused", DType::F16, {6, 4}, postsvd_test::to_bytes(std::vector<uint16_t>(24, 0x3c00u))},
+      postsvd_test::bf16_blob("after", {3, 4}, values(12, 2)),
+  };
+  fs::create_directories(root_ / "partial");
+  fs::copy_file(root_ / "src" / "config.json", root_ / "partial" / "config.json");
+  for (const char* folder : {"src", "partial"})
+    postsvd_test::write_safetensors((root_ / folder / "model.safetensors").string(), blobs);
+  const SafetensorsFile layout((root_ / "src" / "model.safetensors").string());
+  const uint64_t start = 8 + layout.header_size();
+  const TensorInfo& fused = *layout.find("fused");
+  postsvd_test::write_fetch_manifest((root_ / "partial").string(),
+                                     {{"model.safetensors", {{0, start}, {start + fused.begin, start + fused.end}}}});
+  Matrix<float> w(4, 3);
+  for (int64_t i = 0; i < w.size(); ++i) w.data()[i] = 0.5f * static_cast<float>(i);
+  const MatrixSource part = source("fused", 4, 3, 3, 6, false);  // rows 3..5; rows 0..2 are the source's
+
+  const Checkpoint partial((root_ / "partial").string());
+  fs::create_directories(root_ / "out-partial");
+  CheckpointWriter writer(partial, (root_ / "out-partial").string());
+  writer.write(part, w);
+  try {
+    writer.copy_unchanged();
+    ADD_FAILURE() << "expected NotFetched";
+  } catch (const NotFetched& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'keep' was not fetched"), std::string::npos) << e.what();
+  }
+  postsvd_test::write_fetch_manifest((root_ / "partial").string(), {{"model.safetensors", {{0, layout.file_size()}}}});
+  writer.copy_unchanged();  // the rest, fetched meanwhile
+  writer.finish();
+
+  const Checkpoint whole((root_ / "src").string());
+  CheckpointWriter reference(whole, (root_ / "out").string());
+  reference.write(part, w);
+  reference.finish();
+  const std::string written = postsvd_test::read_bytes((root_ / "out-partial" / "model.safetensors").string());
+  EXPECT_EQ(written, postsvd_test::read_bytes((root_ / "out" / "model.safetensors").string()));
 }
 
 TEST_F(WriterTest, RefusesTheSourceFolderAndAMissingFolder) {

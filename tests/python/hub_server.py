@@ -95,7 +95,8 @@ class Repo:
 
 class FakeHub:
     """The server. `add_repo` / `add_commit` fill it; `faults` are applied to matching requests in order;
-    `log` holds (method, path, range, status, body bytes sent) for every request."""
+    `log` holds (method, path, range, status, body bytes sent, started and ended: time.monotonic()) for every
+    request."""
 
     def __init__(self, tokens=(TOKEN,), rate: Optional[float] = None):
         self.repos: Dict[str, Repo] = {}
@@ -273,11 +274,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         url = urlsplit(self.path)
-        path = url.path
-        record = {"method": method, "path": path, "range": self.headers.get("Range"), "status": None, "sent": 0,
-                  "authorized": "Authorization" in self.headers}
+        record = {"method": method, "path": url.path, "range": self.headers.get("Range"), "status": None, "sent": 0,
+                  "authorized": "Authorization" in self.headers, "started": time.monotonic(), "ended": None}
         with self.fake.lock:
             self.fake.log.append(record)
+        try:
+            self._route(method, url, record)
+        finally:
+            record["ended"] = time.monotonic()  # the response sent (or the connection dropped)
+
+    def _route(self, method: str, url, record: Dict[str, Any]) -> None:
+        path = url.path
         fault = self.fake.take_fault(method, path, self.headers.get("Range") is not None)
         if fault and fault.get("kind") == "status":
             extra = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}

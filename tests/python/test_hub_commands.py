@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -373,6 +374,122 @@ def test_construct_by_repo_id_writes_the_local_folder(hub_env, tmp_path, capsys)
     assert post["model"]["repo_id"] == "org/instruct" and post["model"]["commit"] == \
         server.repos["org/instruct"].refs["main"]
     assert post["safetensors_sha256"] == local_record["sources"]["post"]["safetensors_sha256"]
+
+
+def _tensor_spans(folder: str, names) -> dict:
+    """shard name -> the [begin, end) file offsets of the tensors `names` in a local sharded folder."""
+    checkpoint = postsvd._core.Checkpoint(folder)
+    spans: dict = {}
+    for name in names:
+        info = checkpoint.info(name)
+        with open(info["file"], "rb") as f:
+            start = 8 + int.from_bytes(f.read(8), "little")
+        spans.setdefault(os.path.basename(info["file"]), []).append((start + info["begin"], start + info["end"]))
+    return spans
+
+
+def _request_span(r) -> tuple:
+    m = re.fullmatch(r"bytes=(\d+)-(\d+)", r["range"] or "")
+    return (int(m.group(1)), int(m.group(2)) + 1) if m else (0, 1 << 62)
+
+
+def test_construct_fetches_the_rest_of_post_while_it_decomposes(hub_env, monkeypatch, tmp_path):
+    """The selected matrices' tensors are fetched first; the rest of post (which the new folder copies) is fetched
+    on a throttled link while they decompose: requests for tensors outside the selection are in flight between the
+    first matrix and the moment the copy waits for them (before_copy), and all of them end before the copy."""
+    server = hub_env["server"]
+    prepared("org/base", "org/instruct")
+    server.reset()
+    monkeypatch.setattr(server, "rate", 4e5)  # bytes per second per response: a layer's shard takes 2 s
+    events = []
+    real = postsvd._core.construct_checkpoint
+
+    def construct_checkpoint(*args, progress, before_copy=None, **kwargs):
+        def timed(done, total, what):
+            events.append(("matrix", done, time.monotonic()))
+            time.sleep(0.5)  # a decomposition slower than this small model's
+            progress(done, total, what)
+
+        def waited():
+            events.append(("before_copy", None, time.monotonic()))
+            before_copy()
+            events.append(("fetched", None, time.monotonic()))
+
+        return real(*args, progress=timed, before_copy=None if before_copy is None else waited, **kwargs)
+
+    monkeypatch.setattr(postsvd._core, "construct_checkpoint", construct_checkpoint)
+    postsvd.construct(11, "org/base", "org/instruct", tmp_path / "hub", layers="0", kinds="q,k", progress=False)
+    first = next(t for kind, _, t in events if kind == "matrix")
+    waits = next((t for kind, _, t in events if kind == "before_copy"), math.inf)  # none: nothing to wait for
+    fetched = next((t for kind, _, t in events if kind == "fetched"), math.inf)
+    sources = [s for s in postsvd.architecture(hub_env["instruct"])["matrices"]
+               if s["layer"] == 0 and s["kind"] in ("q", "k")]
+    selected = _tensor_spans(hub_env["instruct"], hub.source_tensors(hub_env["instruct"], sources))
+    inside, outside = [], []
+    for r in tensor_requests(server, hub_env["files"]):
+        if "/org/instruct/" not in r["path"]:
+            continue
+        begin, end = _request_span(r)
+        spans = selected.get(r["path"].rsplit("/", 1)[-1], [])
+        (inside if any(b < end and begin < e for b, e in spans) else outside).append(r)
+    assert inside and outside
+    assert all(r["ended"] < first for r in inside)  # what the pairs read came first
+    assert any(r["started"] < waits and r["ended"] > first for r in outside)  # the rest while they decomposed
+    assert all(r["ended"] <= fetched for r in outside)
+    postsvd.construct(11, hub_env["base"], hub_env["instruct"], tmp_path / "local", layers="0", kinds="q,k",
+                      progress=False)
+    for name in os.listdir(tmp_path / "local"):
+        if name != "postsvd_construction.json":
+            assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_construct_9_with_the_table_4_alpha_by_repo_id(hub_env, tmp_path):
+    """Construction 9 without alpha decomposes the selected kinds first (the rest of post fetched meanwhile): the
+    alpha' and the folder are the local folders'."""
+    hub_result = postsvd.construct(9, "org/base", "org/instruct", tmp_path / "hub", layers="1,2", kinds="q,o",
+                                   progress=False)
+    local = postsvd.construct(9, hub_env["base"], hub_env["instruct"], tmp_path / "local", layers="1,2",
+                              kinds="q,o", progress=False)
+    assert hub_result.alpha == local.alpha and hub_result.alpha_source == "Table 4 rule"
+    for name in os.listdir(tmp_path / "local"):
+        if name != "postsvd_construction.json":
+            assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_a_failing_background_fetch_stops_construct_with_one_line_and_no_folder(hub_env, monkeypatch, tmp_path,
+                                                                               capsys):
+    """A server failing for good on a shard outside the selection (layer 3's, fetched while layer 1 decomposes):
+    construct ends with the HubError line, no output folder and no fetch thread left."""
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http.time, "sleep", lambda s: None)
+    prepared("org/base", "org/instruct")
+    server = hub_env["server"]
+    server.faults.append({"kind": "status", "code": 500, "contains": "00005-of",
+                          "ranged": True, "times": 1000})
+    out = tmp_path / "out"
+    code, _, err = run_cli(["construct", "11", "--base", "org/base", "--post", "org/instruct", "--out", out,
+                            "--layers", "1", "--kinds", "q,k", "--no-progress"], capsys)
+    assert code == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.search(r"model-00005-of-00006.safetensors: .* kept failing with HTTP 500",
+                                         lines[0]), err
+    assert sorted(os.listdir(tmp_path)) == ["hf-home"]  # neither out nor its temporary folder
+    assert not any(t.name == "postsvd-fetch" for t in threading.enumerate())
+    reads = [r for r in tensor_requests(server, hub_env["files"]) if "/org/instruct/" in r["path"]]
+    assert any("model-00003-of" in r["path"] and r["status"] == 206 for r in reads)  # layer 1's came first
+
+
+def test_construct_refuses_a_post_over_the_cache_limit_before_fetching(hub_env, monkeypatch, tmp_path, capsys):
+    """The rest of post is fetched in the background, but a fetch of the whole that cannot be is refused first."""
+    prepared("org/base", "org/instruct")
+    server = hub_env["server"]
+    server.reset()
+    monkeypatch.setenv("POSTSVD_HUB_CACHE_LIMIT", "1000000")
+    code, _, err = run_cli(["construct", "11", "--base", "org/base", "--post", "org/instruct", "--out",
+                            tmp_path / "out", "--layers", "1", "--kinds", "q,k", "--no-progress"], capsys)
+    assert code == 1 and "over its limit" in err and "org/instruct" in err, err
+    assert tensor_requests(server, hub_env["files"]) == [] and not (tmp_path / "out").exists()
 
 
 def test_functional_loads_a_hub_model_through_transformers(hub_env, monkeypatch):

@@ -132,6 +132,11 @@ struct ConstructionRequest {
   /// for the projections it changes and the construction leaves; an adapter that changes other
   /// tensors (embeddings, lm_head, biases) is refused: only projections are formed.
   AdapterOptions adapter;
+  /// Called once when the selected matrices are written, before the post model's other tensors are
+  /// read (an adapter post: the base's, for its W + ΔW and the copies; CheckpointWriter::copy_unchanged):
+  /// a caller that fetches those meanwhile (a Hub model's partial files) waits for its fetch here. An
+  /// exception it throws stops the construction.
+  std::function<void()> before_copy;
 };
 
 /// One row of the result table.
@@ -166,7 +171,8 @@ using ProgressCallback = std::function<void(int64_t, int64_t, const std::string&
 /// Builds the checkpoint: checks the architectures match, decomposes each
 /// selected matrix once per model (or loads it from the factor cache), builds
 /// the new weights and writes every safetensors file of `post` into
-/// out_folder, untouched tensors bit for bit. Throws on any problem; the
+/// out_folder, untouched tensors bit for bit (read only after the selected
+/// matrices are written and request.before_copy returned). Throws on any problem; the
 /// caller removes the half-written folder.
 ConstructionReport construct_checkpoint(const ConstructionRequest& request, const ProgressCallback& progress = {});
 

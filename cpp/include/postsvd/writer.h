@@ -17,6 +17,13 @@ namespace postsvd {
 /// Copies every safetensors file of a checkpoint into a folder and lets the
 /// caller overwrite matrices in place. Move-only.
 ///
+/// The constructor reads the source's headers only: it lays out and creates
+/// the files (headers written, data sections reserved on disk). A tensor's
+/// data is copied from the source when write() first touches it, the rest by
+/// copy_unchanged() (or finish()), so that a caller may write the tensors it
+/// changes before the source holds the others (a Hub model's partial files,
+/// fetched meanwhile: postsvd.hub).
+///
 /// Files: the header is rewritten as JSON with "__metadata__" first (the
 /// source's metadata with "format": "pt"), then the tensors in the order of
 /// their offsets, padded with spaces to a multiple of 8 bytes; the data
@@ -42,7 +49,8 @@ class CheckpointWriter {
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
-  /// Writes W [in, out] (paper orientation) into `source`'s tensor: as W^T
+  /// Writes W [in, out] (paper orientation) into `source`'s tensor (copied
+  /// from the source first, when no write touched it yet): as W^T
   /// into [out, in] storage (rows out_offset.. of a fused tensor), or as is
   /// into Conv1D [in, out] storage (columns out_offset..), as the latter into
   /// the BF16 X [E, in, out] of an MXFP4 source's X_blocks. Converts to the
@@ -57,8 +65,15 @@ class CheckpointWriter {
   template <class T>
   void write(const MatrixSource& source, const Matrix<T>& w, const std::string& produced_by = "");
 
-  /// Flushes and closes the files, writes the index when sharded; returns the
-  /// file names written (relative to out_folder). No write() after finish().
+  /// Copies every tensor of the source that no write() touched, bit for bit
+  /// (quantized ones dequantized as above); reads those tensors only.
+  /// Throws as the source's reads do (e.g. NotFetched for a tensor of a
+  /// partial Hub file not fetched yet). Calling it again copies nothing.
+  void copy_unchanged();
+
+  /// Copies what copy_unchanged() would, flushes and closes the files, writes
+  /// the index when sharded; returns the file names written (relative to
+  /// out_folder). No write() after finish().
   std::vector<std::string> finish();
 
  private:
