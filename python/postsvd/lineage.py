@@ -30,7 +30,7 @@ to those disguises (docs/lineage.md has the reasoning and the references):
 
 Cosines make every statistic blind to uniform scaling. The verdict at `level`: derived (combined
 p < level), independent (the test could have reached the level and did not), inconclusive (it
-could not, or the pair is out of scope: other vocabulary, depth or width).
+could not, or the pair is out of scope: tokens at other ids, another depth, width or residual-stream layout).
 """
 from __future__ import annotations
 
@@ -85,8 +85,10 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
     """Tests whether model `b` is derived from model `a` (fine-tuned, post-trained, possibly disguised).
 
     Args:
-        a, b: model folders (config.json + safetensors) of a llama, mistral, qwen2 or qwen3 model;
-            any stored format postsvd reads (BF16, FP8, ...); the two may differ in format.
+        a, b: model folders (config.json + safetensors) of any architecture postsvd reads (dense, MoE,
+            MLA; docs/lineage.md says per architecture what the test undoes), in any stored format it reads
+            (BF16, FP8, ...); the two may differ in format, and in model type where both read the residual
+            stream alike (a dense model and its MoE upcycling).
         level: significance level of the verdict (0 < level < 1).
         layers: the layers to test (None = all), as in :func:`postsvd.compare`.
         paper_nf: also compute the paper's NF per (layer, kind) (App. F's fingerprint, not robust to
@@ -207,11 +209,13 @@ class Lineage:
             the pair is out of scope. ``log10_p`` keeps it where the float underflows.
         reasons: why the verdict is inconclusive (empty otherwise).
         table: pandas DataFrame, a row per (layer, block): block 'mlp' (units, statistic = gate/up
-            matching agreements, null_rate, p_value, similarity = mean matched |cosine| of gate, up,
-            down) and block 'attention' (heads, QK/OV matching agreements, exact-null p_value,
+            matching agreements summed over the layer's block pairs: the dense MLPs, or matched experts;
+            null_rate, p_value, similarity = mean matched |cosine| of gate, up, down; kinds names the
+            blocks) and block 'attention' (heads, QK/OV matching agreements, exact-null p_value,
             evidence only); ``supports`` marks the rows significant at `level`.
         alignments: a list of dicts (alignment, change, measure): what was undone and how much it moved.
-        nf_table: the paper's NF per (layer, kind) without alignment (None when not computed).
+        nf_table: the paper's NF per (layer, kind) without alignment (None when not computed, or when
+            the two models do not have the same projections).
     """
 
     def __init__(self, a: str, b: str, level: float, *, reasons: Sequence[str] = (),
@@ -1103,12 +1107,13 @@ _HOW_TO_READ = (
     "<li><b>Question</b>: were B's weights trained from A's? Null hypothesis: A and B were trained from "
     "independent initializations.</li>"
     "<li><b>Disguises</b> that leave every output unchanged (a rotation of the residual stream with the norms "
-    "folded in, permuted MLP units or heads, per-head Q/K or V/O rescaling, uniform scaling) are undone or "
+    "folded in, permuted MLP units, experts or heads, per-head Q/K or V/O rescaling, uniform scaling) are undone or "
     "ignored: the statistics read each model through its own embeddings, match units and heads, and use cosines "
     "of invariant products.</li>"
     "<li><b>derived</b> does not say which model came first, nor how much was trained on top. "
     "<b>independent</b> means no unit kept its identity; a copy retrained until none did reads the same. "
-    "Pruned or depth-upscaled copies, other vocabularies and other widths are out of scope.</li>"
+    "Pruned or depth-upscaled copies, tokens at other ids, other widths and architectures that read the residual "
+    "stream otherwise are out of scope; a vocabulary that grew is compared on the token rows both models hold.</li>"
     "<li>References: He and Cao, arXiv 2509.17866, App. F (I<sub>orth</sub> as a fingerprint); Zhu, Ahmed, "
     "Kuditipudi and Liang, <i>Independence Tests for Language Models</i>, ICML 2025 (matching of MLP units, "
     "Fisher's method); Zeng et al., <i>HuRef</i>, NeurIPS 2024 (invariant products); Ainsworth et al., "

@@ -11,8 +11,8 @@ import pytest
 
 import postsvd
 from disguise import allowed, disguised_copy, fold_norms
-from frontier_models import FRONTIER_MULTIMODAL_TYPES, frontier_config
-from helpers import MODEL_FIXTURES, TINY_MODEL_TYPES, build_tokenizer, tiny_config
+from frontier_models import FRONTIER_MULTIMODAL_TYPES
+from helpers import MODEL_FIXTURES, build_tokenizer, fixture_config, tiny_config
 from postsvd.lineage import lineage
 
 FAST = dict(num_threads=1, paper_nf=False)
@@ -89,12 +89,8 @@ def tiny_config_of(folder):
     return transformers.AutoConfig.from_pretrained(folder)
 
 
-def _fixture_config(model_type):
-    return tiny_config(model_type) if model_type in TINY_MODEL_TYPES else frontier_config(model_type)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type, disguise", [(t, d) for t in TEXT_FAMILIES for d in allowed(_fixture_config(t))])
+@pytest.mark.parametrize("model_type, disguise", [(t, d) for t in TEXT_FAMILIES for d in allowed(fixture_config(t))])
 def test_each_disguise_of_each_architecture_stays_derived(family, model_type, disguise, tmp_path):
     folders = family(model_type)
     assert disguised_copy(folders["b"], str(tmp_path / "b"), disguise, seed=5) < 1e-4
