@@ -300,3 +300,25 @@ def test_too_few_experts_and_units_is_inconclusive(tmp_path):
     result = lineage(tmp_path / "a", tmp_path / "a", **FAST)  # identical, yet 4 units in 2 experts
     assert result.verdict == "inconclusive"
     assert any("too few MLP units" in r and "4 units in 1 layer" in r for r in result.reasons), result.reasons
+
+
+def test_the_text_tower_of_a_multimodal_folder_is_its_text_model(tmp_path):
+    import transformers
+
+    multimodal = MODEL_FIXTURES["gemma3"]("gemma3", seed=0)
+    multimodal.save_pretrained(tmp_path / "multimodal")
+    text = transformers.Gemma3ForCausalLM(multimodal.config.text_config).eval()
+    tower = {key.replace("model.language_model.", "model."): value for key, value in multimodal.state_dict().items()
+             if key.startswith("model.language_model.")}
+    text.load_state_dict({**tower, "lm_head.weight": tower["model.embed_tokens.weight"]})
+    _moved(text).save_pretrained(tmp_path / "text")
+    result = lineage(tmp_path / "multimodal", tmp_path / "text", **FAST)
+    assert result.verdict == "derived" and result.nf_table is None, result.summary()
+
+
+def test_cli_answers_a_mismatched_pair_with_the_reason(family, capsys):
+    from postsvd import cli
+
+    code = cli.main(["lineage", family("llama")["a"], family("olmo2")["a"], "--threads", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "INCONCLUSIVE" in out and "inconclusive: the architectures differ" in out
