@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))  # the Chromium driver of the browser tests
 
 import postsvd  # noqa: E402
-from postsvd import _core, reports  # noqa: E402
+from postsvd import _core, hub, reports  # noqa: E402
 from postsvd.comparison import Comparison  # noqa: E402
 from postsvd.tracking import Trajectory  # noqa: E402
 
@@ -116,7 +116,10 @@ def deepseek_comparison(seed: int = 0) -> SyntheticComparison:
             for expert in list(range(EXPERTS)) + [_core.SHARED_EXPERT]:
                 add(layer, kind, rows, cols, expert)
     kinds = [k for k in postsvd.KINDS if any(r["kind"] == k for r in records)]
-    return SyntheticComparison(_Comparator(matrices, rng), records, list(range(LAYERS)), kinds, 1.0)
+    comparator = _Comparator(matrices, rng)
+    models = tuple(hub.ResolvedModel(name=side.folder, folder=side.folder)  # no folder behind them to resolve
+                   for side in (comparator.base, comparator.post))
+    return SyntheticComparison(comparator, records, list(range(LAYERS)), kinds, 1.0, models=models)
 
 
 def wait_for_idle(limit: float, max_wait: float) -> float:

@@ -64,25 +64,27 @@ void bind_constructions(py::module_& m) {
       "default_alpha",
       [](const std::string& base, const std::string& post, const std::vector<int>& layers,
          const std::vector<std::string>& kinds, const std::string& precision, const std::string& device,
-         const std::vector<int>& device_ids, int num_threads, const std::string& factor_cache) {
+         const std::vector<int>& device_ids, int num_threads, const std::string& factor_cache, bool residual_base) {
         postsvd::AlphaChoice choice;
+        postsvd::AdapterOptions adapter;
+        adapter.residual_base = residual_base;
         {
           py::gil_scoped_release release;
           choice = postsvd::default_alpha(base, post, layers, kinds, parse_precision(precision),
-                                          backend_options(device, device_ids, 0, num_threads), factor_cache);
+                                          backend_options(device, device_ids, 0, num_threads), factor_cache, adapter);
         }
         return py::dict("alpha"_a = choice.alpha, "pooled_mean"_a = choice.pooled_mean);
       },
       "base"_a, "post"_a, "layers"_a = std::vector<int>{}, "kinds"_a = std::vector<std::string>{},
       "precision"_a = "float32", "device"_a = "cpu", "device_ids"_a = std::vector<int>{}, "num_threads"_a = 0,
-      "factor_cache"_a = "", "Table 4 alpha' per kind: pooled top-90 % mean scaling, rounded to one decimal.");
+      "factor_cache"_a = "", "residual_base"_a = false, "Table 4 alpha' per kind: pooled top-90 % mean scaling, rounded to one decimal.");
   m.def(
       "construct_checkpoint",
       [](int number, const std::string& base, const std::string& post, const std::string& out_folder,
          const std::string& ref, const std::map<std::string, double>& alpha, const std::vector<int>& layers,
          const std::vector<std::string>& kinds, const std::string& precision, const std::string& device,
          const std::vector<int>& device_ids, int num_threads, const std::string& factor_cache, bool rotations,
-         const py::object& progress, const std::string& warm_start) {
+         const py::object& progress, const std::string& warm_start, bool residual_base) {
         postsvd::ConstructionRequest request;
         request.number = number;
         request.base = base;
@@ -97,6 +99,7 @@ void bind_constructions(py::module_& m) {
         request.factor_cache = factor_cache;
         request.rotations = rotations;
         request.warm_start = postsvd::parse_warm_start_mode(warm_start);
+        request.adapter.residual_base = residual_base;
         // Called between matrices with the GIL held: reports progress and lets
         // Ctrl-C (KeyboardInterrupt) or an exception in `progress` stop the run.
         const postsvd::ProgressCallback callback = [&progress](int64_t done, int64_t total, const std::string& what) {
@@ -126,7 +129,7 @@ void bind_constructions(py::module_& m) {
       "number"_a, "base"_a, "post"_a, "out_folder"_a, "ref"_a = "", "alpha"_a = std::map<std::string, double>{},
       "layers"_a = std::vector<int>{}, "kinds"_a = std::vector<std::string>{}, "precision"_a = "float32",
       "device"_a = "cpu", "device_ids"_a = std::vector<int>{}, "num_threads"_a = 0, "factor_cache"_a = "",
-      "rotations"_a = true, "progress"_a = py::none(), "warm_start"_a = "auto",
+      "rotations"_a = true, "progress"_a = py::none(), "warm_start"_a = "auto", "residual_base"_a = false,
       "Builds a construction's safetensors files (and index) into an existing folder; returns the table rows.");
 }
 

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "postsvd/adapter.h"
 #include "postsvd/architecture.h"
 #include "postsvd/backend.h"
 #include "postsvd/comparator.h"
@@ -313,6 +314,17 @@ const char* scheme_name(postsvd::QuantScheme scheme) {
 }
 
 // A stored tensor as a flat view in storage order: [numel] contiguous.
+py::dict adapter_to_python(const postsvd::AdapterSummary& a) {
+  py::list skipped;
+  for (const auto& item : a.skipped) skipped.append(py::dict("tensor"_a = item.first, "reason"_a = item.second));
+  return py::dict("folder"_a = a.folder, "weights_file"_a = a.weights_file, "base_folder"_a = a.base_folder,
+                  "base_model_name_or_path"_a = a.base_model_name_or_path, "revision"_a = a.revision, "r"_a = a.r,
+                  "lora_alpha"_a = a.lora_alpha, "use_rslora"_a = a.use_rslora, "use_dora"_a = a.use_dora,
+                  "fan_in_fan_out"_a = a.fan_in_fan_out, "init_lora_weights"_a = a.init_lora_weights,
+                  "residual_base"_a = a.residual_base, "adapted"_a = a.adapted, "replaced"_a = a.replaced,
+                  "replaced_tensors"_a = a.replaced_tensors, "skipped"_a = skipped);
+}
+
 postsvd::TensorView flat_view(const postsvd::Checkpoint& checkpoint, const std::string& name) {
   const postsvd::TensorInfo& info = checkpoint.info(name);
   int64_t numel = 1;
@@ -593,9 +605,29 @@ PYBIND11_MODULE(_core, m) {
            "intruder_side"_a = postsvd::intruder_side_name(kIntruderDefaults.side),
            "Measures of one pair of equal-shape arrays (paper orientation [in, out]) as a dict.");
 
-  py::class_<postsvd::Checkpoint>(m, "Checkpoint", "A validated, memory-mapped Hugging Face model folder.")
-      .def(py::init<const std::string&>(), "folder"_a, py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("folder", &postsvd::Checkpoint::folder, "The model folder.")
+  py::class_<postsvd::Checkpoint>(m, "Checkpoint",
+                                  "A validated, memory-mapped Hugging Face model folder, or a PEFT adapter folder "
+                                  "applied to its base.")
+      .def(py::init([](const std::string& folder, const std::string& base, bool residual_base) {
+             postsvd::AdapterOptions options;
+             options.residual_base = residual_base;
+             py::gil_scoped_release release;
+             return std::make_unique<postsvd::Checkpoint>(postsvd::open_post_model(folder, base, options));
+           }),
+           "folder"_a, "base"_a = "", "residual_base"_a = false,
+           "A model folder; or an adapter folder applied to the model folder `base` (\"\" = the adapter's "
+           "base_model_name_or_path when a local folder). residual_base: `base` is the residual model of an "
+           "initialization that changed the base weights (PiSSA, OLoRA, ...).")
+      .def_property_readonly("folder", &postsvd::Checkpoint::folder, "The folder opened (an adapter's own folder).")
+      .def_property_readonly("weights_folder", &postsvd::Checkpoint::weights_folder,
+                             "The folder of config.json and the weights: folder, or an adapter's base.")
+      .def_property_readonly(
+          "adapter",
+          [](const postsvd::Checkpoint& cp) -> py::object {
+            return cp.adapter() == nullptr ? py::object(py::none()) : adapter_to_python(cp.adapter()->summary());
+          },
+          "What a PEFT adapter applies (a dict: r, lora_alpha, use_dora, adapted, replaced, skipped, ...); None "
+          "for a model folder.")
       .def_property_readonly(
           "config", [](const postsvd::Checkpoint& cp) { return json_to_python(cp.config()); },
           "config.json as a dict (parsed once when the folder was opened; a fresh copy on each access).")
@@ -644,11 +676,12 @@ PYBIND11_MODULE(_core, m) {
         return py::dict("mapped"_a = check.mapped,
                         "architecture"_a = check.mapped ? py::object(architecture_to_python(check.architecture))
                                                         : py::object(py::none()),
-                        "problems"_a = check.problems);
+                        "problems"_a = check.problems, "not_fetched"_a = check.not_fetched);
       },
       "checkpoint"_a, "read_values"_a = true,
       "The checks a comparison runs on one model, without decomposing: {mapped, architecture (None when "
-      "config.json does not map), problems: [one line each, naming file and tensor]}.");
+      "config.json does not map), problems: [one line each, naming file and tensor], not_fetched: sources "
+      "a partial Hub copy lacks the bytes of}.");
   m.def(
       "read_matrix",
       [](const postsvd::Checkpoint& cp, const py::dict& source_dict, const std::string& precision) -> py::object {
@@ -695,7 +728,7 @@ PYBIND11_MODULE(_core, m) {
                        const std::string& precision, const std::vector<int>& device_ids,
                        std::size_t memory_budget_bytes, int num_threads, const std::string& factor_cache,
                        const std::string& warm_start, const std::string& warm_from, int64_t intruder_k,
-                       double intruder_epsilon, const std::string& intruder_side) {
+                       double intruder_epsilon, const std::string& intruder_side, bool residual_base) {
              // The GIL is released around the C++ work only: pybind11 registers the
              // returned instance after this returns, which must run with the GIL held
              // (a call_guard would release it there too; pybind11 issue 5473).
@@ -703,8 +736,10 @@ PYBIND11_MODULE(_core, m) {
              const postsvd::Precision p = parse_precision(precision);
              const postsvd::WarmStartMode warm = postsvd::parse_warm_start_mode(warm_start);
              const postsvd::IntruderOptions intruders = intruder_options(intruder_k, intruder_epsilon, intruder_side);
+             postsvd::AdapterOptions adapter;
+             adapter.residual_base = residual_base;
              py::gil_scoped_release release;
-             auto comparator = std::make_unique<postsvd::Comparator>(base, post, options, p, factor_cache);
+             auto comparator = std::make_unique<postsvd::Comparator>(base, post, options, p, factor_cache, adapter);
              comparator->set_warm_start(warm);
              comparator->set_warm_from(warm_from);
              comparator->set_intruder_options(intruders);
@@ -713,7 +748,7 @@ PYBIND11_MODULE(_core, m) {
            "base"_a, "post"_a, "device"_a = "cpu", "precision"_a = "float32", "device_ids"_a = std::vector<int>{},
            "memory_budget_bytes"_a = 0, "num_threads"_a = 0, "factor_cache"_a = "", "warm_start"_a = "auto",
            "warm_from"_a = "", "intruder_k"_a = kIntruderDefaults.k, "intruder_epsilon"_a = kIntruderDefaults.epsilon,
-           "intruder_side"_a = postsvd::intruder_side_name(kIntruderDefaults.side))
+           "intruder_side"_a = postsvd::intruder_side_name(kIntruderDefaults.side), "residual_base"_a = false)
       .def_property_readonly(
           "warm_start", [](const postsvd::Comparator& c) { return postsvd::warm_start_mode_name(c.warm_start()); },
           "'off', 'auto' or 'always': when post matrices start from the base's (or warm_from's cached) factors.")

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-postsvd-out}
+. scripts/python_env.sh  # a venv .venv where the system's Python refuses pip installs (PEP 668)
 
 bash scripts/setup.sh
 
@@ -15,3 +16,6 @@ echo "== postsvd compare: base vs instruct, reasoning (post-trained from base) a
 postsvd compare "$M/base" "$M/instruct" "$M/reasoning" "$M/base_alt" --out "$OUT"
 echo
 echo "Tables, plots and summaries are in $OUT/ (one folder per model: table.csv, kinds.csv, *.png, summary.txt)."
+if [ "${VIRTUAL_ENV:-}" = "$PWD/.venv" ]; then
+  echo "postsvd is installed in the virtual environment .venv: '. .venv/bin/activate' before using it."
+fi

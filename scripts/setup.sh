@@ -5,6 +5,7 @@
 # POSTSVD_SETUP_DEPENDENCIES_ONLY=1 to stop before installing postsvd (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/python_env.sh  # the Python to install into: a venv .venv where the system's refuses pip (PEP 668)
 
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
@@ -24,6 +25,14 @@ if [ -n "$missing" ]; then
 fi
 
 PY=${PYTHON:-python3}
+# The C++ core's build needs the interpreter's headers (Debian/Ubuntu: python3-dev).
+if ! "$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' &&
+   command -v dpkg >/dev/null; then
+  minor=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  echo "[setup] apt-get install python3-dev python$minor-dev (Python.h)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-dev "python$minor-dev" >/dev/null
+fi
 # Python requirements: build tools, runtime, and what the tests and examples use.
 $PY -m pip install -q --disable-pip-version-check -r requirements.txt
 # CMake >= 3.24 for the C++ builds of scripts/test.sh: PyPI's where the system has none (or too old).

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
+. scripts/python_env.sh  # a venv .venv where the system's Python refuses pip installs (PEP 668)
 
 # The suite runs against wheels built from this checkout (below), not an installed copy.
 POSTSVD_SETUP_DEPENDENCIES_ONLY=1 bash scripts/setup.sh

@@ -5,8 +5,8 @@
 #                                                     # OpenBLAS and no system BLAS
 #   bash scripts/wheel_check.sh cu13 [PYTEST ARGS]   # GPU wheel: imports without a GPU or driver, its
 #                                                     # CUDA libraries come from NVIDIA's PyPI wheels
-# The venv sees the system's site-packages (numpy, torch, NVIDIA's wheels are not downloaded again)
-# but its own postsvd comes first. pytest runs from a scratch folder with this repository's
+# The venv sees the site-packages of the Python running this script (numpy, torch, NVIDIA's wheels are
+# not downloaded again) but its own postsvd comes first. pytest runs from a scratch folder with this repository's
 # pyproject.toml (testpaths, pythonpath=examples); pass test paths as absolute paths.
 # CUDA_ARCHS narrows the GPU wheel's architectures for a quick local check; WHEEL=path tests a
 # wheel built before instead of building one.
@@ -30,7 +30,11 @@ fi
 
 venv=$ROOT/build/wheel/venv-$VARIANT
 rm -rf "$venv"
-"$PY" -m venv --system-site-packages "$venv"
+"$PY" -m venv "$venv"
+# The packages of the Python that runs this script (the system's, or a venv's such as .venv, whose
+# site-packages --system-site-packages would not reach), after the venv's own (its .pth files too).
+"$PY" -c 'import site; print("".join(f"import site; site.addsitedir({p!r})\n" for p in site.getsitepackages()))' \
+  > "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_postsvd_parent_site.pth"
 # --force-reinstall: a postsvd of the same version in the system's site-packages must not stand in for it
 "$venv/bin/python" -m pip install -q --no-deps --force-reinstall --disable-pip-version-check "$wheel"
 scratch=$(mktemp -d)

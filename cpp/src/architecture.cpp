@@ -12,6 +12,7 @@
 
 #include "detail/json_guard.h"
 #include "detail/shape_format.h"
+#include "postsvd/adapter.h"
 #include "postsvd/limits.h"
 #include "postsvd/architecture.h"
 #include "postsvd/quantization.h"
@@ -876,6 +877,8 @@ const std::vector<ArchitectureFamily>& architecture_families() {
     gpt2.layer_container = "h";
     gpt2.layer_count_key = "n_layer";
     const LineageNames gemma3 = with_qk_norms(kGemma);
+    ArchitectureFamily gpt_oss = make_family("gpt_oss", map_gpt_oss, pre_norm("mlp.router.weight"));
+    gpt_oss.experts_is_transposed = true;
     return std::vector<ArchitectureFamily>{
         make_family("deepseek_v2", map_deepseek, mla(pre_norm("mlp.gate.weight"))),
         make_family("deepseek_v3", map_deepseek, mla(pre_norm("mlp.gate.weight"))),
@@ -886,7 +889,7 @@ const std::vector<ArchitectureFamily>& architecture_families() {
         make_family("gemma3_text", map_llama_like, gemma3, kTextTower),
         make_family("glm4_moe", map_glm4_moe, with_qk_norms(pre_norm("mlp.gate.weight"))),
         gpt2,
-        make_family("gpt_oss", map_gpt_oss, pre_norm("mlp.router.weight")),
+        gpt_oss,
         make_family("llama", map_llama_like, pre_norm()),
         multimodal(make_family("llama4", map_llama4, pre_norm("feed_forward.router.weight"), kTextTower),
                    {{"hidden_size", 5120}, {"intermediate_size", 8192}, {"intermediate_size_mlp", 16384},
@@ -952,6 +955,8 @@ CheckpointCheck check_checkpoint(const Checkpoint& checkpoint, bool read_values)
     try {
       const TensorView view = view_of(checkpoint, source);
       if (read_values) to_matrix<float>(view);
+    } catch (const NotFetched&) {  // a Hub model's tensor not fetched: not a problem of the model
+      ++result.not_fetched;
     } catch (const Error& e) {
       found.push_back(e.what());
     }
@@ -1020,7 +1025,10 @@ void check_same_architecture(const Checkpoint& a, const Architecture& arch_a, co
   }
 }
 
-TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
+namespace {
+
+// The stored weights of `source`, as view_of gives them before an adapter term.
+TensorView stored_view(const Checkpoint& checkpoint, const MatrixSource& source) {
   const TensorInfo& info = checkpoint.info(source.tensor);
   const std::vector<int64_t> expected = stored_shape(source);
   if (info.shape != expected) {
@@ -1079,6 +1087,18 @@ TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
   if (source.fused_out != source.out_features) view.name += std::string("[") + kind_name(source.kind) + "]";
   view.file = checkpoint.file_of(source.tensor).path();
   attach_scales(checkpoint, source, view);  // FP8 weights: their scale grid (quantization.h)
+  return view;
+}
+
+}  // namespace
+
+TensorView view_of(const Checkpoint& checkpoint, const MatrixSource& source) {
+  TensorView view = stored_view(checkpoint, source);
+  if (const Adapter* adapter = checkpoint.adapter()) {
+    // A PEFT adapter's term (adapter.h): to_matrix forms W + ΔW when the view is converted.
+    view.delta = adapter->delta(source);
+    if (view.delta) view.name += " + LoRA of " + adapter->file().path();
+  }
   return view;
 }
 

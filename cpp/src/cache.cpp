@@ -159,6 +159,24 @@ std::string FactorCache::key(const TensorView& view, Precision precision) {
                                static_cast<uint64_t>(scale_span.second - scale_span.first), scale_seed);
     h = {mix64(h.first ^ hs.first), mix64(h.second + hs.second)};
   }
+  if (view.delta) {
+    // An adapter's W + ΔW is another matrix than W: its factors, scale and magnitude join the key.
+    const LowRankDelta& d = *view.delta;
+    uint64_t scale_bits = 0;
+    std::memcpy(&scale_bits, &d.scale, sizeof(scale_bits));
+    uint64_t seed_delta = mix64(h.first ^ mix64(scale_bits + 59) ^ mix64(static_cast<uint64_t>(d.magnitude_per_row) + 61));
+    for (const TensorView* part : {&d.left, &d.right, &d.magnitude}) {
+      if (part->data == nullptr) continue;
+      const auto part_span = part->byte_span();
+      seed_delta = mix64(seed_delta ^ mix64(static_cast<uint64_t>(part->rows) * 67 + static_cast<uint64_t>(part->cols)) ^
+                         mix64(static_cast<uint64_t>(part->row_stride) * 71 + static_cast<uint64_t>(part->col_stride)) ^
+                         mix64(static_cast<uint64_t>(part->dtype) + 73));
+      const auto hp = hash_bytes(static_cast<const unsigned char*>(part->data) + part_span.first,
+                                 static_cast<uint64_t>(part_span.second - part_span.first), seed_delta);
+      h = {mix64(h.first ^ hp.first), mix64(h.second + hp.second)};
+      seed_delta = hp.second;
+    }
+  }
   char text[40];
   std::snprintf(text, sizeof(text), "%016llx%016llx", static_cast<unsigned long long>(h.first),
                 static_cast<unsigned long long>(h.second));

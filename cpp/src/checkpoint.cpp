@@ -6,9 +6,11 @@
 #include "postsvd/checkpoint.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -17,6 +19,8 @@
 #include "detail/json_guard.h"
 #include "detail/mapped_file.h"
 #include "detail/shape_format.h"
+#include "postsvd/adapter.h"
+#include "postsvd/architecture.h"
 #include "postsvd/limits.h"
 
 namespace postsvd {
@@ -154,18 +158,47 @@ bool covered(const ByteRanges& present, uint64_t begin, uint64_t end) {
 struct SafetensorsFile::Impl {
   std::string path;
   detail::MappedFile mapping;
+  uint64_t size = 0;  // the file's size, fixed (a partial copy has its full size)
   uint64_t header_size = 0;
   std::vector<TensorInfo> tensors;  // sorted by offsets
   std::unordered_map<std::string, std::size_t> by_name;
   std::map<std::string, std::string> metadata;
-  bool partial = false;  // a partial copy of a Hub file: only `present` may be read
+  // A partial copy of a Hub file (opened so): only `present` may be read. postsvd.hub fetches more ranges
+  // while the file is open (the next matrices while the current ones decompose), so a tensor not in
+  // `present` makes the reader read the manifest again (refresh) before it refuses. Under `mutex`.
+  bool opened_partial = false;
+  bool partial = false;
   ByteRanges present;
+  std::vector<detail::MappedFile> retired;  // mappings replaced by refresh; pointers into them stay valid
+  std::mutex mutex;
 
   const unsigned char* data_section() const { return mapping.data() + 8 + header_size; }
-  uint64_t data_size() const { return mapping.size() - 8 - header_size; }
+  uint64_t data_size() const { return size - 8 - header_size; }
 
   void parse_entry(const std::string& name, const nlohmann::json& entry);
+  void refresh();
 };
+
+// The manifest as it is now: ranges fetched since the file was opened, or the file now complete (a
+// whole-file fetch replaced the partial copy by a link to the complete file: mapped anew, the old mapping
+// kept alive for pointers handed out before).
+void SafetensorsFile::Impl::refresh() {
+  ByteRanges now;
+  if (fetched_ranges(path, size, now)) {
+    present = std::move(now);
+    return;
+  }
+  detail::MappedFile whole(path);
+  const uint64_t header_end = 8 + header_size;
+  if (whole.size() != size || std::memcmp(whole.data(), mapping.data(), static_cast<std::size_t>(header_end)) != 0) {
+    POSTSVD_THROW(BadCheckpoint, path << ": the file was replaced by another one (size " << whole.size()
+                                      << ", was " << size << ") since it was opened; open the checkpoint again");
+  }
+  retired.push_back(std::move(mapping));
+  mapping = std::move(whole);
+  partial = false;
+  present.clear();
+}
 
 void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::json& entry) {
   const std::string where = path + ": tensor '" + name + "'";
@@ -236,11 +269,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
   im.path = path;
   im.mapping = detail::MappedFile(path);
   const uint64_t file_size = im.mapping.size();
+  im.size = file_size;
   if (file_size < 8) {
     POSTSVD_THROW(BadCheckpoint, path << ": file is " << file_size
                                       << " bytes, shorter than the 8-byte header length; not a safetensors file");
   }
   im.partial = fetched_ranges(path, file_size, im.present);
+  im.opened_partial = im.partial;
   if (im.partial && !covered(im.present, 0, 8)) {
     POSTSVD_THROW(BadCheckpoint, path << ": a partial copy of a Hub file whose header was not fetched (see "
                                       << kFetchManifest << " beside it)");
@@ -368,9 +403,12 @@ const void* SafetensorsFile::data(const TensorInfo& info) const {
     POSTSVD_THROW(InvalidArgument, impl_->path << ": tensor '" << info.name << "': offsets [" << info.begin << ", "
                                                << info.end << "] lie outside this file's data buffer");
   }
+  if (!impl_->opened_partial) return impl_->data_section() + info.begin;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
   const uint64_t start = 8 + impl_->header_size;
+  if (impl_->partial && !covered(impl_->present, start + info.begin, start + info.end)) impl_->refresh();
   if (impl_->partial && !covered(impl_->present, start + info.begin, start + info.end)) {
-    POSTSVD_THROW(BadCheckpoint, impl_->path << ": tensor '" << info.name << "' was not fetched: this file is a "
+    POSTSVD_THROW(NotFetched, impl_->path << ": tensor '" << info.name << "' was not fetched: this file is a "
                                              << "partial copy of a Hub file and bytes [" << start + info.begin << ", "
                                              << start + info.end << ") are not in " << kFetchManifest
                                              << "; fetch the tensor first (postsvd.hub.fetch)");
@@ -379,7 +417,7 @@ const void* SafetensorsFile::data(const TensorInfo& info) const {
 }
 
 uint64_t SafetensorsFile::header_size() const { return impl_->header_size; }
-uint64_t SafetensorsFile::file_size() const { return impl_->mapping.size(); }
+uint64_t SafetensorsFile::file_size() const { return impl_->size; }
 
 // ---------------------------------------------------------------- Checkpoint
 
@@ -419,6 +457,8 @@ bool present_as_file(const fs::path& path, const char* what) {
 
 struct Checkpoint::Impl {
   std::string folder;
+  std::string weights_folder;
+  std::unique_ptr<Adapter> adapter;  // an adapter folder's; null for a model folder
   std::string config_text;
   nlohmann::ordered_json config;  // config_text parsed: a JSON object
   bool sharded = false;
@@ -427,15 +467,41 @@ struct Checkpoint::Impl {
   std::map<std::string, std::pair<std::size_t, const TensorInfo*>> tensors;
 };
 
+Checkpoint::Checkpoint(const std::string& adapter_folder, const std::string& base_folder,
+                       const AdapterOptions& options) {
+  std::string base = base_folder.empty() ? adapter_base_name(adapter_folder) : base_folder;
+  std::error_code ec;
+  if (base_folder.empty() && (base.empty() || !fs::is_directory(base, ec))) {
+    POSTSVD_THROW(BadCheckpoint, adapter_folder << ": a PEFT adapter whose adapter_config.json names "
+                                                << (base.empty() ? std::string("no base (base_model_name_or_path)")
+                                                                 : "the base '" + base + "', not a local folder")
+                                                << "; name its base model folder");
+  }
+  if (is_adapter_folder(base) && !fs::exists(fs::path(base) / "config.json", ec)) {
+    POSTSVD_THROW(BadCheckpoint, adapter_folder << ": the base '" << base << "' is itself a PEFT adapter folder; "
+                                                << "name the base model folder it applies to");
+  }
+  Checkpoint weights(base);
+  impl_ = std::move(weights.impl_);
+  impl_->folder = adapter_folder;
+  const Architecture arch = detect_architecture(*this);
+  impl_->adapter = std::make_unique<Adapter>(adapter_folder, *this, arch, options);
+}
+
 Checkpoint::Checkpoint(const std::string& folder) : impl_(std::make_unique<Impl>()) {
   Impl& im = *impl_;
   im.folder = folder;
+  im.weights_folder = folder;
   const fs::path dir(folder);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     POSTSVD_THROW(BadCheckpoint, folder << ": checkpoint folder does not exist or is not a directory");
   }
   const fs::path config = dir / "config.json";
+  if (!present_as_file(config, "config.json") && is_adapter_folder(folder)) {
+    *this = Checkpoint(folder, "", AdapterOptions{});
+    return;
+  }
   if (!present_as_file(config, "config.json")) {
     POSTSVD_THROW(BadCheckpoint, folder << ": no config.json; expected a Hugging Face model folder with config.json");
   }
@@ -550,9 +616,11 @@ Checkpoint::Checkpoint(Checkpoint&&) noexcept = default;
 Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
 
 const std::string& Checkpoint::folder() const { return impl_->folder; }
+const std::string& Checkpoint::weights_folder() const { return impl_->weights_folder; }
+const Adapter* Checkpoint::adapter() const { return impl_->adapter.get(); }
 const std::string& Checkpoint::config_json() const { return impl_->config_text; }
 const nlohmann::ordered_json& Checkpoint::config() const { return impl_->config; }
-std::string Checkpoint::config_path() const { return impl_->folder + "/config.json"; }
+std::string Checkpoint::config_path() const { return impl_->weights_folder + "/config.json"; }
 
 std::vector<std::string> Checkpoint::tensor_names() const {
   std::vector<std::string> names;
@@ -564,6 +632,9 @@ std::vector<std::string> Checkpoint::tensor_names() const {
 bool Checkpoint::contains(const std::string& name) const { return impl_->tensors.count(name) != 0; }
 
 const TensorInfo& Checkpoint::info(const std::string& name) const {
+  if (impl_->adapter) {
+    if (const TensorInfo* replaced = impl_->adapter->replacement(name)) return *replaced;
+  }
   const auto it = impl_->tensors.find(name);
   if (it == impl_->tensors.end()) {
     POSTSVD_THROW(BadCheckpoint, impl_->folder << ": no tensor '" << name << "' in this checkpoint");
@@ -572,6 +643,7 @@ const TensorInfo& Checkpoint::info(const std::string& name) const {
 }
 
 const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
+  if (impl_->adapter && impl_->adapter->replacement(name) != nullptr) return impl_->adapter->file();
   const auto it = impl_->tensors.find(name);
   if (it == impl_->tensors.end()) {
     POSTSVD_THROW(BadCheckpoint, impl_->folder << ": no tensor '" << name << "' in this checkpoint");

@@ -8,10 +8,11 @@
 namespace postsvd {
 
 Comparator::Comparator(const std::string& base_folder, const std::string& post_folder, const BackendOptions& backend,
-                       Precision precision, const std::string& factor_cache)
+                       Precision precision, const std::string& factor_cache, const AdapterOptions& adapter)
     : precision_(precision),
+      adapter_(adapter),
       base_(base_folder),
-      post_(post_folder),
+      post_(open_post_model(post_folder, base_folder, adapter)),
       arch_base_(detect_architecture(base_)),
       arch_post_(detect_architecture(post_)) {
   check_same_architecture(base_, arch_base_, post_, arch_post_);
@@ -33,7 +34,7 @@ void Comparator::set_warm_from(const std::string& folder) {
     arch_warm_from_ = Architecture{};
     return;
   }
-  auto checkpoint = std::make_unique<Checkpoint>(folder);
+  auto checkpoint = std::make_unique<Checkpoint>(open_post_model(folder, base_.folder(), adapter_));
   Architecture arch = detect_architecture(*checkpoint);
   check_same_architecture(base_, arch_base_, *checkpoint, arch);
   warm_from_ = std::move(checkpoint);

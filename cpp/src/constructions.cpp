@@ -353,7 +353,30 @@ struct Opened {
   explicit Opened(const std::string& folder) : checkpoint(folder), architecture(detect_architecture(checkpoint)) {
     for (const std::string& message : architecture.warnings) warn(message);
   }
+  // A post model of `base`: a model folder, or an adapter folder applied to `base`.
+  Opened(const std::string& folder, const std::string& base, const AdapterOptions& adapter)
+      : checkpoint(open_post_model(folder, base, adapter)), architecture(detect_architecture(checkpoint)) {}
 };
+
+// An adapter post model writes W + ΔW for the projections only: one that changes other tensors is refused.
+void check_constructible(const Checkpoint& post, const Architecture& arch) {
+  const Adapter* adapter = post.adapter();
+  if (adapter == nullptr) return;
+  const AdapterSummary& summary = adapter->summary();
+  POSTSVD_CHECK(summary.skipped.empty(), InvalidArgument,
+                summary.weights_file << ": tensor '" << summary.skipped.front().first << "' is "
+                                     << summary.skipped.front().second << "; a construction writes the merged "
+                                     << "projections only, so it would lose that change: merge the adapter with peft "
+                                     << "(merge_and_unload) and construct from the merged folder");
+  for (const std::string& replaced : summary.replaced_tensors) {
+    const bool projection = std::any_of(arch.matrices.begin(), arch.matrices.end(),
+                                        [&](const MatrixSource& s) { return s.tensor == replaced; });
+    POSTSVD_CHECK(projection, InvalidArgument,
+                  summary.weights_file << ": modules_to_save replaces '" << replaced << "', which is not a projection; "
+                                       << "a construction writes the merged projections only: merge the adapter with "
+                                       << "peft (merge_and_unload) and construct from the merged folder");
+  }
+}
 
 
 // The post model's matrices selected by layers and kinds (validated).
@@ -423,8 +446,8 @@ std::vector<T> singular_values(Backend& backend, FactorCache* cache, const Tenso
 template <class T>
 AlphaChoice default_alpha_impl(const std::string& base, const std::string& post, const std::vector<int>& layers,
                                const std::vector<std::string>& kinds, const BackendOptions& options,
-                               const std::string& factor_cache) {
-  Opened b(base), p(post);
+                               const std::string& factor_cache, const AdapterOptions& adapter) {
+  Opened b(base), p(post, base, adapter);
   check_same_architecture(b.checkpoint, b.architecture, p.checkpoint, p.architecture);
   const auto selected = select_matrices(p.architecture, layers, kinds, post);
   auto backend = make_backend(options);
@@ -475,11 +498,12 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
                                   const ProgressCallback& progress) {
   using clock = std::chrono::steady_clock;
   auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
-  Opened b(request.base), p(request.post);
+  Opened b(request.base), p(request.post, request.base, request.adapter);
   check_same_architecture(b.checkpoint, b.architecture, p.checkpoint, p.architecture);
+  check_constructible(p.checkpoint, p.architecture);
   std::unique_ptr<Opened> r;
   if (construction_needs_ref(construction)) {
-    r = std::make_unique<Opened>(request.ref);
+    r = std::make_unique<Opened>(request.ref, request.base, request.adapter);
     check_same_architecture(r->checkpoint, r->architecture, p.checkpoint, p.architecture);
   }
   const auto selected = select_matrices(p.architecture, request.layers, request.kinds, request.post);
@@ -557,6 +581,17 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
     report.rows.push_back(std::move(row));
     ++done;
   }
+  if (p.checkpoint.adapter() != nullptr) {
+    // The projections an adapter changes that the construction left: W + ΔW, as the merged model holds them.
+    const Adapter& adapter = *p.checkpoint.adapter();
+    std::set<const MatrixSource*> written(selected.begin(), selected.end());
+    t0 = clock::now();
+    for (const MatrixSource& s : p.architecture.matrices) {
+      if (written.count(&s) != 0 || (!adapter.delta(s) && adapter.replacement(s.tensor) == nullptr)) continue;
+      writer.write(s, to_matrix<T>(view_of(p.checkpoint, s)));
+    }
+    report.seconds_write += seconds_since(t0);
+  }
   t0 = clock::now();
   report.written_files = writer.finish();
   report.seconds_write += seconds_since(t0);
@@ -568,9 +603,11 @@ ConstructionReport construct_impl(const ConstructionRequest& request, Constructi
 
 AlphaChoice default_alpha(const std::string& base, const std::string& post, const std::vector<int>& layers,
                           const std::vector<std::string>& kinds, Precision precision, const BackendOptions& backend,
-                          const std::string& factor_cache) {
-  if (precision == Precision::F64) return default_alpha_impl<double>(base, post, layers, kinds, backend, factor_cache);
-  return default_alpha_impl<float>(base, post, layers, kinds, backend, factor_cache);
+                          const std::string& factor_cache, const AdapterOptions& adapter) {
+  if (precision == Precision::F64) {
+    return default_alpha_impl<double>(base, post, layers, kinds, backend, factor_cache, adapter);
+  }
+  return default_alpha_impl<float>(base, post, layers, kinds, backend, factor_cache, adapter);
 }
 
 ConstructionReport construct_checkpoint(const ConstructionRequest& request, const ProgressCallback& progress) {

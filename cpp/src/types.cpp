@@ -12,6 +12,7 @@
 
 #include "detail/dequantize.h"
 #include "detail/half.h"
+#include "detail/low_rank.h"
 #include "postsvd/quantization.h"
 
 namespace postsvd {
@@ -123,6 +124,16 @@ TensorView TensorView::transposed() const {
   t.row_group_skip = col_group_skip;
   t.col_group = row_group;
   t.col_group_skip = row_group_skip;
+  if (delta) t.delta = std::make_shared<const LowRankDelta>(delta->transposed());
+  return t;
+}
+
+LowRankDelta LowRankDelta::transposed() const {
+  LowRankDelta t = *this;
+  t.left = right.transposed();
+  t.right = left.transposed();
+  if (magnitude.data != nullptr) t.magnitude = magnitude.transposed();
+  t.magnitude_per_row = !magnitude_per_row;
   return t;
 }
 
@@ -237,6 +248,7 @@ Matrix<T> to_matrix(const TensorView& view) {
       }
     }
   }
+  if (view.delta) detail::add_low_rank(*view.delta, out, view.name);
   return out;
 }
 

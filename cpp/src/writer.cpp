@@ -407,7 +407,7 @@ std::vector<std::string> CheckpointWriter::finish() {
   }
   const Checkpoint& checkpoint = *impl_->source;
   if (checkpoint.sharded()) {
-    const fs::path source_index = fs::path(checkpoint.folder()) / "model.safetensors.index.json";
+    const fs::path source_index = fs::path(checkpoint.weights_folder()) / "model.safetensors.index.json";
     std::ifstream in(source_index);
     POSTSVD_CHECK(in.good(), BadCheckpoint, source_index.string() << ": cannot read the index");
     std::stringstream text;

@@ -9,6 +9,10 @@ core. Usage::
 
 or, from the repository root,
 ``PYTHONPATH=examples python -m postsvd_family.evaluate examples/models/instruct --n 200``.
+
+A PEFT adapter folder (``examples/models/instruct_lora``) is merged into its base with peft
+(``merge_and_unload``, float32) and evaluated as that model; the base is `base`, or the folder the
+adapter's ``base_model_name_or_path`` names (relative to the working directory, as peft reads it).
 """
 
 from __future__ import annotations
@@ -35,14 +39,55 @@ def extract_answer(completion: str) -> Optional[str]:
     return number.group(0) if number else None
 
 
-def _check_model_dir(model_dir) -> Path:
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _check_model_dir(model_dir, what: str = "model_dir") -> Path:
     path = Path(model_dir)
     if not path.is_dir():
-        raise FileNotFoundError(f"model_dir: expected a Hugging Face model folder, got {str(path)!r} (not a directory)")
+        raise FileNotFoundError(f"{what}: expected a Hugging Face model folder, got {str(path)!r} (not a directory)")
     for needed in ("config.json", "tokenizer_config.json"):
         if not (path / needed).is_file():
-            raise FileNotFoundError(f"model_dir {str(path)!r}: expected {needed} in the folder, it is missing")
+            raise FileNotFoundError(f"{what} {str(path)!r}: expected {needed} in the folder, it is missing")
     return path
+
+
+def adapter_base(adapter_dir, base=None) -> Path:
+    """The base model folder of a PEFT adapter folder: `base` when given, else its base_model_name_or_path
+    (a folder relative to the working directory, as peft and postsvd read it)."""
+    import json
+
+    if base is not None:
+        return _check_model_dir(base, "base")
+    config_path = Path(adapter_dir) / ADAPTER_CONFIG
+    named = json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if not named or not Path(named).is_dir():
+        raise FileNotFoundError(f"{config_path}: base_model_name_or_path {named!r} is not a folder from the working "
+                                f"directory {str(Path.cwd())!r}; pass base= (--base) the base model folder")
+    return _check_model_dir(named, f"base (base_model_name_or_path of {config_path})")
+
+
+def load_model(model_dir, base=None):
+    """(model in float32, eval mode; tokenizer) of a model folder, or of a PEFT adapter folder merged into
+    its base (:func:`adapter_base`) with peft's merge_and_unload; the adapter folder's tokenizer if it has
+    one, else the base's. `base` is for adapters only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / ADAPTER_CONFIG).is_file():
+        if base is not None:
+            raise ValueError(f"base: given, but {str(path)!r} is not a PEFT adapter folder ({ADAPTER_CONFIG})")
+        path = _check_model_dir(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return model.eval(), AutoTokenizer.from_pretrained(path)
+    from peft import PeftModel
+
+    base_path = adapter_base(path, base)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base_path
+    return model.eval(), AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int) -> List[str]:
@@ -75,8 +120,10 @@ def evaluate(
     batch_size: int = 64,
     problems: Optional[Sequence[tasks.Problem]] = None,
     threads: Optional[int] = None,
+    base=None,
 ) -> Dict[str, object]:
-    """Exact-match accuracy of the model in `model_dir` on the family's addition task.
+    """Exact-match accuracy of the model in `model_dir` (a model folder, or a PEFT adapter folder merged
+    into `base` or the base its config names: :func:`load_model`) on the family's addition task.
 
     Prompts are ``tasks.problems(split, n)`` (the held-out split by default, in a
     fixed order) unless `problems` is given. Decoding is greedy in float32 on the
@@ -87,17 +134,13 @@ def evaluate(
     """
     import pandas as pd
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _check_model_dir(model_dir)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     chosen = list(problems) if problems is not None else tasks.problems(split, n)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.eval()
+    model, tokenizer = load_model(model_dir, base)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -119,7 +162,7 @@ def evaluate(
     correct = int(rows["correct"].sum())
     total = len(rows)
     return {
-        "model": str(path),
+        "model": str(model_dir),
         "split": split if problems is None else "custom",
         "accuracy": correct / total if total else float("nan"),
         "correct": correct,
@@ -136,7 +179,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m postsvd_family.evaluate",
         description="Exact-match accuracy of a family model on held-out two-digit additions, greedy decoding "
                     "with transformers.")
-    parser.add_argument("model", help="Hugging Face model folder, e.g. examples/models/instruct")
+    parser.add_argument("model", help="Hugging Face model folder, e.g. examples/models/instruct, or a PEFT adapter "
+                                      "folder, e.g. examples/models/instruct_lora")
+    parser.add_argument("--base", default=None,
+                        help="with an adapter folder: its base model folder (default: its base_model_name_or_path)")
     parser.add_argument("--n", type=int, default=None, help="number of held-out prompts (default: all)")
     parser.add_argument("--split", choices=tasks.SPLITS, default="test")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
@@ -145,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--csv", default=None, help="also write the per-prompt rows to this CSV file")
     args = parser.parse_args(argv)
     result = evaluate(
-        args.model, split=args.split, n=args.n, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        args.model, split=args.split, n=args.n, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        base=args.base,
     )
     rows = result["rows"]
     for _, row in rows.head(max(args.show, 0)).iterrows():

@@ -1,11 +1,14 @@
-"""Train the family: base, base_alt (pretrained), instruct and reasoning (post-trained from base).
+"""Train the family: base, base_alt (pretrained), instruct and reasoning (post-trained from base), and
+instruct_lora (a PEFT LoRA adapter of base on instruct's task).
 
     PYTHONPATH=examples python -m postsvd_family.train --out examples/models
+    PYTHONPATH=examples python -m postsvd_family.train --out examples/models --lora   # the adapter only
 
 CPU, offline, fixed seeds; each stage runs single-threaded, so a run repeats
 bit for bit on one machine. Stages that do not depend on each other run in
-parallel processes (`--jobs`). Writes four Hugging Face folders, family.json
-(settings, timings, accuracies, weight measures) and README.md (the model card).
+parallel processes (`--jobs`). Writes four Hugging Face folders and an adapter
+folder, family.json (settings, timings, accuracies, weight measures) and
+README.md (the model card).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +27,12 @@ from typing import Dict, List
 from . import corpus, tasks
 
 MODEL_NAMES = ("base", "base_alt", "instruct", "reasoning")
+#: PEFT adapter folders of base (adapter_config.json + adapter_model.safetensors).
+ADAPTER_NAMES = ("instruct_lora",)
+#: Every folder of the family, in the order of the model card.
+FAMILY_NAMES = MODEL_NAMES + ADAPTER_NAMES
+#: The projections a LoRA adapter of the family adapts: all seven of each layer.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -66,6 +74,23 @@ class PostTraining:
 
 
 @dataclass
+class LoraTraining:
+    """A LoRA adapter of base on instruct's task and data (the Q:/A: format, the training split, loss on the
+    completion only, instruct's steps, batch size and schedule); only the factors A and B train."""
+
+    seed: int
+    r: int = 8
+    lora_alpha: int = 16
+    target_modules: List[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    style: str = "instruct"
+
+
+@dataclass
 class Recipe:
     architecture: Architecture = field(default_factory=Architecture)
     base: Pretraining = field(default_factory=lambda: Pretraining(source="pydoc", seed=1))
@@ -76,6 +101,7 @@ class Recipe:
     reasoning: PostTraining = field(
         default_factory=lambda: PostTraining(style="reasoning", seed=4, steps=400, batch_size=16, lr=3e-4)
     )
+    instruct_lora: LoraTraining = field(default_factory=lambda: LoraTraining(seed=5))
     eval_n: int | None = None  # held-out prompts for the recorded accuracy (None: all)
     eval_max_new_tokens: int = 200
     eval_batch_size: int = 64
@@ -92,8 +118,9 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 def _optimizer(model, lr: float, weight_decay: float):
     import torch
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # a LoRA model: its factors only
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr,
@@ -131,7 +158,7 @@ def _fit(name: str, model, setup, next_batch, started: float) -> List[float]:
             group["lr"] = _lr_at(step, setup.steps, setup.lr, setup.warmup)
         loss = model(**next_batch()).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
@@ -214,27 +241,23 @@ def _sft_batch(problems: List[tasks.Problem], style: str, tokenizer):
     return input_ids, mask, label_ids
 
 
-def post_train(name: str, setup: PostTraining, base_dir: str, out_root: str, device: str = "cpu") -> Dict:
-    """Fine-tune the saved (bf16) base on the Q:/A: format with AdamW and a small learning rate."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _sft_batches(name: str, setup, tokenizer, device: str):
+    """next_batch() of a post-training stage: `setup.batch_size` training-split problems per step in the
+    stage's style, drawn from a stream seeded by the stage's name and seed."""
     if setup.style not in ("instruct", "reasoning"):
         raise ValueError(f"{name}: style expected 'instruct' or 'reasoning', got {setup.style!r}")
-    torch.set_num_threads(1)
-    started = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    torch.manual_seed(setup.seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
     stream = tasks.sample_train(random.Random(f"post:{name}:{setup.seed}"))
 
     def next_batch():
         input_ids, mask, labels = _sft_batch([next(stream) for _ in range(setup.batch_size)], setup.style, tokenizer)
         return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
-    losses = _fit(name, model, setup, next_batch, started)
-    _save(model, tokenizer, Path(out_root) / name)
+    return next_batch
+
+
+def _post_record(name: str, setup, losses: List[float], started: float) -> Dict:
+    import numpy as np
+
     return {
         "name": name,
         "seconds": round(time.time() - started, 1),
@@ -243,12 +266,67 @@ def post_train(name: str, setup: PostTraining, base_dir: str, out_root: str, dev
     }
 
 
+def post_train(name: str, setup: PostTraining, base_dir: str, out_root: str, device: str = "cpu") -> Dict:
+    """Fine-tune the saved (bf16) base on the Q:/A: format with AdamW and a small learning rate."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    torch.manual_seed(setup.seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
+    losses = _fit(name, model, setup, _sft_batches(name, setup, tokenizer, device), started)
+    _save(model, tokenizer, Path(out_root) / name)
+    return _post_record(name, setup, losses, started)
+
+
+def train_lora(name: str, setup: LoraTraining, base_dir: str, out_root: str, device: str = "cpu") -> Dict:
+    """A PEFT LoRA adapter of the saved (bf16) base on the Q:/A: format: the base stays frozen, the factors
+    A (Kaiming-uniform, seeded) and B (zeros) of every projection train; saved as an adapter folder whose
+    base_model_name_or_path is `base_dir` as given, with float32 factors and the base's tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    torch.manual_seed(setup.seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
+    config = LoraConfig(r=setup.r, lora_alpha=setup.lora_alpha, target_modules=list(setup.target_modules),
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    losses = _fit(name, model, setup, _sft_batches(name, setup, tokenizer, device), started)
+    out_dir = Path(out_root) / name
+    model = model.to("cpu")
+    model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "README.md").unlink(missing_ok=True)  # peft's template card: the family's card describes it
+    # peft writes target_modules from a set, in the order of string hashes (random per process): sort them
+    config_path = out_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    corpus.save_tokenizer(tokenizer, out_dir, model.config.max_position_embeddings)
+    return {**_post_record(name, setup, losses, started),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "base_model_name_or_path": str(base_dir), "date": time.strftime("%Y-%m-%d")}
+
+
+#: The training function of each stage that starts from the saved base.
+POST_STAGES = {"instruct": post_train, "reasoning": post_train, "instruct_lora": train_lora}
+
+
 def evaluate_model(name: str, out_root: str, n: int | None, max_new_tokens: int = 200, batch_size: int = 64) -> Dict:
-    """Held-out accuracy of a saved model, single-threaded; keeps which prompts were right."""
+    """Held-out accuracy of a saved model (an adapter: merged into out_root/base), single-threaded; keeps which
+    prompts were right."""
     from .evaluate import evaluate
 
     started = time.time()
-    result = evaluate(Path(out_root) / name, n=n, threads=1, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    base = Path(out_root) / "base" if name in ADAPTER_NAMES else None
+    result = evaluate(Path(out_root) / name, n=n, threads=1, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      base=base)
     rows = result["rows"]
     _log(name, f"accuracy {result['accuracy']:.3f} on {result['n']} held-out prompts")
     return {
@@ -312,8 +390,8 @@ def run(recipe: Recipe, out: str, jobs: int = 2, device: str = "cpu") -> Dict:
         record["wall_seconds"]["pretraining"] = round(time.time() - t0, 1)
         t0 = time.time()
         post = {
-            name: pool.submit(post_train, name, getattr(recipe, name), str(out_root / "base"), out, device)
-            for name in ("instruct", "reasoning")
+            name: pool.submit(stage, name, getattr(recipe, name), str(out_root / "base"), out, device)
+            for name, stage in POST_STAGES.items()
         }
         for name, fut in post.items():
             record["stages"][name] = fut.result()
@@ -330,6 +408,7 @@ def run(recipe: Recipe, out: str, jobs: int = 2, device: str = "cpu") -> Dict:
     record["wall_seconds"]["total"] = round(time.time() - started, 1)
     record["jobs"] = jobs
     record["device"] = device
+    record["date"] = time.strftime("%Y-%m-%d")
     record["torch_threads_per_stage"] = 1
     return _write(record, out_root)
 
@@ -353,10 +432,10 @@ def plain_sum_accuracy(model_dir, n: int | None = None) -> float:
     return sum(extract_answer(c) == str(p.answer) for c, p in zip(completions, chosen)) / len(chosen)
 
 
-def _evaluate_all(pool, recipe: Recipe, out: str) -> Dict:
+def _evaluate_all(pool, recipe: Recipe, out: str, names=FAMILY_NAMES) -> Dict:
     futures = {
         name: pool.submit(evaluate_model, name, out, recipe.eval_n, recipe.eval_max_new_tokens, recipe.eval_batch_size)
-        for name in MODEL_NAMES
+        for name in names
     }
     return {name: fut.result() for name, fut in futures.items()}
 
@@ -381,22 +460,26 @@ def reevaluate(out: str, jobs: int = 2) -> Dict:
 
 
 def redo_post_training(out: str, names: List[str], recipe: Recipe, jobs: int = 2, device: str = "cpu") -> Dict:
-    """Post-train `names` again from the saved base with `recipe`'s settings, then evaluate and check."""
+    """Post-train `names` (of POST_STAGES) again from the saved base with `recipe`'s settings, then evaluate
+    them and check the weights; the other models' records stay."""
     from . import check
 
     out_root = Path(out)
-    record = json.loads((out_root / "family.json").read_text())
+    record_path = out_root / "family.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path}: expected the record of a training run; run the training first")
+    record = json.loads(record_path.read_text())
     with _pool(jobs) as pool:
         t0 = time.time()
         futures = {
-            name: pool.submit(post_train, name, getattr(recipe, name), str(out_root / "base"), out, device)
+            name: pool.submit(POST_STAGES[name], name, getattr(recipe, name), str(out_root / "base"), out, device)
             for name in names
         }
         for name, fut in futures.items():
             record["stages"][name] = fut.result()
             record["recipe"][name] = asdict(getattr(recipe, name))
         record["wall_seconds"]["post_training_redone"] = round(time.time() - t0, 1)
-        record["accuracy"] = _evaluate_all(pool, recipe, out)
+        record["accuracy"].update(_evaluate_all(pool, recipe, out, names))
     record["weights"] = check.family_measures(out_root)
     return _write(record, out_root)
 
@@ -409,11 +492,16 @@ def _write(record: Dict, out_root: Path) -> Dict:
         for name in ("base", "base_alt")
     }
     record["sizes_bytes"] = {
-        name: (out_root / name / "model.safetensors").stat().st_size for name in MODEL_NAMES
+        name: (out_root / name / weights_file(name)).stat().st_size for name in FAMILY_NAMES
     }
     (out_root / "family.json").write_text(json.dumps(record, indent=2) + "\n")
     (out_root / "README.md").write_text(card.model_card(record))
     return record
+
+
+def weights_file(name: str) -> str:
+    """The weights file of a folder of the family."""
+    return "adapter_model.safetensors" if name in ADAPTER_NAMES else "model.safetensors"
 
 
 def tiny_recipe() -> Recipe:
@@ -428,7 +516,7 @@ def tiny_recipe() -> Recipe:
     for name in ("base", "base_alt"):
         setup = getattr(recipe, name)
         setup.text_chars, setup.steps, setup.batch_size, setup.seq_len, setup.warmup = 20_000, 2, 2, 64, 1
-    for name in ("instruct", "reasoning"):
+    for name in POST_STAGES:
         setup = getattr(recipe, name)
         setup.steps, setup.batch_size, setup.warmup = 2, 2, 1
     return recipe
@@ -441,8 +529,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")
     parser.add_argument("--reevaluate", action="store_true",
                         help="no training: evaluate and check the models in --out again, rewrite family.json and README.md")
-    parser.add_argument("--redo-post", nargs="+", choices=("instruct", "reasoning"), default=None,
+    parser.add_argument("--redo-post", nargs="+", choices=tuple(POST_STAGES), default=None,
                         help="no pretraining: post-train these again from the base in --out, then evaluate")
+    parser.add_argument("--lora", action="store_true",
+                        help="no pretraining: train the LoRA adapter instruct_lora from the base in --out, then "
+                             "evaluate it (the same as --redo-post instruct_lora)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes and 2 steps per stage (smoke test)")
     parser.add_argument("--pretrain-steps", type=int, default=None)
     parser.add_argument("--post-steps", type=int, default=None)
@@ -454,7 +545,7 @@ def main(argv=None) -> int:
         parser.error(f"--jobs: expected >= 1, got {args.jobs}")
     if args.reevaluate:
         record = reevaluate(args.out, jobs=args.jobs)
-        for name in MODEL_NAMES:
+        for name in FAMILY_NAMES:
             print(f"{name}: accuracy {record['accuracy'][name]['accuracy']:.3f}")
         return 0
     recipe = tiny_recipe() if args.tiny else Recipe()
@@ -469,12 +560,15 @@ def main(argv=None) -> int:
         recipe.base.task_fraction = recipe.base_alt.task_fraction = args.task_fraction
     if args.eval_n is not None:
         recipe.eval_n = args.eval_n
-    if args.redo_post:
-        record = redo_post_training(args.out, args.redo_post, recipe, jobs=args.jobs, device=args.device)
+    if args.lora and args.redo_post:
+        parser.error("--lora: give it or --redo-post, not both (--redo-post instruct_lora is the same)")
+    redo = ["instruct_lora"] if args.lora else args.redo_post
+    if redo:
+        record = redo_post_training(args.out, redo, recipe, jobs=args.jobs, device=args.device)
     else:
         record = run(recipe, args.out, jobs=args.jobs, device=args.device)
     print(json.dumps({k: record[k] for k in ("wall_seconds", "sizes_bytes")}, indent=2))
-    for name in MODEL_NAMES:
+    for name in FAMILY_NAMES:
         print(f"{name}: accuracy {record['accuracy'][name]['accuracy']:.3f}")
     return 0
 

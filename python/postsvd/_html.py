@@ -53,6 +53,15 @@ def run_metadata(rows: Iterable[Tuple[str, Any]]) -> str:
     return section("metadata", "Run", f'<table class="meta"><tbody>{body}</tbody></table>')
 
 
+def model_row(role: str, model) -> Tuple[str, str]:
+    """The metadata row naming a model (a :class:`postsvd.hub.ResolvedModel`): a local folder by its absolute
+    path; a Hub model as written, with its repo id, the revision asked for and the commit read."""
+    if model.is_local:
+        return f"{role} folder", model.description
+    return (f"{role} model", f"{model.name} (repo {model.repo_id}, revision {model.revision or 'main'}, "
+                             f"commit {model.commit})")
+
+
 def page(title: str, sections: Sequence[str], *, subtitle: str = "",
          nav: Sequence[Tuple[str, str]] = (), head: Optional[str] = None, tail: str = "") -> str:
     """A whole page: `title` (escaped here), `subtitle` and `sections` (HTML), a navigation bar of

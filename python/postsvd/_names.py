@@ -11,11 +11,10 @@ def short_name(path) -> str:
     return os.path.basename(os.path.normpath(text)) or text
 
 
-def unique_names(folders: Sequence) -> List[str]:
-    """short_name of each folder, with -2, -3, ... appended to repeats: ['a/post', 'b/post'] -> ['post', 'post-2']."""
+def distinct(labels: Sequence[str]) -> List[str]:
+    """The labels, with -2, -3, ... appended to repeats: ['post', 'post'] -> ['post', 'post-2']."""
     names: List[str] = []
-    for folder in folders:
-        name = short_name(folder)
+    for name in labels:
         candidate, n = name, 2
         while candidate in names:
             candidate, n = f"{name}-{n}", n + 1

@@ -230,7 +230,7 @@ def broken_link(path: str) -> Optional[str]:
 
 def normalize_folder(folder, what: str) -> str:
     """A path string for an existing directory; a clear error otherwise."""
-    path = _path_text(folder, what, "a folder path")
+    path = path_text(folder, what, "a folder path")
     broken = broken_link(path)
     if broken:
         raise BadCheckpointError(f"{what}: '{path}' {broken}; expected a model folder")
@@ -385,7 +385,7 @@ def parse_matrix_pairs(text: Optional[str], what: str = "--matrices") -> Optiona
     return pairs
 
 
-def _path_text(path, what: str, expected: str = "a path") -> str:
+def path_text(path, what: str, expected: str = "a path") -> str:
     """The text of a str, bytes or os.PathLike path; InvalidArgumentError naming `what` otherwise."""
     try:
         text = os.fspath(path)
@@ -412,7 +412,7 @@ def _check_creatable(path: str, what: str) -> None:
 def normalize_output_folder(out, what: str = "out") -> str:
     """The absolute path of an output folder: an existing folder, or one that can be created
     (its missing parents too). Raises InvalidArgumentError for a file, or a place it cannot go."""
-    path = _path_text(out, what)
+    path = path_text(out, what)
     broken = broken_link(path)
     if broken:
         raise InvalidArgumentError(f"{what}: '{path}' {broken}; expected a folder (created if missing)")
@@ -427,7 +427,7 @@ def normalize_output_folder(out, what: str = "out") -> str:
 
 def normalize_output_file(path, what: str) -> str:
     """The absolute path of a file to write: not a folder; its folder exists."""
-    text = _path_text(path, what)
+    text = path_text(path, what)
     if os.path.isdir(text):
         raise InvalidArgumentError(f"{what}: '{text}' is a folder; expected a file name")
     folder = os.path.dirname(os.path.abspath(text))

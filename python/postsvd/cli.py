@@ -19,7 +19,7 @@ import sys
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ._names import unique_names
+from ._names import distinct, short_name
 from ._outputs import atomic_file
 from ._terminal import printable
 from ._validate import (DTYPES, GROUP_ALIASES, INTRUDER_DEFAULTS, INTRUDER_SIDES, KIND_GROUPS, KINDS,
@@ -72,11 +72,39 @@ def shared_options(with_group: bool = False) -> argparse.ArgumentParser:
                              "it faster; today neither backend does), always, or off (default: auto)")
     parent.add_argument("--no-warm-start", dest="warm_start", action="store_const", const="off",
                         help="the same as --warm-start off")
+    parent.add_argument("--dry-run", action="store_true",
+                        help="Hub models: print what would be fetched (files, byte ranges, bytes, the disk it needs "
+                             "and the free space) and stop; reads only config, index and shard headers")
+    parent.add_argument("--whole-files", action="store_true",
+                        help="Hub models: fetch the shards holding the needed tensors complete (into the Hugging "
+                             "Face cache) instead of only the tensors' byte ranges")
+    parent.add_argument("--residual-base", action="store_true",
+                        help="PEFT adapters whose initialization changed the base (init_lora_weights pissa, olora, "
+                             "corda, loftq, lora_ga): the base named is the residual model they apply to")
     return parent
 
 
+#: How a model argument may be written (the help of every model argument).
+MODEL_HELP = "a folder (config.json + *.safetensors) or a Hub repo id: org/name, org/name@revision, hf://org/name"
+#: The base of compare, report and track: it may be left out before one PEFT adapter.
+ADAPTER_BASE_HELP = (f"the base model: {MODEL_HELP}; left out before a single PEFT adapter (a folder or a Hub repo "
+                     f"with adapter_config.json) that names its base")
+
+
+def _print_plans(plans) -> int:
+    """--dry-run: each model's fetch plan, then the total; nothing is fetched."""
+    for plan in plans:
+        for line in str(plan).splitlines():
+            print(printable(line))
+    total = sum(plan.bytes for plan in plans)
+    from ._hub_cache import human_bytes
+
+    print(f"dry run: {human_bytes(total)} ({total:,} bytes) to fetch in all; nothing was fetched")
+    return 0
+
+
 def add_intruder_options(parser: argparse.ArgumentParser) -> None:
-    """--intruder-k, --intruder-epsilon, --intruder-side of compare and report (Shuttleworth et al. 2024)."""
+    """--intruder-k, --intruder-epsilon, --intruder-side of compare, report and track (Shuttleworth et al. 2024)."""
     parser.add_argument("--intruder-k", type=int, default=INTRUDER_DEFAULTS["k"], metavar="K",
                         help="intruder dimensions: the top K singular vectors of each post matrix examined")
     parser.add_argument("--intruder-epsilon", type=float, default=INTRUDER_DEFAULTS["epsilon"], metavar="EPS",
@@ -94,11 +122,12 @@ def _intruder_arguments(args) -> dict:
 
 def add_models_and_out(parser: argparse.ArgumentParser, dest: str, metavar: str, help_text: str, *,
                        nargs: str = "+", out_required: bool = True, base_metavar: str = "BASE",
-                       base_help: str = "base model folder (config.json + *.safetensors)") -> None:
+                       base_help: str = ADAPTER_BASE_HELP) -> None:
     """BASE, then one or more model folders (`dest`), and --out DIR: the arguments of compare, report and track
-    (lineage: A and one model B, --out optional)."""
+    (lineage: A and one model B, --out optional). With nargs '+', BASE may be left out before a PEFT adapter
+    (models_of() sorts them out)."""
     parser.add_argument("base", metavar=base_metavar, help=base_help)
-    parser.add_argument(dest, metavar=metavar, nargs=nargs, help=help_text)
+    parser.add_argument(dest, metavar=metavar, nargs="*" if nargs == "+" else nargs, help=help_text)
     parser.add_argument("--out", "-o", required=out_required, metavar="DIR",
                         help="output folder (created)" if out_required else "also write the results to this folder")
 
@@ -108,9 +137,9 @@ def add_ray_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on a Ray cluster (pip install postsvd[ray]): ADDRESS ('auto', 'HOST:6379', "
                              "'ray://HOST:10001'), or none for a running cluster if there is one, else a local one; "
-                             "put it after the folders or write --ray=ADDRESS. The folders (and --cache) must be "
-                             "on storage every node sees; --device auto takes a GPU per task where the cluster "
-                             "has GPUs")
+                             "put it after the folders or write --ray=ADDRESS. The folders (and --cache, and "
+                             "postsvd's Hub cache for Hub models) must be on storage every node sees; --device auto "
+                             "takes a GPU per task where the cluster has GPUs")
 
 
 def _executor_options(args) -> dict:
@@ -136,7 +165,10 @@ def _checked_device(args) -> str:
 COMPARE_EXAMPLES = """\
 examples:
   postsvd compare Qwen2.5-Math-1.5B/ Qwen2.5-Math-1.5B-Instruct/ --out results/
+  postsvd compare Qwen/Qwen2.5-0.5B Qwen/Qwen2.5-0.5B-Instruct --out results/ --layers 10   # Hub: one layer fetched
+  postsvd compare deepseek-ai/DeepSeek-V3-Base deepseek-ai/DeepSeek-R1 --out r/ --layers 10 --kinds attention --dry-run
   postsvd compare base/ instruct/ reasoning/ --out results/     # one subfolder per post model
+  postsvd compare examples/models/instruct_lora --out results/  # a PEFT adapter on the base it names
   postsvd compare base/ post/ --out results/ --layers 0,1,20-27 --kinds q,k,o --dtype float64
   postsvd compare base/ lora_merged/ --out results/ --intruder-k 20 --intruder-epsilon 0.4   # intruder dimensions
   postsvd compare base/ post/ --out results/ --device cuda --no-progress
@@ -157,7 +189,7 @@ def add_compare(subparsers) -> None:
                     "orientation W = W_hf^T) and write the paper's measures: singular value scaling (SVSM), "
                     "top-90 % scaling statistics, NF and the similarity / I_orth matrices, as tables and plots.",
         epilog=COMPARE_EXAMPLES, formatter_class=HelpFormatter)
-    add_models_and_out(parser, "posts", "POST", "post-trained model folder(s) of the same base")
+    add_models_and_out(parser, "posts", "POST", "post-trained model(s) of the same base, named the same ways")
     parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT][,...]",
                         help="pairs to draw sim/difference/I_orth heatmaps for, e.g. 0:q,3:gate:17 (MoE: the expert, "
                              "an index or 'shared'; default: first layer and kind)")
@@ -175,30 +207,59 @@ def add_compare(subparsers) -> None:
     parser.set_defaults(func=run_compare)
 
 
+def models_of(base: str, posts: Sequence[str], metavar: str = "POST", alternative: str = ""
+              ) -> Tuple[Optional[str], List[str]]:
+    """(base, posts) of compare, report and track as written: one model alone is a PEFT adapter naming its base
+    (a folder or a Hub repo; resolved here to tell). `alternative`: what else the command takes instead."""
+    if posts:
+        return base, list(posts)
+    from .adapters import CONFIG, is_adapter
+    from .hub import resolve
+
+    if is_adapter(resolve(base, metavar).folder):
+        return None, [base]
+    raise InvalidArgumentError(f"{metavar}: expected BASE and at least one {metavar}{alternative}; a single model "
+                               f"must be a PEFT adapter ({CONFIG}) whose base_model_name_or_path names its base, and "
+                               f"'{printable(base)}' is none")
+
+
 def _output_dirs(out: str, posts: Sequence[str]) -> List[str]:
+    """One subfolder per post model: a folder's last component; a Hub model's name and revision
+    (org/name@refs/pr/1 -> name@refs-pr-1)."""
     if len(posts) == 1:
         return [out]
-    return [os.path.join(out, name) for name in unique_names(posts)]
+    from .hub import is_hub_name
+
+    names = [p.removeprefix("hf://").split("/", 1)[1].replace("/", "-")
+             if isinstance(p, str) and not os.path.lexists(p) and is_hub_name(p) else short_name(p) for p in posts]
+    return [os.path.join(out, name) for name in distinct(names)]
 
 
 def run_compare(args) -> int:
-    from .compare import check_compare_arguments, compare
+    from .compare import check_compare_arguments, compare, fetch_plans, resolve_models
 
     matrices_for = parse_matrix_pairs(args.matrices)
     shown = _shown_experts(args.show_experts)
-    out_dirs = _output_dirs(args.out, args.posts)
+    base, posts = models_of(args.base, args.posts)
+    out_dirs = _output_dirs(args.out, posts)
+    base, posts = resolve_models(base, posts)
+    if args.dry_run:
+        return _print_plans(fetch_plans(base, posts, layers=args.layers, kinds=args.kinds, experts=args.experts,
+                                        whole_files=args.whole_files, dtype=args.dtype,
+                                        residual_base=args.residual_base))
     options = dict(device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
-                   num_threads=args.threads, cache=args.cache, experts=args.experts, **_intruder_arguments(args))
-    check_compare_arguments(args.base, args.posts, matrices_for=matrices_for, leading_k=args.leading_k,
+                   num_threads=args.threads, cache=args.cache, experts=args.experts, residual_base=args.residual_base,
+                   **_intruder_arguments(args))
+    check_compare_arguments(base, posts, matrices_for=matrices_for, leading_k=args.leading_k,
                             outs=out_dirs, shown_experts=shown, **dict(options, device=_checked_device(args)))
-    for post, out_dir in zip(args.posts, out_dirs):
-        result = compare(args.base, post, progress=not args.no_progress, warm_start=args.warm_start, **options,
-                         **_executor_options(args))
+    for post, out_dir in zip(posts, out_dirs):
+        result = compare(base, post, progress=not args.no_progress, warm_start=args.warm_start,
+                         whole_files=args.whole_files, **options, **_executor_options(args))
         written = result.save(out_dir, plots=not args.no_plots, matrices_for=matrices_for, leading_k=args.leading_k,
                               experts=shown)
         print(result.summary())
         print(printable(f"wrote {len(written)} files to {out_dir}: {', '.join(os.path.basename(p) for p in written)}"))
-        if len(args.posts) > 1:
+        if len(posts) > 1:
             print()
     return 0
 
@@ -243,8 +304,10 @@ def add_construct(subparsers) -> None:
                     "new model folder that loads like POST; alpha' per kind is printed and recorded.",
         epilog=CONSTRUCT_EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("number", metavar="NUMBER", type=int, help="construction: 9, 10, 11, 12, 14, 15 or 16")
-    parser.add_argument("--base", required=True, metavar="B", help="base model folder")
-    parser.add_argument("--post", required=True, metavar="P", help="post-trained model folder (the one modified)")
+    parser.add_argument("--base", required=True, metavar="B", help=f"the base model: {MODEL_HELP}")
+    parser.add_argument("--post", required=True, metavar="P",
+                        help="the post-trained model (the one modified), named the same ways, or a PEFT adapter "
+                             "applied to B; of a Hub model every tensor is fetched (the new folder holds them all)")
     parser.add_argument("--ref", default=None, metavar="R", help="construction 12: another post model of the base")
     parser.add_argument("--alpha", default=None, metavar="A",
                         help="construction 9: alpha' for all kinds (0.9) or per kind (q=0.9,o=1.4); "
@@ -262,10 +325,17 @@ def run_construct(args) -> int:
 
     alpha = parse_alpha_text(args.alpha) if args.alpha is not None else None
     table = normalize_output_file(args.table, "--table") if args.table is not None else None
+    if args.dry_run:
+        from .constructions import fetch_plans
+
+        return _print_plans(fetch_plans(args.number, args.base, args.post, ref=args.ref, layers=args.layers,
+                                        kinds=args.kinds, group=args.group, whole_files=args.whole_files,
+                                        residual_base=args.residual_base))
     result = construct(args.number, args.base, args.post, args.out, ref=args.ref, alpha=alpha, layers=args.layers,
                        kinds=args.kinds, group=args.group, device=args.device, dtype=args.dtype, force=args.force,
                        progress=not args.no_progress, cache=args.cache, rotations=not args.no_rotations,
-                       num_threads=args.threads, warm_start=args.warm_start)
+                       num_threads=args.threads, warm_start=args.warm_start, whole_files=args.whole_files,
+                       residual_base=args.residual_base)
     if result.alpha:
         print("alpha' per kind (" + result.alpha_source + "): " +
               ", ".join(f"{k}={v:g}" for k, v in result.alpha.items()))
@@ -299,7 +369,7 @@ def add_report(subparsers) -> None:
         description="Compare BASE with each POST (as `postsvd compare` does) and write DIR/report.html: tables, "
                     "figures and a plain-language summary per post model, readable offline in any browser.",
         epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
-    add_models_and_out(parser, "posts", "POST", "post-trained model folder(s) of the same base")
+    add_models_and_out(parser, "posts", "POST", "post-trained model(s) of the same base, named the same ways")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd report: BASE')")
     parser.add_argument("--matrices", default=None, metavar="L:KIND[:EXPERT][,...]",
                         help="the pairs whose similarity matrices are drawn (and held in the page for a click), e.g. "
@@ -326,10 +396,18 @@ def run_report(args) -> int:
     from .reports import report
 
     pairs = parse_matrix_pairs(args.matrices)
-    path = report(args.base, args.posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
+    base, posts = models_of(args.base, args.posts)
+    if args.dry_run:
+        from .compare import fetch_plans
+
+        return _print_plans(fetch_plans(base, posts, layers=args.layers, kinds=args.kinds,
+                                        whole_files=args.whole_files, dtype=args.dtype,
+                                        residual_base=args.residual_base))
+    path = report(base, posts, args.out, device=args.device, dtype=args.dtype, layers=args.layers,
                   kinds=args.kinds, title=args.title, matrices=pairs, leading_k=args.leading_k,
                   progress=not args.no_progress, num_threads=args.threads, cache=args.cache,
-                  warm_start=args.warm_start, interactive=_interactive_argument(args), **_intruder_arguments(args))
+                  warm_start=args.warm_start, whole_files=args.whole_files, interactive=_interactive_argument(args),
+                  residual_base=args.residual_base, **_intruder_arguments(args))
     print(printable(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB); open it in a browser: "
                     f"file://{os.path.abspath(path)}"))
     return 0
@@ -342,6 +420,8 @@ examples:
   postsvd track base/ run/checkpoint-500 run/checkpoint-1000 run/checkpoint-1500 --out track/
   postsvd track base/ run/checkpoint-* --out track/ --cache factors/ --kinds attention
   postsvd track base/ sft/ rl/ --steps 1000,2000 --out track/
+  postsvd track Qwen/Qwen2.5-0.5B org/run --revisions step-500,step-1000 --out track/   # a run's Hub revisions
+  postsvd track org/run@step-0 --revisions step-500,step-1000 --out track/             # base: the run's first
   postsvd track /shared/base /shared/run/checkpoint-* --out track/ --cache /shared/factors --device auto --ray
 
 output: DIR/track.html (one self-contained page), trajectory.csv / .json (per step and kind: scaling
@@ -355,13 +435,19 @@ def add_track(subparsers) -> None:
         "track", help="compare a base with the checkpoints of a training run and plot the trajectory",
         parents=[shared_options()],
         description="Compare BASE with each CKPT (steps of an SFT or RL run: folder names like checkpoint-1200, "
-                    "or --steps), decomposing the base once, and show how NF and the singular value scaling move "
-                    "with the step.",
+                    "Hub revisions like org/run@step-1200 or --revisions, or --steps), decomposing the base once, "
+                    "and show how NF and the singular value scaling move with the step.",
         epilog=TRACK_EXAMPLES, formatter_class=HelpFormatter)
-    add_models_and_out(parser, "checkpoints", "CKPT", "checkpoint folders of the run")
+    add_models_and_out(parser, "checkpoints", "CKPT", "the run's checkpoints, named like BASE; with --revisions: "
+                       "the run's Hub repo (default: BASE's repo)", nargs="*")
+    parser.add_argument("--revisions", default=None, metavar="LIST",
+                        help="a run kept as revisions of one Hub repo, e.g. step-500,step-1000 (checkpoints: "
+                             "REPO@step-500, ...; steps from the revision names)")
     parser.add_argument("--steps", default=None, metavar="LIST",
-                        help="the step of each CKPT, e.g. 500,1000,1500 (default: from the folder names)")
+                        help="the step of each checkpoint, e.g. 500,1000,1500 (default: from the folder or "
+                             "revision names)")
     parser.add_argument("--title", default=None, help="page title (default: 'postsvd track: BASE')")
+    add_intruder_options(parser)
     add_ray_option(parser)
     add_static_option(parser)
     parser.set_defaults(func=run_track)
@@ -377,12 +463,26 @@ def _parse_steps(text: Optional[str]) -> Optional[List[int]]:
 
 
 def run_track(args) -> int:
-    from .tracking import TRACK_PAGE, track
+    from .tracking import TRACK_PAGE, checkpoint_list, track
 
-    trajectory = track(args.base, args.checkpoints, steps=_parse_steps(args.steps), out=args.out,
-                       device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
+    revisions = None
+    base, checkpoints = args.base, args.checkpoints
+    if args.revisions is not None:
+        revisions = [part.strip() for part in args.revisions.split(",")]
+    else:
+        base, checkpoints = models_of(args.base, args.checkpoints, "CKPT", alternative=" (or --revisions)")
+    if args.dry_run:
+        from .compare import fetch_plans
+
+        return _print_plans(fetch_plans(base, checkpoint_list(base, checkpoints, revisions), layers=args.layers,
+                                        kinds=args.kinds, whole_files=args.whole_files, dtype=args.dtype,
+                                        residual_base=args.residual_base))
+    trajectory = track(base, checkpoints, revisions=revisions, steps=_parse_steps(args.steps),
+                       out=args.out, device=args.device, dtype=args.dtype, layers=args.layers, kinds=args.kinds,
                        progress=not args.no_progress, num_threads=args.threads, cache=args.cache, title=args.title,
-                       warm_start=args.warm_start, interactive=_interactive_argument(args), **_executor_options(args))
+                       warm_start=args.warm_start, whole_files=args.whole_files,
+                       interactive=_interactive_argument(args), residual_base=args.residual_base,
+                       **_intruder_arguments(args), **_executor_options(args))
     kinds = trajectory.kind_table()
     print(kinds.pivot(index="step", columns="kind", values="nf_mean")[trajectory.kinds]
           .to_string(float_format=lambda v: f"{v:.4f}", header=["NF mean " + k for k in trajectory.kinds]))
@@ -398,6 +498,7 @@ examples:
   postsvd lineage examples/models/base examples/models/instruct
   postsvd lineage Llama-3.1-8B/ suspect-release/ --out lineage/ --level 0.001
   postsvd lineage base/ other/ --layers 0-7 --no-paper-nf
+  postsvd lineage meta-llama/Llama-3.1-8B org/suspect --layers 0-3     # Hub: only what the test reads
 
 verdict: derived (p < level), independent (the test could have reached the level and did not),
 inconclusive (it could not: too few units; or the pair is out of scope: tokens at other ids,
@@ -417,8 +518,9 @@ def add_lineage(subparsers) -> None:
                     "agree beyond chance only in a derived pair; p-values per layer, Fisher's method over layers. "
                     "--device, --dtype, --kinds and --cache apply to the paper's NF table.",
         epilog=LINEAGE_EXAMPLES, formatter_class=HelpFormatter)
-    add_models_and_out(parser, "model", "B", "the model that may derive from A", nargs=None, out_required=False,
-                       base_metavar="A", base_help="the possible ancestor's folder (config.json + *.safetensors)")
+    add_models_and_out(parser, "model", "B", "the model that may derive from A (a PEFT adapter: applied to A)",
+                       nargs=None, out_required=False,
+                       base_metavar="A", base_help=f"the possible ancestor: {MODEL_HELP}")
     parser.add_argument("--level", type=float, default=0.01, help="significance level of the verdict")
     parser.add_argument("--no-paper-nf", action="store_true",
                         help="skip the paper's NF table (App. F's fingerprint, not robust to disguises)")
@@ -429,11 +531,17 @@ def add_lineage(subparsers) -> None:
 def run_lineage(args) -> int:
     from .lineage import lineage
 
+    if args.dry_run:
+        from .lineage import fetch_plans
+
+        return _print_plans(fetch_plans(args.base, args.model, layers=args.layers, whole_files=args.whole_files,
+                                        residual_base=args.residual_base))
     if args.out is not None:
         normalize_output_folder(args.out, "--out")  # a bad --out fails before anything is computed
     result = lineage(args.base, args.model, level=args.level, layers=args.layers, paper_nf=not args.no_paper_nf,
                      device=args.device, dtype=args.dtype, kinds=args.kinds, num_threads=args.threads,
-                     cache=args.cache, progress=not args.no_progress)
+                     cache=args.cache, progress=not args.no_progress, whole_files=args.whole_files,
+                     residual_base=args.residual_base)
     for line in result.summary().splitlines():  # names come from the files: escaped, one line each
         print(printable(line))
     if args.out is not None:
@@ -447,18 +555,22 @@ def run_lineage(args) -> int:
 INFO_EXAMPLES = """\
 examples:
   postsvd info Qwen2.5-Math-1.5B/
-  postsvd info base/ --json"""
+  postsvd info Qwen/Qwen2.5-0.5B@main      # a Hub model: config, index and shard headers only
+  postsvd info base/ --json
+  postsvd info examples/models/instruct_lora   # a PEFT adapter, applied to the base its config names"""
 
 
 def add_info(subparsers) -> None:
     parser = subparsers.add_parser(
-        "info", help="describe and check a model folder (architecture, layers, files, dtypes, projection shapes)",
+        "info", help="describe and check a model (architecture, layers, files, dtypes, projection shapes)",
         description="Open and validate a Hugging Face model folder and print its architecture, layer count, "
                     "files, stored dtypes and the shape of every projection kind (paper orientation [in, out]), "
                     "then every problem for which compare would refuse it (the same checks, without decomposing: "
                     "tensors and their shapes, quantization scales, NaN/Inf weights). Exit code 1 when there is one.",
         epilog=INFO_EXAMPLES, formatter_class=HelpFormatter)
-    parser.add_argument("folder", metavar="FOLDER", help="model folder (config.json + *.safetensors)")
+    parser.add_argument("folder", metavar="MODEL", help=f"{MODEL_HELP}; or a PEFT adapter (adapter_config.json)")
+    parser.add_argument("--base", default=None, metavar="B",
+                        help="with an adapter MODEL: the base it applies to (default: its base_model_name_or_path)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--headers-only", action="store_true",
                         help="check names, shapes, dtypes and scales only, not the weights' values (reading every "
@@ -474,14 +586,19 @@ def run_info(args) -> int:
     """Exit code 0 when the folder compares, 1 when info found a problem (each listed)."""
     from .checkpoint import describe
 
-    info = describe(args.folder, values=not args.headers_only)
+    info = describe(args.folder, values=not args.headers_only, base=args.base)
     problems = info["problems"]
     if args.json:
         print(json.dumps(info, indent=1))  # ensure_ascii: control characters come out as \uXXXX
         return 1 if problems else 0
     files = sorted(info["files"])
     shown = ", ".join(files if len(files) <= 4 else files[:3] + ["...", files[-1]])
-    lines = [f"folder:       {info['folder']}",
+    model = info["model"]
+    hub_lines = [] if "repo_id" not in model else [
+        f"model:        {model['name']} (repo {model['repo_id']}, revision {model['revision']}, commit "
+        f"{model['commit']})"]
+    lines = [*hub_lines,
+             f"folder:       {info['folder']}",
              f"model_type:   {info['model_type']}",
              f"layers:       {info['num_layers']}",
              *(f"warning:      {warning}" for warning in info.get("warnings", [])),
@@ -495,8 +612,16 @@ def run_info(args) -> int:
     for kind, entry in info["kinds"].items():
         lines.append(f"  {kind:<5} [{entry['in_features']}, {entry['out_features']}] x{entry['count']}   "
                      f"e.g. {entry['tensor']}")
+    adapter = info["adapter"]
+    if adapter:
+        base = info["base_model"]["name"] if info["base_model"] else adapter["base_folder"]
+        lines.append(f"adapter:      PEFT LoRA r {adapter['r']}, alpha {adapter['lora_alpha']:g} on base {base}: "
+                     f"{adapter['adapted']} projections adapted, {adapter['replaced']} replaced, "
+                     f"{len(adapter['skipped'])} tensors not projections")
+    not_fetched = (f"; {info['not_fetched']} projections not fetched (a Hub model): checked from the headers, "
+                   f"their scales and values when a command fetches them" if info["not_fetched"] else "")
     lines.append(f"checks:       {len(problems)} problem{'s' if len(problems) != 1 else ''} "
-                 f"({'headers only' if args.headers_only else 'headers and values'}); "
+                 f"({'headers only' if args.headers_only else 'headers and values'}{not_fetched}); "
                  + ("analysis commands refuse this folder" if problems else "the folder compares"))
     for line in lines:  # names come from the files: escaped, one line each
         print(printable(line))

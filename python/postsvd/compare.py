@@ -10,8 +10,7 @@ import os
 from typing import Optional, Union
 
 from . import _engine
-from ._engine import check_compare_arguments, open_run
-from ._names import short_name
+from ._engine import check_compare_arguments, fetch_plans, open_run, resolve_models
 from ._terminal import printable
 from ._validate import INTRUDER_DEFAULTS, ExpertsArg, KindsArg, LayersArg
 from .comparison import Comparison
@@ -20,17 +19,17 @@ from .readings import random_rotation_nf
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["compare", "Comparison", "check_compare_arguments", "random_rotation_nf"]
+__all__ = ["compare", "Comparison", "check_compare_arguments", "fetch_plans", "resolve_models", "random_rotation_nf"]
 
 
-def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str = "float32",
+def compare(base: Optional[PathLike], post: PathLike, *, device: str = "cpu", dtype: str = "float32",
             layers: LayersArg = None, kinds: KindsArg = None, progress: bool = True,
             num_threads: Optional[int] = None, memory_budget_bytes: Optional[int] = None,
             cache: Optional[PathLike] = None, experts: ExpertsArg = None, executor: str = "local",
             ray_address: Optional[str] = None, warm_start: Union[bool, str] = True,
-            warm_from: Optional[PathLike] = None, intruder_k: int = INTRUDER_DEFAULTS["k"],
-            intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-            intruder_side: str = INTRUDER_DEFAULTS["side"]) -> "Comparison":
+            warm_from: Optional[PathLike] = None, whole_files: bool = False,
+            intruder_k: int = INTRUDER_DEFAULTS["k"], intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+            intruder_side: str = INTRUDER_DEFAULTS["side"], residual_base: bool = False) -> "Comparison":
     """Compares a base and a post-trained checkpoint of one architecture, matrix by matrix.
 
     Every selected (layer, kind) pair is decomposed (reduced SVD in the paper's
@@ -40,8 +39,17 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     layer's factors.
 
     Args:
-        base: folder of the base model (config.json + safetensors, single or sharded).
-        post: folder of the post-trained model; same architecture and shapes.
+        base: the base model: a folder (config.json + safetensors, single or sharded), or a
+            Hub repo id ``org/name``, ``org/name@revision``, ``hf://org/name[@revision]``
+            (an existing folder wins; see :mod:`postsvd.hub` and docs/hub.md). Of a Hub
+            model only the tensors of the selected pairs are fetched, into postsvd's
+            cache, as the run goes (overlapping the decompositions). None when `post` is a PEFT
+            adapter whose adapter_config.json names its base (base_model_name_or_path: a folder
+            or a Hub repo id, resolved the same way).
+        post: the post-trained model, named the same ways; same architecture and shapes. Or a
+            PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors; a folder or a Hub
+            repo): each projection it changes is compared as W + ΔW, formed one matrix at a time
+            (docs/adapters.md).
         device: 'cpu', or 'cuda' / 'cuda:N' / 'cuda:0,1' in a CUDA build.
         dtype: working precision, 'float32' (the paper's) or 'float64'.
         layers: None (all), an int, a list of ints, or text like '0,1,5-9';
@@ -82,6 +90,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         warm_from: with ``cache``, a checkpoint whose cached factors start the
             post matrices instead of the base's (:func:`postsvd.track` passes
             the previous checkpoint). Same architecture as the base.
+        whole_files: Hub models: fetch the shards holding the selected tensors
+            complete (into the Hugging Face cache) instead of their byte ranges.
         intruder_k, intruder_epsilon, intruder_side: the intruder dimensions
             (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion
             of Equivalence", Algorithm 1; docs/measures.md): among the top
@@ -91,6 +101,9 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
             singular vectors of the stored [out, in] weight, V here) or
             'input' (U). The largest |cosines| are kept, so
             :meth:`Comparison.intruders` recounts at any epsilon.
+        residual_base: `base` is the residual model that an adapter's initialization left
+            (init_lora_weights 'pissa', 'olora', 'corda', 'loftq', 'lora_ga'); such adapters are
+            refused without it.
 
     Returns:
         A :class:`Comparison`.
@@ -99,6 +112,8 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
         BadCheckpointError: a folder is missing or malformed, the model_type is
             unsupported, or the models differ in architecture or shapes (the
             message names the first differing tensors).
+        HubError: a Hub model could not be resolved or fetched (one line: repo
+            or revision not found, no access, offline with data missing, ...).
         InvalidArgumentError: unknown kind, layer out of range, bad dtype; a NaN
             or Inf weight. An error about one model's data starts with that model
             as written here (``post 'org/model': tensor '...' in FILE: ...``).
@@ -113,13 +128,14 @@ def compare(base: PathLike, post: PathLike, *, device: str = "cpu", dtype: str =
     # On Ray the tasks decompose; this process only reads the headers and recomputes single pairs (matrices()).
     run = open_run(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, num_threads=num_threads,
                    memory_budget_bytes=memory_budget_bytes, cache=cache, experts=experts, warm_start=warm_start,
-                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None, intruder_k=intruder_k,
-                   intruder_epsilon=intruder_epsilon, intruder_side=intruder_side)
-    desc = f"{printable(short_name(run.base))} vs {printable(short_name(run.post))}"
-    with naming_models(*run.models):
+                   warm_from=warm_from, local_device="cpu" if executor == "ray" else None, whole_files=whole_files,
+                   intruder_k=intruder_k, intruder_epsilon=intruder_epsilon, intruder_side=intruder_side,
+                   residual_base=residual_base)
+    desc = f"{printable(run.models[0].label)} vs {printable(run.models[1].label)}"
+    with naming_models(*run.named):
         if executor == "ray":
             result = distributed.compare_units(run, address=ray_address, progress=progress, desc=desc)
             return Comparison(run.comparator, result.records, run.layers, run.kinds, result.elapsed_seconds,
-                              device=result.device, decompositions=result.decompositions)
+                              device=result.device, decompositions=result.decompositions, models=run.models)
         records, elapsed = _engine.run_local(run, progress=progress, desc=desc)
-    return Comparison(run.comparator, records, run.layers, run.kinds, elapsed)
+    return Comparison(run.comparator, records, run.layers, run.kinds, elapsed, models=run.models)

@@ -21,8 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core, _display, _html
-from ._names import short_name
+from . import _core, _display, _html, adapters, hub
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
 from ._validate import (
@@ -46,7 +45,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 ExpertArg = Union[None, int, str]
 
 #: The version of the files :meth:`Comparison.save` writes (run.json's ``schema_version``; CHANGELOG.md).
-OUTPUT_SCHEMA_VERSION = 2
+OUTPUT_SCHEMA_VERSION = 3
 #: The pooled series of a kind's routed experts (``expert='pooled'``).
 POOLED = "pooled"
 
@@ -103,7 +102,11 @@ class Comparison:
     (the factors are never kept).
 
     Attributes:
-        base, post: the two folders.
+        base, post: the two folders the core read (a Hub model's: its folder in postsvd's cache).
+        base_model, post_model: the two models as named (:class:`postsvd.hub.ResolvedModel`: the
+            name as written; for a Hub model its repo id, revision and the commit read).
+        base_name, post_name: how tables and summaries name them (a folder's last component, a Hub
+            model as written).
         model_type: config.json's model_type.
         num_layers: layers of the model (not only the compared ones).
         layers: the compared layers.
@@ -115,16 +118,21 @@ class Comparison:
         intruder_k, intruder_epsilon, intruder_side: the intruder count's settings (see
             :func:`postsvd.compare`): the top k post singular vectors examined, the |cosine|
             threshold and the side ('output' or 'input').
+        adapter: with a PEFT adapter as the post model, what it applies (run.json's ``adapter``); else None.
     """
 
     def __init__(self, comparator: "_core.Comparator", records: List[Dict[str, Any]], layers: Sequence[int],
                  kinds: Sequence[str], elapsed_seconds: float = 0.0, *, device: Optional[str] = None,
-                 decompositions: Optional[Dict[str, int]] = None):
+                 decompositions: Optional[Dict[str, int]] = None,
+                 models: Optional[Tuple[hub.ResolvedModel, hub.ResolvedModel]] = None):
         self._comparator = comparator
         self._records = records
         arch = comparator.architecture
         self.base: str = comparator.base.folder
         self.post: str = comparator.post.folder
+        self.base_model, self.post_model = models or (hub.resolve(self.base, "base"), hub.resolve(self.post, "post"))
+        self.base_name: str = self.base_model.label
+        self.post_name: str = self.post_model.label
         self.model_type: str = arch["model_type"]
         self.num_layers: int = arch["num_layers"]
         self.layers: List[int] = list(layers)
@@ -140,6 +148,7 @@ class Comparison:
         self.intruder_side: str = intruders["side"]
         self._has_experts = any(r["expert"] != -1 for r in records)
         self._task_decompositions = decompositions  # on Ray: the tasks' cache counts, summed
+        self.adapter: Optional[Dict[str, Any]] = adapters.record(comparator.post)
 
     # ------------------------------------------------------------------ data
 
@@ -394,7 +403,7 @@ class Comparison:
 
         return plots.plot_svsm({s.label: self.svsm(s.kind, s.expert) for s in chosen},
                                {s.label: self.layers_of(s.kind, s.expert) for s in chosen},
-                               title=f"SVSM: {short_name(self.post)} / {short_name(self.base)}")
+                               title=f"SVSM: {self.post_name} / {self.base_name}")
 
     def plot_scaling_bands(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
         """Fig. 8: per-layer mean ± std (top 90 %) of the scaling factors, one band per series (pooled
@@ -404,7 +413,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_scaling_bands(
-            series, title=f"Scaling per layer: {short_name(self.post)} / {short_name(self.base)}")
+            series, title=f"Scaling per layer: {self.post_name} / {self.base_name}")
 
     def plot_nf(self, kinds: KindsArg = None, experts: Optional[Iterable[Union[int, str]]] = None):
         """Fig. 3b: NF per layer, one line per series (pooled experts: their mean, with the band from
@@ -420,7 +429,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_nf(series, baseline,
-                             title=f"NF per layer: {short_name(self.post)} vs {short_name(self.base)}")
+                             title=f"NF per layer: {self.post_name} vs {self.base_name}")
 
     def plot_intruders(self, kinds: KindsArg = None, k: Optional[int] = None):
         """Intruder dimensions against epsilon (the form of Shuttleworth et al. 2024's figures): per kind the
@@ -431,7 +440,7 @@ class Comparison:
 
         k = self.intruder_k if k is None else k
         return plots.plot_intruders(curve, self.intruder_epsilon,
-                                    title=f"Intruder dimensions: {short_name(self.post)} vs {short_name(self.base)}",
+                                    title=f"Intruder dimensions: {self.post_name} vs {self.base_name}",
                                     setting=intruder_setting(k, self.intruder_epsilon, self.intruder_side))
 
     def plot_expert_nf(self, kinds: KindsArg = None):
@@ -441,7 +450,7 @@ class Comparison:
         from . import plots
 
         return plots.plot_expert_nf({k: self.nf_by_expert(k) for k in chosen},
-                                    title=f"NF per expert: {short_name(self.post)} vs {short_name(self.base)}")
+                                    title=f"NF per expert: {self.post_name} vs {self.base_name}")
 
     def plot_matrices(self, layer: int, kind: str, leading_k: Optional[int] = 25,
                       expert: Union[None, int, str] = None):
@@ -462,8 +471,8 @@ class Comparison:
 
         series = self._layer_series(kinds, experts)
         return interactive.layers_figure(series, {s["label"]: s["nf_random"] for s in series},
-                                         title=f"NF and scaling per layer: {_display_name(self.post)} vs "
-                                               f"{_display_name(self.base)}")
+                                         title=f"NF and scaling per layer: {printable(self.post_name)} vs "
+                                               f"{printable(self.base_name)}")
 
     def interactive_experts(self, kinds: KindsArg = None):
         """MoE models: the layer x expert heatmaps of NF, one per kind with experts, with hover values (layer,
@@ -471,8 +480,8 @@ class Comparison:
         from . import interactive
 
         return interactive.experts_figure({k: self._expert_grid(k) for k in self._expert_kinds(kinds)},
-                                          title=f"NF per (layer, expert): {_display_name(self.post)} vs "
-                                                f"{_display_name(self.base)}")
+                                          title=f"NF per (layer, expert): {printable(self.post_name)} vs "
+                                                f"{printable(self.base_name)}")
 
     def interactive_intruders(self, kinds: KindsArg = None):
         """Where the intruder dimensions are: per series and layer, the intruder dimensions of its matrices
@@ -668,12 +677,13 @@ class Comparison:
     def run_info(self) -> Dict[str, Any]:
         """What run.json holds: the inputs, the selection and the settings of the run."""
         return {"schema_version": OUTPUT_SCHEMA_VERSION, "base": self.base, "post": self.post,
+                "base_model": self.base_model.record(), "post_model": self.post_model.record(),
                 "model_type": self.model_type, "num_layers": self.num_layers, "layers": self.layers,
                 "kinds": self.kinds, "device": self.device, "dtype": self.dtype, "backend": self.backend,
                 "elapsed_seconds": round(self.elapsed_seconds, 3), "factor_cache": self.factor_cache,
                 "decompositions": self.decompositions if self.factor_cache else None,
                 "intruders": {"k": self.intruder_k, "epsilon": self.intruder_epsilon, "side": self.intruder_side},
-                "postsvd_version": __version__}
+                "adapter": self.adapter, "postsvd_version": __version__}
 
     def _cache_note(self) -> str:
         if not self.factor_cache:
@@ -694,7 +704,7 @@ class Comparison:
         intruder dimensions when there are any."""
         kinds = self.kind_table()
         lines = [
-            f"postsvd: base '{_display_name(self.base)}' -> post '{_display_name(self.post)}'; "
+            f"postsvd: base '{printable(self.base_name)}' -> post '{printable(self.post_name)}'; "
             f"{printable(self.model_type)}, "
             f"{len(self.layers)} of {self.num_layers} layers, {len(self._records)} matrices, "
             f"{self.device} {self.dtype}, {self.elapsed_seconds:.1f} s" + self._cache_note(),
@@ -707,6 +717,7 @@ class Comparison:
         intruders = self._intruder_line()
         if intruders:
             lines.append(intruders)
+        lines += self._adapter_notes()
         quantization = self._quantization_note()
         if quantization:
             lines.append(quantization)
@@ -714,6 +725,10 @@ class Comparison:
                      "means one factor for all); NF = ||Q1^T Q2 - I||_F / k is 0 when the input side (U) and the "
                      "output side (V) rotate by the same Q, and about 'NF random' for unrelated models.")
         return "\n".join(lines)
+
+    def _adapter_notes(self) -> List[str]:
+        """What the summary says about an adapter post model (nothing for a model folder)."""
+        return adapters.notes(self._comparator.post, self.post_model.name, self.base_model.name)
 
     def _intruder_line(self) -> Optional[str]:
         """The summary's line on intruder dimensions, when there are any."""
@@ -758,7 +773,7 @@ class Comparison:
                 f"({measured}): the weights changed beyond quantization.")
 
     def _headline(self) -> str:
-        return (f"{_display_name(self.post)} vs {_display_name(self.base)}: {printable(self.model_type)}, "
+        return (f"{printable(self.post_name)} vs {printable(self.base_name)}: {printable(self.model_type)}, "
                 f"{len(self.layers)} of {self.num_layers} layers x {len(self.kinds)} kinds, {len(self._records)} "
                 f"matrices, {self.device} {self.dtype}")
 
@@ -786,7 +801,7 @@ class Comparison:
                  f"{row.nf_random:.4f}", row.intruders] + ([row.experts or "–"] if moe else []) + [row.reading]
                 for row in kinds.itertuples()]
         body = [f'<div class="pd-reading"><b>Overall:</b> {_html.escape(self.overall(kinds))}</div>']
-        notes = [line for line in (self._intruder_line(), self._quantization_note()) if line]
+        notes = [line for line in (self._intruder_line(), *self._adapter_notes(), self._quantization_note()) if line]
         body += [f'<p class="note">{_html.escape(line)}</p>' for line in notes]
         body.append(_html.small_table(header, rows))
         body.append(_display.display_figure(lambda: self.interactive_layers().update_layout(height=440), self.plot_nf,
@@ -869,11 +884,6 @@ class Comparison:
                 raise InvalidArgumentError(f"{what}: {error}") from None
             out.append((layer, kind, None if record["expert"] == -1 else expert_label(record["expert"])))
         return out
-
-
-def _display_name(path: str) -> str:
-    """The folder's name, safe to print on a terminal."""
-    return printable(short_name(path))
 
 
 def _pooled_scaling(records: Sequence[Dict[str, Any]]) -> np.ndarray:

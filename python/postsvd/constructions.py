@@ -47,9 +47,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import _core
+from . import _core, adapters, hub
 from . import interactive as _interactive
 from ._display import display_figure
+from ._engine import Fetcher, named_models, select_batches
 from ._html import display, escape as _e, small_table
 from .comparison import Comparison
 from ._outputs import FileSet, apply_umask, atomic_folder, cannot_replace
@@ -62,7 +63,6 @@ from ._validate import (
     normalize_cache,
     normalize_device,
     normalize_dtype,
-    normalize_folder,
     normalize_kinds,
     normalize_layers,
     normalize_threads,
@@ -170,15 +170,13 @@ def _weight_file_names(checkpoint) -> List[str]:
     return names
 
 
-def _copy_other_files(source: str, target: str, skip: Iterable[str]) -> List[str]:
-    """Copies every entry of `source` except `skip` (the weights) bit for bit; links are followed.
-    Modes are the source's less the umask, as `cp` makes them."""
-    skipped = set(skip)
+def _copy_other_files(files: Mapping[str, str], target: str) -> List[str]:
+    """Copies the model's files besides its weights (hub.other_files: name -> path) bit for bit; links are
+    followed. Modes are the source's less the umask, as `cp` makes them."""
     copied = []
-    for entry in sorted(os.listdir(source)):
-        if entry in skipped or entry == RECORD_NAME:
+    for entry, src in files.items():
+        if entry == RECORD_NAME:
             continue
-        src = os.path.join(source, entry)
         dst = os.path.join(target, entry)
         if os.path.isdir(src):
             shutil.copytree(src, dst)
@@ -188,6 +186,19 @@ def _copy_other_files(source: str, target: str, skip: Iterable[str]) -> List[str
         apply_umask(dst)
         copied.append(entry)
     return copied
+
+
+def _source_record(model: "hub.ResolvedModel") -> Dict[str, Any]:
+    """What the record says about a model read: its name (a Hub model's repo id, revision, commit), its folder,
+    and the sha256 of each weight file (a Hub model's as the Hub lists them, without reading partial files; a
+    PEFT adapter's own weights file)."""
+    if model.is_local and adapters.is_adapter(model.folder):
+        digests = {adapters.WEIGHTS: _sha256(os.path.join(model.folder, adapters.WEIGHTS))}
+    elif model.is_local:
+        digests = {os.path.basename(p): _sha256(p) for p in _core.Checkpoint(model.folder).files()}
+    else:
+        digests = hub.weight_sha256(model)
+    return {"folder": os.path.abspath(model.folder), "model": model.record(), "safetensors_sha256": digests}
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -310,12 +321,20 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
               alpha: AlphaArg = None, layers=None, kinds=None, group: Optional[str] = None, device: str = "cpu",
               dtype: str = "float32", force: bool = False, progress: bool = True, comparison=None,
               cache: Optional[PathLike] = None, rotations: bool = True,
-              num_threads: Optional[int] = None, warm_start: Union[bool, str] = True) -> ConstructionResult:
+              num_threads: Optional[int] = None, warm_start: Union[bool, str] = True,
+              whole_files: bool = False, residual_base: bool = False) -> ConstructionResult:
     """Builds construction `number` of `post` (relative to `base`) as a new model folder `out`.
 
     Args:
         number: 9, 10, 11, 12, 14, 15 or 16 (see the module docstring).
-        base, post: model folders of one architecture (config.json + safetensors).
+        base, post: models of one architecture: folders (config.json + safetensors) or Hub repo
+            ids (``org/name[@revision]``). Of a Hub post model every tensor is fetched (the
+            new folder holds all of them) with its other files (tokenizer, ...); of a Hub base
+            (and ref) only the selected matrices. `post` (and `ref`) may be a PEFT LoRA adapter
+            (a folder or a Hub repo) applied to `base`: the output holds W + ΔW for every
+            projection the adapter changes and the construction leaves, and the base's other
+            files (so every tensor of a Hub base is fetched); an adapter that changes other
+            tensors (embeddings, lm_head, biases) is refused.
         out: the folder to write; it must not exist unless ``force=True`` (then
             the old folder is replaced only once the new one is complete).
         ref: another post model of the same base; construction 12 only.
@@ -338,6 +357,9 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         num_threads: CPU threads for LAPACK/BLAS (None = all cores).
         warm_start: as in :func:`postsvd.compare`: a post decomposition not in the
             cache starts from the base's factors (True/'auto', 'always', False/'off').
+        whole_files: Hub models: fetch whole shards instead of the tensors' byte ranges.
+        residual_base: as in :func:`postsvd.compare`: `base` is the residual model an adapter's
+            initialization left (PiSSA, OLoRA, ...).
 
     Returns:
         A :class:`ConstructionResult` (``.table``, ``.alpha``, ``.plot_rotations()``).
@@ -351,17 +373,9 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     started = time.perf_counter()
     number = _check_number(number)
     info = _core.construction_info(number)
-    base_path = normalize_folder(base, "base")
-    post_path = normalize_folder(post, "post")
-    ref_path = ""
-    if info["needs_ref"]:
-        if ref is None:
-            raise InvalidArgumentError(
-                "construction 12 needs ref: another post model of the same base (--ref in the CLI)")
-        ref_path = normalize_folder(ref, "ref")
-    elif ref is not None:
-        raise InvalidArgumentError(f"ref: only construction 12 uses a reference model; construction {number} "
-                                   f"does not")
+    base_model, post_model, ref_model = _models(number, base, post, ref)
+    base_path, post_path = base_model.folder, post_model.folder
+    ref_path = ref_model.folder if ref_model is not None else ""
     if alpha is not None and not info["uses_alpha"]:
         raise InvalidArgumentError(
             f"alpha: only construction 9 takes alpha'; construction {number} does not"
@@ -393,22 +407,21 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
     if not os.path.isdir(parent):
         raise InvalidArgumentError(f"out: the parent folder '{parent}' does not exist")
 
-    # An error about one model's data names it as written here.
-    models = (("base", base, base_path), ("post", post, post_path), ("ref", ref, ref_path))
+    # An error about one model's data names it as written here (a Hub id or a folder).
+    models = named_models(("base", base_model), ("post", post_model), ("ref", ref_model))
     with naming_models(*models):
-        post_checkpoint = _core.Checkpoint(post_path)
+        post_checkpoint = _core.Checkpoint(post_path, base_path, bool(residual_base))
         arch = _core.detect_architecture(post_checkpoint)
-    available = [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
-    chosen_kinds = _select_kinds(kinds, group, available)
-    chosen_layers = normalize_layers(layers, arch["num_layers"], arch["model_type"])
+    chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
+    available = _kinds_of(arch)
     cache_path = normalize_cache(cache)
 
-    # alpha' (construction 9 only).
+    # alpha' (construction 9 only): the given values are checked first, then the models fetched, then the rest.
     alphas: Dict[str, float] = {}
     pooled: Dict[str, float] = {}
     alpha_source = ""
+    given: Dict[str, float] = {}
     if info["uses_alpha"]:
-        given: Dict[str, float] = {}
         if isinstance(alpha, Mapping):
             for kind, value in alpha.items():
                 if kind not in KINDS:
@@ -420,11 +433,20 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
         elif alpha is not None:
             value = _check_alpha_value("all", alpha)
             given = {k: value for k in chosen_kinds}
+    # Hub models: every tensor of post (the new folder holds them all; an adapter's: its base's), the selected
+    # matrices of base and ref.
+    written = base_model if post_checkpoint.adapter is not None else post_model
+    hub.fetch(written, None, whole_files=whole_files, progress=progress or None)
+    selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
+    with naming_models(*models):
+        _fetcher(base_model, ref_model, residual_base, whole_files).fetch(selected)
+    others = hub.other_files(written)
+    if info["uses_alpha"]:
         missing = [k for k in chosen_kinds if k not in given]
         if missing:
             with naming_models(*models):
                 pooled = _default_pooled_mean(comparison, base_path, post_path, missing, chosen_layers, precision,
-                                              device_kind, device_ids, threads, cache_path)
+                                              device_kind, device_ids, threads, cache_path, bool(residual_base))
             for kind in missing:
                 chosen = _core.table4_alpha(pooled[kind])
                 if not (math.isfinite(chosen) and chosen > 0):
@@ -444,10 +466,10 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
 
     # Built in a hidden folder beside out (normal permissions), swapped into place when complete. What it may
     # hold: the post folder's entries (its weights rewritten, the rest copied) and the record.
-    entries = [e + "/" if os.path.isdir(os.path.join(post_path, e)) else e for e in sorted(os.listdir(post_path))]
+    entries = [e + "/" if os.path.isdir(path) else e for e, path in others.items()]
     files = FileSet("a construction", [*entries, *_weight_file_names(post_checkpoint), RECORD_NAME], literal=True)
     with atomic_folder(out_path, files=files, replace_all=True) as temp:
-        copied = _copy_other_files(post_path, temp, _weight_file_names(post_checkpoint))
+        copied = _copy_other_files(others, temp)
         with tqdm(total=None, desc=f"construction {number}", unit="matrix", disable=not progress,
                   leave=True) as bar:
             def on_progress(done: int, total: int, what: str) -> None:
@@ -461,10 +483,10 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                     number, base_path, post_path, temp, ref=ref_path, alpha=alphas, layers=chosen_layers,
                     kinds=chosen_kinds, precision=precision, device=device_kind, device_ids=device_ids,
                     num_threads=threads, factor_cache=cache_path, rotations=rotations, progress=on_progress,
-                    warm_start=normalize_warm_start(warm_start))
-        sources = {"base": base_path, "post": post_path}
-        if ref_path:
-            sources["ref"] = ref_path
+                    warm_start=normalize_warm_start(warm_start), residual_base=bool(residual_base))
+        sources = {"base": base_model, "post": post_model}
+        if ref_model is not None:
+            sources["ref"] = ref_model
         record = {
             "construction": number,
             "name": info["name"],
@@ -474,11 +496,7 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
             "pooled_mean_scaling": pooled,
             "layers": chosen_layers,
             "kinds": chosen_kinds,
-            "sources": {
-                role: {"folder": os.path.abspath(folder),
-                       "safetensors_sha256": {os.path.basename(p): _sha256(p)
-                                              for p in _core.Checkpoint(folder).files()}}
-                for role, folder in sources.items()},
+            "sources": {role: _source_record(model) for role, model in sources.items()},
             "postsvd_version": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "backend": report["backend"],
@@ -496,6 +514,57 @@ def construct(number: int, base: PathLike, post: PathLike, out: PathLike, *, ref
                                 report, time.perf_counter() - started)
     logger.info("construction %d written to %s", number, out_path)
     return result
+
+
+def _models(number: int, base, post, ref):
+    """base, post and ref (None unless construction 12) as models (hub.resolve); ref checked against the number."""
+    info = _core.construction_info(number)
+    base_model, post_model = hub.resolve(base, "base"), hub.resolve(post, "post")
+    if info["needs_ref"]:
+        if ref is None:
+            raise InvalidArgumentError(
+                "construction 12 needs ref: another post model of the same base (--ref in the CLI)")
+        return base_model, post_model, hub.resolve(ref, "ref")
+    if ref is not None:
+        raise InvalidArgumentError(f"ref: only construction 12 uses a reference model; construction {number} "
+                                   f"does not")
+    return base_model, post_model, None
+
+
+def _kinds_of(arch: Dict[str, Any]) -> List[str]:
+    """The kinds the model has, in the paper's order."""
+    return [k for k in KINDS if any(s["kind"] == k for s in arch["matrices"])]
+
+
+def _selection(arch: Dict[str, Any], layers, kinds, group):
+    """The selected layers and kinds of the post model's architecture."""
+    chosen_kinds = _select_kinds(kinds, group, _kinds_of(arch))
+    return normalize_layers(layers, arch["num_layers"], arch["model_type"]), chosen_kinds
+
+
+def _fetcher(base: "hub.ResolvedModel", ref: Optional["hub.ResolvedModel"], residual_base: bool,
+             whole_files: bool = False) -> Fetcher:
+    """The Fetcher of a construction's base and ref (an adapter ref applies to the base: nothing of it to fetch)."""
+    return Fetcher([(m, _core.Checkpoint(m.folder, base.folder, bool(residual_base)))
+                    for m in (base, ref) if m is not None], whole_files)
+
+
+def fetch_plans(number: int, base: PathLike, post: PathLike, *, ref: Optional[PathLike] = None, layers=None,
+                kinds=None, group: Optional[str] = None, whole_files: bool = False,
+                residual_base: bool = False) -> List["hub.FetchPlan"]:
+    """What :func:`construct` would fetch (its dry run): a :class:`postsvd.hub.FetchPlan` per model, every
+    tensor of post (a PEFT adapter post: every tensor of base), the selected matrices of base (and ref); empty
+    for local folders."""
+    number = _check_number(number)
+    models = _models(number, base, post, ref)
+    post_checkpoint = _core.Checkpoint(models[1].folder, models[0].folder, bool(residual_base))
+    arch = _core.detect_architecture(post_checkpoint)
+    chosen_layers, chosen_kinds = _selection(arch, layers, kinds, group)
+    selected = [i for batch in select_batches(arch, chosen_layers, chosen_kinds, None).values() for i in batch]
+    written = models[0] if post_checkpoint.adapter is not None else models[1]
+    wanted = {m.folder: names for m, names in _fetcher(models[0], models[2], residual_base).tensors(selected)}
+    return [hub.plan(m, None if m is written else wanted.get(m.folder, []), whole_files=whole_files)
+            for m in models if m is not None]
 
 
 def _record_row(row: Dict[str, Any], rotations: bool) -> Dict[str, Any]:
@@ -522,7 +591,7 @@ def _check_comparison(comparison, base_path: str, post_path: str) -> None:
 
 def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List[str], layers: List[int],
                          precision: str, device: str, device_ids: List[int], threads: int,
-                         cache_path: str) -> Dict[str, float]:
+                         cache_path: str, residual_base: bool = False) -> Dict[str, float]:
     """Pooled mean top-90 % scaling per kind: from a Comparison when given, else decomposed here."""
     if comparison is not None:
         kind_table = comparison.kind_table()
@@ -537,5 +606,5 @@ def _default_pooled_mean(comparison, base_path: str, post_path: str, kinds: List
                 f"comparison: it covers layers {sorted(compared_layers)}, the construction selects {layers}")
         return {k: float(kind_table.loc[kind_table["kind"] == k, "scaling_mean"].iloc[0]) for k in kinds}
     choice = _core.default_alpha(base_path, post_path, layers, kinds, precision, device, device_ids, threads,
-                                 cache_path)
+                                 cache_path, residual_base)
     return {k: float(choice["pooled_mean"][k]) for k in kinds}

@@ -4,7 +4,10 @@ The driver (the calling process) opens both folders once to read the
 architecture, groups the selected (layer, kind[, expert]) pairs into units
 (:func:`plan_units`: a layer's pairs, split where they hold more than
 :data:`UNIT_ELEMENTS` weights) and submits one Ray task per unit. Each task
-opens the folders by path (a file system every node sees), runs
+opens the folders by path (a file system every node sees; a Hub model travels
+as its :class:`postsvd.hub.ResolvedModel`, and the task fetches its own unit's
+tensors into the shared cache, or resolves the model by commit where its node
+has another cache path: :func:`postsvd.hub.on_this_machine`), runs
 :func:`postsvd._engine.pair_records` (the same per-pair code as a local run)
 and returns only the measures (O(k) per pair); no weights go through Ray's
 object store. The records are put back in the local run's order, so in the
@@ -33,6 +36,10 @@ first task that creates the file MARKER kills its own worker process
 MARKER and waits (up to :data:`HOLD_SECONDS`) before computing, so that a
 test can remove its node while it runs.
 
+Tokens: a task finds the Hub token the way huggingface_hub does (``HF_TOKEN`` in
+the job's runtime environment, or a stored login on each node); no token is
+passed as an argument or stored.
+
 Ray is optional: this module imports it only when a run asks for it
 (``pip install postsvd[ray]``).
 """
@@ -44,9 +51,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import _core
-from ._engine import Run, pair_records
+from . import _core, hub
+from ._engine import Fetcher, Run, opened_models, pair_records
 from ._extras import install_hint, require
+from ._hub_cache import human_bytes
 from .errors import BackendError, InvalidArgumentError
 
 #: A unit holds the pairs of one layer up to this many weights (both models); a larger pair is a unit alone.
@@ -76,6 +84,11 @@ class RunOptions:
     warm_start: str = "auto"  # 'auto', 'always', 'off'
     warm_from: str = ""  # '' = the base's factors
     intruders: Optional[Dict[str, Any]] = None  # {k, epsilon, side}; None = the core's defaults
+    base_model: Optional[hub.ResolvedModel] = None  # as named; a Hub model's tensors are fetched by the task
+    post_model: Optional[hub.ResolvedModel] = None
+    warm_model: Optional[hub.ResolvedModel] = None
+    whole_files: bool = False
+    residual_base: bool = False  # an adapter post applies to the base as its residual model
 
 
 @dataclass
@@ -161,20 +174,26 @@ def inject_fault(spec: Optional[str]) -> None:
 
 
 def run_unit(options: RunOptions, device: str, num_threads: int, indices: List[int], fault: Optional[str]):
-    """One task: opens both folders, compares the pairs at `indices`; returns (records, cache counts)."""
+    """One task: opens both models, fetches what its pairs read of a Hub model, compares the pairs at
+    `indices`; returns (records, cache counts)."""
     inject_fault(fault or os.environ.get(FAULT_VARIABLE))
+    base, post, warm = (hub.on_this_machine(m, what) if m is not None else None for m, what in (
+        (options.base_model, "base"), (options.post_model, "post"), (options.warm_model, "warm_from")))
     intruders = options.intruders or _core.intruder_options()
-    comparator = _core.Comparator(options.base, options.post, device, options.precision, [],
-                                  options.memory_budget_bytes, num_threads, options.cache, options.warm_start,
-                                  options.warm_from, intruders["k"], intruders["epsilon"], intruders["side"])
-    return pair_records(comparator, indices), dict(comparator.cache_counts)
+    comparator = _core.Comparator(base.folder if base else options.base, post.folder if post else options.post,
+                                  device, options.precision, [], options.memory_budget_bytes, num_threads,
+                                  options.cache, options.warm_start, warm.folder if warm else options.warm_from,
+                                  intruders["k"], intruders["epsilon"], intruders["side"], options.residual_base)
+    fetched = Fetcher(opened_models(comparator, base, post, warm), options.whole_files).fetch(indices)
+    return pair_records(comparator, indices), {**dict(comparator.cache_counts), "fetched_bytes": fetched}
 
 
 def compare_units(run: Run, *, address: Optional[str] = None, progress: bool = True, desc: str = "") -> RunResult:
     """Runs the selected pairs of `run` as Ray tasks; the records come back in the local run's order."""
     global _task
     options = RunOptions(run.base, run.post, run.device, run.precision, run.budget, run.num_threads, run.cache,
-                         run.warm_start, run.warm_from, dict(run.intruders))
+                         run.warm_start, run.warm_from, dict(run.intruders), run.models[0], run.models[1],
+                         run.warm_model, run.fetcher.whole_files, run.residual_base)
     batches, arch = run.units(), run.architecture
     ray = connect(address)
     if _task is None:
@@ -200,14 +219,19 @@ def compare_units(run: Run, *, address: Optional[str] = None, progress: bool = T
     pending = list(refs)
     slots = int(ray.cluster_resources().get("GPU" if device == "cuda" else "CPU", 0))
     total = sum(len(unit) for unit in units)
+    where = f"ray: {len(units)} units, {slots} {'GPUs' if device == 'cuda' else 'CPUs'}"
+    fetched = 0
     try:
         with tqdm(total=total, desc=desc, unit="matrix", disable=not progress, leave=True) as bar:
-            bar.set_postfix_str(f"ray: {len(units)} units, {slots} {'GPUs' if device == 'cuda' else 'CPUs'}")
+            bar.set_postfix_str(where)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
                     i = unit_of[ref]
                     results[i] = _get(ray, ref, units[i], arch["matrices"])
+                    fetched += int(results[i][1].get("fetched_bytes", 0))
+                    if fetched:
+                        bar.set_postfix_str(f"{where}, fetched {human_bytes(fetched)}", refresh=False)
                     bar.update(len(units[i]))
     except BaseException:  # Ctrl-C or a failed unit: stop the cluster's remaining work, then re-raise
         for ref in pending:

@@ -31,16 +31,24 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _hub_cache
-from ._hub_cache import Entry, human_bytes, missing_spans, present_ranges
+from ._hub_cache import MANIFEST, Entry, human_bytes, missing_spans, present_ranges
 from ._hub_http import FileChanged, RangeNotHonoured, Remote, describe_error, read_range
-from .errors import HubError, InvalidArgumentError
+from ._names import short_name
+from ._validate import normalize_folder, path_text
+from .errors import BadCheckpointError, HubError, InvalidArgumentError
 
-__all__ = ["ModelName", "ResolvedModel", "FetchPlan", "FileFetch", "FetchReport", "parse_name", "resolve", "plan",
-           "fetch", "source_tensors", "cache_entries", "clear_cache", "cache_root"]
+__all__ = ["ModelName", "ResolvedModel", "FetchPlan", "FileFetch", "FetchReport", "parse_name", "is_hub_name", "resolve", "commit_of",
+           "on_this_machine", "plan", "fetch", "source_tensors", "repo_file", "other_files", "weight_sha256",
+           "cache_entries",
+           "clear_cache", "cache_root"]
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 CONFIG = "config.json"
+#: A PEFT adapter repo (docs/adapters.md): its config, and its weights, fetched whole when it is resolved (they are
+#: small next to a model's, and the reader checks every factor when it opens the adapter).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: Largest safetensors header read (the C++ reader's limit, cpp/include/postsvd/limits.h kMaxHeaderBytes).
 MAX_HEADER_BYTES = 100_000_000
 #: Missing ranges of one file closer than this are fetched as one request (the gap's bytes come along).
@@ -56,6 +64,7 @@ MANIFEST_FLUSH_S = 1.0
 cache_root = _hub_cache.cache_root
 cache_entries = _hub_cache.entries
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # ---------------------------------------------------------------- names
@@ -75,6 +84,12 @@ def _looks_like_path(text: str) -> bool:
             or os.path.isabs(text))
 
 
+def is_hub_name(text: str) -> bool:
+    """Whether `text` is written as a Hub name (hf://..., or org/name[@revision] that is not a path); an
+    existing folder of that name still wins (resolve)."""
+    return text.startswith("hf://") or (not _looks_like_path(text) and text.split("@", 1)[0].count("/") == 1)
+
+
 def parse_name(name: Union[str, "os.PathLike[str]"], what: str = "model") -> ModelName:
     """Parses a model argument. An existing path wins; then ``org/name[@revision]`` and
     ``hf://org/name[@revision]``; anything else is an InvalidArgumentError naming `what`."""
@@ -88,7 +103,7 @@ def parse_name(name: Union[str, "os.PathLike[str]"], what: str = "model") -> Mod
         return ModelName(text=text, local=text)
     expected = "expected an existing folder, org/name[@revision] or hf://org/name[@revision]"
     uri = text.startswith("hf://")
-    if not uri and (_looks_like_path(text) or text.split("@", 1)[0].count("/") != 1):
+    if not is_hub_name(text):
         raise InvalidArgumentError(f"{what}: '{text}' is neither an existing folder nor a Hub repo id ({expected})")
     from huggingface_hub import parse_hf_uri
     from huggingface_hub.errors import HfUriError
@@ -128,6 +143,20 @@ class ResolvedModel:
     def display_name(self) -> str:
         return self.name
 
+    @property
+    def label(self) -> str:
+        """How tables, progress bars and summaries name the model: a local folder by its last component (as
+        postsvd always did), a Hub model as written (``org/name@revision``)."""
+        return short_name(self.folder) if self.is_local else self.name
+
+    @property
+    def description(self) -> str:
+        """How a page's metadata names the model: a local folder's absolute path; a Hub model as written with
+        its repo id and the commit read, ``name (repo_id @ commit[:12])``."""
+        if self.is_local:
+            return os.path.abspath(self.folder)
+        return f"{self.name} ({self.repo_id} @ {(self.commit or '')[:12]})"
+
     def record(self) -> Dict[str, Any]:
         """What a result should record about this model (run.json): the name as written, and for a Hub model
         the repo id, the revision asked for and the commit that was read."""
@@ -137,32 +166,139 @@ class ResolvedModel:
                 "commit": self.commit}
 
 
-def resolve(name: Union[str, "os.PathLike[str]", ResolvedModel], what: str = "model") -> ResolvedModel:
-    """Resolves a model argument (see parse_name); `what` names it in errors ('base', 'post', ...).
+def resolve(name: Union[str, bytes, "os.PathLike[str]", ResolvedModel], what: str = "model") -> ResolvedModel:
+    """Resolves a model argument; `what` names it in errors ('base', 'post', ...).
 
-    For a Hub repo: resolves the revision to a commit, fetches config.json and the shard index through
-    huggingface_hub (into its cache) and each shard's safetensors header (a range read) into postsvd's
-    cache, and links the shards that the Hugging Face cache holds complete. Nothing more is fetched; a
-    second call with everything cached makes no request when the revision is a commit hash (a branch or
-    tag costs one request, to learn where it points), and none at all with HF_HUB_OFFLINE=1.
+    An existing path is a local folder (checked: a folder, not a broken link); text written as a Hub name
+    (parse_name) is a Hub model; anything else is a folder that does not exist. For a Hub repo: resolves
+    the revision to a commit, fetches config.json and the shard index through huggingface_hub (into its
+    cache) and each shard's safetensors header (a range read) into postsvd's cache, and links the shards
+    that the Hugging Face cache holds complete. Nothing more is fetched; a second call with everything
+    cached makes no request when the revision is a commit hash (a branch or tag costs one request, to
+    learn where it points), and none at all with HF_HUB_OFFLINE=1. A ResolvedModel is returned as it is.
 
     Raises:
-        InvalidArgumentError: not a folder and not a repo id.
+        InvalidArgumentError: not a path, or a malformed Hub name.
+        BadCheckpointError: a path that does not exist or is not a folder.
         HubError: one line: repo or revision not found, gated or private without access, offline with
             nothing cached, the server failing after the retries, weights that are not safetensors at the
             repo's root.
     """
     if isinstance(name, ResolvedModel):
         return name
-    parsed = parse_name(name, what)
-    if parsed.local is not None:
-        return ResolvedModel(name=parsed.text, folder=parsed.local)
+    text = path_text(name, what, "a folder path")
+    if os.path.lexists(text):
+        return ResolvedModel(name=text, folder=normalize_folder(text, what))
+    if not is_hub_name(text):
+        raise BadCheckpointError(f"{what}: folder '{text}' does not exist (nor is it a Hub repo id: "
+                                 f"org/name[@revision] or hf://org/name[@revision])")
+    parsed = parse_name(text, what)
     assert parsed.repo_id is not None
     commit = _commit_of(parsed, what)
     entry = Entry(cache_root(), parsed.repo_id, commit)
     _prepare(entry, parsed, what)
     return ResolvedModel(name=parsed.text, folder=entry.folder, repo_id=parsed.repo_id, revision=parsed.revision,
                          commit=commit)
+
+
+def commit_of(name: Union[str, "os.PathLike[str]"], what: str = "model") -> Tuple[str, str]:
+    """(repo id, commit hash) of a Hub name, without preparing postsvd's copy: for loaders that download
+    complete files themselves (transformers' from_pretrained(repo_id, revision=commit)). HubError as resolve."""
+    parsed = parse_name(name, what)
+    if parsed.repo_id is None:
+        raise InvalidArgumentError(f"{what}: '{parsed.text}' is a local path, not a Hub repo id")
+    return parsed.repo_id, _commit_of(parsed, what)
+
+
+def on_this_machine(resolved: ResolvedModel, what: str = "model") -> ResolvedModel:
+    """`resolved` where this process can open it: as it is when its folder is here (a local folder, or a Hub
+    model in a cache folder this machine shares), else resolved again here by its commit (a Ray worker on a
+    node with another cache path: no request when that node has it cached)."""
+    if resolved.is_local or os.path.isdir(resolved.folder):
+        return resolved
+    here = resolve(f"{resolved.repo_id}@{resolved.commit}", what)
+    return ResolvedModel(name=resolved.name, folder=here.folder, repo_id=resolved.repo_id,
+                         revision=resolved.revision, commit=resolved.commit)
+
+
+def repo_file(resolved: ResolvedModel, filename: str) -> Optional[str]:
+    """The path of a small file of the model at its root (tokenizer.json, ...): in a local folder, or for a
+    Hub model through huggingface_hub into the Hugging Face cache (offline: from that cache); None when the
+    model has no such file (or, offline, it was never downloaded)."""
+    if resolved.is_local:
+        path = os.path.join(resolved.folder, filename)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    repo_id, commit = resolved.repo_id, resolved.commit
+    assert repo_id is not None and commit is not None
+    listed = (_entry_of(resolved).read_manifest() or {}).get("other_files")
+    if listed is not None and filename not in listed and filename != CONFIG:
+        return None
+    if _offline():
+        cached = try_to_load_from_cache(repo_id, filename, revision=commit)
+        return cached if isinstance(cached, str) else None
+
+    def download() -> Optional[str]:
+        try:
+            return hf_hub_download(repo_id, filename, revision=commit)
+        except RemoteEntryNotFoundError:
+            return None
+
+    return _hub_call(download, what=resolved.name, repo_id=repo_id, revision=resolved.revision, filename=filename)
+
+
+def other_files(resolved: ResolvedModel) -> Dict[str, str]:
+    """The model's files besides its weights and the shard index, name -> path: config.json and, for
+    instance, the tokenizer files, the generation config, a chat template (a local folder's sub-folders
+    too): what a folder that loads like the model needs besides the weights (construct copies them). A Hub
+    model's come through huggingface_hub into the Hugging Face cache; weights in other formats (.bin, ...)
+    and sub-folders of the repo are left out.
+
+    Raises:
+        HubError: offline, a file that was never downloaded; the errors of the Hub.
+    """
+    if resolved.is_local:
+        from . import _core
+
+        weights = {os.path.basename(f) for f in _core.Checkpoint(resolved.folder).files()} | {INDEX, MANIFEST}
+        return {name: os.path.join(resolved.folder, name) for name in sorted(os.listdir(resolved.folder))
+                if name not in weights}
+    entry = _entry_of(resolved)
+    manifest = entry.read_manifest() or {}
+    names = manifest.get("other_files")
+    if names is None:  # a manifest written before postsvd listed them
+        if _offline():
+            raise HubError(f"{resolved.name}: HF_HUB_OFFLINE is set and the file list of '{resolved.repo_id}' at "
+                           f"{(resolved.commit or '')[:12]} is not in postsvd's cache; unset HF_HUB_OFFLINE")
+        listing = _hub_call(lambda: _list_root(resolved.repo_id or "", resolved.commit or ""), what=resolved.name,
+                            repo_id=resolved.repo_id or "", revision=resolved.revision)
+        names = sorted(name for name in listing if _other_file(name, manifest.get("files", {})))
+    found = {CONFIG: entry.path(CONFIG)}
+    for name in names:
+        path = repo_file(resolved, name)
+        if path is None:
+            raise HubError(f"{resolved.name}: HF_HUB_OFFLINE is set and {name} of '{resolved.repo_id}' was never "
+                           f"downloaded; unset HF_HUB_OFFLINE to fetch it")
+        found[name] = path
+    return dict(sorted(found.items()))
+
+
+def weight_sha256(resolved: ResolvedModel) -> Dict[str, Optional[str]]:
+    """A Hub model's weight files and their sha256 as the Hub lists them (an LFS file's ETag is its sha256),
+    read from postsvd's manifest without reading the files; None where the Hub gave none (e.g. an entry
+    prepared offline from the Hugging Face cache)."""
+    if resolved.is_local:
+        raise InvalidArgumentError(f"{resolved.name}: a local folder; hash its files instead")
+    files = (_entry_of(resolved).read_manifest() or {}).get("files", {})
+    return {name: (f.get("etag") if _SHA256.fullmatch(f.get("etag") or "") else None) for name, f in files.items()}
+
+
+def _entry_of(resolved: ResolvedModel) -> Entry:
+    """The cache entry of a resolved Hub model (its folder is {root}/models--org--name/{commit})."""
+    assert resolved.repo_id is not None and resolved.commit is not None
+    return Entry(os.path.dirname(os.path.dirname(resolved.folder)), resolved.repo_id, resolved.commit)
 
 
 def _offline() -> bool:
@@ -262,11 +398,15 @@ def _prepare(entry: Entry, parsed: ModelName, what: str) -> None:
             _build_manifest(entry, parsed, what)
         _link_complete_files(entry, entry.read_manifest() or {})
         manifest = entry.read_manifest() or {}
-        headers = [name for name, f in manifest.get("files", {}).items()
+        missing = [name for name, f in manifest.get("files", {}).items()
                    if not f.get("complete") and not f.get("header_end")]
-        if headers and _offline():
-            _missing_offline(parsed, what, [f"the header of {name}" for name in headers[:3]])
-        _run_parallel([lambda name=name: _fetch_header(entry, name, parsed, what) for name in headers])
+        if missing and _offline():
+            _missing_offline(parsed, what, [name if manifest.get("adapter") else f"the header of {name}"
+                                            for name in missing[:3]])
+        if manifest.get("adapter"):  # a PEFT adapter: its weights whole (ADAPTER_WEIGHTS)
+            _run_parallel([lambda name=name: _whole_file(entry, name, parsed, what, reason="") for name in missing])
+        else:
+            _run_parallel([lambda name=name: _fetch_header(entry, name, parsed, what) for name in missing])
 
         def ready(m: Dict[str, Any]) -> None:
             m["ready"] = True
@@ -304,10 +444,11 @@ def _build_manifest(entry: Entry, parsed: ModelName, what: str) -> None:
         os.replace(target + ".tmp", target)
         return target
 
-    if small_file(CONFIG) is None:
+    adapter = small_file(CONFIG) is None
+    if adapter and small_file(ADAPTER_CONFIG) is None:
         _missing_offline(parsed, what, [CONFIG])
-    index = small_file(INDEX)
-    shards = _shards_of_index(index, repo_id, what) if index is not None else [SINGLE]
+    index = None if adapter else small_file(INDEX)
+    shards = [ADAPTER_WEIGHTS] if adapter else _shards_of_index(index, repo_id, what) if index is not None else [SINGLE]
     files: Dict[str, Dict[str, Any]] = {}
     for shard in shards:
         if offline:
@@ -322,10 +463,26 @@ def _build_manifest(entry: Entry, parsed: ModelName, what: str) -> None:
         size, etag = listing[shard]
         files[shard] = {"size": size, "etag": etag, "complete": False, "ranges": []}
 
+    others = None if offline else sorted(name for name in listing if _other_file(name, files))
+
     def record(m: Dict[str, Any]) -> None:
         m["files"] = files
+        m["adapter"] = adapter
+        if others is not None:
+            m["other_files"] = others
 
     entry.update(record)
+
+
+#: Suffixes of weight files in other formats, never fetched as "other files" (they may be large).
+_OTHER_WEIGHTS = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".pkl",
+                  ".npz", ".tflite", ".ot")
+
+
+def _other_file(name: str, shards: Dict[str, Any]) -> bool:
+    """A file at the repo's root besides the weights and the index (tokenizer, generation config, ...)."""
+    return (not name.endswith("/") and name not in shards and name not in (INDEX, CONFIG, ADAPTER_CONFIG, ".gitattributes")
+            and not name.lower().endswith(_OTHER_WEIGHTS))
 
 
 def _missing_offline(parsed: ModelName, what: str, missing: List[str]):
@@ -353,9 +510,15 @@ def _list_root(repo_id: str, commit: str) -> Dict[str, Tuple[int, Optional[str]]
 
 def _check_weights(listing: Dict[str, Any], repo_id: str, commit: str, parsed: ModelName, what: str) -> None:
     """One clear line for a repo whose weights postsvd cannot read at its root."""
+    if CONFIG not in listing and ADAPTER_CONFIG in listing:  # a PEFT adapter (docs/adapters.md)
+        if ADAPTER_WEIGHTS in listing:
+            return
+        pickle = " (adapter_model.bin, a pickle, is not read)" if "adapter_model.bin" in listing else ""
+        raise HubError(f"{what}: {parsed.text}: a PEFT adapter repo without {ADAPTER_WEIGHTS}{pickle} at its root "
+                       f"(commit {commit[:12]}); postsvd reads adapters saved as safetensors")
     if CONFIG not in listing:
         raise HubError(f"{what}: {parsed.text}: the repo has no config.json at its root (commit {commit[:12]}); "
-                       f"postsvd reads Hugging Face model folders")
+                       f"postsvd reads Hugging Face model folders and PEFT adapters ({ADAPTER_CONFIG})")
     if INDEX in listing or SINGLE in listing:
         return
     at_root = sorted(name for name in listing if name.endswith(".safetensors"))
@@ -670,7 +833,7 @@ def _needed(resolved: ResolvedModel, tensor_names: Optional[Iterable[str]]
             ) -> Tuple[Entry, Dict[str, Any], Dict[str, List[Tuple[str, int, int]]], int]:
     """(entry, manifest, file -> [(tensor, begin, end)] absolute byte ranges, tensor count)."""
     assert resolved.repo_id is not None and resolved.commit is not None
-    entry = Entry(os.path.dirname(os.path.dirname(resolved.folder)), resolved.repo_id, resolved.commit)
+    entry = _entry_of(resolved)
     manifest = entry.read_manifest()
     if manifest is None or not manifest.get("ready"):
         raise HubError(f"{resolved.name}: {resolved.folder} is not a prepared copy of {resolved.repo_id}; resolve "
@@ -688,7 +851,7 @@ def _needed(resolved: ResolvedModel, tensor_names: Optional[Iterable[str]]
     for tensor in names:
         if not isinstance(tensor, str):
             raise InvalidArgumentError(f"tensor names: expected strings, got {type(tensor).__name__}")
-        file = weight_map.get(tensor, SINGLE if not weight_map else None)
+        file = weight_map.get(tensor, files[0] if not weight_map and len(files) == 1 else None)
         if file is None or file not in manifest["files"]:
             raise InvalidArgumentError(f"{resolved.name}: no tensor '{tensor}' in {resolved.repo_id} at commit "
                                        f"{resolved.commit[:12]}")
@@ -938,13 +1101,13 @@ def fetch(resolved: ResolvedModel, tensor_names: Optional[Iterable[str]] = None,
 
 # ---------------------------------------------------------------- the tensors a selection reads
 
-def source_tensors(folder: str, sources: Iterable[Dict[str, Any]]) -> List[str]:
+def source_tensors(folder: Union[str, Any], sources: Iterable[Dict[str, Any]]) -> List[str]:
     """The stored tensors that reading `sources` (dicts of postsvd.architecture(folder)['matrices']) touches:
     each source's tensor, its FP8 scale and its MXFP4 *_scales; in order, without repeats. Reads headers
-    only, so it works on a resolved Hub model before fetch."""
+    only, so it works on a resolved Hub model before fetch. `folder`: a folder or an open _core.Checkpoint."""
     from . import _core
 
-    checkpoint = _core.Checkpoint(folder)
+    checkpoint = folder if isinstance(folder, _core.Checkpoint) else _core.Checkpoint(folder)
     names: List[str] = []
     for source in sources:
         names.extend(_core.source_tensors(checkpoint, source))

@@ -43,14 +43,14 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from . import _core
+from . import _core, hub
 from . import interactive as _interactive
 from ._display import display_figure, use_interactive
-from ._html import data_table, display, escape as _e, figure as _figure, page, run_metadata, small_table
-from ._names import short_name
+from ._engine import named_models
+from ._html import data_table, display, escape as _e, figure as _figure, model_row, page, run_metadata, small_table
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
-from ._validate import normalize_folder, normalize_layers, normalize_output_folder, normalize_threads
+from ._validate import normalize_layers, normalize_output_folder, normalize_threads
 from ._version import __version__
 from .compare import check_compare_arguments, compare
 from .errors import InvalidArgumentError, naming_models
@@ -75,20 +75,27 @@ LINEAGE_FILES = FileSet("a lineage result", ["lineage.json", "lineage.csv", "lin
 VERDICTS = ("derived", "independent", "inconclusive")
 #: Probe rows read at a time (the embedding matrices of large vocabularies are read in slices).
 _PROBE_CHUNK = 16384
+#: The norms of a layer the test reads (the architecture table's names; empty where a family has none).
+_LAYER_NORMS = ("norm_before_attention", "norm_after_attention", "norm_before_mlp", "norm_after_mlp", "q_norm",
+                "k_norm", "q_latent_norm", "kv_latent_norm")
 
 
 # ---------------------------------------------------------------------- public API
 
 def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=None, paper_nf: bool = True,
             device: str = "cpu", dtype: str = "float32", kinds=None, num_threads: Optional[int] = None,
-            cache: Optional[PathLike] = None, progress: bool = False) -> "Lineage":
+            cache: Optional[PathLike] = None, progress: bool = False, whole_files: bool = False,
+            residual_base: bool = False) -> "Lineage":
     """Tests whether model `b` is derived from model `a` (fine-tuned, post-trained, possibly disguised).
 
     Args:
-        a, b: model folders (config.json + safetensors) of any architecture postsvd reads (dense, MoE,
-            MLA; docs/lineage.md says per architecture what the test undoes), in any stored format it reads
+        a, b: models (a folder with config.json + safetensors, or a Hub repo id ``org/name[@revision]``:
+            only the tensors the test reads are fetched) of any architecture postsvd reads (dense, MoE, MLA;
+            docs/lineage.md says per architecture what the test undoes), in any stored format it reads
             (BF16, FP8, ...); the two may differ in format, and in model type where both read the residual
-            stream alike (a dense model and its MoE upcycling).
+            stream alike (a dense model and its MoE upcycling). `b` may be a PEFT LoRA adapter (a folder or
+            a Hub repo): it is applied to `a` (docs/adapters.md; `residual_base` as in
+            :func:`postsvd.compare`).
         level: significance level of the verdict (0 < level < 1).
         layers: the layers to test (None = all), as in :func:`postsvd.compare`.
         paper_nf: also compute the paper's NF per (layer, kind) (App. F's fingerprint, not robust to
@@ -96,6 +103,7 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
             comparison (checked before anything is computed).
         num_threads: CPU threads of the comparison and, where threadpoolctl is installed, of numpy's BLAS.
         progress: show progress bars (one per layer of the test, and the comparison's).
+        whole_files: Hub models: fetch whole shards instead of the tensors' byte ranges.
 
     Returns:
         A :class:`Lineage`: ``verdict``, ``p_value``, ``table`` (a row per layer and block),
@@ -110,28 +118,59 @@ def lineage(a: PathLike, b: PathLike, *, level: float = DEFAULT_LEVEL, layers=No
         normalize_threads(num_threads)
     with _blas_threads(num_threads):
         return _lineage(a, b, level, layers, paper_nf, dict(device=device, dtype=dtype, kinds=kinds,
-                                                            num_threads=num_threads, cache=cache, progress=progress))
+                                                            num_threads=num_threads, cache=cache, progress=progress,
+                                                            whole_files=whole_files, residual_base=residual_base))
+
+
+def tested_layers(model_a: "_Model", model_b: "_Model", layers) -> Dict[str, List[int]]:
+    """The layers the test reads of each model: the chosen ones, and of B also each one's successor (the
+    control pairs: layer l of A against layer l+1 of B)."""
+    chosen = normalize_layers(layers, model_a.num_layers, model_a.model_type) if layers is not None else \
+        list(range(model_a.num_layers))
+    controls = {(layer + 1) % model_a.num_layers for layer in chosen} if model_a.num_layers > 1 else set()
+    return {"a": chosen, "b": sorted(set(chosen) | controls)}
+
+
+def fetch_plans(a: PathLike, b: PathLike, *, layers=None, whole_files: bool = False,
+                residual_base: bool = False) -> List["hub.FetchPlan"]:
+    """What :func:`lineage` would fetch of each model (its dry run): a :class:`postsvd.hub.FetchPlan` per
+    model (empty for a local folder; a PEFT adapter B reads A's weights, in A's plan)."""
+    model_a = _Model(hub.resolve(a, "a"), "a")
+    model_b = _Model(hub.resolve(b, "b"), "b", model_a.model, residual_base)
+    if out_of_scope(model_a, model_b):
+        return [hub.plan(model_a.model, []), hub.plan(model_b.model, [])]
+    read = tested_layers(model_a, model_b, layers)
+    wanted: Dict[str, List[str]] = {}
+    for m in (model_a, model_b):
+        wanted.setdefault(m.weights.folder, []).extend(m.tensors(read[m.label]))
+    return [hub.plan(m.model, wanted.get(m.model.folder, []), whole_files=whole_files) for m in (model_a, model_b)]
 
 
 def _lineage(a, b, level, layers, paper_nf, compare_options) -> "Lineage":
     # An error about one model's data names it as written here (the comparison calls them base and post).
-    folder_a, folder_b = normalize_folder(a, "a"), normalize_folder(b, "b")
-    with naming_models(("a", a, folder_a), ("b", b, folder_b)):
-        return _lineage_of(_Model(folder_a, "a"), _Model(folder_b, "b"), level, layers, paper_nf, compare_options)
+    resolved_a, resolved_b = hub.resolve(a, "a"), hub.resolve(b, "b")
+    with naming_models(*named_models(("a", resolved_a), ("b", resolved_b))):
+        model_a = _Model(resolved_a, "a")
+        model_b = _Model(resolved_b, "b", resolved_a, compare_options["residual_base"])  # an adapter: on A
+        return _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options)
 
 
 def _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options) -> "Lineage":
+    models = (model_a.model, model_b.model)
     reasons = out_of_scope(model_a, model_b)
     if reasons:
-        return Lineage(model_a.folder, model_b.folder, level, reasons=reasons)
-    chosen = normalize_layers(layers, model_a.num_layers, model_a.model_type) if layers is not None else \
-        list(range(model_a.num_layers))
+        return Lineage(model_a.folder, model_b.folder, level, reasons=reasons, models=models)
+    read = tested_layers(model_a, model_b, layers)
+    chosen = read["a"]
     # The paper's NF compares projection pairs: only models of the same projections (not a dense parent and
     # its MoE upcycling) have them.
     paper_nf = paper_nf and model_a.model_type == model_b.model_type and model_a.shapes() == model_b.shapes()
     if paper_nf:  # the comparison's options fail now, not after the test
-        check_compare_arguments(model_a.folder, [model_b.folder], layers=chosen,
-                                **{k: v for k, v in compare_options.items() if k != "progress"})
+        check_compare_arguments(model_a.model, [model_b.model], layers=chosen,
+                                **{k: v for k, v in compare_options.items() if k not in ("progress", "whole_files")})
+    for model in (model_a, model_b):  # a Hub model: what the test reads (the comparison fetches its own)
+        hub.fetch(model.weights, model.tensors(read[model.label]), whole_files=compare_options["whole_files"],
+                  progress=compare_options["progress"] or None)
     from tqdm.auto import tqdm
 
     probes = _ProbePair(model_a, model_b)
@@ -147,11 +186,11 @@ def _lineage_of(model_a, model_b, level, layers, paper_nf, compare_options) -> "
     table = _with_p_values(pd.DataFrame(rows), controls)
     nf_table = None
     if paper_nf:
-        nf_table = compare(model_a.folder, model_b.folder, layers=chosen, **compare_options).table
+        nf_table = compare(model_a.model, model_b.model, layers=chosen, **compare_options).table
         nf_table = nf_table[["layer", "kind", "k", "nf"]].copy()
         nf_table["nf_random"] = [random_rotation_nf(int(k)) for k in nf_table["k"]]
     return Lineage(model_a.folder, model_b.folder, level, table=table,
-                   alignments=_alignments(model_a, model_b, probes, moves), nf_table=nf_table)
+                   alignments=_alignments(model_a, model_b, probes, moves), nf_table=nf_table, models=models)
 
 
 def out_of_scope(model_a: "_Model", model_b: "_Model") -> List[str]:
@@ -202,7 +241,8 @@ class Lineage:
     """The answer of :func:`lineage`: a verdict with the figures behind it.
 
     Attributes:
-        a, b: the two folders.
+        a, b: the two folders the core read (a Hub model's: its folder in postsvd's cache).
+        a_model, b_model: the two models as named (:class:`postsvd.hub.ResolvedModel`).
         level: the significance level.
         verdict: 'derived', 'independent' or 'inconclusive'.
         p_value: the combined p-value of the MLP unit tests (Fisher's method over layers); None when
@@ -220,8 +260,10 @@ class Lineage:
 
     def __init__(self, a: str, b: str, level: float, *, reasons: Sequence[str] = (),
                  table: Optional[pd.DataFrame] = None, alignments: Sequence[Dict[str, Any]] = (),
-                 nf_table: Optional[pd.DataFrame] = None):
+                 nf_table: Optional[pd.DataFrame] = None,
+                 models: Optional[Tuple["hub.ResolvedModel", "hub.ResolvedModel"]] = None):
         self.a, self.b, self.level = a, b, level
+        self.a_model, self.b_model = models or (hub.resolve(a, "a"), hub.resolve(b, "b"))
         self.reasons: List[str] = list(reasons)
         self.table: pd.DataFrame = table if table is not None else pd.DataFrame(columns=_COLUMNS)
         self.alignments: List[Dict[str, Any]] = list(alignments)
@@ -258,8 +300,8 @@ class Lineage:
 
     def summary(self) -> str:
         """A short text report: the verdict, the p-value and what it rests on."""
-        lines = [f"postsvd lineage: is '{_display(self.b)}' derived from '{_display(self.a)}'? "
-                 f"{self.verdict.upper()} (level {self.level:g})"]
+        lines = [f"postsvd lineage: is '{printable(self.b_model.label)}' derived from "
+                 f"'{printable(self.a_model.label)}'? {self.verdict.upper()} (level {self.level:g})"]
         if self.p_value is not None:
             lines.append(f"combined p-value {_p_text(self.p_value, self.log10_p)} (Fisher over "
                          f"{int((self.table['block'] == 'mlp').sum())} MLP layers; null: independently trained "
@@ -280,7 +322,8 @@ class Lineage:
 
     def to_dict(self) -> Dict[str, Any]:
         """Everything as plain data (what lineage.json holds)."""
-        return {"a": self.a, "b": self.b, "verdict": self.verdict, "level": self.level,
+        return {"a": self.a, "b": self.b, "a_model": self.a_model.record(), "b_model": self.b_model.record(),
+                "verdict": self.verdict, "level": self.level,
                 "p_value": self.p_value, "log10_p": self.log10_p, "reasons": self.reasons,
                 "alignments": self.alignments, "table": json.loads(self.table.to_json(orient="records")),
                 "nf_table": None if self.nf_table is None else json.loads(self.nf_table.to_json(orient="records")),
@@ -288,8 +331,8 @@ class Lineage:
 
     def to_html(self, title: Optional[str] = None, interactive: Optional[bool] = None) -> str:
         """One self-contained HTML page in the style of ``postsvd report`` (`interactive`: as there)."""
-        title = title or f"postsvd lineage: {short_name(self.b)} from {short_name(self.a)}?"
-        subtitle = f"A <code>{_e(short_name(self.a))}</code>, B <code>{_e(short_name(self.b))}</code>"
+        title = title or f"postsvd lineage: {self.b_model.label} from {self.a_model.label}?"
+        subtitle = f"A <code>{_e(self.a_model.label)}</code>, B <code>{_e(self.b_model.label)}</code>"
         nav = [("verdict", "verdict"), ("tests", "tests"), ("alignments", "alignments"), ("paper-nf", "paper NF"),
                ("how-to-read", "how to read"), ("metadata", "run")]
         live = use_interactive(interactive) and len(self.table) > 0
@@ -329,7 +372,8 @@ class Lineage:
 
     def _headline(self) -> str:
         p = "" if self.p_value is None else f"; combined p-value {_p_text(self.p_value, self.log10_p)}"
-        return f"is {short_name(self.b)} derived from {short_name(self.a)}? {self.verdict} at level {self.level:g}{p}"
+        return (f"is {self.b_model.label} derived from {self.a_model.label}? {self.verdict} at level "
+                f"{self.level:g}{p}")
 
     def _block_rows(self) -> List[list]:
         """Per block: layers tested, layers significant at the level, the smallest p-value, mean similarity."""
@@ -409,8 +453,7 @@ class Lineage:
         return sections
 
     def _metadata_html(self) -> str:
-        return run_metadata([("model A", os.path.abspath(self.a)), ("model B", os.path.abspath(self.b)),
-                             ("level", f"{self.level:g}")])
+        return run_metadata([model_row("A", self.a_model), model_row("B", self.b_model), ("level", f"{self.level:g}")])
 
 
 def verdict_reading(verdict: str) -> str:
@@ -498,17 +541,20 @@ class _Model:
     folded in as the architecture table's row says (before or after each block, RMSNorm, Gemma's 1 + weight,
     or LayerNorm, whose centring is applied to every residual-stream vector)."""
 
-    def __init__(self, folder: str, label: str):
+    def __init__(self, model: "hub.ResolvedModel", label: str, base: Optional["hub.ResolvedModel"] = None,
+                 residual_base: bool = False):
         from .checkpoint import architecture, open_checkpoint
 
-        self.folder, self.label = folder, label
-        self.checkpoint = open_checkpoint(folder)
+        self.model, self.folder, self.label = model, model.folder, label
+        self.checkpoint = open_checkpoint(model, base, residual_base=residual_base)  # an adapter: on `base`
+        # The model whose weight files the test reads: an adapter's base (the adapter's own file came whole).
+        self.weights = base if base is not None and self.checkpoint.adapter is not None else model
         self.arch = architecture(self.checkpoint)
         self.model_type = self.arch["model_type"]
         if self.model_type not in _FAMILIES:
             raise InvalidArgumentError(
-                f"{label} '{printable(folder)}': lineage reads {', '.join(SUPPORTED_MODEL_TYPES)} models; got "
-                f"model_type {printable(self.model_type)!r}")
+                f"{label} '{printable(model.name)}': lineage reads {', '.join(SUPPORTED_MODEL_TYPES)} models; "
+                f"got model_type {printable(self.model_type)!r}")
         family = _FAMILIES[self.model_type]
         self.names = names = family["lineage"]
         self.norm_kind = names["norm"]
@@ -574,11 +620,11 @@ class _Model:
 
     def _require(self, name: str) -> None:
         if name not in self.checkpoint:
-            raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is missing "
+            raise InvalidArgumentError(f"{self.label} '{printable(self.model.name)}': tensor {name} is missing "
                                        "(lineage reads the embeddings and the norm weights)")
         dtype = self.checkpoint.info(name)["dtype"]
         if dtype not in _FLOAT_DTYPES:
-            raise InvalidArgumentError(f"{self.label} '{printable(self.folder)}': tensor {name} is stored as "
+            raise InvalidArgumentError(f"{self.label} '{printable(self.model.name)}': tensor {name} is stored as "
                                        f"{dtype}; lineage reads embeddings and norms in {', '.join(_FLOAT_DTYPES)}")
 
     def vector(self, name: str) -> np.ndarray:
@@ -625,13 +671,30 @@ class _Model:
     def final_scale(self) -> np.ndarray:
         return self.norm_scale(self.final_norm)
 
+    def tensors(self, layers: Sequence[int]) -> List[str]:
+        """The stored tensors the test reads at `layers` (what to fetch of a Hub model): the embeddings (one
+        matrix where they are tied), the final norm, and per layer its norms, its router and every projection
+        (dense, shared and routed experts, MLA latents; with their scales)."""
+        names = [self.embedding_name, self.unembedding_name, f"{self.final_norm}.weight"]
+        sources = []
+        for layer in layers:
+            prefix = f"{self._layer_names}.{layer}."
+            names += [f"{prefix}{self.names[which]}.weight" for which in _LAYER_NORMS if self.names[which]]
+            if self.names["router"]:
+                names.append(prefix + self.names["router"])
+            sources += [s for (at, _, _), s in self.sources.items() if at == layer]
+        present = [name for name in names if name in self.checkpoint]  # optional norms, routers of dense layers
+        return list(dict.fromkeys(present + hub.source_tensors(self.checkpoint, sources)))
+
     def token_table(self) -> Optional[Dict[str, int]]:
         """tokenizer.json's token -> id table (the model's vocabulary and its added tokens), or None where
         there is none."""
         if not hasattr(self, "_tokens"):
             self._tokens = None
-            path = os.path.join(self.folder, "tokenizer.json")
+            path = hub.repo_file(self.model, "tokenizer.json")
             try:
+                if path is None:
+                    raise FileNotFoundError("tokenizer.json")
                 with open(path, encoding="utf-8") as f:
                     data = json.load(f)
                 vocab = data.get("model", {}).get("vocab")
@@ -1096,10 +1159,6 @@ def _p_text(p: float, log10_p: Optional[float]) -> str:
     if p > 0 and p >= 1e-300:
         return f"{p:.3g}"
     return f"1e{log10_p:.0f}" if log10_p is not None else "0"
-
-
-def _display(path: str) -> str:
-    return printable(short_name(path))
 
 
 _HOW_TO_READ = (

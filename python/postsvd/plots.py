@@ -14,7 +14,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ._names import short_name
 from ._style import KIND_COLORS
 from ._validate import normalize_kinds
 from .errors import InvalidArgumentError
@@ -296,7 +295,7 @@ def plot_nf_models(comparisons: Mapping[str, "Comparison"], kinds=None) -> Figur
         axes[row * cols].set_ylabel("NF")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(items), 5), fontsize="small")
-    fig.suptitle(f"NF per layer against {short_name(items[0][1].base)} (dashed: unrelated rotations)")
+    fig.suptitle(f"NF per layer against {items[0][1].base_name} (dashed: unrelated rotations)")
     return fig
 
 

@@ -28,13 +28,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import interactive as _interactive
 from ._display import use_interactive
-from ._html import data_table, escape as _e, figure as _figure, page, run_metadata, section
-from ._names import short_name, unique_names
+from ._html import data_table, escape as _e, figure as _figure, model_row, page, run_metadata, section
+from ._names import distinct
 from ._outputs import FileSet, atomic_folder
 from ._validate import INTRUDER_DEFAULTS, normalize_layers, normalize_output_folder
-from .compare import check_compare_arguments, compare
+from .compare import check_compare_arguments, compare, resolve_models
 from .comparison import Comparison
 from .errors import InvalidArgumentError
+from .hub import ResolvedModel
 from .readings import intruder_setting, kind_reading, nf_comparison
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -51,27 +52,31 @@ MatricesArg = Union[None, Tuple[Any, ...], Sequence[Tuple[Any, ...]]]
 
 # ---------------------------------------------------------------------- public API
 
-def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
+def report(base: Optional[PathLike], posts: Union[PathLike, Sequence[PathLike]], out: PathLike, *, device: str = "cpu",
            dtype: str = "float32", layers=None, kinds=None, title: Optional[str] = None,
            matrices: MatricesArg = None, leading_k: int = 25, progress: bool = True,
            num_threads: Optional[int] = None, cache: Optional[PathLike] = None,
-           warm_start: Union[bool, str] = True, intruder_k: int = INTRUDER_DEFAULTS["k"],
+           warm_start: Union[bool, str] = True, whole_files: bool = False, intruder_k: int = INTRUDER_DEFAULTS["k"],
            intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
-           intruder_side: str = INTRUDER_DEFAULTS["side"], interactive: Optional[bool] = None) -> str:
+           intruder_side: str = INTRUDER_DEFAULTS["side"], interactive: Optional[bool] = None,
+           residual_base: bool = False) -> str:
     """Compares `base` with each post model and writes one HTML page; returns its path.
 
     Args:
-        base: the base model folder.
-        posts: one post-trained model folder or a list of them (same architecture).
+        base: the base model: a folder or a Hub repo id (``org/name[@revision]``), as in
+            :func:`postsvd.compare`; None when the posts are PEFT adapters naming their base.
+        posts: one post-trained model or a list of them (same architecture), named the same ways;
+            PEFT LoRA adapters too (docs/adapters.md).
         out: output folder (created); the page is ``out/report.html``.
         device, dtype, layers, kinds, num_threads, cache, warm_start, intruder_k, intruder_epsilon,
-            intruder_side: as in :func:`postsvd.compare`.
+            intruder_side, residual_base: as in :func:`postsvd.compare`.
         title: the page's title (default: "postsvd report: <base>").
         matrices: the (layer, kind) or (layer, kind, expert) whose sim_U / sim_V / difference / I_orth
             are drawn, or a list of them (default: the middle compared layer, first compared kind);
             an interactive page holds their leading blocks, and a click on one of them opens it.
         leading_k: leading singular vectors shown in those matrices.
         progress: show a progress bar per comparison.
+        whole_files: Hub models: fetch whole shards instead of the tensors' byte ranges.
         interactive: plotly figures with hover values and click views (plotly.js embedded once, no
             request anywhere); None: where plotly (``postsvd[interactive]``) is installed; False: the
             static PNG figures only (a page of a few hundred KB).
@@ -81,16 +86,16 @@ def report(base: PathLike, posts: Union[PathLike, Sequence[PathLike]], out: Path
             `out` is an existing file.
         BadCheckpointError: a folder is missing or malformed, or shapes differ.
     """
-    post_list = _post_list(posts)
+    base_model, post_list = resolve_models(base, _post_list(posts))
     intruders = dict(intruder_k=intruder_k, intruder_epsilon=intruder_epsilon, intruder_side=intruder_side)
-    check_compare_arguments(base, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
+    check_compare_arguments(base_model, post_list, device=device, dtype=dtype, layers=layers, kinds=kinds,
                             num_threads=num_threads, cache=cache,
                             matrices_for=None if matrices is None else _pair_list(matrices), leading_k=leading_k,
-                            outs=[out], **intruders)
+                            outs=[out], residual_base=residual_base, **intruders)
     use_interactive(interactive)  # a missing plotly fails now, not after the comparisons
-    comparisons = [compare(base, post, device=device, dtype=dtype, layers=layers, kinds=kinds, progress=progress,
-                           num_threads=num_threads, cache=cache, warm_start=warm_start, **intruders)
-                   for post in post_list]
+    comparisons = [compare(base_model, post, device=device, dtype=dtype, layers=layers, kinds=kinds,
+                           progress=progress, num_threads=num_threads, cache=cache, warm_start=warm_start,
+                           whole_files=whole_files, residual_base=residual_base, **intruders) for post in post_list]
     return write_report(comparisons, out, title=title, matrices=matrices, leading_k=leading_k,
                         interactive=interactive)
 
@@ -117,9 +122,9 @@ def render_html(comparisons: Union[Comparison, Sequence[Comparison]], *, title: 
     live = use_interactive(interactive)
     if leading_k is not None and int(leading_k) < 1:
         raise InvalidArgumentError(f"leading_k: expected >= 1 or None, got {leading_k!r}")
-    base_name = short_name(comparison_list[0].base)
+    base_name = comparison_list[0].base_name
     title = title or f"postsvd report: {base_name}"
-    names = unique_names([c.post for c in comparison_list])
+    names = distinct([c.post_name for c in comparison_list])
     sections = [_overview_section(comparison_list, names)]
     if len(comparison_list) > 1:
         sections.append(_all_models_section(comparison_list, names))
@@ -173,7 +178,7 @@ def _all_models_section(comparisons: Sequence[Comparison], names: Sequence[str])
 
 def _post_section(index: int, comparison: Comparison, name: str, pairs: Sequence[Tuple], leading_k: Optional[int],
                   live: bool) -> str:
-    parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(short_name(comparison.base))}</h2>',
+    parts = [f'<section class="post" id="post-{index}"><h2>{_e(name)} vs {_e(comparison.base_name)}</h2>',
              _summary_html(comparison),
              "<h3>Per kind (Table 3)</h3>",
              "<p>Pooled over the compared layers (and experts): the mean ± population std of the top-90 % scaling "
@@ -269,7 +274,8 @@ def _live_figures(index: int, comparison: Comparison, name: str, pairs: Sequence
         figure = comparison.interactive_matrices(layer, kind, leading_k, expert)
         key = f"{layer}:{kind}" + ("" if expert is None else f":{expert}")
         held[key] = {"caption": figure.layout.title.text, "figure": json.loads(_interactive.figure_json(figure))}
-    command = f"postsvd compare {shlex.quote(comparison.base)} {shlex.quote(comparison.post)} --out DIR --matrices PAIR"
+    command = (f"postsvd compare {shlex.quote(comparison.base_model.name)} {shlex.quote(comparison.post_model.name)} "
+               f"--out DIR --matrices PAIR")  # the models as written: a Hub id runs again as it is
     pick = (f'postsvd.pick("iplot-layers-{index}", "matrix-view-{index}", "held-{index}", '
             f"{json.dumps(command)})")
     first = next(iter(held))
@@ -385,10 +391,10 @@ def _metadata_section(comparisons: Sequence[Comparison], names: Sequence[str]) -
     rows = [
         ("backend", "; ".join(sorted({c.backend for c in comparisons}))),
         ("device, dtype", "; ".join(sorted({f"{c.device}, {c.dtype}" for c in comparisons}))),
-        ("base folder", os.path.abspath(first.base)),
+        model_row("base", first.base_model),
     ]
     for name, comparison in zip(names, comparisons):
-        rows.append((f"post folder ({name})", os.path.abspath(comparison.post)))
+        rows.append(model_row(f"post ({name})", comparison.post_model))
     rows += [
         ("model type, layers", f"{first.model_type}, {first.num_layers} layers"),
         ("compared layers", _layers_text(first.layers)),
@@ -442,11 +448,11 @@ def _layers_text(layers: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def _post_list(posts) -> List[str]:
-    if isinstance(posts, (str, bytes, os.PathLike)):
-        post_list = [os.fspath(posts)]
+def _post_list(posts) -> List:
+    if isinstance(posts, (str, bytes, os.PathLike, ResolvedModel)):
+        post_list = [posts]
     else:
-        post_list = [os.fspath(p) for p in posts]
+        post_list = list(posts)
     if not post_list:
         raise InvalidArgumentError("posts: expected at least one post-trained model folder, got none")
     return post_list

@@ -7,7 +7,9 @@ step, and the per-layer NF over the steps as heatmaps. The base's
 decompositions are computed once and reused for every checkpoint through the
 factor cache (``cache=``; without one, a temporary cache for the run, removed
 at the end). Steps come from the folder names (``checkpoint-1200``,
-``step_300``, ``global_step40``, ``1200``) or from ``steps=``.
+``step_300``, ``global_step40``, ``1200``), from a Hub model's revision
+(``org/run@step-1200``), or from ``steps=``. A training run kept as revisions
+of one Hub repo: ``track(base, "org/run", revisions=["step-100", ...])``.
 
 (The module is ``postsvd.tracking`` so that the function ``postsvd.track``
 does not shadow it.)
@@ -27,15 +29,17 @@ import pandas as pd
 
 from . import interactive as _interactive
 from ._display import display_figure, use_interactive
+from ._engine import named_models, resolve_models
 from ._html import display, escape as _e, figure as _figure, page, small_table
 from ._names import short_name
 from ._outputs import FileSet, atomic_folder
 from ._terminal import printable
-from ._validate import LayersArg, KindsArg, normalize_folder, normalize_output_folder, normalize_warm_start
+from ._validate import INTRUDER_DEFAULTS, LayersArg, KindsArg, normalize_output_folder, normalize_warm_start
 from ._version import __version__
 from .compare import check_compare_arguments, compare
 from .comparison import COMPARISON_FILES, OUTPUT_SCHEMA_VERSION, Comparison
 from .errors import InvalidArgumentError, naming_models
+from .hub import ResolvedModel, is_hub_name
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -49,33 +53,75 @@ TRACK_FILES = FileSet("a track run", ["trajectory.csv", "trajectory.json", "tabl
                       fields={"step": r"\d+"}, folders={"step-{step}/": COMPARISON_FILES})
 
 
-def step_of(folder: PathLike) -> int:
-    """The training step in a checkpoint folder's name (``checkpoint-1200`` -> 1200)."""
-    name = short_name(os.fspath(folder))
+def step_of(folder: Union[PathLike, ResolvedModel]) -> int:
+    """The training step in a checkpoint's name: a folder's (``checkpoint-1200`` -> 1200), or a Hub model's
+    revision (``org/run@step-1200`` -> 1200; its repo name when it names no revision)."""
+    where = "folder"
+    if isinstance(folder, ResolvedModel) and not folder.is_local:
+        name = folder.revision if folder.revision is not None else short_name(folder.repo_id or folder.name)
+        where = "revision" if folder.revision is not None else "repo"
+    else:
+        name = short_name(folder.folder if isinstance(folder, ResolvedModel) else os.fspath(folder))
     match = STEP_NAME.fullmatch(name)
     if match is None:
-        raise InvalidArgumentError(f"checkpoint {name!r}: no step in the folder name (expected a name like "
+        raise InvalidArgumentError(f"checkpoint {name!r}: no step in the {where} name (expected a name like "
                                    f"'checkpoint-1200' or 'step_300'); pass steps= (--steps) instead")
     return int(match.group(1) or match.group(2))
 
 
-def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Sequence[int]] = None,
+def checkpoint_list(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLike]] = (),
+                    revisions: Optional[Sequence[str]] = None) -> List[Any]:
+    """The checkpoints of :func:`track`: as given, or with `revisions` ``repo@revision`` for each revision of
+    the run's repo (`checkpoints`: that repo, ``org/name``; empty: the base's repo)."""
+    given = [checkpoints] if isinstance(checkpoints, (str, bytes, os.PathLike, ResolvedModel)) else list(checkpoints)
+    if revisions is None:
+        if not given:
+            raise InvalidArgumentError("checkpoints: expected at least one checkpoint folder, got none")
+        return given
+    if len(given) > 1:
+        raise InvalidArgumentError(f"checkpoints: with revisions, expected at most the run's repo, got "
+                                   f"{len(given)} checkpoints")
+    run = given[0] if given else base
+    if run is None:
+        raise InvalidArgumentError("revisions: expected the run as a Hub repo id (org/name), got none")
+    repo = run.repo_id if isinstance(run, ResolvedModel) else os.fspath(run)
+    repo = (repo or "").removeprefix("hf://").split("@", 1)[0]
+    if not isinstance(repo, str) or not is_hub_name(repo) or os.path.lexists(repo):
+        raise InvalidArgumentError(f"revisions: expected the run as a Hub repo id (org/name), got {repo!r}")
+    items = [str(r).strip() for r in ([revisions] if isinstance(revisions, str) else revisions)]
+    if not items or not all(items):
+        raise InvalidArgumentError(f"revisions: expected revision names like step-100,step-200, got {revisions!r}")
+    return [f"{repo}@{r}" for r in items]
+
+
+def track(base: Optional[PathLike], checkpoints: Union[PathLike, Sequence[PathLike]] = (), *,
+          revisions: Optional[Sequence[str]] = None, steps: Optional[Sequence[int]] = None,
           out: Optional[PathLike] = None, device: str = "cpu", dtype: str = "float32", layers: LayersArg = None,
           kinds: KindsArg = None, progress: bool = True, num_threads: Optional[int] = None,
           cache: Optional[PathLike] = None, executor: str = "local", ray_address: Optional[str] = None,
-          title: Optional[str] = None, warm_start: Union[bool, str] = True,
-          interactive: Optional[bool] = None) -> "Trajectory":
+          title: Optional[str] = None, warm_start: Union[bool, str] = True, whole_files: bool = False,
+          interactive: Optional[bool] = None, residual_base: bool = False,
+          intruder_k: int = INTRUDER_DEFAULTS["k"], intruder_epsilon: float = INTRUDER_DEFAULTS["epsilon"],
+          intruder_side: str = INTRUDER_DEFAULTS["side"]) -> "Trajectory":
     """Compares `base` with each checkpoint of a training run; returns a :class:`Trajectory`.
 
     Args:
-        base: the base model folder.
-        checkpoints: the checkpoint folders (same architecture as the base), in any order;
-            the trajectory is ordered by step.
-        steps: the step of each checkpoint (None: read from the folder names).
+        base: the base model: a folder or a Hub repo id (``org/name[@revision]``); None when the
+            checkpoints are PEFT adapters naming their base.
+        checkpoints: the checkpoints (same architecture as the base), folders or Hub names
+            (``org/run@step-1200``), in any order; the trajectory is ordered by step. With
+            `revisions`: the run's repo (``org/run``), or nothing for the base's repo. PEFT LoRA
+            adapter checkpoints (a LoRA run's checkpoint-N folders) are applied to the base
+            (docs/adapters.md; `residual_base` as in :func:`postsvd.compare`).
+        revisions: a run kept as revisions (branches, tags) of one Hub repo, e.g.
+            ``["step-100", "step-200"]``: the checkpoints are ``repo@revision``.
+        steps: the step of each checkpoint (None: read from the folder or revision names).
         out: when given, :meth:`Trajectory.save` writes everything there (tables per step,
             trajectory tables, figures and ``track.html``).
-        device, dtype, layers, kinds, num_threads, executor, ray_address: as in
-            :func:`postsvd.compare` (``executor='ray'`` runs each comparison on a Ray cluster).
+        device, dtype, layers, kinds, num_threads, executor, ray_address, whole_files, residual_base,
+            intruder_k, intruder_epsilon, intruder_side: as in :func:`postsvd.compare` (``executor='ray'``
+            runs each comparison on a Ray cluster; every checkpoint's intruder dimensions are counted
+            with the same k, epsilon and side).
         cache: a factor cache folder; the base is decomposed once and loaded for every
             other checkpoint. None: a temporary cache, removed at the end (locally; on Ray,
             pass a folder every node sees, or each checkpoint decomposes the base again).
@@ -85,36 +131,39 @@ def track(base: PathLike, checkpoints: Sequence[PathLike], *, steps: Optional[Se
         interactive: the page's figures, as in :func:`postsvd.report` (None: plotly where installed).
     """
     warm_start = normalize_warm_start(warm_start)
-    folders = [normalize_folder(c, "checkpoint") for c in checkpoints]
-    if not folders:
-        raise InvalidArgumentError("checkpoints: expected at least one checkpoint folder, got none")
+    base_model, models = resolve_models(base, checkpoint_list(base, checkpoints, revisions), "checkpoint")
     if steps is None:
-        step_list = [step_of(f) for f in folders]
+        step_list = [step_of(m) for m in models]
     else:
         step_list = [_step_value(s) for s in steps]
-        if len(step_list) != len(folders):
-            raise InvalidArgumentError(f"steps: expected one step per checkpoint ({len(folders)}), "
+        if len(step_list) != len(models):
+            raise InvalidArgumentError(f"steps: expected one step per checkpoint ({len(models)}), "
                                        f"got {len(step_list)}")
     if len(set(step_list)) != len(step_list):
         raise InvalidArgumentError(f"steps: expected distinct steps, got {step_list}")
     # An error about one checkpoint's data names it as written here (compare calls it the post model).
-    models = [("checkpoint", c, f) for c, f in zip(checkpoints, folders)]
-    with naming_models(*models):
-        check_compare_arguments(base, folders, device="cpu" if executor == "ray" else device, dtype=dtype,
+    named = named_models(*(("checkpoint", model) for model in models))
+    with naming_models(*named):
+        check_compare_arguments(base_model, models, device="cpu" if executor == "ray" else device, dtype=dtype,
                                 layers=layers, kinds=kinds, num_threads=num_threads, cache=cache,
-                                outs=[out] if out is not None else ())
+                                outs=[out] if out is not None else (), residual_base=residual_base,
+                                intruder_k=intruder_k, intruder_epsilon=intruder_epsilon,
+                                intruder_side=intruder_side)
     use_interactive(interactive)
-    order = sorted(range(len(folders)), key=lambda i: step_list[i])
+    order = sorted(range(len(models)), key=lambda i: step_list[i])
     comparisons = []
     with _factor_cache(cache, executor) as cache_folder:
         previous = None
         for i in order:
-            with naming_models(models[i]):
-                comparisons.append(compare(base, folders[i], device=device, dtype=dtype, layers=layers,
+            with naming_models(named[i]):
+                comparisons.append(compare(base_model, models[i], device=device, dtype=dtype, layers=layers,
                                            kinds=kinds, progress=progress, num_threads=num_threads,
                                            cache=cache_folder, executor=executor, ray_address=ray_address,
-                                           warm_start=warm_start, warm_from=previous if cache_folder else None))
-            previous = folders[i]
+                                           warm_start=warm_start, warm_from=previous if cache_folder else None,
+                                           whole_files=whole_files, residual_base=residual_base,
+                                           intruder_k=intruder_k, intruder_epsilon=intruder_epsilon,
+                                           intruder_side=intruder_side))
+            previous = models[i]
     trajectory = Trajectory([step_list[i] for i in order], comparisons, title=title)
     if out is not None:
         trajectory.save(out, interactive=interactive)
@@ -157,7 +206,8 @@ class Trajectory:
         self.comparisons: List[Comparison] = list(comparisons)
         self.kinds: List[str] = list(comparisons[0].kinds)
         self.base: str = comparisons[0].base
-        self.title = title or f"postsvd track: {short_name(self.base)}"
+        self.base_model = comparisons[0].base_model
+        self.title = title or f"postsvd track: {self.base_model.label}"
 
     @property
     def table(self) -> pd.DataFrame:
@@ -222,7 +272,7 @@ class Trajectory:
         per_kind = self._per_kind()
         return _interactive.trajectory_figure(self.steps, per_kind,
                                               {k: v["nf_random"][0] for k, v in per_kind.items()},
-                                              title=f"Along the run: {short_name(self.base)} against "
+                                              title=f"Along the run: {self.base_model.label} against "
                                                     f"{len(self.steps)} checkpoints")
 
     def interactive_heatmap(self):
@@ -272,6 +322,8 @@ class Trajectory:
         with open(path("run.json"), "w") as f:
             json.dump({"schema_version": OUTPUT_SCHEMA_VERSION, "base": self.base, "steps": self.steps,
                        "checkpoints": [c.post for c in self.comparisons],
+                       "base_model": self.base_model.record(),
+                       "checkpoint_models": [c.post_model.record() for c in self.comparisons],
                        "runs": [c.run_info() for c in self.comparisons]}, f, indent=1)
         return written
 
@@ -288,7 +340,7 @@ class Trajectory:
             f"<tr><td>{row.step}</td><td>{_e(row.kind)}</td><td>{row.scaling_mean:.4f}</td>"
             f"<td>{row.scaling_std:.4f}</td><td>{row.nf_mean:.4f}</td><td>{row.nf_max:.4f}</td>"
             f"<td>{row.nf_random:.4f}</td></tr>" for row in kinds.itertuples())
-        checkpoints = "".join(f"<tr><td>{s}</td><td>{_e(os.path.abspath(c.post))}</td>"
+        checkpoints = "".join(f"<tr><td>{s}</td><td>{_e(c.post_model.description)}</td>"
                               f"<td>{c.elapsed_seconds:.1f} s</td></tr>" for s, c in zip(self.steps, self.comparisons))
         first = self.comparisons[0]
         if live:
@@ -302,7 +354,7 @@ class Trajectory:
                        _figure(self.plot_scaling(), "scaling-trajectory",
                                "scaling mean ± std per kind against the step"),
                        _figure(self.plot_nf_heatmap(), "nf-heatmap", "NF per layer over the steps")]
-        subtitle = (f"base <code>{_e(os.path.abspath(self.base))}</code> against {len(self.steps)} checkpoints "
+        subtitle = (f"base <code>{_e(self.base_model.description)}</code> against {len(self.steps)} checkpoints "
                     f"(steps {self.steps[0]} to {self.steps[-1]}); {_e(first.model_type)}, {len(first.layers)} of "
                     f"{first.num_layers} layers, {first.device} {first.dtype}")
         sections = [
@@ -314,7 +366,7 @@ class Trajectory:
             "<th>kind</th><th>scaling mean</th><th>scaling std</th><th>NF mean</th><th>NF max</th>"
             f"<th>NF unrelated</th></tr></thead><tbody>{rows}</tbody></table></section>",
             '<section id="metadata"><h2>Checkpoints</h2><table class="data"><thead><tr><th>step</th>'
-            f"<th>folder</th><th>compare time</th></tr></thead><tbody>{checkpoints}</tbody></table>"
+            f"<th>checkpoint</th><th>compare time</th></tr></thead><tbody>{checkpoints}</tbody></table>"
             f"<p>postsvd {_e(__version__)}</p></section>"]
         if not live:
             return page(self.title, sections, subtitle=subtitle)
@@ -325,7 +377,7 @@ class Trajectory:
 
     def _headline(self) -> str:
         first = self.comparisons[0]
-        return (f"{short_name(self.base)} against {len(self.steps)} checkpoints (steps {self.steps[0]}..{self.steps[-1]})"
+        return (f"{self.base_model.label} against {len(self.steps)} checkpoints (steps {self.steps[0]}..{self.steps[-1]})"
                 f": {first.model_type}, {len(first.layers)} of {first.num_layers} layers x {len(self.kinds)} kinds")
 
     def _kind_rows(self) -> List[list]:

@@ -568,6 +568,39 @@ TEST_F(PartialHubFile, RefusesAMissingHeaderOrAWrongSize) {
   expect_error<BadCheckpoint>([&] { SafetensorsFile file(path_); }, {path_, "partial copy", "postsvd cache clear"});
 }
 
+TEST_F(PartialHubFile, SeesRangesFetchedAfterItWasOpened) {
+  // postsvd.hub fetches the next matrices while the file is open: the reader reads the manifest again
+  // before it refuses a tensor
+  manifest("[" + range(0, start_) + "]", size_);
+  SafetensorsFile file(path_);
+  expect_error<BadCheckpoint>([&] { file.data(*file.find("b")); }, {path_, "tensor 'b' was not fetched"});
+  manifest("[" + range(0, start_) + "," + range(start_ + 16, start_ + 32) + "]", size_);
+  EXPECT_EQ(static_cast<const float*>(file.data(*file.find("b")))[1], 6.0f);
+  expect_error<BadCheckpoint>([&] { file.data(*file.find("a")); }, {path_, "tensor 'a' was not fetched"});
+}
+
+TEST_F(PartialHubFile, AWholeFileReplacingThePartialCopyIsMappedAnew) {
+  // a whole-file fetch replaces the partial copy (here: only its header) by a link to the complete file: the
+  // reader maps the complete file
+  const std::string sparse = dir_.file("sparse.bin");
+  {
+    std::ifstream in(path_, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(start_), bytes.end(), '\0');  // only the header
+    write_text(sparse, bytes);
+  }
+  const std::string whole = dir_.file("whole.bin");
+  std::filesystem::rename(path_, whole);
+  std::filesystem::rename(sparse, path_);
+  manifest("[" + range(0, start_) + "]", size_);
+  SafetensorsFile file(path_);
+  std::filesystem::remove(path_);
+  std::filesystem::create_symlink(whole, path_);
+  manifest("[]", size_, /*complete=*/true);
+  EXPECT_EQ(static_cast<const float*>(file.data(*file.find("a")))[0], 1.0f);
+  EXPECT_EQ(static_cast<const float*>(file.data(*file.find("b")))[3], 8.0f);
+}
+
 TEST_F(PartialHubFile, CompleteOrUnlistedFilesAreWhole) {
   manifest("[]", size_, /*complete=*/true);
   SafetensorsFile complete(path_);

@@ -9,6 +9,10 @@ utils/_http.py), plus injected faults, and counts every request and body byte it
   gives 206 with ``Content-Range``.
 - Errors as the Hub sends them: 404 with ``X-Error-Code`` RepoNotFound / RevisionNotFound / EntryNotFound,
   401 GatedRepo for a gated repo's files without a valid ``Authorization: Bearer`` token.
+- Xet-stored repos (``add_repo(..., xet=True)``): ``resolve`` of an LFS file answers 302 with ``X-Xet-Hash``
+  and a ``Location`` on a bridge (``/xet-bridge/{sha256}?range=...&sig=...``) signed for the ``Range`` of the
+  resolve request that minted it, as the Hub's Xet bridge does: the bridge serves that range only (403 for
+  any other), so a client must resolve every range again rather than reuse a redirect.
 
 ``shard_model`` re-saves a bundled model (examples/models) as shards, one per layer, so that fetching one
 layer leaves the other shards' data unread.
@@ -25,9 +29,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin")
+#: The bundled models the server serves (sharded by shard_model).
+MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "models")
+#: The token the gated repo accepts.
+TOKEN = "hf_test_valid_token"
 
 
 def shard_model(src: str, dst: str) -> Dict[str, bytes]:
@@ -77,9 +85,10 @@ def _git_blob_id(data: bytes) -> str:
 
 
 class Repo:
-    def __init__(self, repo_id: str, gated: bool):
+    def __init__(self, repo_id: str, gated: bool, xet: bool = False):
         self.repo_id = repo_id
         self.gated = gated
+        self.xet = xet
         self.commits: Dict[str, Dict[str, bytes]] = {}
         self.refs: Dict[str, str] = {}
 
@@ -88,19 +97,24 @@ class FakeHub:
     """The server. `add_repo` / `add_commit` fill it; `faults` are applied to matching requests in order;
     `log` holds (method, path, range, status, body bytes sent) for every request."""
 
-    def __init__(self, tokens=("hf_test_valid_token",)):
+    def __init__(self, tokens=(TOKEN,), rate: Optional[float] = None):
         self.repos: Dict[str, Repo] = {}
         self.tokens = set(tokens)
+        self.rate = rate  # bytes per second per response body (a throttled link, for benchmarks/bench_hub.py)
         self.faults: List[Dict[str, Any]] = []
         self.log: List[Dict[str, Any]] = []
         self.lock = threading.Lock()
         self.server: Optional[ThreadingHTTPServer] = None
         self.thread: Optional[threading.Thread] = None
+        self.bridge: Optional[ThreadingHTTPServer] = None
+        self.blobs: Dict[str, bytes] = {}  # Xet repos' LFS files by sha256 (the bridge's content)
+        self._secret = os.urandom(16)
 
     # ------------------------------------------------------------ content
 
-    def add_repo(self, repo_id: str, files: Dict[str, bytes], *, gated: bool = False, branch: str = "main") -> str:
-        self.repos[repo_id] = Repo(repo_id, gated)
+    def add_repo(self, repo_id: str, files: Dict[str, bytes], *, gated: bool = False, branch: str = "main",
+                 xet: bool = False) -> str:
+        self.repos[repo_id] = Repo(repo_id, gated, xet)
         return self.add_commit(repo_id, files, branch=branch)
 
     def add_commit(self, repo_id: str, files: Dict[str, bytes], *, branch: str = "main") -> str:
@@ -115,6 +129,10 @@ class FakeHub:
 
     def tag(self, repo_id: str, tag: str, commit: str) -> None:
         self.repos[repo_id].refs[tag] = commit
+
+    def sign(self, digest: str, ranged: str) -> str:
+        """The bridge URL's signature of a blob and a Range header."""
+        return hashlib.sha256(self._secret + digest.encode() + b"|" + ranged.encode()).hexdigest()[:32]
 
     # ------------------------------------------------------------ accounting
 
@@ -148,13 +166,23 @@ class FakeHub:
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+        # The Xet bridge on a port of its own: another origin than the endpoint, as the Hub's bridge is another
+        # host, so that clients treat its redirects as leaving the Hub (no Authorization header sent there).
+        self.bridge = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.bridge.daemon_threads = True
+        threading.Thread(target=self.bridge.serve_forever, daemon=True).start()
         return self
 
+    @property
+    def bridge_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.bridge.server_address[1]}"
+
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        for server in (self.server, self.bridge):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        self.server = self.bridge = None
 
     # ------------------------------------------------------------ faults
 
@@ -213,6 +241,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 record["sent"] += len(body[i:i + step])
             return
+        if self.fake.rate:
+            started, step = time.monotonic(), 64 << 10
+            for i in range(0, len(body), step):
+                self.wfile.write(body[i:i + step])
+                record["sent"] += len(body[i:i + step])
+                ahead = started + record["sent"] / self.fake.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            return
         self.wfile.write(body)
         record["sent"] += len(body)
 
@@ -258,6 +295,11 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:
             self._resolve(m.group(1), unquote(m.group(2)), unquote(m.group(3)), method, record, fault)
+            return
+        m = re.fullmatch(r"/xet-bridge/([0-9a-f]{64})", path)
+        if m:
+            query = parse_qs(url.query)
+            self._bridge(m.group(1), query.get("range", [""])[0], query.get("sig", [""])[0], method, record, fault)
             return
         self._error(404, None, "Not Found", method, record)
 
@@ -327,6 +369,19 @@ class _Handler(BaseHTTPRequestHandler):
         if lfs:
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(len(data))
+        if lfs and repo.xet:  # a redirect to the bridge, signed for this request's Range
+            ranged = self.headers.get("Range", "")
+            self.fake.blobs[hashlib.sha256(data).hexdigest()] = data
+            headers.update({"X-Xet-Hash": hashlib.sha256(data).hexdigest(), "Location":
+                            f"{self.fake.bridge_endpoint}/xet-bridge/{hashlib.sha256(data).hexdigest()}?range={quote(ranged)}"
+                            f"&sig={self.fake.sign(hashlib.sha256(data).hexdigest(), ranged)}"})
+            self._send(302, headers, b"", method, record)
+            return
+        self._bytes(data, headers, method, record, fault)
+
+    def _bytes(self, data: bytes, headers: Dict[str, str], method: str, record: Dict[str, Any],
+               fault: Optional[Dict[str, Any]]) -> None:
+        """`data`, or the part the request's Range asks for (206), unless a no_range fault makes it answer 200."""
         ranged = self.headers.get("Range")
         if ranged and not (fault and fault.get("kind") == "no_range"):
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", ranged.strip())
@@ -340,3 +395,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(206, headers, data[begin:end + 1], method, record, fault)
             return
         self._send(200, headers, data, method, record, fault)
+
+    def _bridge(self, digest: str, signed_range: str, signature: str, method: str, record: Dict[str, Any],
+                fault: Optional[Dict[str, Any]]) -> None:
+        """The Xet bridge: the bytes of a blob, for the Range its URL was signed for and no other."""
+        data = self.fake.blobs.get(digest)
+        ranged = self.headers.get("Range", "")
+        if data is None or signature != self.fake.sign(digest, signed_range):
+            self._error(403, None, "Forbidden: bad signature", method, record)
+            return
+        if ranged != signed_range:
+            self._error(403, None, f"Forbidden: the URL was signed for range {signed_range!r}, not {ranged!r}",
+                        method, record)
+            return
+        headers = {"ETag": f'"{digest}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        self._bytes(data, headers, method, record, fault)
+
+
+def set_offline(monkeypatch, offline: bool) -> None:
+    """HF_HUB_OFFLINE on or off, in the environment and in what huggingface_hub read of it at import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+

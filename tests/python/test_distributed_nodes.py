@@ -46,7 +46,14 @@ def test_a_node_lost_mid_run_is_retried_elsewhere_and_the_tables_are_equal(tmp_p
         cluster.remove_node(held[0], allow_graceful=False)  # the node dies with the task on it
         thread.join(timeout=distributed.HOLD_SECONDS)
         assert not thread.is_alive() and not errors, errors
-        alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        # The task may finish on the other node before the control plane has marked the lost one dead:
+        # wait for that (seconds with the short health check above), then check it.
+        deadline = time.monotonic() + 60
+        while True:
+            alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+            if node_id not in alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert node_id not in alive and len(alive) == 2  # the head and the other worker
         assert_same_results(local, results[0])
     finally:

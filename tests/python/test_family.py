@@ -1,5 +1,5 @@
-"""The bundled model family (examples/models): task splits, corpus, shipped folders,
-recorded accuracies and the paper's weight measures recomputed in numpy float64."""
+"""The bundled model family (examples/models): task splits, corpus, shipped folders (four models and the
+LoRA adapter instruct_lora), recorded accuracies and the paper's weight measures recomputed in numpy float64."""
 import json
 import math
 import re
@@ -12,10 +12,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from postsvd_family import card, check, corpus, tasks, train  # noqa: E402
-from postsvd_family.evaluate import evaluate  # noqa: E402
+from postsvd_family.evaluate import evaluate, load_model  # noqa: E402
 
-MODELS = Path(__file__).resolve().parents[2] / "examples" / "models"
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "examples" / "models"
 NAMES = ("base", "base_alt", "instruct", "reasoning")
+ADAPTER = "instruct_lora"
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +106,50 @@ def test_shipped_model_loads_offline_in_bf16_and_generates(name, monkeypatch):
     assert out.shape == (1, len("Q: What is 12 + 34?\nA:") + 1 + 4) or tok.eos_token_id in out[0].tolist()
 
 
-def test_family_is_small_enough_to_ship():
+def test_family_is_small_enough_to_ship(record):
     total = sum((MODELS / n / "model.safetensors").stat().st_size for n in NAMES)
     assert total < 25e6
+    adapter = (MODELS / ADAPTER / "adapter_model.safetensors").stat().st_size
+    assert adapter < 1e6
+    assert record["sizes_bytes"] == {**{n: (MODELS / n / "model.safetensors").stat().st_size for n in NAMES},
+                                     ADAPTER: adapter}
+
+
+def test_shipped_adapter_is_the_recorded_lora_and_loads_offline_from_the_repository(record, monkeypatch):
+    """instruct_lora is a PEFT LoRA folder of the recipe's settings whose base_model_name_or_path resolves from the
+    repository root (peft and postsvd read it from the working directory); loaded and merged with peft, it
+    generates."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(REPO)
+    folder = MODELS / ADAPTER
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                          "tokenizer.json", "tokenizer_config.json"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    setup = record["recipe"][ADAPTER]
+    assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
+    assert (config["r"], config["lora_alpha"]) == (setup["r"], setup["lora_alpha"])
+    assert config["target_modules"] == sorted(setup["target_modules"]) == sorted(train.LORA_TARGETS)
+    assert not config["use_dora"] and not config["use_rslora"] and not config["rank_pattern"]
+    assert config["base_model_name_or_path"] == "examples/models/base"
+    assert (REPO / config["base_model_name_or_path"]).resolve() == (MODELS / "base").resolve()
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
+        names = list(f.keys())
+        assert {f.get_slice(k).get_dtype() for k in names} == {"F32"}
+        shapes = {k: f.get_slice(k).get_shape() for k in names}
+    assert len(names) == 2 * 7 * 4  # lora_A and lora_B of every projection of the 4 layers
+    assert record["stages"][ADAPTER]["trainable_parameters"] == sum(math.prod(s) for s in shapes.values())
+    assert all(s[0] == setup["r"] for k, s in shapes.items() if ".lora_A." in k)
+    import postsvd
+
+    named = postsvd.open_checkpoint(folder)  # postsvd resolves the base the same way
+    np.testing.assert_array_equal(postsvd.read_matrix(named, 1, "up"),
+                                  postsvd.read_matrix(postsvd.open_checkpoint(folder, MODELS / "base"), 1, "up"))
+    model, tok = load_model(folder)  # the base its config names, from the repository root
+    assert type(model).__name__ == "LlamaForCausalLM"  # merged: no peft wrapper left
+    out = model.generate(**tok(["Q: What is 12 + 34?\nA:"], return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert tok.decode(out[0, -4:], skip_special_tokens=True).strip().startswith("46")
 
 
 def test_model_card_is_the_record_rendered(record, monkeypatch):
@@ -119,15 +162,28 @@ def test_model_card_is_the_record_rendered(record, monkeypatch):
     assert card.model_card(record) == shipped
 
 
-@pytest.mark.parametrize("name", ["instruct", "reasoning"])
+@pytest.mark.parametrize("name", ["instruct", "reasoning", ADAPTER])
 def test_evaluator_reproduces_recorded_answers(name, record):
     recorded = record["accuracy"][name]
     n = recorded["batch_size"]  # the first batch exactly as recorded: same prompts, padding, threads
     result = evaluate(MODELS / name, n=n, batch_size=recorded["batch_size"], threads=1,
-                      max_new_tokens=recorded["max_new_tokens"])
+                      max_new_tokens=recorded["max_new_tokens"], base=MODELS / "base" if name == ADAPTER else None)
     got = "".join("1" if c else "0" for c in result["rows"]["correct"])
     assert got == recorded["correct_mask"][:n]
     assert result["accuracy"] > 0.8  # the post-trained models learned the task
+
+
+def test_evaluator_names_an_adapter_base_it_cannot_find(tmp_path, monkeypatch):
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    config = json.loads((MODELS / ADAPTER / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)  # examples/models/base does not resolve from here
+    with pytest.raises(FileNotFoundError, match=r"adapter_config.json: base_model_name_or_path "
+                                                r"'examples/models/base' is not a folder .*pass base="):
+        evaluate(folder, n=1)
+    with pytest.raises(ValueError, match="base: given, but .* is not a PEFT adapter folder"):
+        evaluate(MODELS / "instruct", n=1, base=MODELS / "base")
 
 
 def test_evaluator_on_base_matches_record_on_a_few_prompts(record):
@@ -155,16 +211,56 @@ def test_pair_measures_known_answers():
         check.pair_measures(w, w[:, :8])
 
 
-def test_post_models_stay_closer_to_base_than_base_alt(record):
-    measures = check.family_measures(MODELS)
-    assert measures["nf_post_below_base_alt_everywhere"] == {"instruct": True, "reasoning": True}
+@pytest.fixture(scope="module")
+def measures():
+    return check.family_measures(MODELS)
+
+
+def test_post_models_stay_closer_to_base_than_base_alt(record, measures):
+    assert measures["nf_post_below_base_alt_everywhere"] == {"instruct": True, "reasoning": True, ADAPTER: True}
     alt = {(r["layer"], r["kind"]): r["nf"] for r in measures["per_matrix"]["base_alt"]}
-    for post in ("instruct", "reasoning"):
+    for post in check.POSTS:
         for row in measures["per_matrix"][post]:
             assert row["nf"] < 0.5 * alt[(row["layer"], row["kind"])], (post, row)
         for kind, stats in measures["pooled_scaling"][post].items():
-            assert abs(stats["mean"] - 1.0) < 0.05 and stats["std"] < 0.05, (post, kind, stats)
+            assert abs(stats["mean"] - 1.0) < 0.05, (post, kind, stats)
+            # full fine-tuning scales near-uniformly; the rank-8 adapter moves a few singular values of the MLP
+            # matrices by far more than the rest (std 0.08-0.13), so the uniformity check is theirs only
+            assert stats["std"] < 0.05 or post == ADAPTER, (post, kind, stats)
     assert measures["per_matrix"] == record["weights"]["per_matrix"]
+    assert measures["intruders"] == record["weights"]["intruders"]
+    # an unrelated model: every top vector is an intruder (4 layers x top 10 per kind)
+    assert set(measures["intruders"]["by_kind"]["base_alt"].values()) == {40}
+
+
+def test_adapter_reference_merge_is_peft_merge_and_postsvd_reads_it(monkeypatch):
+    """check's numpy merge of the shipped adapter (W + alpha/r B A) is what peft's merge_and_unload gives and
+    what postsvd reads, to float32 rounding."""
+    import postsvd
+
+    base = check.load_matrices(MODELS / "base")
+    merged = check.load_adapter_matrices(MODELS / ADAPTER, base)
+    model, _ = load_model(MODELS / ADAPTER, base=MODELS / "base")
+    state = model.state_dict()
+    checkpoint = postsvd.open_checkpoint(MODELS / ADAPTER, MODELS / "base")
+    changed = 0
+    for (layer, kind), w in merged.items():
+        peft_w = state[f"model.layers.{layer}.{check.KIND_TENSORS[kind]}.weight"].double().numpy().T
+        np.testing.assert_allclose(w, peft_w, rtol=0, atol=1e-6 * np.abs(w).max())
+        np.testing.assert_allclose(postsvd.read_matrix(checkpoint, layer, kind), w, rtol=0,
+                                   atol=1e-6 * np.abs(w).max())
+        changed += not np.array_equal(w, base[(layer, kind)])
+    assert changed == 28
+
+
+def test_intruder_counts_agree_with_postsvd(measures):
+    """check's float64 Algorithm 1 and postsvd's intruders column count the same on the family's pairs."""
+    import postsvd
+
+    for name in ("instruct", ADAPTER):
+        table = postsvd.compare(MODELS / "base", MODELS / name, progress=False).table
+        got = {(int(r.layer), r.kind): int(r.intruders) for r in table.itertuples()}
+        assert got == {(r["layer"], r["kind"]): r["intruders"] for r in measures["per_matrix"][name]}, name
 
 
 # --- the training entry point ---------------------------------------------------------------
@@ -173,8 +269,25 @@ def test_post_models_stay_closer_to_base_than_base_alt(record):
 def test_training_smoke_run(tmp_path):
     assert train.main(["--tiny", "--jobs", "1", "--out", str(tmp_path)]) == 0
     written = json.loads((tmp_path / "family.json").read_text())
-    assert set(written["accuracy"]) == set(NAMES)
+    assert set(written["accuracy"]) == set(NAMES) | {ADAPTER}
     assert (tmp_path / "README.md").read_text().startswith("# The postsvd model family")
     for name in NAMES:
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path / name)
     assert not (tmp_path / ".tokenizer").exists()
+    config = json.loads((tmp_path / ADAPTER / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "base")
+    load_model(tmp_path / ADAPTER)  # its base resolves
+    assert set(written["weights"]["intruders"]["by_kind"]) == set(check.COMPARED)
+    # --lora trains the adapter again from the saved base: the same seed gives the same factors
+    before = (tmp_path / ADAPTER / "adapter_model.safetensors").read_bytes()
+    assert train.main(["--tiny", "--jobs", "1", "--out", str(tmp_path), "--lora"]) == 0
+    assert (tmp_path / ADAPTER / "adapter_model.safetensors").read_bytes() == before
+    assert json.loads((tmp_path / "family.json").read_text())["accuracy"]["base"] == written["accuracy"]["base"]
+
+
+def test_lora_option_needs_a_trained_family(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="family.json: expected the record of a training run"):
+        train.main(["--out", str(tmp_path), "--lora"])
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--lora", "--redo-post", "instruct"])
+    assert "--lora: give it or --redo-post, not both" in capsys.readouterr().err

@@ -1,11 +1,11 @@
 """postsvd.hub against a real HTTP server on 127.0.0.1 (hub_server.py) that serves the bundled models,
 sharded, the way the Hub serves huggingface_hub. Every test points huggingface_hub at that server and at
-temporary caches; a guard refuses any connection to another address."""
+temporary caches; a guard refuses any connection to another address (the fixtures `served` and `hub_env`
+live in conftest.py)."""
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,82 +17,9 @@ import postsvd
 from postsvd import hub
 from postsvd.errors import BadCheckpointError, HubError, InvalidArgumentError
 
-from hub_server import FakeHub, shard_model
+from hub_server import MODELS, TOKEN, set_offline, shard_model
 
-MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "models")
-TOKEN = "hf_test_valid_token"
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The server, with org/base (branch main, a tag v1 on its first commit, a branch dev), org/instruct,
-    org/gated (needs TOKEN), org/bin-only and org/nested; and the local sharded folders."""
-    root = tmp_path_factory.mktemp("hub-models")
-    base_files = shard_model(os.path.join(MODELS, "base"), str(root / "base"))
-    instruct_files = shard_model(os.path.join(MODELS, "instruct"), str(root / "instruct"))
-    server = FakeHub().start()
-    first = server.add_repo("org/base", base_files)
-    server.tag("org/base", "v1", first)
-    readme = {**base_files, "README.md": b"second commit\n"}
-    server.add_commit("org/base", readme)
-    server.add_commit("org/base", base_files, branch="dev")
-    server.add_repo("org/instruct", instruct_files)
-    server.add_repo("org/gated", base_files, gated=True)
-    server.add_repo("org/bin-only", {"config.json": base_files["config.json"], "pytorch_model.bin": b"\0" * 64})
-    server.add_repo("org/nested", {"config.json": base_files["config.json"],
-                                   "sub/model.safetensors": base_files["model-00001-of-00006.safetensors"]})
-    try:
-        yield {"server": server, "base": str(root / "base"), "instruct": str(root / "instruct"),
-               "first_commit": first, "files": base_files}
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def hub_env(served, tmp_path, monkeypatch):
-    """huggingface_hub pointed at the server (HF_ENDPOINT) and at empty caches (HF_HOME, HF_HUB_CACHE), no
-    token, online; connections to anything but 127.0.0.1 fail."""
-    from huggingface_hub import constants
-
-    server = served["server"]
-    server.reset()
-    home = tmp_path / "hf-home"
-    values = {"HF_ENDPOINT": server.endpoint, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-              "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("POSTSVD_HUB_CACHE", raising=False)
-    monkeypatch.delenv("POSTSVD_HUB_CACHE_LIMIT", raising=False)
-    # huggingface_hub reads its environment once, at import: set what it read
-    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(hub, "CHUNK_BYTES", 64 << 10)  # several chunks per layer: resumes are testable
-
-    real_connect = socket.socket.connect
-
-    def loopback_only(sock, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
-            raise AssertionError(f"test tried to reach {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", loopback_only)
-    return served
-
-
-def set_offline(monkeypatch, offline: bool) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
 def layer_tensors(folder: str, layers, kinds=KINDS):
@@ -364,6 +291,35 @@ def test_server_ignoring_ranges_gets_the_whole_shard(hub_env):
     assert_same_matrices(hub_env["base"], r.folder, sources)
 
 
+def test_xet_stored_files_are_read_by_range_through_the_bridge(hub_env, monkeypatch):
+    """A repo whose LFS files are stored with Xet: every range goes to the resolve URL, whose redirect is signed
+    for that range only (a redirect reused for another range is refused), so only the needed bytes come; where the
+    bridge ignores the range, the whole shard comes instead, said in a warning, and the result is the same."""
+    server = hub_env["server"]
+    if "org/base-xet" not in server.repos:
+        server.add_repo("org/base-xet", hub_env["files"], xet=True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # a logged-in user: the token goes to the Hub, never to the bridge
+    r = hub.resolve("org/base-xet", "base")
+    sources, names = layer_tensors(r.folder, [2])
+    needed = tensor_bytes(r.folder, names)
+    server.reset()
+    report = hub.fetch(r, names)
+    bridge = server.requests("GET", "/xet-bridge/")
+    assert bridge and all(q["status"] == 206 for q in bridge)  # none refused: each range resolved anew
+    resolves = [q for q in server.requests("GET", "/resolve/") if q["range"]]
+    assert [q["status"] for q in resolves] == [302] * len(bridge)
+    assert needed <= report.bytes_fetched == server.sent("/xet-bridge/") <= needed * 1.05
+    assert all(q["authorized"] for q in resolves) and not any(q["authorized"] for q in bridge)
+    assert_same_matrices(hub_env["base"], r.folder, sources)
+    # A bridge that answers a range with the whole file: that shard whole, with a warning.
+    sources, names = layer_tensors(r.folder, [0])
+    server.faults.append({"kind": "no_range", "contains": "/xet-bridge/", "ranged": True})
+    with pytest.warns(UserWarning, match="the server ignored the range request; fetching the whole file"):
+        report = hub.fetch(r, names)
+    assert report.whole_files == ["model-00002-of-00006.safetensors"]
+    assert_same_matrices(hub_env["base"], r.folder, sources)
+
+
 def test_a_file_changed_on_the_server_is_refused(hub_env):
     server = hub_env["server"]
     r = hub.resolve("org/base", "base")
@@ -488,8 +444,10 @@ def test_environment_variables_reach_huggingface_hub(hub_env, tmp_path):
               "s, n = [x for x in postsvd.architecture(r.folder)['matrices'] if x['layer'] == 0], None\n"
               "hub.fetch(r, hub.source_tensors(r.folder, s))\nprint(r.commit, hub.cache_root())\n")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "..", "python"),
-                                         env.get("PYTHONPATH", "")])
+    # The postsvd under test (a source tree with its core copied in, or an installed wheel), not the
+    # repository's python/ folder, which holds no compiled core where the suite runs against a wheel.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(postsvd.__file__)),
+                                                    env.get("PYTHONPATH")] if p)
     out = subprocess.run([sys.executable, "-c", script, "org/base@dev"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -523,3 +481,29 @@ def test_fp8_scales_are_named_and_fetched(hub_env, tmp_path, monkeypatch):
         postsvd.read_matrix(r.folder, 1, "q")
     hub.fetch(r, names)
     assert_same_matrices(str(tmp_path / "fp8-sharded"), r.folder, sources)
+
+
+def test_an_adapter_names_its_base_by_repo_id(hub_env, tmp_path):
+    """A PEFT adapter whose base_model_name_or_path is a Hub repo id: compare(None, adapter) resolves the base,
+    fetches the tensors of the layers compared, and compares as with the local base (docs/adapters.md)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    local = hub_env["base"]
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    q = next(s for s in postsvd.architecture(local)["matrices"] if s["layer"] == 1 and s["kind"] == "q")
+    generator = torch.Generator().manual_seed(5)
+    module = "base_model.model." + q["tensor"][:-len(".weight")]
+    save_file({f"{module}.lora_A.weight": torch.randn(4, q["in_features"], generator=generator),
+               f"{module}.lora_B.weight": 0.1 * torch.randn(q["out_features"], 4, generator=generator)},
+              str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+         "base_model_name_or_path": "org/base", "revision": "v1"}))
+    remote = postsvd.compare(None, adapter, layers=[1], kinds="q", progress=False)
+    reference = postsvd.compare(local, adapter, layers=[1], kinds="q", progress=False)
+    np.testing.assert_array_equal(remote.table["nf"], reference.table["nf"])
+    assert remote.table["nf"].iloc[0] > 1e-3 and remote.adapter["adapted"] == 1
+    assert "/models--org--base/" in remote.base  # postsvd's cache copy of the v1 commit

@@ -18,6 +18,7 @@ EXAMPLES = REPO / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 MODELS = Path(os.environ.get("POSTSVD_EXAMPLE_MODELS", EXAMPLES / "models"))
 FAMILY = ("base", "base_alt", "instruct", "reasoning")
+ADAPTERS = ("instruct_lora",)  # PEFT adapter folders of base (adapter_config.json)
 #: Seconds one cell may take before the run fails.
 CELL_TIMEOUT = int(os.environ.get("POSTSVD_NOTEBOOK_CELL_TIMEOUT", "600"))
 
@@ -34,7 +35,8 @@ nbformat = pytest.importorskip("nbformat")
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
     assert {"00_getting_started.ipynb", "01_compare.ipynb", "02_constructions.ipynb",
-            "03_attention_entropy.ipynb", "04_cka.ipynb", "05_frontier_interactive.ipynb"} <= names
+            "03_attention_entropy.ipynb", "04_cka.ipynb", "05_frontier_interactive.ipynb",
+            "06_lora_vs_full.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -51,6 +53,7 @@ def test_notebook_is_stored_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
     missing = [name for name in FAMILY if not (MODELS / name / "config.json").is_file()]
+    missing += [name for name in ADAPTERS if not (MODELS / name / "adapter_config.json").is_file()]
     if missing:
         pytest.fail(f"the bundled models are missing in {MODELS}: {missing} (train them with "
                     "`PYTHONPATH=examples python -m postsvd_family.train --out examples/models`)")

@@ -109,3 +109,31 @@ def test_the_command_line(run, tmp_path, capsys):
     assert args.ray == "" and args.checkpoints == [folders[0]]
     args = cli.build_parser().parse_args(["compare", BASE, folders[0], "--out", "o", "--ray=auto"])
     assert args.ray == "auto"
+
+
+def test_intruder_options_reach_every_checkpoint(run, tmp_path, capsys):
+    """k, epsilon and side as compare takes them: each checkpoint's counts equal compare's with the same options
+    (and differ from the defaults', which a dropped option would give), in Python and on the command line."""
+    from postsvd import cli
+
+    _, _, folders = run
+    options = dict(intruder_k=4, intruder_epsilon=0.9, intruder_side="input")
+    tracked = postsvd.track(BASE, folders[-2:], layers="0-1", progress=False, **options)
+    defaults = postsvd.track(BASE, folders[-2:], layers="0-1", progress=False)
+    for comparison, folder in zip(tracked.comparisons, folders[-2:]):
+        alone = postsvd.compare(BASE, folder, layers="0-1", progress=False, **options)
+        assert comparison.table["intruders"].tolist() == alone.table["intruders"].tolist()
+        assert [len(r["intruder_cosines"]) for r in comparison.records] == [4] * len(comparison.table)
+    assert (tracked.comparisons[-1].table["intruders"].tolist()
+            != defaults.comparisons[-1].table["intruders"].tolist())
+    with pytest.raises(postsvd.InvalidArgumentError, match="epsilon"):
+        postsvd.track(BASE, folders[:1], out=tmp_path / "bad", intruder_epsilon=1.5, progress=False)
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "cli"
+    assert cli.main(["track", BASE, *folders[-2:], "--out", str(out), "--layers", "0-1", "--no-progress",
+                     "--intruder-k", "4", "--intruder-epsilon", "0.9", "--intruder-side", "input"]) == 0
+    capsys.readouterr()
+    import pandas as pd
+
+    saved = pd.read_csv(out / f"step-{STEPS[-1]}" / "table.csv")
+    assert saved["intruders"].tolist() == tracked.comparisons[-1].table["intruders"].tolist()

@@ -150,6 +150,11 @@ struct ArchitectureFamily {
   std::string layer_count_key;
   /// What lineage reads besides the projections (filled for every family).
   LineageNames lineage;
+  /// transformers' experts module of the family is marked is_transposed (its fused expert parameters
+  /// [experts, in, out], gpt_oss). peft's target_parameters take the other fused parameters as
+  /// [experts, out, in] (adapter.cpp): llama4's, stored [experts, in, out], get their LoRA factors
+  /// the other way round; the families stored one tensor per expert are [experts, out, in] in memory.
+  bool experts_is_transposed = false;
 };
 
 /// Every supported family, one row per model_type, sorted by model_type.
@@ -171,6 +176,9 @@ struct CheckpointCheck {
   /// missing or of the wrong shape or dtype, FP8 scales missing or misshapen, an MXFP4 pair that does not
   /// match, a weight that is not finite once dequantized to float32 (read_values only).
   std::vector<std::string> problems;
+  /// Sources not opened because a partial Hub copy lacks their bytes (NotFetched): checked by the mapping
+  /// only (present, shaped); their scales and values are checked once fetched. 0 for a local folder.
+  int64_t not_fetched = 0;
 };
 
 /// Maps `checkpoint` as detect_architecture does, but lists every problem instead of throwing at the

@@ -53,17 +53,33 @@ class SafetensorsFile {
   std::unique_ptr<Impl> impl_;
 };
 
+class Adapter;
+struct AdapterOptions;
+
 /// A Hugging Face model folder: config.json plus model.safetensors, or sharded
-/// model-*.safetensors with model.safetensors.index.json. Move-only.
+/// model-*.safetensors with model.safetensors.index.json. Or a PEFT adapter
+/// folder applied to its base (adapter.h): the base's config and tensors, with
+/// the adapter's terms on the projection views (view_of). Move-only.
 class Checkpoint {
  public:
-  /// Opens the folder, every shard, and checks the index against the shards.
+  /// Opens the folder, every shard, and checks the index against the shards. An adapter
+  /// folder (adapter_config.json, no config.json) opens against the base its config names
+  /// (base_model_name_or_path) when that is a local folder.
   explicit Checkpoint(const std::string& folder);
+  /// A PEFT adapter folder applied to the model folder `base_folder` ("" = the config's
+  /// base_model_name_or_path, when a local folder); the adapter is read and checked against
+  /// the base here (adapter.h).
+  Checkpoint(const std::string& adapter_folder, const std::string& base_folder, const AdapterOptions& options);
   ~Checkpoint();
   Checkpoint(Checkpoint&&) noexcept;
   Checkpoint& operator=(Checkpoint&&) noexcept;
 
+  /// The folder opened (an adapter's own folder for an adapter).
   const std::string& folder() const;
+  /// The folder of config.json and the weights: folder(), or an adapter's base.
+  const std::string& weights_folder() const;
+  /// The adapter (null for a model folder).
+  const Adapter* adapter() const;
   /// Raw text of config.json.
   const std::string& config_json() const;
   /// config.json, parsed once when the folder is opened (a JSON object): what every reader of the
@@ -71,7 +87,8 @@ class Checkpoint {
   const nlohmann::ordered_json& config() const;
   /// The path of config.json, for messages about its fields.
   std::string config_path() const;
-  /// All tensor names, sorted.
+  /// All tensor names, sorted. info() and file_of() of a tensor that an adapter's
+  /// modules_to_save replaces give the adapter's tensor.
   std::vector<std::string> tensor_names() const;
   bool contains(const std::string& name) const;
   /// Throws BadCheckpoint naming the folder when absent.

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "postsvd/adapter.h"
 #include "postsvd/architecture.h"
 #include "postsvd/backend.h"
 #include "postsvd/cache.h"
@@ -20,9 +21,11 @@ class Comparator {
  public:
   /// Opens both folders, maps their architectures and checks that they match
   /// (BadCheckpoint naming the first difference), then creates the backend.
-  /// `factor_cache` = "" for none; otherwise decompositions go through it.
+  /// `factor_cache` = "" for none; otherwise decompositions go through it. A PEFT
+  /// adapter folder as the post model applies to the base (adapter.h, `adapter`).
   Comparator(const std::string& base_folder, const std::string& post_folder, const BackendOptions& backend,
-             Precision precision = Precision::F32, const std::string& factor_cache = "");
+             Precision precision = Precision::F32, const std::string& factor_cache = "",
+             const AdapterOptions& adapter = {});
 
   const Checkpoint& base() const { return base_; }
   const Checkpoint& post() const { return post_; }
@@ -47,7 +50,8 @@ class Comparator {
   void set_intruder_options(const IntruderOptions& options);
   const IntruderOptions& intruder_options() const { return intruders_; }
 
-  /// "" = from the base. The folder must hold the same architecture (BadCheckpoint otherwise).
+  /// "" = from the base. The folder must hold the same architecture (BadCheckpoint otherwise);
+  /// an adapter folder applies to the base, as the post model does.
   void set_warm_from(const std::string& folder);
 
   /// The factor cache folder ("" = none) and what it answered so far.
@@ -56,6 +60,7 @@ class Comparator {
 
  private:
   Precision precision_;
+  AdapterOptions adapter_;
   Checkpoint base_;
   Checkpoint post_;
   Architecture arch_base_;

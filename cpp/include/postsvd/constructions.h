@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "postsvd/adapter.h"
 #include "postsvd/backend.h"
 #include "postsvd/cache.h"
 #include "postsvd/types.h"
@@ -127,6 +128,10 @@ struct ConstructionRequest {
   bool rotations = true;
   /// When a missing post decomposition starts from the base's factors (see MeasureOptions).
   WarmStartMode warm_start = WarmStartMode::Auto;
+  /// A PEFT adapter folder as post (or ref) applies to the base (adapter.h). Its W + ΔW is written
+  /// for the projections it changes and the construction leaves; an adapter that changes other
+  /// tensors (embeddings, lm_head, biases) is refused: only projections are formed.
+  AdapterOptions adapter;
 };
 
 /// One row of the result table.
@@ -173,6 +178,6 @@ struct AlphaChoice {
 };
 AlphaChoice default_alpha(const std::string& base, const std::string& post, const std::vector<int>& layers,
                           const std::vector<std::string>& kinds, Precision precision, const BackendOptions& backend,
-                          const std::string& factor_cache = "");
+                          const std::string& factor_cache = "", const AdapterOptions& adapter = {});
 
 }  // namespace postsvd

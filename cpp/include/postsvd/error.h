@@ -43,6 +43,13 @@ class BadCheckpoint : public Error {
   using Error::Error;
 };
 
+/// A partial copy of a Hub file (postsvd.hub) lacks the bytes of a tensor that was read: it was not
+/// fetched yet. check_checkpoint counts these instead of listing them as problems of the model.
+class NotFetched : public BadCheckpoint {
+ public:
+  using BadCheckpoint::BadCheckpoint;
+};
+
 /// A numerical backend (LAPACK, cuSOLVER, cuBLAS, CUDA runtime) reported a failure.
 class BackendError : public Error {
  public:

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,6 +90,8 @@ struct ViewScales {
   std::string name;         // scale tensor name, for error messages
 };
 
+struct LowRankDelta;
+
 /// Non-owning, strided view of stored weights in their stored dtype, already in
 /// paper orientation: element (r, c) of W [rows = in, cols = out] lives at
 ///   static_cast<const char*>(data) + (r * row_stride + c * col_stride) * dtype_size(dtype).
@@ -113,18 +116,36 @@ struct TensorView {
   int64_t col_group = 0;       // 0 = no groups along columns
   int64_t col_group_skip = 0;  // extra elements between consecutive column groups
   std::string file;  // the safetensors file holding the tensor (view_of sets it), for error messages; "" = none
+  /// A PEFT adapter's term on these weights (adapter.h): the matrix is W + ΔW, formed
+  /// when the view is converted (to_matrix). Null for plain weights.
+  std::shared_ptr<const LowRankDelta> delta;
 
   /// Element offset of row r and of column c: element (r, c) is at row_offset(r) + col_offset(c).
   int64_t row_offset(int64_t r) const { return r * row_stride + (row_group > 0 ? (r / row_group) * row_group_skip : 0); }
   int64_t col_offset(int64_t c) const { return c * col_stride + (col_group > 0 ? (c / col_group) * col_group_skip : 0); }
 
   bool quantized() const { return scales.scheme != QuantScheme::None; }
-  /// The same data seen as W^T (strides and groups swapped; scales follow stored positions).
+  /// The same data seen as W^T (strides and groups swapped; scales follow stored positions;
+  /// a delta is transposed with it).
   TensorView transposed() const;
 
   /// Byte span [first, last) the view touches, relative to `data`; for copying
   /// only what is needed to a device.
   std::pair<int64_t, int64_t> byte_span() const;
+};
+
+/// A low-rank term on a view's weights W [rows, cols] (a LoRA adapter, adapter.h), in the
+/// view's orientation: W' = W + scale * left * right, then with a magnitude (DoRA) every
+/// column c (magnitude_per_row: every row) of W' scaled by magnitude[c] / ||W'(:, c)||.
+/// The views point into the adapter's weights file and hold no delta themselves.
+struct LowRankDelta {
+  TensorView left;   // [rows, rank]
+  TensorView right;  // [rank, cols]
+  double scale = 1;
+  TensorView magnitude;  // DoRA: [1, cols] (per_row: [rows, 1]); data == nullptr without DoRA
+  bool magnitude_per_row = false;
+  /// W' as W^T's term: left and right swapped and transposed, the magnitude on the other side.
+  LowRankDelta transposed() const;
 };
 
 /// How every message names a view's tensor: "tensor 'NAME' in FILE", or "tensor 'NAME'" when the view
@@ -164,7 +185,8 @@ class Matrix {
 };
 
 /// Converts a view (any float or FP8 dtype, any strides; quantized views
-/// dequantized, see ViewScales) into an owning column-major Matrix<T>.
+/// dequantized, see ViewScales; an adapter's delta added, see LowRankDelta)
+/// into an owning column-major Matrix<T>.
 /// Throws InvalidArgument naming view.name for other dtypes.
 /// Rejects NaN / Inf with InvalidArgument naming the tensor and the first bad index.
 template <class T>

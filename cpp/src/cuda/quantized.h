@@ -23,8 +23,12 @@ namespace cuda {
 /// True for views that are not plain float data (scaled or raw FP8, MXFP4).
 inline bool is_quantized_view(const TensorView& v) { return v.quantized() || is_fp8_dtype(v.dtype); }
 
-/// True when `v` goes through the host's to_matrix before the upload.
-inline bool needs_host_dequantization(const TensorView& v, bool on_device) { return !on_device && is_quantized_view(v); }
+/// True when `v` goes through the host's to_matrix before the upload: quantized weights unless they
+/// dequantize on the device, and a PEFT adapter's W + ΔW (adapter.h: formed by to_matrix, one matrix
+/// at a time, so the device sees a float matrix like any other).
+inline bool needs_host_dequantization(const TensorView& v, bool on_device) {
+  return v.delta != nullptr || (!on_device && is_quantized_view(v));
+}
 
 /// Bytes staged for `v`: its stored span and the span of its scales, or the host-dequantized matrix.
 inline std::size_t staged_bytes(const TensorView& v, Precision precision, bool on_device) {
@@ -33,7 +37,8 @@ inline std::size_t staged_bytes(const TensorView& v, Precision precision, bool o
   return staging_of(v).total;
 }
 
-/// `v` itself, or a column-major F32 / F64 view of its host-dequantized copy (owned here).
+/// `v` itself, or a column-major F32 / F64 view of its host-converted copy (dequantized, or an
+/// adapter's W + ΔW; owned here).
 class HostDequantized {
  public:
   HostDequantized(const TensorView& v, Precision precision, bool on_device) : view_(v) {
@@ -61,7 +66,8 @@ class HostDequantized {
     view_.row_group = view_.row_group_skip = 0;
     view_.col_group = view_.col_group_skip = 0;
     view_.scales = ViewScales{};
-    view_.name += " (dequantized on the host)";
+    view_.name += view_.delta ? " (merged on the host)" : " (dequantized on the host)";
+    view_.delta.reset();
   }
 
   TensorView view_;

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
+from .. import hub
 from .._extras import require
 
 #: Appendix H.1: the "simple" system prompt (GSM8K, attention entropy, CKA).
@@ -18,7 +19,7 @@ SIMPLE_SYSTEM_PROMPT = "Please put your final answer within \\boxed{}."
 HARD_SYSTEM_PROMPT = ("Please put your final answer within \\boxed{} and keep your thought "
                       "process as short as possible.")
 
-ModelLike = Union[str, os.PathLike, Any]  # a checkpoint folder or a loaded PreTrainedModel
+ModelLike = Union[str, os.PathLike, Any]  # a checkpoint folder, a Hub repo id, or a loaded PreTrainedModel
 
 
 def is_model_object(model: Any) -> bool:
@@ -73,10 +74,33 @@ def _check_folder(path: Path, what: str) -> None:
                                 "checkpoint folder (config.json + *.safetensors + tokenizer files)")
 
 
+def is_hub_model(model: Union[str, os.PathLike]) -> bool:
+    """Whether `model` names a Hub repo (``org/name[@revision]``, ``hf://...``) and no existing path."""
+    text = os.fspath(model)
+    return isinstance(text, str) and not os.path.lexists(text) and hub.is_hub_name(text)
+
+
+def hub_source(model: Union[str, os.PathLike], what: str) -> Tuple[str, Dict[str, str]]:
+    """What to give from_pretrained (transformers, lm-eval): (a checked folder, {}), or for a Hub repo id
+    (repo_id, {"revision": <commit>}): transformers downloads complete files itself, never postsvd's
+    partial copies, with huggingface_hub's token."""
+    if is_hub_model(model):
+        repo_id, commit = hub.commit_of(os.fspath(model), what)
+        return repo_id, {"revision": commit}
+    path = Path(os.fspath(model))
+    _check_folder(path, what)
+    return os.fspath(path), {}
+
+
 def load_model_and_tokenizer(model: ModelLike, tokenizer: Any = None, *, device: str = "cpu",
                              dtype: Any = "float32", attn_implementation: str | None = None,
                              what: str = "model") -> Tuple[Any, Any]:
-    """(model in eval mode on ``device``, tokenizer) from a folder or a loaded model.
+    """(model in eval mode on ``device``, tokenizer) from a folder, a Hub repo id or a loaded model.
+
+    A Hub repo id (``org/name[@revision]``, ``hf://...``; an existing folder wins) is pinned to the commit
+    its revision points to and loaded by transformers itself (``from_pretrained(repo_id,
+    revision=commit)``: complete files into the Hugging Face cache; postsvd's partial copies are never
+    given to transformers; the token is huggingface_hub's).
 
     A loaded model is used as it is (moved to ``device``); for ``attn_implementation="eager"``
     it is switched to eager attention where transformers allows it, and refused otherwise.
@@ -108,14 +132,13 @@ def load_model_and_tokenizer(model: ModelLike, tokenizer: Any = None, *, device:
                                  f"{source!r} is not a folder to read a tokenizer from")
             tokenizer = AutoTokenizer.from_pretrained(str(source))
     else:
-        path = Path(os.fspath(model))
-        _check_folder(path, what)
-        kwargs = {"dtype": torch_dtype}
+        source, pinned = hub_source(model, what)
+        kwargs = {"dtype": torch_dtype, **pinned}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        loaded = AutoModelForCausalLM.from_pretrained(os.fspath(path), **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(path))
+            tokenizer = AutoTokenizer.from_pretrained(source, **pinned)
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
     loaded = loaded.to(device)

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from .._extras import require
-from ._models import ModelLike, as_model_dict, is_model_object
+from ._models import ModelLike, as_model_dict, hub_source, is_hub_model, is_model_object
 
 __all__ = [
     "BENCHMARKS",
@@ -168,8 +168,8 @@ def _make_lm(model: ModelLike, backend: str, *, tokenizer: Any, device: str, dty
     if backend == "hf":
         HFLM = require("lm_eval.models.huggingface", "backend='hf'").HFLM
 
-        pretrained = model if is_model_object(model) else os.fspath(model)
-        kwargs = dict(pretrained=pretrained, device=device, dtype=dtype, batch_size=batch_size)
+        pretrained, pinned = (model, {}) if is_model_object(model) else hub_source(model, "model")
+        kwargs = dict(pretrained=pretrained, device=device, dtype=dtype, batch_size=batch_size, **pinned)
         if tokenizer is not None:
             kwargs["tokenizer"] = tokenizer
         return HFLM(**kwargs)
@@ -177,14 +177,15 @@ def _make_lm(model: ModelLike, backend: str, *, tokenizer: Any, device: str, dty
 
     if is_model_object(model):
         raise ValueError("backend='vllm' needs a checkpoint folder, not a loaded model")
-    kwargs = dict(pretrained=os.fspath(model), dtype=dtype, batch_size=batch_size, seed=seed)
+    pretrained, pinned = hub_source(model, "model")
+    kwargs = dict(pretrained=pretrained, dtype=dtype, batch_size=batch_size, seed=seed, **pinned)
     if tokenizer is not None:
         kwargs["tokenizer"] = tokenizer if isinstance(tokenizer, str) else os.fspath(tokenizer)
     return VLLM(**kwargs)
 
 
 def _check_model(name: str, model: ModelLike) -> None:
-    if is_model_object(model):
+    if is_model_object(model) or is_hub_model(model):
         return
     path = Path(os.fspath(model))
     if not (path / "config.json").is_file():
