@@ -250,9 +250,13 @@ py::dict family_to_python(const postsvd::ArchitectureFamily& f) {
   for (const auto& entry : f.text_config_defaults) defaults[py::str(entry.first)] = entry.second;
   py::object lineage = py::none();
   if (!f.lineage.empty()) {
-    lineage = py::dict("embedding"_a = f.lineage.embedding, "unembedding"_a = f.lineage.unembedding,
-                       "norm_before_attention"_a = f.lineage.norm_before_attention,
-                       "norm_before_mlp"_a = f.lineage.norm_before_mlp, "norm"_a = f.lineage.norm);
+    const postsvd::LineageNames& n = f.lineage;
+    lineage = py::dict("embedding"_a = n.embedding, "unembedding"_a = n.unembedding, "final_norm"_a = n.final_norm,
+                       "norm"_a = n.norm, "norm_before_attention"_a = n.norm_before_attention,
+                       "norm_before_mlp"_a = n.norm_before_mlp, "norm_after_attention"_a = n.norm_after_attention,
+                       "norm_after_mlp"_a = n.norm_after_mlp, "q_norm"_a = n.q_norm, "k_norm"_a = n.k_norm,
+                       "q_latent_norm"_a = n.q_latent_norm, "kv_latent_norm"_a = n.kv_latent_norm,
+                       "router"_a = n.router);
   }
   return py::dict("model_type"_a = f.model_type, "text_config"_a = text_config, "text_config_defaults"_a = defaults,
                   "prefixes"_a = f.prefixes, "layer_container"_a = f.layer_container,
@@ -511,7 +515,8 @@ PYBIND11_MODULE(_core, m) {
       },
       "The architecture table, one dict per model_type: {model_type, text_config (None or the key of the nested "
       "text config), text_config_defaults, prefixes, layer_container, layer_count_key, lineage (None or "
-      "{embedding, unembedding, norm_before_attention, norm_before_mlp, norm})}.");
+      "{embedding, unembedding, final_norm, norm, norm_before_attention, norm_before_mlp, norm_after_attention, "
+      "norm_after_mlp, q_norm, k_norm, q_latent_norm, kv_latent_norm, router}: LineageNames)}.");
   m.def(
       "precisions",
       [] {

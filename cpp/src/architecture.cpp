@@ -795,13 +795,62 @@ void note_uncounted_experts(const Checkpoint& checkpoint, const ModelConfig& con
 const std::vector<std::string> kPlain = {"model.", ""};
 const std::vector<std::string> kTextTower = {"model.language_model.", "language_model.model.", "model.", ""};
 
-// The residual stream's tensors of the families lineage reads (llama-style, RMSNorm before each block).
-const LineageNames kLlamaLineage = {"model.embed_tokens.weight", "lm_head.weight", "input_layernorm",
-                                    "post_attention_layernorm", "RMSNorm"};
+// Lineage's facts (LineageNames) per residual-stream layout. Every family reads the
+// unembedding as lm_head (a multimodal Llama 4: its language model's), tied when absent.
+LineageNames lineage_names(const char* norm, const char* before_attention, const char* before_mlp,
+                           const char* after_attention = "", const char* after_mlp = "") {
+  LineageNames n;
+  n.embedding = "embed_tokens.weight";
+  n.unembedding = {"lm_head.weight", "language_model.lm_head.weight"};
+  n.final_norm = "norm";
+  n.norm = norm;
+  n.norm_before_attention = before_attention;
+  n.norm_before_mlp = before_mlp;
+  n.norm_after_attention = after_attention;
+  n.norm_after_mlp = after_mlp;
+  return n;
+}
+
+// RMSNorm before each block (llama, mistral, qwen2, phi3 and the MoE families), with `router`
+// the router of a layer with routed experts.
+LineageNames pre_norm(const char* router = "") {
+  LineageNames n = lineage_names("RMSNorm", "input_layernorm", "post_attention_layernorm");
+  n.router = router;
+  return n;
+}
+
+// The same with query and key norms (qwen3, qwen3_moe, glm4_moe's use_qk_norm).
+LineageNames with_qk_norms(LineageNames n) {
+  n.q_norm = "self_attn.q_norm";
+  n.k_norm = "self_attn.k_norm";
+  return n;
+}
+
+// DeepSeek's MLA: RMSNorms on the query and key/value latents.
+LineageNames mla(LineageNames n) {
+  n.q_latent_norm = "self_attn.q_a_layernorm";
+  n.kv_latent_norm = "self_attn.kv_a_layernorm";
+  return n;
+}
+
+// Gemma 2 and 3: RMSNorm scaling by (1 + weight) before and after each block (sandwich norms).
+const LineageNames kGemma = lineage_names("GemmaRMSNorm", "input_layernorm", "pre_feedforward_layernorm",
+                                          "post_attention_layernorm", "post_feedforward_layernorm");
+// OLMo 2 and 3: RMSNorm after each block only; attention and MLP read the residual stream itself.
+const LineageNames kOlmo = with_qk_norms(
+    lineage_names("RMSNorm", "", "", "post_attention_layernorm", "post_feedforward_layernorm"));
+
+// GPT-2: LayerNorm (weight and bias) before each block, tied wte, final ln_f.
+LineageNames gpt2_lineage() {
+  LineageNames n = lineage_names("LayerNorm", "ln_1", "ln_2");
+  n.embedding = "wte.weight";
+  n.final_norm = "ln_f";
+  return n;
+}
 
 ArchitectureFamily make_family(const char* model_type,
                                Architecture (*map)(const Checkpoint&, const ModelConfig&, const ArchitectureFamily&),
-                               std::vector<std::string> prefixes = kPlain, LineageNames lineage = {}) {
+                               LineageNames lineage, std::vector<std::string> prefixes = kPlain) {
   ArchitectureFamily f;
   f.model_type = model_type;
   f.map = map;
@@ -824,37 +873,38 @@ ArchitectureFamily multimodal(ArchitectureFamily f, std::vector<std::pair<std::s
 const std::vector<ArchitectureFamily>& architecture_families() {
   // Defaults of the nested text configs: transformers' Gemma3TextConfig and Llama4TextConfig.
   static const std::vector<ArchitectureFamily> table = [] {
-    ArchitectureFamily gpt2 = make_family("gpt2", map_gpt2, {"transformer.", ""});
+    ArchitectureFamily gpt2 = make_family("gpt2", map_gpt2, gpt2_lineage(), {"transformer.", ""});
     gpt2.layer_container = "h";
     gpt2.layer_count_key = "n_layer";
-    ArchitectureFamily gpt_oss = make_family("gpt_oss", map_gpt_oss);
+    const LineageNames gemma3 = with_qk_norms(kGemma);
+    ArchitectureFamily gpt_oss = make_family("gpt_oss", map_gpt_oss, pre_norm("mlp.router.weight"));
     gpt_oss.experts_is_transposed = true;
     return std::vector<ArchitectureFamily>{
-        make_family("deepseek_v2", map_deepseek),
-        make_family("deepseek_v3", map_deepseek),
-        make_family("gemma2", map_llama_like),
-        multimodal(make_family("gemma3", map_llama_like, kTextTower),
+        make_family("deepseek_v2", map_deepseek, mla(pre_norm("mlp.gate.weight"))),
+        make_family("deepseek_v3", map_deepseek, mla(pre_norm("mlp.gate.weight"))),
+        make_family("gemma2", map_llama_like, kGemma),
+        multimodal(make_family("gemma3", map_llama_like, gemma3, kTextTower),
                    {{"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
                     {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256}}),
-        make_family("gemma3_text", map_llama_like, kTextTower),
-        make_family("glm4_moe", map_glm4_moe),
+        make_family("gemma3_text", map_llama_like, gemma3, kTextTower),
+        make_family("glm4_moe", map_glm4_moe, with_qk_norms(pre_norm("mlp.gate.weight"))),
         gpt2,
         gpt_oss,
-        make_family("llama", map_llama_like, kPlain, kLlamaLineage),
-        multimodal(make_family("llama4", map_llama4, kTextTower),
+        make_family("llama", map_llama_like, pre_norm()),
+        multimodal(make_family("llama4", map_llama4, pre_norm("feed_forward.router.weight"), kTextTower),
                    {{"hidden_size", 5120}, {"intermediate_size", 8192}, {"intermediate_size_mlp", 16384},
                     {"num_hidden_layers", 48}, {"num_attention_heads", 40}, {"num_key_value_heads", 8},
                     {"head_dim", 128}, {"num_local_experts", 16}, {"interleave_moe_layer_step", 1}}),
-        make_family("llama4_text", map_llama4, kTextTower),
-        make_family("mistral", map_llama_like, kPlain, kLlamaLineage),
-        make_family("mixtral", map_mixtral),
-        make_family("olmo2", map_llama_like),
-        make_family("olmo3", map_llama_like),
-        make_family("phi3", map_phi3),
-        make_family("qwen2", map_llama_like, kPlain, kLlamaLineage),
-        make_family("qwen2_moe", map_qwen_moe),
-        make_family("qwen3", map_llama_like, kPlain, kLlamaLineage),
-        make_family("qwen3_moe", map_qwen_moe),
+        make_family("llama4_text", map_llama4, pre_norm("feed_forward.router.weight"), kTextTower),
+        make_family("mistral", map_llama_like, pre_norm()),
+        make_family("mixtral", map_mixtral, pre_norm("block_sparse_moe.gate.weight")),
+        make_family("olmo2", map_llama_like, kOlmo),
+        make_family("olmo3", map_llama_like, kOlmo),
+        make_family("phi3", map_phi3, pre_norm()),
+        make_family("qwen2", map_llama_like, pre_norm()),
+        make_family("qwen2_moe", map_qwen_moe, pre_norm("mlp.gate.weight")),
+        make_family("qwen3", map_llama_like, with_qk_norms(pre_norm())),
+        make_family("qwen3_moe", map_qwen_moe, with_qk_norms(pre_norm("mlp.gate.weight"))),
     };
   }();
   return table;

@@ -501,8 +501,8 @@ examples:
   postsvd lineage meta-llama/Llama-3.1-8B org/suspect --layers 0-3     # Hub: only what the test reads
 
 verdict: derived (p < level), independent (the test could have reached the level and did not),
-inconclusive (it could not: too few units; or the pair is out of scope: other vocabulary, depth
-or width). Exit code 0 whatever the verdict.
+inconclusive (it could not: too few units; or the pair is out of scope: tokens at other ids,
+another depth, width or residual-stream layout). Exit code 0 whatever the verdict.
 
 output (--out DIR): lineage.json (verdict, p-value, alignments, tables), lineage.csv (a row per
 layer and block), lineage.html (one self-contained page). Method and limits: docs/lineage.md."""

@@ -503,17 +503,33 @@ TEST(ArchitectureTable, EveryRowDispatchesToItsMappingWithItsNames) {
                                 {"missing tensor '" + f.prefixes.front() + f.layer_container + ".0.",
                                  "expected for model_type '" + f.model_type + "'"});
   }
-  // Lineage's facts: filled for the families it reads today, RMSNorm before each block.
-  std::vector<std::string> lineage;
+  // Lineage's facts: filled for every family, each norm kind one lineage reads, the norms placed
+  // before each block, after it, or both (Gemma's sandwich), a router wherever a layer holds routed experts.
+  std::map<std::string, const postsvd::ArchitectureFamily*> by_type;
   for (const postsvd::ArchitectureFamily& f : families) {
-    if (f.lineage.empty()) continue;
-    lineage.push_back(f.model_type);
-    EXPECT_EQ(f.lineage.embedding, "model.embed_tokens.weight");
-    EXPECT_EQ(f.lineage.norm_before_attention, "input_layernorm");
-    EXPECT_EQ(f.lineage.norm_before_mlp, "post_attention_layernorm");
-    EXPECT_EQ(f.lineage.norm, "RMSNorm");
+    SCOPED_TRACE(f.model_type);
+    by_type[f.model_type] = &f;
+    const postsvd::LineageNames& n = f.lineage;
+    ASSERT_FALSE(n.empty());
+    EXPECT_TRUE(n.norm == "RMSNorm" || n.norm == "GemmaRMSNorm" || n.norm == "LayerNorm") << n.norm;
+    EXPECT_FALSE(n.final_norm.empty());
+    EXPECT_FALSE(n.unembedding.empty());
+    EXPECT_EQ(n.norm_before_attention.empty(), n.norm_before_mlp.empty());
+    EXPECT_EQ(n.norm_after_attention.empty(), n.norm_after_mlp.empty());
+    EXPECT_FALSE(n.norm_before_attention.empty() && n.norm_after_attention.empty());  // some norm in each block
+    EXPECT_EQ(n.q_norm.empty(), n.k_norm.empty());
+    EXPECT_EQ(n.q_latent_norm.empty(), f.model_type.rfind("deepseek", 0) != 0);  // MLA: the deepseek rows only
   }
-  EXPECT_EQ(lineage, (std::vector<std::string>{"llama", "mistral", "qwen2", "qwen3"}));
+  EXPECT_EQ(by_type["gpt2"]->lineage.norm, "LayerNorm");
+  EXPECT_EQ(by_type["gpt2"]->lineage.embedding, "wte.weight");
+  EXPECT_EQ(by_type["gemma3"]->lineage.norm_before_mlp, "pre_feedforward_layernorm");
+  EXPECT_EQ(by_type["gemma3"]->lineage.norm_after_attention, "post_attention_layernorm");
+  EXPECT_EQ(by_type["olmo2"]->lineage.norm_before_attention, "");
+  EXPECT_EQ(by_type["llama"]->lineage.norm_before_mlp, "post_attention_layernorm");
+  for (const char* moe : {"deepseek_v2", "deepseek_v3", "glm4_moe", "gpt_oss", "llama4", "llama4_text", "mixtral",
+                          "qwen2_moe", "qwen3_moe"}) {
+    EXPECT_FALSE(by_type[moe]->lineage.router.empty()) << moe;
+  }
 }
 
 // Llama-style tensors under `prefix` with the MLP under `mlp` ("mlp." or Llama 4's "feed_forward.").

@@ -7,7 +7,7 @@ import string
 import pytest
 
 import postsvd
-from frontier_models import FRONTIER_MULTIMODAL_TYPES, FRONTIER_TEXT_TYPES, build_frontier_model
+from frontier_models import FRONTIER_MULTIMODAL_TYPES, FRONTIER_TEXT_TYPES, build_frontier_model, frontier_config
 
 #: Sizes of the synthetic pairs: small enough for a fast suite, big enough for distinct spectra.
 SYNTHETIC = dict(model_type="llama", layers=2, hidden=64, intermediate=96, heads=4, kv_heads=2)
@@ -78,6 +78,11 @@ def build_tiny_model(model_type, seed=0):
 MODEL_FIXTURES = {**{model_type: build_tiny_model for model_type in TINY_MODEL_TYPES},
                   **{model_type: build_frontier_model
                      for model_type in FRONTIER_TEXT_TYPES + FRONTIER_MULTIMODAL_TYPES}}
+
+
+def fixture_config(model_type):
+    """The config of MODEL_FIXTURES[model_type]'s tiny model."""
+    return tiny_config(model_type) if model_type in TINY_MODEL_TYPES else frontier_config(model_type)
 
 
 def save_model(model, folder, dtype="bfloat16", max_shard_size=None):

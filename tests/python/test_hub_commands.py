@@ -723,3 +723,39 @@ def test_construct_from_an_adapter_by_repo_id(hub_env, tmp_path, capsys):
     record = json.loads((tmp_path / "hub" / "postsvd_construction.json").read_text())
     assert record["sources"]["post"]["model"]["repo_id"] == "org/lora"
     assert list(record["sources"]["post"]["safetensors_sha256"]) == ["adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("model_type", ["gemma3", "deepseek_v3", "gpt2", "qwen2_moe"])
+def test_lineage_by_repo_id_fetches_what_each_architecture_reads(hub_env, model_type, monkeypatch):
+    """Lineage of other architectures by Hub name: the fetch covers every tensor the test reads (the reader
+    refuses the others): a multimodal folder's text tower with tied embeddings, sandwich and query/key
+    norms; MLA latents and their norms, routers, shared and routed experts; gpt2's LayerNorm under
+    transformer.h. The answer is the local one, bit for bit."""
+    import torch
+
+    monkeypatch.setattr(hub, "MERGE_GAP", -1)  # each tensor's own range: no neighbour comes along
+
+    from helpers import MODEL_FIXTURES
+
+    server, root = hub_env["server"], os.path.dirname(hub_env["base"])
+    folders = {}
+    for side in ("a", "b"):
+        model = MODEL_FIXTURES[model_type](model_type, seed=0)
+        if side == "b":  # a fine-tune stand-in
+            generator = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(0.05 * parameter.std() * torch.randn(parameter.shape, generator=generator))
+        folders[side] = os.path.join(root, f"lineage-{model_type}-{side}")
+        model.save_pretrained(folders[side])
+        files = {}
+        for name in os.listdir(folders[side]):
+            with open(os.path.join(folders[side], name), "rb") as f:
+                files[name] = f.read()
+        server.add_repo(f"org/lineage-{model_type}-{side}", files)
+    remote = postsvd.lineage(f"org/lineage-{model_type}-a", f"org/lineage-{model_type}-b", layers="1",
+                             paper_nf=False, num_threads=1)
+    local = postsvd.lineage(folders["a"], folders["b"], layers="1", paper_nf=False, num_threads=1)
+    assert remote.verdict == local.verdict and remote.p_value == local.p_value and not remote.reasons
+    pd.testing.assert_frame_equal(remote.table, local.table, check_exact=True)
+    assert remote.to_dict()["a_model"]["repo_id"] == f"org/lineage-{model_type}-a"

@@ -99,14 +99,29 @@ struct Architecture {
 class ModelConfig;
 
 /// What lineage (python/postsvd/lineage.py) reads of a family besides its
-/// projections: the residual stream's tensors by name. Empty where lineage does
-/// not read the family.
+/// projections: the residual stream's tensors by name, and where its norms sit
+/// and how they act. Model-level names are relative to the prefix the
+/// projections were found under (Architecture's tensors start with it), per-layer
+/// names to "<prefix><layer_container>.<N>."; norms are module names (their
+/// tensors "<name>.weight", and "<name>.bias" for LayerNorm). "" where the family
+/// has none. Empty (no embedding) where lineage does not read the family.
 struct LineageNames {
-  std::string embedding;              // "model.embed_tokens.weight"
-  std::string unembedding;            // "lm_head.weight"; a folder without it ties it to the embedding
-  std::string norm_before_attention;  // the norm module of each layer, "input_layernorm"
-  std::string norm_before_mlp;        // "post_attention_layernorm"
-  std::string norm;                   // the norm's type, "RMSNorm"
+  std::string embedding;                 // "embed_tokens.weight", gpt2 "wte.weight"
+  std::vector<std::string> unembedding;  // whole names tried in order; none present: tied to the embedding
+  std::string final_norm;                // the norm before the unembedding: "norm", gpt2 "ln_f"
+  /// Every norm's kind: "RMSNorm" (x / rms(x) * w), "GemmaRMSNorm" (x / rms(x) * (1 + w)), "LayerNorm"
+  /// ((x - mean(x)) / std(x) * w + b).
+  std::string norm;
+  std::string norm_before_attention;  // reads the residual stream for attention: "input_layernorm", gpt2 "ln_1";
+                                      // "" where attention reads the residual stream itself (OLMo 2)
+  std::string norm_before_mlp;        // "post_attention_layernorm", Gemma "pre_feedforward_layernorm", gpt2 "ln_2"
+  std::string norm_after_attention;   // on attention's output before the residual add (Gemma, OLMo 2)
+  std::string norm_after_mlp;         // on the MLP's output before the residual add (Gemma, OLMo 2)
+  std::string q_norm;                 // norms of the queries and keys ("self_attn.q_norm"), read where present:
+  std::string k_norm;                 //   per head (width head_dim) or across heads (width heads x head_dim)
+  std::string q_latent_norm;          // MLA: the norm of the query latent, "self_attn.q_a_layernorm"
+  std::string kv_latent_norm;         // MLA: the norm of the key/value latent, "self_attn.kv_a_layernorm"
+  std::string router;                 // MoE: the router's weight in a layer with routed experts, "mlp.gate.weight"
   bool empty() const { return embedding.empty(); }
 };
 
@@ -133,7 +148,7 @@ struct ArchitectureFamily {
   /// counted by the config key layer_count_key ("num_hidden_layers", gpt2's "n_layer").
   std::string layer_container;
   std::string layer_count_key;
-  /// Filled for the families lineage reads.
+  /// What lineage reads besides the projections (filled for every family).
   LineageNames lineage;
   /// transformers' experts module of the family is marked is_transposed (its fused expert parameters
   /// [experts, in, out], gpt_oss). peft's target_parameters take the other fused parameters as
