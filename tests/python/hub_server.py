@@ -243,13 +243,15 @@ class _Handler(BaseHTTPRequestHandler):
                 record["sent"] += len(body[i:i + step])
             return
         if self.fake.rate:
+            # Each chunk waits for its time on the link before it is written, none after the last, so that a
+            # request's "ended" is when its last byte went out, not a pause later.
             started, step = time.monotonic(), 64 << 10
             for i in range(0, len(body), step):
-                self.wfile.write(body[i:i + step])
-                record["sent"] += len(body[i:i + step])
                 ahead = started + record["sent"] / self.fake.rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
+                self.wfile.write(body[i:i + step])
+                record["sent"] += len(body[i:i + step])
             return
         self.wfile.write(body)
         record["sent"] += len(body)

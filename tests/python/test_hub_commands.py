@@ -435,7 +435,8 @@ def test_construct_fetches_the_rest_of_post_while_it_decomposes(hub_env, monkeyp
     assert inside and outside
     assert all(r["ended"] < first for r in inside)  # what the pairs read came first
     assert any(r["started"] < waits and r["ended"] > first for r in outside)  # the rest while they decomposed
-    assert all(r["ended"] <= fetched for r in outside)
+    # (the server stamps "ended" after its last write returns, which can trail the client's receipt a little)
+    assert all(r["ended"] <= fetched + 0.25 for r in outside)
     postsvd.construct(11, hub_env["base"], hub_env["instruct"], tmp_path / "local", layers="0", kinds="q,k",
                       progress=False)
     for name in os.listdir(tmp_path / "local"):
