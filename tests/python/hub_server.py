@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,13 +164,13 @@ class FakeHub:
         class Handler(_Handler):
             fake = hub
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         # The Xet bridge on a port of its own: another origin than the endpoint, as the Hub's bridge is another
         # host, so that clients treat its redirects as leaving the Hub (no Authorization header sent there).
-        self.bridge = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.bridge = _Server(("127.0.0.1", 0), Handler)
         self.bridge.daemon_threads = True
         threading.Thread(target=self.bridge.serve_forever, daemon=True).start()
         return self
@@ -199,6 +200,16 @@ class FakeHub:
                 fault["times"] = fault.get("times", 1) - 1
                 return fault
         return None
+
+
+class _Server(ThreadingHTTPServer):
+    """A client that drops a connection mid-body (a fetch stopped by an error elsewhere) is not the server's error:
+    no traceback on stderr, where a test reads the command's own output."""
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -94,6 +94,7 @@ def test_base_left_out_comes_from_base_model_name_or_path(variants):
                           postsvd.read_matrix(postsvd.open_checkpoint(adapter, base), 0, "q"))
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_cli_compare_report_and_info_take_an_adapter(variants, tmp_path, capsys):
     base, adapter, merged = variants["llama-layers-modules-to-save"]
     assert cli.main(["compare", adapter, "--out", str(tmp_path / "c"), "--no-plots", "--no-progress"]) == 0

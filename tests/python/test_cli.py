@@ -18,6 +18,7 @@ def run(argv, capsys):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_compare_writes_tables_plots_and_summary(related_pair, tmp_path, capsys):
     out = tmp_path / "results"
     code, stdout, stderr = run(["compare", related_pair.base, related_pair.post, "--out", out, "--no-progress",

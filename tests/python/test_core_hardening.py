@@ -226,6 +226,7 @@ def test_info_lists_each_problem_that_compare_refuses(tiny_models, tmp_path):
         postsvd.compare(good, bad, progress=False)
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_info_reads_the_values_unless_told_headers_only(pair, tmp_path):
     bad = _with_bad_weight(pair.post, tmp_path / "bad", value=np.nan)
     problems = postsvd.describe(bad)["problems"]

@@ -147,6 +147,7 @@ def test_docs_from_local_and_hf_layouts():
 
 
 # ----------------------------------------------------------------------------- scripted model
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_scripted_model_prompts_settings_and_scores():
     lm = ScriptedLM({**GSM8K_SCRIPT, **MMLU_SCRIPT})
     table, per_run = evaluate_models({"scripted": lm}, ["gsm8k", "mmlu"], data_dir=DATA, runs=3,
@@ -202,6 +203,7 @@ def test_summarize_runs_mean_and_std():
         summarize_runs(pd.DataFrame({"model": ["m"]}))
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_export_hf_datasets_writes_local_files(tmp_path, monkeypatch):
     import datasets
 
@@ -250,6 +252,7 @@ def test_bad_arguments(tmp_path, tiny_model_dir):
 
 
 # ----------------------------------------------------------------------------- real hf backend
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_tiny_models_end_to_end_hf(tiny_model_dir, tiny_model_dir_b):
     table, per_run = evaluate_models({"Instruct": tiny_model_dir, "replaced": tiny_model_dir_b}, ["gsm8k"],
                                      data_dir=DATA, runs=3, limit=2, max_new_tokens=8, backend="hf",

@@ -232,6 +232,7 @@ def test_gated_repo_with_a_token_and_the_token_never_shown(hub_env, monkeypatch)
     assert not any(TOKEN in t for t in texts)
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_server_errors_are_retried(hub_env):
     server = hub_env["server"]
     r = hub.resolve("org/base", "base")
@@ -438,6 +439,7 @@ def test_cache_list_and_clear_commands(hub_env, capsys):
     assert hub.cache_entries() == []
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_environment_variables_reach_huggingface_hub(hub_env, tmp_path):
     """A fresh interpreter, configured only by the environment (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE)."""
     script = ("import sys, postsvd\nfrom postsvd import hub\nr = hub.resolve(sys.argv[1], 'base')\n"

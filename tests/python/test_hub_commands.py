@@ -97,6 +97,7 @@ def test_compare_by_repo_id_equals_local_and_sends_one_layer(hub_env):
     assert shard_bytes(server) == 0
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_compare_cli_by_repo_id_writes_the_local_results(hub_env, tmp_path, capsys):
     out_hub, out_local = tmp_path / "hub", tmp_path / "local"
     code, stdout, err = run_cli(["compare", "hf://org/base", "org/instruct@main", "--out", out_hub, "--layers",
@@ -393,6 +394,7 @@ def _request_span(r) -> tuple:
     return (int(m.group(1)), int(m.group(2)) + 1) if m else (0, 1 << 62)
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_construct_fetches_the_rest_of_post_while_it_decomposes(hub_env, monkeypatch, tmp_path):
     """The selected matrices' tensors are fetched first; the rest of post (which the new folder copies) is fetched
     on a throttled link while they decompose: requests for tensors outside the selection are in flight between the
@@ -514,6 +516,7 @@ def test_functional_loads_a_hub_model_through_transformers(hub_env, monkeypatch)
 # ---------------------------------------------------------------- overlap
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_fetching_overlaps_decomposing_and_stays_bounded(hub_env, monkeypatch):
     events = []
     lock = threading.Lock()
@@ -555,6 +558,7 @@ def test_fetching_overlaps_decomposing_and_stays_bounded(hub_env, monkeypatch):
     pd.testing.assert_frame_equal(remote.table, local.table, check_exact=True)
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_a_failing_fetch_stops_the_run_with_its_error(hub_env, monkeypatch):
     from huggingface_hub.utils import _http
 
@@ -726,6 +730,7 @@ def test_construct_from_an_adapter_by_repo_id(hub_env, tmp_path, capsys):
     assert list(record["sources"]["post"]["safetensors_sha256"]) == ["adapter_model.safetensors"]
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 @pytest.mark.parametrize("model_type", ["gemma3", "deepseek_v3", "gpt2", "qwen2_moe"])
 def test_lineage_by_repo_id_fetches_what_each_architecture_reads(hub_env, model_type, monkeypatch):
     """Lineage of other architectures by Hub name: the fetch covers every tensor the test reads (the reader

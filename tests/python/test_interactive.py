@@ -186,6 +186,7 @@ def test_trajectory_lineage_and_construction_displays(related_comparison, relate
 
 # ---------------------------------------------------------------------- without plotly: the static figures
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_without_plotly_everything_falls_back_to_the_static_figures(related_comparison, without_plotly):
     c = related_comparison
     assert not interactive.available()
@@ -202,6 +203,7 @@ def test_without_plotly_everything_falls_back_to_the_static_figures(related_comp
 
 # ---------------------------------------------------------------------- the pages
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_report_page_embeds_plotly_once_and_holds_the_chosen_matrices(related_pair, tmp_path, capsys):
     code = cli.main(["report", related_pair.base, related_pair.post, related_pair.post, "--out", str(tmp_path / "r"),
                      "--no-progress", "--matrices", "1:q,0:down", "--leading-k", "5"])

@@ -196,6 +196,7 @@ def test_no_intruders_no_summary_line(related_comparison):
     assert "Intruder dimensions" not in related_comparison.summary()
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_save_and_cli_write_the_figure_and_the_settings(unrelated_pair, tmp_path):
     from postsvd.cli import main
 

@@ -248,6 +248,7 @@ def test_a_killed_construct_leaves_the_old_or_the_new_folder(pair, tmp_path, mom
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_a_comparison_killed_at_any_time_leaves_old_or_new_results(pair, tmp_path):
     """Real kills at several delays while `save` replaces a previous result folder again and again."""
     import time

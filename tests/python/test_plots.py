@@ -41,6 +41,7 @@ def test_plot_matrices_four_panels(related_comparison):
         np.testing.assert_allclose(image.get_array(), expected[key], atol=1e-12)
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_save_writes_listed_files(related_comparison, tmp_path):
     written = related_comparison.save(tmp_path / "out", matrices_for=[(1, "k")], leading_k=8)
     names = sorted(p.split("/")[-1] for p in written)

@@ -103,6 +103,7 @@ def page(pairs, tmp_path_factory):
     return path, related, unrelated
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_report_has_every_section_and_figure(page):
     path, related, unrelated = page
     assert path == os.path.join(os.path.dirname(path), "report.html")
@@ -167,6 +168,7 @@ def test_report_metadata(page):
     assert any(c and c in postsvd.build_info() for c in cells)
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_report_is_written_atomically(page, monkeypatch, tmp_path):
     path, related, unrelated = page
     out = os.path.dirname(path)
@@ -241,6 +243,7 @@ def test_report_bad_input(pairs, tmp_path, capsys):
     assert not (tmp_path / "z").exists()
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_report_of_a_moe_model_has_the_expert_heatmap_and_spread(tmp_path):
     """Expert (MoE) models: tables per (layer, kind, expert), the per-kind table with the per-expert
     spread, and the NF heatmap per (layer, expert) of each kind with experts (the dense figures are left

@@ -53,6 +53,7 @@ def rerun_case(comparison, first, second, tmp_path):
     return written_first, written_second
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_a_dense_rerun_holds_exactly_the_new_files(related_comparison, tmp_path):
     first, second = rerun_case(related_comparison, {"matrices_for": [(0, "q"), (1, "k")]},
                                {"matrices_for": [(1, "v")]}, tmp_path)
@@ -63,6 +64,7 @@ def test_a_dense_rerun_holds_exactly_the_new_files(related_comparison, tmp_path)
                                                       "spectra.npz", "summary.txt", "run.json"])
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_an_mla_and_moe_rerun_holds_exactly_the_new_files(deepseek, tmp_path):
     # MLA kinds have underscores (kv_b_k), MoE pairs an expert: both escaped the old file pattern.
     first, second = rerun_case(deepseek, {"matrices_for": [(0, "kv_b_k"), (1, "gate", 2)], "experts": [1]},
@@ -73,6 +75,7 @@ def test_an_mla_and_moe_rerun_holds_exactly_the_new_files(deepseek, tmp_path):
     assert "nf_experts.png" in first and "nf_experts.png" not in second
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_a_track_rerun_holds_exactly_the_new_files(related_comparison, tmp_path):
     out = tmp_path / "track"
     first = Trajectory([10, 20], [related_comparison, related_comparison]).save(out)
@@ -144,6 +147,7 @@ def test_moe_figures_and_spectra_cover_every_series(deepseek, tmp_path):
     assert run["schema_version"] == OUTPUT_SCHEMA_VERSION
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_a_kind_with_only_experts_reads_pooled(frontier_pair):
     result = postsvd.compare(*frontier_pair("gpt_oss"), kinds="mlp", progress=False)
     with pytest.raises(postsvd.InvalidArgumentError, match="only expert matrices.*'pooled'"):
@@ -156,6 +160,7 @@ def test_a_kind_with_only_experts_reads_pooled(frontier_pair):
         written)
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_cli_draws_chosen_experts_and_checks_them_first(frontier_pair, tmp_path, capsys):
     base, post = frontier_pair("deepseek_v3")
     out = tmp_path / "cli"

@@ -39,6 +39,7 @@ def checkout(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 @pytest.mark.skipif(not _externally_managed(SYSTEM_PYTHON), reason=f"{SYSTEM_PYTHON} does not refuse pip (PEP 668)")
 def test_a_system_python_refusing_pip_gets_the_checkout_venv_made_once(checkout):
     environment = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}

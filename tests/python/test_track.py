@@ -111,6 +111,7 @@ def test_the_command_line(run, tmp_path, capsys):
     assert args.ray == "auto"
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_intruder_options_reach_every_checkpoint(run, tmp_path, capsys):
     """k, epsilon and side as compare takes them: each checkpoint's counts equal compare's with the same options
     (and differ from the defaults', which a dropped option would give), in Python and on the command line."""

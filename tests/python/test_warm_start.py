@@ -133,6 +133,7 @@ def test_cli_shares_the_warm_start_options():
         parser.parse_args(["compare", "b", "p", "--out", "o", "--warm-start", "sometimes"])
 
 
+@pytest.mark.slow  # over 2 s on an idle 2-core machine: CI runs it, the quick run does not
 def test_cli_warm_start_always_runs_the_warm_path(tmp_path):
     """`--warm-start always` reaches the backend: the written table says how many sweeps each post took,
     where the default (auto, cold on the CPU) says -1."""
