@@ -63,6 +63,16 @@ def tensor_requests(server, files) -> list:
     return reads
 
 
+def assert_same_construction(hub_folder, local_folder) -> None:
+    """The folder construct wrote from Hub models holds the files of the one it wrote from local folders, byte for
+    byte, but the record (which names the models as they were given)."""
+    names = sorted(os.listdir(hub_folder))
+    assert names == sorted(os.listdir(local_folder))
+    for name in names:
+        if name != "postsvd_construction.json":
+            assert (hub_folder / name).read_bytes() == (local_folder / name).read_bytes(), name
+
+
 def prepared(*names):
     """The models resolved (config, index, headers in the caches), so that a later count sees tensor bytes only."""
     return [hub.resolve(n) for n in names]
@@ -363,11 +373,7 @@ def test_construct_by_repo_id_writes_the_local_folder(hub_env, tmp_path, capsys)
     assert needed_base <= shard_bytes(server, "org/base/") <= 1.05 * needed_base
     postsvd.construct(11, hub_env["base"], hub_env["instruct"], tmp_path / "local", layers="1", kinds="q,k",
                       progress=False)
-    hub_files = sorted(os.listdir(tmp_path / "hub"))
-    assert hub_files == sorted(os.listdir(tmp_path / "local"))
-    for name in hub_files:
-        if name != "postsvd_construction.json":
-            assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert_same_construction(tmp_path / "hub", tmp_path / "local")
     record = json.loads((tmp_path / "hub" / "postsvd_construction.json").read_text())
     local_record = json.loads((tmp_path / "local" / "postsvd_construction.json").read_text())
     assert record["table"] == local_record["table"]
@@ -441,9 +447,7 @@ def test_construct_fetches_the_rest_of_post_while_it_decomposes(hub_env, monkeyp
     assert all(r["ended"] <= fetched + 0.25 for r in outside)
     postsvd.construct(11, hub_env["base"], hub_env["instruct"], tmp_path / "local", layers="0", kinds="q,k",
                       progress=False)
-    for name in os.listdir(tmp_path / "local"):
-        if name != "postsvd_construction.json":
-            assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert_same_construction(tmp_path / "hub", tmp_path / "local")
 
 
 def test_construct_9_with_the_table_4_alpha_by_repo_id(hub_env, tmp_path):
@@ -454,9 +458,7 @@ def test_construct_9_with_the_table_4_alpha_by_repo_id(hub_env, tmp_path):
     local = postsvd.construct(9, hub_env["base"], hub_env["instruct"], tmp_path / "local", layers="1,2",
                               kinds="q,o", progress=False)
     assert hub_result.alpha == local.alpha and hub_result.alpha_source == "Table 4 rule"
-    for name in os.listdir(tmp_path / "local"):
-        if name != "postsvd_construction.json":
-            assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert_same_construction(tmp_path / "hub", tmp_path / "local")
 
 
 def test_a_failing_background_fetch_stops_construct_with_one_line_and_no_folder(hub_env, monkeypatch, tmp_path,
@@ -720,11 +722,7 @@ def test_construct_from_an_adapter_by_repo_id(hub_env, tmp_path, capsys):
                                                        for f, e in header_ends(hub_env["files"]).items()))
     assert shard_bytes(server, "org/base/") == base_data  # every tensor of the base (the headers came before)
     postsvd.construct(11, hub_env["base"], adapter, tmp_path / "local", layers="1", kinds="q,k", progress=False)
-    names = sorted(os.listdir(tmp_path / "hub"))
-    assert names == sorted(os.listdir(tmp_path / "local"))
-    for name in names:
-        if name != "postsvd_construction.json":
-            assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert_same_construction(tmp_path / "hub", tmp_path / "local")
     record = json.loads((tmp_path / "hub" / "postsvd_construction.json").read_text())
     assert record["sources"]["post"]["model"]["repo_id"] == "org/lora"
     assert list(record["sources"]["post"]["safetensors_sha256"]) == ["adapter_model.safetensors"]
