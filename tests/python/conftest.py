@@ -23,6 +23,10 @@ def pytest_collection_modifyitems(config, items):
         if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# huggingface_hub gives its logger a StreamHandler on the sys.stderr of the moment it is first imported: import it
+# now, with the session's stderr, not inside a test whose capsys stream is closed after it (a later test's log
+# line would then print "--- Logging error ---" and a traceback into that test's captured stderr).
+import huggingface_hub.utils.logging  # noqa: E402,F401  (after the environment above, which it reads)
 
 @pytest.fixture
 def rng():
