@@ -8,6 +8,18 @@
 # (apt installs python3-venv where it is missing) and put first on the PATH for the rest of the
 # script and what it starts. Activate it yourself afterwards with `. .venv/bin/activate`.
 
+postsvd_apt_install() {  # apt-get install "$@" (as root, or through sudo where there is one), saying so
+  local sudo=""
+  if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then sudo="sudo"; fi
+  echo "[setup] apt-get install $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+postsvd_python_version() {  # "3.11" for the Python "$1": Debian's per-version packages (python3.11-dev, ...)
+  "$1" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'
+}
+
 postsvd_externally_managed() {  # exit 0 when "$1" is a system Python outside any venv that refuses pip
   "$1" - <<'EOF' 2>/dev/null
 import os, sys, sysconfig
@@ -23,12 +35,7 @@ if [ -z "${PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && postsvd_externally_manag
     echo "[setup] python3 is the system's and refuses pip installs (PEP 668): making the virtual environment .venv"
     if ! python3 -m venv "$postsvd_venv" >/dev/null 2>&1; then
       rm -rf "$postsvd_venv"
-      postsvd_sudo=""
-      if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then postsvd_sudo="sudo"; fi
-      postsvd_minor=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-      echo "[setup] apt-get install python3-venv python$postsvd_minor-venv"
-      $postsvd_sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive $postsvd_sudo apt-get install -y -qq python3-venv "python$postsvd_minor-venv" >/dev/null
+      postsvd_apt_install python3-venv "python$(postsvd_python_version python3)-venv"
       python3 -m venv "$postsvd_venv"
     fi
   fi

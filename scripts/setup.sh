@@ -7,9 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/python_env.sh  # the Python to install into: a venv .venv where the system's refuses pip (PEP 668)
 
-SUDO=""
-if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
-
 # Only what a system provides: a C++ compiler and make; GoogleTest and Google Benchmark for the
 # C++ tests; chromium, in which the report test renders the HTML page headless. OpenBLAS
 # (scipy-openblas32), nlohmann-json, CMake and Ninja come from PyPI.
@@ -19,19 +16,14 @@ for p in $APT_PACKAGES; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
-  echo "[setup] apt-get install:$missing"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  postsvd_apt_install $missing
 fi
 
 PY=${PYTHON:-python3}
 # The C++ core's build needs the interpreter's headers (Debian/Ubuntu: python3-dev).
 if ! "$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' &&
    command -v dpkg >/dev/null; then
-  minor=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-  echo "[setup] apt-get install python3-dev python$minor-dev (Python.h)"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-dev "python$minor-dev" >/dev/null
+  postsvd_apt_install python3-dev "python$(postsvd_python_version "$PY")-dev"
 fi
 # Python requirements: build tools, runtime, and what the tests and examples use.
 $PY -m pip install -q --disable-pip-version-check -r requirements.txt
